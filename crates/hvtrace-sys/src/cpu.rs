@@ -1,0 +1,129 @@
+//! CPU numbers: the current CPU, pinning, and the online / possible sets.
+
+use std::io;
+
+use rustix::thread::CpuSet;
+
+/// The CPU the calling thread is running on right now (`sched_getcpu`, vDSO).
+/// The answer may be stale as soon as it is returned unless the thread is
+/// pinned.
+pub fn current_cpu() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
+/// Restricts the calling thread to run only on `cpu`.
+///
+/// Fails with `EINVAL` if `cpu` is not online or not allowed (cpuset), and
+/// with `InvalidInput` if it is beyond the largest CPU number supported.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= CpuSet::MAX_CPU {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cpu {cpu} is beyond CPU_SETSIZE ({})", CpuSet::MAX_CPU),
+        ));
+    }
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set)?;
+    Ok(())
+}
+
+/// The CPUs the calling thread may run on (`sched_getaffinity`), ascending.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None)?;
+    Ok((0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect())
+}
+
+/// The online CPUs, ascending, from `/sys/devices/system/cpu/online`;
+/// falls back to [`allowed_cpus`] if sysfs is unavailable. This is the set a
+/// host gives one ring each (threads of the process may be allowed on fewer).
+pub fn online_cpus() -> Vec<usize> {
+    read_cpu_list("/sys/devices/system/cpu/online")
+        .or_else(|_| allowed_cpus())
+        .unwrap_or_else(|_| vec![0])
+}
+
+/// The possible CPUs (every CPU number that may ever come online, e.g. by
+/// hotplug), ascending, from `/sys/devices/system/cpu/possible`; falls back
+/// to [`online_cpus`].
+pub fn possible_cpus() -> Vec<usize> {
+    read_cpu_list("/sys/devices/system/cpu/possible").unwrap_or_else(|_| online_cpus())
+}
+
+fn read_cpu_list(path: &str) -> io::Result<Vec<usize>> {
+    let s = std::fs::read_to_string(path)?;
+    parse_cpu_list(&s).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot parse CPU list {s:?} from {path}"),
+        )
+    })
+}
+
+/// Parses a kernel CPU list such as `"0-3,5,8-9\n"` into ascending CPU
+/// numbers. Returns `None` on malformed input. An empty list gives `Some([])`.
+pub fn parse_cpu_list(s: &str) -> Option<Vec<usize>> {
+    let s = s.trim();
+    let mut out = Vec::new();
+    if s.is_empty() {
+        return Some(out);
+    }
+    for part in s.split(',') {
+        let part = part.trim();
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: usize = a.parse().ok()?;
+                let b: usize = b.parse().ok()?;
+                if b < a || b - a > 1 << 16 {
+                    return None;
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lists() {
+        assert_eq!(parse_cpu_list("0\n"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("0-3,5,8-9"), Some(vec![0, 1, 2, 3, 5, 8, 9]));
+        assert_eq!(parse_cpu_list(""), Some(vec![]));
+        assert_eq!(parse_cpu_list("3-1"), None);
+        assert_eq!(parse_cpu_list("a"), None);
+        assert_eq!(parse_cpu_list("1,,2"), None);
+    }
+
+    #[test]
+    fn sets_are_consistent() {
+        let online = online_cpus();
+        let possible = possible_cpus();
+        assert!(!online.is_empty());
+        assert!(online.iter().all(|c| possible.contains(c)));
+        assert!(online.contains(&current_cpu()));
+        let allowed = allowed_cpus().unwrap();
+        assert!(allowed.iter().all(|c| online.contains(c)));
+    }
+
+    #[test]
+    fn pinning_moves_the_thread() {
+        let allowed = allowed_cpus().unwrap();
+        std::thread::spawn(move || {
+            for &cpu in &allowed {
+                pin_current_thread(cpu).unwrap();
+                assert_eq!(current_cpu(), cpu);
+                assert_eq!(allowed_cpus().unwrap(), vec![cpu]);
+            }
+        })
+        .join()
+        .unwrap();
+        assert!(pin_current_thread(CpuSet::MAX_CPU).is_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! Thin, safe wrappers over the Linux system calls hvtrace is built on.
+//!
+//! This crate is the only place in hvtrace that talks to the kernel directly
+//! for shared memory, wake-ups and the control socket. Everything is exposed
+//! through safe functions returning [`std::io::Result`]; the few `unsafe`
+//! blocks needed live here, each with a `// SAFETY:` comment.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`memfd`] | anonymous shared-memory files (`hvtrace-data-*`, `hvtrace-ctrl-*`), sealing, read-only reopen |
+//! | [`mmap`] | [`SharedMapping`]: a `MAP_SHARED` mapping of such a file, unmapped on drop |
+//! | [`eventfd`] | [`EventFd`]: the per-ring "sub-buffer delivered" wake-up |
+//! | [`epoll`] | [`Poller`]: wait on many eventfds / sockets |
+//! | [`seqpacket`] | the Unix `SOCK_SEQPACKET` control socket, with fd passing and peer credentials |
+//! | [`cpu`] | current CPU, pinning, online / possible CPU lists |
+//! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks) |
+//!
+//! Linux only.
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod cpu;
+pub mod epoll;
+pub mod eventfd;
+pub mod memfd;
+pub mod mmap;
+pub mod proc;
+pub mod seqpacket;
+
+pub use epoll::{PollEvent, Poller};
+pub use eventfd::EventFd;
+pub use mmap::SharedMapping;
+pub use seqpacket::{Conn, Listener, PeerCred};

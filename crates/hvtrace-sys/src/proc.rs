@@ -1,0 +1,121 @@
+//! Per-process figures from `/proc`, for tests and benchmarks (e.g. "an idle
+//! consumer does not wake up", "consumer CPU per event").
+
+use std::io;
+use std::time::Duration;
+
+/// Voluntary context switches (sleeps) of process `pid` so far, summed over
+/// its live threads: the `voluntary_ctxt_switches` lines of
+/// `/proc/PID/task/*/status`. (`/proc/PID/status` alone only counts the main
+/// thread.) Threads that already exited are not counted, so sample while the
+/// threads of interest are alive.
+pub fn voluntary_ctxt_switches(pid: u32) -> io::Result<u64> {
+    sum_task_field(pid, "voluntary_ctxt_switches")
+}
+
+/// Involuntary context switches (preemptions) of `pid`, summed over its live
+/// threads (`nonvoluntary_ctxt_switches` of `/proc/PID/task/*/status`).
+pub fn nonvoluntary_ctxt_switches(pid: u32) -> io::Result<u64> {
+    sum_task_field(pid, "nonvoluntary_ctxt_switches")
+}
+
+fn sum_task_field(pid: u32, key: &str) -> io::Result<u64> {
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = entry?.path().join("status");
+        let s = match std::fs::read_to_string(&path) {
+            Ok(s) => s,
+            // The thread exited between readdir and open.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        total += parse_status_field(&s, key).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no numeric {key} in {}", path.display()),
+            )
+        })?;
+    }
+    Ok(total)
+}
+
+fn parse_status_field(s: &str, key: &str) -> Option<u64> {
+    s.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// CPU time (user + system) consumed so far by process `pid`, all threads:
+/// `utime + stime` of `/proc/PID/stat`, in clock-tick resolution (usually
+/// 10 ms, so measure over long enough runs).
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = parse_stat_cpu_ticks(&s).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("cannot parse /proc/{pid}/stat"),
+        )
+    })?;
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Ok(Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz))
+}
+
+/// utime + stime (fields 14 and 15) in ticks. The command name (field 2) is
+/// in parentheses and may itself contain spaces and parentheses, so fields are
+/// counted from the last `)`.
+fn parse_stat_cpu_ticks(s: &str) -> Option<u64> {
+    let rest = &s[s.rfind(')')? + 1..];
+    // rest starts at field 3 (state); utime is field 14 => index 11 here.
+    let mut it = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = it.next()?.parse().ok()?;
+    let stime: u64 = it.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn parses_stat_with_odd_comm() {
+        let line = "1234 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 150 25 0 0 20 0 1 0 100 0 0";
+        assert_eq!(parse_stat_cpu_ticks(line), Some(175));
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn parses_status() {
+        let s = "Name:\tx\nvoluntary_ctxt_switches:\t17\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(parse_status_field(s, "voluntary_ctxt_switches"), Some(17));
+        assert_eq!(parse_status_field(s, "nonvoluntary_ctxt_switches"), Some(3));
+        assert_eq!(parse_status_field(s, "missing"), None);
+    }
+
+    #[test]
+    fn own_figures_grow() {
+        let pid = std::process::id();
+        let before = voluntary_ctxt_switches(pid).unwrap();
+        for _ in 0..5 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Each sleep is a voluntary switch of this (non-main) test thread.
+        assert!(voluntary_ctxt_switches(pid).unwrap() >= before + 5);
+        nonvoluntary_ctxt_switches(pid).unwrap();
+
+        let t0 = cpu_time(pid).unwrap();
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time(pid).unwrap() > t0);
+    }
+
+    #[test]
+    fn missing_process_is_an_error() {
+        assert!(cpu_time(u32::MAX).is_err());
+        assert!(voluntary_ctxt_switches(u32::MAX).is_err());
+    }
+}
