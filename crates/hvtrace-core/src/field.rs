@@ -1,0 +1,213 @@
+//! Field types an event may carry, their encodings and their CTF types.
+//!
+//! A field type says *what* it is ([`FieldKind`], from which both the TSDL
+//! and decoders are derived) and *how* a value is written ([`Field::encode`]).
+
+use crate::ring::Encoder;
+
+/// Longest string payload kept (bytes, before the terminating NUL); longer
+/// strings are cut, and a string stops at its first NUL byte.
+pub const MAX_STRING: usize = 1023;
+/// Longest byte array kept.
+pub const MAX_BYTES: usize = 65535;
+
+/// One label of an enumeration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnumLabel {
+    /// Label shown by readers.
+    pub label: &'static str,
+    /// Value it stands for.
+    pub value: i64,
+}
+
+/// The wire type of a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    /// Integer of `bits` (8, 16, 32, 64), little-endian, byte aligned.
+    Int {
+        /// Width in bits.
+        bits: u8,
+        /// Two's complement?
+        signed: bool,
+        /// Display base hint (10 or 16).
+        hex: bool,
+    },
+    /// IEEE-754 binary32 / binary64.
+    Float {
+        /// 32 or 64.
+        bits: u8,
+    },
+    /// NUL-terminated UTF-8 string, at most [`MAX_STRING`] bytes before the NUL.
+    Str,
+    /// `u32` length, then that many bytes (at most [`MAX_BYTES`]).
+    Bytes,
+    /// Integer with named values (a `bool` is one: `false` / `true`).
+    Enum {
+        /// Width in bits of the container integer.
+        bits: u8,
+        /// Signed container?
+        signed: bool,
+        /// The labels.
+        labels: &'static [EnumLabel],
+    },
+}
+
+/// A value that can be a field of an event.
+pub trait Field {
+    /// Its wire type.
+    const KIND: FieldKind;
+    /// Bytes [`Field::encode`] will write.
+    fn encoded_len(&self) -> usize;
+    /// Writes the value.
+    fn encode(&self, e: &mut Encoder<'_>);
+}
+
+macro_rules! int_field {
+    ($($t:ty => $bits:expr, $signed:expr;)*) => {$(
+        impl Field for $t {
+            const KIND: FieldKind = FieldKind::Int { bits: $bits, signed: $signed, hex: false };
+            #[inline]
+            fn encoded_len(&self) -> usize { core::mem::size_of::<$t>() }
+            #[inline]
+            fn encode(&self, e: &mut Encoder<'_>) { e.put(&self.to_le_bytes()) }
+        }
+    )*};
+}
+
+int_field! {
+    u8 => 8, false; u16 => 16, false; u32 => 32, false; u64 => 64, false;
+    i8 => 8, true; i16 => 16, true; i32 => 32, true; i64 => 64, true;
+}
+
+impl Field for f32 {
+    const KIND: FieldKind = FieldKind::Float { bits: 32 };
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        4
+    }
+    #[inline]
+    fn encode(&self, e: &mut Encoder<'_>) {
+        e.put(&self.to_le_bytes())
+    }
+}
+
+impl Field for f64 {
+    const KIND: FieldKind = FieldKind::Float { bits: 64 };
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        8
+    }
+    #[inline]
+    fn encode(&self, e: &mut Encoder<'_>) {
+        e.put(&self.to_le_bytes())
+    }
+}
+
+/// Labels of a `bool` field.
+pub const BOOL_LABELS: &[EnumLabel] = &[EnumLabel { label: "false", value: 0 }, EnumLabel { label: "true", value: 1 }];
+
+impl Field for bool {
+    const KIND: FieldKind = FieldKind::Enum { bits: 8, signed: false, labels: BOOL_LABELS };
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        1
+    }
+    #[inline]
+    fn encode(&self, e: &mut Encoder<'_>) {
+        e.put(&[*self as u8])
+    }
+}
+
+/// The part of `s` that is recorded: up to the first NUL, at most [`MAX_STRING`] bytes.
+#[inline]
+fn kept(s: &[u8]) -> &[u8] {
+    let s = &s[..s.len().min(MAX_STRING)];
+    match s.iter().position(|&b| b == 0) {
+        Some(n) => &s[..n],
+        None => s,
+    }
+}
+
+impl Field for &str {
+    const KIND: FieldKind = FieldKind::Str;
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        kept(self.as_bytes()).len() + 1
+    }
+    #[inline]
+    fn encode(&self, e: &mut Encoder<'_>) {
+        e.put(kept(self.as_bytes()));
+        e.put(&[0]);
+    }
+}
+
+impl Field for &[u8] {
+    const KIND: FieldKind = FieldKind::Bytes;
+    #[inline]
+    fn encoded_len(&self) -> usize {
+        4 + self.len().min(MAX_BYTES)
+    }
+    #[inline]
+    fn encode(&self, e: &mut Encoder<'_>) {
+        let n = self.len().min(MAX_BYTES);
+        e.put(&(n as u32).to_le_bytes());
+        e.put(&self[..n]);
+    }
+}
+
+/// Declares a Rust enum that is recorded as a CTF enumeration.
+///
+/// ```
+/// hvtrace_core::ctf_enum! {
+///     /// Why a vCPU stopped running.
+///     pub enum BlockReason: u8 { Halt = 0, Io = 1, Yield = 2 }
+/// }
+/// ```
+#[macro_export]
+macro_rules! ctf_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident : $repr:ident { $( $(#[$vmeta:meta])* $variant:ident = $value:expr ),* $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr($repr)]
+        $vis enum $name { $( $(#[$vmeta])* $variant = $value ),* }
+
+        impl $name {
+            /// Labels and values, as recorded in the trace metadata.
+            pub const LABELS: &'static [$crate::field::EnumLabel] = &[
+                $( $crate::field::EnumLabel { label: stringify!($variant), value: $value as i64 } ),*
+            ];
+        }
+
+        impl $crate::field::Field for $name {
+            const KIND: $crate::field::FieldKind = $crate::field::FieldKind::Enum {
+                bits: (core::mem::size_of::<$repr>() * 8) as u8,
+                signed: <$repr as $crate::field::Field>::KIND.is_signed_int(),
+                labels: Self::LABELS,
+            };
+            #[inline]
+            fn encoded_len(&self) -> usize { core::mem::size_of::<$repr>() }
+            #[inline]
+            fn encode(&self, e: &mut $crate::ring::Encoder<'_>) { e.put(&(*self as $repr).to_le_bytes()) }
+        }
+    };
+}
+
+impl FieldKind {
+    /// True for a signed integer kind (used by [`ctf_enum!`]).
+    pub const fn is_signed_int(&self) -> bool {
+        matches!(self, FieldKind::Int { signed: true, .. })
+    }
+
+    /// Encoded size when fixed, `None` for strings and byte arrays.
+    pub const fn fixed_len(&self) -> Option<usize> {
+        match self {
+            FieldKind::Int { bits, .. } | FieldKind::Float { bits } | FieldKind::Enum { bits, .. } => {
+                Some(*bits as usize / 8)
+            }
+            FieldKind::Str | FieldKind::Bytes => None,
+        }
+    }
+}

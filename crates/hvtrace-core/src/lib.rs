@@ -1,0 +1,33 @@
+//! # hvtrace-core — the producer core
+//!
+//! What a hypervisor runs for every event, and nothing else: per-CPU rings of
+//! CTF 1.8 packets laid over memory the caller provides (a memfd mapping,
+//! hypervisor pages, a test buffer), lock-free reserve/commit, declared
+//! events with typed fields, and the CTF metadata that describes them.
+//!
+//! `#![no_std]`, no allocation, no syscall, no lock on the record path. The
+//! host side (memfds, eventfds, control socket) is `hvtrace-host`.
+//!
+//! * [`layout`] — who owns which word of the shared memory.
+//! * [`ring`] — reserve / commit / deliver and the consumer's read protocol.
+//! * [`ctf`] — packet and event-header byte layout.
+//! * [`field`], [`event`] — field types and the [`events!`] declaration macro.
+//! * [`metadata`] — the TSDL text; [`decode`] — the inverse of the encoder.
+#![no_std]
+#![warn(missing_docs)]
+
+pub mod ctf;
+pub mod decode;
+pub mod event;
+pub mod field;
+pub mod layout;
+pub mod metadata;
+#[cfg(not(loom))]
+mod region;
+pub mod ring;
+mod sync;
+
+pub use event::{EventDesc, EventSet, FieldDesc, RingSink, Sink};
+pub use field::{Field, FieldKind};
+pub use layout::{Geometry, GeometryError, Mode};
+pub use ring::{Clock, Encoder, Poll, RecordError, Ring, RingCounters, RingReader, StreamId};

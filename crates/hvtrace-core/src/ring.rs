@@ -1,0 +1,705 @@
+//! Reserve / commit / deliver on one per-CPU ring, and the consumer's view of it.
+//!
+//! # Protocol (LTTng's, adapted to a read-only consumer)
+//!
+//! Positions are free-running byte counts; a position's sub-buffer index and
+//! lap follow from the power-of-two geometry.
+//!
+//! * **Reserve**: load `write`, read the clock, compute the record's place, CAS
+//!   `write` forward. A record never straddles sub-buffers: a record that does
+//!   not fit *closes* the packet (the space left becomes padding) and the
+//!   loop retries to *open* the next one. Because the clock is read after
+//!   `write` is loaded and before the CAS succeeds, timestamps never go
+//!   backwards along a stream.
+//! * **Open** (a reservation at a sub-buffer boundary) needs the previous lap
+//!   of that sub-buffer delivered (else a writer is still inside a record one
+//!   ring ago: drop, `discarded_busy`) and, in discard mode, read by the
+//!   consumer (else drop, `discarded_full`). In overwrite mode the opener
+//!   takes the previous lap by swapping its claim word; if the consumer had
+//!   not claimed it first, its records are counted as overwritten — exactly
+//!   once, whoever wins the swap.
+//! * **Commit**: add the reserved length to the sub-buffer's cumulative commit
+//!   count. The one commit that completes a lap (there is exactly one, since
+//!   `fetch_add` totally orders them) *delivers* it: in overwrite mode it
+//!   snapshots the lap's record count, then publishes `delivered = lap + 1`.
+//!   The caller is told, so it can wake the consumer (the only thing that
+//!   leaves the fast path).
+//! * **Close**: the closer writes the packet's end fields (end timestamp,
+//!   content size, discarded-event snapshot) before committing the padding,
+//!   so they are complete when the lap is delivered.
+//! * **Stop**: setting [`CLOSED`] in `write` (an RMW that changes the value)
+//!   makes every in-flight CAS fail, so once the commits catch up with `write`
+//!   no writer is inside a record ([`Ring::is_quiescent`]).
+//!
+//! A late commit (a writer preempted or migrated between reserve and commit)
+//! only delays delivery of its sub-buffer; it never corrupts it.
+
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+
+use crate::ctf::{header, packet, CTF_MAGIC};
+use crate::layout::{
+    claim, Geometry, GeometryError, Mode, RingCtrl, RingHeader, SubbufState, CLOSED, LAYOUT_VERSION, RING_MAGIC,
+};
+use crate::sync::{spin_hint, AtomicU64, Ordering::*};
+
+/// A source of timestamps (TSC cycles, or nanoseconds of CLOCK_MONOTONIC).
+/// Must never go backwards across CPUs.
+pub trait Clock {
+    /// The current time in clock units.
+    fn now(&self) -> u64;
+}
+
+impl<F: Fn() -> u64> Clock for F {
+    #[inline]
+    fn now(&self) -> u64 {
+        self()
+    }
+}
+
+/// Why a record was not written. All but `Closed` are counted in the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordError {
+    /// The ring is stopped or destroyed; not a loss.
+    Closed,
+    /// Discard mode: the consumer has not freed the next sub-buffer.
+    Full,
+    /// A writer was still inside a record in the sub-buffer one ring ago.
+    Busy,
+    /// The record does not fit in one sub-buffer.
+    TooBig,
+}
+
+/// Writes a record's payload into its reserved space.
+///
+/// Writes past the reserved length are cut off (never out of bounds) and
+/// bytes left unwritten are zeroed, so a wrong length in a field encoder can
+/// garble its own record but never another one.
+pub struct Encoder<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> Encoder<'a> {
+    /// An encoder over `buf`.
+    #[inline]
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        Encoder { buf, pos: 0 }
+    }
+
+    /// Appends `bytes` (truncated at the end of the reservation).
+    #[inline]
+    pub fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        if end <= self.buf.len() {
+            self.buf[self.pos..end].copy_from_slice(bytes);
+            self.pos = end;
+        } else {
+            let n = self.buf.len() - self.pos;
+            self.buf[self.pos..].copy_from_slice(&bytes[..n]);
+            self.pos = self.buf.len();
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> usize {
+        self.pos
+    }
+
+    #[inline]
+    fn finish(self) {
+        if self.pos < self.buf.len() {
+            self.buf[self.pos..].fill(0);
+        }
+    }
+}
+
+/// Snapshot of a ring's counters (for status and summaries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingCounters {
+    /// Bytes reserved so far (write position).
+    pub produced_bytes: u64,
+    /// Bytes the consumer says it has read (untrusted).
+    pub consumed_bytes: u64,
+    /// Sub-buffers delivered.
+    pub delivered_subbufs: u64,
+    /// Events lost, all causes.
+    pub discarded: u64,
+    /// Dropped: ring full (discard mode).
+    pub discarded_full: u64,
+    /// Dropped: writer still inside a record a ring ago.
+    pub discarded_busy: u64,
+    /// Refused: larger than a sub-buffer.
+    pub discarded_too_big: u64,
+    /// Overwritten before being read (overwrite mode).
+    pub overwritten: u64,
+    /// Whether the ring refuses new records.
+    pub closed: bool,
+}
+
+/// The shared words of a ring, found either in caller memory or (tests) on the heap.
+#[derive(Clone, Copy)]
+pub struct RingWords<'a> {
+    /// Producer-owned header.
+    pub hdr: &'a RingHeader,
+    /// Producer-owned per-sub-buffer words.
+    pub sb: &'a [SubbufState],
+    /// Consumer-owned words.
+    pub ctrl: &'a RingCtrl,
+    /// Consumer/producer claim words (overwrite mode), consumer region.
+    pub claims: &'a [AtomicU64],
+}
+
+impl<'a> RingWords<'a> {
+    fn counters(&self) -> RingCounters {
+        let w = self.hdr.write.load(Relaxed);
+        RingCounters {
+            produced_bytes: w & !CLOSED,
+            consumed_bytes: self.ctrl.consumed.load(Relaxed),
+            delivered_subbufs: self.hdr.delivered_total.load(Relaxed),
+            discarded: self.hdr.discarded.load(Relaxed),
+            discarded_full: self.hdr.discarded_full.load(Relaxed),
+            discarded_busy: self.hdr.discarded_busy.load(Relaxed),
+            discarded_too_big: self.hdr.discarded_too_big.load(Relaxed),
+            overwritten: self.hdr.overwritten.load(Relaxed),
+            closed: w & CLOSED != 0,
+        }
+    }
+}
+
+/// Identity of the stream a ring writes, stamped into every packet header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamId {
+    /// Trace UUID (same as in the metadata).
+    pub uuid: [u8; 16],
+    /// CPU the ring belongs to (`stream_instance_id` and `cpu_id`).
+    pub cpu: u32,
+}
+
+/// The producer side of one ring.
+pub struct Ring<'a> {
+    w: RingWords<'a>,
+    data: NonNull<u8>,
+    geo: Geometry,
+    mode: Mode,
+    id: StreamId,
+    _data: PhantomData<&'a [u8]>,
+}
+
+// SAFETY: all shared state is atomics; the sub-buffer bytes are written only
+// inside a reservation, which the CAS on `write` makes exclusive.
+unsafe impl Send for Ring<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Ring<'_> {}
+
+impl<'a> Ring<'a> {
+    /// Builds a ring from its shared words and sub-buffer memory, and resets
+    /// them to an empty, open ring.
+    ///
+    /// # Safety
+    /// `data` must point to `geo.buf_size()` bytes valid for writes for `'a`,
+    /// not accessed by anything else in this process except through this ring
+    /// (and read-only [`RingReader`]s). `sb` and `claims` must have
+    /// `geo.num_subbuf` entries.
+    pub unsafe fn from_parts(
+        words: RingWords<'a>,
+        data: NonNull<u8>,
+        geo: Geometry,
+        mode: Mode,
+        id: StreamId,
+    ) -> Result<Self, GeometryError> {
+        let RingWords { hdr, sb, ctrl, claims } = words;
+        if sb.len() as u64 != geo.num_subbuf || claims.len() as u64 != geo.num_subbuf {
+            return Err(GeometryError::Region);
+        }
+        hdr.magic.store(RING_MAGIC, Relaxed);
+        hdr.version_cpu.store(LAYOUT_VERSION as u64 | ((id.cpu as u64) << 32), Relaxed);
+        hdr.subbuf_size.store(geo.subbuf_size, Relaxed);
+        hdr.num_subbuf.store(geo.num_subbuf, Relaxed);
+        hdr.mode.store(mode as u64, Relaxed);
+        for a in [
+            &hdr.write,
+            &hdr.last_tsc,
+            &hdr.discarded,
+            &hdr.discarded_full,
+            &hdr.discarded_busy,
+            &hdr.discarded_too_big,
+            &hdr.overwritten,
+            &hdr.delivered_total,
+            &ctrl.consumed,
+            &ctrl.reader_state,
+        ] {
+            a.store(0, Relaxed);
+        }
+        for s in sb {
+            for a in [&s.commit, &s.records, &s.delivered, &s.lap_records, &s.records_snapshot] {
+                a.store(0, Relaxed);
+            }
+        }
+        for c in claims {
+            c.store(0, Relaxed);
+        }
+        // Publish the initialised words before the ring is used elsewhere.
+        hdr.write.store(0, Release);
+        Ok(Ring { w: words, data, geo, mode, id, _data: PhantomData })
+    }
+
+    /// The ring's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// The ring's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The CPU this ring belongs to.
+    pub fn cpu(&self) -> u32 {
+        self.id.cpu
+    }
+
+    /// Counters for status reports.
+    pub fn counters(&self) -> RingCounters {
+        self.w.counters()
+    }
+
+    /// Writes one record: event `id`, `payload_len` bytes produced by `fill`.
+    ///
+    /// Returns whether a sub-buffer was delivered by this call (the caller
+    /// should wake the consumer), or why the record was not written.
+    #[inline]
+    pub fn record<C: Clock + ?Sized>(
+        &self,
+        clock: &C,
+        id: u32,
+        payload_len: usize,
+        fill: impl FnOnce(&mut Encoder<'_>),
+    ) -> Result<bool, RecordError> {
+        let sbs = self.geo.subbuf_size;
+        let hdr = self.w.hdr;
+        if (header::EXTENDED_LEN + payload_len + packet::LEN) as u64 >= sbs {
+            return Err(self.lose(&hdr.discarded_too_big, RecordError::TooBig));
+        }
+        let mut delivered = false;
+        loop {
+            let old = hdr.write.load(Acquire);
+            if old & CLOSED != 0 {
+                return Err(RecordError::Closed);
+            }
+            let last = hdr.last_tsc.load(Relaxed);
+            let tsc = clock.now();
+            let off = self.geo.offset_in_subbuf(old);
+            // Compact header when a reader can rebuild the timestamp from the
+            // previous one: `last` is never newer than the record before ours,
+            // so this test is conservative. The first record of a packet is
+            // measured from the packet's timestamp_begin, which is its own.
+            let compact =
+                id <= header::MAX_COMPACT_ID && (off == 0 || tsc.wrapping_sub(last) <= header::COMPACT_TS_MASK);
+            let hlen = if compact { header::COMPACT_LEN } else { header::EXTENDED_LEN };
+            let rec = (hlen + payload_len) as u64;
+            let (new, begin) = if off == 0 {
+                self.check_open(old)?;
+                (old + packet::LEN as u64 + rec, old + packet::LEN as u64)
+            } else if off + rec < sbs {
+                (old + rec, old)
+            } else {
+                // Close this packet; the retry opens the next one.
+                let boundary = old - off + sbs;
+                if hdr.write.compare_exchange_weak(old, boundary, AcqRel, Relaxed).is_ok() {
+                    delivered |= self.close_packet(old, tsc);
+                } else {
+                    spin_hint();
+                }
+                continue;
+            };
+            if hdr.write.compare_exchange_weak(old, new, AcqRel, Relaxed).is_err() {
+                spin_hint();
+                continue;
+            }
+            hdr.last_tsc.store(tsc, Relaxed);
+            if off == 0 {
+                self.write_opener_fields(old, tsc);
+            }
+            // SAFETY: [begin, new) lies inside one sub-buffer (checked above) and
+            // the successful CAS gave this writer exclusive use of it until commit.
+            let buf = unsafe { self.bytes_mut(begin, (new - begin) as usize) };
+            let (head, payload) = buf.split_at_mut(hlen);
+            if compact {
+                head.copy_from_slice(&header::compact(id, tsc));
+            } else {
+                head.copy_from_slice(&header::extended(id, tsc));
+            }
+            let mut enc = Encoder::new(payload);
+            fill(&mut enc);
+            enc.finish();
+            delivered |= self.commit(old, new - old, true);
+            return Ok(delivered);
+        }
+    }
+
+    /// Closes the current packet if it holds any record, so the consumer can
+    /// read it now. Returns whether a sub-buffer was delivered.
+    pub fn flush<C: Clock + ?Sized>(&self, clock: &C) -> bool {
+        let hdr = self.w.hdr;
+        loop {
+            let old = hdr.write.load(Acquire);
+            let pos = old & !CLOSED;
+            let off = self.geo.offset_in_subbuf(pos);
+            if off == 0 {
+                return false;
+            }
+            let tsc = clock.now();
+            let new = (pos - off + self.geo.subbuf_size) | (old & CLOSED);
+            if hdr.write.compare_exchange_weak(old, new, AcqRel, Relaxed).is_ok() {
+                return self.close_packet(pos, tsc);
+            }
+            spin_hint();
+        }
+    }
+
+    /// Refuses new records from now on (in-flight reservations fail their CAS).
+    pub fn close(&self) {
+        self.w.hdr.write.fetch_or(CLOSED, AcqRel);
+    }
+
+    /// Accepts records again.
+    pub fn open(&self) {
+        self.w.hdr.write.fetch_and(!CLOSED, AcqRel);
+    }
+
+    /// True when every reserved byte is committed: no writer is inside a
+    /// record. Meaningful after [`Ring::close`], when no new reservation can start.
+    pub fn is_quiescent(&self) -> bool {
+        let pos = self.w.hdr.write.load(Acquire) & !CLOSED;
+        let n = self.geo.num_subbuf;
+        let cur = pos / self.geo.subbuf_size;
+        let off = self.geo.offset_in_subbuf(pos);
+        self.w.sb.iter().enumerate().all(|(i, s)| {
+            let i = i as u64;
+            let spans = (cur + n - 1 - i) / n; // sub-buffers before `cur` with index i
+            let expected = spans * self.geo.subbuf_size + if cur % n == i { off } else { 0 };
+            s.commit.load(Acquire) == expected
+        })
+    }
+
+    fn lose(&self, cause: &AtomicU64, e: RecordError) -> RecordError {
+        cause.fetch_add(1, Relaxed);
+        self.w.hdr.discarded.fetch_add(1, Relaxed);
+        e
+    }
+
+    /// May a packet be opened at `pos` (a sub-buffer boundary)?
+    #[inline]
+    fn check_open(&self, pos: u64) -> Result<(), RecordError> {
+        let idx = self.geo.index(pos) as usize;
+        let lap = self.geo.lap(pos);
+        let s = &self.w.sb[idx];
+        if s.delivered.load(Acquire) != lap {
+            return Err(self.lose(&self.w.hdr.discarded_busy, RecordError::Busy));
+        }
+        match self.mode {
+            Mode::Discard => {
+                // Untrusted: any value that does not prove the previous lap read means "full".
+                let consumed = self.w.ctrl.consumed.load(Acquire);
+                if pos.wrapping_sub(consumed) >= self.geo.buf_size() {
+                    return Err(self.lose(&self.w.hdr.discarded_full, RecordError::Full));
+                }
+            }
+            Mode::Overwrite if lap > 0 => {
+                let prev = lap - 1;
+                let n = s.lap_records.load(Relaxed);
+                let was = self.w.claims[idx].swap(claim::producer(prev), AcqRel);
+                if was != claim::producer(prev) && was != claim::consumer(prev) {
+                    self.w.hdr.overwritten.fetch_add(n, Relaxed);
+                    self.w.hdr.discarded.fetch_add(n, Relaxed);
+                }
+            }
+            Mode::Overwrite => {}
+        }
+        Ok(())
+    }
+
+    /// Adds `len` committed bytes at `pos`; delivers the sub-buffer if that completes it.
+    #[inline]
+    fn commit(&self, pos: u64, len: u64, is_record: bool) -> bool {
+        let idx = self.geo.index(pos) as usize;
+        let lap = self.geo.lap(pos);
+        let s = &self.w.sb[idx];
+        if is_record && self.mode == Mode::Overwrite {
+            s.records.fetch_add(1, Relaxed);
+        }
+        let before = s.commit.fetch_add(len, AcqRel);
+        if before + len != (lap + 1) * self.geo.subbuf_size {
+            return false;
+        }
+        // This commit completed the lap: no other writer can touch it until
+        // `delivered` says so, which makes the record snapshot exact.
+        if self.mode == Mode::Overwrite {
+            let total = s.records.load(Relaxed);
+            s.lap_records.store(total - s.records_snapshot.load(Relaxed), Relaxed);
+            s.records_snapshot.store(total, Relaxed);
+        }
+        self.w.hdr.delivered_total.fetch_add(1, Relaxed);
+        s.delivered.store(lap + 1, Release);
+        true
+    }
+
+    /// Writes the end fields of the packet containing `pos` (whose used part
+    /// ends at `pos`) and commits the padding.
+    fn close_packet(&self, pos: u64, tsc: u64) -> bool {
+        let off = self.geo.offset_in_subbuf(pos);
+        let start = pos - off;
+        let mut f = [0u8; packet::CLOSER_FIELDS.end - packet::CLOSER_FIELDS.start];
+        let at = |field: usize| field - packet::CLOSER_FIELDS.start;
+        f[at(packet::TIMESTAMP_END)..][..8].copy_from_slice(&tsc.to_le_bytes());
+        f[at(packet::CONTENT_SIZE)..][..8].copy_from_slice(&(off * 8).to_le_bytes());
+        f[at(packet::PACKET_SIZE)..][..8].copy_from_slice(&(self.geo.subbuf_size * 8).to_le_bytes());
+        let lost = self.w.hdr.discarded.load(Relaxed);
+        f[at(packet::EVENTS_DISCARDED)..][..8].copy_from_slice(&lost.to_le_bytes());
+        f[at(packet::CPU_ID)..][..4].copy_from_slice(&self.id.cpu.to_le_bytes());
+        // SAFETY: the closer fields belong to whoever moved `write` past the
+        // packet's last byte, which this caller just did.
+        unsafe { self.bytes_mut(start + packet::CLOSER_FIELDS.start as u64, f.len()) }.copy_from_slice(&f);
+        self.commit(pos, self.geo.subbuf_size - off, false)
+    }
+
+    fn write_opener_fields(&self, start: u64, tsc: u64) {
+        let mut f = [0u8; packet::OPENER_FIELDS.end];
+        f[packet::MAGIC..][..4].copy_from_slice(&CTF_MAGIC.to_le_bytes());
+        f[packet::UUID..][..16].copy_from_slice(&self.id.uuid);
+        f[packet::STREAM_ID..][..4].copy_from_slice(&0u32.to_le_bytes());
+        f[packet::STREAM_INSTANCE_ID..][..8].copy_from_slice(&(self.id.cpu as u64).to_le_bytes());
+        f[packet::TIMESTAMP_BEGIN..][..8].copy_from_slice(&tsc.to_le_bytes());
+        let seq = start / self.geo.subbuf_size;
+        f[packet::PACKET_SEQ_NUM..][..8].copy_from_slice(&seq.to_le_bytes());
+        // SAFETY: the opener reserved the packet header together with its record.
+        unsafe { self.bytes_mut(start, f.len()) }.copy_from_slice(&f);
+    }
+
+    /// # Safety
+    /// `[pos, pos + len)` must lie in one sub-buffer and be owned by the caller
+    /// under the reservation protocol.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn bytes_mut(&self, pos: u64, len: usize) -> &mut [u8] {
+        let at = (pos & (self.geo.buf_size() - 1)) as usize;
+        debug_assert!(at + len <= self.geo.buf_size() as usize);
+        // SAFETY: in bounds of the sub-buffer area (masked position, length
+        // within one sub-buffer); exclusivity is the caller's promise.
+        unsafe { core::slice::from_raw_parts_mut(self.data.as_ptr().add(at), len) }
+    }
+}
+
+/// A packet the consumer may read: see [`RingReader::next_packet`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketRef {
+    /// Free-running position of the packet's first byte.
+    pub pos: u64,
+    /// Claim word seen before reading (overwrite mode).
+    claim: u64,
+}
+
+/// The consumer's view of a ring: the data region read-only, its own control words writable.
+pub struct RingReader<'a> {
+    w: RingWords<'a>,
+    data: NonNull<u8>,
+    geo: Geometry,
+    mode: Mode,
+    cpu: u32,
+    _data: PhantomData<&'a [u8]>,
+}
+
+// SAFETY: reads shared memory through atomics and raw pointers only.
+unsafe impl Send for RingReader<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for RingReader<'_> {}
+
+/// What the consumer finds at its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Poll {
+    /// A delivered packet to read, then [`RingReader::release`].
+    Ready(PacketRef),
+    /// Nothing delivered yet at the consumer's position.
+    Empty,
+}
+
+impl<'a> RingReader<'a> {
+    /// Attaches to a ring whose header is in `hdr`, validating what the producer wrote there.
+    ///
+    /// # Safety
+    /// `data` must point to `geo.buf_size()` readable bytes for `'a` (the
+    /// sub-buffer area of the same ring).
+    pub unsafe fn from_parts(words: RingWords<'a>, data: NonNull<u8>) -> Result<Self, GeometryError> {
+        let RingWords { hdr, sb, claims, .. } = words;
+        if hdr.magic.load(Acquire) != RING_MAGIC || hdr.version_cpu.load(Relaxed) as u32 != LAYOUT_VERSION {
+            return Err(GeometryError::BadHeader);
+        }
+        let geo = Geometry::new(hdr.subbuf_size.load(Relaxed), hdr.num_subbuf.load(Relaxed))?;
+        let mode = Mode::from_u32(hdr.mode.load(Relaxed) as u32).ok_or(GeometryError::BadHeader)?;
+        if sb.len() as u64 != geo.num_subbuf || claims.len() as u64 != geo.num_subbuf {
+            return Err(GeometryError::Region);
+        }
+        let cpu = (hdr.version_cpu.load(Relaxed) >> 32) as u32;
+        Ok(RingReader { w: words, data, geo, mode, cpu, _data: PhantomData })
+    }
+
+    /// The ring's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// The ring's mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The CPU the ring belongs to.
+    pub fn cpu(&self) -> u32 {
+        self.cpu
+    }
+
+    /// Counters for status reports.
+    pub fn counters(&self) -> RingCounters {
+        self.w.counters()
+    }
+
+    /// The consumed position (free-running bytes).
+    pub fn consumed(&self) -> u64 {
+        self.w.ctrl.consumed.load(Relaxed)
+    }
+
+    /// Looks for the next delivered packet at the consumed position, skipping
+    /// (overwrite mode) packets the producer has taken back.
+    pub fn next_packet(&self) -> Poll {
+        let sbs = self.geo.subbuf_size;
+        loop {
+            let c = self.w.ctrl.consumed.load(Relaxed);
+            let w = self.w.hdr.write.load(Acquire) & !CLOSED;
+            if c >= w {
+                return Poll::Empty;
+            }
+            // Overwrite mode, lapped: only the ring ending with the sub-buffer
+            // holding the last written byte (w - 1) can still be there.
+            let last = w - 1;
+            let oldest = (last - self.geo.offset_in_subbuf(last) + sbs).saturating_sub(self.geo.buf_size());
+            if self.mode == Mode::Overwrite && c < oldest {
+                self.w.ctrl.consumed.store(oldest, Release);
+                continue;
+            }
+            let idx = self.geo.index(c) as usize;
+            let lap = self.geo.lap(c);
+            let d = self.w.sb[idx].delivered.load(Acquire);
+            if d < lap + 1 {
+                return Poll::Empty;
+            }
+            let claim = match self.mode {
+                Mode::Discard => 0,
+                Mode::Overwrite => self.w.claims[idx].load(Acquire),
+            };
+            if d > lap + 1 || claim == claim::producer(lap) {
+                self.w.ctrl.consumed.store(c + sbs, Release);
+                continue;
+            }
+            return Poll::Ready(PacketRef { pos: c, claim });
+        }
+    }
+
+    /// The packet's bytes in the read-only mapping.
+    ///
+    /// In overwrite mode they may change while being read; [`RingReader::release`]
+    /// says whether what was read is intact.
+    pub fn packet_ptr(&self, p: &PacketRef) -> (*const u8, usize) {
+        let at = (p.pos & (self.geo.buf_size() - 1)) as usize;
+        // SAFETY: `at` is a sub-buffer start within the sub-buffer area.
+        (unsafe { self.data.as_ptr().add(at) }, self.geo.subbuf_size as usize)
+    }
+
+    /// Copies the packet into `out` (`subbuf_size` bytes).
+    pub fn copy_packet(&self, p: &PacketRef, out: &mut [u8]) {
+        let (ptr, len) = self.packet_ptr(p);
+        // SAFETY: `ptr` is valid for `len` bytes; the producer may write them
+        // concurrently only in overwrite mode, which `release` detects.
+        unsafe { core::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), len.min(out.len())) };
+    }
+
+    /// Marks the packet read and advances the consumed position. Returns
+    /// `false` when the producer started overwriting it meanwhile (overwrite
+    /// mode): the bytes read must be thrown away — they are counted as lost.
+    pub fn release(&self, p: &PacketRef) -> bool {
+        let ok = match self.mode {
+            Mode::Discard => true,
+            Mode::Overwrite => {
+                let idx = self.geo.index(p.pos) as usize;
+                let lap = self.geo.lap(p.pos);
+                self.w.claims[idx].compare_exchange(p.claim, claim::consumer(lap), AcqRel, Acquire).is_ok()
+            }
+        };
+        self.w.ctrl.consumed.store(p.pos + self.geo.subbuf_size, Release);
+        ok
+    }
+}
+
+/// Heap-allocated ring memory, for tests and model checking.
+#[cfg(any(test, loom, feature = "std"))]
+pub mod heap {
+    extern crate std;
+    use super::*;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    /// A ring's words and sub-buffers on the heap.
+    pub struct HeapRing {
+        /// Header.
+        pub hdr: Box<RingHeader>,
+        /// Per-sub-buffer words.
+        pub sb: Box<[SubbufState]>,
+        /// Consumer words.
+        pub ctrl: Box<RingCtrl>,
+        /// Claim words.
+        pub claims: Box<[AtomicU64]>,
+        /// Sub-buffer bytes.
+        pub data: Box<[core::cell::UnsafeCell<u8>]>,
+        /// Geometry.
+        pub geo: Geometry,
+    }
+
+    impl HeapRing {
+        /// Allocates zeroed memory for `geo`.
+        pub fn new(geo: Geometry) -> Self {
+            let n = geo.num_subbuf as usize;
+            HeapRing {
+                hdr: Box::new(RingHeader::zeroed()),
+                sb: (0..n).map(|_| SubbufState::zeroed()).collect::<Vec<_>>().into_boxed_slice(),
+                ctrl: Box::new(RingCtrl::zeroed()),
+                claims: (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>().into_boxed_slice(),
+                data: (0..geo.buf_size())
+                    .map(|_| core::cell::UnsafeCell::new(0))
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+                geo,
+            }
+        }
+
+        fn words(&self) -> RingWords<'_> {
+            RingWords { hdr: &self.hdr, sb: &self.sb, ctrl: &self.ctrl, claims: &self.claims }
+        }
+
+        fn data_ptr(&self) -> NonNull<u8> {
+            NonNull::new(self.data.as_ptr() as *mut u8).unwrap()
+        }
+
+        /// The producer side.
+        pub fn producer(&self, mode: Mode, id: StreamId) -> Ring<'_> {
+            // SAFETY: the heap buffer lives as long as the borrow and is only
+            // reached through the ring and its readers.
+            unsafe { Ring::from_parts(self.words(), self.data_ptr(), self.geo, mode, id) }.unwrap()
+        }
+
+        /// The consumer side (after `producer` initialised the header).
+        pub fn reader(&self) -> RingReader<'_> {
+            // SAFETY: as above.
+            unsafe { RingReader::from_parts(self.words(), self.data_ptr()) }.unwrap()
+        }
+    }
+}
