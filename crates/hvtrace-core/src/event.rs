@@ -36,8 +36,8 @@ pub trait EventSet {
 /// Where recording functions write: a channel's current ring, a test ring…
 pub trait Sink {
     /// Records event `id` whose payload is `len` bytes written by `fill`.
-    /// Returns whether it was recorded (losses are counted by the sink).
-    fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> bool;
+    /// Every error but [`RecordError::Closed`] is a loss the sink has counted.
+    fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError>;
 }
 
 /// A ring with a clock: the simplest [`Sink`] (no wake-up on delivery).
@@ -50,15 +50,8 @@ pub struct RingSink<'r, 'a, C: Clock> {
 
 impl<C: Clock> Sink for RingSink<'_, '_, C> {
     #[inline]
-    fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> bool {
-        self.ring.record(&self.clock, id, len, fill).is_ok()
-    }
-}
-
-impl<C: Clock> RingSink<'_, '_, C> {
-    /// Like [`Sink::record`] but says why a record was refused.
-    pub fn try_record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<bool, RecordError> {
-        self.ring.record(&self.clock, id, len, fill)
+    fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {
+        self.ring.record(&self.clock, id, len, fill).map(|_delivered| ())
     }
 }
 
@@ -81,7 +74,8 @@ impl<C: Clock> RingSink<'_, '_, C> {
 ///
 /// This expands to a module with `Id` (the event ids), `Events` (the
 /// [`EventSet`]) and one function per event, `vm_exit(sink, vcpu, reason,
-/// rip) -> bool`, that encodes the payload straight into the ring.
+/// rip) -> Result<(), RecordError>`, that encodes the payload straight into
+/// the ring.
 #[macro_export]
 macro_rules! events {
     (
@@ -124,7 +118,9 @@ macro_rules! events {
             $(
                 $(#[$meta])*
                 #[inline]
-                pub fn $name<S: $crate::event::Sink + ?Sized>(sink: &S $(, $field: $ty)*) -> bool {
+                pub fn $name<S: $crate::event::Sink + ?Sized>(
+                    sink: &S $(, $field: $ty)*
+                ) -> ::core::result::Result<(), $crate::ring::RecordError> {
                     let len = 0 $( + $crate::field::Field::encoded_len(&$field) )*;
                     sink.record(Id::$name as u32, len, |_e: &mut $crate::ring::Encoder<'_>| {
                         $( $crate::field::Field::encode(&$field, _e); )*

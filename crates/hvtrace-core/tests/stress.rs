@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use common::{check_packets, pad, test_events};
 use hvtrace_core::ring::heap::HeapRing;
-use hvtrace_core::{Geometry, Mode, Poll, RecordError, RingSink, StreamId};
+use hvtrace_core::{Geometry, Mode, Poll, RecordError, RingSink, Sink, StreamId};
 
 fn run(mode: Mode, writers: u32, per_writer: u64, geo: Geometry) {
     let mem = HeapRing::new(geo);
@@ -29,7 +29,7 @@ fn run(mode: Mode, writers: u32, per_writer: u64, geo: Geometry) {
                     let sink = RingSink { ring, clock };
                     let mut buf = [0; 64];
                     for n in 0..per_writer {
-                        test_events::seq(&sink, w, n, pad(w, n, &mut buf));
+                        let _ = test_events::seq(&sink, w, n, pad(w, n, &mut buf));
                         if n % 64 == 0 {
                             std::thread::yield_now();
                         }
@@ -107,8 +107,8 @@ fn too_big_records_are_refused_and_counted() {
     let ring = mem.producer(Mode::Discard, StreamId { uuid: [0; 16], cpu: 3 });
     let sink = RingSink { ring: &ring, clock: || 1u64 };
     let big = vec![1u8; 5000];
-    assert!(!test_events::seq(&sink, 0, 0, &big));
-    assert_eq!(sink.try_record(0, 4096, |_| {}), Err(RecordError::TooBig));
+    assert_eq!(test_events::seq(&sink, 0, 0, &big), Err(RecordError::TooBig));
+    assert_eq!(sink.record(0, 4096, |_| {}), Err(RecordError::TooBig));
     let c = ring.counters();
     assert_eq!((c.discarded_too_big, c.discarded), (2, 2));
 }
