@@ -7,19 +7,11 @@
 use hvtrace_kvm::{kvm_available, NullObserver, Vmm, VmmConfig, Workload};
 
 fn main() {
-    let mut config = VmmConfig {
-        vcpus: 1,
-        iterations: 20_000,
-        workload: Workload::default(),
-    };
+    let mut config = VmmConfig { vcpus: 1, iterations: 20_000, workload: Workload::default() };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
-        let n: u64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("{flag}: not a number"));
+        let value = args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        let n: u64 = value.parse().unwrap_or_else(|_| panic!("{flag}: not a number"));
         let n32 = u32::try_from(n).expect("value too large");
         match flag.as_str() {
             "--vcpus" => config.vcpus = n32,

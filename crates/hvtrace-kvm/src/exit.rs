@@ -118,10 +118,7 @@ impl Exit {
 
     /// The name of a `KVM_EXIT_*` number (`"other"` if this crate does not know it).
     pub fn name_of(code: u32) -> &'static str {
-        EXIT_REASONS
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map_or("other", |(_, n)| n)
+        EXIT_REASONS.iter().find(|(c, _)| *c == code).map_or("other", |(_, n)| n)
     }
 }
 
@@ -147,11 +144,7 @@ mod tests {
 
     #[test]
     fn codes_and_names() {
-        let io = Exit::IoOut {
-            port: 0x400,
-            size: 1,
-            data: 7,
-        };
+        let io = Exit::IoOut { port: 0x400, size: 1, data: 7 };
         assert_eq!((io.reason_code(), io.reason_name()), (2, "io"));
         let r = Exit::MmioRead { addr: 0, size: 4 };
         assert_eq!((r.reason_code(), r.reason_name()), (6, "mmio"));

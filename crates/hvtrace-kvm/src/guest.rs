@@ -134,18 +134,7 @@ pub const PROGRAM: &[u8] = &[
 
 /// Parameter block contents for one vCPU (little-endian `u32`s, see the module docs).
 pub(crate) fn param_block(vcpu: u32, iterations: u32, w: &crate::Workload) -> [u8; PARAM_SIZE] {
-    let words = [
-        iterations,
-        w.compute_loop,
-        w.io_writes,
-        w.mmio_writes,
-        w.hypercalls,
-        w.guest_events,
-        vcpu,
-        0,
-        0,
-        0,
-    ];
+    let words = [iterations, w.compute_loop, w.io_writes, w.mmio_writes, w.hypercalls, w.guest_events, vcpu, 0, 0, 0];
     let mut out = [0u8; PARAM_SIZE];
     for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
         chunk.copy_from_slice(&word.to_le_bytes());
