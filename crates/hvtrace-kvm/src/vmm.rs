@@ -204,7 +204,7 @@ pub fn kvm_available() -> Result<(), String> {
                  virtualization, or the device is not passed into this container/VM)"
             ),
             ErrorKind::PermissionDenied => {
-                format!("{DEV}: permission denied ({e}): needs root or the kvm group")
+                format!("{DEV}: {e}: needs root or the kvm group")
             }
             _ => match e.raw_os_error() {
                 Some(libc::ENXIO) | Some(libc::ENODEV) => {
