@@ -45,6 +45,25 @@ pub mod packet {
     pub const CLOSER_FIELDS: core::ops::Range<usize> = 48..84;
 }
 
+/// An empty packet (header and context only) that carries a stream's final
+/// `events_discarded` count when no later packet would: written by the
+/// consumer after the last delivered packet if events were lost after it.
+pub fn empty_packet(uuid: &[u8; 16], cpu: u32, seq: u64, timestamp: u64, events_discarded: u64) -> [u8; packet::LEN] {
+    let mut b = [0u8; packet::LEN];
+    let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+    put(packet::MAGIC, &CTF_MAGIC.to_le_bytes());
+    put(packet::UUID, uuid);
+    put(packet::STREAM_INSTANCE_ID, &(cpu as u64).to_le_bytes());
+    put(packet::TIMESTAMP_BEGIN, &timestamp.to_le_bytes());
+    put(packet::PACKET_SEQ_NUM, &seq.to_le_bytes());
+    put(packet::TIMESTAMP_END, &timestamp.to_le_bytes());
+    put(packet::CONTENT_SIZE, &(packet::LEN as u64 * 8).to_le_bytes());
+    put(packet::PACKET_SIZE, &(packet::LEN as u64 * 8).to_le_bytes());
+    put(packet::EVENTS_DISCARDED, &events_discarded.to_le_bytes());
+    put(packet::CPU_ID, &cpu.to_le_bytes());
+    b
+}
+
 /// Event header forms.
 pub mod header {
     /// Id value announcing the extended form.

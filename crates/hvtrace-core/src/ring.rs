@@ -615,6 +615,18 @@ impl<'a> RingReader<'a> {
         (unsafe { self.data.as_ptr().add(at) }, self.geo.subbuf_size as usize)
     }
 
+    /// The packet's bytes, to be written out as they are.
+    ///
+    /// Meant for a mapping shared with *another process*: in overwrite mode
+    /// that process may rewrite them while they are read, which
+    /// [`RingReader::release`] detects afterwards. Within one process, use
+    /// [`RingReader::copy_packet`] instead.
+    pub fn packet_bytes(&self, p: &PacketRef) -> &[u8] {
+        let (ptr, len) = self.packet_ptr(p);
+        // SAFETY: `ptr..ptr+len` is one sub-buffer of the mapping borrowed for 'a.
+        unsafe { core::slice::from_raw_parts(ptr, len) }
+    }
+
     /// Copies the packet into `out` (`subbuf_size` bytes).
     pub fn copy_packet(&self, p: &PacketRef, out: &mut [u8]) {
         let (ptr, len) = self.packet_ptr(p);
