@@ -13,6 +13,7 @@
 //! | [`epoll`] | [`Poller`]: wait on many eventfds / sockets |
 //! | [`seqpacket`] | the Unix `SOCK_SEQPACKET` control socket, with fd passing and peer credentials |
 //! | [`cpu`] | current CPU, pinning, online / possible CPU lists |
+//! | [`ring`] | [`MappedReader`]: a consumer's ring reader over mappings it owns (no `unsafe` for the caller) |
 //! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks) |
 //!
 //! Linux only.
@@ -24,9 +25,11 @@ pub mod eventfd;
 pub mod memfd;
 pub mod mmap;
 pub mod proc;
+pub mod ring;
 pub mod seqpacket;
 
 pub use epoll::{PollEvent, Poller};
 pub use eventfd::EventFd;
 pub use mmap::SharedMapping;
+pub use ring::MappedReader;
 pub use seqpacket::{Conn, Listener, PeerCred};
