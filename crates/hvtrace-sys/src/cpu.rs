@@ -4,11 +4,21 @@ use std::io;
 
 use rustix::thread::CpuSet;
 
-/// The CPU the calling thread is running on right now (`sched_getcpu`, vDSO).
-/// The answer may be stale as soon as it is returned unless the thread is
-/// pinned.
+/// The CPU the calling thread is running on right now. The answer may be
+/// stale as soon as it is returned unless the thread is pinned.
+///
+/// glibc's `sched_getcpu` reads the rseq area glibc registers for every
+/// thread (about 4 ns here, against 9 ns for the vDSO call), so it is used
+/// when it answers; the vDSO call otherwise.
+#[inline]
 pub fn current_cpu() -> usize {
-    rustix::thread::sched_getcpu()
+    // SAFETY: sched_getcpu takes no arguments and only returns a number.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu >= 0 {
+        cpu as usize
+    } else {
+        rustix::thread::sched_getcpu()
+    }
 }
 
 /// Restricts the calling thread to run only on `cpu`.
@@ -38,9 +48,7 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
 /// falls back to [`allowed_cpus`] if sysfs is unavailable. This is the set a
 /// host gives one ring each (threads of the process may be allowed on fewer).
 pub fn online_cpus() -> Vec<usize> {
-    read_cpu_list("/sys/devices/system/cpu/online")
-        .or_else(|_| allowed_cpus())
-        .unwrap_or_else(|_| vec![0])
+    read_cpu_list("/sys/devices/system/cpu/online").or_else(|_| allowed_cpus()).unwrap_or_else(|_| vec![0])
 }
 
 /// The possible CPUs (every CPU number that may ever come online, e.g. by
@@ -52,12 +60,8 @@ pub fn possible_cpus() -> Vec<usize> {
 
 fn read_cpu_list(path: &str) -> io::Result<Vec<usize>> {
     let s = std::fs::read_to_string(path)?;
-    parse_cpu_list(&s).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("cannot parse CPU list {s:?} from {path}"),
-        )
-    })
+    parse_cpu_list(&s)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("cannot parse CPU list {s:?} from {path}")))
 }
 
 /// Parses a kernel CPU list such as `"0-3,5,8-9\n"` into ascending CPU

@@ -1,0 +1,240 @@
+//! A channel: one ring per CPU in memfds, the consumer control memfd, the
+//! wake-up eventfds, and the life cycle (start / stop with quiescence / flush).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hvtrace_core::{Geometry, Mode, StreamId};
+use hvtrace_proto::{ChannelConfig, ChannelState, RingInfo, RingStatus};
+use hvtrace_sys::eventfd::EventFd;
+use hvtrace_sys::memfd;
+use hvtrace_sys::mmap::SharedMapping;
+
+use crate::clock::HostClock;
+use crate::ringmem::RingMem;
+
+/// How long `stop` waits for writers to leave their records.
+pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One trace channel.
+pub struct Channel {
+    // Rings borrow `ctrl_map`: declared (so dropped) first.
+    rings: Box<[OnceLock<RingMem>]>,
+    ctrl_map: SharedMapping,
+    ctrl_fd: OwnedFd,
+    /// Channel name (stream files are `<name>_<cpu>`).
+    pub name: String,
+    /// Trace UUID.
+    pub uuid: [u8; 16],
+    /// Geometry and mode as requested.
+    pub config: ChannelConfig,
+    geo: Geometry,
+    mode: Mode,
+    /// CTF metadata text.
+    pub metadata: String,
+    /// Signalled when rings appear or the state changes (stop, destroy).
+    pub changed: EventFd,
+    recording: AtomicBool,
+    /// Live `map` references.
+    pub refs: AtomicU32,
+    state: Mutex<ChannelState>,
+}
+
+impl Channel {
+    /// Creates the channel with rings for `cpus` (each `< max_cpus`), not recording.
+    pub fn new(
+        name: &str,
+        config: ChannelConfig,
+        max_cpus: u32,
+        cpus: &[u32],
+        metadata: String,
+        uuid: [u8; 16],
+    ) -> io::Result<Channel> {
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        let geo = Geometry::new(config.subbuf_size, config.num_subbuf as u64).map_err(|e| invalid(e.to_string()))?;
+        let mode = match config.mode {
+            hvtrace_proto::Mode::Discard => Mode::Discard,
+            hvtrace_proto::Mode::Overwrite => Mode::Overwrite,
+        };
+        let ctrl_len = geo.ctrl_len() * max_cpus as u64;
+        let ctrl_fd = memfd::create_memfd(&format!("hvtrace-ctrl-{name}"), ctrl_len)?;
+        let ctrl_map = SharedMapping::map_rw(&ctrl_fd, ctrl_len as usize)?;
+        // The consumer may write the contents, never resize it under our mapping.
+        memfd::seal_size(&ctrl_fd)?;
+        let ch = Channel {
+            rings: (0..max_cpus).map(|_| OnceLock::new()).collect(),
+            ctrl_map,
+            ctrl_fd,
+            name: name.to_string(),
+            uuid,
+            config,
+            geo,
+            mode,
+            metadata,
+            changed: EventFd::new()?,
+            recording: AtomicBool::new(false),
+            refs: AtomicU32::new(0),
+            state: Mutex::new(ChannelState::Created),
+        };
+        for &cpu in cpus {
+            ch.add_ring(cpu)?;
+        }
+        Ok(ch)
+    }
+
+    /// The ring of `cpu`, if that CPU has one. Lock-free.
+    #[inline]
+    pub fn ring(&self, cpu: u32) -> Option<&RingMem> {
+        self.rings.get(cpu as usize)?.get()
+    }
+
+    /// Every ring, in CPU order.
+    pub fn rings(&self) -> impl Iterator<Item = &RingMem> {
+        self.rings.iter().filter_map(|r| r.get())
+    }
+
+    /// Offset of `cpu`'s consumer words in the control memfd.
+    pub fn ctrl_offset(&self, cpu: u32) -> u64 {
+        cpu as u64 * self.geo.ctrl_len()
+    }
+
+    /// Length of the control memfd.
+    pub fn ctrl_len(&self) -> u64 {
+        self.ctrl_map.len() as u64
+    }
+
+    /// A new descriptor of the control memfd (read-write) for a consumer.
+    pub fn ctrl_fd(&self) -> io::Result<OwnedFd> {
+        self.ctrl_fd.try_clone()
+    }
+
+    /// What a consumer needs to know of `ring`.
+    pub fn ring_info(&self, ring: &RingMem) -> RingInfo {
+        RingInfo { cpu: ring.cpu, data_len: ring.data_len(), ctrl_offset: self.ctrl_offset(ring.cpu) }
+    }
+
+    /// Adds the ring of a CPU that came online; recording if the channel is.
+    /// Returns false if it already had one.
+    pub fn add_ring(&self, cpu: u32) -> io::Result<bool> {
+        let slot = self.rings.get(cpu as usize).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("CPU {cpu} is beyond the channel's {} CPUs", self.rings.len()),
+            )
+        })?;
+        let _lifecycle = self.state.lock().unwrap();
+        if slot.get().is_some() {
+            return Ok(false);
+        }
+        let offset = self.ctrl_offset(cpu) as usize;
+        // SAFETY: `offset + ctrl_len` lies inside the control mapping (sized
+        // for every slot), which outlives the rings (field order of Channel).
+        let mem = unsafe {
+            RingMem::new(
+                &self.name,
+                self.geo,
+                self.mode,
+                StreamId { uuid: self.uuid, cpu },
+                self.ctrl_map.as_mut_ptr().add(offset),
+            )?
+        };
+        if !self.recording.load(Ordering::Acquire) {
+            mem.ring().close();
+        }
+        let _ = slot.set(mem);
+        self.changed.signal()?;
+        Ok(true)
+    }
+
+    /// Current life-cycle state.
+    pub fn state(&self) -> ChannelState {
+        *self.state.lock().unwrap()
+    }
+
+    /// Starts recording. Allowed from Created and Stopped.
+    pub fn start(&self) -> Result<(), String> {
+        let mut st = self.state.lock().unwrap();
+        match *st {
+            ChannelState::Created | ChannelState::Stopped => {}
+            s => return Err(format!("cannot start a {s} channel")),
+        }
+        self.recording.store(true, Ordering::Release);
+        for r in self.rings() {
+            r.ring().open();
+        }
+        *st = ChannelState::Started;
+        Ok(())
+    }
+
+    /// Stops recording: closes every ring, waits until no writer is inside
+    /// a record (quiescent state), flushes partial sub-buffers and wakes the
+    /// consumer. `to` is Stopped or Destroyed.
+    pub fn stop(&self, clock: &HostClock, to: ChannelState) -> Result<(), String> {
+        let mut st = self.state.lock().unwrap();
+        if *st == ChannelState::Destroyed {
+            return Err("the channel is already destroyed".into());
+        }
+        if to == ChannelState::Stopped && *st != ChannelState::Started {
+            return Err(format!("cannot stop a {} channel (start it first)", *st));
+        }
+        self.recording.store(false, Ordering::Release);
+        for r in self.rings() {
+            r.ring().close();
+        }
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        let mut busy: Vec<u32> = Vec::new();
+        for r in self.rings() {
+            while !r.ring().is_quiescent() {
+                if Instant::now() > deadline {
+                    busy.push(r.cpu);
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        *st = to;
+        drop(st);
+        self.flush(clock);
+        self.changed.signal().map_err(|e| e.to_string())?;
+        if busy.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "stopped, but writers on CPU(s) {busy:?} were still inside a record after {QUIESCE_TIMEOUT:?}: \
+                 their sub-buffers stay undelivered"
+            ))
+        }
+    }
+
+    /// Closes partial sub-buffers and wakes the consumer of every ring.
+    pub fn flush(&self, clock: &HostClock) {
+        for r in self.rings() {
+            r.ring().flush(clock);
+            // Always wake: the consumer drains what is ready and sleeps again.
+            let _ = r.wake.signal();
+        }
+    }
+
+    /// Per-ring counters.
+    pub fn ring_status(&self) -> Vec<RingStatus> {
+        self.rings()
+            .map(|r| {
+                let c = r.ring().counters();
+                RingStatus {
+                    cpu: r.cpu,
+                    produced_bytes: c.produced_bytes,
+                    consumed_bytes: c.consumed_bytes,
+                    delivered_subbufs: c.delivered_subbufs,
+                    events_discarded: c.discarded,
+                    discarded_full: c.discarded_full,
+                    discarded_too_big: c.discarded_too_big,
+                    discarded_busy: c.discarded_busy,
+                    overwritten: c.overwritten,
+                }
+            })
+            .collect()
+    }
+}

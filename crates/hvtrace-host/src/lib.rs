@@ -1,0 +1,258 @@
+//! # hvtrace-host — the traced side
+//!
+//! What a hypervisor or VMM links to be traced: a [`Host`] owns the trace
+//! channel (one ring per CPU in `hvtrace-data-*` memfds, the consumer's
+//! `hvtrace-ctrl-*` control memfd, one eventfd per ring) and serves the
+//! control socket — the "hypercalls" create / start / stop / destroy / map /
+//! unmap / status / flush. Threads record through a [`Writer`], which picks
+//! the ring of the CPU it runs on (or a fixed one) without taking a lock.
+//!
+//! ```no_run
+//! # use hvtrace_host::{Host, HostConfig};
+//! use hvtrace_core::EventSet;
+//! hvtrace_core::events! {
+//!     /// My VMM's events.
+//!     pub mod vmm ("vmm") { fn vm_exit(vcpu: u32, reason: u32); }
+//! }
+//! let host = Host::serve(HostConfig::new("/tmp/vmm.sock", "vmm"), vmm::Events::EVENTS, "vmm").unwrap();
+//! let w = host.writer();
+//! let _ = vmm::vm_exit(&w, 0, 30);
+//! ```
+
+mod channel;
+pub mod clock;
+mod ringmem;
+mod server;
+
+use std::cell::RefCell;
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hvtrace_core::metadata::{self, TraceDesc};
+use hvtrace_core::{Encoder, EventDesc, RecordError, Sink};
+use hvtrace_proto::{ChannelConfig, ChannelState, StatusInfo};
+use hvtrace_sys::eventfd::EventFd;
+
+pub use channel::{Channel, QUIESCE_TIMEOUT};
+pub use clock::{ClockSource, HostClock};
+
+/// How a host is set up.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Channel name (stream files are `<channel>_<cpu>`).
+    pub channel: String,
+    /// What is traced, for the trace's `env.domain` (`xen-sim`, `kvm`, …).
+    pub domain: String,
+    /// CPUs that have a ring from the start.
+    pub cpus: Vec<u32>,
+    /// Highest CPU number + 1 that may ever come online (hotplug).
+    pub max_cpus: u32,
+    /// Permissions of the socket file.
+    pub socket_mode: u32,
+    /// A group whose members may also control the host (besides our own uid and root).
+    pub allow_gid: Option<u32>,
+}
+
+impl HostConfig {
+    /// Defaults: the online CPUs, room for every possible CPU, mode 0600.
+    pub fn new(socket: impl Into<PathBuf>, domain: &str) -> HostConfig {
+        let online: Vec<u32> = hvtrace_sys::cpu::online_cpus().into_iter().map(|c| c as u32).collect();
+        let possible = hvtrace_sys::cpu::possible_cpus().into_iter().max().map_or(1, |c| c as u32 + 1);
+        HostConfig {
+            socket: socket.into(),
+            channel: "channel0".into(),
+            domain: domain.into(),
+            max_cpus: possible.max(online.iter().max().map_or(1, |c| c + 1)),
+            cpus: online,
+            socket_mode: 0o600,
+            allow_gid: None,
+        }
+    }
+}
+
+/// State shared by the host, its writers and its control server.
+pub(crate) struct Shared {
+    pub(crate) cfg: HostConfig,
+    pub(crate) events: &'static [EventDesc],
+    pub(crate) clock: HostClock,
+    /// The live channel (None before create and after destroy).
+    pub(crate) current: Mutex<Option<Arc<Channel>>>,
+    /// Bumped whenever `current` changes, so writers refresh their cache.
+    pub(crate) generation: AtomicU64,
+    /// A destroyed channel still mapped by consumers.
+    pub(crate) retired: Mutex<Option<Arc<Channel>>>,
+    /// State to report when no channel is live.
+    pub(crate) last_state: Mutex<ChannelState>,
+    pub(crate) online: Mutex<Vec<u32>>,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) shutdown_fd: EventFd,
+}
+
+/// A traced host: the channel and its control socket.
+pub struct Host {
+    shared: Arc<Shared>,
+    server: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Host {
+    /// Binds the control socket and serves it from a background thread.
+    /// `events` are the event classes the host records (ids = positions).
+    pub fn serve(cfg: HostConfig, events: &'static [EventDesc], _set_name: &str) -> io::Result<Arc<Host>> {
+        let listener = hvtrace_sys::seqpacket::Listener::bind(&cfg.socket, cfg.socket_mode)?;
+        let shared = Arc::new(Shared {
+            online: Mutex::new(cfg.cpus.clone()),
+            cfg,
+            events,
+            clock: HostClock::detect(Duration::from_millis(50)),
+            current: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            retired: Mutex::new(None),
+            last_state: Mutex::new(ChannelState::Empty),
+            shutdown: AtomicBool::new(false),
+            shutdown_fd: EventFd::new()?,
+        });
+        let s = shared.clone();
+        let server =
+            std::thread::Builder::new().name("hvtrace-ctl".into()).spawn(move || server::serve(s, listener))?;
+        Ok(Arc::new(Host { shared, server: Mutex::new(Some(server)) }))
+    }
+
+    /// A writer that records into the ring of whatever CPU it runs on.
+    pub fn writer(&self) -> Writer {
+        Writer { shared: self.shared.clone(), cpu: None, cache: RefCell::new((u64::MAX, None)) }
+    }
+
+    /// A writer bound to `cpu`'s ring (for threads pinned to that CPU, or one ring per vCPU).
+    pub fn writer_for_cpu(&self, cpu: u32) -> Writer {
+        Writer { shared: self.shared.clone(), cpu: Some(cpu), cache: RefCell::new((u64::MAX, None)) }
+    }
+
+    /// The clock timestamps come from.
+    pub fn clock(&self) -> &HostClock {
+        &self.shared.clock
+    }
+
+    /// Brings `cpu` online: the live channel gets a ring for it and mapped
+    /// consumers are told (through the channel's eventfd).
+    pub fn add_cpu(&self, cpu: u32) -> io::Result<()> {
+        if cpu >= self.shared.cfg.max_cpus {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("CPU {cpu} >= max_cpus")));
+        }
+        {
+            let mut on = self.shared.online.lock().unwrap();
+            if !on.contains(&cpu) {
+                on.push(cpu);
+                on.sort_unstable();
+            }
+        }
+        if let Some(ch) = self.shared.current.lock().unwrap().clone() {
+            ch.add_ring(cpu)?;
+        }
+        Ok(())
+    }
+
+    /// State and counters, as the `status` request reports them.
+    pub fn status(&self) -> StatusInfo {
+        server::status(&self.shared)
+    }
+
+    /// Stops serving the control socket and removes it.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        let _ = self.shared.shutdown_fd.signal();
+        if let Some(h) = self.server.lock().unwrap().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Shared {
+    /// Renders the metadata of a new channel.
+    pub(crate) fn metadata(&self, uuid: [u8; 16]) -> String {
+        let hostname = rustix_hostname();
+        let desc = TraceDesc {
+            uuid,
+            hostname: &hostname,
+            domain: &self.cfg.domain,
+            tracer_version: (0, 1, 0),
+            clock: self.clock.desc(),
+        };
+        let mut s = String::new();
+        metadata::render(&mut s, &desc, self.events).expect("formatting into a String cannot fail");
+        s
+    }
+
+    /// Creates the channel.
+    pub(crate) fn create(&self, config: ChannelConfig) -> Result<(), hvtrace_proto::Reply> {
+        use hvtrace_proto::{ErrorCode, Reply};
+        config.validate().map_err(Reply::from)?;
+        let mut cur = self.current.lock().unwrap();
+        if let Some(ch) = cur.as_ref() {
+            return Err(Reply::error(
+                ErrorCode::BadState,
+                format!("a channel already exists ({}): destroy it first", ch.state()),
+            ));
+        }
+        let uuid = *uuid::Uuid::new_v4().as_bytes();
+        let cpus = self.online.lock().unwrap().clone();
+        let ch = Channel::new(&self.cfg.channel, config, self.cfg.max_cpus, &cpus, self.metadata(uuid), uuid)
+            .map_err(|e| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}")))?;
+        *cur = Some(Arc::new(ch));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+fn rustix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Records events into the host's channel. One per thread (it caches the
+/// channel; not `Sync`). Recording while no channel is started returns
+/// [`RecordError::Closed`], which is not a loss.
+pub struct Writer {
+    shared: Arc<Shared>,
+    cpu: Option<u32>,
+    cache: RefCell<(u64, Option<Arc<Channel>>)>,
+}
+
+impl Writer {
+    #[cold]
+    fn refresh(&self, generation: u64) {
+        let ch = self.shared.current.lock().unwrap().clone();
+        *self.cache.borrow_mut() = (generation, ch);
+    }
+}
+
+impl Sink for Writer {
+    #[inline]
+    fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if self.cache.borrow().0 != generation {
+            self.refresh(generation);
+        }
+        let cache = self.cache.borrow();
+        let Some(ch) = cache.1.as_deref() else { return Err(RecordError::Closed) };
+        let cpu = self.cpu.unwrap_or_else(|| hvtrace_sys::cpu::current_cpu() as u32);
+        let Some(mem) = ch.ring(cpu) else { return Err(RecordError::Closed) };
+        if mem.ring().record(&self.shared.clock, id, len, fill)? {
+            // A sub-buffer was delivered: wake the consumer (the only syscall
+            // on the record path, once per sub-buffer).
+            let _ = mem.wake.signal();
+        }
+        Ok(())
+    }
+}
