@@ -30,10 +30,7 @@ pub struct Poller {
 impl Poller {
     /// Creates an epoll instance.
     pub fn new() -> io::Result<Self> {
-        Ok(Self {
-            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
-            buf: Vec::new(),
-        })
+        Ok(Self { epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?, buf: Vec::new() })
     }
 
     /// Starts watching `fd` for readability (and hang-up); [`wait`](Self::wait)
@@ -65,11 +62,7 @@ impl Poller {
     /// Returns `Ok(0)` on timeout **and when interrupted by a signal
     /// (`EINTR`)**; callers loop anyway, and may re-check their stop
     /// condition. With `timeout: None`, `Ok(0)` therefore means "interrupted".
-    pub fn wait(
-        &mut self,
-        events: &mut Vec<PollEvent>,
-        timeout: Option<Duration>,
-    ) -> io::Result<usize> {
+    pub fn wait(&mut self, events: &mut Vec<PollEvent>, timeout: Option<Duration>) -> io::Result<usize> {
         events.clear();
         let cap = events.capacity().max(1);
         self.buf.clear();
@@ -89,9 +82,7 @@ impl Poller {
             PollEvent {
                 token: ev.data.u64(),
                 readable: flags.contains(epoll::EventFlags::IN),
-                hangup: flags.intersects(
-                    epoll::EventFlags::HUP | epoll::EventFlags::RDHUP | epoll::EventFlags::ERR,
-                ),
+                hangup: flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::RDHUP | epoll::EventFlags::ERR),
             }
         }));
         Ok(events.len())
@@ -100,9 +91,7 @@ impl Poller {
 
 impl std::fmt::Debug for Poller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Poller")
-            .field("epoll", &self.epoll)
-            .finish()
+        f.debug_struct("Poller").field("epoll", &self.epoll).finish()
     }
 }
 

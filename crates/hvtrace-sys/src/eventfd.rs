@@ -71,9 +71,7 @@ impl EventFd {
     /// Duplicates the descriptor (close-on-exec), e.g. to keep one end while
     /// sending another.
     pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self {
-            fd: self.fd.try_clone()?,
-        })
+        Ok(Self { fd: self.fd.try_clone()? })
     }
 
     /// Gives up the wrapper and returns the descriptor.

@@ -40,10 +40,7 @@ pub fn create_memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
 ///
 /// Needs Linux 5.1 or later (`F_SEAL_FUTURE_WRITE`).
 pub fn seal_for_readers<Fd: AsFd>(fd: Fd) -> io::Result<()> {
-    rustix::fs::fcntl_add_seals(
-        fd,
-        SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL,
-    )?;
+    rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL)?;
     Ok(())
 }
 
@@ -78,11 +75,7 @@ pub fn file_len<Fd: AsFd>(fd: Fd) -> io::Result<u64> {
 /// [`seal_for_readers`] for that.
 pub fn reopen_read_only<Fd: AsFd>(fd: Fd) -> io::Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
-    let ro = rustix::fs::open(
-        path.as_str(),
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let ro = rustix::fs::open(path.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?;
     Ok(ro)
 }
 
@@ -96,10 +89,7 @@ mod tests {
         let fd = create_memfd("hvtrace-data-test-0", 3 * 4096).unwrap();
         assert_eq!(file_len(&fd).unwrap(), 3 * 4096);
         let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
-        assert_eq!(
-            link.to_str().unwrap(),
-            "/memfd:hvtrace-data-test-0 (deleted)"
-        );
+        assert_eq!(link.to_str().unwrap(), "/memfd:hvtrace-data-test-0 (deleted)");
         let fl = rustix::io::fcntl_getfd(&fd).unwrap();
         assert!(fl.contains(rustix::io::FdFlags::CLOEXEC));
         assert_eq!(seals(&fd).unwrap(), 0);
@@ -130,16 +120,11 @@ mod tests {
         let fd = create_memfd("hvtrace-data-seal", 8192).unwrap();
         seal_for_readers(&fd).unwrap();
         let s = SealFlags::from_bits_retain(seals(&fd).unwrap());
-        assert!(s.contains(
-            SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL
-        ));
+        assert!(s.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE | SealFlags::SEAL));
         assert!(rustix::fs::ftruncate(&fd, 4096).is_err());
         assert!(rustix::fs::ftruncate(&fd, 16384).is_err());
         // write(2) through the original read-write descriptor is refused.
-        assert_eq!(
-            rustix::io::write(&fd, b"x").unwrap_err(),
-            rustix::io::Errno::PERM
-        );
+        assert_eq!(rustix::io::write(&fd, b"x").unwrap_err(), rustix::io::Errno::PERM);
         // F_SEAL_SEAL: no more seals.
         assert!(rustix::fs::fcntl_add_seals(&fd, SealFlags::WRITE).is_err());
     }

@@ -31,10 +31,7 @@ impl SharedMapping {
         let fd = fd.as_fd();
         check_len(fd, len)?;
         let map = MmapOptions::new().len(len).map_raw(&fd)?;
-        Ok(Self {
-            map,
-            writable: true,
-        })
+        Ok(Self { map, writable: true })
     }
 
     /// Maps the first `len` bytes of `fd` read-only (`PROT_READ`,
@@ -45,10 +42,7 @@ impl SharedMapping {
         let fd = fd.as_fd();
         check_len(fd, len)?;
         let map = MmapOptions::new().len(len).map_raw_read_only(&fd)?;
-        Ok(Self {
-            map,
-            writable: false,
-        })
+        Ok(Self { map, writable: false })
     }
 
     /// Start of the mapping (page aligned).
@@ -84,10 +78,7 @@ impl SharedMapping {
 
 fn check_len(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<()> {
     if len == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "cannot map 0 bytes",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map 0 bytes"));
     }
     let file_len = crate::memfd::file_len(fd)?;
     if (len as u64) > file_len {
@@ -191,11 +182,7 @@ mod tests {
             // if the call succeeded it would only add PROT_WRITE, which does
             // not invalidate any reference (none exist).
             let r = unsafe {
-                rustix::mm::mprotect(
-                    m.as_mut_ptr().cast(),
-                    4096,
-                    MprotectFlags::READ | MprotectFlags::WRITE,
-                )
+                rustix::mm::mprotect(m.as_mut_ptr().cast(), 4096, MprotectFlags::READ | MprotectFlags::WRITE)
             };
             assert_eq!(r.unwrap_err(), Errno::ACCESS);
         }

@@ -30,10 +30,7 @@ fn sum_task_field(pid: u32, key: &str) -> io::Result<u64> {
             Err(e) => return Err(e),
         };
         total += parse_status_field(&s, key).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("no numeric {key} in {}", path.display()),
-            )
+            io::Error::new(io::ErrorKind::InvalidData, format!("no numeric {key} in {}", path.display()))
         })?;
     }
     Ok(total)
@@ -51,12 +48,8 @@ fn parse_status_field(s: &str, key: &str) -> Option<u64> {
 /// 10 ms, so measure over long enough runs).
 pub fn cpu_time(pid: u32) -> io::Result<Duration> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let ticks = parse_stat_cpu_ticks(&s).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("cannot parse /proc/{pid}/stat"),
-        )
-    })?;
+    let ticks = parse_stat_cpu_ticks(&s)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("cannot parse /proc/{pid}/stat")))?;
     let hz = rustix::param::clock_ticks_per_second().max(1);
     Ok(Duration::from_secs(ticks / hz) + Duration::from_nanos((ticks % hz) * 1_000_000_000 / hz))
 }

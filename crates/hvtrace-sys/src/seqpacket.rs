@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::{
-    self, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    self, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
 /// The most descriptors one message may carry (the kernel's `SCM_MAX_FD`).
@@ -84,12 +84,7 @@ impl Listener {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let fd = net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
+        let fd = net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
         net::bind(&fd, &SocketAddrUnix::new(path)?)?;
         let set_up = (|| {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
@@ -103,11 +98,7 @@ impl Listener {
                 return Err(e);
             }
         };
-        Ok(Self {
-            fd,
-            path: path.to_path_buf(),
-            ino: (meta.dev(), meta.ino()),
-        })
+        Ok(Self { fd, path: path.to_path_buf(), ino: (meta.dev(), meta.ino()) })
     }
 
     /// Accepts one connection (close-on-exec, blocking). In non-blocking mode
@@ -167,12 +158,7 @@ impl Conn {
     /// `ECONNREFUSED` means nobody listens there; `ENOENT` that there is no
     /// socket file.
     pub fn connect<P: AsRef<Path>>(path: P) -> io::Result<Self> {
-        let fd = net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
+        let fd = net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
         let addr = SocketAddrUnix::new(path.as_ref())?;
         loop {
             match net::connect(&fd, &addr) {
@@ -185,12 +171,7 @@ impl Conn {
 
     /// A connected pair (close-on-exec), e.g. for tests or a forked child.
     pub fn pair() -> io::Result<(Self, Self)> {
-        let (a, b) = net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )?;
+        let (a, b) = net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
         Ok((Self { fd: a }, Self { fd: b }))
     }
 
@@ -202,11 +183,7 @@ impl Conn {
     /// Credentials of the peer process (`SO_PEERCRED`).
     pub fn peer_cred(&self) -> io::Result<PeerCred> {
         let c = net::sockopt::socket_peercred(&self.fd)?;
-        Ok(PeerCred {
-            pid: c.pid.as_raw_nonzero().get() as u32,
-            uid: c.uid.as_raw(),
-            gid: c.gid.as_raw(),
-        })
+        Ok(PeerCred { pid: c.pid.as_raw_nonzero().get() as u32, uid: c.uid.as_raw(), gid: c.gid.as_raw() })
     }
 
     /// Sends `data` as one message, with `fds` attached (`SCM_RIGHTS`; the
@@ -232,10 +209,7 @@ impl Conn {
             match net::sendmsg(&self.fd, &iov, &mut control, SendFlags::NOSIGNAL) {
                 Ok(n) if n == data.len() => return Ok(()),
                 Ok(n) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        format!("sent {n} of {} bytes", data.len()),
-                    ))
+                    return Err(io::Error::new(io::ErrorKind::WriteZero, format!("sent {n} of {} bytes", data.len())))
                 }
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -259,12 +233,7 @@ impl Conn {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let msg = loop {
             let mut iov = [IoSliceMut::new(buf)];
-            match net::recvmsg(
-                &self.fd,
-                &mut iov,
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC,
-            ) {
+            match net::recvmsg(&self.fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC) {
                 Ok(m) => break m,
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -279,11 +248,7 @@ impl Conn {
         if msg.flags.contains(ReturnFlags::TRUNC) || msg.bytes > buf.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!(
-                    "truncated message: {} bytes received into a {}-byte buffer",
-                    msg.bytes,
-                    buf.len()
-                ),
+                format!("truncated message: {} bytes received into a {}-byte buffer", msg.bytes, buf.len()),
             ));
         }
         if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > max_fds {
@@ -301,10 +266,7 @@ impl Conn {
     /// it as "no timeout").
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         if timeout == Some(Duration::ZERO) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a zero read timeout is not allowed",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a zero read timeout is not allowed"));
         }
         net::sockopt::set_socket_timeout(&self.fd, net::sockopt::Timeout::Recv, timeout)?;
         Ok(())
@@ -314,10 +276,7 @@ impl Conn {
     /// A zero duration is rejected with `InvalidInput`.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         if timeout == Some(Duration::ZERO) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a zero write timeout is not allowed",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "a zero write timeout is not allowed"));
         }
         net::sockopt::set_socket_timeout(&self.fd, net::sockopt::Timeout::Send, timeout)?;
         Ok(())
@@ -354,11 +313,7 @@ fn cmsg_space_for(nfds: usize) -> usize {
 
 fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
     let fl = rustix::fs::fcntl_getfl(fd)?;
-    let fl = if nonblocking {
-        fl | rustix::fs::OFlags::NONBLOCK
-    } else {
-        fl - rustix::fs::OFlags::NONBLOCK
-    };
+    let fl = if nonblocking { fl | rustix::fs::OFlags::NONBLOCK } else { fl - rustix::fs::OFlags::NONBLOCK };
     rustix::fs::fcntl_setfl(fd, fl)?;
     Ok(())
 }
@@ -370,8 +325,7 @@ mod tests {
     use crate::EventFd;
 
     fn sock_path(tag: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("hvtrace-sys-test-{}-{tag}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("hvtrace-sys-test-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("ctl.sock")
     }
@@ -488,13 +442,7 @@ mod tests {
         // A stale socket file (bound, its owner gone without cleanup) is
         // replaced.
         {
-            let fd = net::socket_with(
-                AddressFamily::UNIX,
-                SocketType::SEQPACKET,
-                SocketFlags::CLOEXEC,
-                None,
-            )
-            .unwrap();
+            let fd = net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
             net::bind(&fd, &SocketAddrUnix::new(path.as_path()).unwrap()).unwrap();
         }
         assert!(path.exists());
