@@ -1,0 +1,214 @@
+//! [`Report`]: what a consumer run wrote and lost, per ring.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use hvtrace_core::RingCounters;
+use serde::Serialize;
+
+/// Why the consumer stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The session was destroyed: the trace is complete.
+    Destroyed,
+    /// The host went away (its control socket hung up): the trace holds what
+    /// was delivered until then.
+    HostGone,
+    /// SIGINT or SIGTERM: the host was asked to flush, then everything
+    /// delivered was written.
+    Signal,
+    /// [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown) was
+    /// called: as for a signal.
+    Shutdown,
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ExitReason::Destroyed => "session destroyed",
+            ExitReason::HostGone => "host went away",
+            ExitReason::Signal => "interrupted by a signal",
+            ExitReason::Shutdown => "shut down",
+        })
+    }
+}
+
+/// Serde mirror of [`RingCounters`] (which lives in the `no_std` core).
+#[derive(Serialize)]
+#[serde(remote = "RingCounters")]
+struct RingCountersDef {
+    produced_bytes: u64,
+    consumed_bytes: u64,
+    delivered_subbufs: u64,
+    discarded: u64,
+    discarded_full: u64,
+    discarded_busy: u64,
+    discarded_too_big: u64,
+    overwritten: u64,
+    closed: bool,
+}
+
+/// What happened to one CPU ring's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RingReport {
+    /// CPU number.
+    pub cpu: u32,
+    /// The stream file.
+    pub file: PathBuf,
+    /// Packets written (the trailer not included).
+    pub packets: u64,
+    /// Bytes of those packets (the file holds `bytes`, plus the trailer's
+    /// 84 bytes if `trailer`).
+    pub bytes: u64,
+    /// Packets the producer overwrote while they were being written
+    /// (overwrite mode); cut off again.
+    pub torn: u64,
+    /// Failed writes (and `fsync`s) of this file.
+    pub write_errors: u64,
+    /// Delivered packets not in the file (write errors, malformed packets).
+    pub lost_packets: u64,
+    /// Bytes of those packets.
+    pub lost_bytes: u64,
+    /// Whether an empty packet carrying the final `events_discarded` was
+    /// appended.
+    pub trailer: bool,
+    /// The first error met on this stream, if any.
+    pub first_error: Option<String>,
+    /// The ring's counters at the end.
+    #[serde(with = "RingCountersDef")]
+    pub counters: RingCounters,
+}
+
+impl RingReport {
+    pub(crate) fn new(cpu: u32, file: &Path) -> Self {
+        RingReport {
+            cpu,
+            file: file.to_path_buf(),
+            packets: 0,
+            bytes: 0,
+            torn: 0,
+            write_errors: 0,
+            lost_packets: 0,
+            lost_bytes: 0,
+            trailer: false,
+            first_error: None,
+            counters: RingCounters::default(),
+        }
+    }
+}
+
+/// The result of [`Consumer::run`](crate::Consumer::run).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Channel name.
+    pub channel: String,
+    /// The trace directory.
+    pub output: PathBuf,
+    /// Per ring, by CPU number.
+    pub per_ring: Vec<RingReport>,
+    /// Why the consumer stopped.
+    pub exit: ExitReason,
+    /// The trace ends early (the host went away); `DIR/INCOMPLETE` says so.
+    pub cut_short: bool,
+}
+
+impl Report {
+    /// Packets written over all rings.
+    pub fn packets(&self) -> u64 {
+        self.per_ring.iter().map(|r| r.packets).sum()
+    }
+
+    /// Bytes of packets written over all rings.
+    pub fn bytes(&self) -> u64 {
+        self.per_ring.iter().map(|r| r.bytes).sum()
+    }
+
+    /// Events the producer lost (all causes) over all rings.
+    pub fn events_discarded(&self) -> u64 {
+        self.per_ring.iter().map(|r| r.counters.discarded).sum()
+    }
+
+    /// Packets delivered but not written (write errors, torn, malformed).
+    pub fn packets_lost(&self) -> u64 {
+        self.per_ring.iter().map(|r| r.lost_packets + r.torn).sum()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "trace {} (channel {}): {}", self.output.display(), self.channel, self.exit)?;
+        writeln!(
+            f,
+            "{:>4} {:>9} {:>12} {:>6} {:>8} {:>9} {:>10} {:>10} {:>11}",
+            "cpu", "packets", "bytes", "torn", "w-errors", "lost-pkts", "delivered", "discarded", "overwritten"
+        )?;
+        for r in &self.per_ring {
+            writeln!(
+                f,
+                "{:>4} {:>9} {:>12} {:>6} {:>8} {:>9} {:>10} {:>10} {:>11}",
+                r.cpu,
+                r.packets,
+                r.bytes,
+                r.torn,
+                r.write_errors,
+                r.lost_packets,
+                r.counters.delivered_subbufs,
+                r.counters.discarded,
+                r.counters.overwritten
+            )?;
+        }
+        writeln!(
+            f,
+            "{:>4} {:>9} {:>12} {:>6} {:>8} {:>9} {:>10} {:>10} {:>11}",
+            "all",
+            self.packets(),
+            self.bytes(),
+            self.per_ring.iter().map(|r| r.torn).sum::<u64>(),
+            self.per_ring.iter().map(|r| r.write_errors).sum::<u64>(),
+            self.per_ring.iter().map(|r| r.lost_packets).sum::<u64>(),
+            self.per_ring.iter().map(|r| r.counters.delivered_subbufs).sum::<u64>(),
+            self.events_discarded(),
+            self.per_ring.iter().map(|r| r.counters.overwritten).sum::<u64>(),
+        )?;
+        for r in &self.per_ring {
+            if let Some(e) = &r.first_error {
+                writeln!(f, "cpu {}: {}: {e}", r.cpu, r.file.display())?;
+            }
+        }
+        if self.cut_short {
+            writeln!(f, "the trace was cut short: the host went away before the session was destroyed")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_and_json() {
+        let mut r = RingReport::new(1, Path::new("/t/chan_1"));
+        r.packets = 3;
+        r.bytes = 3 * 4096;
+        r.counters.discarded = 5;
+        r.first_error = Some("write failed: disk full".into());
+        let rep = Report {
+            channel: "chan".into(),
+            output: "/t".into(),
+            per_ring: vec![r],
+            exit: ExitReason::HostGone,
+            cut_short: true,
+        };
+        let text = rep.to_string();
+        assert!(text.contains("host went away"), "{text}");
+        assert!(text.contains("12288"), "{text}");
+        assert!(text.contains("disk full") && text.contains("cut short"), "{text}");
+        let v: serde_json::Value = serde_json::to_value(&rep).unwrap();
+        assert_eq!(v["exit"], "host_gone");
+        assert_eq!(v["cut_short"], true);
+        assert_eq!(v["per_ring"][0]["counters"]["discarded"], 5);
+        assert_eq!(v["per_ring"][0]["packets"], 3);
+    }
+}
