@@ -70,11 +70,15 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/hvbench-lttng.XXXXXX")
 OUT="$WORK/trace"
 LOG="$WORK/log"
 STARTED_SESSIOND_PID=""
+BENCH_PID=""
 SESSION_CREATED=0
 
 cleanup() {
 	local rc=$?
 	set +e
+	if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
+		kill -TERM "$BENCH_PID"; wait "$BENCH_PID" 2>/dev/null
+	fi
 	if [ "$SESSION_CREATED" = 1 ]; then
 		lttng destroy "$SESSION" >/dev/null 2>&1 || echo "$PROG: warning: could not destroy session $SESSION" >&2
 	fi
@@ -163,11 +167,17 @@ done
 ticks0=$(stat_cpu_ticks "${CONSUMERD_PIDS[@]}")
 sched0=$(schedstat_ns "${CONSUMERD_PIDS[@]}")
 
-if ! BENCH_JSON=$("$BENCH" "${BENCH_ARGS[@]}" 2>"$LOG"); then
+# In the background + wait, so that a TERM/INT trap runs (and kills it) at once.
+"$BENCH" "${BENCH_ARGS[@]}" >"$WORK/bench.json" 2>"$LOG" &
+BENCH_PID=$!
+if ! wait "$BENCH_PID"; then
+	BENCH_PID=""
 	echo "$PROG: error: ust_bench ${BENCH_ARGS[*]} failed:" >&2
 	sed 's/^/    /' "$LOG" >&2
 	exit 1
 fi
+BENCH_PID=""
+BENCH_JSON=$(cat "$WORK/bench.json")
 [ -s "$LOG" ] && sed 's/^/ust_bench: /' "$LOG" >&2
 case "$BENCH_JSON" in "{"*"}") ;; *) die "ust_bench printed no JSON line: $BENCH_JSON" ;; esac
 
