@@ -16,12 +16,12 @@ trap 'rm -f "$ALL"' EXIT
 
 for r in $(seq "$REPS"); do
 	for n in 1 2; do
-		"$HERE/floor" --threads "$n" --events "$M" | jq -c --arg c "floor_${n}t" '. + {config:$c}' | tee -a "$ALL"
+		"$HERE/floor" --threads "$n" --events "$M" | jq -c --arg c "floor_${n}t" --arg l "$(cut -d' ' -f1 /proc/loadavg)" '. + {config:$c, loadavg1:($l|tonumber)}' | tee -a "$ALL"
 		"$HERE/run_lttng.sh" --discard --threads "$n" --events "$M" --event full |
-			jq -c --arg c "ust_full_${n}t" '. + {config:$c}' | tee -a "$ALL"
+			jq -c --arg c "ust_full_${n}t" --arg l "$(cut -d' ' -f1 /proc/loadavg)" '. + {config:$c, loadavg1:($l|tonumber)}' | tee -a "$ALL"
 	done
 	"$HERE/run_lttng.sh" --discard --threads 1 --events "$M" --event two_ints |
-		jq -c '. + {config:"ust_two_ints_1t"}' | tee -a "$ALL"
+		jq -c --arg l "$(cut -d' ' -f1 /proc/loadavg)" '. + {config:"ust_two_ints_1t", loadavg1:($l|tonumber)}' | tee -a "$ALL"
 done
 
 jq -s -c 'def med: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor]
@@ -30,6 +30,8 @@ jq -s -c 'def med: sort | if length == 0 then null elif length % 2 == 1 then .[l
 		summary: .[0].config, reps: length,
 		ns_per_event_median: (map(.ns_per_event) | med), ns_per_event_min: (map(.ns_per_event) | min),
 		thread_cpu_ns_per_event_median: (map(.thread_cpu_ns_per_event) | med),
+		thread_cpu_ns_per_event_min: (map(.thread_cpu_ns_per_event) | min),
+		loadavg1_median: (map(.loadavg1) | med),
 		bytes_per_event: (map(.bytes_per_event // empty) | med),
 		consumerd_ns_per_event_median: (map(.consumerd_ns_per_event // empty) | med),
 		consumerd_cpu_s_per_million_events_median: (map(.consumerd_cpu_s_per_million_events // empty) | med),
