@@ -160,12 +160,13 @@ fn destroy(shared: &Shared) -> Reply {
         return Reply::error(ErrorCode::BadState, "no channel to destroy (already destroyed, or never created)");
     };
     shared.generation.fetch_add(1, Ordering::AcqRel);
-    // Stop writers at once; flush so a consumer still gets everything.
-    let r = ch.stop(&shared.clock, ChannelState::Destroyed);
+    // Status must say "destroyed" before consumers are woken to ask.
     *shared.last_state.lock().unwrap() = ChannelState::Destroyed;
     if ch.refs.load(Ordering::Acquire) > 0 {
-        *shared.retired.lock().unwrap() = Some(ch);
+        *shared.retired.lock().unwrap() = Some(ch.clone());
     }
+    // Stop writers at once; flush so a consumer still gets everything.
+    let r = ch.stop(&shared.clock, ChannelState::Destroyed);
     match r {
         Ok(()) => Reply::Ok,
         Err(m) => Reply::error(ErrorCode::Busy, m),
