@@ -344,7 +344,10 @@ impl Consumer {
                 }
             }
         }
-        Ok((state == ChannelState::Destroyed || destroy_pending).then_some(ExitReason::Destroyed))
+        // `Empty`: the channel this consumer maps is no longer the host's
+        // (a host may briefly report that while it retires a destroyed one).
+        let over = matches!(state, ChannelState::Destroyed | ChannelState::Empty) || destroy_pending;
+        Ok(over.then_some(ExitReason::Destroyed))
     }
 
     fn map_new_ring(&mut self, cpu: u32) -> Result<RingState, ConsumerError> {
