@@ -1,0 +1,51 @@
+//! `hvtrace consume`: the consumer daemon (the seed's lttd).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use hvtrace_consumer::{Consumer, ConsumerConfig};
+
+/// Record a host's channel into a CTF trace directory.
+///
+/// Maps the host's ring buffers read-only, sleeps until the host signals a
+/// sub-buffer switch, and writes each delivered sub-buffer unchanged to
+/// `OUTPUT/<channel>_<cpu>`, with the CTF `metadata` beside them. Exits when
+/// the session is destroyed, when the host goes away, or on SIGINT/SIGTERM
+/// (after a final flush and drain). The channel must have been created.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The host's control socket.
+    #[arg(long, short = 's')]
+    pub socket: PathBuf,
+    /// Trace directory to write (created; must not already hold a trace).
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Worker threads; rings are spread over them (any number of CPUs).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print the final report as one JSON line on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads.max(1) };
+    let consumer = Consumer::attach(&cfg)?;
+    eprintln!(
+        "hvtrace consume: recording channel {} (CPUs {:?}) into {} (pid {})",
+        consumer.channel(),
+        consumer.cpus(),
+        consumer.output().display(),
+        std::process::id()
+    );
+    let report = consumer.run()?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{report}");
+    }
+    if report.cut_short {
+        eprintln!("hvtrace consume: warning: the host went away; the trace holds what was delivered until then");
+    }
+    Ok(())
+}

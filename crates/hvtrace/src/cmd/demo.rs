@@ -1,0 +1,284 @@
+//! `hvtrace demo`: a whole session in separate processes — a simulated
+//! Xen-like host (`hvtrace sim`), the consumer daemon (`hvtrace consume`),
+//! and this process as the control tool — then a summary checked against
+//! the trace on disk.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hvtrace_core::EventSet;
+use hvtrace_ctl::Client;
+use hvtrace_proto::{ChannelConfig, Mode, Request};
+use hvtrace_sim::xen;
+
+use crate::cmd::sim::SimDone;
+use crate::size::parse_size;
+use crate::trace::count_stream;
+
+/// Run a complete tracing session on a simulated Xen-like host and summarise it.
+///
+/// Starts `hvtrace sim` (the host), creates the channel, starts `hvtrace
+/// consume` (the daemon), starts recording, lets every simulated CPU record
+/// EVENTS_PER_CPU events, stops, destroys, and prints per CPU what was
+/// emitted, recorded (decoded back from the trace files) and discarded.
+/// recorded + discarded always equals emitted; the command fails otherwise.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Trace directory to write (must not already hold a trace).
+    #[arg(long, short = 'o')]
+    pub output: PathBuf,
+    /// Simulated physical CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Events each simulated CPU records.
+    #[arg(long, default_value_t = 200_000)]
+    pub events_per_cpu: u64,
+    /// What a full ring does: discard new events, or overwrite the oldest.
+    #[arg(long, default_value = "discard")]
+    pub mode: Mode,
+    /// Bytes per sub-buffer (power of two, 4k..64M).
+    #[arg(long, default_value = "256k", value_parser = parse_size)]
+    pub subbuf_size: u64,
+    /// Sub-buffers per CPU ring (power of two, 2..1024).
+    #[arg(long, default_value_t = 8)]
+    pub num_subbuf: u32,
+    /// Events per second per CPU (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Consumer worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub consumer_threads: usize,
+    /// Print the summary as JSON: the last line of stdout is one object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Kills a child process on drop (so no host or consumer outlives a failed demo).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = hvtrace_sys::proc::terminate(self.0.id());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if self.0.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct CpuSummary {
+    cpu: u32,
+    emitted: u64,
+    recorded: u64,
+    discarded: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Summary {
+    trace: PathBuf,
+    cpus: u32,
+    mode: String,
+    events_emitted: u64,
+    events_recorded: u64,
+    events_discarded: u64,
+    bytes: u64,
+    packets: u64,
+    elapsed_s: f64,
+    events_per_second: f64,
+    per_cpu: Vec<CpuSummary>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
+    cfg.validate()?;
+    if a.output.join("metadata").exists() {
+        bail!("{} already holds a trace; choose another --output", a.output.display());
+    }
+    let exe = std::env::current_exe().context("cannot find the hvtrace executable")?;
+    let run_dir = std::env::temp_dir().join(format!("hvtrace-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir)?;
+    let sock = run_dir.join("ctl.sock");
+    let progress = |m: &str| {
+        if !a.json {
+            eprintln!("demo: {m}");
+        }
+    };
+
+    // 1. The host.
+    let mut sim_cmd = Command::new(&exe);
+    sim_cmd.arg("sim").arg("--socket").arg(&sock).arg("--cpus").arg(a.cpus.to_string());
+    sim_cmd.arg("--events-per-cpu").arg(a.events_per_cpu.to_string());
+    if let Some(r) = a.rate {
+        sim_cmd.arg("--rate").arg(r.to_string());
+    }
+    let mut sim = Reaped(sim_cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?);
+    progress(&format!("host: hvtrace sim (pid {}), {} CPUs", sim.0.id(), a.cpus));
+    let mut ctl = connect_when_ready(&sock, &mut sim)?;
+
+    // 2. The channel, 3. the consumer daemon.
+    ctl.simple(&Request::Create(cfg))?;
+    progress(&format!("created: {} x {} bytes per CPU, {} mode", a.num_subbuf, a.subbuf_size, a.mode));
+    let mut consumer = Reaped(
+        Command::new(&exe)
+            .arg("consume")
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--output")
+            .arg(&a.output)
+            .arg("--threads")
+            .arg(a.consumer_threads.to_string())
+            .arg("--json")
+            .stdout(Stdio::piped())
+            .stderr(if a.json { Stdio::null() } else { Stdio::inherit() })
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ctl.status()?.refcount == 0 {
+        if let Some(st) = consumer.0.try_wait()? {
+            bail!("the consumer exited before attaching ({st})");
+        }
+        if Instant::now() > deadline {
+            bail!("the consumer did not attach within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    progress(&format!("consumer: hvtrace consume (pid {}) attached", consumer.0.id()));
+
+    // 4. Record.
+    let t0 = Instant::now();
+    ctl.simple(&Request::Start)?;
+    progress(&format!("started; each CPU records {} events", a.events_per_cpu));
+    let done = read_sim_done(&mut sim)?;
+    let elapsed = t0.elapsed();
+    ctl.simple(&Request::Stop)?;
+    let status = ctl.status()?;
+    ctl.simple(&Request::Destroy)?;
+    progress(&format!("stopped and destroyed after {:.2} s", elapsed.as_secs_f64()));
+
+    // 5. The consumer finishes its drain and exits.
+    let mut out = String::new();
+    consumer.0.stdout.take().context("consumer stdout")?.read_to_string(&mut out)?;
+    let st = consumer.0.wait()?;
+    if !st.success() {
+        bail!("the consumer failed ({st})");
+    }
+    drop(sim);
+
+    // 6. Check the trace on disk against what the host emitted and counted.
+    let schema = xen::Events::EVENTS;
+    let mut per_cpu = Vec::new();
+    for r in &status.rings {
+        let file = a.output.join(format!("channel0_{}", r.cpu));
+        let c = count_stream(&file, schema)?;
+        let emitted = done.per_cpu.iter().find(|p| p.0 == r.cpu).map_or(0, |p| p.1);
+        let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        if c.bad_packets > 0 {
+            bail!("{}: {} packets do not decode", file.display(), c.bad_packets);
+        }
+        per_cpu.push(CpuSummary {
+            cpu: r.cpu,
+            emitted,
+            recorded: c.records,
+            discarded: r.events_discarded,
+            packets: c.packets,
+            bytes,
+        });
+    }
+    let sum = |f: fn(&CpuSummary) -> u64| per_cpu.iter().map(f).sum::<u64>();
+    let s = Summary {
+        trace: std::fs::canonicalize(&a.output).unwrap_or(a.output.clone()),
+        cpus: a.cpus,
+        mode: a.mode.to_string(),
+        events_emitted: done.emitted,
+        events_recorded: sum(|c| c.recorded),
+        events_discarded: sum(|c| c.discarded),
+        bytes: sum(|c| c.bytes),
+        packets: sum(|c| c.packets),
+        elapsed_s: elapsed.as_secs_f64(),
+        events_per_second: done.emitted as f64 / elapsed.as_secs_f64().max(1e-9),
+        per_cpu,
+    };
+    print_summary(&s, a.json)?;
+    let _ = std::fs::remove_dir_all(&run_dir);
+    if s.events_recorded + s.events_discarded != s.events_emitted {
+        bail!(
+            "accounting mismatch: recorded {} + discarded {} != emitted {}",
+            s.events_recorded,
+            s.events_discarded,
+            s.events_emitted
+        );
+    }
+    Ok(())
+}
+
+fn connect_when_ready(sock: &Path, sim: &mut Reaped) -> Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(c) = Client::connect(sock, Some(Duration::from_secs(30))) {
+            return Ok(c);
+        }
+        if let Some(st) = sim.0.try_wait()? {
+            bail!("the simulated host exited at start-up ({st})");
+        }
+        if Instant::now() > deadline {
+            bail!("the simulated host did not open {} within 20 s", sock.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_sim_done(sim: &mut Reaped) -> Result<SimDone> {
+    let out = sim.0.stdout.take().context("sim stdout")?;
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        if let Ok(d) = serde_json::from_str::<SimDone>(&line) {
+            return Ok(d);
+        }
+    }
+    bail!("the simulated host exited before reporting its events ({:?})", sim.0.try_wait()?)
+}
+
+fn print_summary(s: &Summary, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(());
+    }
+    println!();
+    println!("{:>4} {:>12} {:>12} {:>10} {:>8} {:>12}", "cpu", "emitted", "recorded", "discarded", "packets", "bytes");
+    for c in &s.per_cpu {
+        println!(
+            "{:>4} {:>12} {:>12} {:>10} {:>8} {:>12}",
+            c.cpu, c.emitted, c.recorded, c.discarded, c.packets, c.bytes
+        );
+    }
+    println!(
+        "{:>4} {:>12} {:>12} {:>10} {:>8} {:>12}",
+        "all", s.events_emitted, s.events_recorded, s.events_discarded, s.packets, s.bytes
+    );
+    println!();
+    println!(
+        "{} events in {:.2} s ({:.1} M events/s), {:.1} bytes/event, {} mode",
+        s.events_emitted,
+        s.elapsed_s,
+        s.events_per_second / 1e6,
+        s.bytes as f64 / s.events_recorded.max(1) as f64,
+        s.mode
+    );
+    println!("trace: {}", s.trace.display());
+    println!("open it:  babeltrace2 {} | less", s.trace.display());
+    println!("          Trace Compass: File > Open Trace..., pick {}/metadata", s.trace.display());
+    Ok(())
+}

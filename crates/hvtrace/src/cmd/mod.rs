@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod consume;
+pub mod control;
+pub mod demo;
+pub mod kvm;
+pub mod sim;

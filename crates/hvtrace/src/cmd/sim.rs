@@ -1,0 +1,153 @@
+//! `hvtrace sim`: a simulated Xen-like host. Each simulated physical CPU is
+//! a thread that schedules vCPUs of several domains and records what Xen's
+//! xentrace would (scheduler, hypercalls, page faults, interrupts, VM exits)
+//! into its CPU's ring; the control socket serves the session.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hvtrace_core::EventSet;
+use hvtrace_host::{Host, HostConfig};
+use hvtrace_proto::ChannelState;
+use hvtrace_sim::{xen, PcpuSim, RunConfig, SimConfig, SimStats};
+
+/// Serve a simulated Xen-like host until killed (SIGINT / SIGTERM).
+///
+/// Threads wait for the channel to be created and started (`hvtrace create`
+/// / `hvtrace start`), then record. With `--events-per-cpu`, each simulated
+/// CPU records exactly that many events, then the host prints one JSON line
+/// `{"sim_done":true,"emitted":…,"refused":…,"per_cpu":[…]}` and keeps
+/// serving until killed.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Control socket to create (mode 0600).
+    #[arg(long, short = 's')]
+    pub socket: PathBuf,
+    /// Simulated physical CPUs (one ring and one thread each).
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// Events per second per CPU; 0 = an idle host that records nothing.
+    /// Default: as fast as possible.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Record exactly this many events per CPU, then report and idle.
+    #[arg(long)]
+    pub events_per_cpu: Option<u64>,
+    /// Bring one more CPU online this many seconds after recording starts.
+    #[arg(long)]
+    pub hotplug_after: Option<f64>,
+    /// Guest domains (dom0 included); default: two per CPU.
+    #[arg(long)]
+    pub domains: Option<u32>,
+    /// Seed of the simulation (same seed, same events).
+    #[arg(long, default_value_t = 0x5EED)]
+    pub seed: u64,
+}
+
+/// What the sim prints when `--events-per-cpu` is done.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct SimDone {
+    /// Always true (marks the line).
+    pub sim_done: bool,
+    /// Events attempted, all CPUs.
+    pub emitted: u64,
+    /// Events the rings refused (counted by them as discarded).
+    pub refused: u64,
+    /// Per CPU: `[cpu, emitted, refused]`.
+    pub per_cpu: Vec<(u32, u64, u64)>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    anyhow::ensure!((1..=256).contains(&a.cpus), "--cpus must be between 1 and 256");
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let mut cfg = HostConfig::new(&a.socket, "xen-sim");
+    cfg.cpus = (0..a.cpus).collect();
+    cfg.max_cpus = a.cpus + 1;
+    let host = Host::serve(cfg, xen::Events::EVENTS, xen::Events::NAME)
+        .with_context(|| format!("cannot serve the control socket {}", a.socket.display()))?;
+    let mut sim_cfg = SimConfig::new(a.cpus + a.hotplug_after.is_some() as u32);
+    if let Some(d) = a.domains {
+        sim_cfg.domains = d;
+    }
+    sim_cfg.seed = a.seed;
+    eprintln!(
+        "hvtrace sim: {} CPUs, clock {:?} at {} Hz, serving {} (pid {})",
+        a.cpus,
+        host.clock().source(),
+        host.clock().freq(),
+        a.socket.display(),
+        std::process::id()
+    );
+
+    let real_cpus = hvtrace_sys::cpu::online_cpus();
+    let spawn = |cpu: u32| {
+        let host = host.clone();
+        let stop = stop.clone();
+        let (rate, events) = (a.rate, a.events_per_cpu);
+        let pin = real_cpus.get(cpu as usize % real_cpus.len().max(1)).copied();
+        std::thread::Builder::new().name(format!("pcpu{cpu}")).spawn(move || {
+            if let Some(p) = pin {
+                let _ = hvtrace_sys::cpu::pin_current_thread(p);
+            }
+            let w = host.writer_for_cpu(cpu);
+            let mut sim = PcpuSim::new(cpu, &sim_cfg);
+            if !wait_started(&host, &stop) {
+                return SimStats::default();
+            }
+            sim.run(&w, RunConfig { events, rate_per_sec: rate, stop: &stop })
+        })
+    };
+    let mut threads: Vec<(u32, std::thread::JoinHandle<SimStats>)> = Vec::new();
+    for cpu in 0..a.cpus {
+        threads.push((cpu, spawn(cpu)?));
+    }
+    if let Some(after) = a.hotplug_after {
+        if wait_started(&host, &stop) {
+            let t0 = Instant::now();
+            while t0.elapsed().as_secs_f64() < after && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            host.add_cpu(a.cpus)?;
+            eprintln!("hvtrace sim: CPU {} came online", a.cpus);
+            threads.push((a.cpus, spawn(a.cpus)?));
+        }
+    }
+    let mut per_cpu = Vec::new();
+    let mut total = SimStats::default();
+    for (cpu, t) in threads {
+        let st = t.join().map_err(|_| anyhow::anyhow!("CPU {cpu} thread panicked"))?;
+        total.merge(&st);
+        per_cpu.push((cpu, st.emitted, st.refused));
+    }
+    let done = SimDone { sim_done: true, emitted: total.emitted, refused: total.refused, per_cpu };
+    if a.events_per_cpu.is_some() {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string(&done)?)?;
+        out.flush()?;
+    }
+    // Keep serving (consumers drain, control commands run) until killed.
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("hvtrace sim: emitted {} events, {} refused by full rings", done.emitted, done.refused);
+    host.shutdown();
+    Ok(())
+}
+
+/// Host-side wait for the first `start` (the host's own state: no consumer involved).
+fn wait_started(host: &Host, stop: &AtomicBool) -> bool {
+    while !stop.load(Ordering::Relaxed) {
+        if host.status().state == ChannelState::Started {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
