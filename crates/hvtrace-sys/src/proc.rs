@@ -66,6 +66,13 @@ fn parse_stat_cpu_ticks(s: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Sends SIGTERM to process `pid` (asks it to finish and exit).
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0 is not a process"))?;
+    Ok(rustix::process::kill_process(pid, rustix::process::Signal::TERM)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,11 +118,4 @@ mod tests {
         assert!(cpu_time(u32::MAX).is_err());
         assert!(voluntary_ctxt_switches(u32::MAX).is_err());
     }
-}
-
-/// Sends SIGTERM to process `pid` (asks it to finish and exit).
-pub fn terminate(pid: u32) -> io::Result<()> {
-    let pid = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0 is not a process"))?;
-    Ok(rustix::process::kill_process(pid, rustix::process::Signal::TERM)?)
 }
