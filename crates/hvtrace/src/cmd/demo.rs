@@ -45,15 +45,35 @@ pub struct Args {
     /// Sub-buffers per CPU ring (power of two, 2..1024).
     #[arg(long, default_value_t = 8)]
     pub num_subbuf: u32,
-    /// Events per second per CPU (default: as fast as possible).
-    #[arg(long)]
-    pub rate: Option<u64>,
+    /// Events per second per simulated CPU, or `max` for as fast as the
+    /// host can (then the consumer may fall behind and events are discarded
+    /// — and counted).
+    #[arg(long, default_value = "1000000")]
+    pub rate: Rate,
     /// Consumer worker threads.
     #[arg(long, default_value_t = 1)]
     pub consumer_threads: usize,
     /// Print the summary as JSON: the last line of stdout is one object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Events per second, or unpaced (`max`).
+#[derive(Clone, Copy, Debug)]
+pub struct Rate(pub Option<u64>);
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rate, String> {
+        match s {
+            "max" => Ok(Rate(None)),
+            n => match n.parse::<u64>() {
+                Ok(0) => Err("--rate must be positive (or `max`)".into()),
+                Ok(r) => Ok(Rate(Some(r))),
+                Err(_) => Err(format!("{n:?} is not a rate: give events per second, or `max`")),
+            },
+        }
+    }
 }
 
 /// Kills a child process on drop (so no host or consumer outlives a failed demo).
@@ -121,7 +141,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut sim_cmd = Command::new(&exe);
     sim_cmd.arg("sim").arg("--socket").arg(&sock).arg("--cpus").arg(a.cpus.to_string());
     sim_cmd.arg("--events-per-cpu").arg(a.events_per_cpu.to_string());
-    if let Some(r) = a.rate {
+    if let Rate(Some(r)) = a.rate {
         sim_cmd.arg("--rate").arg(r.to_string());
     }
     let mut sim = Reaped(sim_cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?);
