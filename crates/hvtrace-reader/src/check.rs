@@ -1,0 +1,767 @@
+//! Checking stream files for damage and writing repaired copies.
+//!
+//! A stream file is a sequence of packets, all of one size (the ring's
+//! sub-buffer size) except perhaps the consumer's empty trailer packet
+//! (header only) at the end. [`check_stream`] walks it, keeps every packet
+//! whose header, records and order are sound, and reports everything else
+//! with its byte offset: a damaged region is skipped by scanning forward for
+//! the next valid packet header (magic, trace UUID, stream class and the
+//! stream's packet size), so one bad packet costs only itself.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hvtrace_core::ctf::{packet, CTF_MAGIC};
+use hvtrace_core::decode::{records, DecodeError, Schema};
+
+use crate::dir::{io_err, Packet, ReadError, TraceDir, INCOMPLETE};
+
+/// What a stream is expected to hold; `None` learns the value from the
+/// first intact packet instead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expect {
+    /// The trace UUID (from the metadata).
+    pub uuid: Option<[u8; 16]>,
+    /// The CPU (from the file name): `stream_instance_id` and `cpu_id`.
+    pub cpu: Option<u32>,
+}
+
+/// An intact packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketSummary {
+    /// Byte offset in the stream file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// `packet_seq_num`.
+    pub seq: u64,
+    /// Records it holds.
+    pub records: u64,
+    /// `timestamp_begin`.
+    pub timestamp_begin: u64,
+    /// `timestamp_end`.
+    pub timestamp_end: u64,
+    /// Cumulative `events_discarded`.
+    pub events_discarded: u64,
+}
+
+/// Which packet header field is out of order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderField {
+    /// `packet_seq_num` must increase.
+    Seq,
+    /// `timestamp_begin` must not precede the previous packet's `timestamp_end`.
+    Time,
+    /// `events_discarded` (cumulative) must not decrease.
+    Discarded,
+}
+
+impl fmt::Display for OrderField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OrderField::Seq => "packet_seq_num",
+            OrderField::Time => "timestamp_begin",
+            OrderField::Discarded => "events_discarded",
+        })
+    }
+}
+
+/// What is wrong with a stretch of a stream file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// A packet whose magic number is wrong (its UUID is right).
+    BadMagic,
+    /// A packet whose UUID is not the trace's.
+    UuidMismatch,
+    /// A packet of a stream class the metadata does not declare.
+    WrongStreamClass {
+        /// The `stream_id` read.
+        stream_id: u32,
+    },
+    /// A packet of another CPU than the stream's.
+    WrongCpu {
+        /// `stream_instance_id` read.
+        stream_instance_id: u64,
+        /// `cpu_id` read.
+        cpu_id: u32,
+        /// The stream's CPU.
+        expected: u32,
+    },
+    /// `content_size` / `packet_size` are not byte multiples, inverted, or
+    /// smaller than the header.
+    BadSizes {
+        /// `content_size` in bits.
+        content_bits: u64,
+        /// `packet_size` in bits.
+        packet_bits: u64,
+    },
+    /// A packet whose size is not the stream's packet size.
+    SizeMismatch {
+        /// Bytes the header says.
+        packet_len: u64,
+        /// The stream's packet size.
+        expected: u64,
+    },
+    /// `timestamp_begin > timestamp_end`.
+    TimestampsInverted {
+        /// `timestamp_begin`.
+        begin: u64,
+        /// `timestamp_end`.
+        end: u64,
+    },
+    /// A record that does not decode.
+    BadRecord(DecodeError),
+    /// A record whose timestamp is outside the packet's `[begin, end]`.
+    RecordOutOfRange {
+        /// Offset of the record in the packet.
+        at: usize,
+        /// Its timestamp.
+        timestamp: u64,
+        /// `timestamp_begin`.
+        begin: u64,
+        /// `timestamp_end`.
+        end: u64,
+    },
+    /// A packet out of order with its neighbours.
+    OutOfOrder {
+        /// The field.
+        field: OrderField,
+        /// Its value in this packet.
+        value: u64,
+        /// The previous intact packet's value (its `timestamp_end` for [`OrderField::Time`]).
+        prev: Option<u64>,
+        /// The next packet's value, when that is what disagrees.
+        next: Option<u64>,
+    },
+    /// The file ends inside this packet.
+    CutPacket {
+        /// Bytes the packet should have.
+        expected: u64,
+    },
+    /// Bytes that hold no packet header, followed by a packet.
+    Unrecognised {
+        /// They are all zero.
+        zeros: bool,
+    },
+    /// Bytes after the last packet that hold no packet header.
+    TrailingGarbage {
+        /// They are all zero.
+        zeros: bool,
+    },
+}
+
+impl ProblemKind {
+    /// A short stable name for machines (`bad-magic`, `cut-packet`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProblemKind::BadMagic => "bad-magic",
+            ProblemKind::UuidMismatch => "uuid-mismatch",
+            ProblemKind::WrongStreamClass { .. } => "wrong-stream-class",
+            ProblemKind::WrongCpu { .. } => "wrong-cpu",
+            ProblemKind::BadSizes { .. } => "bad-sizes",
+            ProblemKind::SizeMismatch { .. } => "size-mismatch",
+            ProblemKind::TimestampsInverted { .. } => "timestamps-inverted",
+            ProblemKind::BadRecord(_) => "bad-record",
+            ProblemKind::RecordOutOfRange { .. } => "record-out-of-range",
+            ProblemKind::OutOfOrder { .. } => "out-of-order",
+            ProblemKind::CutPacket { .. } => "cut-packet",
+            ProblemKind::Unrecognised { .. } => "unrecognised-bytes",
+            ProblemKind::TrailingGarbage { .. } => "trailing-garbage",
+        }
+    }
+}
+
+impl fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let zeros = |z: &bool| if *z { " (all zero)" } else { "" };
+        match self {
+            ProblemKind::BadMagic => write!(f, "bad packet magic"),
+            ProblemKind::UuidMismatch => write!(f, "packet UUID differs from the metadata's"),
+            ProblemKind::WrongStreamClass { stream_id } => {
+                write!(f, "stream_id {stream_id}, but the metadata declares only stream 0")
+            }
+            ProblemKind::WrongCpu { stream_instance_id, cpu_id, expected } => write!(
+                f,
+                "packet of another CPU (stream_instance_id {stream_instance_id}, cpu_id {cpu_id}) in the stream of CPU {expected}"
+            ),
+            ProblemKind::BadSizes { content_bits, packet_bits } => {
+                write!(f, "impossible sizes (content_size {content_bits} bits, packet_size {packet_bits} bits)")
+            }
+            ProblemKind::SizeMismatch { packet_len, expected } => {
+                write!(f, "packet_size {packet_len} bytes, but this stream's packets are {expected} bytes")
+            }
+            ProblemKind::TimestampsInverted { begin, end } => {
+                write!(f, "timestamp_begin {begin} > timestamp_end {end}")
+            }
+            ProblemKind::BadRecord(e) => write!(f, "record does not decode: {e}"),
+            ProblemKind::RecordOutOfRange { at, timestamp, begin, end } => {
+                write!(f, "record at byte {at} has timestamp {timestamp} outside the packet's [{begin}, {end}]")
+            }
+            ProblemKind::OutOfOrder { field, value, prev, next } => {
+                write!(f, "{field} {value} out of order")?;
+                match (prev, next) {
+                    (Some(p), Some(n)) => write!(f, " (previous packet {p}, next packet {n})"),
+                    (Some(p), None) if *field == OrderField::Time => {
+                        write!(f, " (previous packet ends at {p})")
+                    }
+                    (Some(p), None) => write!(f, " (previous packet {p})"),
+                    (None, Some(n)) => write!(f, " (next packet {n})"),
+                    (None, None) => Ok(()),
+                }
+            }
+            ProblemKind::CutPacket { expected } => {
+                write!(f, "file ends inside a packet of {expected} bytes (cut last packet)")
+            }
+            ProblemKind::Unrecognised { zeros: z } => write!(f, "bytes that hold no packet{}", zeros(z)),
+            ProblemKind::TrailingGarbage { zeros: z } => {
+                write!(f, "trailing bytes after the last packet{}", zeros(z))
+            }
+        }
+    }
+}
+
+/// A damaged stretch of a stream file: left out by [`repair`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Byte offset in the stream file.
+    pub offset: u64,
+    /// Bytes it spans.
+    pub len: u64,
+    /// `packet_seq_num` as read from the damaged header, when there is one.
+    pub seq: Option<u64>,
+    /// What is wrong.
+    pub kind: ProblemKind,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "bytes {}..{}", self.offset, self.offset + self.len)?;
+        if let Some(s) = self.seq {
+            write!(f, " (packet seq {s})")?;
+        }
+        write!(f, ": {}", self.kind)
+    }
+}
+
+/// The verdict on one stream file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamReport {
+    /// File size.
+    pub len: u64,
+    /// The stream's packet size (from the first intact full packet).
+    pub packet_size: Option<u64>,
+    /// Intact packets, in file order.
+    pub packets: Vec<PacketSummary>,
+    /// Damage, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl StreamReport {
+    /// Records in the intact packets.
+    pub fn records(&self) -> u64 {
+        self.packets.iter().map(|p| p.records).sum()
+    }
+
+    /// The last intact packet's cumulative `events_discarded`.
+    pub fn events_discarded(&self) -> u64 {
+        self.packets.last().map_or(0, |p| p.events_discarded)
+    }
+
+    /// Whether nothing is damaged.
+    pub fn is_intact(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The intact packets of `bytes` (the file this report is about).
+    pub fn intact_packets<'b>(&self, bytes: &'b [u8]) -> impl Iterator<Item = Packet<'b>> + use<'b, '_> {
+        self.packets.iter().filter_map(move |p| {
+            let b = bytes.get(p.offset as usize..(p.offset + p.len) as usize)?;
+            let info = hvtrace_core::decode::packet_info(b).ok()?;
+            Some(Packet { offset: p.offset as usize, info, bytes: b })
+        })
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut v = [0; 4];
+    v.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(v)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut v = [0; 8];
+    v.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(v)
+}
+
+/// Header fields read without any check (`b` holds at least a header).
+#[derive(Clone, Copy, Debug)]
+struct Raw {
+    magic: u32,
+    uuid: [u8; 16],
+    stream_id: u32,
+    instance: u64,
+    begin: u64,
+    seq: u64,
+    end: u64,
+    content_bits: u64,
+    packet_bits: u64,
+    discarded: u64,
+    cpu_id: u32,
+}
+
+fn raw(b: &[u8]) -> Raw {
+    let mut uuid = [0; 16];
+    uuid.copy_from_slice(&b[packet::UUID..packet::UUID + 16]);
+    Raw {
+        magic: u32_at(b, packet::MAGIC),
+        uuid,
+        stream_id: u32_at(b, packet::STREAM_ID),
+        instance: u64_at(b, packet::STREAM_INSTANCE_ID),
+        begin: u64_at(b, packet::TIMESTAMP_BEGIN),
+        seq: u64_at(b, packet::PACKET_SEQ_NUM),
+        end: u64_at(b, packet::TIMESTAMP_END),
+        content_bits: u64_at(b, packet::CONTENT_SIZE),
+        packet_bits: u64_at(b, packet::PACKET_SIZE),
+        discarded: u64_at(b, packet::EVENTS_DISCARDED),
+        cpu_id: u32_at(b, packet::CPU_ID),
+    }
+}
+
+/// The order of packets in a stream: `packet_seq_num` increases, time does
+/// not go back, the cumulative loss count does not shrink.
+#[derive(Clone, Copy, Debug)]
+struct Order {
+    seq: u64,
+    begin: u64,
+    end: u64,
+    discarded: u64,
+}
+
+impl Order {
+    fn of(r: &Raw) -> Order {
+        Order { seq: r.seq, begin: r.begin, end: r.end, discarded: r.discarded }
+    }
+
+    /// The first field in which `next` cannot follow `self`.
+    fn breaks(&self, next: &Order) -> Option<OrderField> {
+        if next.seq <= self.seq {
+            Some(OrderField::Seq)
+        } else if next.begin < self.end {
+            Some(OrderField::Time)
+        } else if next.discarded < self.discarded {
+            Some(OrderField::Discarded)
+        } else {
+            None
+        }
+    }
+
+    fn value(&self, f: OrderField, as_prev: bool) -> u64 {
+        match f {
+            OrderField::Seq => self.seq,
+            OrderField::Time if as_prev => self.end,
+            OrderField::Time => self.begin,
+            OrderField::Discarded => self.discarded,
+        }
+    }
+}
+
+/// What was found at an offset.
+enum Found {
+    /// A sound packet (order not yet judged).
+    Packet(PacketSummary, Order),
+    /// A damaged packet; `len` when its header can be trusted for its extent.
+    Damaged { kind: ProblemKind, len: Option<u64>, seq: Option<u64> },
+    /// A packet header whose packet runs past the end of the file.
+    Cut { expected: u64, seq: Option<u64> },
+    /// No packet header here.
+    Nothing,
+}
+
+struct Walker<'b, 's, S: ?Sized> {
+    b: &'b [u8],
+    schema: &'s S,
+    uuid: Option<[u8; 16]>,
+    cpu: Option<u32>,
+    packet_size: Option<u64>,
+}
+
+impl<S: Schema + ?Sized> Walker<'_, '_, S> {
+    /// Could a packet header start at `at`? (Its magic, or the trace UUID where it belongs.)
+    fn header_like(&self, at: usize) -> bool {
+        let b = &self.b[at..];
+        let magic = CTF_MAGIC.to_le_bytes();
+        let n = b.len().min(4);
+        b[..n] == magic[..n]
+            || (b.len() >= packet::UUID + 16 && self.uuid.is_some_and(|u| b[packet::UUID..packet::UUID + 16] == u))
+    }
+
+    /// The header at `at`, if it is a plausible one of this stream: right
+    /// magic, UUID and stream class, sizes consistent and the stream's.
+    /// The packet may run past the end of the file.
+    fn header(&self, at: usize) -> Result<Raw, ProblemKind> {
+        let r = raw(&self.b[at..]);
+        if r.magic != CTF_MAGIC {
+            return Err(ProblemKind::BadMagic);
+        }
+        if self.uuid.is_some_and(|u| u != r.uuid) {
+            return Err(ProblemKind::UuidMismatch);
+        }
+        if r.stream_id != 0 {
+            return Err(ProblemKind::WrongStreamClass { stream_id: r.stream_id });
+        }
+        let (c, p) = (r.content_bits, r.packet_bits);
+        if c % 8 != 0 || p % 8 != 0 || c > p || c < packet::LEN as u64 * 8 {
+            return Err(ProblemKind::BadSizes { content_bits: c, packet_bits: p });
+        }
+        let empty = p == packet::LEN as u64 * 8 && c == p;
+        match self.packet_size {
+            Some(size) if p / 8 != size && !empty => {
+                Err(ProblemKind::SizeMismatch { packet_len: p / 8, expected: size })
+            }
+            _ => Ok(r),
+        }
+    }
+
+    /// The first offset at or after `from` where a plausible header starts.
+    fn resync(&self, from: usize) -> Option<usize> {
+        let magic = CTF_MAGIC.to_le_bytes();
+        let mut at = from;
+        while at + packet::LEN <= self.b.len() {
+            let i = self.b[at..].windows(4).position(|w| w == magic)?;
+            at += i;
+            if at + packet::LEN <= self.b.len() && self.header(at).is_ok() {
+                return Some(at);
+            }
+            at += 1;
+        }
+        None
+    }
+
+    fn examine(&self, at: usize) -> Found {
+        let rem = self.b.len() - at;
+        if rem < packet::LEN {
+            return if self.header_like(at) {
+                Found::Cut { expected: self.packet_size.unwrap_or(packet::LEN as u64), seq: None }
+            } else {
+                Found::Nothing
+            };
+        }
+        let r = raw(&self.b[at..]);
+        let seq = Some(r.seq);
+        if let Err(kind) = self.header(at) {
+            if kind == ProblemKind::BadMagic && !self.header_like(at) {
+                return Found::Nothing;
+            }
+            return Found::Damaged { kind, len: None, seq };
+        }
+        let len = r.packet_bits / 8;
+        if len > rem as u64 {
+            return Found::Cut { expected: len, seq };
+        }
+        let damaged = |kind| Found::Damaged { kind, len: Some(len), seq };
+        if let Some(cpu) = self.cpu {
+            if r.instance != cpu as u64 || r.cpu_id != cpu {
+                return damaged(ProblemKind::WrongCpu {
+                    stream_instance_id: r.instance,
+                    cpu_id: r.cpu_id,
+                    expected: cpu,
+                });
+            }
+        }
+        if r.begin > r.end {
+            return damaged(ProblemKind::TimestampsInverted { begin: r.begin, end: r.end });
+        }
+        let bytes = &self.b[at..at + len as usize];
+        let it = match records(bytes, self.schema) {
+            Ok((_, it)) => it,
+            Err(e) => return damaged(ProblemKind::BadRecord(e)),
+        };
+        let mut n = 0;
+        for rec in it {
+            match rec {
+                Ok(rec) if rec.timestamp < r.begin || rec.timestamp > r.end => {
+                    return damaged(ProblemKind::RecordOutOfRange {
+                        at: rec.offset,
+                        timestamp: rec.timestamp,
+                        begin: r.begin,
+                        end: r.end,
+                    });
+                }
+                Ok(_) => n += 1,
+                Err(e) => return damaged(ProblemKind::BadRecord(e)),
+            }
+        }
+        let summary = PacketSummary {
+            offset: at as u64,
+            len,
+            seq: r.seq,
+            records: n,
+            timestamp_begin: r.begin,
+            timestamp_end: r.end,
+            events_discarded: r.discarded,
+        };
+        Found::Packet(summary, Order::of(&r))
+    }
+
+    /// The order fields of a plausible, complete packet at `at`.
+    fn order_at(&self, at: usize) -> Option<Order> {
+        if at + packet::LEN > self.b.len() {
+            return None;
+        }
+        let r = self.header(at).ok()?;
+        (at as u64 + r.packet_bits / 8 <= self.b.len() as u64).then(|| Order::of(&r))
+    }
+
+    /// Learns the stream's packet size, UUID and CPU from the first packet
+    /// that is sound on its own (scanning forward past damage).
+    fn learn(&mut self) {
+        let mut at = 0;
+        while at + packet::LEN <= self.b.len() {
+            let Some(found) = self.resync(at) else { return };
+            if let Found::Packet(p, _) = self.examine(found) {
+                if p.len > packet::LEN as u64 || self.packet_size.is_none() {
+                    let r = raw(&self.b[found..]);
+                    self.uuid.get_or_insert(r.uuid);
+                    self.cpu.get_or_insert(r.cpu_id);
+                    if p.len > packet::LEN as u64 {
+                        self.packet_size = Some(p.len);
+                        return;
+                    }
+                }
+            }
+            at = found + 1;
+        }
+    }
+}
+
+/// Checks one stream file's bytes against `schema` (see the module doc).
+pub fn check_stream<S: Schema + ?Sized>(bytes: &[u8], schema: &S, expect: &Expect) -> StreamReport {
+    let mut w = Walker { b: bytes, schema, uuid: expect.uuid, cpu: expect.cpu, packet_size: None };
+    w.learn();
+    let mut rep = StreamReport { len: bytes.len() as u64, packet_size: w.packet_size, ..Default::default() };
+    let n = bytes.len();
+    let mut prev: Option<Order> = None;
+    let mut at = 0;
+    while at < n {
+        let problem = match w.examine(at) {
+            Found::Packet(p, order) => {
+                let end = at + p.len as usize;
+                match out_of_order(&w, prev, order, end) {
+                    None => {
+                        rep.packets.push(p);
+                        prev = Some(order);
+                    }
+                    Some(kind) => {
+                        rep.problems.push(Problem { offset: at as u64, len: p.len, seq: Some(p.seq), kind });
+                    }
+                }
+                at = end;
+                continue;
+            }
+            Found::Damaged { kind, len: Some(len), seq } => Problem { offset: at as u64, len, seq, kind },
+            Found::Damaged { kind, len: None, seq } => {
+                let next = w.resync(at + 1).unwrap_or(n);
+                let end = w.packet_size.map_or(next, |p| next.min(at.saturating_add(p as usize)));
+                Problem { offset: at as u64, len: (end - at) as u64, seq, kind }
+            }
+            Found::Cut { expected, seq } => {
+                Problem { offset: at as u64, len: (n - at) as u64, seq, kind: ProblemKind::CutPacket { expected } }
+            }
+            Found::Nothing => {
+                let next = w.resync(at + 1);
+                let end = next.unwrap_or(n);
+                let zeros = bytes[at..end].iter().all(|&b| b == 0);
+                let kind = match next {
+                    Some(_) => ProblemKind::Unrecognised { zeros },
+                    None => ProblemKind::TrailingGarbage { zeros },
+                };
+                Problem { offset: at as u64, len: (end - at) as u64, seq: None, kind }
+            }
+        };
+        at += problem.len as usize;
+        rep.problems.push(problem);
+    }
+    rep
+}
+
+/// Whether a sound packet with order fields `this`, ending at `end`, is out
+/// of order. A packet that cannot follow the previous intact one is; so is
+/// one the next packet cannot follow when the next could follow the
+/// previous (or, first in the stream, when the one after the next can
+/// follow the next): then this packet is the odd one out.
+fn out_of_order<S: Schema + ?Sized>(
+    w: &Walker<'_, '_, S>,
+    prev: Option<Order>,
+    this: Order,
+    end: usize,
+) -> Option<ProblemKind> {
+    if let Some(p) = prev {
+        if let Some(field) = p.breaks(&this) {
+            return Some(ProblemKind::OutOfOrder {
+                field,
+                value: this.value(field, false),
+                prev: Some(p.value(field, true)),
+                next: None,
+            });
+        }
+    }
+    let next = w.order_at(end)?;
+    let field = this.breaks(&next)?;
+    let next_is_odd = match prev {
+        Some(p) => p.breaks(&next).is_some(),
+        None => {
+            let next_len = (w.b.len() - end).min(u64_at(w.b, end + packet::PACKET_SIZE) as usize / 8);
+            match w.order_at(end + next_len) {
+                Some(after) => next.breaks(&after).is_some(),
+                None => true,
+            }
+        }
+    };
+    (!next_is_odd).then(|| ProblemKind::OutOfOrder {
+        field,
+        value: this.value(field, true),
+        prev: prev.map(|p| p.value(field, true)),
+        next: Some(next.value(field, false)),
+    })
+}
+
+/// A file of the trace directory that is not as it should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirNote {
+    /// The consumer's `INCOMPLETE` note: the trace was cut short.
+    Incomplete(String),
+    /// A file that is neither the metadata nor a stream file.
+    Foreign(String),
+}
+
+impl fmt::Display for DirNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirNote::Incomplete(why) => write!(
+                f,
+                "{INCOMPLETE}: the trace was cut short ({why}); babeltrace2 takes this note for a stream file and fails"
+            ),
+            DirNote::Foreign(name) => {
+                write!(f, "{name}: not a stream file; babeltrace2 takes it for one and fails")
+            }
+        }
+    }
+}
+
+/// One stream file's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamCheck {
+    /// File name.
+    pub name: String,
+    /// Full path.
+    pub path: PathBuf,
+    /// CPU from the file name.
+    pub cpu: u32,
+    /// The verdict.
+    pub report: StreamReport,
+}
+
+/// The verdict on a whole trace directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckReport {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Every stream file.
+    pub streams: Vec<StreamCheck>,
+    /// Files in the way of CTF readers.
+    pub notes: Vec<DirNote>,
+}
+
+impl CheckReport {
+    /// Whether nothing is damaged and nothing is in the way.
+    pub fn is_intact(&self) -> bool {
+        self.notes.is_empty() && self.streams.iter().all(|s| s.report.is_intact())
+    }
+
+    /// Records in intact packets, all streams.
+    pub fn records(&self) -> u64 {
+        self.streams.iter().map(|s| s.report.records()).sum()
+    }
+}
+
+/// Checks every stream file of the trace at `dir`.
+pub fn check(dir: &Path) -> Result<CheckReport, ReadError> {
+    let t = TraceDir::open(dir)?;
+    check_dir(&t).map(|(r, _)| r)
+}
+
+/// Checks an opened trace; also returns the stream files' bytes.
+fn check_dir(t: &TraceDir) -> Result<(CheckReport, Vec<Vec<u8>>), ReadError> {
+    let mut streams = Vec::new();
+    let mut contents = Vec::new();
+    for s in &t.streams {
+        let bytes = s.read()?;
+        let report = check_stream(&bytes, t.schema(), &Expect { uuid: Some(t.metadata.uuid), cpu: Some(s.cpu) });
+        streams.push(StreamCheck { name: s.name.clone(), path: s.path.clone(), cpu: s.cpu, report });
+        contents.push(bytes);
+    }
+    let mut notes: Vec<DirNote> = t.incomplete.iter().cloned().map(DirNote::Incomplete).collect();
+    notes.extend(t.foreign.iter().cloned().map(DirNote::Foreign));
+    Ok((CheckReport { dir: t.path.clone(), streams, notes }, contents))
+}
+
+/// What [`repair`] wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The check of the source trace.
+    pub check: CheckReport,
+    /// The output directory.
+    pub out: PathBuf,
+    /// Stream files written (a stream without intact packets is left out).
+    pub files: Vec<String>,
+    /// Packets written.
+    pub packets: u64,
+    /// Records in them.
+    pub records: u64,
+}
+
+/// Checks the trace at `dir` and writes to `out` (a new or empty directory)
+/// a copy holding its metadata and only its intact packets, in order.
+/// Notes (`INCOMPLETE`) and foreign files are not copied: CTF readers fail
+/// on them.
+pub fn repair(dir: &Path, out: &Path) -> Result<RepairReport, ReadError> {
+    let t = TraceDir::open(dir)?;
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(ReadError::Output { path: out.into(), why: "exists and is not empty".into() });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(out).map_err(io_err(out, "create"))?
+        }
+        Err(e) => return Err(io_err(out, "open")(e)),
+    }
+    let (check, contents) = check_dir(&t)?;
+    let md = out.join("metadata");
+    write_file(&md, &[t.metadata_text.as_bytes()])?;
+    let (mut files, mut packets, mut records) = (Vec::new(), 0, 0);
+    for (s, bytes) in check.streams.iter().zip(&contents) {
+        if s.report.packets.is_empty() {
+            continue;
+        }
+        let parts: Vec<&[u8]> =
+            s.report.packets.iter().map(|p| &bytes[p.offset as usize..(p.offset + p.len) as usize]).collect();
+        write_file(&out.join(&s.name), &parts)?;
+        files.push(s.name.clone());
+        packets += s.report.packets.len() as u64;
+        records += s.report.records();
+    }
+    std::fs::File::open(out).and_then(|d| d.sync_all()).map_err(io_err(out, "sync"))?;
+    Ok(RepairReport { check, out: out.into(), files, packets, records })
+}
+
+fn write_file(path: &Path, parts: &[&[u8]]) -> Result<(), ReadError> {
+    let mut f = std::fs::File::options().write(true).create_new(true).open(path).map_err(io_err(path, "create"))?;
+    for p in parts {
+        f.write_all(p).map_err(io_err(path, "write"))?;
+    }
+    f.sync_all().map_err(io_err(path, "sync"))
+}

@@ -1,0 +1,245 @@
+//! A trace directory on disk: `metadata`, the stream files `<channel>_<cpu>`
+//! and perhaps an `INCOMPLETE` note; and the plain packet walk over a
+//! stream's bytes.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use hvtrace_core::decode::{packet_info, records, DecodeError, PacketInfo, Record, Schema};
+
+use crate::tsdl::{self, Metadata, MetadataError, TraceSchema};
+
+/// Name of the note the consumer leaves when a trace was cut short.
+pub const INCOMPLETE: &str = "INCOMPLETE";
+
+/// Why a trace directory cannot be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// A file or directory cannot be read or written.
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// The directory holds no `metadata` file.
+    NotATrace {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The metadata file is not the TSDL hvtrace writes.
+    Metadata {
+        /// The metadata file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        error: MetadataError,
+    },
+    /// The repair's output directory is not usable.
+    Output {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io { path, what, source } => write!(f, "cannot {what} {}: {source}", path.display()),
+            ReadError::NotATrace { path } => {
+                write!(f, "{} is not a trace directory (no metadata file)", path.display())
+            }
+            ReadError::Metadata { path, error } => write!(f, "{}: {error}", path.display()),
+            ReadError::Output { path, why } => write!(f, "{}: {why}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReadError::Io { source, .. } => Some(source),
+            ReadError::Metadata { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn io_err<'p>(path: &'p Path, what: &'static str) -> impl FnOnce(io::Error) -> ReadError + 'p {
+    move |source| ReadError::Io { path: path.to_path_buf(), what, source }
+}
+
+/// One stream file of a trace directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamFile {
+    /// Full path.
+    pub path: PathBuf,
+    /// File name, `<channel>_<cpu>`.
+    pub name: String,
+    /// The CPU its name says.
+    pub cpu: u32,
+}
+
+impl StreamFile {
+    /// The whole file (stream files are read into memory).
+    pub fn read(&self) -> Result<Vec<u8>, ReadError> {
+        std::fs::read(&self.path).map_err(io_err(&self.path, "read"))
+    }
+}
+
+/// The CPU of a stream file name `<channel>_<cpu>`.
+pub fn stream_cpu(name: &str) -> Option<u32> {
+    let (channel, cpu) = name.rsplit_once('_')?;
+    if channel.is_empty() || cpu.is_empty() || !cpu.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    cpu.parse().ok()
+}
+
+/// An opened trace directory.
+#[derive(Clone, Debug)]
+pub struct TraceDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// The parsed metadata.
+    pub metadata: Metadata,
+    /// The metadata file exactly as read.
+    pub metadata_text: String,
+    /// Stream files, by name.
+    pub streams: Vec<StreamFile>,
+    /// The text of the `INCOMPLETE` note, if the trace was cut short.
+    pub incomplete: Option<String>,
+    /// Other regular, non-hidden files: CTF readers (babeltrace2) take every
+    /// such file for a stream and fail on it.
+    pub foreign: Vec<String>,
+}
+
+impl TraceDir {
+    /// Reads `path/metadata` and lists the stream files.
+    pub fn open(path: &Path) -> Result<TraceDir, ReadError> {
+        let entries = std::fs::read_dir(path).map_err(io_err(path, "open trace directory"))?;
+        let md_path = path.join("metadata");
+        let metadata_text = match std::fs::read(&md_path) {
+            Ok(b) => String::from_utf8(b).map_err(|e| ReadError::Metadata {
+                path: md_path.clone(),
+                error: MetadataError {
+                    line: 0,
+                    msg: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+                },
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::NotATrace { path: path.into() }),
+            Err(e) => return Err(io_err(&md_path, "read")(e)),
+        };
+        let metadata =
+            tsdl::parse(&metadata_text).map_err(|error| ReadError::Metadata { path: md_path.clone(), error })?;
+        let mut streams = Vec::new();
+        let mut incomplete = None;
+        let mut foreign = Vec::new();
+        for e in entries {
+            let e = e.map_err(io_err(path, "list"))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ft = e.file_type().map_err(io_err(&e.path(), "stat"))?;
+            if name.starts_with('.') || name == "metadata" || ft.is_dir() {
+                continue;
+            }
+            if name == INCOMPLETE {
+                let note = std::fs::read(e.path()).map_err(io_err(&e.path(), "read"))?;
+                incomplete = Some(String::from_utf8_lossy(&note).trim().to_string());
+            } else if let (Some(cpu), true) = (stream_cpu(&name), ft.is_file()) {
+                streams.push(StreamFile { path: e.path(), name, cpu });
+            } else {
+                foreign.push(name);
+            }
+        }
+        streams.sort_by(|a, b| {
+            (a.name.rsplit_once('_').map(|s| s.0), a.cpu).cmp(&(b.name.rsplit_once('_').map(|s| s.0), b.cpu))
+        });
+        foreign.sort();
+        Ok(TraceDir { path: path.to_path_buf(), metadata, metadata_text, streams, incomplete, foreign })
+    }
+
+    /// The event classes.
+    pub fn schema(&self) -> &TraceSchema {
+        &self.metadata.schema
+    }
+}
+
+/// One packet of a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet<'b> {
+    /// Byte offset in the stream file.
+    pub offset: usize,
+    /// Its header and context.
+    pub info: PacketInfo,
+    /// Its bytes (`info.packet_len` of them).
+    pub bytes: &'b [u8],
+}
+
+impl<'b> Packet<'b> {
+    /// Its records; a record that does not decode comes as an `Err` item
+    /// and ends the iteration.
+    pub fn records<'s, S: Schema + ?Sized>(
+        &self,
+        schema: &'s S,
+    ) -> impl Iterator<Item = Result<Record<'b>, DecodeError>> + use<'b, 's, S> {
+        // The header decoded when the packet was found, so this is `Ok`.
+        records(self.bytes, schema).ok().into_iter().flat_map(|(_, it)| it)
+    }
+}
+
+/// Walks the packets of a stream file from its start, each where the
+/// previous one ends; stops after the first error (see
+/// [`crate::check_stream`] for a walk that resynchronises after damage).
+pub fn packets(bytes: &[u8]) -> Packets<'_> {
+    Packets { bytes, at: 0, failed: false }
+}
+
+/// Iterator of [`packets`].
+#[derive(Clone, Debug)]
+pub struct Packets<'b> {
+    bytes: &'b [u8],
+    at: usize,
+    failed: bool,
+}
+
+/// A packet that does not decode, at `offset` in the stream file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketError {
+    /// Byte offset in the stream file.
+    pub offset: usize,
+    /// What is wrong.
+    pub error: DecodeError,
+}
+
+impl fmt::Display for PacketError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "packet at byte {}: {}", self.offset, self.error)
+    }
+}
+
+impl std::error::Error for PacketError {}
+
+impl<'b> Iterator for Packets<'b> {
+    type Item = Result<Packet<'b>, PacketError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.at >= self.bytes.len() {
+            return None;
+        }
+        let offset = self.at;
+        match packet_info(&self.bytes[offset..]) {
+            Ok(info) => {
+                self.at += info.packet_len;
+                Some(Ok(Packet { offset, info, bytes: &self.bytes[offset..offset + info.packet_len] }))
+            }
+            Err(error) => {
+                self.failed = true;
+                Some(Err(PacketError { offset, error }))
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! # hvtrace-reader — reading hvtrace traces back
+//!
+//! * [`tsdl`] parses the CTF 1.8 metadata hvtrace writes (and only that
+//!   shape) into a [`Metadata`] whose [`TraceSchema`] drives
+//!   `hvtrace_core::decode`.
+//! * [`TraceDir`] opens a trace directory; [`packets`] walks a stream
+//!   file's packets, [`Packet::records`] their records, and
+//!   `hvtrace_core::decode::Record::values` their fields.
+//! * [`check`] / [`check_stream`] find damage (cut packets, flipped bytes,
+//!   garbage) with byte offsets; [`repair`] writes a copy that holds only
+//!   the intact packets, which babeltrace2 reads.
+//!
+//! Stream files are read into memory whole.
+#![forbid(unsafe_code)]
+
+mod check;
+mod dir;
+pub mod tsdl;
+
+pub use check::{
+    check, check_stream, repair, CheckReport, DirNote, Expect, OrderField, PacketSummary, Problem, ProblemKind,
+    RepairReport, StreamCheck, StreamReport,
+};
+pub use dir::{packets, stream_cpu, Packet, PacketError, Packets, ReadError, StreamFile, TraceDir, INCOMPLETE};
+pub use tsdl::{EventClass, FieldClass, Label, Metadata, MetadataError, TraceSchema};
