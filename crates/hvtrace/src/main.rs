@@ -35,6 +35,7 @@ enum Command {
     Destroy(cmd::control::SocketArgs),
     Status(cmd::control::StatusArgs),
     Flush(cmd::control::SocketArgs),
+    Check(cmd::check::Args),
 }
 
 fn main() {
@@ -50,6 +51,7 @@ fn main() {
         Command::Destroy(a) => cmd::control::simple(a, hvtrace_proto::Request::Destroy),
         Command::Flush(a) => cmd::control::simple(a, hvtrace_proto::Request::Flush),
         Command::Status(a) => cmd::control::status(a),
+        Command::Check(a) => cmd::check::run(a),
     };
     if let Err(e) = r {
         eprintln!("hvtrace: error: {e:#}");
