@@ -627,21 +627,45 @@ fn out_of_order<S: Schema + ?Sized>(
     })
 }
 
-/// A file of the trace directory that is not as it should be.
+/// A file of the trace directory besides the metadata and the streams.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DirNote {
-    /// The consumer's `INCOMPLETE` note: the trace was cut short.
+    /// The consumer's `INCOMPLETE` marker, with its text: the trace was cut
+    /// short. Empty (as the consumer writes it) it is only news; with text,
+    /// babeltrace2 takes it for a stream file and fails.
     Incomplete(String),
-    /// A file that is neither the metadata nor a stream file.
+    /// A non-empty file that is neither the metadata nor a stream file:
+    /// babeltrace2 takes it for a stream file and fails.
     Foreign(String),
+}
+
+impl DirNote {
+    /// Whether CTF readers fail on the file (so the trace is not intact).
+    pub fn in_the_way(&self) -> bool {
+        match self {
+            DirNote::Incomplete(text) => !text.is_empty(),
+            DirNote::Foreign(_) => true,
+        }
+    }
+
+    /// The file's name.
+    pub fn file(&self) -> &str {
+        match self {
+            DirNote::Incomplete(_) => INCOMPLETE,
+            DirNote::Foreign(name) => name,
+        }
+    }
 }
 
 impl fmt::Display for DirNote {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            DirNote::Incomplete(why) if why.is_empty() => {
+                write!(f, "{INCOMPLETE}: the trace was cut short (the packets written may all be intact)")
+            }
             DirNote::Incomplete(why) => write!(
                 f,
-                "{INCOMPLETE}: the trace was cut short ({why}); babeltrace2 takes this note for a stream file and fails"
+                "{INCOMPLETE}: the trace was cut short ({why}); babeltrace2 takes this non-empty note for a stream file and fails"
             ),
             DirNote::Foreign(name) => {
                 write!(f, "{name}: not a stream file; babeltrace2 takes it for one and fails")
@@ -670,14 +694,14 @@ pub struct CheckReport {
     pub dir: PathBuf,
     /// Every stream file.
     pub streams: Vec<StreamCheck>,
-    /// Files in the way of CTF readers.
+    /// Other files: the `INCOMPLETE` marker, files in the way of CTF readers.
     pub notes: Vec<DirNote>,
 }
 
 impl CheckReport {
     /// Whether nothing is damaged and nothing is in the way.
     pub fn is_intact(&self) -> bool {
-        self.notes.is_empty() && self.streams.iter().all(|s| s.report.is_intact())
+        !self.notes.iter().any(DirNote::in_the_way) && self.streams.iter().all(|s| s.report.is_intact())
     }
 
     /// Records in intact packets, all streams.
@@ -723,9 +747,9 @@ pub struct RepairReport {
 }
 
 /// Checks the trace at `dir` and writes to `out` (a new or empty directory)
-/// a copy holding its metadata and only its intact packets, in order.
-/// Notes (`INCOMPLETE`) and foreign files are not copied: CTF readers fail
-/// on them.
+/// a copy holding its metadata and only its intact packets, in order, and
+/// an empty `INCOMPLETE` marker if the source had one. Foreign files are
+/// not copied: CTF readers fail on them.
 pub fn repair(dir: &Path, out: &Path) -> Result<RepairReport, ReadError> {
     let t = TraceDir::open(dir)?;
     match std::fs::read_dir(out) {
@@ -753,6 +777,9 @@ pub fn repair(dir: &Path, out: &Path) -> Result<RepairReport, ReadError> {
         files.push(s.name.clone());
         packets += s.report.packets.len() as u64;
         records += s.report.records();
+    }
+    if t.incomplete.is_some() {
+        write_file(&out.join(INCOMPLETE), &[])?;
     }
     std::fs::File::open(out).and_then(|d| d.sync_all()).map_err(io_err(out, "sync"))?;
     Ok(RepairReport { check, out: out.into(), files, packets, records })

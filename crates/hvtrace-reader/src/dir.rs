@@ -111,10 +111,11 @@ pub struct TraceDir {
     pub metadata_text: String,
     /// Stream files, by name.
     pub streams: Vec<StreamFile>,
-    /// The text of the `INCOMPLETE` note, if the trace was cut short.
+    /// The text of the `INCOMPLETE` marker (empty as the consumer writes
+    /// it), if the trace was cut short.
     pub incomplete: Option<String>,
-    /// Other regular, non-hidden files: CTF readers (babeltrace2) take every
-    /// such file for a stream and fail on it.
+    /// Other non-empty regular, non-hidden files: CTF readers (babeltrace2)
+    /// take every such file for a stream and fail on it (empty ones they skip).
     pub foreign: Vec<String>,
 }
 
@@ -151,7 +152,7 @@ impl TraceDir {
                 incomplete = Some(String::from_utf8_lossy(&note).trim().to_string());
             } else if let (Some(cpu), true) = (stream_cpu(&name), ft.is_file()) {
                 streams.push(StreamFile { path: e.path(), name, cpu });
-            } else {
+            } else if e.metadata().map_err(io_err(&e.path(), "stat"))?.len() > 0 {
                 foreign.push(name);
             }
         }

@@ -14,8 +14,13 @@ const BIN: &str = env!("CARGO_BIN_EXE_hvtrace");
 const HDR: usize = 84;
 const P: usize = 4096;
 
+fn scratch_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("check-{}", std::process::id())).join(name)
+}
+
+/// A fresh path for this run.
 fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("check-{}", std::process::id())).join(name);
+    let d = scratch_path(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.parent().unwrap()).unwrap();
     d
@@ -195,14 +200,35 @@ fn garbage_appended() {
 }
 
 #[test]
-fn an_incomplete_note_is_reported_and_left_out() {
-    let dir = copy("incomplete");
+fn incomplete_markers_and_other_files() {
+    // The consumer's empty marker: news, not damage (babeltrace2 skips empty files).
+    let dir = copy("incomplete-empty");
+    std::fs::write(dir.join("INCOMPLETE"), "").unwrap();
+    std::fs::write(dir.join("empty-notes"), "").unwrap();
+    let (code, v) = check(&dir, &[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["notes"].as_array().unwrap().len(), 1);
+    assert_eq!(v["notes"][0]["file"], "INCOMPLETE");
+    assert_eq!(v["notes"][0]["in_the_way"], false);
+    if let Some(n) = babeltrace2_events(&dir) {
+        assert_eq!(n, v["records"].as_u64().unwrap());
+    }
+    // A marker with text, or any other non-empty file, stops babeltrace2:
+    // reported, and left out of the repaired copy (which keeps an empty marker).
+    let dir = copy("incomplete-text");
     std::fs::write(dir.join("INCOMPLETE"), "the host went away").unwrap();
+    std::fs::write(dir.join("notes.txt"), "hello").unwrap();
     let (code, v) = check(&dir, &[]);
     assert_eq!(code, 1);
-    assert_eq!(v["notes"][0]["file"], "INCOMPLETE");
-    assert!(v["notes"][0]["reason"].as_str().unwrap().contains("the host went away"));
+    let notes = v["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 2, "{v}");
+    assert!(notes.iter().all(|n| n["in_the_way"] == true));
+    assert!(notes[0]["reason"].as_str().unwrap().contains("the host went away"));
+    assert_eq!(notes[1]["file"], "notes.txt");
     repair_and_read(&dir, v["records"].as_u64().unwrap());
+    let out = scratch_path("incomplete-text-repaired");
+    assert_eq!(std::fs::read(out.join("INCOMPLETE")).unwrap(), b"");
+    assert!(!out.join("notes.txt").exists());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use hvtrace_reader::{CheckReport, DirNote, ReadError, RepairReport};
+use hvtrace_reader::{CheckReport, ReadError, RepairReport};
 use serde::Serialize;
 
 /// Check a trace directory for damage and optionally write a repaired copy.
@@ -56,6 +56,8 @@ struct JsonStream {
 #[derive(Serialize)]
 struct JsonNote {
     file: String,
+    /// CTF readers fail on the file.
+    in_the_way: bool,
     reason: String,
 }
 
@@ -76,13 +78,6 @@ struct JsonReport {
     streams: Vec<JsonStream>,
     notes: Vec<JsonNote>,
     repair: Option<JsonRepair>,
-}
-
-fn note_file(n: &DirNote) -> String {
-    match n {
-        DirNote::Incomplete(_) => hvtrace_reader::INCOMPLETE.to_string(),
-        DirNote::Foreign(f) => f.clone(),
-    }
 }
 
 fn json(a: &Args, c: Option<&CheckReport>, metadata_error: Option<String>, r: Option<&RepairReport>) -> JsonReport {
@@ -119,7 +114,7 @@ fn json(a: &Args, c: Option<&CheckReport>, metadata_error: Option<String>, r: Op
         notes: c
             .iter()
             .flat_map(|c| &c.notes)
-            .map(|n| JsonNote { file: note_file(n), reason: n.to_string() })
+            .map(|n| JsonNote { file: n.file().to_string(), in_the_way: n.in_the_way(), reason: n.to_string() })
             .collect(),
         repair: r.map(|r| JsonRepair {
             out: r.out.clone(),
@@ -150,7 +145,7 @@ fn print_human(c: &CheckReport) {
         }
     }
     for n in &c.notes {
-        println!("  {n}");
+        println!("  {}{n}", if n.in_the_way() { "" } else { "note: " });
     }
     let damaged = c.streams.iter().filter(|s| !s.report.is_intact()).count();
     let problems: usize = c.streams.iter().map(|s| s.report.problems.len()).sum();
@@ -158,10 +153,10 @@ fn print_human(c: &CheckReport) {
         println!("intact: {} streams, {} records", c.streams.len(), c.records());
     } else {
         println!(
-            "DAMAGED: {problems} damaged stretch(es) in {damaged} of {} streams, {} note(s) in the way; \
+            "DAMAGED: {problems} damaged stretch(es) in {damaged} of {} streams, {} file(s) in the way; \
              {} records in intact packets",
             c.streams.len(),
-            c.notes.len(),
+            c.notes.iter().filter(|n| n.in_the_way()).count(),
             c.records()
         );
     }
