@@ -1,0 +1,361 @@
+//! `hvtrace-bench host`: producer threads recording through a real
+//! [`Host`]'s [`Writer`](hvtrace_host::Writer) (generation check + current
+//! CPU + ring: what a VMM pays), with a real consumer process (`hvtrace
+//! consume`, or the 100 ms polling baseline) writing the trace. Reports
+//! producer cost, what reached the disk, the consumer's CPU time and,
+//! with `--latency`, sub-buffer delivery latency.
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hvtrace_core::{Clock, EventSet};
+use hvtrace_ctl::Client;
+use hvtrace_host::{Host, HostClock, HostConfig};
+use hvtrace_proto::{ChannelConfig, Mode, Request};
+
+use crate::util::{self, hvbench, EventKind, Load};
+
+/// Which consumer records the trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ConsumerKind {
+    /// `hvtrace consume`: sleeps in epoll, woken once per delivered sub-buffer.
+    Hvtrace,
+    /// The xentrace-style baseline (`hvtrace-bench poll-consume`): wakes every `--poll-ms`.
+    Poll,
+}
+
+/// Arguments of `hvtrace-bench host`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Producer threads (thread i pinned to CPU i).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Timed events per thread.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Untimed (but recorded) events per thread before the start barrier.
+    #[arg(long, default_value_t = 10_000)]
+    warmup: u64,
+    /// Events per second per thread (0 = as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Event recorded.
+    #[arg(long, value_enum, default_value = "full")]
+    event: EventKind,
+    /// Ring mode.
+    #[arg(long, default_value = "discard")]
+    mode: Mode,
+    /// Sub-buffer size in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    subbuf_size: u64,
+    /// Sub-buffers per ring.
+    #[arg(long, default_value_t = 8)]
+    num_subbuf: u32,
+    /// Consumer process.
+    #[arg(long, value_enum, default_value = "hvtrace")]
+    consumer: ConsumerKind,
+    /// The `hvtrace` binary (default: next to this one).
+    #[arg(long)]
+    hvtrace: Option<PathBuf>,
+    /// Poll period of the polling baseline, ms.
+    #[arg(long, default_value_t = 100)]
+    poll_ms: u64,
+    /// Measure delivery latency (sub-buffer close to bytes in the file).
+    #[arg(long)]
+    latency: bool,
+    /// Keep the trace in this directory (default: a temporary one, removed).
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+/// Kills a child on drop.
+pub(crate) struct Reaped(pub Child);
+
+impl Reaped {
+    /// SIGTERM, then wait up to `grace`, then SIGKILL.
+    pub(crate) fn finish(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(st)) = self.0.try_wait() {
+            return Some(st);
+        }
+        let _ = hvtrace_sys::proc::terminate(self.0.id());
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = self.0.kill();
+        self.0.wait().ok()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        self.finish(Duration::from_secs(5));
+    }
+}
+
+/// A private temporary directory, removed on drop.
+pub(crate) struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Result<TempDir> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "hvtrace-bench-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `hvtrace` executable: `explicit`, else the one beside this binary.
+pub(crate) fn hvtrace_exe(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let me = std::env::current_exe()?;
+    let p = me.with_file_name("hvtrace");
+    if !p.exists() {
+        bail!("{} not found; build it (cargo build --release -p hvtrace) or pass --hvtrace", p.display());
+    }
+    Ok(p)
+}
+
+/// Starts the consumer process on `sock`, writing `out`, and waits until it has mapped the channel.
+pub(crate) fn spawn_consumer(
+    kind: ConsumerKind,
+    hvtrace: Option<&Path>,
+    poll_ms: u64,
+    sock: &Path,
+    out: &Path,
+    ctl: &mut Client,
+) -> Result<Reaped> {
+    let mut cmd = match kind {
+        ConsumerKind::Hvtrace => {
+            let mut c = Command::new(hvtrace_exe(hvtrace)?);
+            c.arg("consume").arg("--json");
+            c
+        }
+        ConsumerKind::Poll => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.arg("poll-consume").arg("--interval-ms").arg(poll_ms.to_string());
+            c
+        }
+    };
+    cmd.arg("--socket").arg(sock).arg("--output").arg(out);
+    let mut child = Reaped(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawning the consumer")?);
+    let attached = util::wait_for(Duration::from_secs(20), Duration::from_millis(2), || {
+        if let Some(st) = child.0.try_wait()? {
+            let mut err = String::new();
+            if let Some(mut e) = child.0.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            bail!("the consumer exited before attaching ({st}): {err}");
+        }
+        Ok(ctl.status()?.refcount > 0)
+    })?;
+    if !attached {
+        bail!("the consumer did not attach within 20 s");
+    }
+    Ok(child)
+}
+
+/// Sub-buffer delivery latency, seen from outside the consumer: an inotify
+/// watch on the trace directory wakes on every write; each stream file's
+/// newly complete packets are read back, and `now - timestamp_end` (the
+/// packet's close time, same TSC) is one sample. Conservative: includes the
+/// watcher's own wake-up.
+struct LatencyWatch {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Result<Vec<f64>>>,
+}
+
+impl LatencyWatch {
+    fn start(dir: PathBuf, channel: String, packet: u64, clock: HostClock) -> Result<LatencyWatch> {
+        // SAFETY: plain syscalls; the fd is closed by the thread below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("inotify_init1");
+        }
+        let cpath = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+        // SAFETY: valid fd and NUL-terminated path.
+        if unsafe { libc::inotify_add_watch(fd, cpath.as_ptr(), libc::IN_MODIFY | libc::IN_CREATE) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("inotify_add_watch");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut seen: std::collections::HashMap<String, (std::fs::File, u64)> = Default::default();
+            let mut lat = Vec::new();
+            let mut buf = [0u8; 4096];
+            let freq = clock.freq().max(1) as f64;
+            let mut last_round = false;
+            loop {
+                let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut pfd, 1, 20) };
+                let now = clock.now();
+                // SAFETY: reads into a local buffer; non-blocking fd.
+                while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+                for e in std::fs::read_dir(&dir)?.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with(&format!("{channel}_")) {
+                        continue;
+                    }
+                    if !seen.contains_key(&name) {
+                        seen.insert(name.clone(), (std::fs::File::open(e.path())?, 0));
+                    }
+                    let (f, done) = seen.get_mut(&name).unwrap();
+                    let full = f.metadata()?.len() / packet;
+                    while *done < full {
+                        let mut ts = [0u8; 8];
+                        f.read_exact_at(&mut ts, *done * packet + hvtrace_core::ctf::packet::TIMESTAMP_END as u64)?;
+                        let end = u64::from_le_bytes(ts);
+                        lat.push(now.saturating_sub(end) as f64 * 1e9 / freq);
+                        *done += 1;
+                    }
+                }
+                if last_round {
+                    break;
+                }
+                if st.load(Ordering::Acquire) {
+                    last_round = true;
+                }
+            }
+            // SAFETY: our fd, closed once.
+            unsafe { libc::close(fd) };
+            Ok(lat)
+        });
+        Ok(LatencyWatch { stop, handle })
+    }
+
+    fn finish(self) -> Result<Vec<f64>> {
+        self.stop.store(true, Ordering::Release);
+        self.handle.join().map_err(|_| anyhow::anyhow!("latency watcher panicked"))?
+    }
+}
+
+pub(crate) fn run(a: Args) -> Result<()> {
+    let tmp = TempDir::new("host")?;
+    let sock = tmp.0.join("ctl.sock");
+    let out = a.keep.clone().unwrap_or_else(|| tmp.0.join("trace"));
+    std::fs::create_dir_all(&out)?;
+    let mut cfg = HostConfig::new(&sock, "bench");
+    cfg.channel = "hvbench".into();
+    let host = Host::serve(cfg, hvbench::Events::EVENTS, hvbench::Events::NAME)?;
+    let mut ctl = Client::connect(&sock, Some(Duration::from_secs(30)))?;
+    let ch = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
+    ctl.simple(&Request::Create(ch))?;
+    let watch = if a.latency {
+        Some(LatencyWatch::start(out.clone(), "hvbench".into(), a.subbuf_size, *host.clock())?)
+    } else {
+        None
+    };
+    let mut consumer = spawn_consumer(a.consumer, a.hvtrace.as_deref(), a.poll_ms, &sock, &out, &mut ctl)?;
+    let cpid = consumer.0.id();
+    ctl.simple(&Request::Start)?;
+    let load = Load { threads: a.threads, events: a.events, warmup: a.warmup, rate: a.rate };
+    let la0 = util::loadavg();
+    let c0 = util::schedstat_ns(cpid);
+    let kind = a.event;
+    let rs = util::run_threads(load, |_| {
+        let w = host.writer();
+        Box::new(move |first, n| util::emit(&w, kind, first, n))
+    });
+    // Stop (quiesces and flushes), then wait until the consumer has released everything.
+    ctl.simple(&Request::Stop)?;
+    let drained = util::wait_for(Duration::from_secs(60), Duration::from_micros(500), || {
+        Ok(ctl.status()?.rings.iter().all(|r| r.consumed_bytes >= r.produced_bytes))
+    })?;
+    let c1 = util::schedstat_ns(cpid);
+    let status = ctl.status()?;
+    ctl.simple(&Request::Destroy)?;
+    let exit = match a.consumer {
+        // Exits by itself once the session is destroyed.
+        ConsumerKind::Hvtrace => {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(st) = consumer.0.try_wait()? {
+                    break Some(st);
+                }
+                if Instant::now() > deadline {
+                    break consumer.finish(Duration::from_secs(5));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        ConsumerKind::Poll => consumer.finish(Duration::from_secs(10)),
+    };
+    let latencies = watch.map(LatencyWatch::finish).transpose()?;
+    drop(ctl);
+    host.shutdown();
+
+    let tc = util::count_trace(&out, "hvbench")?;
+    let emitted = (a.events + a.warmup) * a.threads as u64;
+    let discarded: u64 = status.rings.iter().map(|r| r.events_discarded).sum();
+    let overwritten: u64 = status.rings.iter().map(|r| r.overwritten).sum();
+    let consumer_ns = c1.saturating_sub(c0);
+    let mut j = util::thread_summary(load, &rs);
+    let o = j.as_object_mut().unwrap();
+    let rec = tc.events_recorded.max(1) as f64;
+    let extra = serde_json::json!({
+        "tracer": "hvtrace",
+        "path": "host_writer",
+        "event": kind,
+        "mode": a.mode.to_string(),
+        "subbuf_size": a.subbuf_size,
+        "num_subbuf": a.num_subbuf,
+        "consumer": format!("{:?}", a.consumer).to_lowercase(),
+        "consumer_pid": cpid,
+        "consumer_exit_ok": exit.is_some_and(|s| s.success()),
+        "drained": drained,
+        "clock": format!("{:?}", host.clock().source()).to_lowercase(),
+        "events_recorded": tc.events_recorded,
+        "events_discarded": discarded,
+        "events_overwritten": overwritten,
+        "lossless": discarded == 0 && tc.events_recorded == emitted && tc.bad_packets == 0,
+        "packets": tc.packets,
+        "bad_packets": tc.bad_packets,
+        "trace_bytes": tc.trace_bytes,
+        "content_bytes": tc.content_bytes,
+        "metadata_bytes": tc.metadata_bytes,
+        "bytes_per_event": util::round2(tc.trace_bytes as f64 / rec),
+        "content_bytes_per_event": util::round2(tc.content_bytes as f64 / rec),
+        "consumer_cpu_s": consumer_ns as f64 / 1e9,
+        "consumer_ns_per_event": util::round2(consumer_ns as f64 / rec),
+        "consumer_cpu_s_per_million_events": consumer_ns as f64 / 1e3 / rec,
+        "loadavg": la0,
+    });
+    o.extend(extra.as_object().unwrap().clone());
+    if let Some(mut l) = latencies {
+        l.sort_by(|x, y| x.total_cmp(y));
+        o.insert(
+            "latency".into(),
+            serde_json::json!({
+                "samples": l.len(),
+                "p50_us": util::round2(util::quantile(&l, 0.5) / 1e3),
+                "p99_us": util::round2(util::quantile(&l, 0.99) / 1e3),
+                "max_us": util::round2(l.last().copied().unwrap_or(f64::NAN) / 1e3),
+                "min_us": util::round2(l.first().copied().unwrap_or(f64::NAN) / 1e3),
+            }),
+        );
+    }
+    println!("{}", serde_json::to_string(&j)?);
+    Ok(())
+}

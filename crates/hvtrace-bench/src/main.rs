@@ -1,0 +1,50 @@
+//! `hvtrace-bench`: the measuring half of `scripts/bench` (which also runs
+//! the LTTng-UST side and prints the table). Each subcommand prints one JSON
+//! line on stdout.
+//!
+//! * `host` — producer threads through a real host `Writer` with a real
+//!   consumer process: ns/event, bytes on disk, consumer CPU, latency.
+//! * `core` — the ring alone (drained, or full: the discard path), or the floor.
+//! * `idle` — wake-ups of a consumer on a started, idle `hvtrace sim --rate 0`.
+//! * `poll-consume` — the xentrace-style 100 ms polling baseline consumer.
+
+mod core;
+mod host;
+mod idle;
+mod poll;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+/// hvtrace benchmark driver (see scripts/bench and docs/benchmarks.md).
+#[derive(Parser)]
+#[command(name = "hvtrace-bench", max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Producers through a real Host + consumer process.
+    Host(host::Args),
+    /// The producer core alone, its discard path, or the floor.
+    Core(core::Args),
+    /// Idle wake-ups of a consumer.
+    Idle(idle::Args),
+    /// The 100 ms polling baseline consumer.
+    PollConsume(poll::Args),
+}
+
+fn main() {
+    let r = match Cli::parse().cmd {
+        Cmd::Host(a) => host::run(a),
+        Cmd::Core(a) => core::run(a),
+        Cmd::Idle(a) => idle::run(a),
+        Cmd::PollConsume(a) => poll::run(a),
+    };
+    if let Err(e) = r {
+        eprintln!("hvtrace-bench: error: {e:#}");
+        std::process::exit(1);
+    }
+}
