@@ -5,6 +5,8 @@
 //! processes.
 
 mod cmd;
+mod kvm_events;
+mod session;
 mod size;
 mod trace;
 

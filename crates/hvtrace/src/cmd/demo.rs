@@ -3,9 +3,9 @@
 //! and this process as the control tool — then a summary checked against
 //! the trace on disk.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -15,8 +15,8 @@ use hvtrace_proto::{ChannelConfig, Mode, Request};
 use hvtrace_sim::xen;
 
 use crate::cmd::sim::SimDone;
+use crate::session::{self, Reaped};
 use crate::size::parse_size;
-use crate::trace::count_stream;
 
 /// Run a complete tracing session on a simulated Xen-like host and summarise it.
 ///
@@ -76,26 +76,6 @@ impl std::str::FromStr for Rate {
     }
 }
 
-/// Kills a child process on drop (so no host or consumer outlives a failed demo).
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = hvtrace_sys::proc::terminate(self.0.id());
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if self.0.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[derive(serde::Serialize)]
 struct CpuSummary {
     cpu: u32,
@@ -124,12 +104,9 @@ struct Summary {
 pub fn run(a: Args) -> Result<()> {
     let cfg = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
     cfg.validate()?;
-    if a.output.join("metadata").exists() {
-        bail!("{} already holds a trace; choose another --output", a.output.display());
-    }
-    let exe = std::env::current_exe().context("cannot find the hvtrace executable")?;
-    let run_dir = std::env::temp_dir().join(format!("hvtrace-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&run_dir)?;
+    session::check_output(&a.output)?;
+    let exe = session::exe()?;
+    let run_dir = session::run_dir("demo")?;
     let sock = run_dir.join("ctl.sock");
     let progress = |m: &str| {
         if !a.json {
@@ -151,30 +128,8 @@ pub fn run(a: Args) -> Result<()> {
     // 2. The channel, 3. the consumer daemon.
     ctl.simple(&Request::Create(cfg))?;
     progress(&format!("created: {} x {} bytes per CPU, {} mode", a.num_subbuf, a.subbuf_size, a.mode));
-    let mut consumer = Reaped(
-        Command::new(&exe)
-            .arg("consume")
-            .arg("--socket")
-            .arg(&sock)
-            .arg("--output")
-            .arg(&a.output)
-            .arg("--threads")
-            .arg(a.consumer_threads.to_string())
-            .arg("--json")
-            .stdout(Stdio::piped())
-            .stderr(if a.json { Stdio::null() } else { Stdio::inherit() })
-            .spawn()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ctl.status()?.refcount == 0 {
-        if let Some(st) = consumer.0.try_wait()? {
-            bail!("the consumer exited before attaching ({st})");
-        }
-        if Instant::now() > deadline {
-            bail!("the consumer did not attach within 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut consumer = session::spawn_consumer(&exe, &sock, &a.output, a.consumer_threads, a.json)?;
+    session::wait_attached(&mut ctl, &mut consumer)?;
     progress(&format!("consumer: hvtrace consume (pid {}) attached", consumer.0.id()));
 
     // 4. Record.
@@ -183,55 +138,41 @@ pub fn run(a: Args) -> Result<()> {
     progress(&format!("started; each CPU records {} events", a.events_per_cpu));
     let done = read_sim_done(&mut sim)?;
     let elapsed = t0.elapsed();
-    ctl.simple(&Request::Stop)?;
-    let status = ctl.status()?;
-    ctl.simple(&Request::Destroy)?;
+    let status = session::stop_and_destroy(&mut ctl)?;
     progress(&format!("stopped and destroyed after {:.2} s", elapsed.as_secs_f64()));
 
     // 5. The consumer finishes its drain and exits.
-    let mut out = String::new();
-    consumer.0.stdout.take().context("consumer stdout")?.read_to_string(&mut out)?;
-    let st = consumer.0.wait()?;
-    if !st.success() {
-        bail!("the consumer failed ({st})");
-    }
+    session::finish(consumer)?;
     drop(sim);
 
     // 6. Check the trace on disk against what the host emitted and counted.
-    let schema = xen::Events::EVENTS;
-    let mut per_cpu = Vec::new();
-    for r in &status.rings {
-        let file = a.output.join(format!("channel0_{}", r.cpu));
-        let c = count_stream(&file, schema)?;
-        let emitted = done.per_cpu.iter().find(|p| p.0 == r.cpu).map_or(0, |p| p.1);
-        let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-        if c.bad_packets > 0 {
-            bail!("{}: {} packets do not decode", file.display(), c.bad_packets);
-        }
-        per_cpu.push(CpuSummary {
+    let rings = session::count_rings(&a.output, &status, xen::Events::EVENTS, false)?;
+    let emitted = |cpu: u32| done.per_cpu.iter().find(|p| p.0 == cpu).map_or(0, |p| p.1);
+    let per_cpu: Vec<CpuSummary> = rings
+        .iter()
+        .map(|r| CpuSummary {
             cpu: r.cpu,
-            emitted,
-            recorded: c.records,
-            discarded: r.events_discarded,
-            packets: c.packets,
-            bytes,
-        });
-    }
-    let sum = |f: fn(&CpuSummary) -> u64| per_cpu.iter().map(f).sum::<u64>();
+            emitted: emitted(r.cpu),
+            recorded: r.recorded,
+            discarded: r.discarded,
+            packets: r.packets,
+            bytes: r.bytes,
+        })
+        .collect();
     let s = Summary {
         trace: std::fs::canonicalize(&a.output).unwrap_or(a.output.clone()),
         cpus: a.cpus,
         mode: a.mode.to_string(),
         events_emitted: done.emitted,
-        events_recorded: sum(|c| c.recorded),
-        events_discarded: sum(|c| c.discarded),
-        bytes: sum(|c| c.bytes),
-        packets: sum(|c| c.packets),
+        events_recorded: session::total(&rings, |r| r.recorded),
+        events_discarded: session::total(&rings, |r| r.discarded),
+        bytes: session::total(&rings, |r| r.bytes),
+        packets: session::total(&rings, |r| r.packets),
         elapsed_s: elapsed.as_secs_f64(),
         events_per_second: done.emitted as f64 / elapsed.as_secs_f64().max(1e-9),
         per_cpu,
     };
-    print_summary(&s, a.json)?;
+    print_summary(&s, &rings, a.json)?;
     let _ = std::fs::remove_dir_all(&run_dir);
     if s.events_recorded + s.events_discarded != s.events_emitted {
         bail!(
@@ -271,23 +212,14 @@ fn read_sim_done(sim: &mut Reaped) -> Result<SimDone> {
     bail!("the simulated host exited before reporting its events ({:?})", sim.0.try_wait()?)
 }
 
-fn print_summary(s: &Summary, json: bool) -> Result<()> {
+fn print_summary(s: &Summary, rings: &[session::RingCount], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(s)?);
         return Ok(());
     }
     println!();
-    println!("{:>4} {:>12} {:>12} {:>10} {:>8} {:>12}", "cpu", "emitted", "recorded", "discarded", "packets", "bytes");
-    for c in &s.per_cpu {
-        println!(
-            "{:>4} {:>12} {:>12} {:>10} {:>8} {:>12}",
-            c.cpu, c.emitted, c.recorded, c.discarded, c.packets, c.bytes
-        );
-    }
-    println!(
-        "{:>4} {:>12} {:>12} {:>10} {:>8} {:>12}",
-        "all", s.events_emitted, s.events_recorded, s.events_discarded, s.packets, s.bytes
-    );
+    let emitted: Vec<u64> = s.per_cpu.iter().map(|c| c.emitted).collect();
+    session::print_rings(rings, Some((&emitted, s.events_emitted)));
     println!();
     println!(
         "{} events in {:.2} s ({:.1} M events/s), {:.1} bytes/event, {} mode",
@@ -297,8 +229,6 @@ fn print_summary(s: &Summary, json: bool) -> Result<()> {
         s.bytes as f64 / s.events_recorded.max(1) as f64,
         s.mode
     );
-    println!("trace: {}", s.trace.display());
-    println!("open it:  babeltrace2 {} | less", s.trace.display());
-    println!("          Trace Compass: File > Open Trace..., pick {}/metadata", s.trace.display());
+    session::print_open_hints(&s.trace);
     Ok(())
 }

@@ -1,27 +1,287 @@
-//! `hvtrace kvm`: trace a real hypervisor — a KVM micro-VMM. (Wired in the KVM issue.)
+//! `hvtrace kvm`: trace a real hypervisor — the KVM micro-VMM of
+//! `hvtrace-kvm`, one thread per vCPU. This process is the host: it serves
+//! the control socket and records the VMM's events into its per-CPU rings;
+//! `hvtrace consume` (a child process) writes the trace; this process also
+//! drives the session like `demo`, then checks the trace against the VMM's
+//! own counts.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Context, Result};
+use hvtrace_core::EventSet;
+use hvtrace_ctl::Client;
+use hvtrace_host::{Host, HostConfig};
+use hvtrace_kvm::{NullObserver, RunReport, Vmm, VmmConfig, Workload};
+use hvtrace_proto::{ChannelConfig, Mode, Request};
+
+use crate::kvm_events::{kvm, TraceObserver};
+use crate::session::{self, RingCount};
+use crate::size::parse_size;
 
 /// Run a KVM micro-VMM whose VM exits, hypercalls and guest events are traced.
+///
+/// Boots a built-in guest program on VCPUS vCPUs (one thread each); each runs
+/// ITERATIONS iterations of port I/O, MMIO, hypercalls and guest events. The
+/// VMM records `vcpu_run` and `vm_exit` for every KVM_RUN, `hypercall_entry`
+/// / `hypercall_exit` around each hypercall it handles, and `guest_event`
+/// for each event the guest emits, into the ring of the host CPU the vCPU
+/// thread runs on. This process serves the control socket; `hvtrace
+/// consume` records the trace. Then the trace is decoded and compared with
+/// the VMM's own counts: the command fails on any mismatch.
+///
+/// Needs a usable /dev/kvm (root or the kvm group).
 #[derive(clap::Args)]
 pub struct Args {
-    /// Trace directory to write.
-    #[arg(long, short = 'o')]
-    pub output: PathBuf,
+    /// Trace directory to write (must not already hold a trace).
+    #[arg(long, short = 'o', required_unless_present = "no_trace")]
+    pub output: Option<PathBuf>,
     /// vCPUs.
     #[arg(long, default_value_t = 2)]
     pub vcpus: u32,
-    /// Guest workload iterations per vCPU.
+    /// Guest workload iterations per vCPU (9 VM exits each).
     #[arg(long, default_value_t = 2000)]
     pub iterations: u64,
-    /// Print the summary as one JSON line.
+    /// What a full ring does: discard new events, or overwrite the oldest.
+    #[arg(long, default_value = "discard")]
+    pub mode: Mode,
+    /// Bytes per sub-buffer (power of two, 4k..64M).
+    #[arg(long, default_value = "256k", value_parser = parse_size)]
+    pub subbuf_size: u64,
+    /// Sub-buffers per CPU ring (power of two, 2..1024).
+    #[arg(long, default_value_t = 8)]
+    pub num_subbuf: u32,
+    /// Consumer worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub consumer_threads: usize,
+    /// Run the VMM untraced (no host, no consumer; the baseline for the
+    /// tracing overhead). --output is not needed.
+    #[arg(long)]
+    pub no_trace: bool,
+    /// Print the summary as JSON: the last line of stdout is one object.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(_a: Args) -> Result<()> {
-    hvtrace_kvm::kvm_available().map_err(|e| anyhow::anyhow!("KVM is not usable here: {e}"))?;
-    anyhow::bail!("hvtrace kvm is not wired to the tracer yet")
+#[derive(serde::Serialize)]
+struct RingSummary {
+    cpu: u32,
+    recorded: u64,
+    discarded: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+/// What the trace holds per event vs what the VMM counted.
+#[derive(serde::Serialize)]
+struct EventCount {
+    event: &'static str,
+    /// Decoded from the trace.
+    recorded: u64,
+    /// Calls the VMM made to its observer (from its own counts).
+    expected: u64,
+}
+
+#[derive(serde::Serialize)]
+struct Summary {
+    /// The trace directory (`null` with `--no-trace`).
+    trace: Option<PathBuf>,
+    traced: bool,
+    vcpus: u32,
+    iterations: u64,
+    /// The VMM's own exit count.
+    vm_exits: u64,
+    exits_per_second: f64,
+    elapsed_s: f64,
+    /// Hypercalls the VMM handled.
+    hypercalls: u64,
+    /// Guest events the VMM received.
+    guest_events: u64,
+    /// Events the VMM handed to the tracer (0 untraced).
+    events_traced: u64,
+    events_recorded: u64,
+    events_discarded: u64,
+    mode: Option<String>,
+    bytes: u64,
+    packets: u64,
+    per_event: Vec<EventCount>,
+    per_cpu: Vec<RingSummary>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    hvtrace_kvm::kvm_available().map_err(|e| anyhow!("KVM is not usable here: {e}"))?;
+    anyhow::ensure!(a.vcpus >= 1, "--vcpus must be at least 1");
+    let vmm_cfg = VmmConfig { vcpus: a.vcpus, iterations: a.iterations, workload: Workload::default() };
+    let progress = |m: &str| {
+        if !a.json {
+            eprintln!("kvm: {m}");
+        }
+    };
+
+    let Some(output) = a.output.as_ref().filter(|_| !a.no_trace) else {
+        progress(&format!("running {} vCPUs x {} iterations untraced", a.vcpus, a.iterations));
+        let report = Vmm::run(&vmm_cfg, &NullObserver)?;
+        let s = summary(&a, &report, None, &[]);
+        return print_summary(&s, &[], a.json);
+    };
+
+    let cfg = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
+    cfg.validate()?;
+    session::check_output(output)?;
+    let exe = session::exe()?;
+    let run_dir = session::run_dir("kvm")?;
+    let sock = run_dir.join("ctl.sock");
+
+    // 1. This process is the host.
+    let host = Host::serve(HostConfig::new(&sock, "kvm"), kvm::Events::EVENTS, kvm::Events::NAME)
+        .with_context(|| format!("cannot serve the control socket {}", sock.display()))?;
+    progress(&format!("host: this process (pid {}), serving {}", std::process::id(), sock.display()));
+    let mut ctl = Client::connect(&sock, Some(Duration::from_secs(30)))?;
+
+    // 2. The channel, 3. the consumer daemon.
+    ctl.simple(&Request::Create(cfg))?;
+    progress(&format!("created: {} x {} bytes per CPU, {} mode", a.num_subbuf, a.subbuf_size, a.mode));
+    let mut consumer = session::spawn_consumer(&exe, &sock, output, a.consumer_threads, a.json)?;
+    session::wait_attached(&mut ctl, &mut consumer)?;
+    progress(&format!("consumer: hvtrace consume (pid {}) attached", consumer.0.id()));
+
+    // 4. Record while the VM runs.
+    ctl.simple(&Request::Start)?;
+    progress(&format!("started; running {} vCPUs x {} iterations", a.vcpus, a.iterations));
+    let observer = TraceObserver::new(Arc::clone(&host));
+    let report = Vmm::run(&vmm_cfg, &observer);
+    let status = session::stop_and_destroy(&mut ctl)?;
+    let report = report?;
+    progress(&format!("stopped and destroyed after {:.2} s of guest time", report.elapsed.as_secs_f64()));
+
+    // 5. The consumer finishes its drain and exits.
+    session::finish(consumer)?;
+    drop(ctl);
+    host.shutdown();
+
+    // 6. Check the trace against the VMM's own counts.
+    let rings = session::count_rings(output, &status, kvm::Events::EVENTS, true)?;
+    let s = summary(&a, &report, Some(output), &rings);
+    print_summary(&s, &rings, a.json)?;
+    let _ = std::fs::remove_dir_all(&run_dir);
+    check(&s, observer.closed())
+}
+
+/// What the VMM handed to the tracer, by event id (from its own counts).
+fn expected(r: &RunReport) -> [u64; 5] {
+    let sum = |f: fn(&hvtrace_kvm::VcpuReport) -> u64| r.per_vcpu.iter().map(f).sum::<u64>();
+    let (exits, hypercalls, events) = (r.total_exits(), sum(|v| v.hypercalls), sum(|v| v.guest_events));
+    let mut e = [0; 5];
+    e[kvm::Id::vm_exit as usize] = exits;
+    e[kvm::Id::vcpu_run as usize] = exits;
+    e[kvm::Id::hypercall_entry as usize] = hypercalls;
+    e[kvm::Id::hypercall_exit as usize] = hypercalls;
+    e[kvm::Id::guest_event as usize] = events;
+    e
+}
+
+fn summary(a: &Args, r: &RunReport, trace: Option<&PathBuf>, rings: &[RingCount]) -> Summary {
+    let expected = expected(r);
+    let per_event = kvm::Events::EVENTS
+        .iter()
+        .enumerate()
+        .map(|(id, ev)| EventCount {
+            event: ev.name,
+            recorded: session::total(rings, |c| c.by_event.get(id).copied().unwrap_or(0)),
+            expected: expected[id],
+        })
+        .filter(|_| trace.is_some())
+        .collect();
+    Summary {
+        trace: trace.map(|t| std::fs::canonicalize(t).unwrap_or(t.clone())),
+        traced: trace.is_some(),
+        vcpus: a.vcpus,
+        iterations: a.iterations,
+        vm_exits: r.total_exits(),
+        exits_per_second: r.exits_per_second(),
+        elapsed_s: r.elapsed.as_secs_f64(),
+        hypercalls: expected[kvm::Id::hypercall_entry as usize],
+        guest_events: expected[kvm::Id::guest_event as usize],
+        events_traced: if trace.is_some() { expected.iter().sum() } else { 0 },
+        events_recorded: session::total(rings, |c| c.recorded),
+        events_discarded: session::total(rings, |c| c.discarded),
+        mode: trace.map(|_| a.mode.to_string()),
+        bytes: session::total(rings, |c| c.bytes),
+        packets: session::total(rings, |c| c.packets),
+        per_event,
+        per_cpu: rings
+            .iter()
+            .map(|c| RingSummary {
+                cpu: c.cpu,
+                recorded: c.recorded,
+                discarded: c.discarded,
+                packets: c.packets,
+                bytes: c.bytes,
+            })
+            .collect(),
+    }
+}
+
+/// The trace must account for every event the VMM handed over; with nothing
+/// discarded, every event type must match the VMM's own count exactly.
+fn check(s: &Summary, closed: u64) -> Result<()> {
+    if closed > 0 {
+        bail!("{closed} events found no started channel (recorded before start or after stop?)");
+    }
+    if s.events_recorded + s.events_discarded != s.events_traced {
+        bail!(
+            "accounting mismatch: recorded {} + discarded {} != traced {}",
+            s.events_recorded,
+            s.events_discarded,
+            s.events_traced
+        );
+    }
+    if s.events_discarded == 0 {
+        for e in &s.per_event {
+            if e.recorded != e.expected {
+                bail!("{}: {} in the trace, but the VMM counted {}", e.event, e.recorded, e.expected);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary, rings: &[RingCount], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(s)?);
+        return Ok(());
+    }
+    println!();
+    if s.traced {
+        session::print_rings(rings, None);
+        println!();
+        println!("{:<16} {:>12} {:>12}", "event", "in trace", "VMM count");
+        for e in &s.per_event {
+            println!("{:<16} {:>12} {:>12}", e.event, e.recorded, e.expected);
+        }
+        println!();
+    }
+    println!(
+        "{} vCPUs x {} iterations: {} VM exits in {:.3} s = {:.0} exits/s ({}), {} hypercalls, {} guest events",
+        s.vcpus,
+        s.iterations,
+        s.vm_exits,
+        s.elapsed_s,
+        s.exits_per_second,
+        if s.traced { "traced" } else { "untraced" },
+        s.hypercalls,
+        s.guest_events
+    );
+    if let Some(trace) = &s.trace {
+        println!(
+            "{} events recorded, {} discarded, {:.1} bytes/event, {} mode",
+            s.events_recorded,
+            s.events_discarded,
+            s.bytes as f64 / s.events_recorded.max(1) as f64,
+            s.mode.as_deref().unwrap_or("-")
+        );
+        session::print_open_hints(trace);
+    }
+    Ok(())
 }
