@@ -26,7 +26,8 @@
 //! stream whose ring lost events after its last packet an empty packet
 //! carrying the final count (so CTF readers report every loss), `fsync`s
 //! every file and the directory, and sends `unmap`. If the host went away,
-//! `DIR/INCOMPLETE` says the trace was cut short.
+//! an empty `DIR/INCOMPLETE` says the trace was cut short (empty, so CTF
+//! readers skip it).
 #![forbid(unsafe_code)]
 
 mod control;
@@ -297,7 +298,7 @@ impl Consumer {
         if cut_short {
             let note = "The host went away before the session was destroyed: this trace holds the packets \
                         delivered until then; events still in partial sub-buffers were not recorded.\n";
-            if let Err(e) = self.mapper.out.mark_incomplete(note) {
+            if let Err(e) = self.mapper.out.mark_incomplete() {
                 eprintln!(
                     "hvtrace-consume: cannot write {}/{INCOMPLETE} ({e}); the trace was cut short: {note}",
                     self.mapper.out.path.display()

@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use crate::stream::StreamFile;
 use crate::ConsumerError;
 
-/// Name of the note left when the trace was cut short.
+/// Name of the marker left when the trace was cut short. The file is
+/// empty: CTF readers (babeltrace2, babeltrace 1) take every non-empty
+/// regular file of a trace directory but `metadata` for a stream, and fail
+/// on one that is not; an empty file they skip.
 pub const INCOMPLETE: &str = "INCOMPLETE";
 
 #[derive(Debug)]
@@ -67,12 +70,9 @@ impl OutputDir {
         StreamFile::create(&p, cpu).map_err(ConsumerError::output("cannot create stream file", &p))
     }
 
-    /// Leaves `INCOMPLETE` with `why`.
-    pub(crate) fn mark_incomplete(&self, why: &str) -> io::Result<()> {
-        let p = self.path.join(INCOMPLETE);
-        let mut f = File::create(&p)?;
-        f.write_all(why.as_bytes())?;
-        f.sync_all()
+    /// Leaves the (empty) `INCOMPLETE` marker.
+    pub(crate) fn mark_incomplete(&self) -> io::Result<()> {
+        File::create(self.path.join(INCOMPLETE))?.sync_all()
     }
 
     /// `fsync`s the directory, so the files' names are durable too.

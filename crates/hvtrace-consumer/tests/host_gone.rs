@@ -89,8 +89,8 @@ fn host_death_cuts_the_trace_short_cleanly() {
     println!("{report}");
     assert_eq!(report.exit, ExitReason::HostGone);
     assert!(report.cut_short);
-    let note = std::fs::read_to_string(out.join(INCOMPLETE)).unwrap();
-    assert!(note.contains("host went away"), "{note}");
+    // An empty marker: CTF readers fail on a non-empty file that is not a stream.
+    assert_eq!(std::fs::metadata(out.join(INCOMPLETE)).unwrap().len(), 0);
     assert!(report.packets() > 0, "packets delivered before the host died were written");
     for r in &report.per_ring {
         let s = check_stream(&r.file, r.cpu);
