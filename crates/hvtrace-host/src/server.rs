@@ -58,6 +58,28 @@ fn allowed(shared: &Shared, conn: &Conn) -> Result<(), String> {
     }
 }
 
+/// Closing a Unix socket whose peer's request is still unread resets the
+/// connection: the peer's `recv` then fails with `ECONNRESET` instead of
+/// returning the reply already queued for it (here, `Denied`). So read and
+/// drop what the refused peer sends until it closes, for a bounded time.
+fn linger_until_peer_closes(conn: &Conn) {
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+    if conn.set_read_timeout(Some(LINGER)).is_err() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + LINGER;
+    let mut buf = [0u8; 64];
+    while std::time::Instant::now() < deadline {
+        match conn.recv(&mut buf, 0) {
+            Ok((0, _)) => return,
+            Ok(_) => {}
+            // A message larger than `buf` (or with descriptors) was consumed too.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {}
+            Err(_) => return,
+        }
+    }
+}
+
 fn rustix_euid() -> u32 {
     // SAFETY: geteuid cannot fail and has no preconditions.
     unsafe { libc::geteuid() }
@@ -75,6 +97,7 @@ impl Drop for MapRef {
 fn serve_conn(shared: Arc<Shared>, conn: Conn) {
     if let Err(msg) = allowed(&shared, &conn) {
         let _ = send(&conn, &Reply::error(ErrorCode::Denied, msg), &[]);
+        linger_until_peer_closes(&conn);
         return;
     }
     let mut mapped: Option<MapRef> = None;
