@@ -8,9 +8,10 @@
 //! * **Reserve**: load `write`, read the clock, compute the record's place, CAS
 //!   `write` forward. A record never straddles sub-buffers: a record that does
 //!   not fit *closes* the packet (the space left becomes padding) and the
-//!   loop retries to *open* the next one. Because the clock is read after
-//!   `write` is loaded and before the CAS succeeds, timestamps never go
-//!   backwards along a stream.
+//!   loop retries to *open* the next one. The clock is read after `write`
+//!   is loaded and clamped to `max_tsc`, which every writer raises before its
+//!   CAS: timestamps never go backwards along a stream, even when writers on
+//!   two CPUs share a ring (TSC skew, `rdtsc` executing early).
 //! * **Open** (a reservation at a sub-buffer boundary) needs the previous lap
 //!   of that sub-buffer delivered (else a writer is still inside a record one
 //!   ring ago: drop, `discarded_busy`) and, in discard mode, read by the
@@ -220,6 +221,7 @@ impl<'a> Ring<'a> {
         for a in [
             &hdr.write,
             &hdr.last_tsc,
+            &hdr.max_tsc,
             &hdr.discarded,
             &hdr.discarded_full,
             &hdr.discarded_busy,
@@ -287,8 +289,14 @@ impl<'a> Ring<'a> {
             if old & CLOSED != 0 {
                 return Err(RecordError::Closed);
             }
+            // Both loads after `write` (acquire): the record we would follow
+            // published `max_tsc` before its CAS and `last_tsc` after it.
             let last = hdr.last_tsc.load(Relaxed);
-            let tsc = clock.now();
+            let max = hdr.max_tsc.load(Relaxed);
+            let tsc = clock.now().max(max);
+            if tsc > max {
+                hdr.max_tsc.fetch_max(tsc, Relaxed);
+            }
             let off = self.geo.offset_in_subbuf(old);
             // Compact header when a reader can rebuild the timestamp from the
             // previous one: `last` is never newer than the record before ours,
@@ -364,7 +372,10 @@ impl<'a> Ring<'a> {
             if off == 0 {
                 return false;
             }
-            let tsc = clock.now();
+            // timestamp_end: no earlier than the packet's records, no later
+            // than the next packet's first one.
+            let tsc = clock.now().max(hdr.max_tsc.load(Relaxed));
+            hdr.max_tsc.fetch_max(tsc, Relaxed);
             let new = (pos - off + self.geo.subbuf_size) | (old & CLOSED);
             if hdr.write.compare_exchange_weak(old, new, AcqRel, Relaxed).is_ok() {
                 return self.close_packet(pos, tsc);
@@ -388,7 +399,7 @@ impl<'a> Ring<'a> {
     pub fn is_quiescent(&self) -> bool {
         let pos = self.w.hdr.write.load(Acquire) & !CLOSED;
         let n = self.geo.num_subbuf;
-        let cur = pos / self.geo.subbuf_size;
+        let cur = self.geo.subbuf_seq(pos);
         let off = self.geo.offset_in_subbuf(pos);
         self.w.sb.iter().enumerate().all(|(i, s)| {
             let i = i as u64;
@@ -487,7 +498,7 @@ impl<'a> Ring<'a> {
         f[packet::STREAM_ID..][..4].copy_from_slice(&0u32.to_le_bytes());
         f[packet::STREAM_INSTANCE_ID..][..8].copy_from_slice(&(self.id.cpu as u64).to_le_bytes());
         f[packet::TIMESTAMP_BEGIN..][..8].copy_from_slice(&tsc.to_le_bytes());
-        let seq = start / self.geo.subbuf_size;
+        let seq = self.geo.subbuf_seq(start);
         f[packet::PACKET_SEQ_NUM..][..8].copy_from_slice(&seq.to_le_bytes());
         // SAFETY: the opener reserved the packet header together with its record.
         unsafe { self.bytes_mut(start, f.len()) }.copy_from_slice(&f);
