@@ -6,7 +6,8 @@
 use crate::ring::Encoder;
 
 /// Longest string payload kept (bytes, before the terminating NUL); longer
-/// strings are cut, and a string stops at its first NUL byte.
+/// strings are cut at the last character boundary that fits, and a string
+/// stops at its first NUL byte.
 pub const MAX_STRING: usize = 1023;
 /// Longest byte array kept.
 pub const MAX_BYTES: usize = 65535;
@@ -118,10 +119,16 @@ impl Field for bool {
     }
 }
 
-/// The part of `s` that is recorded: up to the first NUL, at most [`MAX_STRING`] bytes.
+/// The part of `s` that is recorded: up to the first NUL, at most
+/// [`MAX_STRING`] bytes, cut at a character boundary so the field stays valid
+/// UTF-8 (the metadata declares `encoding = UTF8`).
 #[inline]
-fn kept(s: &[u8]) -> &[u8] {
-    let s = &s[..s.len().min(MAX_STRING)];
+fn kept(s: &str) -> &[u8] {
+    let mut n = s.len().min(MAX_STRING);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    let s = &s.as_bytes()[..n];
     match s.iter().position(|&b| b == 0) {
         Some(n) => &s[..n],
         None => s,
@@ -132,11 +139,11 @@ impl Field for &str {
     const KIND: FieldKind = FieldKind::Str;
     #[inline]
     fn encoded_len(&self) -> usize {
-        kept(self.as_bytes()).len() + 1
+        kept(self).len() + 1
     }
     #[inline]
     fn encode(&self, e: &mut Encoder<'_>) {
-        e.put(kept(self.as_bytes()));
+        e.put(kept(self));
         e.put(&[0]);
     }
 }

@@ -86,9 +86,14 @@ impl From<Value<'_>> for V {
     }
 }
 
-/// What a string field keeps: up to the first NUL, at most MAX_STRING bytes.
+/// What a string field keeps: up to the first NUL, at most MAX_STRING bytes,
+/// cut at a character boundary.
 fn kept_str(s: &str) -> V {
-    let b = &s.as_bytes()[..s.len().min(MAX_STRING)];
+    let mut n = s.len().min(MAX_STRING);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    let b = &s.as_bytes()[..n];
     V::Str(b.iter().position(|&c| c == 0).map_or(b, |n| &b[..n]).to_vec())
 }
 
@@ -251,6 +256,11 @@ fn check_round_trip(ops: &[(Op, u64)], packets: &[Vec<u8>]) -> Result<(), TestCa
             // id, and first in its packet or less than 2^27 after the last.
             let near = i == 0 || prev_ts.is_some_and(|p| ts - p <= header::COMPACT_TS_MASK);
             prop_assert_eq!(r.compact, op.id() <= header::MAX_COMPACT_ID && near, "header form of {:?}", op);
+            for v in r.values(schema) {
+                if let Value::Str(b) = v {
+                    prop_assert!(std::str::from_utf8(b).is_ok(), "a string field must stay valid UTF-8");
+                }
+            }
             let got: Vec<V> = r.values(schema).map(V::from).collect();
             prop_assert_eq!(got, op.expected());
             prev_ts = Some(*ts);
@@ -435,5 +445,20 @@ fn header_forms_at_the_boundaries() {
     assert_eq!(packets.len(), 1);
     let forms: Vec<bool> = records(&packets[0], rt::Events::EVENTS).unwrap().1.map(|r| r.unwrap().compact).collect();
     assert_eq!(forms, [true, true, false, true, false, true, false, false, true]);
+    check_round_trip(&ops, &packets).unwrap();
+}
+
+/// A string longer than MAX_STRING is cut at a character boundary, so the
+/// field stays valid UTF-8 (the TSDL declares `encoding = UTF8`).
+#[test]
+fn long_strings_are_cut_at_a_character_boundary() {
+    let s = format!("{}é", "a".repeat(MAX_STRING - 1)); // é straddles the limit
+    let ops = vec![(Op::Text(s.clone(), "€".repeat(400)), 1)];
+    let packets = record_all(&ops);
+    let (_, mut recs) = records(&packets[0], rt::Events::EVENTS).unwrap();
+    let r = recs.next().unwrap().unwrap();
+    let v: Vec<Value> = r.values(rt::Events::EVENTS).collect();
+    assert_eq!(v[0], Value::Str(&s.as_bytes()[..MAX_STRING - 1]));
+    assert_eq!(v[1], Value::Str("€".repeat(341).as_bytes())); // 341 x 3 = 1023 bytes
     check_round_trip(&ops, &packets).unwrap();
 }
