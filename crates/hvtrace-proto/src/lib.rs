@@ -239,9 +239,7 @@ impl FromStr for Mode {
         match s.to_ascii_lowercase().as_str() {
             "discard" => Ok(Mode::Discard),
             "overwrite" => Ok(Mode::Overwrite),
-            _ => Err(format!(
-                "unknown mode {s:?}: expected \"discard\" or \"overwrite\""
-            )),
+            _ => Err(format!("unknown mode {s:?}: expected \"discard\" or \"overwrite\"")),
         }
     }
 }
@@ -261,11 +259,7 @@ pub struct ChannelConfig {
 impl Default for ChannelConfig {
     /// 256 KiB x 8 sub-buffers, discard mode.
     fn default() -> Self {
-        Self {
-            subbuf_size: 256 * 1024,
-            num_subbuf: 8,
-            mode: Mode::Discard,
-        }
+        Self { subbuf_size: 256 * 1024, num_subbuf: 8, mode: Mode::Discard }
     }
 }
 
@@ -541,10 +535,7 @@ impl Reply {
 
     /// Shorthand for `Reply::Error { code, message: message.into() }`.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Reply::Error {
-            code,
-            message: message.into(),
-        }
+        Reply::Error { code, message: message.into() }
     }
 
     /// Number of descriptors that must accompany this reply.
@@ -599,10 +590,7 @@ pub fn parse_frame(msg: &[u8]) -> Result<(Header, &[u8]), ProtoError> {
     if msg.len() >= 6 {
         let version = u16::from_le_bytes([msg[4], msg[5]]);
         if version != VERSION {
-            return Err(ProtoError::UnsupportedVersion {
-                found: version,
-                supported: VERSION,
-            });
+            return Err(ProtoError::UnsupportedVersion { found: version, supported: VERSION });
         }
     }
     let (head, payload) = match msg.split_first_chunk::<HEADER_LEN>() {
@@ -612,19 +600,9 @@ pub fn parse_frame(msg: &[u8]) -> Result<(Header, &[u8]), ProtoError> {
     let kind = u16::from_le_bytes([head[6], head[7]]);
     let len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
     if usize::try_from(len).ok() != Some(payload.len()) {
-        return Err(ProtoError::LengthMismatch {
-            header: len,
-            actual: payload.len(),
-        });
+        return Err(ProtoError::LengthMismatch { header: len, actual: payload.len() });
     }
-    Ok((
-        Header {
-            version: VERSION,
-            kind,
-            len,
-        },
-        payload,
-    ))
+    Ok((Header { version: VERSION, kind, len }, payload))
 }
 
 fn frame(kind: u16, payload: Vec<u8>) -> Vec<u8> {
@@ -648,15 +626,10 @@ fn to_payload<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
 }
 
 fn from_payload<'a, T: Deserialize<'a>>(kind: u16, payload: &'a [u8]) -> Result<T, ProtoError> {
-    let (v, rest) = postcard::take_from_bytes(payload).map_err(|e| ProtoError::BadPayload {
-        kind,
-        reason: e.to_string(),
-    })?;
+    let (v, rest) =
+        postcard::take_from_bytes(payload).map_err(|e| ProtoError::BadPayload { kind, reason: e.to_string() })?;
     if !rest.is_empty() {
-        return Err(ProtoError::TrailingBytes {
-            kind,
-            count: rest.len(),
-        });
+        return Err(ProtoError::TrailingBytes { kind, count: rest.len() });
     }
     Ok(v)
 }
@@ -665,10 +638,7 @@ fn empty_payload(kind: u16, payload: &[u8]) -> Result<(), ProtoError> {
     if payload.is_empty() {
         Ok(())
     } else {
-        Err(ProtoError::TrailingBytes {
-            kind,
-            count: payload.len(),
-        })
+        Err(ProtoError::TrailingBytes { kind, count: payload.len() })
     }
 }
 
@@ -740,11 +710,9 @@ pub fn decode_request(msg: &[u8]) -> Result<Request, ProtoError> {
         kind::UNMAP => simple(Request::Unmap),
         kind::STATUS => simple(Request::Status),
         kind::FLUSH => simple(Request::Flush),
-        kind::OK..=kind::STATUS_REPLY => Err(ProtoError::WrongDirection {
-            kind: k,
-            found: "reply",
-            expected: "request",
-        }),
+        kind::OK..=kind::STATUS_REPLY => {
+            Err(ProtoError::WrongDirection { kind: k, found: "reply", expected: "request" })
+        }
         _ => Err(ProtoError::UnknownKind { kind: k }),
     }
 }
@@ -755,17 +723,12 @@ pub fn decode_reply(msg: &[u8]) -> Result<Reply, ProtoError> {
     let k = h.kind;
     match k {
         kind::OK => empty_payload(k, p).map(|()| Reply::Ok),
-        kind::ERROR => from_payload::<(ErrorCode, String)>(k, p)
-            .map(|(code, message)| Reply::Error { code, message }),
+        kind::ERROR => from_payload::<(ErrorCode, String)>(k, p).map(|(code, message)| Reply::Error { code, message }),
         kind::CREATED => empty_payload(k, p).map(|()| Reply::Created),
         kind::MAPPED => from_payload(k, p).map(Reply::Mapped),
         kind::RING_MAPPED => from_payload(k, p).map(Reply::RingMapped),
         kind::STATUS_REPLY => from_payload(k, p).map(Reply::Status),
-        kind::CREATE..=kind::FLUSH => Err(ProtoError::WrongDirection {
-            kind: k,
-            found: "request",
-            expected: "reply",
-        }),
+        kind::CREATE..=kind::FLUSH => Err(ProtoError::WrongDirection { kind: k, found: "request", expected: "reply" }),
         _ => Err(ProtoError::UnknownKind { kind: k }),
     }
 }

@@ -59,43 +59,26 @@ fn ring_status() -> impl Strategy<Value = RingStatus> {
 }
 
 fn map_info() -> impl Strategy<Value = MapInfo> {
-    (
-        ".{0,40}",
-        any::<[u8; 16]>(),
-        config(),
-        any::<u64>(),
-        prop::collection::vec(ring_info(), 0..70),
-        ".{0,300}",
-    )
-        .prop_map(
-            |(channel, trace_uuid, config, ctrl_len, rings, metadata)| MapInfo {
-                channel,
-                trace_uuid,
-                config,
-                ctrl_len,
-                rings,
-                metadata,
-            },
-        )
+    (".{0,40}", any::<[u8; 16]>(), config(), any::<u64>(), prop::collection::vec(ring_info(), 0..70), ".{0,300}")
+        .prop_map(|(channel, trace_uuid, config, ctrl_len, rings, metadata)| MapInfo {
+            channel,
+            trace_uuid,
+            config,
+            ctrl_len,
+            rings,
+            metadata,
+        })
 }
 
 fn status_info() -> impl Strategy<Value = StatusInfo> {
-    (
-        state(),
-        any::<u32>(),
-        any::<bool>(),
-        prop::option::of(config()),
-        prop::collection::vec(ring_status(), 0..40),
-    )
-        .prop_map(
-            |(state, refcount, destroy_pending, config, rings)| StatusInfo {
-                state,
-                refcount,
-                destroy_pending,
-                config,
-                rings,
-            },
-        )
+    (state(), any::<u32>(), any::<bool>(), prop::option::of(config()), prop::collection::vec(ring_status(), 0..40))
+        .prop_map(|(state, refcount, destroy_pending, config, rings)| StatusInfo {
+            state,
+            refcount,
+            destroy_pending,
+            config,
+            rings,
+        })
 }
 
 fn request() -> impl Strategy<Value = Request> {
@@ -146,13 +129,7 @@ fn assert_damage_detected(msg: &[u8], decode: impl Fn(&[u8]) -> Result<(), Proto
     for v in [0u16, 2, u16::MAX] {
         let mut m = msg.to_vec();
         m[4..6].copy_from_slice(&v.to_le_bytes());
-        assert_eq!(
-            decode(&m),
-            Err(ProtoError::UnsupportedVersion {
-                found: v,
-                supported: 1
-            })
-        );
+        assert_eq!(decode(&m), Err(ProtoError::UnsupportedVersion { found: v, supported: 1 }));
     }
     // Magic.
     let mut m = msg.to_vec();
@@ -233,62 +210,29 @@ proptest! {
 
 #[test]
 fn wire_format_is_stable() {
-    assert_eq!(
-        encode_request(&Request::Start),
-        b"HVTC\x01\x00\x02\x00\x00\x00\x00\x00"
-    );
+    assert_eq!(encode_request(&Request::Start), b"HVTC\x01\x00\x02\x00\x00\x00\x00\x00");
     // Create(256 KiB x 8, Overwrite): varint(262144) = 80 80 10, varint(8), variant 1.
-    let create = encode_request(&Request::Create(ChannelConfig {
-        mode: Mode::Overwrite,
-        ..ChannelConfig::default()
-    }));
-    assert_eq!(
-        create,
-        b"HVTC\x01\x00\x01\x00\x05\x00\x00\x00\x80\x80\x10\x08\x01"
-    );
-    assert_eq!(
-        encode_request(&Request::MapRing { cpu: 300 }),
-        b"HVTC\x01\x00\x06\x00\x02\x00\x00\x00\xac\x02"
-    );
-    assert_eq!(
-        encode_reply(&Reply::error(ErrorCode::Denied, "no")),
-        b"HVTC\x01\x00\x02\x80\x04\x00\x00\x00\x06\x02no"
-    );
+    let create = encode_request(&Request::Create(ChannelConfig { mode: Mode::Overwrite, ..ChannelConfig::default() }));
+    assert_eq!(create, b"HVTC\x01\x00\x01\x00\x05\x00\x00\x00\x80\x80\x10\x08\x01");
+    assert_eq!(encode_request(&Request::MapRing { cpu: 300 }), b"HVTC\x01\x00\x06\x00\x02\x00\x00\x00\xac\x02");
+    assert_eq!(encode_reply(&Reply::error(ErrorCode::Denied, "no")), b"HVTC\x01\x00\x02\x80\x04\x00\x00\x00\x06\x02no");
 }
 
 #[test]
 fn header_errors() {
     assert_eq!(decode_request(b""), Err(ProtoError::Truncated { len: 0 }));
-    assert_eq!(
-        decode_request(b"HVTC\x01\x00\x02"),
-        Err(ProtoError::Truncated { len: 7 })
-    );
-    assert_eq!(
-        decode_request(b"HVTX\x01\x00\x02\x00\x00\x00\x00\x00"),
-        Err(ProtoError::BadMagic { found: *b"HVTX" })
-    );
+    assert_eq!(decode_request(b"HVTC\x01\x00\x02"), Err(ProtoError::Truncated { len: 7 }));
+    assert_eq!(decode_request(b"HVTX\x01\x00\x02\x00\x00\x00\x00\x00"), Err(ProtoError::BadMagic { found: *b"HVTX" }));
     assert_eq!(
         decode_request(b"HVTC\x01\x00\x02\x00\x01\x00\x00\x00"),
-        Err(ProtoError::LengthMismatch {
-            header: 1,
-            actual: 0
-        })
+        Err(ProtoError::LengthMismatch { header: 1, actual: 0 })
     );
     assert_eq!(
         decode_request(b"HVTC\x01\x00\x02\x00\xff\xff\xff\xff"),
-        Err(ProtoError::LengthMismatch {
-            header: u32::MAX,
-            actual: 0
-        })
+        Err(ProtoError::LengthMismatch { header: u32::MAX, actual: 0 })
     );
-    assert_eq!(
-        decode_request(b"HVTC\x01\x00\x77\x00\x00\x00\x00\x00"),
-        Err(ProtoError::UnknownKind { kind: 0x77 })
-    );
-    assert_eq!(
-        decode_reply(b"HVTC\x01\x00\x77\x80\x00\x00\x00\x00"),
-        Err(ProtoError::UnknownKind { kind: 0x8077 })
-    );
+    assert_eq!(decode_request(b"HVTC\x01\x00\x77\x00\x00\x00\x00\x00"), Err(ProtoError::UnknownKind { kind: 0x77 }));
+    assert_eq!(decode_reply(b"HVTC\x01\x00\x77\x80\x00\x00\x00\x00"), Err(ProtoError::UnknownKind { kind: 0x8077 }));
     // Empty-bodied kinds refuse a payload.
     assert_eq!(
         decode_request(b"HVTC\x01\x00\x02\x00\x01\x00\x00\x00\x00"),
@@ -301,16 +245,10 @@ fn header_errors() {
     ));
     // A string length far beyond the message does not allocate or panic.
     let mut m = frame(kind::ERROR, vec![0x00, 0xff, 0xff, 0xff, 0xff, 0x0f, b'x']);
-    assert!(matches!(
-        decode_reply(&m),
-        Err(ProtoError::BadPayload { .. })
-    ));
+    assert!(matches!(decode_reply(&m), Err(ProtoError::BadPayload { .. })));
     // Invalid UTF-8 in a string.
     m = frame(kind::ERROR, vec![0x00, 0x02, 0xff, 0xfe]);
-    assert!(matches!(
-        decode_reply(&m),
-        Err(ProtoError::BadPayload { .. })
-    ));
+    assert!(matches!(decode_reply(&m), Err(ProtoError::BadPayload { .. })));
     // A vector length claiming billions of rings.
     let mut p = to_payload(&StatusInfo::default());
     p.truncate(p.len() - 1);
@@ -321,23 +259,12 @@ fn header_errors() {
 #[test]
 fn oversized_messages() {
     let mut big = frame(kind::STATUS, vec![0; MAX_MESSAGE]);
-    assert_eq!(
-        decode_request(&big),
-        Err(ProtoError::TooLarge {
-            len: MAX_MESSAGE + HEADER_LEN
-        })
-    );
+    assert_eq!(decode_request(&big), Err(ProtoError::TooLarge { len: MAX_MESSAGE + HEADER_LEN }));
     big.truncate(MAX_MESSAGE + 1);
-    assert!(matches!(
-        decode_request(&big),
-        Err(ProtoError::TooLarge { .. })
-    ));
+    assert!(matches!(decode_request(&big), Err(ProtoError::TooLarge { .. })));
     // Exactly MAX_MESSAGE is fine at the frame level.
     let edge = frame(kind::ERROR, vec![0; MAX_MESSAGE - HEADER_LEN]);
-    assert!(matches!(
-        decode_reply(&edge),
-        Err(ProtoError::TrailingBytes { .. })
-    ));
+    assert!(matches!(decode_reply(&edge), Err(ProtoError::TrailingBytes { .. })));
     // An oversized reply is refused by try_encode_reply.
     let huge = Reply::Mapped(MapInfo {
         channel: "chan0".into(),
@@ -348,43 +275,22 @@ fn oversized_messages() {
         metadata: "x".repeat(MAX_MESSAGE),
     });
     assert!(encode_reply(&huge).len() > MAX_MESSAGE);
-    assert!(matches!(
-        try_encode_reply(&huge),
-        Err(ProtoError::TooLarge { .. })
-    ));
+    assert!(matches!(try_encode_reply(&huge), Err(ProtoError::TooLarge { .. })));
 }
 
 #[test]
 fn error_texts_are_clear() {
     let e = decode_request(b"HVTC\x02\x00\x02\x00\x00\x00\x00\x00").unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "unsupported protocol version 2 (this side speaks version 1)"
-    );
+    assert_eq!(e.to_string(), "unsupported protocol version 2 (this side speaks version 1)");
     assert_eq!(e.code(), ErrorCode::BadVersion);
     let r: Reply = e.into();
-    assert!(matches!(
-        r,
-        Reply::Error {
-            code: ErrorCode::BadVersion,
-            ..
-        }
-    ));
+    assert!(matches!(r, Reply::Error { code: ErrorCode::BadVersion, .. }));
     let e = decode_request(b"GET / HTTP/1.1\r\n").unwrap_err();
-    assert!(
-        e.to_string().contains("not an hvtrace control message"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("not an hvtrace control message"), "{e}");
     assert_eq!(e.code(), ErrorCode::BadMessage);
     let e = decode_reply(&encode_request(&Request::Map)).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "message kind 0x0005 is a request, expected a reply"
-    );
-    assert_eq!(
-        ProtoError::UnknownKind { kind: 0x42 }.to_string(),
-        "unknown message kind 0x0042"
-    );
+    assert_eq!(e.to_string(), "message kind 0x0005 is a request, expected a reply");
+    assert_eq!(ProtoError::UnknownKind { kind: 0x42 }.to_string(), "unknown message kind 0x0042");
 }
 
 #[test]
@@ -394,58 +300,24 @@ fn config_validation() {
     assert_eq!(ok.num_subbuf, 8);
     assert_eq!(ok.mode, Mode::Discard);
     assert_eq!(ok.validate(), Ok(()));
-    let c = |s: u64, n: u32| ChannelConfig {
-        subbuf_size: s,
-        num_subbuf: n,
-        mode: Mode::Discard,
-    };
+    let c = |s: u64, n: u32| ChannelConfig { subbuf_size: s, num_subbuf: n, mode: Mode::Discard };
     assert_eq!(c(4096, 2).validate(), Ok(()));
     assert_eq!(c(64 << 20, 16).validate(), Ok(()));
     assert_eq!(c(1 << 20, 1024).validate(), Ok(()));
-    assert_eq!(
-        c(5000, 8).validate(),
-        Err(ConfigError::SubbufSizeNotPowerOfTwo(5000))
-    );
-    assert_eq!(
-        c(0, 8).validate(),
-        Err(ConfigError::SubbufSizeNotPowerOfTwo(0))
-    );
-    assert_eq!(
-        c(2048, 8).validate(),
-        Err(ConfigError::SubbufSizeOutOfRange(2048))
-    );
-    assert_eq!(
-        c(128 << 20, 2).validate(),
-        Err(ConfigError::SubbufSizeOutOfRange(128 << 20))
-    );
-    assert_eq!(
-        c(4096, 3).validate(),
-        Err(ConfigError::NumSubbufNotPowerOfTwo(3))
-    );
-    assert_eq!(
-        c(4096, 1).validate(),
-        Err(ConfigError::NumSubbufOutOfRange(1))
-    );
-    assert_eq!(
-        c(4096, 2048).validate(),
-        Err(ConfigError::NumSubbufOutOfRange(2048))
-    );
-    assert_eq!(
-        c(64 << 20, 32).validate(),
-        Err(ConfigError::RingTooLarge(2 << 30))
-    );
+    assert_eq!(c(5000, 8).validate(), Err(ConfigError::SubbufSizeNotPowerOfTwo(5000)));
+    assert_eq!(c(0, 8).validate(), Err(ConfigError::SubbufSizeNotPowerOfTwo(0)));
+    assert_eq!(c(2048, 8).validate(), Err(ConfigError::SubbufSizeOutOfRange(2048)));
+    assert_eq!(c(128 << 20, 2).validate(), Err(ConfigError::SubbufSizeOutOfRange(128 << 20)));
+    assert_eq!(c(4096, 3).validate(), Err(ConfigError::NumSubbufNotPowerOfTwo(3)));
+    assert_eq!(c(4096, 1).validate(), Err(ConfigError::NumSubbufOutOfRange(1)));
+    assert_eq!(c(4096, 2048).validate(), Err(ConfigError::NumSubbufOutOfRange(2048)));
+    assert_eq!(c(64 << 20, 32).validate(), Err(ConfigError::RingTooLarge(2 << 30)));
     assert_eq!(
         c(64 << 20, 32).validate().unwrap_err().to_string(),
         "ring size 2147483648 bytes (sub-buffer size x count) exceeds the limit of 1 GiB per CPU"
     );
     let r: Reply = ConfigError::NumSubbufOutOfRange(1).into();
-    assert_eq!(
-        r,
-        Reply::error(
-            ErrorCode::BadConfig,
-            "sub-buffer count 1 is out of range (2 ..= 1024)"
-        )
-    );
+    assert_eq!(r, Reply::error(ErrorCode::BadConfig, "sub-buffer count 1 is out of range (2 ..= 1024)"));
 }
 
 #[test]
@@ -460,27 +332,12 @@ fn helpers() {
         trace_uuid: [0; 16],
         config: ChannelConfig::default(),
         ctrl_len: 4096,
-        rings: vec![
-            RingInfo {
-                cpu: 0,
-                data_len: 1 << 21,
-                ctrl_offset: 0
-            };
-            3
-        ],
+        rings: vec![RingInfo { cpu: 0, data_len: 1 << 21, ctrl_offset: 0 }; 3],
         metadata: String::new(),
     };
     assert_eq!(m.fd_count(), 8);
     assert_eq!(Reply::Mapped(m).fd_count(), 8);
-    assert_eq!(
-        Reply::RingMapped(RingInfo {
-            cpu: 1,
-            data_len: 1,
-            ctrl_offset: 0
-        })
-        .fd_count(),
-        2
-    );
+    assert_eq!(Reply::RingMapped(RingInfo { cpu: 1, data_len: 1, ctrl_offset: 0 }).fd_count(), 2);
     assert_eq!(Reply::Ok.fd_count(), 0);
     assert_eq!(Request::MapRing { cpu: 3 }.name(), "map_ring");
     assert!(kind::is_reply(kind::OK) && !kind::is_reply(kind::FLUSH));
