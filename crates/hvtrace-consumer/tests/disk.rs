@@ -1,0 +1,150 @@
+//! The consumer's disk fails: a full file system (a 256 KiB tmpfs) mid-
+//! session, and an output directory on a read-only file system. The
+//! consumer says so clearly and counts the loss; the host is unharmed (it
+//! still serves, its status is fine, and a new session works); whatever was
+//! written stays readable.
+//!
+//! Mounting needs root (and a kernel that lets this process mount); where it
+//! cannot, the tests print `SKIP:` and return.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hvtrace_consumer::{Consumer, ConsumerConfig, ConsumerError, ExitReason};
+use hvtrace_proto::{ChannelConfig, ChannelState, Mode, Request};
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, opts: &str, test: &str) -> Option<Mount> {
+        std::fs::create_dir_all(dir).unwrap();
+        match Command::new("mount").args(["-t", "tmpfs", "-o", opts, "tmpfs"]).arg(dir).output() {
+            Ok(o) if o.status.success() => Some(Mount(dir.to_path_buf())),
+            Ok(o) => {
+                println!(
+                    "SKIP: {test}: cannot mount a tmpfs ({opts}) on {}: {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("SKIP: {test}: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn wait_refcount_zero(c: &mut hvtrace_ctl::Client) {
+    let t = Instant::now();
+    while c.status().unwrap().refcount != 0 {
+        assert!(t.elapsed() < Duration::from_secs(3), "the failed consumer's reference was not dropped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn disk_full_is_reported_counted_and_harmless_to_the_host() {
+    let dir = TempDir::new("diskfull");
+    let Some(mnt) = Mount::tmpfs(&dir.0.join("mnt"), "size=256k", "disk_full") else { return };
+    let (host, sock) = host(&dir.0, &[0, 1], 2);
+    let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 8, mode: Mode::Discard });
+    let out = mnt.0.join("trace");
+    let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &out)).unwrap();
+    let run = std::thread::spawn(move || consumer.run());
+
+    // Far more than 256 KiB, in rounds, so the consumer keeps up and hits
+    // the full disk (rather than the host discarding everything).
+    let mut emitted = [Emitted::default(); 2];
+    for round in 0..60u32 {
+        for cpu in 0..2u32 {
+            // A writer id per round: each call numbers its records from 0.
+            let e = write_events(&host, round * 2 + cpu, cpu, 400);
+            emitted[cpu as usize].ok += e.ok;
+            emitted[cpu as usize].lost += e.lost;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The host is fine while the consumer fails.
+    let st = ctl.status().unwrap();
+    assert_eq!((st.state, st.refcount), (ChannelState::Started, 1));
+    ctl.simple(&Request::Stop).unwrap();
+    ctl.simple(&Request::Destroy).unwrap();
+    let report = run.join().unwrap().expect("a full disk does not make the consumer fail as a whole");
+    println!("{report}");
+    assert_eq!(report.exit, ExitReason::Destroyed);
+    let text = report.to_string();
+    assert!(text.contains("No space left on device"), "the report says why: {text}");
+    assert!(report.packets_lost() > 0, "the loss is counted: {text}");
+    let mut written_records = 0;
+    for r in &report.per_ring {
+        // Every delivered packet is either in the file or counted as lost.
+        assert_eq!(r.packets + r.lost_packets + r.torn, r.counters.delivered_subbufs, "cpu {}: {r:?}", r.cpu);
+        // What was written stays readable, whole packets only.
+        let s = check_stream(&r.file, r.cpu);
+        assert_eq!(s.packets.len() as u64, r.packets + u64::from(r.trailer), "cpu {}", r.cpu);
+        written_records += s.records;
+        assert_eq!(r.counters.discarded, emitted[r.cpu as usize].lost, "cpu {}: the host's counts are exact", r.cpu);
+    }
+    assert!(written_records > 0);
+    assert!(report.per_ring.iter().any(|r| r.write_errors > 0 && r.first_error.is_some()));
+
+    // The host still serves: a new session, consumed elsewhere, works.
+    let mut c = client(&sock);
+    let st = c.status().unwrap();
+    assert_eq!((st.state, st.refcount), (ChannelState::Destroyed, 0));
+    c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard })).unwrap();
+    c.simple(&Request::Start).unwrap();
+    let ok = Consumer::attach(&ConsumerConfig::new(&sock, dir.0.join("ok"))).unwrap();
+    let h = ok.shutdown_handle();
+    let run = std::thread::spawn(move || ok.run());
+    let e = write_events(&host, 0, 0, 100);
+    h.shutdown();
+    let r = run.join().unwrap().unwrap();
+    assert_eq!(check_stream(&r.per_ring[0].file, 0).records, e.ok);
+    drop(mnt);
+}
+
+#[test]
+fn read_only_output_is_refused_clearly_and_the_host_is_unharmed() {
+    let dir = TempDir::new("readonly");
+    let Some(mnt) = Mount::tmpfs(&dir.0.join("ro"), "ro,size=64k", "read_only_output") else { return };
+    let (host, sock) = host(&dir.0, &[0], 1);
+    let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard });
+
+    // A directory to create there, and the (empty) mount point itself.
+    for out in [mnt.0.join("trace"), mnt.0.clone()] {
+        let e = Consumer::attach(&ConsumerConfig::new(&sock, &out)).unwrap_err();
+        let msg = e.to_string();
+        println!("{}: {msg}", out.display());
+        assert!(matches!(e, ConsumerError::Output { .. }), "{e:?}");
+        assert!(msg.contains("Read-only file system") && msg.contains(&*out.to_string_lossy()), "{msg}");
+        // The consumer that gave up has no reference left on the host.
+        wait_refcount_zero(&mut ctl);
+    }
+    // The host still records, serves, and takes a consumer that can write.
+    let w = write_events(&host, 0, 0, 50);
+    assert_eq!(w.lost, 0);
+    let st = ctl.status().unwrap();
+    assert_eq!((st.state, st.refcount), (ChannelState::Started, 0));
+    let ok = Consumer::attach(&ConsumerConfig::new(&sock, dir.0.join("ok"))).unwrap();
+    let h = ok.shutdown_handle();
+    let run = std::thread::spawn(move || ok.run());
+    std::thread::sleep(Duration::from_millis(50));
+    h.shutdown();
+    let r = run.join().unwrap().unwrap();
+    assert_eq!(check_stream(&r.per_ring[0].file, 0).records, 50);
+    drop(mnt);
+}
