@@ -166,39 +166,3 @@ fn rate_zero_emits_nothing_and_returns_on_stop() {
     assert_eq!(st.emitted, 0);
 }
 
-#[test]
-#[ignore]
-fn dump() {
-    let cfg = SimConfig { pcpus: 1, domains: 3, vcpus_per_domain: 2, seed: 5 };
-    let (evs, st) = trace(0, &cfg, 400);
-    for e in &evs {
-        println!("{:16} {:?}", xen::Events::EVENTS[e.id as usize].name, e.f);
-    }
-    println!("{st:?}");
-}
-
-#[test]
-#[ignore]
-fn speed() {
-    struct Null;
-    impl hvtrace_core::Sink for Null {
-        fn record<F: FnOnce(&mut hvtrace_core::Encoder<'_>)>(
-            &self,
-            _: u32,
-            len: usize,
-            fill: F,
-        ) -> Result<(), RecordError> {
-            let mut buf = [0u8; 256];
-            fill(&mut hvtrace_core::Encoder::new(&mut buf[..len.min(256)]));
-            std::hint::black_box(&buf);
-            Ok(())
-        }
-    }
-    let stop = AtomicBool::new(false);
-    let sink = Null;
-    let mut sim = PcpuSim::new(0, &SimConfig::new(2));
-    let t0 = Instant::now();
-    let st = sim.run(&sink, RunConfig { events: Some(20_000_000), rate_per_sec: None, stop: &stop });
-    let el = t0.elapsed();
-    println!("{:.1} ns/event  {:?}", el.as_nanos() as f64 / st.emitted as f64, st.by_event);
-}
