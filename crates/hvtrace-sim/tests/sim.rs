@@ -165,4 +165,3 @@ fn rate_zero_emits_nothing_and_returns_on_stop() {
     let (st, _) = timed(Some(0), Some(1000), 150);
     assert_eq!(st.emitted, 0);
 }
-
