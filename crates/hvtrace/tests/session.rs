@@ -170,3 +170,35 @@ fn a_cpu_that_comes_online_mid_session_gets_its_stream() {
         assert!(events > 0);
     }
 }
+
+#[test]
+fn an_idle_started_session_never_wakes_the_consumer() {
+    let dir = scratch("idle");
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("ctl.sock");
+    let _sim =
+        Kid(Command::new(BIN).args(["sim", "--cpus", "2", "--rate", "0", "--socket"]).arg(&sock).spawn().unwrap());
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the host never opened its socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    ctl(&sock, "create");
+    let consumer = Kid(Command::new(BIN)
+        .args(["consume", "--socket"])
+        .arg(&sock)
+        .arg("--output")
+        .arg(dir.join("trace"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    ctl(&sock, "start");
+    std::thread::sleep(Duration::from_millis(500)); // settle: attach and start are done
+    let pid = consumer.0.id();
+    let before = hvtrace_sys::proc::voluntary_ctxt_switches(pid).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = hvtrace_sys::proc::voluntary_ctxt_switches(pid).unwrap();
+    assert_eq!(after - before, 0, "the consumer woke {} times in 3 s of an idle session", after - before);
+    ctl(&sock, "destroy");
+}
