@@ -125,32 +125,37 @@ fn ctl(sock: &Path, cmd: &str) {
     assert!(o.status.success(), "hvtrace {cmd}: {}", text(&o.stderr));
 }
 
+/// Starts `hvtrace sim ARGS --socket SOCK` and waits for its control socket.
+fn sim(sock: &Path, args: &[&str]) -> Kid {
+    let kid =
+        Kid(Command::new(BIN).arg("sim").args(args).arg("--socket").arg(sock).stdout(Stdio::null()).spawn().unwrap());
+    let t0 = Instant::now();
+    while !sock.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the host never opened its socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kid
+}
+
+/// Starts `hvtrace consume` into `out`, its stdout (the report) piped.
+fn consume(sock: &Path, out: &Path, json: bool) -> Kid {
+    let mut c = Command::new(BIN);
+    c.arg("consume").arg("--socket").arg(sock).arg("--output").arg(out).stdout(Stdio::piped());
+    if json {
+        c.arg("--json");
+    }
+    Kid(c.spawn().unwrap())
+}
+
 #[test]
 fn a_cpu_that_comes_online_mid_session_gets_its_stream() {
     let dir = scratch("hotplug");
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("ctl.sock");
     let out = dir.join("trace");
-    let _sim = Kid(Command::new(BIN)
-        .args(["sim", "--cpus", "1", "--rate", "20000", "--hotplug-after", "0.3", "--socket"])
-        .arg(&sock)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the host never opened its socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _sim = sim(&sock, &["--cpus", "1", "--rate", "20000", "--hotplug-after", "0.3"]);
     ctl(&sock, "create");
-    let consumer = Kid(Command::new(BIN)
-        .args(["consume", "--json", "--socket"])
-        .arg(&sock)
-        .arg("--output")
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap());
+    let consumer = consume(&sock, &out, true);
     std::thread::sleep(Duration::from_millis(300)); // let it map before recording starts
     ctl(&sock, "start");
     std::thread::sleep(Duration::from_millis(1200));
@@ -176,22 +181,9 @@ fn an_idle_started_session_never_wakes_the_consumer() {
     let dir = scratch("idle");
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("ctl.sock");
-    let _sim =
-        Kid(Command::new(BIN).args(["sim", "--cpus", "2", "--rate", "0", "--socket"]).arg(&sock).spawn().unwrap());
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the host never opened its socket");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let _sim = sim(&sock, &["--cpus", "2", "--rate", "0"]);
     ctl(&sock, "create");
-    let consumer = Kid(Command::new(BIN)
-        .args(["consume", "--socket"])
-        .arg(&sock)
-        .arg("--output")
-        .arg(dir.join("trace"))
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap());
+    let consumer = consume(&sock, &dir.join("trace"), false);
     std::thread::sleep(Duration::from_millis(300));
     ctl(&sock, "start");
     std::thread::sleep(Duration::from_millis(500)); // settle: attach and start are done
