@@ -219,7 +219,14 @@ fn check(config: &VmmConfig) {
         assert_eq!(s.events, m.events, "vcpu {v}");
         assert_eq!(s.io_data, m.io_data, "vcpu {v}");
         assert_eq!(s.mmio_data, m.mmio_data, "vcpu {v}");
+
+        // Every observer call was timed, inside the vCPU's own run time.
+        assert_eq!(rep.observer_calls, 2 * rep.exits + 2 * rep.hypercalls + rep.guest_events, "vcpu {v}");
+        assert!(rep.run_ns > 0, "vcpu {v}");
+        assert!(rep.observer_ns <= rep.run_ns, "vcpu {v}: {} ns observed in {} ns", rep.observer_ns, rep.run_ns);
     }
+    let share = report.observer_share();
+    assert!((0.0..=1.0).contains(&share), "observer share {share}");
 }
 
 #[test]

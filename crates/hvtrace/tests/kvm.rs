@@ -101,6 +101,13 @@ fn kvm_session_trace_matches_the_vmm() {
     let trace = s["trace"].as_str().expect("trace path");
     assert_eq!(Path::new(trace), dir.canonicalize().unwrap());
 
+    // The tracing overhead, measured inside the VMM: a share of vCPU time.
+    let overhead = s["tracing_overhead"].as_f64().unwrap_or_else(|| panic!("tracing_overhead in {s}"));
+    assert!((0.0..=1.0).contains(&overhead), "tracing_overhead {overhead}: {s}");
+    let per_exit = s["observer_ns_per_exit"].as_f64().unwrap_or_else(|| panic!("observer_ns_per_exit in {s}"));
+    assert!(per_exit > 0.0, "observer_ns_per_exit {per_exit}: {s}");
+    assert!(s["observer_floor_ns_per_exit"].as_f64().is_some(), "traced runs measure the timing floor: {s}");
+
     // An independent reader agrees.
     let names = ["vm_exit", "hypercall_entry", "hypercall_exit", "vcpu_run", "guest_event"];
     if let Some(c) = babeltrace_counts(&dir, &names) {
@@ -124,6 +131,10 @@ fn kvm_untraced_reports_exits() {
     assert_eq!(num(&s, "events_recorded"), 0);
     assert_eq!(num(&s, "events_discarded"), 0);
     assert!(s["exits_per_second"].as_f64().unwrap() > 0.0, "{s}");
+    // Untraced, the observer share is the timing's own floor.
+    let floor = s["tracing_overhead"].as_f64().unwrap_or_else(|| panic!("tracing_overhead in {s}"));
+    assert!((0.0..=1.0).contains(&floor), "{s}");
+    assert!(s["observer_floor_ns_per_exit"].is_null(), "{s}");
 }
 
 #[test]

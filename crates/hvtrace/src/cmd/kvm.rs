@@ -31,6 +31,12 @@ use crate::size::parse_size;
 /// consume` records the trace. Then the trace is decoded and compared with
 /// the VMM's own counts: the command fails on any mismatch.
 ///
+/// The tracing overhead is measured inside the VMM, not from exits/s (which
+/// varies far more from run to run than tracing costs): every observer call
+/// is timed (rdtsc), and `tracing_overhead` is the share of the vCPU
+/// threads' time spent in the tracer, less the timing's own floor measured
+/// by a short untraced warm-up run (NullObserver) in the same process.
+///
 /// Needs a usable /dev/kvm (root or the kvm group).
 #[derive(clap::Args)]
 pub struct Args {
@@ -94,6 +100,17 @@ struct Summary {
     vm_exits: u64,
     exits_per_second: f64,
     elapsed_s: f64,
+    /// Time inside observer calls per VM exit, ns (timed around each call, timing included).
+    observer_ns_per_exit: f64,
+    /// Observer time / vCPU thread time (raw, timing floor included).
+    observer_share: f64,
+    /// The timing floor, ns per exit: observer time per exit of an untraced
+    /// (NullObserver) warm-up run in this process; `null` with `--no-trace`.
+    observer_floor_ns_per_exit: Option<f64>,
+    /// Share of vCPU thread time spent tracing: (observer time - floor per exit
+    /// x exits) / vCPU thread time, at least 0. With `--no-trace` this is the
+    /// untraced observer share, i.e. the timing's own floor.
+    tracing_overhead: f64,
     /// Hypercalls the VMM handled.
     hypercalls: u64,
     /// Guest events the VMM received.
@@ -122,13 +139,18 @@ pub fn run(a: Args) -> Result<()> {
     let Some(output) = a.output.as_ref().filter(|_| !a.no_trace) else {
         progress(&format!("running {} vCPUs x {} iterations untraced", a.vcpus, a.iterations));
         let report = Vmm::run(&vmm_cfg, &NullObserver)?;
-        let s = summary(&a, &report, None, &[]);
+        let s = summary(&a, &report, None, &[], None);
         return print_summary(&s, &[], a.json);
     };
 
     let cfg = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
     cfg.validate()?;
     session::check_output(output)?;
+
+    // 0. The timing floor: a short untraced run (also warms up KVM and the page cache).
+    let floor_cfg = VmmConfig { vcpus: 1, iterations: FLOOR_ITERATIONS.min(a.iterations.max(1)), ..vmm_cfg };
+    let floor = Vmm::run(&floor_cfg, &NullObserver)?.observer_ns_per_exit();
+    progress(&format!("timing floor: {floor:.0} ns per exit (untraced warm-up run)"));
     let exe = session::exe()?;
     let run_dir = session::run_dir("kvm")?;
     let sock = run_dir.join("ctl.sock");
@@ -162,11 +184,15 @@ pub fn run(a: Args) -> Result<()> {
 
     // 6. Check the trace against the VMM's own counts.
     let rings = session::count_rings(output, &status, kvm::Events::EVENTS, true)?;
-    let s = summary(&a, &report, Some(output), &rings);
+    let s = summary(&a, &report, Some(output), &rings, Some(floor));
     print_summary(&s, &rings, a.json)?;
     let _ = std::fs::remove_dir_all(&run_dir);
     check(&s, observer.closed())
 }
+
+/// Iterations of the untraced warm-up run that measures the timing floor
+/// (1 vCPU, 9 exits each: about 0.1 s where the guest is emulated).
+const FLOOR_ITERATIONS: u64 = 300;
 
 /// What the VMM handed to the tracer, by event id (from its own counts).
 fn expected(r: &RunReport) -> [u64; 5] {
@@ -181,7 +207,24 @@ fn expected(r: &RunReport) -> [u64; 5] {
     e
 }
 
-fn summary(a: &Args, r: &RunReport, trace: Option<&PathBuf>, rings: &[RingCount]) -> Summary {
+/// `tracing_overhead`: the observer's share of vCPU time, less `floor` ns per exit.
+fn tracing_overhead(r: &RunReport, floor_ns_per_exit: Option<f64>) -> f64 {
+    let Some(floor) = floor_ns_per_exit else { return r.observer_share() };
+    let run = r.vcpu_run_ns();
+    if run == 0 {
+        return 0.0;
+    }
+    let traced = r.observer_ns() as f64 - floor * r.total_exits() as f64;
+    (traced / run as f64).clamp(0.0, 1.0)
+}
+
+fn summary(
+    a: &Args,
+    r: &RunReport,
+    trace: Option<&PathBuf>,
+    rings: &[RingCount],
+    floor_ns_per_exit: Option<f64>,
+) -> Summary {
     let expected = expected(r);
     let per_event = kvm::Events::EVENTS
         .iter()
@@ -201,6 +244,10 @@ fn summary(a: &Args, r: &RunReport, trace: Option<&PathBuf>, rings: &[RingCount]
         vm_exits: r.total_exits(),
         exits_per_second: r.exits_per_second(),
         elapsed_s: r.elapsed.as_secs_f64(),
+        observer_ns_per_exit: r.observer_ns_per_exit(),
+        observer_share: r.observer_share(),
+        observer_floor_ns_per_exit: floor_ns_per_exit,
+        tracing_overhead: tracing_overhead(r, floor_ns_per_exit),
         hypercalls: expected[kvm::Id::hypercall_entry as usize],
         guest_events: expected[kvm::Id::guest_event as usize],
         events_traced: if trace.is_some() { expected.iter().sum() } else { 0 },
@@ -273,6 +320,19 @@ fn print_summary(s: &Summary, rings: &[RingCount], json: bool) -> Result<()> {
         s.hypercalls,
         s.guest_events
     );
+    match s.observer_floor_ns_per_exit {
+        Some(floor) => println!(
+            "tracing overhead: {:.3} % of vCPU time ({:.0} ns per exit in the observer, {:.0} ns of it the timing floor)",
+            s.tracing_overhead * 100.0,
+            s.observer_ns_per_exit,
+            floor
+        ),
+        None => println!(
+            "observer (timing floor, untraced): {:.3} % of vCPU time, {:.0} ns per exit",
+            s.tracing_overhead * 100.0,
+            s.observer_ns_per_exit
+        ),
+    }
     if let Some(trace) = &s.trace {
         println!(
             "{} events recorded, {} discarded, {:.1} bytes/event, {} mode",
