@@ -18,12 +18,9 @@ pub struct SocketArgs {
     pub socket: PathBuf,
 }
 
-/// Create the host's trace channel: one ring per CPU of NUM_SUBBUF
-/// sub-buffers of SUBBUF_SIZE bytes. Recording starts with `hvtrace start`.
-#[derive(clap::Args)]
-pub struct CreateArgs {
-    #[command(flatten)]
-    pub sock: SocketArgs,
+/// The channel's geometry and mode, as every command that creates one takes them.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct ChannelArgs {
     /// Bytes per sub-buffer (= CTF packet): a power of two, 4k..64M.
     #[arg(long, default_value = "256k", value_parser = parse_size)]
     pub subbuf_size: u64,
@@ -34,6 +31,31 @@ pub struct CreateArgs {
     /// `overwrite` keeps the newest data (flight recorder).
     #[arg(long, default_value = "discard")]
     pub mode: Mode,
+}
+
+impl ChannelArgs {
+    /// The configuration to send with `create`, checked.
+    pub fn config(&self) -> Result<ChannelConfig> {
+        let cfg = ChannelConfig { subbuf_size: self.subbuf_size, num_subbuf: self.num_subbuf, mode: self.mode };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl std::fmt::Display for ChannelArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} x {} bytes per CPU, {} mode", self.num_subbuf, self.subbuf_size, self.mode)
+    }
+}
+
+/// Create the host's trace channel: one ring per CPU of NUM_SUBBUF
+/// sub-buffers of SUBBUF_SIZE bytes. Recording starts with `hvtrace start`.
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub sock: SocketArgs,
+    #[command(flatten)]
+    pub channel: ChannelArgs,
 }
 
 /// Show the channel's state, reference count and per-CPU counters.
@@ -51,10 +73,8 @@ fn connect(sock: &SocketArgs) -> Result<Client> {
 }
 
 pub fn create(a: CreateArgs) -> Result<()> {
-    let cfg = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
-    cfg.validate()?;
-    connect(&a.sock)?.simple(&Request::Create(cfg))?;
-    println!("channel created: {} x {} bytes per CPU, {} mode", a.num_subbuf, a.subbuf_size, a.mode);
+    connect(&a.sock)?.simple(&Request::Create(a.channel.config()?))?;
+    println!("channel created: {}", a.channel);
     Ok(())
 }
 

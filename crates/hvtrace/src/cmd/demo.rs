@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use hvtrace_core::EventSet;
 use hvtrace_ctl::Client;
-use hvtrace_proto::{ChannelConfig, Mode, Request};
+use hvtrace_proto::Request;
 use hvtrace_sim::xen;
 
+use crate::cmd::control::ChannelArgs;
 use crate::cmd::sim::SimDone;
 use crate::session::{self, Reaped};
-use crate::size::parse_size;
 
 /// Run a complete tracing session on a simulated Xen-like host and summarise it.
 ///
@@ -36,15 +36,8 @@ pub struct Args {
     /// Events each simulated CPU records.
     #[arg(long, default_value_t = 200_000)]
     pub events_per_cpu: u64,
-    /// What a full ring does: discard new events, or overwrite the oldest.
-    #[arg(long, default_value = "discard")]
-    pub mode: Mode,
-    /// Bytes per sub-buffer (power of two, 4k..64M).
-    #[arg(long, default_value = "256k", value_parser = parse_size)]
-    pub subbuf_size: u64,
-    /// Sub-buffers per CPU ring (power of two, 2..1024).
-    #[arg(long, default_value_t = 8)]
-    pub num_subbuf: u32,
+    #[command(flatten)]
+    pub channel: ChannelArgs,
     /// Events per second per simulated CPU, or `max` for as fast as the
     /// host can (then the consumer may fall behind and events are discarded
     /// — and counted).
@@ -102,8 +95,7 @@ struct Summary {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
-    cfg.validate()?;
+    let cfg = a.channel.config()?;
     session::check_output(&a.output)?;
     let exe = session::exe()?;
     let run_dir = session::run_dir("demo")?;
@@ -127,7 +119,7 @@ pub fn run(a: Args) -> Result<()> {
 
     // 2. The channel, 3. the consumer daemon.
     ctl.simple(&Request::Create(cfg))?;
-    progress(&format!("created: {} x {} bytes per CPU, {} mode", a.num_subbuf, a.subbuf_size, a.mode));
+    progress(&format!("created: {}", a.channel));
     let mut consumer = session::spawn_consumer(&exe, &sock, &a.output, a.consumer_threads, a.json)?;
     session::wait_attached(&mut ctl, &mut consumer)?;
     progress(&format!("consumer: hvtrace consume (pid {}) attached", consumer.0.id()));
@@ -162,7 +154,7 @@ pub fn run(a: Args) -> Result<()> {
     let s = Summary {
         trace: std::fs::canonicalize(&a.output).unwrap_or(a.output.clone()),
         cpus: a.cpus,
-        mode: a.mode.to_string(),
+        mode: a.channel.mode.to_string(),
         events_emitted: done.emitted,
         events_recorded: session::total(&rings, |r| r.recorded),
         events_discarded: session::total(&rings, |r| r.discarded),

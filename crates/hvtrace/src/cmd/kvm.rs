@@ -14,11 +14,11 @@ use hvtrace_core::EventSet;
 use hvtrace_ctl::Client;
 use hvtrace_host::{Host, HostConfig};
 use hvtrace_kvm::{NullObserver, RunReport, Vmm, VmmConfig, Workload};
-use hvtrace_proto::{ChannelConfig, Mode, Request};
+use hvtrace_proto::Request;
 
+use crate::cmd::control::ChannelArgs;
 use crate::kvm_events::{kvm, TraceObserver};
 use crate::session::{self, RingCount};
-use crate::size::parse_size;
 
 /// Run a KVM micro-VMM whose VM exits, hypercalls and guest events are traced.
 ///
@@ -49,15 +49,8 @@ pub struct Args {
     /// Guest workload iterations per vCPU (9 VM exits each).
     #[arg(long, default_value_t = 2000)]
     pub iterations: u64,
-    /// What a full ring does: discard new events, or overwrite the oldest.
-    #[arg(long, default_value = "discard")]
-    pub mode: Mode,
-    /// Bytes per sub-buffer (power of two, 4k..64M).
-    #[arg(long, default_value = "256k", value_parser = parse_size)]
-    pub subbuf_size: u64,
-    /// Sub-buffers per CPU ring (power of two, 2..1024).
-    #[arg(long, default_value_t = 8)]
-    pub num_subbuf: u32,
+    #[command(flatten)]
+    pub channel: ChannelArgs,
     /// Consumer worker threads.
     #[arg(long, default_value_t = 1)]
     pub consumer_threads: usize,
@@ -143,8 +136,7 @@ pub fn run(a: Args) -> Result<()> {
         return print_summary(&s, &[], a.json);
     };
 
-    let cfg = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
-    cfg.validate()?;
+    let cfg = a.channel.config()?;
     session::check_output(output)?;
 
     // 0. The timing floor: a short untraced run (also warms up KVM and the page cache).
@@ -163,7 +155,7 @@ pub fn run(a: Args) -> Result<()> {
 
     // 2. The channel, 3. the consumer daemon.
     ctl.simple(&Request::Create(cfg))?;
-    progress(&format!("created: {} x {} bytes per CPU, {} mode", a.num_subbuf, a.subbuf_size, a.mode));
+    progress(&format!("created: {}", a.channel));
     let mut consumer = session::spawn_consumer(&exe, &sock, output, a.consumer_threads, a.json)?;
     session::wait_attached(&mut ctl, &mut consumer)?;
     progress(&format!("consumer: hvtrace consume (pid {}) attached", consumer.0.id()));
@@ -253,7 +245,7 @@ fn summary(
         events_traced: if trace.is_some() { expected.iter().sum() } else { 0 },
         events_recorded: session::total(rings, |c| c.recorded),
         events_discarded: session::total(rings, |c| c.discarded),
-        mode: trace.map(|_| a.mode.to_string()),
+        mode: trace.map(|_| a.channel.mode.to_string()),
         bytes: session::total(rings, |c| c.bytes),
         packets: session::total(rings, |c| c.packets),
         per_event,
