@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use hvtrace_core::EventSet;
 use hvtrace_ctl::Client;
-use hvtrace_host::{Host, HostConfig};
 use hvtrace_proto::{ChannelConfig, Mode, Reply, Request};
 use hvtrace_sys::{memfd, SharedMapping};
+
+mod common;
 
 hvtrace_core::events! {
     /// Test events.
@@ -74,14 +75,7 @@ fn check_data_fd(fd: &OwnedFd, len: u64, what: &str) {
 
 #[test]
 fn socket_is_private_and_handed_out_memory_is_sealed() {
-    let dir = std::env::temp_dir().join(format!("hvtrace-host-access-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("ctl.sock");
-    let mut cfg = HostConfig::new(&sock, "test");
-    cfg.cpus = vec![0, 1];
-    cfg.max_cpus = 4;
-    let host = Host::serve(cfg, ev::Events::EVENTS, "test").unwrap();
+    let (host, sock, _dir) = common::serve("access", ev::Events::EVENTS, 4);
 
     let meta = std::fs::symlink_metadata(&sock).unwrap();
     assert!(meta.file_type().is_socket());
@@ -122,5 +116,4 @@ fn socket_is_private_and_handed_out_memory_is_sealed() {
     }
     assert_eq!(c.status().unwrap().refcount, 1);
     host.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }

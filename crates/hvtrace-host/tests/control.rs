@@ -8,9 +8,13 @@ use std::time::Duration;
 use hvtrace_core::decode::records;
 use hvtrace_core::{EventSet, Poll, RingReader};
 use hvtrace_ctl::{Client, CtlError};
-use hvtrace_host::{Host, HostConfig};
+use hvtrace_host::Host;
 use hvtrace_proto::{ChannelConfig, ChannelState, ErrorCode, Mode, Reply, Request};
 use hvtrace_sys::mmap::SharedMapping;
+
+mod common;
+
+use common::*;
 
 hvtrace_core::events! {
     /// Test events.
@@ -20,30 +24,8 @@ hvtrace_core::events! {
     }
 }
 
-fn host(name: &str) -> (std::sync::Arc<Host>, PathBuf, tempdir::Dir) {
-    let dir = tempdir::Dir::new(name);
-    let sock = dir.0.join("ctl.sock");
-    let mut cfg = HostConfig::new(&sock, "test");
-    cfg.cpus = vec![0, 1];
-    cfg.max_cpus = 4;
-    (Host::serve(cfg, ev::Events::EVENTS, "test").unwrap(), sock, dir)
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(name: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("hvtrace-host-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+fn host(name: &str) -> (std::sync::Arc<Host>, PathBuf, Scratch) {
+    common::serve(name, ev::Events::EVENTS, 4)
 }
 
 fn refused(r: Result<(), CtlError>) -> ErrorCode {

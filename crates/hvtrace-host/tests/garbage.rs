@@ -12,13 +12,16 @@ use std::time::Duration;
 
 use hvtrace_core::EventSet;
 use hvtrace_ctl::Client;
-use hvtrace_host::{Host, HostConfig};
 use hvtrace_proto::{
     decode_reply, encode_request, kind, ChannelConfig, ChannelState, Mode, Reply, Request, HEADER_LEN, MAGIC,
     MAX_MESSAGE, VERSION,
 };
 use hvtrace_sys::seqpacket::{Conn, MAX_FDS};
 use hvtrace_sys::EventFd;
+
+mod common;
+
+use common::*;
 
 hvtrace_core::events! {
     /// Test events.
@@ -30,25 +33,6 @@ hvtrace_core::events! {
 
 const MESSAGES_PER_CONN: usize = 2500;
 const CONNS: u64 = 3;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// Up to `max - 1` random bytes.
-    fn bytes(&mut self, max: u64) -> Vec<u8> {
-        let n = self.below(max);
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn frame(kind: u16, version: u16, len: u32, payload: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -223,14 +207,7 @@ fn host_answers_garbage_with_errors_and_keeps_serving() {
         default_hook(info);
     }));
 
-    let dir = std::env::temp_dir().join(format!("hvtrace-host-garbage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("ctl.sock");
-    let mut cfg = HostConfig::new(&sock, "test");
-    cfg.cpus = vec![0, 1];
-    cfg.max_cpus = 4;
-    let host = Host::serve(cfg, ev::Events::EVENTS, "test").unwrap();
+    let (host, sock, _dir) = common::serve("garbage", ev::Events::EVENTS, 4);
 
     // A writer records throughout (into whatever channel exists).
     let stop = Arc::new(AtomicBool::new(false));
@@ -292,5 +269,4 @@ fn host_answers_garbage_with_errors_and_keeps_serving() {
     c.simple(&Request::Start).unwrap();
     assert_eq!(c.status().unwrap().state, ChannelState::Started);
     host.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,9 +20,12 @@ use hvtrace_core::layout::{claim, RingCtrl, RingHeader, SubbufState, CLOSED};
 use hvtrace_core::ring::heap::HeapRing;
 use hvtrace_core::{EventSet, Geometry, Mode, Poll, RecordError, RingCounters, RingReader, Sink, StreamId};
 use hvtrace_ctl::Client;
-use hvtrace_host::{Host, HostConfig};
 use hvtrace_proto::{ChannelConfig, ChannelState, Reply, Request};
 use hvtrace_sys::{MappedReader, SharedMapping};
+
+mod common;
+
+use common::*;
 
 hvtrace_core::events! {
     /// Test events.
@@ -36,21 +39,6 @@ const SUBBUF: u64 = 4096;
 const NUM_SUBBUF: u64 = 4;
 /// How long the consumer lies while writers record.
 const HOSTILE_FOR: Duration = Duration::from_millis(1200);
-
-/// A small deterministic PRNG (xorshift64*), so failures replay.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// A hostile consumed position, given the producer's write position.
 fn hostile_consumed(rng: &mut Rng, write: u64) -> u64 {
@@ -294,14 +282,7 @@ fn u64_at(f: &File, at: u64) -> u64 {
 }
 
 fn host_variant(mode: hvtrace_proto::Mode, seed: u64) {
-    let dir = std::env::temp_dir().join(format!("hvtrace-host-hostile-{mode}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("ctl.sock");
-    let mut cfg = HostConfig::new(&sock, "test");
-    cfg.cpus = vec![0, 1];
-    cfg.max_cpus = 4;
-    let host = Host::serve(cfg, ev::Events::EVENTS, "test").unwrap();
+    let (host, sock, _dir) = common::serve(&format!("hostile-{mode}"), ev::Events::EVENTS, 4);
     let mut c = Client::connect(&sock, Some(Duration::from_secs(20))).unwrap();
     c.simple(&Request::Create(ChannelConfig { subbuf_size: SUBBUF, num_subbuf: NUM_SUBBUF as u32, mode })).unwrap();
     let (reply, fds) = c.call(&Request::Map).unwrap();
@@ -409,7 +390,6 @@ fn host_variant(mode: hvtrace_proto::Mode, seed: u64) {
     assert_eq!((st.state, st.refcount), (ChannelState::Destroyed, 0));
     drop(rings);
     host.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

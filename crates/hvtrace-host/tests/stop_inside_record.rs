@@ -11,9 +11,10 @@ use hvtrace_core::decode::{records, Value};
 use hvtrace_core::field::Field;
 use hvtrace_core::{Encoder, EventSet, Geometry, Poll, RecordError, Sink};
 use hvtrace_ctl::Client;
-use hvtrace_host::{Host, HostConfig};
 use hvtrace_proto::{ChannelConfig, ChannelState, Mode, Reply, Request};
 use hvtrace_sys::{MappedReader, SharedMapping};
+
+mod common;
 
 hvtrace_core::events! {
     /// Test events.
@@ -71,14 +72,7 @@ fn drain(reader: &MappedReader) -> Vec<(u64, String)> {
 
 #[test]
 fn stop_waits_for_writers_inside_records_and_delivers_them_whole() {
-    let dir = std::env::temp_dir().join(format!("hvtrace-host-stopinside-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("ctl.sock");
-    let mut cfg = HostConfig::new(&sock, "test");
-    cfg.cpus = vec![0, 1];
-    cfg.max_cpus = 2;
-    let host = Host::serve(cfg, ev::Events::EVENTS, "test").unwrap();
+    let (host, sock, _dir) = common::serve("stopinside", ev::Events::EVENTS, 2);
     let mut c = Client::connect(&sock, Some(Duration::from_secs(20))).unwrap();
     c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard })).unwrap();
     let (reply, fds) = c.call(&Request::Map).unwrap();
@@ -160,5 +154,4 @@ fn stop_waits_for_writers_inside_records_and_delivers_them_whole() {
     c.simple(&Request::Destroy).unwrap();
     drop(readers);
     host.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }

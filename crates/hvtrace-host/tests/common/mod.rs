@@ -1,0 +1,61 @@
+//! Shared by the host's integration tests: a scratch directory, a host
+//! serving a test event set on it, and a small deterministic PRNG.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hvtrace_core::EventDesc;
+use hvtrace_host::{Host, HostConfig};
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// `hvtrace-host-<name>-<pid>`, emptied.
+    pub fn new(name: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("hvtrace-host-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A host with rings for CPUs 0 and 1 (room for `max_cpus`) serving
+/// `events` on `<scratch>/ctl.sock`.
+pub fn serve(name: &str, events: &'static [EventDesc], max_cpus: u32) -> (Arc<Host>, PathBuf, Scratch) {
+    let dir = Scratch::new(name);
+    let sock = dir.0.join("ctl.sock");
+    let mut cfg = HostConfig::new(&sock, "test");
+    cfg.cpus = vec![0, 1];
+    cfg.max_cpus = max_cpus;
+    (Host::serve(cfg, events, "test").unwrap(), sock, dir)
+}
+
+/// xorshift64*: deterministic, good enough to make garbage.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Up to `max - 1` random bytes.
+    pub fn bytes(&mut self, max: u64) -> Vec<u8> {
+        let n = self.below(max);
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
