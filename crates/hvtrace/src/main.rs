@@ -32,10 +32,16 @@ enum Command {
     Kvm(cmd::kvm::Args),
     Consume(cmd::consume::Args),
     Create(cmd::control::CreateArgs),
+    /// Start recording: open every CPU ring of the created channel
     Start(cmd::control::SocketArgs),
+    /// Stop recording: wait until no writer is inside a record, flush partial sub-buffers, wake
+    /// the consumer (start resumes)
     Stop(cmd::control::SocketArgs),
+    /// Destroy the channel: recording stops at once; its memory is freed when the last consumer
+    /// unmaps (status shows "destroy pending" until then)
     Destroy(cmd::control::SocketArgs),
     Status(cmd::control::StatusArgs),
+    /// Close the partial sub-buffers now so the consumer writes what was recorded so far
     Flush(cmd::control::SocketArgs),
     Check(cmd::check::Args),
 }
