@@ -64,11 +64,12 @@ impl StreamFile {
     /// producer and says whether the bytes were intact). The packet is
     /// released whatever happens, so a failing disk never blocks the host.
     pub(crate) fn take_packet(&mut self, bytes: &[u8], release: impl FnOnce() -> bool) {
-        let n = bytes.len() as u64;
         // Read the header before release: afterwards the producer may reuse
-        // the sub-buffer.
-        let info = packet_info(bytes).ok().filter(|i| i.packet_len == bytes.len());
+        // the sub-buffer. A flushed packet declares fewer bytes than its
+        // sub-buffer (its content rounded up to a page): write only those.
+        let info = packet_info(bytes).ok().filter(|i| i.packet_len <= bytes.len());
         let Some(info) = info else {
+            let n = bytes.len() as u64;
             if release() {
                 self.lose(n, None, format!("dropped a malformed packet ({n} bytes) instead of writing it"));
             } else {
@@ -76,6 +77,8 @@ impl StreamFile {
             }
             return;
         };
+        let bytes = &bytes[..info.packet_len];
+        let n = bytes.len() as u64;
         match self.file.write_all_at(bytes, self.len) {
             Ok(()) => {
                 if release() {

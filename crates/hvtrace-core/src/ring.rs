@@ -40,7 +40,8 @@ use core::ptr::NonNull;
 
 use crate::ctf::{header, packet, CTF_MAGIC};
 use crate::layout::{
-    claim, Geometry, GeometryError, Mode, RingCtrl, RingHeader, SubbufState, CLOSED, LAYOUT_VERSION, RING_MAGIC,
+    claim, Geometry, GeometryError, Mode, RingCtrl, RingHeader, SubbufState, CLOSED, LAYOUT_VERSION, PAGE_SIZE,
+    RING_MAGIC,
 };
 use crate::sync::{spin_hint, AtomicU64, Ordering::*};
 
@@ -330,7 +331,7 @@ impl<'a> Ring<'a> {
                 // Close this packet; the retry opens the next one.
                 let boundary = old - off + sbs;
                 if hdr.write.compare_exchange_weak(old, boundary, AcqRel, Relaxed).is_ok() {
-                    delivered |= self.close_packet(old, tsc);
+                    delivered |= self.close_packet(old, tsc, false);
                 } else {
                     spin_hint();
                 }
@@ -378,7 +379,7 @@ impl<'a> Ring<'a> {
             hdr.max_tsc.fetch_max(tsc, Relaxed);
             let new = (pos - off + self.geo.subbuf_size) | (old & CLOSED);
             if hdr.write.compare_exchange_weak(old, new, AcqRel, Relaxed).is_ok() {
-                return self.close_packet(pos, tsc);
+                return self.close_packet(pos, tsc, true);
             }
             spin_hint();
         }
@@ -473,15 +474,19 @@ impl<'a> Ring<'a> {
     }
 
     /// Writes the end fields of the packet containing `pos` (whose used part
-    /// ends at `pos`) and commits the padding.
-    fn close_packet(&self, pos: u64, tsc: u64) -> bool {
+    /// ends at `pos`) and commits the padding. A flushed packet (`trim`)
+    /// declares its size as its content rounded up to a page, so the consumer
+    /// writes only that much: a session's last packets are usually flushed
+    /// partial ones, and writing whole sub-buffers of padding bloats the trace.
+    fn close_packet(&self, pos: u64, tsc: u64, trim: bool) -> bool {
         let off = self.geo.offset_in_subbuf(pos);
         let start = pos - off;
         let mut f = [0u8; packet::CLOSER_FIELDS.end - packet::CLOSER_FIELDS.start];
         let at = |field: usize| field - packet::CLOSER_FIELDS.start;
         f[at(packet::TIMESTAMP_END)..][..8].copy_from_slice(&tsc.to_le_bytes());
         f[at(packet::CONTENT_SIZE)..][..8].copy_from_slice(&(off * 8).to_le_bytes());
-        f[at(packet::PACKET_SIZE)..][..8].copy_from_slice(&(self.geo.subbuf_size * 8).to_le_bytes());
+        let size = if trim { off.next_multiple_of(PAGE_SIZE).min(self.geo.subbuf_size) } else { self.geo.subbuf_size };
+        f[at(packet::PACKET_SIZE)..][..8].copy_from_slice(&(size * 8).to_le_bytes());
         let lost = self.w.hdr.discarded.load(Relaxed);
         f[at(packet::EVENTS_DISCARDED)..][..8].copy_from_slice(&lost.to_le_bytes());
         f[at(packet::CPU_ID)..][..4].copy_from_slice(&self.id.cpu.to_le_bytes());

@@ -203,12 +203,19 @@ fn any_step() -> impl Strategy<Value = u64> {
     ]
 }
 
-/// Reads every delivered packet.
+/// Reads every delivered packet, as a consumer writes it: `packet_size`
+/// bytes (a flushed packet declares its content rounded up to a page).
 fn drain(r: &RingReader<'_>, out: &mut Vec<Vec<u8>>) {
     while let Poll::Ready(p) = r.next_packet() {
         let mut b = vec![0; r.geometry().subbuf_size as usize];
         r.copy_packet(&p, &mut b);
         assert!(r.release(&p));
+        let info = hvtrace_core::decode::packet_info(&b).expect("packet header");
+        assert!(
+            info.packet_len == b.len() || info.packet_len == info.content_len.next_multiple_of(4096),
+            "a packet is its sub-buffer, or its content rounded up to a page"
+        );
+        b.truncate(info.packet_len);
         out.push(b);
     }
 }

@@ -416,8 +416,10 @@ impl<S: Schema + ?Sized> Walker<'_, '_, S> {
             return Err(ProblemKind::BadSizes { content_bits: c, packet_bits: p });
         }
         let empty = p == packet::LEN as u64 * 8 && c == p;
+        // A flushed packet is its content rounded up to a page.
+        let flushed = |size: u64| p / 8 < size && (p / 8) % 4096 == 0;
         match self.packet_size {
-            Some(size) if p / 8 != size && !empty => {
+            Some(size) if p / 8 != size && !empty && !flushed(size) => {
                 Err(ProblemKind::SizeMismatch { packet_len: p / 8, expected: size })
             }
             _ => Ok(r),
@@ -514,25 +516,30 @@ impl<S: Schema + ?Sized> Walker<'_, '_, S> {
         (at as u64 + r.packet_bits / 8 <= self.b.len() as u64).then(|| Order::of(&r))
     }
 
-    /// Learns the stream's packet size, UUID and CPU from the first packet
-    /// that is sound on its own (scanning forward past damage).
+    /// Learns the stream's packet size, UUID and CPU from its packets that
+    /// are sound on their own (scanning forward past damage). The size is
+    /// the one most sound packets have — not the first: flushed packets
+    /// (a stop, a flush request) are shorter.
     fn learn(&mut self) {
+        let mut sizes: Vec<(u64, usize)> = Vec::new();
         let mut at = 0;
         while at + packet::LEN <= self.b.len() {
-            let Some(found) = self.resync(at) else { return };
+            let Some(found) = self.resync(at) else { break };
+            at = found + 1;
             if let Found::Packet(p, _) = self.examine(found) {
-                if p.len > packet::LEN as u64 || self.packet_size.is_none() {
-                    let r = raw(&self.b[found..]);
-                    self.uuid.get_or_insert(r.uuid);
-                    self.cpu.get_or_insert(r.cpu_id);
-                    if p.len > packet::LEN as u64 {
-                        self.packet_size = Some(p.len);
-                        return;
+                let r = raw(&self.b[found..]);
+                self.uuid.get_or_insert(r.uuid);
+                self.cpu.get_or_insert(r.cpu_id);
+                if p.len > packet::LEN as u64 {
+                    match sizes.iter_mut().find(|s| s.0 == p.len) {
+                        Some(s) => s.1 += 1,
+                        None => sizes.push((p.len, 1)),
                     }
+                    at = found + p.len as usize;
                 }
             }
-            at = found + 1;
         }
+        self.packet_size = sizes.iter().max_by_key(|&&(len, n)| (n, len)).map(|s| s.0);
     }
 }
 
