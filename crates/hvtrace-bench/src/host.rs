@@ -258,7 +258,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let mut cfg = HostConfig::new(&sock, "bench");
     cfg.channel = "hvbench".into();
-    let host = Host::serve(cfg, hvbench::Events::EVENTS, hvbench::Events::NAME)?;
+    let host = Host::serve(cfg, hvbench::Events::EVENTS)?;
     let mut ctl = Client::connect(&sock, Some(Duration::from_secs(30)))?;
     let ch = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
     ctl.simple(&Request::Create(ch))?;

@@ -22,7 +22,7 @@ fn child_host() {
     let mut cfg = hvtrace_host::HostConfig::new(&sock, "test");
     cfg.cpus = vec![0, 1];
     cfg.max_cpus = 2;
-    let host = hvtrace_host::Host::serve(cfg, ev::Events::EVENTS, "test").unwrap();
+    let host = hvtrace_host::Host::serve(cfg, ev::Events::EVENTS).unwrap();
     let hs: Vec<_> = (0..2u32)
         .map(|cpu| {
             let host = host.clone();

@@ -14,7 +14,7 @@
 //!     /// My VMM's events.
 //!     pub mod vmm ("vmm") { fn vm_exit(vcpu: u32, reason: u32); }
 //! }
-//! let host = Host::serve(HostConfig::new("/tmp/vmm.sock", "vmm"), vmm::Events::EVENTS, "vmm").unwrap();
+//! let host = Host::serve(HostConfig::new("/tmp/vmm.sock", "vmm"), vmm::Events::EVENTS).unwrap();
 //! let w = host.writer();
 //! let _ = vmm::vm_exit(&w, 0, 30);
 //! ```
@@ -102,7 +102,7 @@ pub struct Host {
 impl Host {
     /// Binds the control socket and serves it from a background thread.
     /// `events` are the event classes the host records (ids = positions).
-    pub fn serve(cfg: HostConfig, events: &'static [EventDesc], _set_name: &str) -> io::Result<Arc<Host>> {
+    pub fn serve(cfg: HostConfig, events: &'static [EventDesc]) -> io::Result<Arc<Host>> {
         let listener = hvtrace_sys::seqpacket::Listener::bind(&cfg.socket, cfg.socket_mode)?;
         let shared = Arc::new(Shared {
             online: Mutex::new(cfg.cpus.clone()),
@@ -180,7 +180,7 @@ impl Drop for Host {
 impl Shared {
     /// Renders the metadata of a new channel.
     pub(crate) fn metadata(&self, uuid: [u8; 16]) -> String {
-        let hostname = rustix_hostname();
+        let hostname = hostname();
         let desc = TraceDesc {
             uuid,
             hostname: &hostname,
@@ -214,7 +214,7 @@ impl Shared {
     }
 }
 
-fn rustix_hostname() -> String {
+fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
@@ -242,7 +242,7 @@ impl Sink for Writer {
     fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {
         let generation = self.shared.generation.load(Ordering::Acquire);
         if self.cache.borrow().0 != generation {
-            self.refresh(generation);
+            self.refresh(generation); // cold: the channel was created or destroyed
         }
         let cache = self.cache.borrow();
         let Some(ch) = cache.1.as_deref() else { return Err(RecordError::Closed) };

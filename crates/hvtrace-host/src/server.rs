@@ -47,7 +47,7 @@ pub(crate) fn serve(shared: Arc<Shared>, listener: Listener) {
 
 fn allowed(shared: &Shared, conn: &Conn) -> Result<(), String> {
     let peer = conn.peer_cred().map_err(|e| format!("cannot read peer credentials: {e}"))?;
-    let me = rustix_euid();
+    let me = euid();
     if peer.uid == me || peer.uid == 0 || shared.cfg.allow_gid == Some(peer.gid) {
         Ok(())
     } else {
@@ -80,7 +80,7 @@ fn linger_until_peer_closes(conn: &Conn) {
     }
 }
 
-fn rustix_euid() -> u32 {
+fn euid() -> u32 {
     // SAFETY: geteuid cannot fail and has no preconditions.
     unsafe { libc::geteuid() }
 }

@@ -45,7 +45,7 @@ pub fn host(dir: &Path, cpus: &[u32], max_cpus: u32) -> (Arc<Host>, PathBuf) {
     let mut cfg = HostConfig::new(&sock, "test");
     cfg.cpus = cpus.to_vec();
     cfg.max_cpus = max_cpus;
-    (Host::serve(cfg, ev::Events::EVENTS, "test").unwrap(), sock)
+    (Host::serve(cfg, ev::Events::EVENTS).unwrap(), sock)
 }
 
 pub fn client(sock: &Path) -> Client {

@@ -35,7 +35,7 @@ pub fn serve(name: &str, events: &'static [EventDesc], max_cpus: u32) -> (Arc<Ho
     let mut cfg = HostConfig::new(&sock, "test");
     cfg.cpus = vec![0, 1];
     cfg.max_cpus = max_cpus;
-    (Host::serve(cfg, events, "test").unwrap(), sock, dir)
+    (Host::serve(cfg, events).unwrap(), sock, dir)
 }
 
 /// xorshift64*: deterministic, good enough to make garbage.

@@ -148,7 +148,7 @@ pub fn run(a: Args) -> Result<()> {
     let sock = run_dir.join("ctl.sock");
 
     // 1. This process is the host.
-    let host = Host::serve(HostConfig::new(&sock, "kvm"), kvm::Events::EVENTS, kvm::Events::NAME)
+    let host = Host::serve(HostConfig::new(&sock, "kvm"), kvm::Events::EVENTS)
         .with_context(|| format!("cannot serve the control socket {}", sock.display()))?;
     progress(&format!("host: this process (pid {}), serving {}", std::process::id(), sock.display()));
     let mut ctl = Client::connect(&sock, Some(Duration::from_secs(30)))?;

@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut cfg = HostConfig::new(&a.socket, "xen-sim");
     cfg.cpus = (0..a.cpus).collect();
     cfg.max_cpus = a.cpus + 1;
-    let host = Host::serve(cfg, xen::Events::EVENTS, xen::Events::NAME)
+    let host = Host::serve(cfg, xen::Events::EVENTS)
         .with_context(|| format!("cannot serve the control socket {}", a.socket.display()))?;
     let mut sim_cfg = SimConfig::new(a.cpus + a.hotplug_after.is_some() as u32);
     if let Some(d) = a.domains {
