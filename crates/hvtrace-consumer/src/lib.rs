@@ -345,8 +345,10 @@ impl Consumer {
                 }
             }
         }
-        // `Empty`: the channel this consumer maps is no longer the host's
-        // (a host may briefly report that while it retires a destroyed one).
+        // `Empty`: the host knows of no channel at all. It never says so while
+        // a consumer holds a reference (destroy reports `Destroyed` before it
+        // wakes anyone), so this is a host that lost its state: end the
+        // session rather than wait for a destroy that cannot come.
         let over = matches!(state, ChannelState::Destroyed | ChannelState::Empty) || destroy_pending;
         Ok(over.then_some(ExitReason::Destroyed))
     }
