@@ -14,11 +14,12 @@
 
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering::SeqCst};
 
-use hvtrace_core::decode::{records, Value};
 use hvtrace_core::ring::heap::HeapRing;
 use hvtrace_core::{EventSet, Geometry, Mode, Poll, RecordError, Ring, RingCounters, RingReader, RingSink, StreamId};
 use loom::sync::Arc;
 use loom::thread;
+
+mod common;
 
 hvtrace_core::events! {
     /// One event: who wrote it, its number, and a pad derived from both.
@@ -142,40 +143,17 @@ struct Found {
     last_discarded: u64,
 }
 
-/// Decodes packets in stream order and checks every record byte.
+/// Decodes packets in stream order and checks every record byte (the
+/// shared checker, with this model's pads).
 fn check(packets: &[Vec<u8>], pads: &[&[usize]]) -> Found {
-    let schema = ev::Events::EVENTS;
-    let mut f = Found { per_writer: vec![Vec::new(); pads.len()], ..Default::default() };
-    let (mut last_ts, mut last_seq) = (0u64, None);
-    for p in packets {
-        let (info, recs) = records(p, schema).expect("packet header");
-        assert_eq!(info.stream_instance_id, 0);
-        assert!(last_seq.is_none_or(|s| info.seq > s), "packet_seq_num must increase");
-        last_seq = Some(info.seq);
-        assert!(info.timestamp_begin >= last_ts, "packet begins before the previous record");
-        assert!(info.events_discarded >= f.last_discarded, "events_discarded went backwards");
-        f.last_discarded = info.events_discarded;
-        let mut any = false;
-        for r in recs {
-            let r = r.expect("record decodes");
-            any = true;
-            assert!(r.timestamp >= last_ts, "timestamp went backwards");
-            last_ts = r.timestamp;
-            let v: Vec<Value> = r.values(schema).collect();
-            let [Value::U(w), Value::U(n), Value::Bytes(pad)] = v[..] else { panic!("bad fields {v:?}") };
-            let (w, n) = (w as u32, n as u32);
-            assert_eq!(pad.len(), pads[w as usize][n as usize], "pad length of {w}/{n}");
-            assert!(pad.iter().enumerate().all(|(i, &b)| b == pad_byte(w, n, i)), "pad of {w}/{n} corrupted");
-            f.per_writer[w as usize].push(n);
-            f.records += 1;
-        }
-        assert!(any, "a delivered packet holds at least one record");
-        assert!(info.timestamp_end >= last_ts, "timestamp_end before the packet's last record");
+    let c = common::check_packets_with(packets, pads.len(), ev::Events::EVENTS, |w, n, pad| {
+        pad.len() == pads[w as usize][n as usize] && pad.iter().enumerate().all(|(i, &b)| b == pad_byte(w, n as u32, i))
+    });
+    Found {
+        per_writer: c.per_writer.iter().map(|s| s.iter().map(|&n| n as u32).collect()).collect(),
+        records: c.records,
+        last_discarded: c.last_discarded,
     }
-    for (w, s) in f.per_writer.iter().enumerate() {
-        assert!(s.windows(2).all(|p| p[0] < p[1]), "writer {w}: records out of order or duplicated: {s:?}");
-    }
-    f
 }
 
 fn builder(bound: usize) -> loom::model::Builder {

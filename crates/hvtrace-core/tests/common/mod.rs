@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use hvtrace_core::decode::{records, Value};
-use hvtrace_core::EventSet;
+use hvtrace_core::{EventDesc, EventSet};
 
 hvtrace_core::events! {
     /// Events used by the stress tests.
@@ -36,12 +36,24 @@ pub struct Checked {
 
 /// Decodes packets in stream order, asserting intact records and non-decreasing timestamps.
 pub fn check_packets(packets: &[Vec<u8>], writers: usize) -> Checked {
-    let schema = test_events::Events::EVENTS;
+    check_packets_with(packets, writers, test_events::Events::EVENTS, |w, n, got| got == pad(w, n, &mut [0; 64]))
+}
+
+/// [`check_packets`] for any event set whose one event is `(writer, n, pad)`:
+/// `pad_ok(writer, n, pad)` says whether a record's pad is intact. Also
+/// asserts that each writer's records come in order, without duplicates.
+pub fn check_packets_with(
+    packets: &[Vec<u8>],
+    writers: usize,
+    schema: &[EventDesc],
+    pad_ok: impl Fn(u32, u64, &[u8]) -> bool,
+) -> Checked {
     let mut out = Checked { per_writer: vec![Vec::new(); writers], ..Default::default() };
     let mut last_ts = 0u64;
     let mut last_seq = None;
     for p in packets {
         let (info, recs) = records(p, schema).expect("packet header");
+        assert_eq!(info.stream_instance_id, 0);
         if let Some(s) = last_seq {
             assert!(info.seq > s, "packet sequence numbers must increase: {} after {}", info.seq, s);
         }
@@ -56,17 +68,16 @@ pub fn check_packets(packets: &[Vec<u8>], writers: usize) -> Checked {
             assert!(r.timestamp >= last_ts, "timestamp went backwards: {} < {}", r.timestamp, last_ts);
             last_ts = r.timestamp;
             let v: Vec<Value> = r.values(schema).collect();
-            let (w, n, got) = match v[..] {
-                [Value::U(w), Value::U(n), Value::Bytes(b)] => (w as u32, n, b),
-                _ => panic!("bad fields {v:?}"),
-            };
-            let mut buf = [0; 64];
-            assert_eq!(got, pad(w, n, &mut buf), "pad of writer {w} record {n} corrupted");
+            let [Value::U(w), Value::U(n), Value::Bytes(got)] = v[..] else { panic!("bad fields {v:?}") };
+            assert!(pad_ok(w as u32, n, got), "pad of writer {w} record {n} corrupted");
             out.per_writer[w as usize].push(n);
             out.records += 1;
         }
         assert!(any, "a delivered packet holds at least one record");
         assert!(info.timestamp_end >= last_ts, "timestamp_end before the packet's last record");
+    }
+    for (w, s) in out.per_writer.iter().enumerate() {
+        assert!(s.windows(2).all(|p| p[0] < p[1]), "writer {w}: records out of order or duplicated: {s:?}");
     }
     out
 }
