@@ -437,10 +437,31 @@ impl<'a> Ring<'a> {
             Mode::Overwrite if lap > 0 => {
                 let prev = lap - 1;
                 let n = s.lap_records.load(Relaxed);
-                let was = self.w.claims[idx].swap(claim::producer(prev), AcqRel);
-                if was != claim::producer(prev) && was != claim::consumer(prev) {
-                    self.w.hdr.overwritten.fetch_add(n, Relaxed);
-                    self.w.hdr.discarded.fetch_add(n, Relaxed);
+                let word = &self.w.claims[idx];
+                let mut v = word.load(Acquire);
+                loop {
+                    if v == claim::producer(prev) {
+                        break; // another opener took the lap and counted it
+                    }
+                    // A claim on a later lap: this writer's `pos` went stale
+                    // while it was preempted (others opened, filled and
+                    // delivered the lap since). Taking the claim now would
+                    // count the lap twice: retry with a fresh position. If
+                    // `write` did not move, the claim is a consumer's lie:
+                    // overwrite anyway.
+                    if (v >> 1) > prev + 1 && self.w.hdr.write.load(Acquire) & !CLOSED != pos {
+                        return Err(RecordError::Busy);
+                    }
+                    match word.compare_exchange(v, claim::producer(prev), AcqRel, Acquire) {
+                        Ok(_) => {
+                            if v != claim::consumer(prev) {
+                                self.w.hdr.overwritten.fetch_add(n, Relaxed);
+                                self.w.hdr.discarded.fetch_add(n, Relaxed);
+                            }
+                            break;
+                        }
+                        Err(now) => v = now,
+                    }
                 }
             }
             Mode::Overwrite => {}
