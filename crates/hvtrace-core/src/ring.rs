@@ -94,7 +94,7 @@ impl<'a> Encoder<'a> {
     pub fn put(&mut self, bytes: &[u8]) {
         let end = self.pos + bytes.len();
         if end <= self.buf.len() {
-            self.buf[self.pos..end].copy_from_slice(bytes);
+            copy(&mut self.buf[self.pos..end], bytes);
             self.pos = end;
         } else {
             let n = self.buf.len() - self.pos;
@@ -113,6 +113,25 @@ impl<'a> Encoder<'a> {
         if self.pos < self.buf.len() {
             self.buf[self.pos..].fill(0);
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, without a `memcpy` call for the short,
+/// variable lengths of typical string fields (names, short messages): the
+/// call costs more than the copy there. Overlapping fixed-size moves cover
+/// every length from 4 to 16.
+#[inline(always)]
+fn copy(dst: &mut [u8], src: &[u8]) {
+    let n = src.len();
+    debug_assert_eq!(dst.len(), n);
+    if (8..=16).contains(&n) {
+        dst[..8].copy_from_slice(&src[..8]);
+        dst[n - 8..].copy_from_slice(&src[n - 8..]);
+    } else if (4..8).contains(&n) {
+        dst[..4].copy_from_slice(&src[..4]);
+        dst[n - 4..].copy_from_slice(&src[n - 4..]);
+    } else {
+        dst.copy_from_slice(src);
     }
 }
 
