@@ -14,12 +14,14 @@
 //! | [`seqpacket`] | the Unix `SOCK_SEQPACKET` control socket, with fd passing and peer credentials |
 //! | [`cpu`] | current CPU, pinning, online / possible CPU lists |
 //! | [`ring`] | [`MappedReader`]: a consumer's ring reader over mappings it owns (no `unsafe` for the caller) |
+//! | [`direct`] | `O_DIRECT` descriptors on files and the alignment they need ([`DioAlign`]) |
 //! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks) |
 //!
 //! Linux only.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod cpu;
+pub mod direct;
 pub mod epoll;
 pub mod eventfd;
 pub mod memfd;
@@ -28,6 +30,7 @@ pub mod proc;
 pub mod ring;
 pub mod seqpacket;
 
+pub use direct::DioAlign;
 pub use epoll::{PollEvent, Poller};
 pub use eventfd::EventFd;
 pub use mmap::SharedMapping;
