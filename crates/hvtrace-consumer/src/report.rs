@@ -61,6 +61,11 @@ pub struct RingReport {
     /// Bytes of those packets (the file holds `bytes`, plus the trailer's
     /// 84 bytes if `trailer`).
     pub bytes: u64,
+    /// Of `packets`, those written with direct I/O (`O_DIRECT`: from the
+    /// ring's pages to the device, no copy into the page cache); the others
+    /// went through the page cache (direct I/O off or refused by the file
+    /// system, or a misaligned packet).
+    pub direct_packets: u64,
     /// Packets the producer overwrote while they were being written
     /// (overwrite mode); cut off again.
     pub torn: u64,
@@ -87,6 +92,7 @@ impl RingReport {
             file: file.to_path_buf(),
             packets: 0,
             bytes: 0,
+            direct_packets: 0,
             torn: 0,
             write_errors: 0,
             lost_packets: 0,

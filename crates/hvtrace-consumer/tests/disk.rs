@@ -1,5 +1,6 @@
-//! The consumer's disk fails: a full file system (a 256 KiB tmpfs) mid-
-//! session, and an output directory on a read-only file system. The
+//! The consumer's disk fails: a full file system mid-session (a 256 KiB
+//! tmpfs, and a 512 KiB ext4 on a loop device, where packets are written
+//! with direct I/O), and an output directory on a read-only file system. The
 //! consumer says so clearly and counts the loss; the host is unharmed (it
 //! still serves, its status is fine, and a new session works); whatever was
 //! written stays readable.
@@ -41,6 +42,31 @@ impl Mount {
     }
 }
 
+impl Mount {
+    /// A tiny ext4 file system (an image of `kib` KiB in `dir`, loop-mounted
+    /// on `dir/mnt`): a real block device, so writes there are direct I/O.
+    fn ext4(dir: &Path, kib: u64, test: &str) -> Option<Mount> {
+        let img = dir.join("ext4.img");
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        std::fs::File::create(&img).unwrap().set_len(kib * 1024).unwrap();
+        let run = |cmd: &mut Command| match cmd.output() {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let made = run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))
+            .and_then(|()| run(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt)));
+        match made {
+            Ok(()) => Some(Mount(mnt)),
+            Err(e) => {
+                println!("SKIP: {test}: cannot make and loop-mount an ext4 image: {e}");
+                None
+            }
+        }
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -59,6 +85,21 @@ fn wait_refcount_zero(c: &mut hvtrace_ctl::Client) {
 fn disk_full_is_reported_counted_and_harmless_to_the_host() {
     let dir = TempDir::new("diskfull");
     let Some(mnt) = Mount::tmpfs(&dir.0.join("mnt"), "size=256k", "disk_full") else { return };
+    disk_full(&dir, mnt);
+}
+
+#[test]
+fn disk_full_with_direct_io_is_reported_counted_and_harmless_to_the_host() {
+    let dir = TempDir::new("diskfull-direct");
+    let Some(mnt) = Mount::ext4(&dir.0, 512, "disk_full_direct") else { return };
+    let report = disk_full(&dir, mnt);
+    assert!(report.per_ring.iter().any(|r| r.direct_packets > 0), "direct I/O was used on ext4: {report:?}");
+}
+
+/// Fills the file system mounted at `mnt` from a consumer; checks the loss
+/// is counted and said, whole packets only are in the files, and the host is
+/// unharmed. Returns the consumer's report.
+fn disk_full(dir: &TempDir, mnt: Mount) -> hvtrace_consumer::Report {
     let (host, sock) = host(&dir.0, &[0, 1], 2);
     let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 8, mode: Mode::Discard });
     let out = mnt.0.join("trace");
@@ -115,6 +156,7 @@ fn disk_full_is_reported_counted_and_harmless_to_the_host() {
     let r = run.join().unwrap().unwrap();
     assert_eq!(check_stream(&r.per_ring[0].file, 0).records, e.ok);
     drop(mnt);
+    report
 }
 
 #[test]

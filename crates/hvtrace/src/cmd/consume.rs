@@ -26,10 +26,15 @@ pub struct Args {
     /// Print the final report as one JSON line on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Write packets through the page cache instead of with direct I/O
+    /// (by default, where the file system allows it, packets go from the
+    /// rings to the device with O_DIRECT: no copy, no page-cache pages).
+    #[arg(long)]
+    pub buffered: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg = ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads.max(1) };
+    let cfg = ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads.max(1), direct_io: !a.buffered };
     let consumer = Consumer::attach(&cfg)?;
     eprintln!(
         "hvtrace consume: recording channel {} (CPUs {:?}) into {} (pid {})",
