@@ -5,7 +5,7 @@
 //! producer cost, what reached the disk, the consumer's CPU time and,
 //! with `--latency`, sub-buffer delivery latency.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,7 +137,16 @@ pub(crate) fn hvtrace_exe(explicit: Option<&Path>) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// Starts the consumer process on `sock`, writing `out`, and waits until it has mapped the channel.
+/// What both consumers print on stderr once attached (rings mapped, stream
+/// files created), just before they start waiting for packets.
+pub(crate) const READY: &str = ": recording channel ";
+
+/// Starts the consumer process on `sock`, writing `out`, and waits until it
+/// is attached: the host counts its reference *and* it has said [`READY`].
+/// The host counts the reference as soon as it answers `map`, before the
+/// consumer has mapped (and populated) its rings, written `metadata` and
+/// created its files: milliseconds of CPU that would otherwise land in a
+/// measurement started right after this returns.
 pub(crate) fn spawn_consumer(
     kind: ConsumerKind,
     hvtrace: Option<&Path>,
@@ -160,15 +169,36 @@ pub(crate) fn spawn_consumer(
     };
     cmd.arg("--socket").arg(sock).arg("--output").arg(out);
     let mut child = Reaped(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawning the consumer")?);
+    // Read stderr for the whole run (so the consumer never blocks on a full
+    // pipe), noting when the ready line comes.
+    let stderr = child.0.stderr.take().context("the consumer's stderr")?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let (log, said) = (Arc::new(std::sync::Mutex::new(String::new())), ready.clone());
+    let reader_log = log.clone();
+    let mut reader = Some(std::thread::spawn(move || {
+        let mut lines = BufReader::new(stderr);
+        let mut line = String::new();
+        while matches!(lines.read_line(&mut line), Ok(n) if n > 0) {
+            if line.contains(READY) {
+                said.store(true, Ordering::Release);
+            }
+            let mut l = reader_log.lock().unwrap_or_else(|e| e.into_inner());
+            if l.len() < 1 << 16 {
+                l.push_str(&line);
+            }
+            line.clear();
+        }
+    }));
     let attached = util::wait_for(Duration::from_secs(20), Duration::from_millis(2), || {
         if let Some(st) = child.0.try_wait()? {
-            let mut err = String::new();
-            if let Some(mut e) = child.0.stderr.take() {
-                let _ = e.read_to_string(&mut err);
+            // It exited: its stderr is at end of file, the reader ends.
+            if let Some(r) = reader.take() {
+                let _ = r.join();
             }
+            let err = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
             bail!("the consumer exited before attaching ({st}): {err}");
         }
-        Ok(ctl.status()?.refcount > 0)
+        Ok(ready.load(Ordering::Acquire) && ctl.status()?.refcount > 0)
     })?;
     if !attached {
         bail!("the consumer did not attach within 20 s");

@@ -56,6 +56,8 @@ pub(crate) fn run(a: Args) -> Result<()> {
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         rings.push((reader, file));
     }
+    // The bench waits for this line (`host::READY`) before it measures.
+    eprintln!("hvtrace-bench poll-consume: recording channel {} into {}", info.channel, a.output.display());
     let mut buf = vec![0u8; geo.subbuf_size as usize];
     let mut drain = |rings: &mut Vec<(MappedReader, File)>| -> Result<()> {
         for (m, f) in rings.iter_mut() {
