@@ -11,11 +11,11 @@
 //! order rings were mapped, goes to worker *i* mod `threads`). Each worker
 //! sleeps in its own epoll on its rings' eventfds; on a wake-up it drains the
 //! eventfd, then writes every delivered packet unchanged to the ring's stream
-//! file `DIR/<channel>_<cpu>` and releases it. Packets are written straight
-//! from the read-only mapping with direct I/O (`O_DIRECT`) where the file
-//! system does it, so the consumer copies nothing itself
-//! ([`ConsumerConfig::direct_io`]). Nothing ever waits with a timeout: an
-//! idle session costs no wake-up.
+//! file `DIR/<channel>_<cpu>` and releases it. Packets of 512 KiB or more
+//! are written straight from the read-only mapping with direct I/O
+//! (`O_DIRECT`) where the file system does it, so the consumer copies
+//! nothing itself ([`ConsumerConfig::direct_min`]). Nothing ever waits with a
+//! timeout: an idle session costs no wake-up.
 //!
 //! The calling thread watches the control socket (hang-up: the host is
 //! gone), the channel's "rings changed" eventfd (then it asks for `status`:
@@ -67,16 +67,22 @@ pub struct ConsumerConfig {
     pub output: PathBuf,
     /// Worker threads (at least 1); rings are spread over them.
     pub threads: usize,
-    /// Write packets with direct I/O (`O_DIRECT`: the device reads the
-    /// ring's pages, nothing is copied into the page cache) where the file
-    /// system does it; `false` writes every packet through the page cache.
-    pub direct_io: bool,
+    /// Packets of at least this many bytes are written with direct I/O
+    /// (`O_DIRECT`: the device reads the ring's pages, nothing is copied into
+    /// the page cache) where the file system does it; shorter ones, and all
+    /// of them with `None`, are copied into the page cache. Default
+    /// [`DIRECT_MIN`] (512 KiB): below it a copy costs no more CPU and its
+    /// bytes are in the file sooner.
+    pub direct_min: Option<usize>,
 }
 
+/// The default [`ConsumerConfig::direct_min`].
+pub const DIRECT_MIN: usize = stream::DIRECT_MIN;
+
 impl ConsumerConfig {
-    /// One worker thread, direct I/O.
+    /// One worker thread, direct I/O from [`DIRECT_MIN`] bytes.
     pub fn new(socket: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
-        ConsumerConfig { socket: socket.into(), output: output.into(), threads: 1, direct_io: true }
+        ConsumerConfig { socket: socket.into(), output: output.into(), threads: 1, direct_min: Some(DIRECT_MIN) }
     }
 }
 
@@ -98,7 +104,7 @@ struct Mapper {
     geo: Geometry,
     uuid: [u8; 16],
     out: OutputDir,
-    direct_io: bool,
+    direct_min: Option<usize>,
 }
 
 impl Mapper {
@@ -129,7 +135,7 @@ impl Mapper {
             )));
         }
         let wake = EventFd::from_fd(wake_fd).map_err(ConsumerError::io(format!("eventfd of CPU {cpu}")))?;
-        let stream = self.out.create_stream(cpu, self.direct_io)?;
+        let stream = self.out.create_stream(cpu, self.direct_min)?;
         Ok(RingState { cpu, uuid: self.uuid, source: Box::new(source), wake, stream })
     }
 }
@@ -191,7 +197,7 @@ impl Consumer {
         drop(ctrl_fd);
         let changed = EventFd::from_fd(changed_fd).map_err(ConsumerError::io("the channel's eventfd"))?;
         let out = OutputDir::prepare(&cfg.output, &channel, &metadata)?;
-        let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, direct_io: cfg.direct_io };
+        let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, direct_min: cfg.direct_min };
         let mut mapped_rings = Vec::with_capacity(rings.len());
         let mut mapped = BTreeSet::new();
         for ring in &rings {

@@ -65,9 +65,9 @@ impl OutputDir {
         self.path.join(format!("{}_{cpu}", self.channel))
     }
 
-    pub(crate) fn create_stream(&self, cpu: u32, direct_io: bool) -> Result<StreamFile, ConsumerError> {
+    pub(crate) fn create_stream(&self, cpu: u32, direct_min: Option<usize>) -> Result<StreamFile, ConsumerError> {
         let p = self.stream_path(cpu);
-        StreamFile::create(&p, cpu, direct_io).map_err(ConsumerError::output("cannot create stream file", &p))
+        StreamFile::create(&p, cpu, direct_min).map_err(ConsumerError::output("cannot create stream file", &p))
     }
 
     /// Leaves the (empty) `INCOMPLETE` marker.

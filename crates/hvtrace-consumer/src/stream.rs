@@ -2,18 +2,24 @@
 //! failed writes cut back so the file never ends in half a packet, and the
 //! trailer packet that carries the stream's final loss count.
 //!
-//! Packets go to the file with direct I/O (`O_DIRECT`) where the file system
-//! does it: the device reads the ring's pages, no copy into the page cache.
-//! Copying into the page cache was nearly all of the consumer's CPU (≈ 80 %
-//! of its samples in the copy itself, most of the rest page-cache
-//! bookkeeping), and on a VM whose freed guest pages are handed back to the
-//! host (free page reporting) every freshly allocated page-cache page costs a
-//! host fault on top, which made it several times slower still. A packet is
-//! page aligned in the mapping and its length a multiple of a page (a flushed
-//! one is its content rounded up to a page), so every packet fits; the
-//! trailer (84 bytes) goes through the page cache. `pwrite` with `O_DIRECT`
-//! returns once the device has read the pages, so the release check that
-//! follows still vouches for exactly the bytes in the file.
+//! Packets of [`DIRECT_MIN`] bytes or more go to the file with direct I/O
+//! (`O_DIRECT`) where the file system does it: the device reads the ring's
+//! pages, no copy into the page cache. Copying into the page cache was nearly
+//! all of the consumer's CPU (≈ 80 % of its samples in the copy itself, most
+//! of the rest page-cache bookkeeping), and on a VM whose freed guest pages
+//! are handed back to the host (free page reporting) every freshly allocated
+//! page-cache page costs a host fault on top, which made it several times
+//! slower still. A packet is page aligned in the mapping and its length a
+//! multiple of a page (a flushed one is its content rounded up to a page), so
+//! every packet fits; the trailer (84 bytes) goes through the page cache.
+//! `pwrite` with `O_DIRECT` returns once the device has read the pages, so the
+//! release check that follows still vouches for exactly the bytes in the
+//! file.
+//!
+//! Smaller packets are copied: a direct write has a fixed cost (building the
+//! request, sleeping until the device completes, the completion interrupt)
+//! and puts the device's latency between a packet's delivery and its bytes
+//! being in the file, where a copy into the page cache is there at once.
 
 use std::fs::File;
 use std::io;
@@ -25,6 +31,19 @@ use hvtrace_core::{ctf, RingCounters};
 use hvtrace_sys::{direct, DioAlign};
 
 use crate::report::RingReport;
+
+/// Packets at least this long are written with direct I/O (when it is on);
+/// shorter ones are copied into the page cache.
+///
+/// Measured on the 2-vCPU VM of `docs/benchmarks.md` (CPU per byte written
+/// from a memfd mapping into an ext4 file): direct I/O costs 2.5× a warm
+/// page-cache copy for 64 KiB writes (its fixed cost, ≈ 55 µs a write there,
+/// dominates), breaks even at 256 KiB, and is 1.6× cheaper at 512 KiB and
+/// 2.5-12× at 4 MiB (the copy's cost varies with how cold the page-cache
+/// pages are). A 256 KiB direct write also took ≈ 0.5 ms to complete against
+/// ≈ 0.1 ms for the copy, which would have broken the 1 ms delivery-latency
+/// target of 256 KiB sub-buffers.
+pub(crate) const DIRECT_MIN: usize = 512 << 10;
 
 /// What the last packet written said, for the trailer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +61,8 @@ pub(crate) struct StreamFile {
     /// An `O_DIRECT` descriptor on the same file, and what it needs aligned,
     /// while direct I/O is used.
     direct: Option<(File, DioAlign)>,
+    /// Packets at least this long go direct.
+    direct_min: usize,
     /// Length of the whole packets written so far; everything past it is
     /// garbage to cut off.
     len: u64,
@@ -52,12 +73,14 @@ pub(crate) struct StreamFile {
 }
 
 impl StreamFile {
-    /// Creates `path`, which must not exist. With `direct_io`, packets are
-    /// written with `O_DIRECT` where the file system allows it.
-    pub(crate) fn create(path: &Path, cpu: u32, direct_io: bool) -> io::Result<Self> {
+    /// Creates `path`, which must not exist. With `direct_min`, packets of at
+    /// least that many bytes are written with `O_DIRECT` where the file
+    /// system allows it.
+    pub(crate) fn create(path: &Path, cpu: u32, direct_min: Option<usize>) -> io::Result<Self> {
         let file = File::options().write(true).create_new(true).open(path)?;
         let mut s = Self::from_file(path, file, cpu);
-        if direct_io {
+        if let Some(min) = direct_min {
+            s.direct_min = min;
             // A file system without direct I/O (or a failure to open the
             // second descriptor) only means buffered writes.
             s.direct = direct::open_direct(path).ok().flatten();
@@ -71,6 +94,7 @@ impl StreamFile {
             path: path.to_path_buf(),
             file,
             direct: None,
+            direct_min: usize::MAX,
             len: 0,
             last: None,
             failing: false,
@@ -146,12 +170,12 @@ impl StreamFile {
         }
     }
 
-    /// Writes `bytes` at `at`: with direct I/O if it is on and `bytes` is
-    /// aligned for it, else through the page cache. Says whether it went
-    /// direct.
+    /// Writes `bytes` at `at`: with direct I/O if it is on, `bytes` is long
+    /// enough and aligned for it, else through the page cache. Says whether it
+    /// went direct.
     fn write_at(&mut self, bytes: &[u8], at: u64) -> io::Result<bool> {
         if let Some((d, align)) = &self.direct {
-            if align.fits(bytes, at) {
+            if bytes.len() >= self.direct_min && align.fits(bytes, at) {
                 match write_direct(d, *align, &self.file, bytes, at) {
                     Ok(()) => return Ok(true),
                     // The kernel will not do direct I/O here after all: the
@@ -298,7 +322,7 @@ mod tests {
     fn writes_unchanged_and_appends_loss_trailer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, true).unwrap();
+        let mut s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
         let (a, b) = (packet(0, 100, 0), packet(1, 200, 5));
         s.take_packet(&a, || true);
         s.take_packet(&b, || true);
@@ -321,14 +345,14 @@ mod tests {
     fn no_trailer_when_nothing_was_lost_after_the_last_packet() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, true).unwrap();
+        let mut s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
         s.take_packet(&packet(0, 100, 3), || true);
         let r = s.finish(&UUID, RingCounters { discarded: 3, ..Default::default() });
         assert!(!r.trailer);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
         // A stream with no packet at all but losses gets one empty packet.
         let path = dir.path().join("chan_3");
-        let s = StreamFile::create(&path, 2, true).unwrap();
+        let s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
         let r = s.finish(&UUID, RingCounters { discarded: 4, ..Default::default() });
         assert!(r.trailer);
         let ps = read_packets(&path);
@@ -339,7 +363,7 @@ mod tests {
     fn torn_packet_is_cut_back_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, true).unwrap();
+        let mut s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
         s.take_packet(&packet(0, 1, 0), || true);
         s.take_packet(&packet(1, 2, 0), || false);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096, "the torn packet was cut off");
@@ -354,7 +378,7 @@ mod tests {
     fn malformed_packet_is_released_not_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, true).unwrap();
+        let mut s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
         let mut released = false;
         s.take_packet(&[0u8; 4096], || {
             released = true;
@@ -368,19 +392,19 @@ mod tests {
     }
 
     #[test]
-    fn aligned_packets_go_direct_and_land_exactly() {
+    fn long_aligned_packets_go_direct_and_land_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, true).unwrap();
+        let mut s = StreamFile::create(&path, 2, Some(8192)).unwrap();
         let direct = s.is_direct();
         if !direct {
             println!("SKIP (direct part): {} does not do direct I/O", dir.path().display());
         }
         let mut store = Vec::new();
         let mut want = Vec::new();
-        // Full packets, a flushed one (content rounded up to a page, shorter
-        // than its sub-buffer), then a misaligned copy (page cache), then
-        // aligned again at an aligned offset.
+        // Full packets, a flushed one shorter than `direct_min` (its content
+        // rounded up to a page: copied), then a misaligned one (copied), then
+        // one exactly `direct_min` long at an aligned offset.
         for (seq, len) in [(0u64, 16384usize), (1, 16384), (2, 4096), (3, 16384)] {
             let b = subbuf(&mut store, 16384, len, seq);
             s.take_packet(b, || true);
@@ -399,7 +423,7 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), want.len() as u64, "the torn packet was cut off");
         let r = s.finish(&UUID, RingCounters { discarded: 2, ..Default::default() });
         assert_eq!((r.packets, r.torn, r.lost_packets, r.trailer), (6, 1, 0, true));
-        assert_eq!(r.direct_packets, if direct { 5 } else { 0 }, "all but the misaligned one: {r:?}");
+        assert_eq!(r.direct_packets, if direct { 4 } else { 0 }, "seq 0, 1, 3 and 5: {r:?}");
         let data = std::fs::read(&path).unwrap();
         assert_eq!(&data[..want.len()], &want[..], "every byte as delivered");
         let ps = read_packets(&path);
@@ -411,7 +435,7 @@ mod tests {
     fn direct_io_off_writes_through_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, false).unwrap();
+        let mut s = StreamFile::create(&path, 2, None).unwrap();
         assert!(!s.is_direct());
         let mut store = Vec::new();
         let b = subbuf(&mut store, 8192, 8192, 0).to_vec();

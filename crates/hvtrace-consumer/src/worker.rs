@@ -205,7 +205,7 @@ mod tests {
             uuid: [3; 16],
             source: Box::new(reader),
             wake: wake.try_clone().unwrap(),
-            stream: StreamFile::create(&dir.join(format!("chan_{cpu}")), cpu, true).unwrap(),
+            stream: StreamFile::create(&dir.join(format!("chan_{cpu}")), cpu, Some(4096)).unwrap(),
         };
         (Fixture { ring, wake }, state)
     }

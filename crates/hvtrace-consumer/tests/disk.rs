@@ -85,25 +85,26 @@ fn wait_refcount_zero(c: &mut hvtrace_ctl::Client) {
 fn disk_full_is_reported_counted_and_harmless_to_the_host() {
     let dir = TempDir::new("diskfull");
     let Some(mnt) = Mount::tmpfs(&dir.0.join("mnt"), "size=256k", "disk_full") else { return };
-    disk_full(&dir, mnt);
+    disk_full(&dir, mnt, Some(hvtrace_consumer::DIRECT_MIN));
 }
 
 #[test]
 fn disk_full_with_direct_io_is_reported_counted_and_harmless_to_the_host() {
     let dir = TempDir::new("diskfull-direct");
     let Some(mnt) = Mount::ext4(&dir.0, 512, "disk_full_direct") else { return };
-    let report = disk_full(&dir, mnt);
+    // 4 KiB packets: direct from the first byte (the default starts at 512 KiB).
+    let report = disk_full(&dir, mnt, Some(4096));
     assert!(report.per_ring.iter().any(|r| r.direct_packets > 0), "direct I/O was used on ext4: {report:?}");
 }
 
 /// Fills the file system mounted at `mnt` from a consumer; checks the loss
 /// is counted and said, whole packets only are in the files, and the host is
 /// unharmed. Returns the consumer's report.
-fn disk_full(dir: &TempDir, mnt: Mount) -> hvtrace_consumer::Report {
+fn disk_full(dir: &TempDir, mnt: Mount, direct_min: Option<usize>) -> hvtrace_consumer::Report {
     let (host, sock) = host(&dir.0, &[0, 1], 2);
     let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 8, mode: Mode::Discard });
     let out = mnt.0.join("trace");
-    let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &out)).unwrap();
+    let consumer = Consumer::attach(&ConsumerConfig { direct_min, ..ConsumerConfig::new(&sock, &out) }).unwrap();
     let run = std::thread::spawn(move || consumer.run());
 
     // Far more than 256 KiB, in rounds, so the consumer keeps up and hits

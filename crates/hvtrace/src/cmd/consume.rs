@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use hvtrace_consumer::{Consumer, ConsumerConfig};
 
+use crate::size::parse_size;
+
 /// Record a host's channel into a CTF trace directory.
 ///
 /// Maps the host's ring buffers read-only, sleeps until the host signals a
@@ -26,15 +28,19 @@ pub struct Args {
     /// Print the final report as one JSON line on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Write packets through the page cache instead of with direct I/O
-    /// (by default, where the file system allows it, packets go from the
-    /// rings to the device with O_DIRECT: no copy, no page-cache pages).
+    /// Packets of at least this size go from the rings to the device with
+    /// direct I/O (O_DIRECT: no copy, no page-cache pages) where the file
+    /// system allows it; smaller ones are copied into the page cache.
+    #[arg(long, default_value = "512k", value_parser = parse_size)]
+    pub direct_min: u64,
+    /// Copy every packet into the page cache (no direct I/O).
     #[arg(long)]
     pub buffered: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg = ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads.max(1), direct_io: !a.buffered };
+    let direct_min = (!a.buffered).then(|| usize::try_from(a.direct_min).unwrap_or(usize::MAX));
+    let cfg = ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads.max(1), direct_min };
     let consumer = Consumer::attach(&cfg)?;
     eprintln!(
         "hvtrace consume: recording channel {} (CPUs {:?}) into {} (pid {})",
