@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use hvtrace_core::decode::packet_info;
 use hvtrace_core::{Geometry, Poll};
 use hvtrace_ctl::Client;
 use hvtrace_proto::{Reply, Request};
@@ -65,7 +66,10 @@ pub(crate) fn run(a: Args) -> Result<()> {
             while let Poll::Ready(p) = r.next_packet() {
                 r.copy_packet(&p, &mut buf);
                 if r.release(&p) {
-                    f.write_all(&buf)?;
+                    // A flushed packet is shorter than its sub-buffer: write
+                    // what its header declares, as `hvtrace consume` does.
+                    let len = packet_info(&buf).map_or(buf.len(), |i| i.packet_len.min(buf.len()));
+                    f.write_all(&buf[..len])?;
                 }
             }
         }
