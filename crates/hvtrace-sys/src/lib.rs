@@ -13,6 +13,7 @@
 //! | [`epoll`] | [`Poller`]: wait on many eventfds / sockets |
 //! | [`seqpacket`] | the Unix `SOCK_SEQPACKET` control socket, with fd passing and peer credentials |
 //! | [`cpu`] | current CPU, pinning, online / possible CPU lists |
+//! | [`membarrier`] | the heavy half of the asymmetric fence that takes an owned ring back |
 //! | [`ring`] | [`MappedReader`]: a consumer's ring reader over mappings it owns (no `unsafe` for the caller) |
 //! | [`direct`] | `O_DIRECT` descriptors on files and the alignment they need ([`DioAlign`]) |
 //! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks) |
@@ -24,6 +25,7 @@ pub mod cpu;
 pub mod direct;
 pub mod epoll;
 pub mod eventfd;
+pub mod membarrier;
 pub mod memfd;
 pub mod mmap;
 pub mod proc;
