@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hvtrace_core::ring::heap::HeapRing;
-use hvtrace_core::{Geometry, Mode, Poll, RecordError, Ring, RingReader, RingSink, StreamId};
+use hvtrace_core::{Geometry, Mode, OwnerSink, Poll, RecordError, Ring, RingReader, RingSink, StreamId};
 
 hvtrace_core::events! {
     /// Same payload as bench/lttng-ust's `hvbench:event`.
@@ -52,7 +52,8 @@ fn geo() -> Geometry {
 
 /// Runs `iters` records on each of `threads` pinned threads (one ring each) and
 /// returns the mean per-thread time. `drained`: a consumer thread releases packets.
-fn run_rings(readers: &[RingReader<'_>], rings: &[Ring<'_>], iters: u64, drained: bool) -> Duration {
+/// `owned`: each thread is its ring's owner (single-writer fast path).
+fn run_rings(readers: &[RingReader<'_>], rings: &[Ring<'_>], iters: u64, drained: bool, owned: bool) -> Duration {
     let stop = AtomicBool::new(false);
     let barrier = Barrier::new(rings.len());
     std::thread::scope(|s| {
@@ -75,6 +76,17 @@ fn run_rings(readers: &[RingReader<'_>], rings: &[Ring<'_>], iters: u64, drained
                 let barrier = &barrier;
                 s.spawn(move || {
                     pin(i);
+                    if owned {
+                        // SAFETY: one owner per ring: this thread is its only writer.
+                        let owner = unsafe { ring.owner() };
+                        let sink = OwnerSink { owner: &owner, clock: tsc };
+                        barrier.wait();
+                        let t0 = Instant::now();
+                        for k in 0..iters {
+                            let _: Result<(), RecordError> = black_box(hvbench::event(&sink, k as i32, k, "hello"));
+                        }
+                        return t0.elapsed();
+                    }
                     let sink = RingSink { ring, clock: tsc };
                     barrier.wait();
                     let t0 = Instant::now();
@@ -103,7 +115,23 @@ fn record(c: &mut Criterion) {
             .collect();
         let readers: Vec<RingReader<'_>> = heaps.iter().map(|h| h.reader()).collect();
         g.bench_function(format!("core_discard_drained/{threads}t"), |b| {
-            b.iter_custom(|iters| run_rings(&readers, &rings, iters, true))
+            b.iter_custom(|iters| run_rings(&readers, &rings, iters, true, false))
+        });
+        // The same, each thread the owner of its ring (single-writer fast path).
+        let owned_heaps: Vec<HeapRing> = (0..threads).map(|_| HeapRing::new(geo())).collect();
+        let owned: Vec<Ring<'_>> = owned_heaps
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let r = h.producer(Mode::Discard, StreamId { uuid: [1; 16], cpu: i as u32 });
+                // SAFETY: not used by any writer yet.
+                unsafe { r.make_owned() };
+                r
+            })
+            .collect();
+        let owned_readers: Vec<RingReader<'_>> = owned_heaps.iter().map(|h| h.reader()).collect();
+        g.bench_function(format!("core_owned_discard_drained/{threads}t"), |b| {
+            b.iter_custom(|iters| run_rings(&owned_readers, &owned, iters, true, true))
         });
         let discarded: u64 = rings.iter().map(|r| r.counters().discarded).sum();
         if discarded > 0 {
@@ -118,7 +146,7 @@ fn record(c: &mut Criterion) {
         while hvbench::event(&sink, 0, 0, "hello").is_ok() {}
     }
     g.bench_function("core_discard_full_ring/1t", |b| {
-        b.iter_custom(|iters| run_rings(&[], std::slice::from_ref(&ring), iters, false))
+        b.iter_custom(|iters| run_rings(&[], std::slice::from_ref(&ring), iters, false, false))
     });
     // The floor: TSC read + 24-byte store into a 4 MiB per-thread buffer.
     for threads in [1usize, 2] {

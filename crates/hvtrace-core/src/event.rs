@@ -4,7 +4,7 @@
 //! is rendered). Adding an event is adding one line to the block.
 
 use crate::field::FieldKind;
-use crate::ring::{Clock, Encoder, RecordError, Ring};
+use crate::ring::{Clock, Encoder, RecordError, Ring, RingOwner};
 
 /// One field of an event class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +52,21 @@ impl<C: Clock> Sink for RingSink<'_, '_, C> {
     #[inline]
     fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {
         self.ring.record(&self.clock, id, len, fill).map(|_delivered| ())
+    }
+}
+
+/// A [`Sink`] over the single writer of an owned ring (see [`RingOwner`]).
+pub struct OwnerSink<'o, 'r, 'a, C: Clock> {
+    /// The owner handle written through.
+    pub owner: &'o RingOwner<'r, 'a>,
+    /// The timestamp source.
+    pub clock: C,
+}
+
+impl<C: Clock> Sink for OwnerSink<'_, '_, '_, C> {
+    #[inline]
+    fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {
+        self.owner.record(&self.clock, id, len, fill).map(|_delivered| ())
     }
 }
 

@@ -188,7 +188,13 @@ pub struct RingHeader {
     /// timestamps non-decreasing along the stream even when writers on
     /// different CPUs (TSC skew, `rdtsc` reordering) share the ring.
     pub max_tsc: AtomicU64,
-    _pad1: [u64; 5],
+    /// Single-writer ownership ([`OWNED`], [`REVOKED`]): set once, before the
+    /// ring is shared, when one thread is to be its only writer; `REVOKED`
+    /// while another thread (stop, flush) needs the owner off its fast path.
+    pub excl: AtomicU64,
+    /// 1 while the owner is on its fast path (stored before it checks `excl`).
+    pub owner_busy: AtomicU64,
+    _pad1: [u64; 3],
     /// Events lost for any reason; snapshotted into each packet's `events_discarded`.
     pub discarded: AtomicU64,
     /// Events dropped because the consumer had not freed the next sub-buffer (discard mode).
@@ -206,6 +212,11 @@ pub struct RingHeader {
 
 /// Bit of [`RingHeader::write`] that marks the ring closed to writers.
 pub const CLOSED: u64 = 1 << 63;
+
+/// Bit of [`RingHeader::excl`]: the ring has one owning writer; other writers are refused.
+pub const OWNED: u64 = 1;
+/// Bit of [`RingHeader::excl`]: the owner must use the shared (atomic) protocol.
+pub const REVOKED: u64 = 2;
 
 /// Producer-owned words of one sub-buffer.
 #[repr(C, align(64))]
@@ -264,7 +275,9 @@ impl RingHeader {
             write: z(),
             last_tsc: z(),
             max_tsc: z(),
-            _pad1: [0; 5],
+            excl: z(),
+            owner_busy: z(),
+            _pad1: [0; 3],
             discarded: z(),
             discarded_full: z(),
             discarded_busy: z(),

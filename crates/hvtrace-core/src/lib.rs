@@ -27,7 +27,7 @@ mod region;
 pub mod ring;
 mod sync;
 
-pub use event::{EventDesc, EventSet, FieldDesc, RingSink, Sink};
+pub use event::{EventDesc, EventSet, FieldDesc, OwnerSink, RingSink, Sink};
 pub use field::{Field, FieldKind};
 pub use layout::{Geometry, GeometryError, Mode};
-pub use ring::{Clock, Encoder, Poll, RecordError, Ring, RingCounters, RingReader, StreamId};
+pub use ring::{Clock, Encoder, Poll, RecordError, Ring, RingCounters, RingOwner, RingReader, StreamId};

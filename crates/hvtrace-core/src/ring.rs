@@ -40,10 +40,10 @@ use core::ptr::NonNull;
 
 use crate::ctf::{header, packet, CTF_MAGIC};
 use crate::layout::{
-    claim, Geometry, GeometryError, Mode, RingCtrl, RingHeader, SubbufState, CLOSED, LAYOUT_VERSION, PAGE_SIZE,
-    RING_MAGIC,
+    claim, Geometry, GeometryError, Mode, RingCtrl, RingHeader, SubbufState, CLOSED, LAYOUT_VERSION, OWNED, PAGE_SIZE,
+    REVOKED, RING_MAGIC,
 };
-use crate::sync::{spin_hint, AtomicU64, Ordering::*};
+use crate::sync::{light_fence, spin_hint, AtomicU64, Ordering::*};
 
 /// A source of timestamps (TSC cycles, or nanoseconds of CLOCK_MONOTONIC).
 /// Must never go backwards across CPUs.
@@ -197,6 +197,17 @@ pub struct StreamId {
     pub cpu: u32,
 }
 
+/// Room for one record: `[begin, end)`, committed as `[start, end)` (an
+/// opener's reservation starts with the packet header).
+#[derive(Clone, Copy)]
+struct Reservation {
+    start: u64,
+    begin: u64,
+    end: u64,
+    compact: bool,
+    tsc: u64,
+}
+
 /// The producer side of one ring.
 pub struct Ring<'a> {
     w: RingWords<'a>,
@@ -242,6 +253,8 @@ impl<'a> Ring<'a> {
             &hdr.write,
             &hdr.last_tsc,
             &hdr.max_tsc,
+            &hdr.excl,
+            &hdr.owner_busy,
             &hdr.discarded,
             &hdr.discarded_full,
             &hdr.discarded_busy,
@@ -290,6 +303,9 @@ impl<'a> Ring<'a> {
     ///
     /// Returns whether a sub-buffer was delivered by this call (the caller
     /// should wake the consumer), or why the record was not written.
+    ///
+    /// A ring with an owner ([`Ring::make_owned`]) refuses every other writer
+    /// (counted as `discarded_busy`: the host routed a writer wrongly).
     #[inline]
     pub fn record<C: Clock + ?Sized>(
         &self,
@@ -298,12 +314,45 @@ impl<'a> Ring<'a> {
         payload_len: usize,
         fill: impl FnOnce(&mut Encoder<'_>),
     ) -> Result<bool, RecordError> {
+        if self.w.hdr.excl.load(Acquire) & OWNED != 0 {
+            return Err(self.lose(&self.w.hdr.discarded_busy, RecordError::Busy));
+        }
+        self.record_shared(clock, id, payload_len, fill)
+    }
+
+    /// The multi-writer protocol: any number of writers, any interleaving.
+    #[inline(always)]
+    fn record_shared<C: Clock + ?Sized>(
+        &self,
+        clock: &C,
+        id: u32,
+        payload_len: usize,
+        fill: impl FnOnce(&mut Encoder<'_>),
+    ) -> Result<bool, RecordError> {
+        let mut delivered = false;
+        let res = self.reserve_shared(clock, id, payload_len, &mut delivered)?;
+        // SAFETY: the reservation is this writer's until its commit.
+        unsafe { self.write_record(&res, id, fill) };
+        delivered |= self.commit(res.start, res.end - res.start, true);
+        Ok(delivered)
+    }
+
+    /// Reserves room for a record under the multi-writer protocol (opening
+    /// and closing packets on the way; `delivered` is set when a close
+    /// delivered a sub-buffer).
+    #[inline(always)]
+    fn reserve_shared<C: Clock + ?Sized>(
+        &self,
+        clock: &C,
+        id: u32,
+        payload_len: usize,
+        delivered: &mut bool,
+    ) -> Result<Reservation, RecordError> {
         let sbs = self.geo.subbuf_size;
         let hdr = self.w.hdr;
         if (header::EXTENDED_LEN + payload_len + packet::LEN) as u64 >= sbs {
             return Err(self.lose(&hdr.discarded_too_big, RecordError::TooBig));
         }
-        let mut delivered = false;
         loop {
             let old = hdr.write.load(Acquire);
             if old & CLOSED != 0 {
@@ -350,7 +399,7 @@ impl<'a> Ring<'a> {
                 // Close this packet; the retry opens the next one.
                 let boundary = old - off + sbs;
                 if hdr.write.compare_exchange_weak(old, boundary, AcqRel, Relaxed).is_ok() {
-                    delivered |= self.close_packet(old, tsc, false);
+                    *delivered |= self.close_packet(old, tsc, false);
                 } else {
                     spin_hint();
                 }
@@ -364,26 +413,109 @@ impl<'a> Ring<'a> {
             if off == 0 {
                 self.write_opener_fields(old, tsc);
             }
-            // SAFETY: [begin, new) lies inside one sub-buffer (checked above) and
-            // the successful CAS gave this writer exclusive use of it until commit.
-            let buf = unsafe { self.bytes_mut(begin, (new - begin) as usize) };
-            let (head, payload) = buf.split_at_mut(hlen);
-            if compact {
-                head.copy_from_slice(&header::compact(id, tsc));
-            } else {
-                head.copy_from_slice(&header::extended(id, tsc));
-            }
-            let mut enc = Encoder::new(payload);
-            fill(&mut enc);
-            enc.finish();
-            delivered |= self.commit(old, new - old, true);
-            return Ok(delivered);
+            // [begin, new) lies inside one sub-buffer (checked above) and the
+            // successful CAS gave this writer exclusive use of it until commit.
+            return Ok(Reservation { start: old, begin, end: new, compact, tsc });
         }
+    }
+
+    /// Writes a record's header and payload into its reservation.
+    ///
+    /// # Safety
+    /// The caller holds the reservation (until it commits it).
+    // Always inlined, and called once per path: with the payload length and
+    // the encoder known at the call site the copies become a few moves
+    // instead of `memcpy` calls.
+    #[inline(always)]
+    unsafe fn write_record(&self, res: &Reservation, id: u32, fill: impl FnOnce(&mut Encoder<'_>)) {
+        let Reservation { begin, end, compact, tsc, .. } = *res;
+        // SAFETY: the caller's promise.
+        let buf = unsafe { self.bytes_mut(begin, (end - begin) as usize) };
+        let payload = if compact {
+            let (head, payload) = buf.split_at_mut(header::COMPACT_LEN);
+            head.copy_from_slice(&header::compact(id, tsc));
+            payload
+        } else {
+            let (head, payload) = buf.split_at_mut(header::EXTENDED_LEN);
+            head.copy_from_slice(&header::extended(id, tsc));
+            payload
+        };
+        let mut enc = Encoder::new(payload);
+        fill(&mut enc);
+        enc.finish();
+    }
+
+    /// Reserves the ring for one owning writer, which then records through
+    /// [`Ring::owner`] without a single locked instruction; every other
+    /// writer is refused.
+    ///
+    /// # Safety
+    /// No writer may have used the ring yet (call it right after
+    /// [`Ring::from_parts`], before the ring is shared): a writer of the
+    /// shared protocol still inside a record would race the owner.
+    pub unsafe fn make_owned(&self) {
+        self.w.hdr.excl.store(OWNED, Release);
+    }
+
+    /// The owner's handle (free to make: build one per record if that is
+    /// simpler). Recording through it takes the single-writer fast path while
+    /// the ring is owned and not revoked, the shared protocol otherwise.
+    ///
+    /// # Safety
+    /// Only one thread at a time may record through owner handles of this
+    /// ring (the host gives each owned ring to one `!Sync` writer). Anything
+    /// else that changes the ring while it is owned ([`Ring::flush`],
+    /// [`Ring::close`], [`Ring::open`]) must be bracketed by
+    /// [`Ring::revoke_owner`] and [`Ring::restore_owner`].
+    pub unsafe fn owner(&self) -> RingOwner<'_, 'a> {
+        RingOwner { ring: self, _not_sync: PhantomData }
+    }
+
+    /// Gives an owned ring back to the shared protocol, for good (its owner
+    /// is gone). Call it with the owner revoked, or from the owner's thread.
+    pub fn disown(&self) {
+        self.w.hdr.excl.fetch_and(!OWNED, Release);
+    }
+
+    /// Whether the ring has an owner that may be on its fast path (not revoked).
+    pub fn owner_active(&self) -> bool {
+        self.w.hdr.excl.load(Acquire) == OWNED
+    }
+
+    /// First half of taking the ring back from its owner: sets [`REVOKED`].
+    /// Returns whether the ring has an owner. Then the caller runs the heavy
+    /// barrier (`membarrier`: a full fence on every CPU running this
+    /// process) and waits while [`Ring::owner_busy`]. After that the owner
+    /// is off its fast path and stays off until [`Ring::restore_owner`]:
+    /// it either was seen busy (and is waited for) or it will see `REVOKED`.
+    pub fn revoke_owner(&self) -> bool {
+        self.w.hdr.excl.fetch_or(REVOKED, SeqCst) & OWNED != 0
+    }
+
+    /// True while the owner is on its fast path (see [`Ring::revoke_owner`]).
+    pub fn owner_busy(&self) -> bool {
+        self.w.hdr.owner_busy.load(Acquire) != 0
+    }
+
+    /// Lets the owner use its fast path again: the revoking thread is done
+    /// with the ring's producer words.
+    pub fn restore_owner(&self) {
+        self.w.hdr.excl.fetch_and(!REVOKED, Release);
+    }
+
+    /// Misuse of the owner protocol would let two threads write one record.
+    #[inline]
+    fn assert_not_owned(&self, what: &str) {
+        assert!(!self.owner_active(), "Ring::{what} on an owned ring without revoke_owner first");
     }
 
     /// Closes the current packet if it holds any record, so the consumer can
     /// read it now. Returns whether a sub-buffer was delivered.
+    ///
+    /// # Panics
+    /// On an owned ring whose owner was not revoked first.
     pub fn flush<C: Clock + ?Sized>(&self, clock: &C) -> bool {
+        self.assert_not_owned("flush");
         let hdr = self.w.hdr;
         loop {
             let old = hdr.write.load(Acquire);
@@ -405,12 +537,20 @@ impl<'a> Ring<'a> {
     }
 
     /// Refuses new records from now on (in-flight reservations fail their CAS).
+    ///
+    /// # Panics
+    /// On an owned ring whose owner was not revoked first.
     pub fn close(&self) {
+        self.assert_not_owned("close");
         self.w.hdr.write.fetch_or(CLOSED, AcqRel);
     }
 
     /// Accepts records again.
+    ///
+    /// # Panics
+    /// On an owned ring whose owner was not revoked first.
     pub fn open(&self) {
+        self.assert_not_owned("open");
         self.w.hdr.write.fetch_and(!CLOSED, AcqRel);
     }
 
@@ -560,6 +700,97 @@ impl<'a> Ring<'a> {
         // SAFETY: in bounds of the sub-buffer area (masked position, length
         // within one sub-buffer); exclusivity is the caller's promise.
         unsafe { core::slice::from_raw_parts_mut(self.data.as_ptr().add(at), len) }
+    }
+}
+
+/// The single writer of an owned ring (see [`Ring::make_owned`]).
+///
+/// Its fast path — a record that neither opens nor closes a packet — uses
+/// plain loads and stores and one release store per commit: no CAS, no
+/// atomic add, no `fetch_max`. It is guarded by an asymmetric fence: the
+/// owner announces itself in `owner_busy` and then checks `excl` with only a
+/// compiler fence between, while a thread that needs the ring (stop, flush)
+/// sets `REVOKED`, runs a heavy barrier and waits until the owner is not busy.
+/// Packet boundaries, losses and revoked periods go through the shared
+/// protocol, which is always safe. `Send` but not `Sync`: one thread at a time.
+pub struct RingOwner<'r, 'a> {
+    ring: &'r Ring<'a>,
+    _not_sync: PhantomData<core::cell::Cell<()>>,
+}
+
+impl RingOwner<'_, '_> {
+    /// The ring.
+    pub fn ring(&self) -> &Ring<'_> {
+        self.ring
+    }
+
+    /// Writes one record, as [`Ring::record`] does.
+    #[inline]
+    pub fn record<C: Clock + ?Sized>(
+        &self,
+        clock: &C,
+        id: u32,
+        payload_len: usize,
+        fill: impl FnOnce(&mut Encoder<'_>),
+    ) -> Result<bool, RecordError> {
+        let r = self.ring;
+        let hdr = r.w.hdr;
+        hdr.owner_busy.store(1, Relaxed);
+        light_fence();
+        let (res, fast, mut delivered) = match self.reserve_fast(clock, id, payload_len) {
+            Some(res) => (res, true, false),
+            None => {
+                hdr.owner_busy.store(0, Release);
+                let mut delivered = false;
+                (r.reserve_shared(clock, id, payload_len, &mut delivered)?, false, delivered)
+            }
+        };
+        // SAFETY: the reservation is ours until committed (fast: the owner is
+        // the only writer while not revoked; shared: the CAS made it ours).
+        unsafe { r.write_record(&res, id, fill) };
+        if fast {
+            let s = &r.w.sb[r.geo.index(res.start) as usize];
+            if r.mode == Mode::Overwrite {
+                s.records.store(s.records.load(Relaxed) + 1, Relaxed);
+            }
+            // Cannot complete the lap (the record ends before the sub-buffer
+            // does): the closing padding, committed on the shared path,
+            // delivers. Release: whoever completes the lap sees the bytes.
+            s.commit.store(s.commit.load(Relaxed) + (res.end - res.start), Release);
+            hdr.owner_busy.store(0, Release);
+        } else {
+            delivered |= r.commit(res.start, res.end - res.start, true);
+        }
+        Ok(delivered)
+    }
+
+    /// The fast reservation: owned, not revoked, open, and the record fits in
+    /// the current packet without opening or closing one. Called with
+    /// `owner_busy` set; `None` sends the caller to the shared protocol.
+    #[inline(always)]
+    fn reserve_fast<C: Clock + ?Sized>(&self, clock: &C, id: u32, payload_len: usize) -> Option<Reservation> {
+        let r = self.ring;
+        let hdr = r.w.hdr;
+        // Acquire: pairs with `restore_owner`, so what a revoking thread
+        // wrote (a flush moved `write`, raised `max_tsc`) is seen here.
+        if hdr.excl.load(Acquire) != OWNED {
+            return None;
+        }
+        // Nobody else writes these words now: the owner's own last values.
+        let old = hdr.write.load(Relaxed);
+        let tsc = clock.now().max(hdr.max_tsc.load(Relaxed));
+        let off = r.geo.offset_in_subbuf(old);
+        let compact =
+            id <= header::MAX_COMPACT_ID && tsc.wrapping_sub(hdr.last_tsc.load(Relaxed)) <= header::COMPACT_TS_MASK;
+        let hlen = if compact { header::COMPACT_LEN } else { header::EXTENDED_LEN };
+        let end = old + (hlen + payload_len) as u64;
+        if off == 0 || off + (end - old) >= r.geo.subbuf_size || old & CLOSED != 0 {
+            return None;
+        }
+        hdr.write.store(end, Relaxed);
+        hdr.last_tsc.store(tsc, Relaxed);
+        hdr.max_tsc.store(tsc, Relaxed);
+        Some(Reservation { start: old, begin: old, end, compact, tsc })
     }
 }
 

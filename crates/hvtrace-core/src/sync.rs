@@ -15,3 +15,16 @@ pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     core::hint::spin_loop();
 }
+
+/// The owner's half of the asymmetric fence that guards its fast path: a
+/// compiler fence only, because the other half is a heavy barrier (Linux
+/// `membarrier`) that runs a full fence on every CPU of the process. loom
+/// cannot model `membarrier`, so there both halves are `SeqCst` fences, which
+/// give the same guarantee (see `Ring::revoke_owner`).
+#[inline]
+pub(crate) fn light_fence() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+    #[cfg(not(loom))]
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+}

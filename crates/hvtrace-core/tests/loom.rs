@@ -10,12 +10,23 @@
 //! it does not see, so each model checks them by decoding every packet read
 //! once its threads have joined: each record intact, each writer's records
 //! in order, timestamps never backwards, and the loss accounting exact.
+//!
+//! The owned-ring models (`owner_*`) check the single-writer fast path
+//! against a thread that takes the ring back (revoke, heavy barrier, wait
+//! while the owner is busy). loom cannot model `membarrier`; the revoker's
+//! `fence(SeqCst)` stands for it, and the owner's light fence is a `SeqCst`
+//! fence under loom, which gives the same store-buffering guarantee.
 #![cfg(loom)]
 
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering::SeqCst};
 
 use hvtrace_core::ring::heap::HeapRing;
-use hvtrace_core::{EventSet, Geometry, Mode, Poll, RecordError, Ring, RingCounters, RingReader, RingSink, StreamId};
+use hvtrace_core::{
+    Encoder, EventSet, Geometry, Mode, OwnerSink, Poll, RecordError, Ring, RingCounters, RingReader, RingSink, Sink,
+    StreamId,
+};
+use loom::sync::atomic::fence;
 use loom::sync::Arc;
 use loom::thread;
 
@@ -64,6 +75,22 @@ impl Shared {
         // which borrow `Shared`) are gone.
         let ring = unsafe { &*mem }.producer(mode, StreamId { uuid: [9; 16], cpu: 0 });
         Arc::new(Shared { ring, mem, clock: StdAtomicU64::new(1) })
+    }
+
+    /// A ring whose one writer records through [`Ring::owner`].
+    fn new_owned(mode: Mode) -> Arc<Shared> {
+        let sh = Shared::new(mode);
+        // SAFETY: no thread has seen the ring yet.
+        unsafe { sh.ring.make_owned() };
+        sh
+    }
+
+    /// The owner's busy flag, read without a modelled access. Only for the
+    /// owner's own thread: it is the only thread that stores the flag, so
+    /// its last store is the value (loom checks there is no race).
+    fn owner_busy_unsync(&self) -> bool {
+        // SAFETY: see `new`; the caller is the only thread storing the flag.
+        unsafe { (*self.mem).hdr.owner_busy.unsync_load() != 0 }
     }
 
     fn reader(&self) -> RingReader<'_> {
@@ -384,4 +411,288 @@ fn no_spurious_loss_when_the_ring_has_room() {
         let f = check(&packets, &[PADS_SMALL, PADS_BIG]);
         assert_eq!(f.records, 3);
     });
+}
+
+/// The owner's pads: the first record opens packet 0 (shared protocol), the
+/// second fits behind it (fast path), the third does not fit (closes packet
+/// 0 and opens packet 1: shared), the fourth fits behind it (fast path). A
+/// flush moves every later record one packet on, so the last one may need
+/// sub-buffer 0 again: full (discard) or overwritten (overwrite mode).
+const PADS_OWNER: &[usize] = &[1000, 1000, 2500, 500];
+
+/// How the owner's records went.
+#[derive(Default, Debug)]
+struct OwnerRun {
+    out: Outcome,
+    /// Per record: it found the ring revoked (never got past the owner's
+    /// `excl` check, so never read the clock with `owner_busy` set).
+    saw_revoked: Vec<bool>,
+    /// Fast-path records, as clock ticks: from the clock read (after the
+    /// `excl` check) to the end of the payload (before the commit). Each
+    /// lies outside every revoker's critical section.
+    fast: Vec<(u64, u64)>,
+}
+
+/// A sink that notes the clock tick at which each record's payload was written.
+struct NoteFill<'s, S> {
+    inner: S,
+    sh: &'s Shared,
+    filled: Cell<u64>,
+}
+
+impl<S: Sink> Sink for NoteFill<'_, S> {
+    fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {
+        self.inner.record(id, len, |e| {
+            fill(e);
+            self.filled.set(self.sh.now());
+        })
+    }
+}
+
+/// The owner records `pads` through [`Ring::owner`]. Its clock also notes
+/// whether `owner_busy` was set when it was read: the fast path reads the
+/// clock with the flag set (after its `excl` check), the shared protocol
+/// with it clear, so a record took the fast path when it succeeded and its
+/// last clock read saw the flag set.
+fn write_owned(sh: &Shared, w: u32, pads: &[usize]) -> OwnerRun {
+    // SAFETY: this thread is the ring's only owner.
+    let owner = unsafe { sh.ring.owner() };
+    let log = RefCell::new(Vec::new());
+    let clock = || {
+        let t = sh.now();
+        log.borrow_mut().push((t, sh.owner_busy_unsync()));
+        t
+    };
+    let sink = NoteFill { inner: OwnerSink { owner: &owner, clock }, sh, filled: Cell::new(0) };
+    let mut run = OwnerRun::default();
+    for (n, &len) in pads.iter().enumerate() {
+        let n = n as u32;
+        let from = log.borrow().len();
+        let res = ev::rec(&sink, w, n, &make_pad(w, n, len));
+        let calls = log.borrow()[from..].to_vec();
+        run.saw_revoked.push(!calls.iter().any(|&(_, busy)| busy));
+        if let (Ok(()), Some(&(t, true))) = (res, calls.last()) {
+            run.fast.push((t, sink.filled.get()));
+        }
+        match res {
+            Ok(()) => run.out.ok.push(n),
+            Err(RecordError::Closed) => run.out.closed.push(n),
+            Err(RecordError::TooBig) => panic!("model records must fit"),
+            Err(_) => run.out.lost += 1,
+        }
+    }
+    run
+}
+
+/// What the revoking thread saw.
+#[derive(Debug)]
+struct Revoker {
+    /// It found `owner_busy` set (the owner past its store of the flag,
+    /// not yet done with the record) and waited.
+    waited: bool,
+    /// Clock ticks bounding its critical section: from the end of the wait
+    /// to `restore_owner` (`u64::MAX` for a stop, which never restores).
+    section: (u64, u64),
+    /// Its flush delivered a packet.
+    flushed: bool,
+    /// Counters at quiescence (stop only).
+    at_quiescence: Option<RingCounters>,
+}
+
+/// Takes the ring from its owner: REVOKED, the heavy barrier (modelled as a
+/// `SeqCst` fence), then wait while the owner is on its fast path.
+fn revoke(sh: &Shared) -> bool {
+    assert!(sh.ring.revoke_owner(), "the ring is owned");
+    fence(SeqCst);
+    let mut waited = false;
+    while sh.ring.owner_busy() {
+        waited = true;
+        thread::yield_now();
+    }
+    waited
+}
+
+/// Flush while running (revoke, flush, restore), or stop (revoke, close,
+/// wait for quiescence, flush).
+fn control(sh: &Shared, stop: bool) -> Revoker {
+    let waited = revoke(sh);
+    let begin = sh.now();
+    if !stop {
+        let flushed = sh.ring.flush(&|| sh.now());
+        let end = sh.now();
+        sh.ring.restore_owner();
+        return Revoker { waited, section: (begin, end), flushed, at_quiescence: None };
+    }
+    sh.ring.close();
+    while !sh.ring.is_quiescent() {
+        thread::yield_now();
+    }
+    let q = sh.ring.counters();
+    let flushed = sh.ring.flush(&|| sh.now());
+    Revoker { waited, section: (begin, u64::MAX), flushed, at_quiescence: Some(q) }
+}
+
+/// The owner, a controlling thread and a consumer (`polls` polls). After
+/// they join: stop (if the controller did not), drain. Returns what the
+/// owner and the controller saw, the packets read and the copies thrown away.
+fn owner_control_consumer(sh: &Arc<Shared>, stop: bool, polls: usize) -> (OwnerRun, Revoker, Vec<Vec<u8>>, u64) {
+    let owner = {
+        let sh = sh.clone();
+        thread::spawn(move || write_owned(&sh, 0, PADS_OWNER))
+    };
+    let ctl = {
+        let sh = sh.clone();
+        thread::spawn(move || control(&sh, stop))
+    };
+    let (mut packets, mut torn) = (Vec::new(), 0);
+    {
+        let r = sh.reader();
+        for _ in 0..polls {
+            match read_one(&r) {
+                Some(Some(p)) => packets.push(p),
+                Some(None) => torn += 1,
+                None => thread::yield_now(),
+            }
+        }
+    }
+    let run = owner.join().unwrap();
+    let rv = ctl.join().unwrap();
+    // Mutual exclusion: no fast-path record overlaps the revoker's critical
+    // section (loom runs one thread at a time, so clock ticks order events).
+    let (begin, end) = rv.section;
+    assert!(
+        run.fast.iter().all(|&(a, b)| b < begin || a > end),
+        "the owner was on its fast path ({:?}) inside the revoker's critical section {begin}..{end}",
+        run.fast
+    );
+    if !stop {
+        assert!(!revoke(sh), "the owner has joined: it cannot be busy");
+        sh.ring.close();
+        assert!(sh.ring.is_quiescent(), "the owner joined, yet a record is uncommitted");
+        sh.ring.flush(&|| sh.now());
+    }
+    assert!(sh.ring.is_quiescent());
+    drain(&sh.reader(), &mut packets, &mut torn);
+    (run, rv, packets, torn)
+}
+
+/// Checks common to the owner models; returns the records found.
+fn check_owner_run(sh: &Shared, run: &OwnerRun, rv: &Revoker, packets: &[Vec<u8>]) -> Found {
+    let f = check(packets, &[PADS_OWNER]);
+    let c = sh.ring.counters();
+    check_counters(&c);
+    let o = &run.out;
+    let emitted = (o.ok.len() as u64) + o.lost;
+    assert_eq!(f.records + c.discarded, emitted, "recorded + discarded != emitted ({c:?}, {run:?})");
+    assert_eq!(o.ok.len() + o.closed.len() + o.lost as usize, PADS_OWNER.len());
+    assert!(f.per_writer[0].iter().all(|n| o.ok.contains(n)), "read a record never accepted: {run:?}");
+    match sh.ring.mode() {
+        Mode::Discard => {
+            assert_eq!(f.per_writer[0], o.ok, "the records read are exactly those accepted");
+            assert_eq!((c.discarded, c.overwritten), (o.lost, 0));
+        }
+        Mode::Overwrite => assert_eq!(c.discarded - c.overwritten, o.lost),
+    }
+    if let Some(q) = rv.at_quiescence {
+        // Stop: nothing reserved after quiescence, the flush only moved
+        // `write` to the end of the packet it closed (a fast-path store of
+        // `write` racing the stop would have cleared CLOSED or moved it).
+        let sbs = 4096;
+        assert!(c.closed);
+        assert_eq!(c.produced_bytes, q.produced_bytes.div_ceil(sbs) * sbs, "write moved after quiescence");
+        assert_eq!(rv.flushed, q.produced_bytes % sbs != 0, "flush of a quiescent ring delivers its partial packet");
+        assert_eq!(c.produced_bytes, c.delivered_subbufs * sbs, "every reserved packet delivered");
+        assert!(o.closed.iter().all(|n| o.ok.iter().all(|k| k < n)), "accepted after a refusal: {run:?}");
+    } else {
+        assert!(o.closed.is_empty(), "a flush never closes the ring: {run:?}");
+    }
+    f
+}
+
+/// Records coverage common to the owner models.
+fn owner_coverage(cov: &Coverage, run: &OwnerRun, rv: &Revoker) {
+    cov.hit("owner took the fast path", !run.fast.is_empty());
+    cov.hit("owner found the ring revoked", run.saw_revoked.iter().any(|&r| r));
+    cov.hit("revoker waited for a busy owner", rv.waited);
+    cov.hit("fast path after the revoker's section", run.fast.iter().any(|&(a, _)| a > rv.section.1));
+    cov.hit("revoker's flush delivered", rv.flushed);
+}
+
+/// (d) Owned ring, flush while running: the owner's fast path never
+/// overlaps the revoker's flush, the flush and the owner's shared-protocol
+/// records (packet boundaries, revoked periods) interleave safely, and the
+/// owner gets its fast path back after `restore_owner`.
+fn owner_flush_model(mode: Mode, bound: usize, extra: &'static [&'static str]) {
+    let cov = std::sync::Arc::new(Coverage::default());
+    let cov2 = cov.clone();
+    builder(bound).check(move || {
+        let sh = Shared::new_owned(mode);
+        let (run, rv, packets, torn) = owner_control_consumer(&sh, false, 1);
+        if mode == Mode::Discard {
+            assert_eq!(torn, 0);
+        }
+        check_owner_run(&sh, &run, &rv, &packets);
+        let c = sh.ring.counters();
+        owner_coverage(&cov2, &run, &rv);
+        cov2.hit("lost: full", c.discarded_full > 0);
+        cov2.hit("overwritten", c.overwritten > 0);
+        cov2.hit("nothing lost", c.discarded == 0);
+    });
+    let mut want = vec![
+        "owner took the fast path",
+        "owner found the ring revoked",
+        "revoker waited for a busy owner",
+        "fast path after the revoker's section",
+        "revoker's flush delivered",
+        "nothing lost",
+    ];
+    want.extend_from_slice(extra);
+    cov.require(&want);
+}
+
+#[test]
+fn owner_flush_discard() {
+    owner_flush_model(Mode::Discard, 2, &["lost: full"]);
+}
+
+#[test]
+fn owner_flush_overwrite() {
+    owner_flush_model(Mode::Overwrite, 2, &["overwritten"]);
+}
+
+/// (e) Owned ring, stop: revoke, heavy barrier, wait for the owner, close,
+/// wait for quiescence, flush. Once quiescent nothing more is reserved, and
+/// the owner's records are exactly those read.
+fn owner_stop_model(mode: Mode, bound: usize) {
+    let cov = std::sync::Arc::new(Coverage::default());
+    let cov2 = cov.clone();
+    builder(bound).check(move || {
+        let sh = Shared::new_owned(mode);
+        let (run, rv, packets, _) = owner_control_consumer(&sh, true, 1);
+        check_owner_run(&sh, &run, &rv, &packets);
+        owner_coverage(&cov2, &run, &rv);
+        let o = &run.out;
+        cov2.hit("closed before any record", o.ok.is_empty());
+        cov2.hit("closed between records", !o.ok.is_empty() && !o.closed.is_empty());
+        cov2.hit("closed after all records", o.closed.is_empty());
+    });
+    cov.require(&[
+        "owner took the fast path",
+        "owner found the ring revoked",
+        "revoker waited for a busy owner",
+        "revoker's flush delivered",
+        "closed before any record",
+        "closed between records",
+        "closed after all records",
+    ]);
+}
+
+#[test]
+fn owner_stop_discard() {
+    owner_stop_model(Mode::Discard, 2);
+}
+
+#[test]
+fn owner_stop_overwrite() {
+    owner_stop_model(Mode::Overwrite, 2);
 }
