@@ -38,18 +38,24 @@ pub struct Channel {
     /// Signalled when rings appear or the state changes (stop, destroy).
     pub changed: EventFd,
     recording: AtomicBool,
+    /// CPUs whose ring has one owning writer (an [`crate::ExclusiveWriter`]
+    /// claimed before the channel was created).
+    owned: Box<[bool]>,
     /// Live `map` references.
     pub refs: AtomicU32,
     state: Mutex<ChannelState>,
 }
 
 impl Channel {
-    /// Creates the channel with rings for `cpus` (each `< max_cpus`), not recording.
+    /// Creates the channel with rings for `cpus` (each `< max_cpus`), not
+    /// recording. The rings of CPUs in `owned` (when they are created) are
+    /// reserved for one owning writer each.
     pub fn new(
         name: &str,
         config: ChannelConfig,
         max_cpus: u32,
         cpus: &[u32],
+        owned: &[u32],
         metadata: String,
         uuid: [u8; 16],
     ) -> io::Result<Channel> {
@@ -76,6 +82,7 @@ impl Channel {
             metadata,
             changed: EventFd::new()?,
             recording: AtomicBool::new(false),
+            owned: (0..max_cpus).map(|c| owned.contains(&c)).collect(),
             refs: AtomicU32::new(0),
             state: Mutex::new(ChannelState::Created),
         };
@@ -141,8 +148,17 @@ impl Channel {
                 self.ctrl_map.as_mut_ptr().add(offset),
             )?
         };
-        if !self.recording.load(Ordering::Acquire) {
+        let recording = self.recording.load(Ordering::Acquire);
+        if !recording {
             mem.ring().close();
+        }
+        if self.owned[cpu as usize] {
+            // SAFETY: no writer has seen the ring: it is published below.
+            unsafe { mem.ring().make_owned() };
+            if !recording {
+                // A stopped channel's owned rings stay revoked (see `stop`).
+                mem.ring().revoke_owner();
+            }
         }
         let _ = slot.set(mem);
         self.changed.signal()?;
@@ -164,6 +180,8 @@ impl Channel {
         self.recording.store(true, Ordering::Release);
         for r in self.rings() {
             r.ring().open();
+            // Owners get their fast path back (revoked since stop or creation).
+            r.ring().restore_owner();
         }
         *st = ChannelState::Started;
         Ok(())
@@ -181,12 +199,16 @@ impl Channel {
             return Err(format!("cannot stop a {} channel (start it first)", *st));
         }
         self.recording.store(false, Ordering::Release);
-        for r in self.rings() {
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        // Owners off their fast path first: only then may this thread touch
+        // their rings' producer words. An owner still busy at the deadline
+        // (a stopped thread) keeps its ring: closing it could lose the close.
+        let held = self.revoke_owners(deadline);
+        let mut busy = held.clone();
+        for r in self.rings().filter(|r| !held.contains(&r.cpu)) {
             r.ring().close();
         }
-        let deadline = Instant::now() + QUIESCE_TIMEOUT;
-        let mut busy: Vec<u32> = Vec::new();
-        for r in self.rings() {
+        for r in self.rings().filter(|r| !held.contains(&r.cpu)) {
             while !r.ring().is_quiescent() {
                 if Instant::now() > deadline {
                     busy.push(r.cpu);
@@ -196,8 +218,10 @@ impl Channel {
             }
         }
         *st = to;
+        // Still under the lock: a `start` in between would give owners their
+        // fast path back under the flush.
+        self.flush_rings(clock, &busy);
         drop(st);
-        self.flush(clock);
         self.changed.signal().map_err(|e| e.to_string())?;
         if busy.is_empty() {
             Ok(())
@@ -210,12 +234,64 @@ impl Channel {
     }
 
     /// Closes partial sub-buffers and wakes the consumer of every ring.
+    /// While recording, owned rings are taken from their owners for the
+    /// flush and given back after it.
     pub fn flush(&self, clock: &HostClock) {
+        let st = self.state.lock().unwrap();
+        if *st != ChannelState::Started {
+            // Stopped or never started: owned rings are revoked already (and
+            // stay so while we hold the lock: `start` takes it).
+            return self.flush_rings(clock, &[]);
+        }
+        let busy = self.revoke_owners(Instant::now() + QUIESCE_TIMEOUT);
+        self.flush_rings(clock, &busy);
         for r in self.rings() {
-            r.ring().flush(clock);
+            r.ring().restore_owner();
+        }
+    }
+
+    /// Flushes every ring not in `skip` (whose owner could not be revoked)
+    /// and wakes its consumer.
+    fn flush_rings(&self, clock: &HostClock, skip: &[u32]) {
+        for r in self.rings() {
+            if !skip.contains(&r.cpu) {
+                r.ring().flush(clock);
+            }
             // Always wake: the consumer drains what is ready and sleeps again.
             let _ = r.wake.signal();
         }
+    }
+
+    /// Takes every owned ring off its owner's fast path (REVOKED, then one
+    /// `membarrier`, then wait until no owner is inside a fast-path record).
+    /// Returns the CPUs whose owner was still busy at `deadline`.
+    fn revoke_owners(&self, deadline: Instant) -> Vec<u32> {
+        let mut owned = false;
+        for r in self.rings() {
+            owned |= r.ring().revoke_owner();
+        }
+        if !owned {
+            return Vec::new();
+        }
+        // Registered when the claim was granted, so this cannot fail short of
+        // the kernel changing its mind. Without the barrier the busy flags
+        // prove nothing (the owner's flag store may sit in its store buffer):
+        // leave every owned ring alone, as if its owner were stuck.
+        if let Err(e) = hvtrace_sys::membarrier::barrier() {
+            eprintln!("hvtrace-host: membarrier failed ({e}): owned rings are left as they are");
+            return self.rings().filter(|r| r.ring().revoke_owner()).map(|r| r.cpu).collect();
+        }
+        let mut busy = Vec::new();
+        for r in self.rings() {
+            while r.ring().owner_busy() {
+                if Instant::now() > deadline {
+                    busy.push(r.cpu);
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        }
+        busy
     }
 
     /// Per-ring counters.

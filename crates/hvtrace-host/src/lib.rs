@@ -21,6 +21,7 @@
 
 mod channel;
 pub mod clock;
+mod exclusive;
 mod ringmem;
 mod server;
 
@@ -38,6 +39,7 @@ use hvtrace_sys::eventfd::EventFd;
 
 pub use channel::{Channel, QUIESCE_TIMEOUT};
 pub use clock::{ClockSource, HostClock};
+pub use exclusive::ExclusiveWriter;
 
 /// How a host is set up.
 #[derive(Clone, Debug)]
@@ -89,6 +91,9 @@ pub(crate) struct Shared {
     /// State to report when no channel is live.
     pub(crate) last_state: Mutex<ChannelState>,
     pub(crate) online: Mutex<Vec<u32>>,
+    /// CPUs claimed by an [`ExclusiveWriter`]. Changed only with `current`
+    /// locked, so a channel's rings and the claims agree.
+    pub(crate) claimed: Mutex<Vec<u32>>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) shutdown_fd: EventFd,
 }
@@ -106,6 +111,7 @@ impl Host {
         let listener = hvtrace_sys::seqpacket::Listener::bind(&cfg.socket, cfg.socket_mode)?;
         let shared = Arc::new(Shared {
             online: Mutex::new(cfg.cpus.clone()),
+            claimed: Mutex::new(Vec::new()),
             cfg,
             events,
             clock: HostClock::detect(Duration::from_millis(50)),
@@ -132,6 +138,20 @@ impl Host {
         Writer { shared: self.shared.clone(), cpu: Some(cpu), cache: RefCell::new((u64::MAX, None)) }
     }
 
+    /// Claims `cpu`'s ring for one writer: the fast path of its records has
+    /// no locked instruction (see [`ExclusiveWriter`]). For a thread pinned
+    /// to `cpu`, e.g. a vCPU thread. Rings of channels created from now on
+    /// are reserved for it (a channel that already exists keeps its shared
+    /// ring, which the exclusive writer then writes like any writer);
+    /// [`Writer`]s that land on a reserved ring are refused and counted as
+    /// lost (`discarded_busy`).
+    ///
+    /// Fails if `cpu` is out of range, already claimed, or the kernel lacks
+    /// `membarrier` (needed to take the ring back on stop and flush).
+    pub fn exclusive_writer(&self, cpu: u32) -> io::Result<ExclusiveWriter> {
+        ExclusiveWriter::claim(self.shared.clone(), cpu)
+    }
+
     /// The clock timestamps come from.
     pub fn clock(&self) -> &HostClock {
         &self.shared.clock
@@ -150,7 +170,9 @@ impl Host {
                 on.sort_unstable();
             }
         }
-        if let Some(ch) = self.shared.current.lock().unwrap().clone() {
+        // Under the lock, so a concurrent claim cannot change the owned set
+        // of the ring being created.
+        if let Some(ch) = self.shared.current.lock().unwrap().as_ref() {
             ch.add_ring(cpu)?;
         }
         Ok(())
@@ -206,7 +228,8 @@ impl Shared {
         }
         let uuid = *uuid::Uuid::new_v4().as_bytes();
         let cpus = self.online.lock().unwrap().clone();
-        let ch = Channel::new(&self.cfg.channel, config, self.cfg.max_cpus, &cpus, self.metadata(uuid), uuid)
+        let owned = self.claimed.lock().unwrap().clone();
+        let ch = Channel::new(&self.cfg.channel, config, self.cfg.max_cpus, &cpus, &owned, self.metadata(uuid), uuid)
             .map_err(|e| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}")))?;
         *cur = Some(Arc::new(ch));
         self.generation.fetch_add(1, Ordering::AcqRel);

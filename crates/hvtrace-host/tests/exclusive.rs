@@ -1,0 +1,185 @@
+//! [`hvtrace_host::ExclusiveWriter`]: one writer per CPU ring, recording
+//! without locked instructions, taken back by stop and flush (membarrier).
+//! Every record must reach the consumer whole and in order while flushes,
+//! stops and starts interleave with the writer; other writers are refused.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hvtrace_core::decode::{records, Value};
+use hvtrace_core::{EventSet, Geometry, Poll, RecordError, Sink};
+use hvtrace_ctl::Client;
+use hvtrace_proto::{ChannelConfig, Mode, Reply, Request};
+use hvtrace_sys::{MappedReader, SharedMapping};
+
+mod common;
+
+hvtrace_core::events! {
+    /// Test events.
+    pub mod ev ("test") {
+        /// A numbered event with a note.
+        fn tick(n: u64, note: &str);
+    }
+}
+
+/// Maps every ring of the live channel read-only (index = CPU for CPUs 0, 1).
+fn map_rings(c: &mut Client, geo: Geometry) -> Vec<MappedReader> {
+    let (reply, fds) = c.call(&Request::Map).unwrap();
+    let Reply::Mapped(info) = reply else { panic!("{reply:?}") };
+    let ctrl = Arc::new(SharedMapping::map_rw(&fds[0], info.ctrl_len as usize).unwrap());
+    info.rings
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let data = SharedMapping::map_ro(&fds[2 + 2 * k], r.data_len as usize).unwrap();
+            MappedReader::attach(data, ctrl.clone(), r.ctrl_offset, geo.ctrl_len()).unwrap()
+        })
+        .collect()
+}
+
+/// Appends the numbers of every delivered record of `reader` to `out`,
+/// checking each record's note.
+fn drain(reader: &MappedReader, out: &mut Vec<u64>) {
+    let r = reader.reader();
+    let mut buf = vec![0u8; r.geometry().subbuf_size as usize];
+    while let Poll::Ready(p) = r.next_packet() {
+        r.copy_packet(&p, &mut buf);
+        assert!(r.release(&p));
+        let (_, recs) = records(&buf, ev::Events::EVENTS).unwrap();
+        for rec in recs {
+            let rec = rec.expect("every delivered record decodes");
+            let v: Vec<Value> = rec.values(ev::Events::EVENTS).collect();
+            let [Value::U(n), Value::Str(s)] = v[..] else { panic!("bad fields {v:?}") };
+            assert_eq!(s, format!("note {}", n % 97).as_bytes(), "record {n} garbled");
+            out.push(n);
+        }
+    }
+}
+
+#[test]
+fn claims_are_exclusive_and_released_on_drop() {
+    let (host, _sock, _dir) = common::serve("exclclaim", ev::Events::EVENTS, 2);
+    let w = host.exclusive_writer(1).unwrap();
+    assert_eq!(w.cpu(), 1);
+    let again = host.exclusive_writer(1).err().expect("a second claim of CPU 1 is refused");
+    assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists, "{again}");
+    let far = host.exclusive_writer(2).err().expect("CPU 2 is beyond max_cpus");
+    assert_eq!(far.kind(), std::io::ErrorKind::InvalidInput, "{far}");
+    drop(w);
+    host.exclusive_writer(1).expect("released on drop");
+}
+
+#[test]
+fn every_record_survives_flushes_stops_and_starts_and_others_are_refused() {
+    let (host, sock, _dir) = common::serve("excl", ev::Events::EVENTS, 2);
+    // Claimed before the channel exists: its ring is reserved for the owner.
+    let owner = host.exclusive_writer(0).unwrap();
+    let mut c = Client::connect(&sock, Some(Duration::from_secs(20))).unwrap();
+    let geo = Geometry::new(4096, 4).unwrap();
+    c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard })).unwrap();
+    let readers = map_rings(&mut c, geo);
+    c.simple(&Request::Start).unwrap();
+
+    // A shared writer landing on the owned ring is refused, and counted.
+    let intruder = host.writer_for_cpu(0);
+    assert_eq!(ev::tick(&intruder, 0, "note 0"), Err(RecordError::Busy));
+
+    // Odd: round (phase - 1) / 2 is recording; even: it is over.
+    let phase = Arc::new(AtomicU64::new(0));
+    let go = Arc::new(Barrier::new(2));
+    let writer = {
+        let (phase, go) = (phase.clone(), go.clone());
+        std::thread::spawn(move || {
+            // Closed (stopped) records are not losses; count what went in.
+            let (mut n, mut accepted, mut lost) = (0u64, 0u64, 0u64);
+            for round in 0..2 {
+                go.wait();
+                while phase.load(Ordering::Acquire) == 2 * round + 1 {
+                    match ev::tick(&owner, n, &format!("note {}", n % 97)) {
+                        Ok(()) => accepted += 1,
+                        Err(RecordError::Closed) => {}
+                        Err(_) => lost += 1,
+                    }
+                    n += 1;
+                }
+            }
+            (accepted, lost, owner)
+        })
+    };
+    let mut seen = Vec::new();
+    for round in 0..2 {
+        phase.store(2 * round + 1, Ordering::Release);
+        go.wait();
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            c.simple(&Request::Flush).unwrap();
+            drain(&readers[0], &mut seen);
+        }
+        phase.store(2 * round + 2, Ordering::Release);
+        c.simple(&Request::Stop).expect("stop takes the ring back from its owner");
+        drain(&readers[0], &mut seen);
+        // Stopped: nothing more is delivered; start again for round 2.
+        c.simple(&Request::Start).unwrap();
+    }
+    let (accepted, lost, owner) = writer.join().unwrap();
+    c.simple(&Request::Stop).unwrap();
+    drain(&readers[0], &mut seen);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "records out of order or repeated");
+    let ring = c.status().unwrap().rings.into_iter().find(|r| r.cpu == 0).unwrap();
+    assert_eq!(seen.len() as u64, accepted, "every accepted record reached the consumer");
+    assert_eq!(ring.events_discarded, lost + 1, "losses (and the intruder) counted exactly");
+    assert_eq!(ring.discarded_busy, 1, "only the intruder was refused as busy");
+    assert!(accepted > 10_000, "the owner recorded only {accepted} events");
+
+    // Released: the next channel's ring is shared again.
+    drop(owner);
+    c.simple(&Request::Destroy).unwrap();
+    c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard })).unwrap();
+    c.simple(&Request::Start).unwrap();
+    assert_eq!(ev::tick(&intruder, 0, "note 0"), Ok(()));
+}
+
+#[test]
+fn stop_waits_for_an_owner_inside_a_record() {
+    let (host, sock, _dir) = common::serve("exclinside", ev::Events::EVENTS, 2);
+    let owner = host.exclusive_writer(1).unwrap();
+    let mut c = Client::connect(&sock, Some(Duration::from_secs(20))).unwrap();
+    let geo = Geometry::new(4096, 4).unwrap();
+    c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard })).unwrap();
+    let readers = map_rings(&mut c, geo);
+    c.simple(&Request::Start).unwrap();
+    let inside = Arc::new(Barrier::new(2));
+    let writer = {
+        let inside = inside.clone();
+        std::thread::spawn(move || {
+            for n in 0..5 {
+                ev::tick(&owner, n, &format!("note {}", n % 97)).unwrap();
+            }
+            // A fast-path record (mid-packet) that stalls between reserve and commit.
+            let note = "note 5";
+            let len = 8 + note.len() + 1;
+            let mut p = vec![0u8; len];
+            p[..8].copy_from_slice(&5u64.to_le_bytes());
+            p[8..8 + note.len()].copy_from_slice(note.as_bytes());
+            owner
+                .record(ev::Id::tick as u32, len, |e| {
+                    e.put(&p[..4]);
+                    inside.wait();
+                    std::thread::sleep(Duration::from_millis(300));
+                    e.put(&p[4..]);
+                })
+                .unwrap();
+            (Instant::now(), owner)
+        })
+    };
+    inside.wait();
+    c.simple(&Request::Stop).unwrap();
+    let stopped = Instant::now();
+    let (done, owner) = writer.join().unwrap();
+    assert!(stopped > done, "stop answered before the owner committed its record");
+    assert_eq!(ev::tick(&owner, 6, "note 6"), Err(RecordError::Closed), "after stop the owner is refused");
+    let mut seen = Vec::new();
+    drain(&readers[1], &mut seen);
+    assert_eq!(seen, vec![0, 1, 2, 3, 4, 5], "the stalled record is delivered whole");
+}
