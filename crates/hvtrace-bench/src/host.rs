@@ -30,6 +30,15 @@ pub(crate) enum ConsumerKind {
     Poll,
 }
 
+/// How the producer threads record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum WriterKind {
+    /// `Host::writer()`: the ring of the current CPU, shared protocol (CAS reserve, atomic commit).
+    Shared,
+    /// `Host::exclusive_writer(cpu)`: each pinned thread owns its CPU's ring (no locked instruction).
+    Exclusive,
+}
+
 /// Arguments of `hvtrace-bench host`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
@@ -51,6 +60,9 @@ pub(crate) struct Args {
     /// Ring mode.
     #[arg(long, default_value = "discard")]
     mode: Mode,
+    /// How producer threads record.
+    #[arg(long, value_enum, default_value = "shared")]
+    writer: WriterKind,
     /// Sub-buffer size in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     subbuf_size: u64,
@@ -289,6 +301,15 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let mut cfg = HostConfig::new(&sock, "bench");
     cfg.channel = "hvbench".into();
     let host = Host::serve(cfg, hvbench::Events::EVENTS)?;
+    // Exclusive writers are claimed before the channel exists, so its rings
+    // are created owned (thread i runs pinned on online CPU i).
+    let cpus = hvtrace_sys::cpu::online_cpus();
+    let owners: Vec<std::sync::Mutex<Option<hvtrace_host::ExclusiveWriter>>> = match a.writer {
+        WriterKind::Shared => Vec::new(),
+        WriterKind::Exclusive => (0..a.threads)
+            .map(|i| Ok(std::sync::Mutex::new(Some(host.exclusive_writer(cpus[i % cpus.len()] as u32)?))))
+            .collect::<Result<_>>()?,
+    };
     let mut ctl = Client::connect(&sock, Some(Duration::from_secs(30)))?;
     let ch = ChannelConfig { subbuf_size: a.subbuf_size, num_subbuf: a.num_subbuf, mode: a.mode };
     ctl.simple(&Request::Create(ch))?;
@@ -304,9 +325,15 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let la0 = util::loadavg();
     let c0 = util::schedstat_ns(cpid);
     let kind = a.event;
-    let rs = util::run_threads(load, |_| {
-        let w = host.writer();
-        Box::new(move |first, n| util::emit(&w, kind, first, n))
+    let rs = util::run_threads(load, |i| match owners.get(i) {
+        Some(slot) => {
+            let w = slot.lock().unwrap().take().expect("one exclusive writer per thread");
+            Box::new(move |first, n| util::emit(&w, kind, first, n))
+        }
+        None => {
+            let w = host.writer();
+            Box::new(move |first, n| util::emit(&w, kind, first, n))
+        }
     });
     // Stop (quiesces and flushes), then wait until the consumer has released everything.
     ctl.simple(&Request::Stop)?;
@@ -346,7 +373,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let rec = tc.events_recorded.max(1) as f64;
     let extra = serde_json::json!({
         "tracer": "hvtrace",
-        "path": "host_writer",
+        "path": match a.writer { WriterKind::Shared => "host_writer", WriterKind::Exclusive => "host_exclusive_writer" },
         "event": kind,
         "mode": a.mode.to_string(),
         "subbuf_size": a.subbuf_size,
