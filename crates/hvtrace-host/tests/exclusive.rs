@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use hvtrace_core::decode::{records, Value};
-use hvtrace_core::{EventSet, Geometry, Poll, RecordError, Sink};
+use hvtrace_core::decode::Value;
+use hvtrace_core::{EventSet, Geometry, RecordError, Sink};
 use hvtrace_ctl::Client;
 use hvtrace_proto::{ChannelConfig, Mode, Reply, Request};
 use hvtrace_sys::{MappedReader, SharedMapping};
@@ -41,20 +41,11 @@ fn map_rings(c: &mut Client, geo: Geometry) -> Vec<MappedReader> {
 /// Appends the numbers of every delivered record of `reader` to `out`,
 /// checking each record's note.
 fn drain(reader: &MappedReader, out: &mut Vec<u64>) {
-    let r = reader.reader();
-    let mut buf = vec![0u8; r.geometry().subbuf_size as usize];
-    while let Poll::Ready(p) = r.next_packet() {
-        r.copy_packet(&p, &mut buf);
-        assert!(r.release(&p));
-        let (_, recs) = records(&buf, ev::Events::EVENTS).unwrap();
-        for rec in recs {
-            let rec = rec.expect("every delivered record decodes");
-            let v: Vec<Value> = rec.values(ev::Events::EVENTS).collect();
-            let [Value::U(n), Value::Str(s)] = v[..] else { panic!("bad fields {v:?}") };
-            assert_eq!(s, format!("note {}", n % 97).as_bytes(), "record {n} garbled");
-            out.push(n);
-        }
-    }
+    common::for_each_record(reader, ev::Events::EVENTS, |v| {
+        let [Value::U(n), Value::Str(s)] = v[..] else { panic!("bad fields {v:?}") };
+        assert_eq!(s, format!("note {}", n % 97).as_bytes(), "record {n} garbled");
+        out.push(n);
+    });
 }
 
 #[test]

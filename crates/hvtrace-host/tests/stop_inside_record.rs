@@ -7,9 +7,9 @@
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use hvtrace_core::decode::{records, Value};
+use hvtrace_core::decode::Value;
 use hvtrace_core::field::Field;
-use hvtrace_core::{Encoder, EventSet, Geometry, Poll, RecordError, Sink};
+use hvtrace_core::{Encoder, EventSet, Geometry, RecordError, Sink};
 use hvtrace_ctl::Client;
 use hvtrace_proto::{ChannelConfig, ChannelState, Mode, Reply, Request};
 use hvtrace_sys::{MappedReader, SharedMapping};
@@ -53,20 +53,11 @@ fn slow_record(w: &impl Sink, n: u64, note: &str, inside: &Barrier, hold: Durati
 
 /// Every record of a ring: `(n, note)`.
 fn drain(reader: &MappedReader) -> Vec<(u64, String)> {
-    let r = reader.reader();
-    let mut buf = vec![0u8; r.geometry().subbuf_size as usize];
     let mut out = Vec::new();
-    while let Poll::Ready(p) = r.next_packet() {
-        r.copy_packet(&p, &mut buf);
-        assert!(r.release(&p));
-        let (_, recs) = records(&buf, ev::Events::EVENTS).unwrap();
-        for rec in recs {
-            let rec = rec.expect("every delivered record decodes");
-            let v: Vec<Value> = rec.values(ev::Events::EVENTS).collect();
-            let [Value::U(n), Value::Str(s)] = v[..] else { panic!("bad fields {v:?}") };
-            out.push((n, String::from_utf8_lossy(s).into_owned()));
-        }
-    }
+    common::for_each_record(reader, ev::Events::EVENTS, |v| {
+        let [Value::U(n), Value::Str(s)] = v[..] else { panic!("bad fields {v:?}") };
+        out.push((n, String::from_utf8_lossy(s).into_owned()));
+    });
     out
 }
 

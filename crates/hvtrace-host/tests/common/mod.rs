@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hvtrace_core::EventDesc;
+use hvtrace_core::decode::{records, Value};
+use hvtrace_core::{EventDesc, Poll};
 use hvtrace_host::{Host, HostConfig};
+use hvtrace_sys::MappedReader;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -57,5 +59,22 @@ impl Rng {
     pub fn bytes(&mut self, max: u64) -> Vec<u8> {
         let n = self.below(max);
         (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Reads every packet delivered so far by `reader` (releasing each, which
+/// must succeed) and hands each record's field values to `f`, in order.
+pub fn for_each_record(reader: &MappedReader, events: &[EventDesc], mut f: impl FnMut(&[Value<'_>])) {
+    let r = reader.reader();
+    let mut buf = vec![0u8; r.geometry().subbuf_size as usize];
+    while let Poll::Ready(p) = r.next_packet() {
+        r.copy_packet(&p, &mut buf);
+        assert!(r.release(&p));
+        let (_, recs) = records(&buf, events).unwrap();
+        for rec in recs {
+            let rec = rec.expect("every delivered record decodes");
+            let v: Vec<Value> = rec.values(events).collect();
+            f(&v);
+        }
     }
 }
