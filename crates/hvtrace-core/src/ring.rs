@@ -34,6 +34,11 @@
 //!
 //! A late commit (a writer preempted or migrated between reserve and commit)
 //! only delays delivery of its sub-buffer; it never corrupts it.
+//!
+//! A ring may instead have a single owner ([`Ring::make_owned`],
+//! [`RingOwner`]) whose records inside a packet skip every locked
+//! instruction; other threads take the ring back with an asymmetric fence
+//! before touching it (`docs/ring.md`, "Single-writer (owned) rings").
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;
