@@ -44,24 +44,7 @@ fn run(mode: Mode, writers: u32, per_writer: u64, geo: Geometry) {
                 })
             })
             .collect();
-        let consumer = s.spawn(|| {
-            let mut copy = vec![0u8; geo.subbuf_size as usize];
-            loop {
-                let finished = done.load(Ordering::Acquire);
-                match reader.next_packet() {
-                    Poll::Ready(p) => {
-                        reader.copy_packet(&p, &mut copy);
-                        if reader.release(&p) {
-                            packets.push(copy.clone());
-                        } else {
-                            torn += 1;
-                        }
-                    }
-                    Poll::Empty if finished => break,
-                    Poll::Empty => std::thread::yield_now(),
-                }
-            }
-        });
+        let consumer = s.spawn(|| consume(&reader, &done, &mut packets, &mut torn));
         for h in handles {
             emitted += h.join().unwrap();
         }
