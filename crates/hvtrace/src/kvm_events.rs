@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use hvtrace_core::field::{EnumLabel, Field, FieldKind};
-use hvtrace_core::{Encoder, RecordError};
-use hvtrace_host::{Host, Writer};
+use hvtrace_core::{Encoder, RecordError, Sink};
+use hvtrace_host::{ExclusiveWriter, Host, Writer};
 use hvtrace_kvm::{hypercall, Exit, VmmObserver, EXIT_REASONS};
+use std::sync::Mutex;
 
 /// Enumeration labels from a `(value, name)` table, at compile time.
 const fn labels<const N: usize>(table: &[(u32, &'static str)]) -> [EnumLabel; N] {
@@ -148,27 +149,66 @@ fn exit_fields(exit: &Exit) -> (ExitReason, Access, u8, Port, Gpa, u64) {
     }
 }
 
+/// A vCPU thread's writer: the exclusive writer of the CPU it is pinned to,
+/// or the shared per-CPU [`Writer`].
+pub enum VcpuWriter {
+    /// Owns its CPU's ring (no locked instruction per record).
+    Exclusive(ExclusiveWriter),
+    /// Records into the ring of whatever CPU it runs on.
+    Shared(Writer),
+}
+
+impl Sink for VcpuWriter {
+    #[inline]
+    fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {
+        match self {
+            VcpuWriter::Exclusive(w) => w.record(id, len, fill),
+            VcpuWriter::Shared(w) => w.record(id, len, fill),
+        }
+    }
+}
+
 thread_local! {
     /// This thread's writer, tagged with the [`TraceObserver`] it belongs to.
-    static WRITER: RefCell<Option<(u64, Writer)>> = const { RefCell::new(None) };
+    static WRITER: RefCell<Option<(u64, VcpuWriter)>> = const { RefCell::new(None) };
 }
 
 /// Tags observers so a thread never uses a writer of another one.
 static NEXT_OBSERVER: AtomicU64 = AtomicU64::new(1);
 
-/// Records the VMM's events into the host's rings: each vCPU thread gets its
-/// own [`Writer`] (created on its first event, kept in a thread-local), which
-/// records into the ring of the CPU the thread runs on.
+/// Records the VMM's events into the host's rings. Each vCPU thread gets its
+/// own writer, kept in a thread-local: the [`ExclusiveWriter`] handed over for
+/// its vCPU (see [`TraceObserver::with_exclusive`] and [`TraceObserver::adopt`]),
+/// else a shared [`Writer`] created on its first event, which records into
+/// the ring of the CPU the thread runs on.
 pub struct TraceObserver {
     host: Arc<Host>,
     id: u64,
     closed: AtomicU64,
+    /// Exclusive writers not yet adopted by their vCPU thread, by vCPU.
+    exclusive: Mutex<Vec<Option<ExclusiveWriter>>>,
 }
 
 impl TraceObserver {
-    /// An observer recording into `host`'s channel.
-    pub fn new(host: Arc<Host>) -> TraceObserver {
-        TraceObserver { host, id: NEXT_OBSERVER.fetch_add(1, Ordering::Relaxed), closed: AtomicU64::new(0) }
+    /// An observer recording into `host`'s channel: vCPU `i` through
+    /// `exclusive[i]` once its thread has called [`TraceObserver::adopt`],
+    /// every other vCPU through a shared writer.
+    pub fn with_exclusive(host: Arc<Host>, exclusive: Vec<ExclusiveWriter>) -> TraceObserver {
+        TraceObserver {
+            host,
+            id: NEXT_OBSERVER.fetch_add(1, Ordering::Relaxed),
+            closed: AtomicU64::new(0),
+            exclusive: Mutex::new(exclusive.into_iter().map(Some).collect()),
+        }
+    }
+
+    /// Called on vCPU `vcpu`'s thread (pinned to the writer's CPU) before it
+    /// runs: takes that vCPU's exclusive writer, if there is one.
+    pub fn adopt(&self, vcpu: u32) {
+        let w = self.exclusive.lock().unwrap().get_mut(vcpu as usize).and_then(Option::take);
+        if let Some(w) = w {
+            WRITER.with(|slot| *slot.borrow_mut() = Some((self.id, VcpuWriter::Exclusive(w))));
+        }
     }
 
     /// Events that found no started channel (neither recorded nor counted as
@@ -178,12 +218,12 @@ impl TraceObserver {
     }
 
     #[inline]
-    fn record(&self, f: impl FnOnce(&Writer) -> Result<(), RecordError>) {
+    fn record(&self, f: impl FnOnce(&VcpuWriter) -> Result<(), RecordError>) {
         let r = WRITER.with(|slot| {
             let mut slot = slot.borrow_mut();
             let w = match &mut *slot {
                 Some((id, w)) if *id == self.id => w,
-                other => &mut other.insert((self.id, self.host.writer())).1,
+                other => &mut other.insert((self.id, VcpuWriter::Shared(self.host.writer()))).1,
             };
             f(w)
         });

@@ -61,6 +61,11 @@ pub struct Args {
     /// Print the summary as JSON: the last line of stdout is one object.
     #[arg(long)]
     pub json: bool,
+    /// Record through shared per-CPU writers instead of pinning each vCPU
+    /// thread to its own CPU and giving it that CPU's ring (the default when
+    /// there are no more vCPUs than online CPUs).
+    #[arg(long)]
+    pub shared_writers: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -153,6 +158,27 @@ pub fn run(a: Args) -> Result<()> {
     progress(&format!("host: this process (pid {}), serving {}", std::process::id(), sock.display()));
     let mut ctl = Client::connect(&sock, Some(Duration::from_secs(30)))?;
 
+    // vCPU i runs pinned to online CPU i and owns its ring: the claims come
+    // before the channel, whose rings are then created owned.
+    let cpus = hvtrace_sys::cpu::online_cpus();
+    let exclusive = if a.shared_writers || a.vcpus as usize > cpus.len() {
+        Vec::new()
+    } else {
+        (0..a.vcpus as usize)
+            .map(|i| host.exclusive_writer(cpus[i] as u32))
+            .collect::<std::io::Result<Vec<_>>>()
+            .unwrap_or_else(|e| {
+                progress(&format!("exclusive writers unavailable ({e}): shared writers"));
+                Vec::new()
+            })
+    };
+    let pinned: Vec<usize> = if exclusive.is_empty() { Vec::new() } else { cpus[..a.vcpus as usize].to_vec() };
+    progress(&if pinned.is_empty() {
+        "writers: shared per-CPU rings".to_string()
+    } else {
+        format!("writers: vCPU i pinned to CPU {pinned:?}[i], each the exclusive writer of its ring")
+    });
+
     // 2. The channel, 3. the consumer daemon.
     ctl.simple(&Request::Create(cfg))?;
     progress(&format!("created: {}", a.channel));
@@ -163,8 +189,15 @@ pub fn run(a: Args) -> Result<()> {
     // 4. Record while the VM runs.
     ctl.simple(&Request::Start)?;
     progress(&format!("started; running {} vCPUs x {} iterations", a.vcpus, a.iterations));
-    let observer = TraceObserver::new(Arc::clone(&host));
-    let report = Vmm::run(&vmm_cfg, &observer);
+    let observer = TraceObserver::with_exclusive(Arc::clone(&host), exclusive);
+    let on_vcpu_thread = |vcpu: u32| {
+        if let Some(&cpu) = pinned.get(vcpu as usize) {
+            if hvtrace_sys::cpu::pin_current_thread(cpu).is_ok() {
+                observer.adopt(vcpu);
+            }
+        }
+    };
+    let report = Vmm::run_with_thread_hook(&vmm_cfg, &observer, &on_vcpu_thread);
     let status = session::stop_and_destroy(&mut ctl)?;
     let report = report?;
     progress(&format!("stopped and destroyed after {:.2} s of guest time", report.elapsed.as_secs_f64()));
