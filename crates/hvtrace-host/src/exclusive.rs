@@ -2,13 +2,12 @@
 //! locked instruction. The one place in the host that uses the core's owner
 //! fast path, whose safety rests on the claim kept here.
 
-use std::cell::RefCell;
 use std::io;
 use std::sync::Arc;
 
 use hvtrace_core::{Encoder, RecordError, Sink};
 
-use crate::{Channel, Shared};
+use crate::{ChannelCache, Shared};
 
 /// Records into one CPU's ring as its only writer, for a thread pinned to
 /// that CPU (a vCPU thread). Its records skip the reserve CAS, the atomic
@@ -19,9 +18,8 @@ use crate::{Channel, Shared};
 /// second); `Send`, not `Sync`. Dropping it releases the CPU: its ring goes
 /// back to the shared protocol.
 pub struct ExclusiveWriter {
-    shared: Arc<Shared>,
+    channel: ChannelCache,
     cpu: u32,
-    cache: RefCell<(u64, Option<Arc<Channel>>)>,
 }
 
 impl ExclusiveWriter {
@@ -51,40 +49,26 @@ impl ExclusiveWriter {
         claimed.push(cpu);
         drop(claimed);
         drop(_current);
-        Ok(ExclusiveWriter { shared, cpu, cache: RefCell::new((u64::MAX, None)) })
+        Ok(ExclusiveWriter { channel: ChannelCache::new(shared), cpu })
     }
 
     /// The CPU whose ring this writer owns.
     pub fn cpu(&self) -> u32 {
         self.cpu
     }
-
-    #[cold]
-    fn refresh(&self, generation: u64) {
-        let ch = self.shared.current.lock().unwrap().clone();
-        *self.cache.borrow_mut() = (generation, ch);
-    }
 }
 
 impl Sink for ExclusiveWriter {
     #[inline]
     fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {
-        let generation = self.shared.generation.load(std::sync::atomic::Ordering::Acquire);
-        if self.cache.borrow().0 != generation {
-            self.refresh(generation); // cold: the channel was created or destroyed
-        }
-        let cache = self.cache.borrow();
-        let Some(ch) = cache.1.as_deref() else { return Err(RecordError::Closed) };
-        let Some(mem) = ch.ring(self.cpu) else { return Err(RecordError::Closed) };
-        // SAFETY: the claim makes this writer the only one recording through
-        // owner handles of `cpu`'s rings, and `!Sync` keeps it on one thread
-        // at a time; the channel brackets its own flush / close / open of
-        // owned rings with revoke and restore.
-        let owner = unsafe { mem.ring().owner() };
-        if owner.record(&self.shared.clock, id, len, fill)? {
-            let _ = mem.wake.signal();
-        }
-        Ok(())
+        self.channel.record_on(
+            || self.cpu,
+            // SAFETY: the claim makes this writer the only one recording
+            // through owner handles of `cpu`'s rings, and `!Sync` keeps it on
+            // one thread at a time; the channel brackets its own flush /
+            // close / open of owned rings with revoke and restore.
+            |mem, clock| unsafe { mem.ring().owner() }.record(clock, id, len, fill),
+        )
     }
 }
 
@@ -92,9 +76,10 @@ impl Drop for ExclusiveWriter {
     fn drop(&mut self) {
         // No record of ours is in progress (we are being dropped), so the
         // rings can leave the owned protocol without a revoke.
-        let current = self.shared.current.lock().unwrap();
-        self.shared.claimed.lock().unwrap().retain(|&c| c != self.cpu);
-        let retired = self.shared.retired.lock().unwrap();
+        let shared = &self.channel.shared;
+        let current = shared.current.lock().unwrap();
+        shared.claimed.lock().unwrap().retain(|&c| c != self.cpu);
+        let retired = shared.retired.lock().unwrap();
         for ch in current.iter().chain(retired.iter()) {
             if let Some(mem) = ch.ring(self.cpu) {
                 mem.ring().disown();

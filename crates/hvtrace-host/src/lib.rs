@@ -36,6 +36,7 @@ use hvtrace_core::metadata::{self, TraceDesc};
 use hvtrace_core::{Encoder, EventDesc, RecordError, Sink};
 use hvtrace_proto::{ChannelConfig, ChannelState, StatusInfo};
 use hvtrace_sys::eventfd::EventFd;
+use ringmem::RingMem;
 
 pub use channel::{Channel, QUIESCE_TIMEOUT};
 pub use clock::{ClockSource, HostClock};
@@ -130,12 +131,12 @@ impl Host {
 
     /// A writer that records into the ring of whatever CPU it runs on.
     pub fn writer(&self) -> Writer {
-        Writer { shared: self.shared.clone(), cpu: None, cache: RefCell::new((u64::MAX, None)) }
+        Writer { channel: ChannelCache::new(self.shared.clone()), cpu: None }
     }
 
     /// A writer bound to `cpu`'s ring (for threads pinned to that CPU, or one ring per vCPU).
     pub fn writer_for_cpu(&self, cpu: u32) -> Writer {
-        Writer { shared: self.shared.clone(), cpu: Some(cpu), cache: RefCell::new((u64::MAX, None)) }
+        Writer { channel: ChannelCache::new(self.shared.clone()), cpu: Some(cpu) }
     }
 
     /// Claims `cpu`'s ring for one writer: the fast path of its records has
@@ -243,39 +244,64 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Records events into the host's channel. One per thread (it caches the
-/// channel; not `Sync`). Recording while no channel is started returns
-/// [`RecordError::Closed`], which is not a loss.
-pub struct Writer {
-    shared: Arc<Shared>,
-    cpu: Option<u32>,
+/// A writer's view of the live channel: cached, refreshed (cold) when the
+/// host's generation moves (a channel was created or destroyed). Shared by
+/// [`Writer`] and [`ExclusiveWriter`], which differ only in the ring they
+/// pick and how they record into it.
+pub(crate) struct ChannelCache {
+    pub(crate) shared: Arc<Shared>,
     cache: RefCell<(u64, Option<Arc<Channel>>)>,
 }
 
-impl Writer {
+impl ChannelCache {
+    pub(crate) fn new(shared: Arc<Shared>) -> ChannelCache {
+        ChannelCache { shared, cache: RefCell::new((u64::MAX, None)) }
+    }
+
     #[cold]
     fn refresh(&self, generation: u64) {
         let ch = self.shared.current.lock().unwrap().clone();
         *self.cache.borrow_mut() = (generation, ch);
     }
+
+    /// Records with `record` into the ring of `cpu()` of the live channel
+    /// ([`RecordError::Closed`] when there is none), and wakes the ring's
+    /// consumer when that delivered a sub-buffer (the only syscall on the
+    /// record path, once per sub-buffer).
+    #[inline]
+    pub(crate) fn record_on(
+        &self,
+        cpu: impl FnOnce() -> u32,
+        record: impl FnOnce(&RingMem, &HostClock) -> Result<bool, RecordError>,
+    ) -> Result<(), RecordError> {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        if self.cache.borrow().0 != generation {
+            self.refresh(generation);
+        }
+        let cache = self.cache.borrow();
+        let Some(ch) = cache.1.as_deref() else { return Err(RecordError::Closed) };
+        let Some(mem) = ch.ring(cpu()) else { return Err(RecordError::Closed) };
+        if record(mem, &self.shared.clock)? {
+            let _ = mem.wake.signal();
+        }
+        Ok(())
+    }
+}
+
+/// Records events into the host's channel. One per thread (it caches the
+/// channel; not `Sync`). Recording while no channel is started returns
+/// [`RecordError::Closed`], which is not a loss.
+pub struct Writer {
+    channel: ChannelCache,
+    cpu: Option<u32>,
 }
 
 impl Sink for Writer {
     #[inline]
     fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {
-        let generation = self.shared.generation.load(Ordering::Acquire);
-        if self.cache.borrow().0 != generation {
-            self.refresh(generation); // cold: the channel was created or destroyed
-        }
-        let cache = self.cache.borrow();
-        let Some(ch) = cache.1.as_deref() else { return Err(RecordError::Closed) };
-        let cpu = self.cpu.unwrap_or_else(|| hvtrace_sys::cpu::current_cpu() as u32);
-        let Some(mem) = ch.ring(cpu) else { return Err(RecordError::Closed) };
-        if mem.ring().record(&self.shared.clock, id, len, fill)? {
-            // A sub-buffer was delivered: wake the consumer (the only syscall
-            // on the record path, once per sub-buffer).
-            let _ = mem.wake.signal();
-        }
-        Ok(())
+        self.channel.record_on(
+            || self.cpu.unwrap_or_else(|| hvtrace_sys::cpu::current_cpu() as u32),
+            |mem, clock| mem.ring().record(clock, id, len, fill),
+        )
     }
 }
