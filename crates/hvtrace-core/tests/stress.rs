@@ -55,15 +55,7 @@ fn run(mode: Mode, writers: u32, per_writer: u64, geo: Geometry) {
         consumer.join().unwrap();
     });
     let c = ring.counters();
-    let checked = check_packets(&packets, writers as usize);
-    assert_eq!(
-        checked.records + c.discarded,
-        emitted,
-        "{mode:?}: recorded {} + discarded {} != emitted {emitted} (torn copies {torn}, counters {c:?})",
-        checked.records,
-        c.discarded
-    );
-    assert_eq!(c.discarded, c.discarded_full + c.discarded_busy + c.discarded_too_big + c.overwritten);
+    let checked = check_accounting(mode, &packets, writers as usize, emitted, torn, &c);
     // A packet closed by the final flush (after every writer joined) carries
     // the final loss count. If the ring ended full at a sub-buffer boundary,
     // there was nothing to flush and losses after the last packet are in no
@@ -77,6 +69,29 @@ fn run(mode: Mode, writers: u32, per_writer: u64, geo: Geometry) {
         "{mode:?} {writers}x{per_writer}: recorded {} discarded {} ({c:?}) torn {torn}",
         checked.records, c.discarded
     );
+}
+
+/// Decodes every packet (each record intact, per-writer order, timestamps)
+/// and checks the loss accounting: recorded + discarded == emitted, and the
+/// loss causes add up.
+fn check_accounting(
+    mode: Mode,
+    packets: &[Vec<u8>],
+    writers: usize,
+    emitted: u64,
+    torn: u64,
+    c: &RingCounters,
+) -> common::Checked {
+    let checked = check_packets(packets, writers);
+    assert_eq!(
+        checked.records + c.discarded,
+        emitted,
+        "{mode:?}: recorded {} + discarded {} != emitted {emitted} (torn copies {torn}, counters {c:?})",
+        checked.records,
+        c.discarded
+    );
+    assert_eq!(c.discarded, c.discarded_full + c.discarded_busy + c.discarded_too_big + c.overwritten);
+    checked
 }
 
 #[test]
@@ -298,15 +313,7 @@ fn run_owned(mode: Mode, records: u64, geo: Geometry, test: &str) {
     let c = ring.counters();
     let emitted = ok.len() as u64 + lost;
     assert_eq!(emitted + closed, records);
-    let checked = check_packets(&packets, 1);
-    assert_eq!(
-        checked.records + c.discarded,
-        emitted,
-        "{mode:?}: recorded {} + discarded {} != emitted {emitted} (torn copies {torn}, counters {c:?})",
-        checked.records,
-        c.discarded
-    );
-    assert_eq!(c.discarded, c.discarded_full + c.discarded_busy + c.discarded_too_big + c.overwritten);
+    let checked = check_accounting(mode, &packets, 1, emitted, torn, &c);
     assert_eq!(c.produced_bytes, c.delivered_subbufs * geo.subbuf_size, "every reserved packet delivered");
     match mode {
         Mode::Discard => {
