@@ -137,7 +137,9 @@ macro_rules! events {
                     sink: &S $(, $field: $ty)*
                 ) -> ::core::result::Result<(), $crate::ring::RecordError> {
                     let len = 0 $( + $crate::field::Field::encoded_len(&$field) )*;
-                    sink.record(Id::$name as u32, len, |_e: &mut $crate::ring::Encoder<'_>| {
+                    // Inlined into each record path that calls it, where
+                    // the payload length is known: no bounds checks left.
+                    sink.record(Id::$name as u32, len, #[inline(always)] |_e: &mut $crate::ring::Encoder<'_>| {
                         $( $crate::field::Field::encode(&$field, _e); )*
                     })
                 }

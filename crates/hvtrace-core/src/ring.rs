@@ -336,10 +336,31 @@ impl<'a> Ring<'a> {
     ) -> Result<bool, RecordError> {
         let mut delivered = false;
         let res = self.reserve_shared(clock, id, payload_len, &mut delivered)?;
+        self.write_and_commit(&res, delivered, id, payload_len, fill)
+    }
+
+    /// Writes the record of a reservation made under the shared protocol and
+    /// commits it.
+    #[inline(always)]
+    fn write_and_commit(
+        &self,
+        res: &Reservation,
+        delivered: bool,
+        id: u32,
+        payload_len: usize,
+        fill: impl FnOnce(&mut Encoder<'_>),
+    ) -> Result<bool, RecordError> {
+        let (compact, extended);
+        let head: &[u8] = if res.compact {
+            compact = header::compact(id, res.tsc);
+            &compact
+        } else {
+            extended = header::extended(id, res.tsc);
+            &extended
+        };
         // SAFETY: the reservation is this writer's until its commit.
-        unsafe { self.write_record(&res, id, fill) };
-        delivered |= self.commit(res.start, res.end - res.start, true);
-        Ok(delivered)
+        unsafe { self.write_record(res.begin, head, payload_len, fill) };
+        Ok(delivered | self.commit(res.start, res.end - res.start, true))
     }
 
     /// Reserves room for a record under the multi-writer protocol (opening
@@ -355,7 +376,7 @@ impl<'a> Ring<'a> {
     ) -> Result<Reservation, RecordError> {
         let sbs = self.geo.subbuf_size;
         let hdr = self.w.hdr;
-        if (header::EXTENDED_LEN + payload_len + packet::LEN) as u64 >= sbs {
+        if ((header::EXTENDED_LEN + packet::LEN) as u64).saturating_add(payload_len as u64) >= sbs {
             return Err(self.lose(&hdr.discarded_too_big, RecordError::TooBig));
         }
         loop {
@@ -424,27 +445,19 @@ impl<'a> Ring<'a> {
         }
     }
 
-    /// Writes a record's header and payload into its reservation.
+    /// Writes a record's header and payload at `at`.
     ///
     /// # Safety
-    /// The caller holds the reservation (until it commits it).
-    // Always inlined, and called once per path: with the payload length and
-    // the encoder known at the call site the copies become a few moves
-    // instead of `memcpy` calls.
+    /// The caller holds `[at, at + head.len() + payload_len)` (a
+    /// reservation, until it commits it).
+    // Always inlined: with the payload length and the encoder known at the
+    // call site, the field copies become a few moves with no bounds checks.
     #[inline(always)]
-    unsafe fn write_record(&self, res: &Reservation, id: u32, fill: impl FnOnce(&mut Encoder<'_>)) {
-        let Reservation { begin, end, compact, tsc, .. } = *res;
+    unsafe fn write_record(&self, at: u64, head: &[u8], payload_len: usize, fill: impl FnOnce(&mut Encoder<'_>)) {
         // SAFETY: the caller's promise.
-        let buf = unsafe { self.bytes_mut(begin, (end - begin) as usize) };
-        let payload = if compact {
-            let (head, payload) = buf.split_at_mut(header::COMPACT_LEN);
-            head.copy_from_slice(&header::compact(id, tsc));
-            payload
-        } else {
-            let (head, payload) = buf.split_at_mut(header::EXTENDED_LEN);
-            head.copy_from_slice(&header::extended(id, tsc));
-            payload
-        };
+        let buf = unsafe { self.bytes_mut(at, head.len() + payload_len) };
+        let (h, payload) = buf.split_at_mut(head.len());
+        copy(h, head);
         let mut enc = Encoder::new(payload);
         fill(&mut enc);
         enc.finish();
@@ -730,6 +743,11 @@ impl RingOwner<'_, '_> {
     }
 
     /// Writes one record, as [`Ring::record`] does.
+    ///
+    /// The fast path takes a record that fits in the current packet with a
+    /// compact header; anything else (opening or closing a packet, a long
+    /// gap or a large id needing the extended header, a revoked or closed
+    /// ring) goes through the shared protocol, out of line.
     #[inline]
     pub fn record<C: Clock + ?Sized>(
         &self,
@@ -742,60 +760,61 @@ impl RingOwner<'_, '_> {
         let hdr = r.w.hdr;
         hdr.owner_busy.store(1, Relaxed);
         light_fence();
-        let (res, fast, mut delivered) = match self.reserve_fast(clock, id, payload_len) {
-            Some(res) => (res, true, false),
-            None => {
-                hdr.owner_busy.store(0, Release);
-                let mut delivered = false;
-                (r.reserve_shared(clock, id, payload_len, &mut delivered)?, false, delivered)
-            }
-        };
-        // SAFETY: the reservation is ours until committed (fast: the owner is
-        // the only writer while not revoked; shared: the CAS made it ours).
-        unsafe { r.write_record(&res, id, fill) };
-        if fast {
-            let s = &r.w.sb[r.geo.index(res.start) as usize];
-            if r.mode == Mode::Overwrite {
-                s.records.store(s.records.load(Relaxed) + 1, Relaxed);
-            }
-            // Cannot complete the lap (the record ends before the sub-buffer
-            // does): the closing padding, committed on the shared path,
-            // delivers. Release: whoever completes the lap sees the bytes.
-            s.commit.store(s.commit.load(Relaxed) + (res.end - res.start), Release);
-            hdr.owner_busy.store(0, Release);
-        } else {
-            delivered |= r.commit(res.start, res.end - res.start, true);
-        }
-        Ok(delivered)
-    }
-
-    /// The fast reservation: owned, not revoked, open, and the record fits in
-    /// the current packet without opening or closing one. Called with
-    /// `owner_busy` set; `None` sends the caller to the shared protocol.
-    #[inline(always)]
-    fn reserve_fast<C: Clock + ?Sized>(&self, clock: &C, id: u32, payload_len: usize) -> Option<Reservation> {
-        let r = self.ring;
-        let hdr = r.w.hdr;
         // Acquire: pairs with `restore_owner`, so what a revoking thread
         // wrote (a flush moved `write`, raised `max_tsc`) is seen here.
-        if hdr.excl.load(Acquire) != OWNED {
-            return None;
-        }
+        let owned = hdr.excl.load(Acquire) == OWNED;
         // Nobody else writes these words now: the owner's own last values.
         let old = hdr.write.load(Relaxed);
-        let tsc = clock.now().max(hdr.max_tsc.load(Relaxed));
         let off = r.geo.offset_in_subbuf(old);
-        let compact =
-            id <= header::MAX_COMPACT_ID && tsc.wrapping_sub(hdr.last_tsc.load(Relaxed)) <= header::COMPACT_TS_MASK;
-        let hlen = if compact { header::COMPACT_LEN } else { header::EXTENDED_LEN };
-        let end = old + (hlen + payload_len) as u64;
-        if off == 0 || off + (end - old) >= r.geo.subbuf_size || old & CLOSED != 0 {
-            return None;
+        let rec = (header::COMPACT_LEN as u64).saturating_add(payload_len as u64);
+        // Everything up to the clock test depends on `write` only, never on
+        // the clock: the reservation's place and the payload's stores go
+        // ahead while `rdtsc` (the slowest instruction here) completes, and
+        // the next record's position does not wait for this one's timestamp.
+        if owned && off != 0 && rec < r.geo.subbuf_size - off && old & CLOSED == 0 {
+            let tsc = clock.now().max(hdr.max_tsc.load(Relaxed));
+            // A branch (predicted), not a data dependency on the timestamp.
+            if id <= header::MAX_COMPACT_ID && tsc.wrapping_sub(hdr.last_tsc.load(Relaxed)) <= header::COMPACT_TS_MASK {
+                let end = old + rec;
+                hdr.write.store(end, Relaxed);
+                hdr.last_tsc.store(tsc, Relaxed);
+                hdr.max_tsc.store(tsc, Relaxed);
+                // SAFETY: `[old, end)` lies in the current packet (tested
+                // above) and the owner is the ring's only writer while it is
+                // busy and not revoked.
+                unsafe { r.write_record(old, &header::compact(id, tsc), payload_len, fill) };
+                let s = &r.w.sb[r.geo.index(old) as usize];
+                if r.mode == Mode::Overwrite {
+                    s.records.store(s.records.load(Relaxed) + 1, Relaxed);
+                }
+                // Cannot complete the lap (the record ends before the
+                // sub-buffer does): the closing padding, committed on the
+                // shared path, delivers. Release: whoever completes the lap
+                // sees the bytes.
+                s.commit.store(s.commit.load(Relaxed) + rec, Release);
+                hdr.owner_busy.store(0, Release);
+                return Ok(false);
+            }
         }
-        hdr.write.store(end, Relaxed);
-        hdr.last_tsc.store(tsc, Relaxed);
-        hdr.max_tsc.store(tsc, Relaxed);
-        Some(Reservation { start: old, begin: old, end, compact, tsc })
+        hdr.owner_busy.store(0, Release);
+        let mut delivered = false;
+        let res = self.reserve_slow(clock, id, payload_len, &mut delivered)?;
+        r.write_and_commit(&res, delivered, id, payload_len, fill)
+    }
+
+    /// Everything but the fast path: the shared protocol, always safe. Out
+    /// of line, and without `fill`: the encoder stays inlined in `record`,
+    /// where the payload's values are registers, not a closure in memory.
+    #[cold]
+    #[inline(never)]
+    fn reserve_slow<C: Clock + ?Sized>(
+        &self,
+        clock: &C,
+        id: u32,
+        payload_len: usize,
+        delivered: &mut bool,
+    ) -> Result<Reservation, RecordError> {
+        self.ring.reserve_shared(clock, id, payload_len, delivered)
     }
 }
 

@@ -8,7 +8,7 @@ use hvtrace_core::ctf::{header, packet};
 use hvtrace_core::decode::{decode_field, packet_info, records, DecodeError, Value};
 use hvtrace_core::field::{MAX_BYTES, MAX_STRING};
 use hvtrace_core::ring::heap::HeapRing;
-use hvtrace_core::{EventSet, FieldKind, Geometry, Mode, Poll, RingReader, RingSink, StreamId};
+use hvtrace_core::{EventSet, FieldKind, Geometry, Mode, OwnerSink, Poll, RingReader, RingSink, StreamId};
 use proptest::prelude::*;
 
 hvtrace_core::ctf_enum! {
@@ -223,16 +223,38 @@ fn drain(r: &RingReader<'_>, out: &mut Vec<Vec<u8>>) {
 /// Records `ops` at the given timestamps on one ring (128 KiB sub-buffers,
 /// big enough for the largest byte array), read as it goes; returns the packets.
 fn record_all(ops: &[(Op, u64)]) -> Vec<Vec<u8>> {
+    record_all_as(ops, false)
+}
+
+/// [`record_all`], through the ring's owner (the single-writer fast path and
+/// its fallbacks) when `owned`.
+fn record_all_as(ops: &[(Op, u64)], owned: bool) -> Vec<Vec<u8>> {
     let mem = HeapRing::new(Geometry::new(128 << 10, 2).unwrap());
     let ring = mem.producer(Mode::Discard, StreamId { uuid: [3; 16], cpu: 1 });
     let reader = mem.reader();
     let now = Cell::new(0u64);
-    let sink = RingSink { ring: &ring, clock: || now.get() };
     let mut packets = Vec::new();
-    for (op, ts) in ops {
-        now.set(*ts);
-        op.record(&sink).expect("recorded");
-        drain(&reader, &mut packets);
+    if owned {
+        // SAFETY: not used by any writer yet; this thread is its only writer.
+        let owner = unsafe {
+            ring.make_owned();
+            ring.owner()
+        };
+        let sink = OwnerSink { owner: &owner, clock: || now.get() };
+        for (op, ts) in ops {
+            now.set(*ts);
+            op.record(&sink).expect("recorded");
+            drain(&reader, &mut packets);
+        }
+        // The owner is this thread, so taking the ring back needs no barrier.
+        assert!(ring.revoke_owner());
+    } else {
+        let sink = RingSink { ring: &ring, clock: || now.get() };
+        for (op, ts) in ops {
+            now.set(*ts);
+            op.record(&sink).expect("recorded");
+            drain(&reader, &mut packets);
+        }
     }
     ring.flush(&|| now.get());
     drain(&reader, &mut packets);
@@ -291,6 +313,8 @@ proptest! {
         let ops: Vec<(Op, u64)> = ops.into_iter().map(|(op, step)| { ts += step; (op, ts) }).collect();
         let packets = record_all(&ops);
         check_round_trip(&ops, &packets)?;
+        // The owner's fast path writes the same bytes.
+        prop_assert_eq!(record_all_as(&ops, true), packets);
     }
 
     /// Any prefix of a packet shorter than the packet is refused, and what
