@@ -334,9 +334,58 @@ impl<'a> Ring<'a> {
         payload_len: usize,
         fill: impl FnOnce(&mut Encoder<'_>),
     ) -> Result<bool, RecordError> {
+        // Two inlined copies of the encoder: the common case (a compact
+        // record inside the current packet, one CAS) with everything known,
+        // and the rest, reserved out of line.
+        if let Some(res) = self.reserve_in_packet(clock, id, payload_len) {
+            return self.write_and_commit(&res, false, id, payload_len, fill);
+        }
         let mut delivered = false;
-        let res = self.reserve_shared(clock, id, payload_len, &mut delivered)?;
+        let res = self.reserve_cold(clock, id, payload_len, &mut delivered)?;
         self.write_and_commit(&res, delivered, id, payload_len, fill)
+    }
+
+    /// The common reservation of the shared protocol: a record with a
+    /// compact header inside the current packet, on the first CAS. `None`
+    /// (anything else, or a lost race) sends the caller to
+    /// [`Ring::reserve_shared`], which retries and handles every case.
+    #[inline(always)]
+    fn reserve_in_packet<C: Clock + ?Sized>(&self, clock: &C, id: u32, payload_len: usize) -> Option<Reservation> {
+        let hdr = self.w.hdr;
+        let old = hdr.write.load(Acquire);
+        let off = self.geo.offset_in_subbuf(old);
+        let rec = (header::COMPACT_LEN as u64).saturating_add(payload_len as u64);
+        if off == 0 || rec >= self.geo.subbuf_size - off || old & CLOSED != 0 {
+            return None;
+        }
+        // As in `reserve_shared`: both loads after `write`, `max_tsc` raised
+        // before the CAS.
+        let last = hdr.last_tsc.load(Relaxed);
+        let max = hdr.max_tsc.load(Relaxed);
+        let tsc = clock.now().max(max);
+        if tsc > max {
+            hdr.max_tsc.fetch_max(tsc, Relaxed);
+        }
+        if id > header::MAX_COMPACT_ID || tsc.wrapping_sub(last) > header::COMPACT_TS_MASK {
+            return None;
+        }
+        hdr.write.compare_exchange(old, old + rec, AcqRel, Relaxed).ok()?;
+        hdr.last_tsc.store(tsc, Relaxed);
+        Some(Reservation { start: old, begin: old, end: old + rec, compact: true, tsc })
+    }
+
+    /// [`Ring::reserve_shared`], out of line and without the encoder (which
+    /// stays inlined in the caller, its payload's values in registers).
+    #[cold]
+    #[inline(never)]
+    fn reserve_cold<C: Clock + ?Sized>(
+        &self,
+        clock: &C,
+        id: u32,
+        payload_len: usize,
+        delivered: &mut bool,
+    ) -> Result<Reservation, RecordError> {
+        self.reserve_shared(clock, id, payload_len, delivered)
     }
 
     /// Writes the record of a reservation made under the shared protocol and
@@ -796,25 +845,11 @@ impl RingOwner<'_, '_> {
                 return Ok(false);
             }
         }
+        // Everything else: the shared protocol, always safe, reserved out of line.
         hdr.owner_busy.store(0, Release);
         let mut delivered = false;
-        let res = self.reserve_slow(clock, id, payload_len, &mut delivered)?;
+        let res = r.reserve_cold(clock, id, payload_len, &mut delivered)?;
         r.write_and_commit(&res, delivered, id, payload_len, fill)
-    }
-
-    /// Everything but the fast path: the shared protocol, always safe. Out
-    /// of line, and without `fill`: the encoder stays inlined in `record`,
-    /// where the payload's values are registers, not a closure in memory.
-    #[cold]
-    #[inline(never)]
-    fn reserve_slow<C: Clock + ?Sized>(
-        &self,
-        clock: &C,
-        id: u32,
-        payload_len: usize,
-        delivered: &mut bool,
-    ) -> Result<Reservation, RecordError> {
-        self.ring.reserve_shared(clock, id, payload_len, delivered)
     }
 }
 
