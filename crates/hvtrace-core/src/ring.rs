@@ -341,7 +341,7 @@ impl<'a> Ring<'a> {
             return self.write_and_commit(&res, false, id, payload_len, fill);
         }
         let mut delivered = false;
-        let res = self.reserve_cold(clock, id, payload_len, &mut delivered)?;
+        let res = self.reserve_shared(clock, id, payload_len, &mut delivered)?;
         self.write_and_commit(&res, delivered, id, payload_len, fill)
     }
 
@@ -374,20 +374,6 @@ impl<'a> Ring<'a> {
         Some(Reservation { start: old, begin: old, end: old + rec, compact: true, tsc })
     }
 
-    /// [`Ring::reserve_shared`], out of line and without the encoder (which
-    /// stays inlined in the caller, its payload's values in registers).
-    #[cold]
-    #[inline(never)]
-    fn reserve_cold<C: Clock + ?Sized>(
-        &self,
-        clock: &C,
-        id: u32,
-        payload_len: usize,
-        delivered: &mut bool,
-    ) -> Result<Reservation, RecordError> {
-        self.reserve_shared(clock, id, payload_len, delivered)
-    }
-
     /// Writes the record of a reservation made under the shared protocol and
     /// commits it.
     #[inline(always)]
@@ -414,8 +400,12 @@ impl<'a> Ring<'a> {
 
     /// Reserves room for a record under the multi-writer protocol (opening
     /// and closing packets on the way; `delivered` is set when a close
-    /// delivered a sub-buffer).
-    #[inline(always)]
+    /// delivered a sub-buffer). Every case, including the common one that
+    /// [`Ring::reserve_in_packet`] takes inline; out of line, and without the
+    /// encoder, which stays inlined in the caller (its payload's values in
+    /// registers, not a closure in memory).
+    #[cold]
+    #[inline(never)]
     fn reserve_shared<C: Clock + ?Sized>(
         &self,
         clock: &C,
@@ -848,7 +838,7 @@ impl RingOwner<'_, '_> {
         // Everything else: the shared protocol, always safe, reserved out of line.
         hdr.owner_busy.store(0, Release);
         let mut delivered = false;
-        let res = r.reserve_cold(clock, id, payload_len, &mut delivered)?;
+        let res = r.reserve_shared(clock, id, payload_len, &mut delivered)?;
         r.write_and_commit(&res, delivered, id, payload_len, fill)
     }
 }
