@@ -106,6 +106,9 @@ pub fn finish(mut consumer: Reaped) -> Result<String> {
     let mut out = String::new();
     consumer.0.stdout.take().context("consumer stdout")?.read_to_string(&mut out)?;
     let st = consumer.0.wait()?;
+    if st.code() == Some(crate::cmd::consume::EXIT_CUT_SHORT) {
+        bail!("the consumer lost its host mid-session: the trace is cut short");
+    }
     if !st.success() {
         bail!("the consumer failed ({st})");
     }

@@ -1,5 +1,6 @@
 //! `hvtrace consume`: the consumer daemon (the seed's lttd).
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -14,6 +15,11 @@ use crate::size::parse_size;
 /// `OUTPUT/<channel>_<cpu>`, with the CTF `metadata` beside them. Exits when
 /// the session is destroyed, when the host goes away, or on SIGINT/SIGTERM
 /// (after a final flush and drain). The channel must have been created.
+///
+/// Exit status: 0 when the session ended normally (destroyed, or
+/// SIGINT/SIGTERM); 3 when the host went away in the middle of it (the
+/// trace holds every sub-buffer delivered until then, plus an empty
+/// `INCOMPLETE` marker); 1 on any error.
 #[derive(clap::Args)]
 pub struct Args {
     /// The host's control socket.
@@ -57,6 +63,12 @@ pub fn run(a: Args) -> Result<()> {
     }
     if report.cut_short {
         eprintln!("hvtrace consume: warning: the host went away; the trace holds what was delivered until then");
+        std::io::stdout().flush()?;
+        std::process::exit(EXIT_CUT_SHORT);
     }
     Ok(())
 }
+
+/// Exit status of a consumer whose host went away mid-session: the trace
+/// is valid but cut short (scripts can tell it from a complete one).
+pub const EXIT_CUT_SHORT: i32 = 3;
