@@ -5,8 +5,9 @@
 //! Positions are free-running byte counts; a position's sub-buffer index and
 //! lap follow from the power-of-two geometry.
 //!
-//! * **Reserve**: load `write`, read the clock, compute the record's place, CAS
-//!   `write` forward. A record never straddles sub-buffers: a record that does
+//! * **Reserve**: load `write` (at a packet boundary, check that the packet
+//!   may be opened before reading the clock), read the clock, compute the
+//!   record's place, CAS `write` forward. A record never straddles sub-buffers: a record that does
 //!   not fit *closes* the packet (the space left becomes padding) and the
 //!   loop retries to *open* the next one. The clock is read after `write`
 //!   is loaded and clamped to `max_tsc`, which every writer raises before its
@@ -423,24 +424,11 @@ impl<'a> Ring<'a> {
             if old & CLOSED != 0 {
                 return Err(RecordError::Closed);
             }
-            // Both loads after `write` (acquire): the record we would follow
-            // published `max_tsc` before its CAS and `last_tsc` after it.
-            let last = hdr.last_tsc.load(Relaxed);
-            let max = hdr.max_tsc.load(Relaxed);
-            let tsc = clock.now().max(max);
-            if tsc > max {
-                hdr.max_tsc.fetch_max(tsc, Relaxed);
-            }
             let off = self.geo.offset_in_subbuf(old);
-            // Compact header when a reader can rebuild the timestamp from the
-            // previous one: `last` is never newer than the record before ours,
-            // so this test is conservative. The first record of a packet is
-            // measured from the packet's timestamp_begin, which is its own.
-            let compact =
-                id <= header::MAX_COMPACT_ID && (off == 0 || tsc.wrapping_sub(last) <= header::COMPACT_TS_MASK);
-            let hlen = if compact { header::COMPACT_LEN } else { header::EXTENDED_LEN };
-            let rec = (hlen + payload_len) as u64;
-            let (new, begin) = if off == 0 {
+            // A packet that may not be opened refuses the record before the
+            // clock is read: under overload (a full ring) a lost event costs
+            // no timestamp.
+            if off == 0 {
                 if let Err(e) = self.check_open(old) {
                     // A stale `old` (other writers moved on since we loaded it)
                     // proves nothing about the ring: retry with a fresh one.
@@ -457,6 +445,24 @@ impl<'a> Ring<'a> {
                     };
                     return Err(self.lose(cause, e));
                 }
+            }
+            // Both loads after `write` (acquire): the record we would follow
+            // published `max_tsc` before its CAS and `last_tsc` after it.
+            let last = hdr.last_tsc.load(Relaxed);
+            let max = hdr.max_tsc.load(Relaxed);
+            let tsc = clock.now().max(max);
+            if tsc > max {
+                hdr.max_tsc.fetch_max(tsc, Relaxed);
+            }
+            // Compact header when a reader can rebuild the timestamp from the
+            // previous one: `last` is never newer than the record before ours,
+            // so this test is conservative. The first record of a packet is
+            // measured from the packet's timestamp_begin, which is its own.
+            let compact =
+                id <= header::MAX_COMPACT_ID && (off == 0 || tsc.wrapping_sub(last) <= header::COMPACT_TS_MASK);
+            let hlen = if compact { header::COMPACT_LEN } else { header::EXTENDED_LEN };
+            let rec = (hlen + payload_len) as u64;
+            let (new, begin) = if off == 0 {
                 (old + packet::LEN as u64 + rec, old + packet::LEN as u64)
             } else if off + rec < sbs {
                 (old + rec, old)
