@@ -122,6 +122,32 @@ fn too_big_records_are_refused_and_counted() {
     assert_eq!((c.discarded_too_big, c.discarded), (2, 2));
 }
 
+#[test]
+fn a_full_ring_refuses_records_without_reading_the_clock() {
+    let geo = Geometry::new(4096, 2).unwrap();
+    let mem = HeapRing::new(geo);
+    let ring = mem.producer(Mode::Discard, StreamId { uuid: [0; 16], cpu: 0 });
+    let reads = std::cell::Cell::new(0u64);
+    let clock = || {
+        reads.set(reads.get() + 1);
+        reads.get()
+    };
+    let sink = RingSink { ring: &ring, clock };
+    // No consumer: the ring fills, then refuses.
+    let mut n = 0;
+    while test_events::seq(&sink, 0, n, b"x").is_ok() {
+        n += 1;
+    }
+    assert!(n > 100, "{n} records fit in 8 KiB");
+    let before = reads.get();
+    for k in 0..100 {
+        assert_eq!(test_events::seq(&sink, 0, k, b"x"), Err(RecordError::Full));
+    }
+    assert_eq!(reads.get(), before, "a refused record must not pay for a timestamp");
+    let c = ring.counters();
+    assert_eq!((c.discarded_full, c.discarded), (101, 101));
+}
+
 // `membarrier(2)` commands (linux/membarrier.h).
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
