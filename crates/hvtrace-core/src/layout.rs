@@ -20,7 +20,7 @@ use crate::sync::AtomicU64;
 /// Magic at offset 0 of every data region.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"HVTRING\x01");
 /// Version of this layout; bumped on any incompatible change.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Page size the sub-buffer area is aligned to.
 pub const PAGE_SIZE: u64 = 4096;
 /// Smallest allowed sub-buffer.
@@ -194,9 +194,10 @@ pub struct RingHeader {
     pub excl: AtomicU64,
     /// 1 while the owner is on its fast path (stored before it checks `excl`).
     pub owner_busy: AtomicU64,
-    _pad1: [u64; 3],
-    /// Events lost for any reason; snapshotted into each packet's `events_discarded`.
-    pub discarded: AtomicU64,
+    // Offset 128 held the total of losses up to layout version 1; since 2
+    // the total is the sum of the four counters below (one locked add per
+    // lost event instead of two).
+    _pad1: [u64; 4],
     /// Events dropped because the consumer had not freed the next sub-buffer (discard mode).
     pub discarded_full: AtomicU64,
     /// Events dropped because a writer was still inside a record one full ring ago.
@@ -262,6 +263,18 @@ pub mod claim {
 }
 
 impl RingHeader {
+    /// Events lost for any reason: the sum of the per-cause counters
+    /// (snapshotted into each packet's `events_discarded`). Each counter only
+    /// grows, so successive sums never decrease.
+    #[inline]
+    pub fn discarded(&self) -> u64 {
+        use crate::sync::Ordering::Relaxed;
+        self.discarded_full.load(Relaxed)
+            + self.discarded_busy.load(Relaxed)
+            + self.discarded_too_big.load(Relaxed)
+            + self.overwritten.load(Relaxed)
+    }
+
     /// All words zero.
     pub fn zeroed() -> Self {
         let z = || AtomicU64::new(0);
@@ -277,8 +290,7 @@ impl RingHeader {
             max_tsc: z(),
             excl: z(),
             owner_busy: z(),
-            _pad1: [0; 3],
-            discarded: z(),
+            _pad1: [0; 4],
             discarded_full: z(),
             discarded_busy: z(),
             discarded_too_big: z(),
@@ -314,7 +326,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<SubbufState>(), 64);
         assert_eq!(core::mem::size_of::<RingCtrl>(), 64);
         assert_eq!(core::mem::offset_of!(RingHeader, write), 64);
-        assert_eq!(core::mem::offset_of!(RingHeader, discarded), 128);
+        assert_eq!(core::mem::offset_of!(RingHeader, discarded_full), 136);
     }
 
     #[test]

@@ -184,7 +184,7 @@ impl<'a> RingWords<'a> {
             produced_bytes: w & !CLOSED,
             consumed_bytes: self.ctrl.consumed.load(Relaxed),
             delivered_subbufs: self.hdr.delivered_total.load(Relaxed),
-            discarded: self.hdr.discarded.load(Relaxed),
+            discarded: self.hdr.discarded(),
             discarded_full: self.hdr.discarded_full.load(Relaxed),
             discarded_busy: self.hdr.discarded_busy.load(Relaxed),
             discarded_too_big: self.hdr.discarded_too_big.load(Relaxed),
@@ -261,7 +261,6 @@ impl<'a> Ring<'a> {
             &hdr.max_tsc,
             &hdr.excl,
             &hdr.owner_busy,
-            &hdr.discarded,
             &hdr.discarded_full,
             &hdr.discarded_busy,
             &hdr.discarded_too_big,
@@ -634,7 +633,6 @@ impl<'a> Ring<'a> {
 
     fn lose(&self, cause: &AtomicU64, e: RecordError) -> RecordError {
         cause.fetch_add(1, Relaxed);
-        self.w.hdr.discarded.fetch_add(1, Relaxed);
         e
     }
 
@@ -678,7 +676,6 @@ impl<'a> Ring<'a> {
                         Ok(_) => {
                             if v != claim::consumer(prev) {
                                 self.w.hdr.overwritten.fetch_add(n, Relaxed);
-                                self.w.hdr.discarded.fetch_add(n, Relaxed);
                             }
                             break;
                         }
@@ -730,7 +727,7 @@ impl<'a> Ring<'a> {
         f[at(packet::CONTENT_SIZE)..][..8].copy_from_slice(&(off * 8).to_le_bytes());
         let size = if trim { off.next_multiple_of(PAGE_SIZE).min(self.geo.subbuf_size) } else { self.geo.subbuf_size };
         f[at(packet::PACKET_SIZE)..][..8].copy_from_slice(&(size * 8).to_le_bytes());
-        let lost = self.w.hdr.discarded.load(Relaxed);
+        let lost = self.w.hdr.discarded();
         f[at(packet::EVENTS_DISCARDED)..][..8].copy_from_slice(&lost.to_le_bytes());
         f[at(packet::CPU_ID)..][..4].copy_from_slice(&self.id.cpu.to_le_bytes());
         // SAFETY: the closer fields belong to whoever moved `write` past the
