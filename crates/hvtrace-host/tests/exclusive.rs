@@ -8,10 +8,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hvtrace_core::decode::Value;
-use hvtrace_core::{EventSet, Geometry, RecordError, Sink};
-use hvtrace_ctl::Client;
-use hvtrace_proto::{ChannelConfig, Mode, Reply, Request};
-use hvtrace_sys::{MappedReader, SharedMapping};
+use hvtrace_core::{EventSet, RecordError, Sink};
+use hvtrace_proto::{ChannelConfig, Mode, Request};
+use hvtrace_sys::MappedReader;
 
 mod common;
 
@@ -21,21 +20,6 @@ hvtrace_core::events! {
         /// A numbered event with a note.
         fn tick(n: u64, note: &str);
     }
-}
-
-/// Maps every ring of the live channel read-only (index = CPU for CPUs 0, 1).
-fn map_rings(c: &mut Client, geo: Geometry) -> Vec<MappedReader> {
-    let (reply, fds) = c.call(&Request::Map).unwrap();
-    let Reply::Mapped(info) = reply else { panic!("{reply:?}") };
-    let ctrl = Arc::new(SharedMapping::map_rw(&fds[0], info.ctrl_len as usize).unwrap());
-    info.rings
-        .iter()
-        .enumerate()
-        .map(|(k, r)| {
-            let data = SharedMapping::map_ro(&fds[2 + 2 * k], r.data_len as usize).unwrap();
-            MappedReader::attach(data, ctrl.clone(), r.ctrl_offset, geo.ctrl_len()).unwrap()
-        })
-        .collect()
 }
 
 /// Appends the numbers of every delivered record of `reader` to `out`,
@@ -66,11 +50,7 @@ fn every_record_survives_flushes_stops_and_starts_and_others_are_refused() {
     let (host, sock, _dir) = common::serve("excl", ev::Events::EVENTS, 2);
     // Claimed before the channel exists: its ring is reserved for the owner.
     let owner = host.exclusive_writer(0).unwrap();
-    let mut c = Client::connect(&sock, Some(Duration::from_secs(20))).unwrap();
-    let geo = Geometry::new(4096, 4).unwrap();
-    c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard })).unwrap();
-    let readers = map_rings(&mut c, geo);
-    c.simple(&Request::Start).unwrap();
+    let (mut c, readers) = common::started_session(&sock);
 
     // A shared writer landing on the owned ring is refused, and counted.
     let intruder = host.writer_for_cpu(0);
@@ -135,11 +115,7 @@ fn every_record_survives_flushes_stops_and_starts_and_others_are_refused() {
 fn stop_waits_for_an_owner_inside_a_record() {
     let (host, sock, _dir) = common::serve("exclinside", ev::Events::EVENTS, 2);
     let owner = host.exclusive_writer(1).unwrap();
-    let mut c = Client::connect(&sock, Some(Duration::from_secs(20))).unwrap();
-    let geo = Geometry::new(4096, 4).unwrap();
-    c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard })).unwrap();
-    let readers = map_rings(&mut c, geo);
-    c.simple(&Request::Start).unwrap();
+    let (mut c, readers) = common::started_session(&sock);
     let inside = Arc::new(Barrier::new(2));
     let writer = {
         let inside = inside.clone();

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use hvtrace_core::decode::Value;
 use hvtrace_core::field::Field;
-use hvtrace_core::{Encoder, EventSet, Geometry, RecordError, Sink};
-use hvtrace_ctl::Client;
-use hvtrace_proto::{ChannelConfig, ChannelState, Mode, Reply, Request};
-use hvtrace_sys::{MappedReader, SharedMapping};
+use hvtrace_core::{Encoder, EventSet, RecordError, Sink};
+use hvtrace_proto::{ChannelState, Request};
+use hvtrace_sys::MappedReader;
 
 mod common;
 
@@ -64,22 +63,7 @@ fn drain(reader: &MappedReader) -> Vec<(u64, String)> {
 #[test]
 fn stop_waits_for_writers_inside_records_and_delivers_them_whole() {
     let (host, sock, _dir) = common::serve("stopinside", ev::Events::EVENTS, 2);
-    let mut c = Client::connect(&sock, Some(Duration::from_secs(20))).unwrap();
-    c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard })).unwrap();
-    let (reply, fds) = c.call(&Request::Map).unwrap();
-    let Reply::Mapped(info) = reply else { panic!("{reply:?}") };
-    let geo = Geometry::new(4096, 4).unwrap();
-    let ctrl = Arc::new(SharedMapping::map_rw(&fds[0], info.ctrl_len as usize).unwrap());
-    let readers: Vec<MappedReader> = info
-        .rings
-        .iter()
-        .enumerate()
-        .map(|(k, r)| {
-            let data = SharedMapping::map_ro(&fds[2 + 2 * k], r.data_len as usize).unwrap();
-            MappedReader::attach(data, ctrl.clone(), r.ctrl_offset, geo.ctrl_len()).unwrap()
-        })
-        .collect();
-    c.simple(&Request::Start).unwrap();
+    let (mut c, readers) = common::started_session(&sock);
 
     // Two writers (CPU 0 and CPU 1) block inside a record; each wrote some
     // ordinary records first, so the slow one is not alone in its packet.

@@ -1,14 +1,18 @@
 //! Shared by the host's integration tests: a scratch directory, a host
-//! serving a test event set on it, and a small deterministic PRNG.
+//! serving a test event set on it, a started session with its rings mapped
+//! as a consumer maps them, and a small deterministic PRNG.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hvtrace_core::decode::{records, Value};
-use hvtrace_core::{EventDesc, Poll};
+use hvtrace_core::{EventDesc, Geometry, Poll};
+use hvtrace_ctl::Client;
 use hvtrace_host::{Host, HostConfig};
-use hvtrace_sys::MappedReader;
+use hvtrace_proto::{ChannelConfig, Mode, Reply, Request};
+use hvtrace_sys::{MappedReader, SharedMapping};
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct Scratch(pub PathBuf);
@@ -77,4 +81,30 @@ pub fn for_each_record(reader: &MappedReader, events: &[EventDesc], mut f: impl 
             f(&v);
         }
     }
+}
+
+/// Maps every ring of the live channel read-only, as a consumer does (index
+/// = position in the host's map reply).
+pub fn map_rings(c: &mut Client, geo: Geometry) -> Vec<MappedReader> {
+    let (reply, fds) = c.call(&Request::Map).unwrap();
+    let Reply::Mapped(info) = reply else { panic!("{reply:?}") };
+    let ctrl = Arc::new(SharedMapping::map_rw(&fds[0], info.ctrl_len as usize).unwrap());
+    info.rings
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let data = SharedMapping::map_ro(&fds[2 + 2 * k], r.data_len as usize).unwrap();
+            MappedReader::attach(data, ctrl.clone(), r.ctrl_offset, geo.ctrl_len()).unwrap()
+        })
+        .collect()
+}
+
+/// Connects to the host at `sock`, creates a channel of 4 KiB x 4
+/// sub-buffers in discard mode, maps its rings and starts it.
+pub fn started_session(sock: &Path) -> (Client, Vec<MappedReader>) {
+    let mut c = Client::connect(sock, Some(Duration::from_secs(20))).unwrap();
+    c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard })).unwrap();
+    let readers = map_rings(&mut c, Geometry::new(4096, 4).unwrap());
+    c.simple(&Request::Start).unwrap();
+    (c, readers)
 }
