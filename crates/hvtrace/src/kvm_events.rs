@@ -205,10 +205,20 @@ impl TraceObserver {
     /// Called on vCPU `vcpu`'s thread (pinned to the writer's CPU) before it
     /// runs: takes that vCPU's exclusive writer, if there is one.
     pub fn adopt(&self, vcpu: u32) {
-        let w = self.exclusive.lock().unwrap().get_mut(vcpu as usize).and_then(Option::take);
-        if let Some(w) = w {
+        if let Some(w) = self.take_exclusive(vcpu) {
             WRITER.with(|slot| *slot.borrow_mut() = Some((self.id, VcpuWriter::Exclusive(w))));
         }
+    }
+
+    /// Gives up vCPU `vcpu`'s exclusive writer (its thread could not be
+    /// pinned): the CPU's ring goes back to the shared protocol, so the
+    /// shared writers that land on it are not refused.
+    pub fn release(&self, vcpu: u32) {
+        drop(self.take_exclusive(vcpu));
+    }
+
+    fn take_exclusive(&self, vcpu: u32) -> Option<ExclusiveWriter> {
+        self.exclusive.lock().unwrap().get_mut(vcpu as usize).and_then(Option::take)
     }
 
     /// Events that found no started channel (neither recorded nor counted as
@@ -285,6 +295,40 @@ mod tests {
             assert_eq!(l.label, hypercall::name(l.value as u32));
         }
         assert_eq!(hypercall::name(HypercallNr::LABELS.len() as u32), "unknown", "a hypercall is missing");
+    }
+
+    /// A vCPU thread that could not be pinned gives its exclusive writer
+    /// up; until it does, the shared writers landing on that CPU's ring are
+    /// refused (and counted), which is what the release avoids.
+    #[test]
+    fn a_released_exclusive_writer_leaves_its_ring_to_shared_writers() {
+        use hvtrace_host::HostConfig;
+        use hvtrace_proto::{ChannelConfig, Mode, Request};
+        use std::time::Duration;
+        for release in [false, true] {
+            let dir = std::env::temp_dir().join(format!("hvtrace-kvm-release-{}-{release}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let sock = dir.join("ctl.sock");
+            let mut cfg = HostConfig::new(&sock, "test");
+            cfg.cpus = vec![0];
+            cfg.max_cpus = 1;
+            let host = Host::serve(cfg, kvm::Events::EVENTS).unwrap();
+            let observer = TraceObserver::with_exclusive(Arc::clone(&host), vec![host.exclusive_writer(0).unwrap()]);
+            if release {
+                observer.release(0);
+            }
+            let mut c = hvtrace_ctl::Client::connect(&sock, Some(Duration::from_secs(10))).unwrap();
+            c.simple(&Request::Create(ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard }))
+                .unwrap();
+            c.simple(&Request::Start).unwrap();
+            let got = kvm::vcpu_run(&host.writer_for_cpu(0), 0);
+            assert_eq!(got, if release { Ok(()) } else { Err(RecordError::Busy) }, "released: {release}");
+            let busy = host.status().rings[0].discarded_busy;
+            assert_eq!(busy, u64::from(!release));
+            drop(observer);
+            host.shutdown();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[test]

@@ -192,8 +192,14 @@ pub fn run(a: Args) -> Result<()> {
     let observer = TraceObserver::with_exclusive(Arc::clone(&host), exclusive);
     let on_vcpu_thread = |vcpu: u32| {
         if let Some(&cpu) = pinned.get(vcpu as usize) {
-            if hvtrace_sys::cpu::pin_current_thread(cpu).is_ok() {
-                observer.adopt(vcpu);
+            match hvtrace_sys::cpu::pin_current_thread(cpu) {
+                Ok(()) => observer.adopt(vcpu),
+                Err(e) => {
+                    // Unpinned, it records through a shared writer: the ring
+                    // it lands on must not stay reserved for an absent owner.
+                    progress(&format!("vCPU {vcpu}: cannot pin to CPU {cpu} ({e}): shared writer"));
+                    observer.release(vcpu);
+                }
             }
         }
     };
