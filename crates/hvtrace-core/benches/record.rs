@@ -37,11 +37,8 @@ fn tsc() -> u64 {
 
 fn pin(i: usize) {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: a zeroed cpu_set_t is valid; plain syscall on it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(i % n, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    if let Err(e) = hvtrace_sys::cpu::pin_current_thread(i % n) {
+        eprintln!("note: cannot pin a bench thread to CPU {} ({e}): figures are unpinned", i % n);
     }
 }
 

@@ -148,23 +148,10 @@ fn a_full_ring_refuses_records_without_reading_the_clock() {
     assert_eq!((c.discarded_full, c.discarded), (101, 101));
 }
 
-// `membarrier(2)` commands (linux/membarrier.h).
-const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
-const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
-
-fn membarrier(cmd: libc::c_long) -> std::io::Result<()> {
-    // SAFETY: membarrier takes (cmd, flags, cpu_id) and touches no memory of ours.
-    if unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Registers the process for the heavy barrier; `false` (after a loud
 /// message) when the kernel or a seccomp filter refuses.
 fn membarrier_available(test: &str) -> bool {
-    match membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) {
+    match hvtrace_sys::membarrier::register() {
         Ok(()) => true,
         Err(e) => {
             eprintln!("SKIP {test}: membarrier unavailable ({e})");
@@ -177,7 +164,7 @@ fn membarrier_available(test: &str) -> bool {
 /// while the owner is inside a fast-path record. Returns whether it waited.
 fn revoke(ring: &Ring<'_>) -> bool {
     assert!(ring.revoke_owner(), "the ring is owned");
-    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED).expect("membarrier (registered)");
+    hvtrace_sys::membarrier::barrier().expect("membarrier (registered)");
     let mut waited = false;
     let t0 = Instant::now();
     while ring.owner_busy() {
