@@ -1,0 +1,166 @@
+//! The mapping interface: from a source's records to model [`Event`]s.
+
+use crate::Event;
+
+/// What a mapping sees of a trace's event classes when it binds: names,
+/// field names and enumeration labels, by event id. The CTF reader
+/// implements it over the trace's metadata; an importer over its own tables.
+pub trait Catalog {
+    /// Number of event ids (ids are `0..event_count()`).
+    fn event_count(&self) -> u32;
+    /// Name of event `id`.
+    fn event_name(&self, id: u32) -> Option<&str>;
+    /// Number of payload fields of event `id`.
+    fn field_count(&self, id: u32) -> usize;
+    /// Name of field `i` of event `id`.
+    fn field_name(&self, id: u32, i: usize) -> Option<&str>;
+    /// The `(value, label)` pairs of field `i` of event `id` if it is an
+    /// enumeration (empty otherwise).
+    fn enum_labels(&self, id: u32, i: usize) -> Vec<(i64, String)>;
+
+    /// The id of the event named `name`.
+    fn event_id(&self, name: &str) -> Option<u32> {
+        (0..self.event_count()).find(|&id| self.event_name(id) == Some(name))
+    }
+    /// The index of field `name` of event `id`.
+    fn field_index(&self, id: u32, name: &str) -> Option<usize> {
+        (0..self.field_count(id)).find(|&i| self.field_name(id, i) == Some(name))
+    }
+}
+
+/// Looks up event `event` and the indices of its fields `fields` (by name,
+/// so a source may add or reorder fields): `None` unless all are there.
+///
+/// ```
+/// # use hvtrace_model::{class, Catalog};
+/// # struct C;
+/// # impl Catalog for C {
+/// #     fn event_count(&self) -> u32 { 1 }
+/// #     fn event_name(&self, id: u32) -> Option<&str> { (id == 0).then_some("vm_exit") }
+/// #     fn field_count(&self, _: u32) -> usize { 2 }
+/// #     fn field_name(&self, _: u32, i: usize) -> Option<&str> { ["vcpu", "reason"].get(i).copied() }
+/// #     fn enum_labels(&self, _: u32, _: usize) -> Vec<(i64, String)> { vec![] }
+/// # }
+/// assert_eq!(class(&C, "vm_exit", ["reason", "vcpu"]), Some((0, [1, 0])));
+/// assert_eq!(class(&C, "vm_exit", ["rip"]), None);
+/// ```
+pub fn class<const N: usize>(catalog: &dyn Catalog, event: &str, fields: [&str; N]) -> Option<(u32, [usize; N])> {
+    let id = catalog.event_id(event)?;
+    let mut at = [0; N];
+    for (slot, name) in at.iter_mut().zip(fields) {
+        *slot = catalog.field_index(id, name)?;
+    }
+    Some((id, at))
+}
+
+/// A record's payload fields, by index, as a mapping reads them. The CTF
+/// reader implements it over values decoded in place; an importer can use
+/// a slice of [`FieldValue`]s.
+pub trait Fields<'r> {
+    /// Field `i` as an unsigned integer: unsigned and enumeration fields as
+    /// they are, signed ones as their two's complement bits. `None` if there
+    /// is no such field or it is not an integer.
+    fn uint(&self, i: usize) -> Option<u64>;
+    /// Field `i` as a signed integer (unsigned ones reinterpreted).
+    fn int(&self, i: usize) -> Option<i64> {
+        self.uint(i).map(|u| u as i64)
+    }
+    /// Field `i` as bytes: a string without its NUL, or a byte array.
+    fn bytes(&self, i: usize) -> Option<&'r [u8]>;
+}
+
+/// One field value, for sources that have their values at hand.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FieldValue<'r> {
+    /// An integer or enumeration value (two's complement bits if signed).
+    Int(u64),
+    /// A string or byte array.
+    Bytes(&'r [u8]),
+}
+
+impl<'r, const N: usize> Fields<'r> for [FieldValue<'r>; N] {
+    fn uint(&self, i: usize) -> Option<u64> {
+        self[..].uint(i)
+    }
+    fn bytes(&self, i: usize) -> Option<&'r [u8]> {
+        self[..].bytes(i)
+    }
+}
+
+impl<'r> Fields<'r> for [FieldValue<'r>] {
+    fn uint(&self, i: usize) -> Option<u64> {
+        match self.get(i)? {
+            FieldValue::Int(v) => Some(*v),
+            FieldValue::Bytes(_) => None,
+        }
+    }
+    fn bytes(&self, i: usize) -> Option<&'r [u8]> {
+        match self.get(i)? {
+            FieldValue::Bytes(b) => Some(b),
+            FieldValue::Int(_) => None,
+        }
+    }
+}
+
+/// An event set's mapping onto the model, declared next to the event set.
+pub trait Mapping: Sync {
+    /// The event set's name (`kvm`, `xen`, …), for messages.
+    fn name(&self) -> &'static str;
+    /// Binds to one trace: finds this set's events in `catalog` (by name
+    /// and field names) and returns the mapper for it, or `None` when the
+    /// trace does not hold this set's events.
+    fn bind(&self, catalog: &dyn Catalog) -> Option<Box<dyn Mapper>>;
+}
+
+/// A mapping bound to one trace's event ids.
+pub trait Mapper: Send + Sync {
+    /// Whether records of event `id` map to anything (the others are only
+    /// counted by the generic analyses, and never decoded).
+    fn maps(&self, id: u32) -> bool;
+    /// Calls `out` with the model events of one record of event `id`
+    /// (none, one, or several: a switch is two runstate changes).
+    fn map<'m>(&'m self, id: u32, fields: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>));
+}
+
+/// The mappings bound to one trace: for each event id, the first mapper
+/// that maps it. Several sets may share a trace (the VMM's events beside
+/// the kernel's).
+pub struct Bindings {
+    mappers: Vec<(&'static str, Box<dyn Mapper>)>,
+    by_id: Vec<Option<u16>>,
+}
+
+impl Bindings {
+    /// Binds every mapping of `mappings` that recognises the trace.
+    pub fn bind(mappings: &[&dyn Mapping], catalog: &dyn Catalog) -> Bindings {
+        let mappers: Vec<_> = mappings.iter().filter_map(|m| Some((m.name(), m.bind(catalog)?))).collect();
+        let by_id = (0..catalog.event_count())
+            .map(|id| mappers.iter().position(|(_, m)| m.maps(id)).map(|i| i as u16))
+            .collect();
+        Bindings { mappers, by_id }
+    }
+
+    /// Names of the event sets that bound.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.mappers.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Whether any record maps to anything.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.iter().all(Option::is_none)
+    }
+
+    /// Whether records of event `id` map to anything.
+    #[inline]
+    pub fn maps(&self, id: u32) -> bool {
+        matches!(self.by_id.get(id as usize), Some(Some(_)))
+    }
+
+    /// Maps one record of event `id` (nothing if no mapper takes it).
+    #[inline]
+    pub fn map<'m>(&'m self, id: u32, fields: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
+        if let Some(Some(i)) = self.by_id.get(id as usize) {
+            self.mappers[*i as usize].1.map(id, fields, out);
+        }
+    }
+}
