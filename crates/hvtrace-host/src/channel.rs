@@ -38,9 +38,6 @@ pub struct Channel {
     /// Signalled when rings appear or the state changes (stop, destroy).
     pub changed: EventFd,
     recording: AtomicBool,
-    /// CPUs whose ring has one owning writer (an [`crate::ExclusiveWriter`]
-    /// claimed before the channel was created).
-    owned: Box<[bool]>,
     /// Live `map` references.
     pub refs: AtomicU32,
     state: Mutex<ChannelState>,
@@ -48,8 +45,8 @@ pub struct Channel {
 
 impl Channel {
     /// Creates the channel with rings for `cpus` (each `< max_cpus`), not
-    /// recording. The rings of CPUs in `owned` (when they are created) are
-    /// reserved for one owning writer each.
+    /// recording. The rings of CPUs in `owned` are reserved for one owning
+    /// writer each.
     pub fn new(
         name: &str,
         config: ChannelConfig,
@@ -82,12 +79,11 @@ impl Channel {
             metadata,
             changed: EventFd::new()?,
             recording: AtomicBool::new(false),
-            owned: (0..max_cpus).map(|c| owned.contains(&c)).collect(),
             refs: AtomicU32::new(0),
             state: Mutex::new(ChannelState::Created),
         };
         for &cpu in cpus {
-            ch.add_ring(cpu)?;
+            ch.add_ring(cpu, owned.contains(&cpu))?;
         }
         Ok(ch)
     }
@@ -123,9 +119,11 @@ impl Channel {
         RingInfo { cpu: ring.cpu, data_len: ring.data_len(), ctrl_offset: self.ctrl_offset(ring.cpu) }
     }
 
-    /// Adds the ring of a CPU that came online; recording if the channel is.
-    /// Returns false if it already had one.
-    pub fn add_ring(&self, cpu: u32) -> io::Result<bool> {
+    /// Adds the ring of a CPU that came online; recording if the channel is,
+    /// reserved for one owning writer if `owned` (the CPU is claimed by an
+    /// [`crate::ExclusiveWriter`] now: the claims of the moment, not of the
+    /// channel's creation, decide). Returns false if it already had one.
+    pub fn add_ring(&self, cpu: u32, owned: bool) -> io::Result<bool> {
         let slot = self.rings.get(cpu as usize).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -152,7 +150,7 @@ impl Channel {
         if !recording {
             mem.ring().close();
         }
-        if self.owned[cpu as usize] {
+        if owned {
             // SAFETY: no writer has seen the ring: it is published below.
             unsafe { mem.ring().make_owned() };
             if !recording {

@@ -75,7 +75,9 @@ impl Sink for ExclusiveWriter {
 impl Drop for ExclusiveWriter {
     fn drop(&mut self) {
         // No record of ours is in progress (we are being dropped), so the
-        // rings can leave the owned protocol without a revoke.
+        // rings can leave the owned protocol without a revoke. With the
+        // claim gone (under `current`, as `add_cpu` reads it), a ring of
+        // this CPU created later is a shared one.
         let shared = &self.channel.shared;
         let current = shared.current.lock().unwrap();
         shared.claimed.lock().unwrap().retain(|&c| c != self.cpu);

@@ -141,11 +141,12 @@ impl Host {
 
     /// Claims `cpu`'s ring for one writer: the fast path of its records has
     /// no locked instruction (see [`ExclusiveWriter`]). For a thread pinned
-    /// to `cpu`, e.g. a vCPU thread. Rings of channels created from now on
-    /// are reserved for it (a channel that already exists keeps its shared
-    /// ring, which the exclusive writer then writes like any writer);
-    /// [`Writer`]s that land on a reserved ring are refused and counted as
-    /// lost (`discarded_busy`).
+    /// to `cpu`, e.g. a vCPU thread. Rings of `cpu` created from now on (a
+    /// new channel's, or the live channel's when `cpu` comes online) are
+    /// reserved for it; a ring that already exists stays shared, and the
+    /// exclusive writer writes it like any writer. [`Writer`]s that land on
+    /// a reserved ring are refused and counted as lost (`discarded_busy`).
+    /// Dropping the exclusive writer gives its rings back for good.
     ///
     /// Fails if `cpu` is out of range, already claimed, or the kernel lacks
     /// `membarrier` (needed to take the ring back on stop and flush).
@@ -171,10 +172,10 @@ impl Host {
                 on.sort_unstable();
             }
         }
-        // Under the lock, so a concurrent claim cannot change the owned set
-        // of the ring being created.
+        // Under the lock, so a concurrent claim or release cannot change
+        // whether the ring being created is owned.
         if let Some(ch) = self.shared.current.lock().unwrap().as_ref() {
-            ch.add_ring(cpu)?;
+            ch.add_ring(cpu, self.shared.claimed.lock().unwrap().contains(&cpu))?;
         }
         Ok(())
     }

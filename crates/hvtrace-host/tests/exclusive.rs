@@ -150,3 +150,42 @@ fn stop_waits_for_an_owner_inside_a_record() {
     drain(&readers[1], &mut seen);
     assert_eq!(seen, vec![0, 1, 2, 3, 4, 5], "the stalled record is delivered whole");
 }
+
+/// Issue 11, defect 5: whether a ring is owned follows the claims when the
+/// ring is created, not when the channel was. CPU 2 is claimed while
+/// offline, the channel is created, the claim dropped, CPU 2 brought
+/// online: its ring is shared (it used to be owned by nobody, refusing every
+/// writer as `Busy` for the life of the channel). And a CPU claimed after
+/// the channel's creation, brought online, gets a ring its owner owns.
+#[test]
+fn a_ring_of_a_cpu_coming_online_is_owned_only_if_claimed_then() {
+    let (host, sock, _dir) = common::serve("exclhotplug", ev::Events::EVENTS, 4);
+    let gone = host.exclusive_writer(2).unwrap();
+    let (mut c, _) = common::started_session(&sock);
+    drop(gone);
+    let late = host.exclusive_writer(3).unwrap();
+    host.add_cpu(2).unwrap();
+    host.add_cpu(3).unwrap();
+    // A second consumer connection maps the rings as they are now.
+    let mut c2 = hvtrace_ctl::Client::connect(&sock, Some(Duration::from_secs(20))).unwrap();
+    let readers = common::map_rings(&mut c2, hvtrace_core::Geometry::new(4096, 4).unwrap());
+    let reader = |cpu| readers.iter().find(|r| r.reader().cpu() == cpu).expect("a ring per online CPU");
+
+    let on2 = host.writer_for_cpu(2);
+    let refused: Vec<_> = (0..100).filter_map(|n| ev::tick(&on2, n, &format!("note {}", n % 97)).err()).collect();
+    assert!(refused.is_empty(), "a writer on the released CPU was refused {} times: {:?}", refused.len(), refused[0]);
+    let on3 = host.writer_for_cpu(3);
+    assert_eq!(ev::tick(&on3, 0, "note 0"), Err(RecordError::Busy), "CPU 3's ring belongs to its owner");
+    for n in 0..100 {
+        ev::tick(&late, n, &format!("note {}", n % 97)).unwrap();
+    }
+    c.simple(&Request::Stop).unwrap();
+    for cpu in [2, 3] {
+        let mut seen = Vec::new();
+        drain(reader(cpu), &mut seen);
+        assert_eq!(seen, (0..100).collect::<Vec<_>>(), "CPU {cpu}");
+    }
+    let status = c.status().unwrap().rings;
+    let busy = |cpu| status.iter().find(|r| r.cpu == cpu).unwrap().discarded_busy;
+    assert_eq!((busy(2), busy(3)), (0, 1), "only the writer landing on CPU 3's owned ring was refused");
+}
