@@ -188,9 +188,10 @@ pub struct RingHeader {
     /// timestamps non-decreasing along the stream even when writers on
     /// different CPUs (TSC skew, `rdtsc` reordering) share the ring.
     pub max_tsc: AtomicU64,
-    /// Single-writer ownership ([`OWNED`], [`REVOKED`]): set once, before the
-    /// ring is shared, when one thread is to be its only writer; `REVOKED`
-    /// while another thread (stop, flush) needs the owner off its fast path.
+    /// Single-writer ownership ([`OWNED`], [`REVOKED`], [`CLOSING`]): set once,
+    /// before the ring is shared, when one thread is to be its only writer;
+    /// `REVOKED` while another thread (stop, flush) needs the owner off its
+    /// fast path; `CLOSING` while a stop waits for a busy owner to leave.
     pub excl: AtomicU64,
     /// 1 while the owner is on its fast path (stored before it checks `excl`).
     pub owner_busy: AtomicU64,
@@ -218,6 +219,10 @@ pub const CLOSED: u64 = 1 << 63;
 pub const OWNED: u64 = 1;
 /// Bit of [`RingHeader::excl`]: the owner must use the shared (atomic) protocol.
 pub const REVOKED: u64 = 2;
+/// Bit of [`RingHeader::excl`]: the ring was stopped while its owner was
+/// inside a fast-path record, so `write` could not be closed yet; the
+/// owner's records are refused as closed meanwhile.
+pub const CLOSING: u64 = 4;
 
 /// Producer-owned words of one sub-buffer.
 #[repr(C, align(64))]

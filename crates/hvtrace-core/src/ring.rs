@@ -46,8 +46,8 @@ use core::ptr::NonNull;
 
 use crate::ctf::{header, packet, CTF_MAGIC};
 use crate::layout::{
-    claim, Geometry, GeometryError, Mode, RingCtrl, RingHeader, SubbufState, CLOSED, LAYOUT_VERSION, OWNED, PAGE_SIZE,
-    REVOKED, RING_MAGIC,
+    claim, Geometry, GeometryError, Mode, RingCtrl, RingHeader, SubbufState, CLOSED, CLOSING, LAYOUT_VERSION, OWNED,
+    PAGE_SIZE, REVOKED, RING_MAGIC,
 };
 use crate::sync::{light_fence, spin_hint, AtomicU64, Ordering::*};
 
@@ -559,10 +559,22 @@ impl<'a> Ring<'a> {
         self.w.hdr.owner_busy.load(Acquire) != 0
     }
 
+    /// Stops an owned ring whose owner is still busy after the revoke (a
+    /// thread stalled inside a fast-path record). [`Ring::close`] would race
+    /// the owner's plain stores (its store of `write` can clear `CLOSED` or
+    /// move `write` back; its commit store can lose a flush's padding), so
+    /// this leaves the producer words alone and sets [`CLOSING`]: from its
+    /// next record on, the owner is refused as [`RecordError::Closed`]. Once
+    /// [`Ring::owner_busy`] is seen false, the ring may be closed and flushed
+    /// for real; [`Ring::restore_owner`] clears the mark.
+    pub fn defer_close(&self) {
+        self.w.hdr.excl.fetch_or(CLOSING, SeqCst);
+    }
+
     /// Lets the owner use its fast path again: the revoking thread is done
-    /// with the ring's producer words.
+    /// with the ring's producer words (and a deferred close is called off).
     pub fn restore_owner(&self) {
-        self.w.hdr.excl.fetch_and(!REVOKED, Release);
+        self.w.hdr.excl.fetch_and(!(REVOKED | CLOSING), Release);
     }
 
     /// Misuse of the owner protocol would let two threads write one record.
@@ -804,7 +816,8 @@ impl RingOwner<'_, '_> {
         light_fence();
         // Acquire: pairs with `restore_owner`, so what a revoking thread
         // wrote (a flush moved `write`, raised `max_tsc`) is seen here.
-        let owned = hdr.excl.load(Acquire) == OWNED;
+        let excl = hdr.excl.load(Acquire);
+        let owned = excl == OWNED;
         // Nobody else writes these words now: the owner's own last values.
         let old = hdr.write.load(Relaxed);
         let off = r.geo.offset_in_subbuf(old);
@@ -840,6 +853,11 @@ impl RingOwner<'_, '_> {
         }
         // Everything else: the shared protocol, always safe, reserved out of line.
         hdr.owner_busy.store(0, Release);
+        if excl & CLOSING != 0 {
+            // Stopped while this owner was inside a record: the ring is not
+            // closed yet, but it is not recording either.
+            return Err(RecordError::Closed);
+        }
         let mut delivered = false;
         let res = r.reserve_shared(clock, id, payload_len, &mut delivered)?;
         r.write_and_commit(&res, delivered, id, payload_len, fill)
