@@ -15,9 +15,20 @@ use hvtrace_sys::mmap::SharedMapping;
 
 use crate::clock::HostClock;
 use crate::ringmem::RingMem;
+use crate::HostConfig;
 
-/// How long `stop` waits for writers to leave their records.
+/// How long `stop` waits for writers to leave their records, unless the
+/// host is configured otherwise ([`crate::HostConfig::quiesce_timeout`]).
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The life cycle, and the rings a stop could not close.
+struct Lifecycle {
+    state: ChannelState,
+    /// CPUs whose owner was still inside a fast-path record when the last
+    /// stop gave up on it: their rings are marked closing, not closed nor
+    /// flushed, until the owner is seen out (see [`Channel::flush`]).
+    held: Vec<u32>,
+}
 
 /// One trace channel.
 pub struct Channel {
@@ -38,24 +49,25 @@ pub struct Channel {
     /// Signalled when rings appear or the state changes (stop, destroy).
     pub changed: EventFd,
     recording: AtomicBool,
+    quiesce_timeout: Duration,
     /// Live `map` references.
     pub refs: AtomicU32,
-    state: Mutex<ChannelState>,
+    life: Mutex<Lifecycle>,
 }
 
 impl Channel {
-    /// Creates the channel with rings for `cpus` (each `< max_cpus`), not
-    /// recording. The rings of CPUs in `owned` are reserved for one owning
-    /// writer each.
+    /// Creates the channel named and sized by `host` with rings for `cpus`
+    /// (each `< max_cpus`), not recording. The rings of CPUs in `owned` are
+    /// reserved for one owning writer each.
     pub fn new(
-        name: &str,
+        host: &HostConfig,
         config: ChannelConfig,
-        max_cpus: u32,
         cpus: &[u32],
         owned: &[u32],
         metadata: String,
         uuid: [u8; 16],
     ) -> io::Result<Channel> {
+        let (name, max_cpus) = (host.channel.as_str(), host.max_cpus);
         let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
         let geo = Geometry::new(config.subbuf_size, config.num_subbuf as u64).map_err(|e| invalid(e.to_string()))?;
         let mode = match config.mode {
@@ -79,8 +91,9 @@ impl Channel {
             metadata,
             changed: EventFd::new()?,
             recording: AtomicBool::new(false),
+            quiesce_timeout: host.quiesce_timeout,
             refs: AtomicU32::new(0),
-            state: Mutex::new(ChannelState::Created),
+            life: Mutex::new(Lifecycle { state: ChannelState::Created, held: Vec::new() }),
         };
         for &cpu in cpus {
             ch.add_ring(cpu, owned.contains(&cpu))?;
@@ -130,7 +143,7 @@ impl Channel {
                 format!("CPU {cpu} is beyond the channel's {} CPUs", self.rings.len()),
             )
         })?;
-        let _lifecycle = self.state.lock().unwrap();
+        let _lifecycle = self.life.lock().unwrap();
         if slot.get().is_some() {
             return Ok(false);
         }
@@ -165,23 +178,25 @@ impl Channel {
 
     /// Current life-cycle state.
     pub fn state(&self) -> ChannelState {
-        *self.state.lock().unwrap()
+        self.life.lock().unwrap().state
     }
 
     /// Starts recording. Allowed from Created and Stopped.
     pub fn start(&self) -> Result<(), String> {
-        let mut st = self.state.lock().unwrap();
-        match *st {
+        let mut life = self.life.lock().unwrap();
+        match life.state {
             ChannelState::Created | ChannelState::Stopped => {}
             s => return Err(format!("cannot start a {s} channel")),
         }
         self.recording.store(true, Ordering::Release);
         for r in self.rings() {
             r.ring().open();
-            // Owners get their fast path back (revoked since stop or creation).
+            // Owners get their fast path back (revoked since stop or
+            // creation); a held ring's deferred close is called off.
             r.ring().restore_owner();
         }
-        *st = ChannelState::Started;
+        life.held.clear();
+        life.state = ChannelState::Started;
         Ok(())
     }
 
@@ -189,23 +204,30 @@ impl Channel {
     /// a record (quiescent state), flushes partial sub-buffers and wakes the
     /// consumer. `to` is Stopped or Destroyed.
     pub fn stop(&self, clock: &HostClock, to: ChannelState) -> Result<(), String> {
-        let mut st = self.state.lock().unwrap();
-        if *st == ChannelState::Destroyed {
+        let mut life = self.life.lock().unwrap();
+        if life.state == ChannelState::Destroyed {
             return Err("the channel is already destroyed".into());
         }
-        if to == ChannelState::Stopped && *st != ChannelState::Started {
-            return Err(format!("cannot stop a {} channel (start it first)", *st));
+        if to == ChannelState::Stopped && life.state != ChannelState::Started {
+            return Err(format!("cannot stop a {} channel (start it first)", life.state));
         }
         self.recording.store(false, Ordering::Release);
-        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        let deadline = Instant::now() + self.quiesce_timeout;
         // Owners off their fast path first: only then may this thread touch
         // their rings' producer words. An owner still busy at the deadline
-        // (a stopped thread) keeps its ring: closing it could lose the close.
+        // (a stalled thread) would undo a close with its plain stores: its
+        // ring is only marked closing (the owner is refused from its next
+        // record on) and held, to be closed and flushed once the owner is
+        // seen out of its record (a later flush or stop, or its writer's drop).
         let held = self.revoke_owners(deadline);
-        let mut busy = held.clone();
-        for r in self.rings().filter(|r| !held.contains(&r.cpu)) {
-            r.ring().close();
+        for r in self.rings() {
+            if held.contains(&r.cpu) {
+                r.ring().defer_close();
+            } else {
+                r.ring().close();
+            }
         }
+        let mut busy = held.clone();
         for r in self.rings().filter(|r| !held.contains(&r.cpu)) {
             while !r.ring().is_quiescent() {
                 if Instant::now() > deadline {
@@ -215,36 +237,79 @@ impl Channel {
                 std::thread::sleep(Duration::from_micros(50));
             }
         }
-        *st = to;
+        life.state = to;
+        life.held = held;
         // Still under the lock: a `start` in between would give owners their
         // fast path back under the flush.
         self.flush_rings(clock, &busy);
-        drop(st);
+        drop(life);
         self.changed.signal().map_err(|e| e.to_string())?;
         if busy.is_empty() {
             Ok(())
         } else {
             Err(format!(
-                "stopped, but writers on CPU(s) {busy:?} were still inside a record after {QUIESCE_TIMEOUT:?}: \
-                 their sub-buffers stay undelivered"
+                "stopped, but writers on CPU(s) {busy:?} were still inside a record after {:?}: \
+                 their sub-buffers stay undelivered until they leave it",
+                self.quiesce_timeout
             ))
         }
     }
 
     /// Closes partial sub-buffers and wakes the consumer of every ring.
     /// While recording, owned rings are taken from their owners for the
-    /// flush and given back after it.
+    /// flush and given back after it. While stopped, a ring the stop had to
+    /// leave to an owner inside a record is closed and flushed if the owner
+    /// has left the record since, and left alone if not.
     pub fn flush(&self, clock: &HostClock) {
-        let st = self.state.lock().unwrap();
-        if *st != ChannelState::Started {
+        let mut life = self.life.lock().unwrap();
+        if life.state != ChannelState::Started {
             // Stopped or never started: owned rings are revoked already (and
             // stay so while we hold the lock: `start` takes it).
-            return self.flush_rings(clock, &[]);
+            self.close_held(&mut life);
+            return self.flush_rings(clock, &life.held);
         }
-        let busy = self.revoke_owners(Instant::now() + QUIESCE_TIMEOUT);
+        let busy = self.revoke_owners(Instant::now() + self.quiesce_timeout);
         self.flush_rings(clock, &busy);
         for r in self.rings() {
             r.ring().restore_owner();
+        }
+    }
+
+    /// Closes the held rings whose owner has left its record since the stop
+    /// (after a fresh barrier, one look at each busy flag); they are no
+    /// longer held, so the next flush delivers their partial packet.
+    fn close_held(&self, life: &mut Lifecycle) {
+        if life.held.is_empty() {
+            return;
+        }
+        let still = self.revoke_owners(Instant::now());
+        life.held.retain(|cpu| {
+            if still.contains(cpu) {
+                return true;
+            }
+            if let Some(r) = self.ring(*cpu) {
+                r.ring().close();
+            }
+            false
+        });
+    }
+
+    /// The exclusive writer of `cpu` is gone (dropped, so not inside a
+    /// record): its ring goes back to the shared protocol for good; if the
+    /// last stop had to leave that writer inside a record, the ring is
+    /// closed and flushed now, as the stop would have done.
+    pub(crate) fn release_owner(&self, cpu: u32, clock: &HostClock) {
+        let mut life = self.life.lock().unwrap();
+        let Some(mem) = self.ring(cpu) else { return };
+        let held = life.held.iter().position(|&c| c == cpu).map(|i| life.held.swap_remove(i)).is_some();
+        if held {
+            // Closed before it is disowned, so no shared writer slips in.
+            mem.ring().close();
+        }
+        mem.ring().disown();
+        if held {
+            mem.ring().flush(clock);
+            let _ = mem.wake.signal();
         }
     }
 

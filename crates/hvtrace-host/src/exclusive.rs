@@ -83,9 +83,7 @@ impl Drop for ExclusiveWriter {
         shared.claimed.lock().unwrap().retain(|&c| c != self.cpu);
         let retired = shared.retired.lock().unwrap();
         for ch in current.iter().chain(retired.iter()) {
-            if let Some(mem) = ch.ring(self.cpu) {
-                mem.ring().disown();
-            }
+            ch.release_owner(self.cpu, &shared.clock);
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct HostConfig {
     pub socket_mode: u32,
     /// A group whose members may also control the host (besides our own uid and root).
     pub allow_gid: Option<u32>,
+    /// How long `stop` waits for writers to leave their records before it
+    /// gives up on them ([`QUIESCE_TIMEOUT`] by default).
+    pub quiesce_timeout: Duration,
 }
 
 impl HostConfig {
@@ -74,6 +77,7 @@ impl HostConfig {
             cpus: online,
             socket_mode: 0o600,
             allow_gid: None,
+            quiesce_timeout: QUIESCE_TIMEOUT,
         }
     }
 }
@@ -231,7 +235,7 @@ impl Shared {
         let uuid = *uuid::Uuid::new_v4().as_bytes();
         let cpus = self.online.lock().unwrap().clone();
         let owned = self.claimed.lock().unwrap().clone();
-        let ch = Channel::new(&self.cfg.channel, config, self.cfg.max_cpus, &cpus, &owned, self.metadata(uuid), uuid)
+        let ch = Channel::new(&self.cfg, config, &cpus, &owned, self.metadata(uuid), uuid)
             .map_err(|e| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}")))?;
         *cur = Some(Arc::new(ch));
         self.generation.fetch_add(1, Ordering::AcqRel);

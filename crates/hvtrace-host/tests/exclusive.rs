@@ -151,6 +151,127 @@ fn stop_waits_for_an_owner_inside_a_record() {
     assert_eq!(seen, vec![0, 1, 2, 3, 4, 5], "the stalled record is delivered whole");
 }
 
+/// How long the tests below let `stop` wait for a stalled owner.
+const GIVE_UP: Duration = Duration::from_millis(100);
+
+/// An owner of CPU 1's ring records 0..5, then stalls inside the fast-path
+/// record 5 (payload half written) until `resume` is sent, then tries
+/// record 6. Returns once it is inside record 5.
+#[allow(clippy::type_complexity)]
+fn stall_owner(
+    owner: hvtrace_host::ExclusiveWriter,
+) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<(Result<(), RecordError>, hvtrace_host::ExclusiveWriter)>) {
+    let inside = Arc::new(Barrier::new(2));
+    let (resume, resumed) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let inside = inside.clone();
+        std::thread::spawn(move || {
+            for n in 0..5 {
+                ev::tick(&owner, n, &format!("note {}", n % 97)).unwrap();
+            }
+            let note = "note 5";
+            let len = 8 + note.len() + 1;
+            let mut p = vec![0u8; len];
+            p[..8].copy_from_slice(&5u64.to_le_bytes());
+            p[8..8 + note.len()].copy_from_slice(note.as_bytes());
+            owner
+                .record(ev::Id::tick as u32, len, |e| {
+                    e.put(&p[..4]);
+                    inside.wait();
+                    resumed.recv().unwrap();
+                    e.put(&p[4..]);
+                })
+                .unwrap();
+            (ev::tick(&owner, 6, "note 6"), owner)
+        })
+    };
+    inside.wait();
+    (resume, writer)
+}
+
+/// Issue 11, defect 2: `stop` gives up on an owner stalled inside a
+/// fast-path record, then the consumer's Flush (sent on exit) comes while
+/// the owner is still inside. The flush must leave that ring alone (it used
+/// to flush it anyway: the owner's plain commit store then completed the
+/// lap on a path that never delivers, packet 0 was lost and, after a
+/// restart, every open of its sub-buffer refused as `Busy`). Once the owner
+/// has left, its next record is refused (the channel is stopped), the next
+/// flush delivers its records, and a restart loses nothing.
+#[test]
+fn a_flush_after_a_stop_that_gave_up_on_an_owner_waits_for_it() {
+    let (host, sock, _dir) = common::serve_with("exclheld", ev::Events::EVENTS, 2, |cfg| cfg.quiesce_timeout = GIVE_UP);
+    let owner = host.exclusive_writer(1).unwrap();
+    let (mut c, readers) = common::started_session(&sock);
+    let (resume, writer) = stall_owner(owner);
+    let err = c.simple(&Request::Stop).expect_err("stop gives up on the stalled owner");
+    assert!(err.to_string().contains("CPU(s) [1]"), "{err}");
+    c.simple(&Request::Flush).unwrap();
+    let mut seen = Vec::new();
+    drain(&readers[1], &mut seen);
+    assert!(seen.is_empty(), "delivered a packet whose record is still being written: {seen:?}");
+
+    resume.send(()).unwrap();
+    let (after_stop, owner) = writer.join().unwrap();
+    c.simple(&Request::Flush).unwrap();
+    drain(&readers[1], &mut seen);
+    assert_eq!(seen, [0, 1, 2, 3, 4, 5], "the owner's records, delivered once it left");
+    assert_eq!(after_stop, Err(RecordError::Closed), "the owner recorded into a stopped channel");
+
+    // Restart and go round the 4-sub-buffer ring several times, the
+    // consumer keeping up: every record accepted and delivered.
+    c.simple(&Request::Start).unwrap();
+    let mut refused = Vec::new();
+    for n in 100..2100u64 {
+        if let Err(e) = ev::tick(&owner, n, &format!("note {}", n % 97)) {
+            refused.push((n, e));
+        }
+        if n % 50 == 0 {
+            drain(&readers[1], &mut seen);
+        }
+    }
+    c.simple(&Request::Stop).expect("nobody is stalled now");
+    drain(&readers[1], &mut seen);
+    assert!(refused.is_empty(), "{} records refused after the restart, first {:?}", refused.len(), refused.first());
+    let want: Vec<u64> = (0..6).chain(100..2100).collect();
+    assert_eq!(seen, want, "every accepted record delivered once, in order");
+    let ring = c.status().unwrap().rings.into_iter().find(|r| r.cpu == 1).unwrap();
+    assert_eq!(ring.events_discarded, 0, "{ring:?}");
+}
+
+/// Issue 11, defect 2, the other way out: the stalled owner leaves its
+/// record and its writer is dropped while the channel is stopped. The drop
+/// finishes what the stop could not (close, flush, wake), the ring goes
+/// back to the shared protocol, and shared writers use it after a restart.
+#[test]
+fn dropping_an_owner_the_stop_gave_up_on_delivers_its_records() {
+    let (host, sock, _dir) = common::serve_with("excldrop", ev::Events::EVENTS, 2, |cfg| cfg.quiesce_timeout = GIVE_UP);
+    let owner = host.exclusive_writer(1).unwrap();
+    let (mut c, readers) = common::started_session(&sock);
+    let (resume, writer) = stall_owner(owner);
+    c.simple(&Request::Stop).expect_err("stop gives up on the stalled owner");
+    resume.send(()).unwrap();
+    let (after_stop, owner) = writer.join().unwrap();
+    assert_eq!(after_stop, Err(RecordError::Closed), "the owner recorded into a stopped channel");
+    let mut seen = Vec::new();
+    drain(&readers[1], &mut seen);
+    assert!(seen.is_empty(), "delivered before anything flushed the ring: {seen:?}");
+    drop(owner);
+    drain(&readers[1], &mut seen);
+    assert_eq!(seen, [0, 1, 2, 3, 4, 5], "the drop flushed the owner's records");
+
+    let shared = host.writer_for_cpu(1);
+    assert_eq!(ev::tick(&shared, 7, "note 7"), Err(RecordError::Closed), "stopped: refused, not lost");
+    c.simple(&Request::Start).unwrap();
+    for n in 8..10 {
+        ev::tick(&shared, n, &format!("note {n}")).unwrap();
+    }
+    c.simple(&Request::Stop).unwrap();
+    drain(&readers[1], &mut seen);
+    assert_eq!(seen, [0, 1, 2, 3, 4, 5, 8, 9]);
+    let ring = c.status().unwrap().rings.into_iter().find(|r| r.cpu == 1).unwrap();
+    assert_eq!(ring.events_discarded, 0, "{ring:?}");
+}
+
 /// Issue 11, defect 5: whether a ring is owned follows the claims when the
 /// ring is created, not when the channel was. CPU 2 is claimed while
 /// offline, the channel is created, the claim dropped, CPU 2 brought

@@ -36,11 +36,22 @@ impl Drop for Scratch {
 /// A host with rings for CPUs 0 and 1 (room for `max_cpus`) serving
 /// `events` on `<scratch>/ctl.sock`.
 pub fn serve(name: &str, events: &'static [EventDesc], max_cpus: u32) -> (Arc<Host>, PathBuf, Scratch) {
+    serve_with(name, events, max_cpus, |_| {})
+}
+
+/// [`serve`], with `tune` changing the configuration first.
+pub fn serve_with(
+    name: &str,
+    events: &'static [EventDesc],
+    max_cpus: u32,
+    tune: impl FnOnce(&mut HostConfig),
+) -> (Arc<Host>, PathBuf, Scratch) {
     let dir = Scratch::new(name);
     let sock = dir.0.join("ctl.sock");
     let mut cfg = HostConfig::new(&sock, "test");
     cfg.cpus = vec![0, 1];
     cfg.max_cpus = max_cpus;
+    tune(&mut cfg);
     (Host::serve(cfg, events).unwrap(), sock, dir)
 }
 
