@@ -699,3 +699,159 @@ fn owner_stop_discard() {
 fn owner_stop_overwrite() {
     owner_stop_model(Mode::Overwrite, 2);
 }
+
+// ===========================================================================
+// Channel stop with a busy owner, then flush (issue 11, defect 2)
+// ===========================================================================
+//
+// The host's `stop` waits a bounded time for an exclusive owner to leave its
+// fast-path record. An owner still busy then (a stalled vCPU thread) must
+// not have its ring closed or flushed under it: its plain stores would
+// clear `CLOSED`, move `write` back, or complete the lap with a commit that
+// never delivers. So the stop only marks the ring closing
+// (`Ring::defer_close`) and holds it; the consumer's later flush closes and
+// flushes it if the owner is seen out of its record (after a fresh barrier),
+// and the owner's drop does it otherwise. These are the per-ring steps of
+// `Channel::stop`, `Channel::flush` (`close_held`) and
+// `Channel::release_owner`; the bounded wait is one look at `owner_busy`,
+// so loom reaches both outcomes.
+
+/// The first record opens packet 0 (shared protocol); the next two fit
+/// behind it (fast path): the stop can find the owner inside a fast-path
+/// record, before or after its store of `write`, before or after its commit.
+const PADS_HELD: &[usize] = &[1000, 1000, 500];
+
+/// How the owner's records went.
+#[derive(Debug, Default)]
+struct HeldRun {
+    ok: Vec<u32>,
+    closed: Vec<u32>,
+    lost: u64,
+    /// Per record, the clock tick just before `record` was called.
+    started: Vec<u64>,
+}
+
+fn write_held(sh: &Shared) -> HeldRun {
+    // SAFETY: this thread is the ring's only owner.
+    let owner = unsafe { sh.ring.owner() };
+    let sink = OwnerSink { owner: &owner, clock: || sh.now() };
+    let mut run = HeldRun::default();
+    for (n, &len) in PADS_HELD.iter().enumerate() {
+        let n = n as u32;
+        run.started.push(sh.now());
+        match ev::rec(&sink, 0, n, &make_pad(0, n, len)) {
+            Ok(()) => run.ok.push(n),
+            Err(RecordError::Closed) => run.closed.push(n),
+            Err(RecordError::TooBig) => panic!("model records must fit"),
+            Err(_) => run.lost += 1,
+        }
+    }
+    run
+}
+
+/// What the controlling thread did.
+#[derive(Debug)]
+struct HeldStop {
+    /// The stop found the owner busy and held the ring.
+    held: bool,
+    /// Clock tick once the stop took effect: no record started later may
+    /// be accepted.
+    stopped_at: u64,
+    /// The later flush found the owner out and closed the ring.
+    closed_by_flush: bool,
+}
+
+/// `Channel::stop`, then `Channel::flush` while stopped, for one owned ring.
+fn stop_then_flush(sh: &Shared) -> HeldStop {
+    assert!(sh.ring.revoke_owner(), "the ring is owned");
+    fence(SeqCst); // membarrier
+    let held = sh.ring.owner_busy(); // the bounded wait, given up at once
+    if held {
+        sh.ring.defer_close();
+    } else {
+        sh.ring.close();
+    }
+    let stopped_at = sh.now();
+    if !held {
+        while !sh.ring.is_quiescent() {
+            thread::yield_now();
+        }
+        sh.ring.flush(&|| sh.now());
+    }
+    // The consumer's flush: a held ring is closed if its owner is out.
+    let mut closed_by_flush = false;
+    if held {
+        fence(SeqCst); // membarrier
+        if !sh.ring.owner_busy() {
+            sh.ring.close();
+            sh.ring.flush(&|| sh.now());
+            closed_by_flush = true;
+        }
+    }
+    HeldStop { held, stopped_at, closed_by_flush }
+}
+
+/// The owner records while a controller stops the channel (giving up on a
+/// busy owner) and then flushes it; after both join, a ring still held is
+/// closed and flushed as the owner's drop does. Then: every record accepted
+/// is read, whole and in order, and nothing else (no packet is left
+/// undelivered by a commit the owner completed under a flush); no record
+/// that started after the stop took effect is accepted; the ring stays
+/// closed; nothing is counted lost (a stopped ring refuses, it does not lose).
+fn owner_held_model(mode: Mode, bound: usize) {
+    let cov = std::sync::Arc::new(Coverage::default());
+    let cov2 = cov.clone();
+    builder(bound).check(move || {
+        let sh = Shared::new_owned(mode);
+        let owner = {
+            let sh = sh.clone();
+            thread::spawn(move || write_held(&sh))
+        };
+        let ctl = {
+            let sh = sh.clone();
+            thread::spawn(move || stop_then_flush(&sh))
+        };
+        let run = owner.join().unwrap();
+        let st = ctl.join().unwrap();
+        if st.held && !st.closed_by_flush {
+            // `Channel::release_owner`: the owner's writer is dropped.
+            sh.ring.close();
+            sh.ring.flush(&|| sh.now());
+        }
+        let (mut packets, mut torn) = (Vec::new(), 0);
+        drain(&sh.reader(), &mut packets, &mut torn);
+        let f = check(&packets, &[PADS_HELD]);
+        let c = sh.ring.counters();
+        assert_eq!(f.per_writer[0], run.ok, "the records read are not those accepted ({run:?}, {st:?}, {c:?})");
+        assert!(
+            run.ok.iter().all(|&n| run.started[n as usize] < st.stopped_at),
+            "a record started after the stop was accepted ({run:?}, {st:?})"
+        );
+        assert!(c.closed, "the stopped ring is open again ({run:?}, {st:?}, {c:?})");
+        assert_eq!((run.lost, c.discarded), (0, 0), "a loss in a ring with room ({run:?}, {c:?})");
+        cov2.hit("stop found the owner busy", st.held);
+        cov2.hit("stop found the owner out", !st.held);
+        cov2.hit("flush found the held owner out", st.closed_by_flush);
+        cov2.hit("flush found the held owner busy", st.held && !st.closed_by_flush);
+        cov2.hit("held owner refused after the stop", st.held && !run.closed.is_empty());
+        cov2.hit("held owner's record accepted", st.held && run.ok.len() >= 2);
+    });
+    cov.require(&[
+        "stop found the owner busy",
+        "stop found the owner out",
+        "flush found the held owner out",
+        "flush found the held owner busy",
+        "held owner refused after the stop",
+        "held owner's record accepted",
+    ]);
+}
+
+#[test]
+fn owner_held_stop_then_flush_discard() {
+    owner_held_model(Mode::Discard, 2);
+}
+
+#[test]
+fn owner_held_stop_then_flush_overwrite() {
+    owner_held_model(Mode::Overwrite, 2);
+}
