@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hvtrace_core::decode::Value;
 use hvtrace_core::{EventSet, RecordError, Sink};
+use hvtrace_host::ExclusiveWriter;
 use hvtrace_proto::{ChannelConfig, Mode, Request};
 use hvtrace_sys::MappedReader;
 
@@ -111,6 +112,28 @@ fn every_record_survives_flushes_stops_and_starts_and_others_are_refused() {
     assert_eq!(ev::tick(&intruder, 0, "note 0"), Ok(()));
 }
 
+/// Records 0..5 through `owner`, then record 5 as a fast-path record (mid
+/// packet) that stalls between reserve and commit: halfway through its
+/// payload it meets the test thread at `inside`, then runs `hold`.
+fn records_with_a_stall(owner: &ExclusiveWriter, inside: &Barrier, hold: impl FnOnce()) {
+    for n in 0..5 {
+        ev::tick(owner, n, &format!("note {}", n % 97)).unwrap();
+    }
+    let note = "note 5";
+    let len = 8 + note.len() + 1;
+    let mut p = vec![0u8; len];
+    p[..8].copy_from_slice(&5u64.to_le_bytes());
+    p[8..8 + note.len()].copy_from_slice(note.as_bytes());
+    owner
+        .record(ev::Id::tick as u32, len, |e| {
+            e.put(&p[..4]);
+            inside.wait();
+            hold();
+            e.put(&p[4..]);
+        })
+        .unwrap();
+}
+
 #[test]
 fn stop_waits_for_an_owner_inside_a_record() {
     let (host, sock, _dir) = common::serve("exclinside", ev::Events::EVENTS, 2);
@@ -120,23 +143,7 @@ fn stop_waits_for_an_owner_inside_a_record() {
     let writer = {
         let inside = inside.clone();
         std::thread::spawn(move || {
-            for n in 0..5 {
-                ev::tick(&owner, n, &format!("note {}", n % 97)).unwrap();
-            }
-            // A fast-path record (mid-packet) that stalls between reserve and commit.
-            let note = "note 5";
-            let len = 8 + note.len() + 1;
-            let mut p = vec![0u8; len];
-            p[..8].copy_from_slice(&5u64.to_le_bytes());
-            p[8..8 + note.len()].copy_from_slice(note.as_bytes());
-            owner
-                .record(ev::Id::tick as u32, len, |e| {
-                    e.put(&p[..4]);
-                    inside.wait();
-                    std::thread::sleep(Duration::from_millis(300));
-                    e.put(&p[4..]);
-                })
-                .unwrap();
+            records_with_a_stall(&owner, &inside, || std::thread::sleep(Duration::from_millis(300)));
             (Instant::now(), owner)
         })
     };
@@ -154,34 +161,19 @@ fn stop_waits_for_an_owner_inside_a_record() {
 /// How long the tests below let `stop` wait for a stalled owner.
 const GIVE_UP: Duration = Duration::from_millis(100);
 
-/// An owner of CPU 1's ring records 0..5, then stalls inside the fast-path
-/// record 5 (payload half written) until `resume` is sent, then tries
-/// record 6. Returns once it is inside record 5.
-#[allow(clippy::type_complexity)]
-fn stall_owner(
-    owner: hvtrace_host::ExclusiveWriter,
-) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<(Result<(), RecordError>, hvtrace_host::ExclusiveWriter)>) {
+/// What a stalled owner's thread returns: how its record after the stall
+/// went, and the writer.
+type Stalled = std::thread::JoinHandle<(Result<(), RecordError>, ExclusiveWriter)>;
+
+/// An owner of CPU 1's ring records 0..5, stalling inside record 5 until
+/// `resume` is sent, then tries record 6. Returns once it is inside record 5.
+fn stall_owner(owner: ExclusiveWriter) -> (std::sync::mpsc::Sender<()>, Stalled) {
     let inside = Arc::new(Barrier::new(2));
     let (resume, resumed) = std::sync::mpsc::channel::<()>();
     let writer = {
         let inside = inside.clone();
         std::thread::spawn(move || {
-            for n in 0..5 {
-                ev::tick(&owner, n, &format!("note {}", n % 97)).unwrap();
-            }
-            let note = "note 5";
-            let len = 8 + note.len() + 1;
-            let mut p = vec![0u8; len];
-            p[..8].copy_from_slice(&5u64.to_le_bytes());
-            p[8..8 + note.len()].copy_from_slice(note.as_bytes());
-            owner
-                .record(ev::Id::tick as u32, len, |e| {
-                    e.put(&p[..4]);
-                    inside.wait();
-                    resumed.recv().unwrap();
-                    e.put(&p[4..]);
-                })
-                .unwrap();
+            records_with_a_stall(&owner, &inside, || resumed.recv().unwrap());
             (ev::tick(&owner, 6, "note 6"), owner)
         })
     };
