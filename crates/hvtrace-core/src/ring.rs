@@ -310,7 +310,8 @@ impl<'a> Ring<'a> {
     /// should wake the consumer), or why the record was not written.
     ///
     /// A ring with an owner ([`Ring::make_owned`]) refuses every other writer
-    /// (counted as `discarded_busy`: the host routed a writer wrongly).
+    /// (counted as `discarded_busy`: the host routed a writer wrongly; while
+    /// the ring is closed, or closing, the refusal is `Closed`, not a loss).
     #[inline]
     pub fn record<C: Clock + ?Sized>(
         &self,
@@ -319,10 +320,22 @@ impl<'a> Ring<'a> {
         payload_len: usize,
         fill: impl FnOnce(&mut Encoder<'_>),
     ) -> Result<bool, RecordError> {
-        if self.w.hdr.excl.load(Acquire) & OWNED != 0 {
-            return Err(self.lose(&self.w.hdr.discarded_busy, RecordError::Busy));
+        let excl = self.w.hdr.excl.load(Acquire);
+        if excl & OWNED != 0 {
+            return Err(self.refuse_intruder(excl));
         }
         self.record_shared(clock, id, payload_len, fill)
+    }
+
+    /// A writer that is not the owner of an owned ring: a loss (the host
+    /// routed it wrongly), unless the ring is stopped, which refuses every
+    /// writer alike without losing anything.
+    #[cold]
+    fn refuse_intruder(&self, excl: u64) -> RecordError {
+        if excl & CLOSING != 0 || self.w.hdr.write.load(Acquire) & CLOSED != 0 {
+            return RecordError::Closed;
+        }
+        self.lose(&self.w.hdr.discarded_busy, RecordError::Busy)
     }
 
     /// The multi-writer protocol: any number of writers, any interleaving.

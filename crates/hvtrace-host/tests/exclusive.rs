@@ -302,3 +302,27 @@ fn a_ring_of_a_cpu_coming_online_is_owned_only_if_claimed_then() {
     let busy = |cpu| status.iter().find(|r| r.cpu == cpu).unwrap().discarded_busy;
     assert_eq!((busy(2), busy(3)), (0, 1), "only the writer landing on CPU 3's owned ring was refused");
 }
+
+/// Issue 11 (a smaller defect): a writer landing on an owned ring is a loss
+/// (`Busy`, counted) only while the channel records. Stopped, the ring
+/// refuses it as `Closed`, like every writer, and counts nothing, also
+/// while a stop holds the ring for an owner stalled inside a record.
+#[test]
+fn a_writer_on_a_stopped_owned_ring_is_refused_not_lost() {
+    let (host, sock, _dir) =
+        common::serve_with("exclintruder", ev::Events::EVENTS, 2, |cfg| cfg.quiesce_timeout = GIVE_UP);
+    let owner = host.exclusive_writer(1).unwrap();
+    let (mut c, _readers) = common::started_session(&sock);
+    let intruder = host.writer_for_cpu(1);
+    assert_eq!(ev::tick(&intruder, 0, "note 0"), Err(RecordError::Busy), "recording: a loss");
+    let (resume, writer) = stall_owner(owner);
+    c.simple(&Request::Stop).expect_err("stop gives up on the stalled owner");
+    assert_eq!(ev::tick(&intruder, 1, "note 1"), Err(RecordError::Closed), "held by the stop");
+    resume.send(()).unwrap();
+    let (_, owner) = writer.join().unwrap();
+    c.simple(&Request::Flush).unwrap();
+    assert_eq!(ev::tick(&intruder, 2, "note 2"), Err(RecordError::Closed), "stopped");
+    let ring = c.status().unwrap().rings.into_iter().find(|r| r.cpu == 1).unwrap();
+    assert_eq!((ring.discarded_busy, ring.events_discarded), (1, 1), "only the refusal while recording is a loss");
+    drop(owner);
+}
