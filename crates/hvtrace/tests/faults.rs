@@ -151,9 +151,12 @@ fn start_sim(dir: &Path, extra: &[&str]) -> (Proc, PathBuf) {
     args.extend_from_slice(extra);
     let mut sim = Proc::spawn("sim", dir, &args);
     let t = Instant::now();
-    while !sock.exists() {
+    // Ready means listening: the file appears at bind(), and its mode is set
+    // between bind() and listen(), so a test that looked at it as soon as it
+    // existed saw the umask's mode on a loaded machine.
+    while hvtrace_sys::Conn::connect(&sock).is_err() {
         assert!(sim.alive(), "sim exited: {}", sim.stderr_text());
-        assert!(t.elapsed() < Duration::from_secs(5), "sim did not bind its socket");
+        assert!(t.elapsed() < Duration::from_secs(5), "sim did not listen on its socket");
         std::thread::sleep(Duration::from_millis(10));
     }
     (sim, sock)
