@@ -46,7 +46,7 @@ mod run;
 mod sim;
 mod types;
 
-pub use run::{RunConfig, SimStats};
+pub use run::{RunConfig, SimStats, MAX_RATE};
 pub use sim::{PcpuSim, SimConfig, StepStats, MAX_DOMAINS, MAX_PCPUS, MAX_VCPUS};
 pub use types::*;
 

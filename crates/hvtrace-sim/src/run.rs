@@ -12,6 +12,15 @@ use crate::EVENT_COUNT;
 /// Longest sleep between two looks at the stop flag.
 const MAX_NAP: Duration = Duration::from_millis(100);
 
+/// Events emitted between two looks at the stop flag, paced or not.
+const STOP_CHECK_EVERY: u64 = 1024;
+
+/// The highest `rate_per_sec` a run takes: 10^9 events per second on one
+/// pCPU, some 30 times what one core can record (docs/benchmarks.md). Above
+/// it the pacing arithmetic gains nothing and a burst would be over 10^6
+/// events long; callers reject larger rates (`hvtrace sim --rate`).
+pub const MAX_RATE: u64 = 1_000_000_000;
+
 /// How long [`PcpuSim::run`] runs and how fast.
 #[derive(Clone, Copy, Debug)]
 pub struct RunConfig<'a> {
@@ -19,10 +28,11 @@ pub struct RunConfig<'a> {
     /// `None`: run until `stop`.
     pub events: Option<u64>,
     /// Events per second on this pCPU; `None` as fast as possible; `Some(0)`
-    /// an idle host: emit nothing, sleep until `stop`.
+    /// an idle host: emit nothing, sleep until `stop`. Rates above
+    /// [`MAX_RATE`] are run at [`MAX_RATE`].
     pub rate_per_sec: Option<u64>,
     /// Set to end the run. It is checked at least every 100 ms while
-    /// sleeping and every 1024 events otherwise; unparking the running
+    /// sleeping and every 1024 events otherwise, bursts included; unparking the running
     /// thread (`Thread::unpark`) makes a sleeping run notice it at once.
     pub stop: &'a AtomicBool,
 }
@@ -81,8 +91,8 @@ impl PcpuSim {
     /// Emits events into `sink` as `cfg` says and returns this run's counts.
     ///
     /// Paced runs sleep whenever they are ahead of `rate_per_sec` and emit in
-    /// bursts of at most a millisecond's worth of events, so the clock is
-    /// read about once per burst; a run that falls behind (a slow sink)
+    /// bursts of at most a millisecond's worth of events, 1024 at a time
+    /// between looks at the stop flag and the clock; a run that falls behind (a slow sink)
     /// catches up.
     pub fn run<S: Sink + ?Sized>(&mut self, sink: &S, cfg: RunConfig<'_>) -> SimStats {
         let mut st = SimStats::default();
@@ -91,7 +101,7 @@ impl PcpuSim {
         match cfg.rate_per_sec {
             None => {
                 while st.emitted < limit {
-                    if st.emitted % 1024 == 0 && stopped() {
+                    if st.emitted % STOP_CHECK_EVERY == 0 && stopped() {
                         break;
                     }
                     st.add(&self.step(sink));
@@ -103,6 +113,7 @@ impl PcpuSim {
                 }
             }
             Some(rate) => {
+                let rate = rate.min(MAX_RATE);
                 let start = Instant::now();
                 let burst = (rate / 1000).max(1);
                 while st.emitted < limit && !stopped() {
@@ -116,7 +127,9 @@ impl PcpuSim {
                         std::thread::park_timeout(wait.min(MAX_NAP));
                         continue;
                     }
-                    let n = (allowed - st.emitted).min(limit - st.emitted).min(burst.max(1024));
+                    // At most STOP_CHECK_EVERY events before the loop looks at
+                    // the stop flag again, however long the burst allowed.
+                    let n = (allowed - st.emitted).min(limit - st.emitted).min(STOP_CHECK_EVERY);
                     for _ in 0..n {
                         st.add(&self.step(sink));
                     }

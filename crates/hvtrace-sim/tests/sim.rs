@@ -165,3 +165,40 @@ fn rate_zero_emits_nothing_and_returns_on_stop() {
     let (st, _) = timed(Some(0), Some(1000), 150);
     assert_eq!(st.emitted, 0);
 }
+
+/// A sink that raises the stop flag once it has taken `after` records.
+struct StopAfter<'a> {
+    inner: CountingSink,
+    after: u64,
+    stop: &'a AtomicBool,
+}
+
+impl hvtrace_core::Sink for StopAfter<'_> {
+    fn record<F: FnOnce(&mut hvtrace_core::Encoder<'_>)>(
+        &self,
+        id: u32,
+        len: usize,
+        fill: F,
+    ) -> Result<(), RecordError> {
+        if self.inner.calls.get() + 1 == self.after {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        self.inner.record(id, len, fill)
+    }
+}
+
+// Issue 17 item 8: at `--rate 1000000000000` one burst was 10^9 events
+// emitted without a look at the stop flag (28 s after SIGTERM), and at
+// u64::MAX the run never stopped.
+#[test]
+fn a_paced_run_sees_the_stop_flag_inside_a_burst() {
+    for rate in [hvtrace_sim::MAX_RATE, 1_000_000_000_000, u64::MAX] {
+        let stop = AtomicBool::new(false);
+        let sink = StopAfter { inner: CountingSink::new(), after: 10, stop: &stop };
+        let st = PcpuSim::new(0, &SimConfig::default())
+            .run(&sink, RunConfig { events: None, rate_per_sec: Some(rate), stop: &stop });
+        assert!(st.emitted >= 10, "rate {rate}: {} events", st.emitted);
+        assert!(st.emitted <= 1024, "rate {rate}: {} events after the stop at the 10th", st.emitted);
+        assert_eq!(st.emitted, sink.inner.calls.get());
+    }
+}
