@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hvtrace_core::{Geometry, Mode, StreamId};
@@ -14,6 +14,7 @@ use hvtrace_sys::memfd;
 use hvtrace_sys::mmap::SharedMapping;
 
 use crate::clock::HostClock;
+use crate::notice::{Notice, Notices};
 use crate::ringmem::RingMem;
 use crate::HostConfig;
 
@@ -36,6 +37,7 @@ pub struct Channel {
     rings: Box<[OnceLock<RingMem>]>,
     ctrl_map: SharedMapping,
     ctrl_fd: OwnedFd,
+    notices: Arc<Notices>,
     /// Channel name (stream files are `<name>_<cpu>`).
     pub name: String,
     /// Trace UUID.
@@ -58,8 +60,10 @@ pub struct Channel {
 impl Channel {
     /// Creates the channel named and sized by `host` with rings for `cpus`
     /// (each `< max_cpus`), not recording. The rings of CPUs in `owned` are
-    /// reserved for one owning writer each.
-    pub fn new(
+    /// reserved for one owning writer each. What goes wrong later off the
+    /// record path is said through `notices`.
+    pub(crate) fn new(
+        notices: Arc<Notices>,
         host: &HostConfig,
         config: ChannelConfig,
         cpus: &[u32],
@@ -80,6 +84,7 @@ impl Channel {
         // The consumer may write the contents, never resize it under our mapping.
         memfd::seal_size(&ctrl_fd)?;
         let ch = Channel {
+            notices,
             rings: (0..max_cpus).map(|_| OnceLock::new()).collect(),
             ctrl_map,
             ctrl_fd,
@@ -341,7 +346,7 @@ impl Channel {
         // prove nothing (the owner's flag store may sit in its store buffer):
         // leave every owned ring alone, as if its owner were stuck.
         if let Err(e) = hvtrace_sys::membarrier::barrier() {
-            eprintln!("hvtrace-host: membarrier failed ({e}): owned rings are left as they are");
+            self.notices.say(Notice::MembarrierFailed(e.to_string()));
             return self.rings().filter(|r| r.ring().revoke_owner()).map(|r| r.cpu).collect();
         }
         let mut busy = Vec::new();

@@ -22,6 +22,7 @@
 mod channel;
 pub mod clock;
 mod exclusive;
+mod notice;
 mod ringmem;
 mod server;
 
@@ -36,11 +37,13 @@ use hvtrace_core::metadata::{self, TraceDesc};
 use hvtrace_core::{Encoder, EventDesc, RecordError, Sink};
 use hvtrace_proto::{ChannelConfig, ChannelState, StatusInfo};
 use hvtrace_sys::eventfd::EventFd;
+use notice::Notices;
 use ringmem::RingMem;
 
 pub use channel::{Channel, QUIESCE_TIMEOUT};
 pub use clock::{ClockSource, HostClock};
 pub use exclusive::ExclusiveWriter;
+pub use notice::{Logger, Notice};
 
 /// How a host is set up.
 #[derive(Clone, Debug)]
@@ -62,6 +65,16 @@ pub struct HostConfig {
     /// How long `stop` waits for writers to leave their records before it
     /// gives up on them ([`QUIESCE_TIMEOUT`] by default).
     pub quiesce_timeout: Duration,
+    /// Where the host's [`Notice`]s go (default: nowhere; they are counted
+    /// by [`Host::notices`]).
+    pub log: Logger,
+    /// Whether the process stays dumpable. `false` sets `PR_SET_DUMPABLE`
+    /// to 0 when the host starts serving, so that a process of the host's
+    /// uid that is not root (a consumer, say) cannot `ptrace` the host nor
+    /// open `/proc/PID/mem` to write the producer-only ring words (see
+    /// docs/threat-model.md). It also stops core dumps and makes
+    /// `/proc/PID/*` root-owned. Default `true` (the kernel's default).
+    pub dumpable: bool,
 }
 
 impl HostConfig {
@@ -78,6 +91,8 @@ impl HostConfig {
             socket_mode: 0o600,
             allow_gid: None,
             quiesce_timeout: QUIESCE_TIMEOUT,
+            log: Logger::default(),
+            dumpable: true,
         }
     }
 }
@@ -101,6 +116,7 @@ pub(crate) struct Shared {
     pub(crate) claimed: Mutex<Vec<u32>>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) shutdown_fd: EventFd,
+    pub(crate) notices: Arc<Notices>,
 }
 
 /// A traced host: the channel and its control socket.
@@ -112,9 +128,16 @@ pub struct Host {
 impl Host {
     /// Binds the control socket and serves it from a background thread.
     /// `events` are the event classes the host records (ids = positions).
+    ///
+    /// With `cfg.dumpable` false, the process is made non-dumpable first
+    /// (and stays so); failing that is an error.
     pub fn serve(cfg: HostConfig, events: &'static [EventDesc]) -> io::Result<Arc<Host>> {
+        if !cfg.dumpable {
+            hvtrace_sys::proc::set_not_dumpable()?;
+        }
         let listener = hvtrace_sys::seqpacket::Listener::bind(&cfg.socket, cfg.socket_mode)?;
         let shared = Arc::new(Shared {
+            notices: Arc::new(Notices::new(cfg.log.clone())),
             online: Mutex::new(cfg.cpus.clone()),
             claimed: Mutex::new(Vec::new()),
             cfg,
@@ -184,6 +207,12 @@ impl Host {
         Ok(())
     }
 
+    /// How many [`Notice`]s the host has issued so far (whether or not a
+    /// [`Logger`] took them).
+    pub fn notices(&self) -> u64 {
+        self.shared.notices.count()
+    }
+
     /// State and counters, as the `status` request reports them.
     pub fn status(&self) -> StatusInfo {
         server::status(&self.shared)
@@ -235,7 +264,7 @@ impl Shared {
         let uuid = *uuid::Uuid::new_v4().as_bytes();
         let cpus = self.online.lock().unwrap().clone();
         let owned = self.claimed.lock().unwrap().clone();
-        let ch = Channel::new(&self.cfg, config, &cpus, &owned, self.metadata(uuid), uuid)
+        let ch = Channel::new(self.notices.clone(), &self.cfg, config, &cpus, &owned, self.metadata(uuid), uuid)
             .map_err(|e| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}")))?;
         *cur = Some(Arc::new(ch));
         self.generation.fetch_add(1, Ordering::AcqRel);

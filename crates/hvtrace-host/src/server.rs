@@ -8,12 +8,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use hvtrace_proto::{
-    decode_request, try_encode_reply, ChannelState, ErrorCode, MapInfo, Reply, Request, StatusInfo, MAX_MESSAGE,
+    decode_request, try_encode_reply, ChannelState, ErrorCode, MapInfo, Reply, Request, StatusInfo, MAP_MAX_RINGS,
+    MAX_MESSAGE,
 };
 use hvtrace_sys::epoll::Poller;
 use hvtrace_sys::seqpacket::{Conn, Listener};
 
 use crate::channel::Channel;
+use crate::notice::Notice;
 use crate::Shared;
 
 const LISTENER: u64 = 0;
@@ -22,10 +24,10 @@ const SHUTDOWN: u64 = 1;
 pub(crate) fn serve(shared: Arc<Shared>, listener: Listener) {
     let mut poller = match Poller::new() {
         Ok(p) => p,
-        Err(e) => return eprintln!("hvtrace-host: control socket disabled: epoll: {e}"),
+        Err(e) => return shared.notices.say(Notice::ServerDisabled(format!("epoll: {e}"))),
     };
     if let Err(e) = poller.add(&listener, LISTENER).and_then(|_| poller.add(&shared.shutdown_fd, SHUTDOWN)) {
-        return eprintln!("hvtrace-host: control socket disabled: {e}");
+        return shared.notices.say(Notice::ServerDisabled(e.to_string()));
     }
     let mut events = Vec::with_capacity(4);
     while !shared.shutdown.load(Ordering::Acquire) {
@@ -38,9 +40,14 @@ pub(crate) fn serve(shared: Arc<Shared>, listener: Listener) {
         match listener.accept() {
             Ok(conn) => {
                 let s = shared.clone();
-                let _ = std::thread::Builder::new().name("hvtrace-conn".into()).spawn(move || serve_conn(s, conn));
+                let spawned =
+                    std::thread::Builder::new().name("hvtrace-conn".into()).spawn(move || serve_conn(s, conn));
+                if let Err(e) = spawned {
+                    let reason = format!("cannot start a thread to serve it: {e}");
+                    shared.notices.say(Notice::ConnectionDropped { pid: None, reason });
+                }
             }
-            Err(e) => eprintln!("hvtrace-host: accept: {e}"),
+            Err(e) => shared.notices.say(Notice::AcceptFailed(e.to_string())),
         }
     }
 }
@@ -102,25 +109,30 @@ fn serve_conn(shared: Arc<Shared>, conn: Conn) {
     }
     let mut mapped: Option<MapRef> = None;
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
-    loop {
+    // Why the connection ended, unless its peer closed it.
+    let dropped = loop {
         let n = match conn.recv(&mut buf, 0) {
-            Ok((0, _)) => break,
+            Ok((0, _)) => break None,
             Ok((n, _)) => n,
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                 // Truncated (oversized) message or unexpected descriptors.
                 let _ = send(&conn, &Reply::error(ErrorCode::BadMessage, format!("bad message: {e}")), &[]);
                 continue;
             }
-            Err(_) => break,
+            Err(e) => break Some(format!("receiving a request failed: {e}")),
         };
-        let (reply, fds) = match decode_request(&buf[..n]) {
-            Ok(req) => handle(&shared, &mut mapped, req),
-            Err(e) => (Reply::from(e), Vec::new()),
+        let (name, (reply, fds)) = match decode_request(&buf[..n]) {
+            Ok(req) => (req.name(), handle(&shared, &mut mapped, req)),
+            Err(e) => ("bad message", (Reply::from(e), Vec::new())),
         };
         let fds: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
-        if send(&conn, &reply, &fds).is_err() {
-            break;
+        if let Err(e) = send(&conn, &reply, &fds) {
+            break Some(format!("sending the reply to `{name}` ({} descriptors) failed: {e}", fds.len()));
         }
+    };
+    if let Some(reason) = dropped {
+        let pid = conn.peer_cred().ok().map(|c| c.pid);
+        shared.notices.say(Notice::ConnectionDropped { pid, reason });
     }
     drop(mapped);
     release_retired(&shared);
@@ -228,7 +240,10 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
     let gathered = (|| -> std::io::Result<()> {
         fds.push(ch.ctrl_fd()?);
         fds.push(ch.changed.try_clone()?.into_fd());
-        for r in ch.rings() {
+        // One message carries at most 253 descriptors: the rings beyond
+        // the first MAP_MAX_RINGS are listed by `status` and mapped one by
+        // one with `map_ring`, as a consumer maps a CPU that came online.
+        for r in ch.rings().take(MAP_MAX_RINGS) {
             fds.push(r.data_fd_read_only()?);
             fds.push(r.wake.try_clone()?.into_fd());
             rings.push(ch.ring_info(r));

@@ -112,9 +112,9 @@ fn bad_requests_get_clear_errors_and_the_host_keeps_serving() {
     // Raw garbage, a wrong version, an oversized datagram.
     let conn = hvtrace_sys::seqpacket::Conn::connect(&sock).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut v2 = hvtrace_proto::encode_request(&Request::Status);
-    v2[4] = 2;
-    for msg in [b"garbage!garbage!".to_vec(), v2, vec![0u8; 100_000]] {
+    let mut other_version = hvtrace_proto::encode_request(&Request::Status);
+    other_version[4] = hvtrace_proto::VERSION as u8 + 1;
+    for msg in [b"garbage!garbage!".to_vec(), other_version, vec![0u8; 100_000]] {
         conn.send(&msg, &[]).unwrap();
         let mut buf = vec![0u8; 70_000];
         let (n, _) = conn.recv(&mut buf, 0).unwrap();

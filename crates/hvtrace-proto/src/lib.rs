@@ -6,7 +6,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic    b"HVTC"
-//!      4    2 version  u16 LE, = VERSION (1)
+//!      4    2 version  u16 LE, = VERSION (2)
 //!      6    2 kind     u16 LE, see the `kind` module
 //!      8    4 len      u32 LE, payload length = datagram length - 12
 //!     12  len payload  postcard encoding of the kind's fields
@@ -34,7 +34,12 @@
 //! | 3 + 2i | eventfd of `rings[i]`, signalled when a sub-buffer is delivered |
 //!
 //! so `2 + 2 * rings.len()` descriptors in all; [`MapInfo::fd_count`] computes
-//! it. [`Reply::RingMapped`] (answer to [`Request::MapRing`], e.g. after CPU
+//! it. The kernel passes at most 253 descriptors in one message
+//! (`SCM_MAX_FD`), so `rings` lists at most [`MAP_MAX_RINGS`] rings: the
+//! first ones in CPU order. The others are in the `status` reply's ring list,
+//! and a consumer maps each with [`Request::MapRing`], as it maps a CPU that
+//! comes online (version 2; version 1 sent every ring and failed from 126
+//! CPUs on). [`Reply::RingMapped`] (answer to [`Request::MapRing`], e.g. after CPU
 //! hotplug) carries 2: the ring's data memfd (read-only), then its eventfd.
 //! All other messages carry none.
 #![forbid(unsafe_code)]
@@ -47,11 +52,14 @@ use serde::{Deserialize, Serialize};
 /// The four bytes every message starts with.
 pub const MAGIC: [u8; 4] = *b"HVTC";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Size of the fixed frame header.
 pub const HEADER_LEN: usize = 12;
 /// Largest message (header + payload) a peer accepts, in bytes.
 pub const MAX_MESSAGE: usize = 64 * 1024;
+/// The most rings one [`Reply::Mapped`] lists: its `2 + 2 * rings` descriptors
+/// must fit the kernel's 253 per `SCM_RIGHTS` message (`SCM_MAX_FD`).
+pub const MAP_MAX_RINGS: usize = (253 - 2) / 2;
 
 /// Smallest sub-buffer size (one page).
 pub const MIN_SUBBUF_SIZE: u64 = 4 * 1024;
@@ -355,7 +363,8 @@ pub struct MapInfo {
     pub config: ChannelConfig,
     /// Size of the control memfd in bytes.
     pub ctrl_len: u64,
-    /// The rings, in descriptor order.
+    /// The rings handed out with this reply, in descriptor order: at most
+    /// [`MAP_MAX_RINGS`], the first in CPU order; `status` lists them all.
     pub rings: Vec<RingInfo>,
     /// CTF 1.8 TSDL metadata text describing every event type.
     pub metadata: String,
@@ -725,7 +734,13 @@ pub fn decode_reply(msg: &[u8]) -> Result<Reply, ProtoError> {
         kind::OK => empty_payload(k, p).map(|()| Reply::Ok),
         kind::ERROR => from_payload::<(ErrorCode, String)>(k, p).map(|(code, message)| Reply::Error { code, message }),
         kind::CREATED => empty_payload(k, p).map(|()| Reply::Created),
-        kind::MAPPED => from_payload(k, p).map(Reply::Mapped),
+        kind::MAPPED => from_payload::<MapInfo>(k, p).and_then(|m| {
+            if m.rings.len() > MAP_MAX_RINGS {
+                let reason = format!("{} rings, at most {MAP_MAX_RINGS} fit one message", m.rings.len());
+                return Err(ProtoError::BadPayload { kind: k, reason });
+            }
+            Ok(Reply::Mapped(m))
+        }),
         kind::RING_MAPPED => from_payload(k, p).map(Reply::RingMapped),
         kind::STATUS_REPLY => from_payload(k, p).map(Reply::Status),
         kind::CREATE..=kind::FLUSH => Err(ProtoError::WrongDirection { kind: k, found: "request", expected: "reply" }),

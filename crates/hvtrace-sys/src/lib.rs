@@ -16,7 +16,7 @@
 //! | [`membarrier`] | the heavy half of the asymmetric fence that takes an owned ring back |
 //! | [`ring`] | [`MappedReader`]: a consumer's ring reader over mappings it owns (no `unsafe` for the caller) |
 //! | [`direct`] | `O_DIRECT` descriptors on files and the alignment they need ([`DioAlign`]) |
-//! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks) |
+//! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks), SIGTERM, `PR_SET_DUMPABLE`, pipes |
 //!
 //! Linux only.
 #![warn(clippy::undocumented_unsafe_blocks)]
