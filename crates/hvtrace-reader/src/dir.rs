@@ -13,6 +13,70 @@ use crate::tsdl::{self, Metadata, MetadataError, TraceSchema};
 /// Name of the note the consumer leaves when a trace was cut short.
 pub const INCOMPLETE: &str = "INCOMPLETE";
 
+/// The largest metadata file read: hvtrace writes a few KiB of TSDL, so
+/// 4 MiB is far beyond any real one and bounds what a crafted file costs.
+pub const MAX_METADATA: u64 = 4 << 20;
+
+/// The most of an `INCOMPLETE` note read (the consumer writes it empty).
+const MAX_NOTE: u64 = 64 << 10;
+
+/// Reads `path` (symlinks followed) only if it is a regular file, at most
+/// `limit` bytes. A FIFO, device or socket is refused before it is opened
+/// (opening a FIFO would wait for a writer; `/dev/zero` never ends), and
+/// checked again on the open file in case it was swapped in between; the
+/// open neither blocks nor takes a terminal. A file over `limit` is refused
+/// from its size, without reading it.
+pub(crate) fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let regular = |m: &std::fs::Metadata| -> io::Result<()> {
+        if m.is_file() {
+            return Ok(());
+        }
+        let what = file_kind(&m.file_type());
+        Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a regular file ({what})")))
+    };
+    let before = std::fs::metadata(path)?;
+    regular(&before)?;
+    let file = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY).open(path)?;
+    let m = file.metadata()?;
+    regular(&m)?;
+    if (m.dev(), m.ino()) != (before.dev(), before.ino()) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "replaced while being opened"));
+    }
+    if m.len() > limit {
+        return Err(too_large(m.len(), limit));
+    }
+    let mut bytes = Vec::with_capacity(m.len() as usize);
+    // `take`: the file may grow after the size check.
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64, limit));
+    }
+    Ok(bytes)
+}
+
+fn too_large(len: u64, limit: u64) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{len} bytes, more than the {limit} read at most"))
+}
+
+fn file_kind(ft: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
 /// Why a trace directory cannot be read.
 #[derive(Debug)]
 pub enum ReadError {
@@ -85,9 +149,10 @@ pub struct StreamFile {
 }
 
 impl StreamFile {
-    /// The whole file (stream files are read into memory).
+    /// The whole file (stream files are read into memory), if it is still
+    /// a regular file (see [`TraceDir::open`]).
     pub fn read(&self) -> Result<Vec<u8>, ReadError> {
-        std::fs::read(&self.path).map_err(io_err(&self.path, "read"))
+        read_regular(&self.path, u64::MAX).map_err(io_err(&self.path, "read"))
     }
 }
 
@@ -121,18 +186,22 @@ pub struct TraceDir {
 
 impl TraceDir {
     /// Reads `path/metadata` and lists the stream files.
+    ///
+    /// Only regular files are read: a `metadata` that is a FIFO, a device,
+    /// or larger than [`MAX_METADATA`] is damage ([`ReadError::Metadata`]),
+    /// found without waiting on it or reading it.
     pub fn open(path: &Path) -> Result<TraceDir, ReadError> {
         let entries = std::fs::read_dir(path).map_err(io_err(path, "open trace directory"))?;
         let md_path = path.join("metadata");
-        let metadata_text = match std::fs::read(&md_path) {
-            Ok(b) => String::from_utf8(b).map_err(|e| ReadError::Metadata {
-                path: md_path.clone(),
-                error: MetadataError {
-                    line: 0,
-                    msg: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
-                },
-            })?,
+        let bad_metadata =
+            |msg: String| ReadError::Metadata { path: md_path.clone(), error: MetadataError { line: 0, msg } };
+        let metadata_text = match read_regular(&md_path, MAX_METADATA) {
+            Ok(b) => String::from_utf8(b)
+                .map_err(|e| bad_metadata(format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to())))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::NotATrace { path: path.into() }),
+            Err(e) if matches!(e.kind(), io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData) => {
+                return Err(bad_metadata(e.to_string()))
+            }
             Err(e) => return Err(io_err(&md_path, "read")(e)),
         };
         let metadata =
@@ -148,7 +217,7 @@ impl TraceDir {
                 continue;
             }
             if name == INCOMPLETE {
-                let note = std::fs::read(e.path()).map_err(io_err(&e.path(), "read"))?;
+                let note = read_regular(&e.path(), MAX_NOTE).map_err(io_err(&e.path(), "read"))?;
                 incomplete = Some(String::from_utf8_lossy(&note).trim().to_string());
             } else if let (Some(cpu), true) = (stream_cpu(&name), ft.is_file()) {
                 streams.push(StreamFile { path: e.path(), name, cpu });

@@ -21,5 +21,7 @@ pub use check::{
     check, check_stream, repair, CheckReport, DirNote, Expect, OrderField, PacketSummary, Problem, ProblemKind,
     RepairReport, StreamCheck, StreamReport,
 };
-pub use dir::{packets, stream_cpu, Packet, PacketError, Packets, ReadError, StreamFile, TraceDir, INCOMPLETE};
+pub use dir::{
+    packets, stream_cpu, Packet, PacketError, Packets, ReadError, StreamFile, TraceDir, INCOMPLETE, MAX_METADATA,
+};
 pub use tsdl::{EventClass, FieldClass, Label, Metadata, MetadataError, TraceSchema};
