@@ -71,6 +71,32 @@ impl Default for VmmConfig {
 }
 
 impl VmmConfig {
+    /// Checks the configuration against this machine's KVM (vCPUs within
+    /// `KVM_CAP_MAX_VCPUS`, iterations within the guest's 32-bit counter),
+    /// without creating a VM: a caller can refuse a run before setting up
+    /// anything around it.
+    pub fn validate(&self) -> Result<(), VmmError> {
+        self.check().map(|_| ())
+    }
+
+    /// [`validate`](Self::validate), keeping the open `/dev/kvm` and the
+    /// iteration count as the guest takes it.
+    fn check(&self) -> Result<(Kvm, u32), VmmError> {
+        let iterations = u32::try_from(self.iterations).map_err(|_| {
+            VmmError::InvalidConfig(format!("iterations {} > u32::MAX (the guest counter is 32-bit)", self.iterations))
+        })?;
+        if self.vcpus == 0 {
+            return Err(VmmError::InvalidConfig("vcpus must be at least 1".into()));
+        }
+        kvm_available().map_err(VmmError::Unavailable)?;
+        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+        let max = kvm.get_max_vcpus();
+        if self.vcpus as usize > max {
+            return Err(VmmError::InvalidConfig(format!("{} vCPUs requested, KVM allows {max}", self.vcpus)));
+        }
+        Ok((kvm, iterations))
+    }
+
     /// VM exits each vCPU takes in a normal run: the workload's, plus the "done"
     /// port write and the final `hlt`.
     pub fn expected_exits_per_vcpu(&self) -> u64 {
@@ -310,21 +336,7 @@ impl Vmm {
         observer: &dyn VmmObserver,
         on_vcpu_thread: &(dyn Fn(u32) + Sync),
     ) -> Result<RunReport, VmmError> {
-        let iterations = u32::try_from(config.iterations).map_err(|_| {
-            VmmError::InvalidConfig(format!(
-                "iterations {} > u32::MAX (the guest counter is 32-bit)",
-                config.iterations
-            ))
-        })?;
-        if config.vcpus == 0 {
-            return Err(VmmError::InvalidConfig("vcpus must be at least 1".into()));
-        }
-        kvm_available().map_err(VmmError::Unavailable)?;
-        let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
-        let max = kvm.get_max_vcpus();
-        if config.vcpus as usize > max {
-            return Err(VmmError::InvalidConfig(format!("{} vCPUs requested, KVM allows {max}", config.vcpus)));
-        }
+        let (kvm, iterations) = config.check()?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         // Needed on Intel hosts without unrestricted guest; harmless elsewhere.
         vm.set_tss_address(0xfffb_d000).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
