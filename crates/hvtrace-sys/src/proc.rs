@@ -78,6 +78,11 @@ pub fn set_not_dumpable() -> io::Result<()> {
     Ok(rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?)
 }
 
+/// This process's effective uid (`geteuid(2)`).
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
 /// Whether this process is dumpable (`prctl(PR_GET_DUMPABLE)`).
 pub fn is_dumpable() -> io::Result<bool> {
     Ok(rustix::process::dumpable_behavior()? != rustix::process::DumpableBehavior::NotDumpable)

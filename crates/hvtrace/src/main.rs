@@ -6,9 +6,12 @@
 
 mod cmd;
 mod kvm_events;
+mod out;
 mod session;
 mod size;
 mod trace;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -46,8 +49,35 @@ enum Command {
     Check(cmd::check::Args),
 }
 
-fn main() {
+/// How a command ended: the binary's one table of exit statuses. Every
+/// command returns one of these (or an error, which is [`Status::Failed`]);
+/// only `main` turns it into the process's status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// 0: done (a `check` that found the trace intact).
+    Ok = 0,
+    /// 1: an error, or damage found (`check`), or a session whose counts do
+    /// not add up (`demo`, `kvm`).
+    Failed = 1,
+    /// 2: `check` could not read the trace (usage or I/O error).
+    CheckIo = 2,
+    /// 3: the consumer's host went away mid-session: the trace is valid but
+    /// cut short (`consume`).
+    CutShort = 3,
+}
+
+impl From<Status> for ExitCode {
+    fn from(s: Status) -> ExitCode {
+        ExitCode::from(s as u8)
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A host or consumer holds 2 to 4 descriptors per CPU ring: 512 CPUs
+    // overrun the usual soft limit of 1024. Failing that, the commands'
+    // own errors say which descriptor could not be had.
+    let _ = hvtrace_sys::proc::raise_fd_limit();
     let r = match cli.cmd {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Sim(a) => cmd::sim::run(a),
@@ -61,8 +91,27 @@ fn main() {
         Command::Status(a) => cmd::control::status(a),
         Command::Check(a) => cmd::check::run(a),
     };
-    if let Err(e) = r {
-        eprintln!("hvtrace: error: {e:#}");
-        std::process::exit(1);
+    match r {
+        Ok(status) => status.into(),
+        // The reader went away (`hvtrace check DIR | head`): nothing more to
+        // say to anyone, and not a failure (as for any Unix filter).
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            out::note(format_args!("hvtrace: error: {e:#}"));
+            status_of(&e).into()
+        }
     }
+}
+
+/// The status of a failed command: `check`'s I/O errors are 2, the rest 1.
+fn status_of(e: &anyhow::Error) -> Status {
+    if e.chain().any(|c| c.downcast_ref::<hvtrace_reader::ReadError>().is_some()) {
+        Status::CheckIo
+    } else {
+        Status::Failed
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }

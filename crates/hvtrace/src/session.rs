@@ -3,7 +3,8 @@
 //! the end of a session (stop, destroy, the consumer's last drain), and the
 //! per-CPU accounting of the trace on disk.
 
-use std::io::Read;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,11 +37,34 @@ impl Drop for Reaped {
     }
 }
 
-/// A private directory for the session's control socket: `<tmp>/hvtrace-<what>-<pid>`.
-pub fn run_dir(what: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("hvtrace-{what}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// A private directory for a session's control socket, `hvtrace-<what>-XXXXXX`:
+/// made fresh with a random name and mode 0700 (`mkdtemp(3)`: a name that
+/// exists is never taken, whoever made it), under `$XDG_RUNTIME_DIR` when
+/// that is a private directory of ours, else under the temp dir. Removed when
+/// dropped, so on every return, error or panic; the commands drop it as soon
+/// as the consumer has attached (nobody connects by path after that), which
+/// leaves nothing behind even when a signal ends the session later.
+pub fn run_dir(what: &str) -> Result<tempfile::TempDir> {
+    let base = runtime_base();
+    tempfile::Builder::new()
+        .prefix(&format!("hvtrace-{what}-"))
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(&base)
+        .with_context(|| format!("cannot create a private run directory in {}", base.display()))
+}
+
+/// `$XDG_RUNTIME_DIR` if it is a directory we own that nobody else may
+/// write (under `sudo` it may still name the invoking user's), else the
+/// temp dir (shared, but sticky: nobody else can rename our directory).
+fn runtime_base() -> PathBuf {
+    let private = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .is_ok_and(|m| m.is_dir() && m.uid() == hvtrace_sys::proc::euid() && m.permissions().mode() & 0o022 == 0)
+    };
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(p) if p.is_absolute() && private(&p) => p,
+        _ => std::env::temp_dir(),
+    }
 }
 
 /// Fails if `output` already holds a trace.
@@ -59,7 +83,7 @@ pub fn exe() -> Result<PathBuf> {
 /// Starts `hvtrace consume` on `sock` (the channel must exist), writing to
 /// `output`; its JSON report goes to a pipe ([`finish`] reads it), its
 /// progress to our stderr unless `quiet`.
-pub fn spawn_consumer(exe: &Path, sock: &Path, output: &Path, threads: usize, quiet: bool) -> Result<Reaped> {
+pub fn spawn_consumer(exe: &Path, sock: &Path, output: &Path, threads: u32, quiet: bool) -> Result<Reaped> {
     let child = Command::new(exe)
         .arg("consume")
         .arg("--socket")
@@ -106,7 +130,7 @@ pub fn finish(mut consumer: Reaped) -> Result<String> {
     let mut out = String::new();
     consumer.0.stdout.take().context("consumer stdout")?.read_to_string(&mut out)?;
     let st = consumer.0.wait()?;
-    if st.code() == Some(crate::cmd::consume::EXIT_CUT_SHORT) {
+    if st.code() == Some(crate::Status::CutShort as i32) {
         bail!("the consumer lost its host mid-session: the trace is cut short");
     }
     if !st.success() {
@@ -181,33 +205,57 @@ pub fn total(rings: &[RingCount], f: impl Fn(&RingCount) -> u64) -> u64 {
     rings.iter().map(f).sum()
 }
 
-/// Prints the per-CPU table and its `all` line. `emitted`: the host's own
+/// Writes the per-CPU table and its `all` line. `emitted`: the host's own
 /// count per ring (in `rings` order) and in all, when it has one.
-pub fn print_rings(rings: &[RingCount], emitted: Option<(&[u64], u64)>) {
-    let row =
-        |cpu: &dyn std::fmt::Display, emitted: Option<u64>, recorded: u64, discarded: u64, packets: u64, bytes: u64| {
-            let e = emitted.map(|e| format!(" {e:>12}")).unwrap_or_default();
-            println!("{cpu:>4}{e} {recorded:>12} {discarded:>10} {packets:>8} {bytes:>12}");
-        };
+pub fn print_rings(out: &mut impl Write, rings: &[RingCount], emitted: Option<(&[u64], u64)>) -> io::Result<()> {
     let e = emitted.map(|_| format!(" {:>12}", "emitted")).unwrap_or_default();
-    println!("{:>4}{e} {:>12} {:>10} {:>8} {:>12}", "cpu", "recorded", "discarded", "packets", "bytes");
+    writeln!(out, "{:>4}{e} {:>12} {:>10} {:>8} {:>12}", "cpu", "recorded", "discarded", "packets", "bytes")?;
+    let mut row = |cpu: &dyn std::fmt::Display, emitted: Option<u64>, r: [u64; 4]| {
+        let e = emitted.map(|e| format!(" {e:>12}")).unwrap_or_default();
+        writeln!(out, "{cpu:>4}{e} {:>12} {:>10} {:>8} {:>12}", r[0], r[1], r[2], r[3])
+    };
     for (i, r) in rings.iter().enumerate() {
         let e = emitted.map(|(per_ring, _)| per_ring.get(i).copied().unwrap_or(0));
-        row(&r.cpu, e, r.recorded, r.discarded, r.packets, r.bytes);
+        row(&r.cpu, e, [r.recorded, r.discarded, r.packets, r.bytes])?;
     }
     row(
         &"all",
         emitted.map(|(_, all)| all),
-        total(rings, |r| r.recorded),
-        total(rings, |r| r.discarded),
-        total(rings, |r| r.packets),
-        total(rings, |r| r.bytes),
-    );
+        [
+            total(rings, |r| r.recorded),
+            total(rings, |r| r.discarded),
+            total(rings, |r| r.packets),
+            total(rings, |r| r.bytes),
+        ],
+    )
 }
 
-/// Prints where the trace is and how to open it.
-pub fn print_open_hints(trace: &Path) {
-    println!("trace: {}", trace.display());
-    println!("open it:  babeltrace2 {} | less", trace.display());
-    println!("          Trace Compass: File > Open Trace..., pick {}/metadata", trace.display());
+/// Writes where the trace is and how to open it.
+pub fn print_open_hints(out: &mut impl Write, trace: &Path) -> io::Result<()> {
+    writeln!(out, "trace: {}", trace.display())?;
+    writeln!(out, "open it:  babeltrace2 {} | less", trace.display())?;
+    writeln!(out, "          Trace Compass: File > Open Trace..., pick {}/metadata", trace.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    // Issue 17 item 3: `hvtrace kvm` used `create_dir_all("/tmp/hvtrace-kvm-<pid>")`,
+    // which took a directory someone else had made there, mode and all.
+    #[test]
+    fn a_run_dir_is_fresh_private_and_removed_when_dropped() {
+        let a = super::run_dir("test").unwrap();
+        let b = super::run_dir("test").unwrap();
+        assert_ne!(a.path(), b.path());
+        for d in [&a, &b] {
+            let name = d.path().file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.starts_with("hvtrace-test-") && name.len() > "hvtrace-test-".len() + 3, "{name}");
+            assert_eq!(std::fs::metadata(d.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        let path = a.path().to_path_buf();
+        std::fs::write(path.join("ctl.sock"), b"").unwrap();
+        drop(a);
+        assert!(!path.exists());
+    }
 }

@@ -2,11 +2,14 @@
 //! stream files, garbage, notes in the way of CTF readers), say what and
 //! where, and optionally write a repaired copy babeltrace2 reads.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use hvtrace_reader::{CheckReport, ReadError, RepairReport};
 use serde::Serialize;
+
+use crate::Status;
 
 /// Check a trace directory for damage and optionally write a repaired copy.
 ///
@@ -125,12 +128,13 @@ fn json(a: &Args, c: Option<&CheckReport>, metadata_error: Option<String>, r: Op
     }
 }
 
-fn print_human(c: &CheckReport) {
-    println!("trace {}", c.dir.display());
+fn print_human(out: &mut impl Write, c: &CheckReport) -> std::io::Result<()> {
+    writeln!(out, "trace {}", c.dir.display())?;
     for s in &c.streams {
         let r = &s.report;
         let size = r.packet_size.map_or(String::new(), |p| format!(" of {p} bytes"));
-        println!(
+        writeln!(
+            out,
             "  {} (cpu {}): {} intact packets{size}, {} records, {} events discarded{}",
             s.name,
             s.cpu,
@@ -138,77 +142,89 @@ fn print_human(c: &CheckReport) {
             r.records(),
             r.events_discarded(),
             if r.is_intact() { "" } else { " — DAMAGED" }
-        );
+        )?;
         for p in &r.problems {
             let seq = p.seq.map_or(String::new(), |s| format!(", packet seq {s}"));
-            println!("    {} byte {} (+{} bytes{seq}): {}", s.name, p.offset, p.len, p.kind);
+            writeln!(out, "    {} byte {} (+{} bytes{seq}): {}", s.name, p.offset, p.len, p.kind)?;
         }
     }
     for n in &c.notes {
-        println!("  {}{n}", if n.in_the_way() { "" } else { "note: " });
+        writeln!(out, "  {}{n}", if n.in_the_way() { "" } else { "note: " })?;
     }
     let damaged = c.streams.iter().filter(|s| !s.report.is_intact()).count();
     let problems: usize = c.streams.iter().map(|s| s.report.problems.len()).sum();
     if c.is_intact() {
-        println!("intact: {} streams, {} records", c.streams.len(), c.records());
+        writeln!(out, "intact: {} streams, {} records", c.streams.len(), c.records())
     } else {
-        println!(
+        writeln!(
+            out,
             "DAMAGED: {problems} damaged stretch(es) in {damaged} of {} streams, {} file(s) in the way; \
              {} records in intact packets",
             c.streams.len(),
             c.notes.iter().filter(|n| n.in_the_way()).count(),
             c.records()
-        );
+        )
     }
 }
 
-/// Flushes stdout and exits with `code`.
-fn exit(code: i32) -> ! {
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-    std::process::exit(code)
-}
-
-/// Runs the check; exits with 1 on damage and 2 on errors.
-pub fn run(a: Args) -> Result<()> {
+/// Runs the check: [`Status::Failed`] on damage; an I/O error reading the
+/// trace is a [`hvtrace_reader::ReadError`], which `main` turns into
+/// [`Status::CheckIo`]. The status is the verdict: a reader that went away
+/// (`hvtrace check DIR | head -1`) does not change it.
+pub fn run(a: Args) -> Result<Status> {
     let outcome = match &a.repair {
         Some(out) => hvtrace_reader::repair(&a.dir, out).map(|r| (r.check.clone(), Some(r))),
         None => hvtrace_reader::check(&a.dir).map(|c| (c, None)),
     };
-    let (check, repaired) = match outcome {
-        Ok(x) => x,
+    let mut out = std::io::stdout().lock();
+    let (verdict, printed) = match outcome {
+        Ok((check, repaired)) => {
+            let verdict = if check.is_intact() { Status::Ok } else { Status::Failed };
+            (verdict, print_report(&mut out, &a, &check, repaired.as_ref()))
+        }
         Err(ReadError::Metadata { path, error }) => {
             let why = format!("{}: {error}", path.display());
-            if a.json {
-                println!("{}", serde_json::to_string(&json(&a, None, Some(why), None))?);
-            } else {
-                println!("DAMAGED: {why}");
-                println!("(the stream files cannot be checked or repaired without the metadata)");
-            }
-            exit(1);
+            (Status::Failed, print_metadata_error(&mut out, &a, why))
         }
-        Err(e) => {
-            eprintln!("hvtrace check: error: {e}");
-            exit(2);
-        }
+        Err(e) => return Err(e.into()),
     };
+    match printed.and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(verdict),
+    }
+}
+
+fn print_metadata_error(out: &mut impl Write, a: &Args, why: String) -> std::io::Result<()> {
     if a.json {
-        println!("{}", serde_json::to_string(&json(&a, Some(&check), None, repaired.as_ref()))?);
+        writeln!(out, "{}", serde_json::to_string(&json(a, None, Some(why), None))?)
     } else {
-        print_human(&check);
-        if let Some(r) = &repaired {
-            println!(
-                "repaired copy: {} ({} stream files, {} packets, {} records)",
-                r.out.display(),
-                r.files.len(),
-                r.packets,
-                r.records
-            );
-        } else if !check.is_intact() {
-            println!("`hvtrace check {} --repair OUT` writes a copy of the intact packets", a.dir.display());
-        }
+        writeln!(out, "DAMAGED: {why}")?;
+        writeln!(out, "(the stream files cannot be checked or repaired without the metadata)")
     }
-    if !check.is_intact() {
-        exit(1);
+}
+
+fn print_report(
+    out: &mut impl Write,
+    a: &Args,
+    check: &CheckReport,
+    repaired: Option<&RepairReport>,
+) -> std::io::Result<()> {
+    if a.json {
+        return writeln!(out, "{}", serde_json::to_string(&json(a, Some(check), None, repaired))?);
     }
-    Ok(())
+    print_human(out, check)?;
+    if let Some(r) = repaired {
+        writeln!(
+            out,
+            "repaired copy: {} ({} stream files, {} packets, {} records)",
+            r.out.display(),
+            r.files.len(),
+            r.packets,
+            r.records
+        )
+    } else if !check.is_intact() {
+        writeln!(out, "`hvtrace check {} --repair OUT` writes a copy of the intact packets", a.dir.display())
+    } else {
+        Ok(())
+    }
 }

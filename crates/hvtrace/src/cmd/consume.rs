@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use hvtrace_consumer::{Consumer, ConsumerConfig};
 
+use crate::out::note;
 use crate::size::parse_size;
+use crate::Status;
 
 /// Record a host's channel into a CTF trace directory.
 ///
@@ -28,9 +30,9 @@ pub struct Args {
     /// Trace directory to write (created; must not already hold a trace).
     #[arg(long, short = 'o')]
     pub output: PathBuf,
-    /// Worker threads; rings are spread over them (any number of CPUs).
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Worker threads, 1 to 1024; rings are spread over them (any number of CPUs).
+    #[arg(long, default_value_t = 1, value_parser = consumer_threads())]
+    pub threads: u32,
     /// Print the final report as one JSON line on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -44,31 +46,39 @@ pub struct Args {
     pub buffered: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<Status> {
     let direct_min = (!a.buffered).then(|| usize::try_from(a.direct_min).unwrap_or(usize::MAX));
-    let cfg = ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads.max(1), direct_min };
+    let cfg = ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads as usize, direct_min };
     let consumer = Consumer::attach(&cfg)?;
-    eprintln!(
+    note(format_args!(
         "hvtrace consume: recording channel {} (CPUs {:?}) into {} (pid {})",
         consumer.channel(),
         consumer.cpus(),
         consumer.output().display(),
         std::process::id()
-    );
+    ));
     let report = consumer.run()?;
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
-        print!("{report}");
+        write!(out, "{report}")?;
     }
+    out.flush()?;
     if report.cut_short {
-        eprintln!("hvtrace consume: warning: the host went away; the trace holds what was delivered until then");
-        std::io::stdout().flush()?;
-        std::process::exit(EXIT_CUT_SHORT);
+        note(format_args!(
+            "hvtrace consume: warning: the host went away; the trace holds what was delivered until then"
+        ));
+        return Ok(Status::CutShort);
     }
-    Ok(())
+    Ok(Status::Ok)
 }
 
-/// Exit status of a consumer whose host went away mid-session: the trace
-/// is valid but cut short (scripts can tell it from a complete one).
-pub const EXIT_CUT_SHORT: i32 = 3;
+/// The most consumer worker threads: more than rings is waste, and a number
+/// the system cannot start should be refused before a session starts.
+pub const MAX_THREADS: u32 = 1024;
+
+/// `--threads` / `--consumer-threads`: 1 to [`MAX_THREADS`], checked at parse time.
+pub fn consumer_threads() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..=i64::from(MAX_THREADS))
+}

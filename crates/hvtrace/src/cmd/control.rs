@@ -1,6 +1,7 @@
 //! `hvtrace create|start|stop|destroy|status|flush --socket S`: the control
 //! tool ("lttctl-xen"), one request per invocation.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use hvtrace_ctl::Client;
 use hvtrace_proto::{ChannelConfig, Mode, Request};
 
 use crate::size::parse_size;
+use crate::Status;
 
 /// The host to talk to.
 #[derive(clap::Args)]
@@ -72,27 +74,29 @@ fn connect(sock: &SocketArgs) -> Result<Client> {
     Ok(Client::connect(&sock.socket, Some(Duration::from_secs(30)))?)
 }
 
-pub fn create(a: CreateArgs) -> Result<()> {
+pub fn create(a: CreateArgs) -> Result<Status> {
     connect(&a.sock)?.simple(&Request::Create(a.channel.config()?))?;
-    println!("channel created: {}", a.channel);
-    Ok(())
+    writeln!(std::io::stdout(), "channel created: {}", a.channel)?;
+    Ok(Status::Ok)
 }
 
-pub fn simple(a: SocketArgs, req: Request) -> Result<()> {
+pub fn simple(a: SocketArgs, req: Request) -> Result<Status> {
     let name = req.name();
     connect(&a)?.simple(&req)?;
-    println!("{name}: ok");
-    Ok(())
+    writeln!(std::io::stdout(), "{name}: ok")?;
+    Ok(Status::Ok)
 }
 
-pub fn status(a: StatusArgs) -> Result<()> {
+pub fn status(a: StatusArgs) -> Result<Status> {
     let st = connect(&a.sock)?.status()?;
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{}", serde_json::to_string(&st)?);
-        return Ok(());
+        writeln!(out, "{}", serde_json::to_string(&st)?)?;
+    } else {
+        write!(out, "{}", render_status(&st))?;
     }
-    print!("{}", render_status(&st));
-    Ok(())
+    out.flush()?;
+    Ok(Status::Ok)
 }
 
 /// Human rendering of a status reply.

@@ -3,7 +3,7 @@
 //! and this process as the control tool — then a summary checked against
 //! the trace on disk.
 
-use std::io::{BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,11 +12,14 @@ use anyhow::{bail, Context, Result};
 use hvtrace_core::EventSet;
 use hvtrace_ctl::Client;
 use hvtrace_proto::Request;
-use hvtrace_sim::xen;
+use hvtrace_sim::{xen, MAX_RATE};
 
+use crate::cmd::consume::consumer_threads;
 use crate::cmd::control::ChannelArgs;
-use crate::cmd::sim::SimDone;
+use crate::cmd::sim::{self, SimDone};
+use crate::out::note;
 use crate::session::{self, Reaped};
+use crate::Status;
 
 /// Run a complete tracing session on a simulated Xen-like host and summarise it.
 ///
@@ -30,22 +33,22 @@ pub struct Args {
     /// Trace directory to write (must not already hold a trace).
     #[arg(long, short = 'o')]
     pub output: PathBuf,
-    /// Simulated physical CPUs.
-    #[arg(long, default_value_t = 2)]
+    /// Simulated physical CPUs, 1 to 512.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=i64::from(sim::MAX_CPUS)))]
     pub cpus: u32,
     /// Events each simulated CPU records.
     #[arg(long, default_value_t = 200_000)]
     pub events_per_cpu: u64,
     #[command(flatten)]
     pub channel: ChannelArgs,
-    /// Events per second per simulated CPU, or `max` for as fast as the
+    /// Events per second per simulated CPU (at most 10^9), or `max` for as fast as the
     /// host can (then the consumer may fall behind and events are discarded
     /// — and counted).
     #[arg(long, default_value = "1000000")]
     pub rate: Rate,
-    /// Consumer worker threads.
-    #[arg(long, default_value_t = 1)]
-    pub consumer_threads: usize,
+    /// Consumer worker threads (1 to 1024).
+    #[arg(long, default_value_t = 1, value_parser = consumer_threads())]
+    pub consumer_threads: u32,
     /// Print the summary as JSON: the last line of stdout is one object.
     #[arg(long)]
     pub json: bool,
@@ -62,6 +65,7 @@ impl std::str::FromStr for Rate {
             "max" => Ok(Rate(None)),
             n => match n.parse::<u64>() {
                 Ok(0) => Err("--rate must be positive (or `max`)".into()),
+                Ok(r) if r > MAX_RATE => Err(format!("--rate {r} is above the most a simulated CPU takes, {MAX_RATE}")),
                 Ok(r) => Ok(Rate(Some(r))),
                 Err(_) => Err(format!("{n:?} is not a rate: give events per second, or `max`")),
             },
@@ -94,15 +98,15 @@ struct Summary {
     per_cpu: Vec<CpuSummary>,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<Status> {
     let cfg = a.channel.config()?;
     session::check_output(&a.output)?;
     let exe = session::exe()?;
     let run_dir = session::run_dir("demo")?;
-    let sock = run_dir.join("ctl.sock");
+    let sock = run_dir.path().join("ctl.sock");
     let progress = |m: &str| {
         if !a.json {
-            eprintln!("demo: {m}");
+            note(format_args!("demo: {m}"));
         }
     };
 
@@ -123,6 +127,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut consumer = session::spawn_consumer(&exe, &sock, &a.output, a.consumer_threads, a.json)?;
     session::wait_attached(&mut ctl, &mut consumer)?;
     progress(&format!("consumer: hvtrace consume (pid {}) attached", consumer.0.id()));
+    // Both ends are connected: nobody needs the socket's path any more.
+    run_dir.close().with_context(|| format!("cannot remove {}", sock.display()))?;
 
     // 4. Record.
     let t0 = Instant::now();
@@ -164,8 +170,9 @@ pub fn run(a: Args) -> Result<()> {
         events_per_second: done.emitted as f64 / elapsed.as_secs_f64().max(1e-9),
         per_cpu,
     };
-    print_summary(&s, &rings, a.json)?;
-    let _ = std::fs::remove_dir_all(&run_dir);
+    let mut out = std::io::stdout().lock();
+    print_summary(&mut out, &s, &rings, a.json)?;
+    out.flush()?;
     if s.events_recorded + s.events_discarded != s.events_emitted {
         bail!(
             "accounting mismatch: recorded {} + discarded {} != emitted {}",
@@ -174,7 +181,7 @@ pub fn run(a: Args) -> Result<()> {
             s.events_emitted
         );
     }
-    Ok(())
+    Ok(Status::Ok)
 }
 
 fn connect_when_ready(sock: &Path, sim: &mut Reaped) -> Result<Client> {
@@ -204,23 +211,22 @@ fn read_sim_done(sim: &mut Reaped) -> Result<SimDone> {
     bail!("the simulated host exited before reporting its events ({:?})", sim.0.try_wait()?)
 }
 
-fn print_summary(s: &Summary, rings: &[session::RingCount], json: bool) -> Result<()> {
+fn print_summary(out: &mut impl Write, s: &Summary, rings: &[session::RingCount], json: bool) -> io::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(s)?);
-        return Ok(());
+        return writeln!(out, "{}", serde_json::to_string(s)?);
     }
-    println!();
+    writeln!(out)?;
     let emitted: Vec<u64> = s.per_cpu.iter().map(|c| c.emitted).collect();
-    session::print_rings(rings, Some((&emitted, s.events_emitted)));
-    println!();
-    println!(
+    session::print_rings(out, rings, Some((&emitted, s.events_emitted)))?;
+    writeln!(out)?;
+    writeln!(
+        out,
         "{} events in {:.2} s ({:.1} M events/s), {:.1} bytes/event, {} mode",
         s.events_emitted,
         s.elapsed_s,
         s.events_per_second / 1e6,
         s.bytes as f64 / s.events_recorded.max(1) as f64,
         s.mode
-    );
-    session::print_open_hints(&s.trace);
-    Ok(())
+    )?;
+    session::print_open_hints(out, &s.trace)
 }

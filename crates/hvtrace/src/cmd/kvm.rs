@@ -5,6 +5,7 @@
 //! drives the session like `demo`, then checks the trace against the VMM's
 //! own counts.
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +17,12 @@ use hvtrace_host::{Host, HostConfig};
 use hvtrace_kvm::{NullObserver, RunReport, Vmm, VmmConfig, Workload};
 use hvtrace_proto::Request;
 
+use crate::cmd::consume::consumer_threads;
 use crate::cmd::control::ChannelArgs;
 use crate::kvm_events::{kvm, TraceObserver};
+use crate::out::{host_logger, note};
 use crate::session::{self, RingCount};
+use crate::Status;
 
 /// Run a KVM micro-VMM whose VM exits, hypercalls and guest events are traced.
 ///
@@ -51,9 +55,9 @@ pub struct Args {
     pub iterations: u64,
     #[command(flatten)]
     pub channel: ChannelArgs,
-    /// Consumer worker threads.
-    #[arg(long, default_value_t = 1)]
-    pub consumer_threads: usize,
+    /// Consumer worker threads (1 to 1024).
+    #[arg(long, default_value_t = 1, value_parser = consumer_threads())]
+    pub consumer_threads: u32,
     /// Run the VMM untraced (no host, no consumer; the baseline for the
     /// tracing overhead). --output is not needed.
     #[arg(long)]
@@ -66,6 +70,11 @@ pub struct Args {
     /// there are no more vCPUs than online CPUs).
     #[arg(long)]
     pub shared_writers: bool,
+    /// Make this process (the host) non-dumpable (PR_SET_DUMPABLE 0): a
+    /// consumer of the same uid that is not root can then neither ptrace
+    /// it nor write its ring counters through /proc/PID/mem.
+    #[arg(long)]
+    pub not_dumpable: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -124,13 +133,14 @@ struct Summary {
     per_cpu: Vec<RingSummary>,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<Status> {
+    // Everything that can be refused is refused before anything runs.
     hvtrace_kvm::kvm_available().map_err(|e| anyhow!("KVM is not usable here: {e}"))?;
-    anyhow::ensure!(a.vcpus >= 1, "--vcpus must be at least 1");
     let vmm_cfg = VmmConfig { vcpus: a.vcpus, iterations: a.iterations, workload: Workload::default() };
+    vmm_cfg.validate()?;
     let progress = |m: &str| {
         if !a.json {
-            eprintln!("kvm: {m}");
+            note(format_args!("kvm: {m}"));
         }
     };
 
@@ -138,7 +148,10 @@ pub fn run(a: Args) -> Result<()> {
         progress(&format!("running {} vCPUs x {} iterations untraced", a.vcpus, a.iterations));
         let report = Vmm::run(&vmm_cfg, &NullObserver)?;
         let s = summary(&a, &report, None, &[], None);
-        return print_summary(&s, &[], a.json);
+        let mut out = std::io::stdout().lock();
+        print_summary(&mut out, &s, &[], a.json)?;
+        out.flush()?;
+        return Ok(Status::Ok);
     };
 
     let cfg = a.channel.config()?;
@@ -150,10 +163,13 @@ pub fn run(a: Args) -> Result<()> {
     progress(&format!("timing floor: {floor:.0} ns per exit (untraced warm-up run)"));
     let exe = session::exe()?;
     let run_dir = session::run_dir("kvm")?;
-    let sock = run_dir.join("ctl.sock");
+    let sock = run_dir.path().join("ctl.sock");
 
     // 1. This process is the host.
-    let host = Host::serve(HostConfig::new(&sock, "kvm"), kvm::Events::EVENTS)
+    let mut host_cfg = HostConfig::new(&sock, "kvm");
+    host_cfg.log = host_logger("hvtrace kvm");
+    host_cfg.dumpable = !a.not_dumpable;
+    let host = Host::serve(host_cfg, kvm::Events::EVENTS)
         .with_context(|| format!("cannot serve the control socket {}", sock.display()))?;
     progress(&format!("host: this process (pid {}), serving {}", std::process::id(), sock.display()));
     let mut ctl = Client::connect(&sock, Some(Duration::from_secs(30)))?;
@@ -185,6 +201,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut consumer = session::spawn_consumer(&exe, &sock, output, a.consumer_threads, a.json)?;
     session::wait_attached(&mut ctl, &mut consumer)?;
     progress(&format!("consumer: hvtrace consume (pid {}) attached", consumer.0.id()));
+    // Both ends are connected: nobody needs the socket's path any more.
+    run_dir.close().with_context(|| format!("cannot remove {}", sock.display()))?;
 
     // 4. Record while the VM runs.
     ctl.simple(&Request::Start)?;
@@ -216,9 +234,11 @@ pub fn run(a: Args) -> Result<()> {
     // 6. Check the trace against the VMM's own counts.
     let rings = session::count_rings(output, &status, kvm::Events::EVENTS, true)?;
     let s = summary(&a, &report, Some(output), &rings, Some(floor));
-    print_summary(&s, &rings, a.json)?;
-    let _ = std::fs::remove_dir_all(&run_dir);
-    check(&s, observer.closed())
+    let mut out = std::io::stdout().lock();
+    print_summary(&mut out, &s, &rings, a.json)?;
+    out.flush()?;
+    check(&s, observer.closed())?;
+    Ok(Status::Ok)
 }
 
 /// Iterations of the untraced warm-up run that measures the timing floor
@@ -325,22 +345,22 @@ fn check(s: &Summary, closed: u64) -> Result<()> {
     Ok(())
 }
 
-fn print_summary(s: &Summary, rings: &[RingCount], json: bool) -> Result<()> {
+fn print_summary(out: &mut impl Write, s: &Summary, rings: &[RingCount], json: bool) -> io::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(s)?);
-        return Ok(());
+        return writeln!(out, "{}", serde_json::to_string(s)?);
     }
-    println!();
+    writeln!(out)?;
     if s.traced {
-        session::print_rings(rings, None);
-        println!();
-        println!("{:<16} {:>12} {:>12}", "event", "in trace", "VMM count");
+        session::print_rings(out, rings, None)?;
+        writeln!(out)?;
+        writeln!(out, "{:<16} {:>12} {:>12}", "event", "in trace", "VMM count")?;
         for e in &s.per_event {
-            println!("{:<16} {:>12} {:>12}", e.event, e.recorded, e.expected);
+            writeln!(out, "{:<16} {:>12} {:>12}", e.event, e.recorded, e.expected)?;
         }
-        println!();
+        writeln!(out)?;
     }
-    println!(
+    writeln!(
+        out,
         "{} vCPUs x {} iterations: {} VM exits in {:.3} s = {:.0} exits/s ({}), {} hypercalls, {} guest events",
         s.vcpus,
         s.iterations,
@@ -350,29 +370,32 @@ fn print_summary(s: &Summary, rings: &[RingCount], json: bool) -> Result<()> {
         if s.traced { "traced" } else { "untraced" },
         s.hypercalls,
         s.guest_events
-    );
+    )?;
     match s.observer_floor_ns_per_exit {
-        Some(floor) => println!(
+        Some(floor) => writeln!(
+            out,
             "tracing overhead: {:.3} % of vCPU time ({:.0} ns per exit in the observer, {:.0} ns of it the timing floor)",
             s.tracing_overhead * 100.0,
             s.observer_ns_per_exit,
             floor
-        ),
-        None => println!(
+        )?,
+        None => writeln!(
+            out,
             "observer (timing floor, untraced): {:.3} % of vCPU time, {:.0} ns per exit",
             s.tracing_overhead * 100.0,
             s.observer_ns_per_exit
-        ),
+        )?,
     }
     if let Some(trace) = &s.trace {
-        println!(
+        writeln!(
+            out,
             "{} events recorded, {} discarded, {:.1} bytes/event, {} mode",
             s.events_recorded,
             s.events_discarded,
             s.bytes as f64 / s.events_recorded.max(1) as f64,
             s.mode.as_deref().unwrap_or("-")
-        );
-        session::print_open_hints(trace);
+        )?;
+        session::print_open_hints(out, trace)?;
     }
     Ok(())
 }

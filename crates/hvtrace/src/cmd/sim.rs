@@ -13,7 +13,10 @@ use anyhow::{Context, Result};
 use hvtrace_core::EventSet;
 use hvtrace_host::{Host, HostConfig};
 use hvtrace_proto::ChannelState;
-use hvtrace_sim::{xen, PcpuSim, RunConfig, SimConfig, SimStats};
+use hvtrace_sim::{xen, PcpuSim, RunConfig, SimConfig, SimStats, MAX_RATE};
+
+use crate::out::{host_logger, note};
+use crate::Status;
 
 /// Serve a simulated Xen-like host until killed (SIGINT / SIGTERM).
 ///
@@ -27,18 +30,18 @@ pub struct Args {
     /// Control socket to create (mode 0600).
     #[arg(long, short = 's')]
     pub socket: PathBuf,
-    /// Simulated physical CPUs (one ring and one thread each).
-    #[arg(long, default_value_t = 2)]
+    /// Simulated physical CPUs (one ring and one thread each), 1 to 512.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=MAX_CPUS as i64))]
     pub cpus: u32,
-    /// Events per second per CPU; 0 = an idle host that records nothing.
-    /// Default: as fast as possible.
-    #[arg(long)]
+    /// Events per second per CPU, at most 10^9; 0 = an idle host that
+    /// records nothing. Default: as fast as possible.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=MAX_RATE))]
     pub rate: Option<u64>,
     /// Record exactly this many events per CPU, then report and idle.
     #[arg(long)]
     pub events_per_cpu: Option<u64>,
     /// Bring one more CPU online this many seconds after recording starts.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_seconds)]
     pub hotplug_after: Option<f64>,
     /// Guest domains (dom0 included); default: two per CPU.
     #[arg(long)]
@@ -46,6 +49,24 @@ pub struct Args {
     /// Seed of the simulation (same seed, same events).
     #[arg(long, default_value_t = 0x5EED)]
     pub seed: u64,
+    /// Make the host process non-dumpable (PR_SET_DUMPABLE 0): a consumer
+    /// of the same uid that is not root can then neither ptrace it nor
+    /// write its ring counters through /proc/PID/mem. For production hosts.
+    #[arg(long)]
+    pub not_dumpable: bool,
+}
+
+/// The most simulated CPUs: real hypervisor hosts reach 512. Beyond some 700
+/// rings the `status` reply may outgrow one control message (64 KiB).
+pub const MAX_CPUS: u32 = 512;
+
+/// A number of seconds: finite, not negative (`nan`, `inf`, `-1` are refused).
+pub fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(_) => Err(format!("{s:?} is not a number of seconds (finite, 0 or more)")),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 /// What the sim prints when `--events-per-cpu` is done.
@@ -61,8 +82,7 @@ pub struct SimDone {
     pub per_cpu: Vec<(u32, u64, u64)>,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    anyhow::ensure!((1..=256).contains(&a.cpus), "--cpus must be between 1 and 256");
+pub fn run(a: Args) -> Result<Status> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())?;
@@ -70,6 +90,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut cfg = HostConfig::new(&a.socket, "xen-sim");
     cfg.cpus = (0..a.cpus).collect();
     cfg.max_cpus = a.cpus + 1;
+    cfg.log = host_logger("hvtrace sim");
+    cfg.dumpable = !a.not_dumpable;
     let host = Host::serve(cfg, xen::Events::EVENTS)
         .with_context(|| format!("cannot serve the control socket {}", a.socket.display()))?;
     let mut sim_cfg = SimConfig::new(a.cpus + a.hotplug_after.is_some() as u32);
@@ -77,14 +99,15 @@ pub fn run(a: Args) -> Result<()> {
         sim_cfg.domains = d;
     }
     sim_cfg.seed = a.seed;
-    eprintln!(
-        "hvtrace sim: {} CPUs, clock {:?} at {} Hz, serving {} (pid {})",
+    note(format_args!(
+        "hvtrace sim: {} CPUs, clock {:?} at {} Hz, serving {} (pid {}{})",
         a.cpus,
         host.clock().source(),
         host.clock().freq(),
         a.socket.display(),
-        std::process::id()
-    );
+        std::process::id(),
+        if a.not_dumpable { ", not dumpable" } else { "" }
+    ));
 
     let real_cpus = hvtrace_sys::cpu::online_cpus();
     let spawn = |cpu: u32| {
@@ -115,7 +138,7 @@ pub fn run(a: Args) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             host.add_cpu(a.cpus)?;
-            eprintln!("hvtrace sim: CPU {} came online", a.cpus);
+            note(format_args!("hvtrace sim: CPU {} came online", a.cpus));
             threads.push((a.cpus, spawn(a.cpus)?));
         }
     }
@@ -136,9 +159,9 @@ pub fn run(a: Args) -> Result<()> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("hvtrace sim: emitted {} events, {} refused by full rings", done.emitted, done.refused);
+    note(format_args!("hvtrace sim: emitted {} events, {} refused by full rings", done.emitted, done.refused));
     host.shutdown();
-    Ok(())
+    Ok(Status::Ok)
 }
 
 /// Host-side wait for the first `start` (the host's own state: no consumer involved).
