@@ -2,12 +2,13 @@
 //! (`fuzz_targets/`) and the plain test harness (`tests/`), which runs them
 //! on a seed corpus and deterministic random inputs with stable Rust.
 
-use hvtrace_proto::{decode_reply, decode_request, encode_request, try_encode_reply, Reply};
+use hvtrace_proto::{decode_reply, decode_request, encode_request, try_encode_reply, Reply, MAP_MAX_RINGS};
 
 /// One datagram as the host's control server sees it: decoding never
 /// panics; a decoded request survives a round trip; a refused one gets an
 /// error reply that fits in one message; the reply decoder (what a
-/// consumer runs on the host's answers) never panics either.
+/// consumer runs on the host's answers) never panics either, and never
+/// yields a `Mapped` with more rings than one message has descriptors for.
 pub fn decode_request_input(data: &[u8]) {
     match decode_request(data) {
         Ok(req) => {
@@ -20,7 +21,9 @@ pub fn decode_request_input(data: &[u8]) {
             assert_eq!(decode_reply(&bytes).as_ref(), Ok(&reply));
         }
     }
-    let _ = decode_reply(data);
+    if let Ok(Reply::Mapped(m)) = decode_reply(data) {
+        assert!(m.rings.len() <= MAP_MAX_RINGS, "a Mapped reply with {} rings decoded", m.rings.len());
+    }
 }
 
 /// Valid encodings of every request kind: the seeds mutations start from.
@@ -39,5 +42,20 @@ pub fn seeds() -> Vec<Vec<u8>> {
         Request::Status,
         Request::Flush,
     ];
-    reqs.iter().map(encode_request).collect()
+    let mut seeds: Vec<Vec<u8>> = reqs.iter().map(encode_request).collect();
+    // Replies too: the reply decoder runs on every input. `Mapped` with the
+    // most rings that fit, and with one more (which must be refused).
+    for n in [MAP_MAX_RINGS, MAP_MAX_RINGS + 1] {
+        seeds.push(hvtrace_proto::encode_reply(&Reply::Mapped(hvtrace_proto::MapInfo {
+            channel: "channel0".into(),
+            trace_uuid: [1; 16],
+            config: ChannelConfig::default(),
+            ctrl_len: 1 << 16,
+            rings: (0..n as u32)
+                .map(|cpu| hvtrace_proto::RingInfo { cpu, data_len: 1 << 14, ctrl_offset: u64::from(cpu) << 8 })
+                .collect(),
+            metadata: String::new(),
+        })));
+    }
+    seeds
 }
