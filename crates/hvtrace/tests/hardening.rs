@@ -16,20 +16,20 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_hvtrace");
 
 /// A fresh scratch directory for this test, removed on drop.
-struct Scratch(PathBuf);
+struct Scratch(tempfile::TempDir);
 
 impl Scratch {
     fn new(name: &str) -> Scratch {
-        let p = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hardening-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
+        Scratch(
+            tempfile::Builder::new()
+                .prefix(&format!("hardening-{name}-"))
+                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .unwrap(),
+        )
     }
-}
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
@@ -111,14 +111,14 @@ fn kvm_usable() -> bool {
 #[test]
 fn every_printing_command_exits_quietly_into_a_closed_pipe() {
     let d = Scratch::new("pipe");
-    demo_trace(&d.0, &[]);
-    let trace = d.0.join("trace");
+    demo_trace(d.path(), &[]);
+    let trace = d.path().join("trace");
     let t = trace.to_str().unwrap();
     for args in [vec!["check", t], vec!["check", t, "--json"]] {
         assert_quiet_exit(&format!("{args:?}"), &into_closed_pipe(hvtrace(&args)));
     }
     // Damage found: still status 1 (the verdict), when nobody reads the report.
-    let cut = d.0.join("cut");
+    let cut = d.path().join("cut");
     std::fs::create_dir(&cut).unwrap();
     for e in std::fs::read_dir(&trace).unwrap() {
         let e = e.unwrap();
@@ -134,7 +134,7 @@ fn every_printing_command_exits_quietly_into_a_closed_pipe() {
         assert!(o.stderr.is_empty(), "{}", text(&o.stderr));
     }
 
-    let (_sim, sock) = start_sim(&d.0, &["--cpus", "1", "--rate", "0"]);
+    let (_sim, sock) = start_sim(d.path(), &["--cpus", "1", "--rate", "0"]);
     let s = sock.to_str().unwrap();
     for args in [
         vec!["status", "--socket", s],
@@ -148,7 +148,7 @@ fn every_printing_command_exits_quietly_into_a_closed_pipe() {
         assert_quiet_exit(&format!("{args:?}"), &into_closed_pipe(hvtrace(&args)));
     }
     // The consumer prints its report at the end of the session.
-    let out = d.0.join("consumed");
+    let out = d.path().join("consumed");
     assert!(hvtrace(&["create", "--socket", s, "--subbuf-size", "4k"]).output().unwrap().status.success());
     let (reader, writer) = hvtrace_sys::proc::pipe().unwrap();
     drop(reader);
@@ -165,7 +165,7 @@ fn every_printing_command_exits_quietly_into_a_closed_pipe() {
     assert!(hvtrace(&["destroy", "--socket", s]).output().unwrap().status.success());
     assert_quiet_exit("consume", &consumer.wait_with_output().unwrap());
 
-    let demo_out = d.0.join("demo2");
+    let demo_out = d.path().join("demo2");
     let mut demo = hvtrace(&["demo", "--events-per-cpu", "100", "--subbuf-size", "4k", "--output"]);
     demo.arg(&demo_out);
     assert_quiet_exit("demo", &into_closed_pipe(demo));
@@ -180,9 +180,9 @@ fn every_printing_command_exits_quietly_into_a_closed_pipe() {
 #[test]
 fn odd_numbers_are_refused_when_the_arguments_are_parsed() {
     let d = Scratch::new("args");
-    let sock = d.0.join("never.sock");
+    let sock = d.path().join("never.sock");
     let s = sock.to_str().unwrap();
-    let out = d.0.join("never-out");
+    let out = d.path().join("never-out");
     let o = out.to_str().unwrap();
     for args in [
         vec!["sim", "--socket", s, "--hotplug-after", "nan"],
@@ -205,7 +205,7 @@ fn odd_numbers_are_refused_when_the_arguments_are_parsed() {
         assert!(!sock.exists() && !out.exists(), "{args:?} started something");
     }
     // The largest accepted rate still stops on SIGTERM, promptly.
-    let (mut sim, sock) = start_sim(&d.0, &["--cpus", "1", "--rate", "1000000000"]);
+    let (mut sim, sock) = start_sim(d.path(), &["--cpus", "1", "--rate", "1000000000"]);
     let s = sock.to_str().unwrap();
     assert!(hvtrace(&["create", "--socket", s, "--subbuf-size", "4k"]).output().unwrap().status.success());
     assert!(hvtrace(&["start", "--socket", s]).output().unwrap().status.success());
@@ -224,14 +224,14 @@ fn odd_numbers_are_refused_when_the_arguments_are_parsed() {
 #[test]
 fn a_256_cpu_sim_is_consumed_whole() {
     let d = Scratch::new("cpus256");
-    let s = demo_trace(&d.0, &["--cpus", "256", "--rate", "100000"]);
+    let s = demo_trace(d.path(), &["--cpus", "256", "--rate", "100000"]);
     let per_cpu = s["per_cpu"].as_array().unwrap();
     assert_eq!(per_cpu.len(), 256);
     assert_eq!(s["events_emitted"], 256 * 200);
     assert_eq!(s["events_recorded"].as_u64().unwrap() + s["events_discarded"].as_u64().unwrap(), 256 * 200, "{s}");
     // The 131 rings past the first map message were recorded too.
     assert!(per_cpu.iter().all(|c| c["recorded"].as_u64().unwrap() + c["discarded"].as_u64().unwrap() == 200), "{s}");
-    let o = hvtrace(&["check", "--json"]).arg(d.0.join("trace")).output().unwrap();
+    let o = hvtrace(&["check", "--json"]).arg(d.path().join("trace")).output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["streams"].as_array().unwrap().len(), 256);
@@ -246,10 +246,10 @@ fn kvm_refuses_too_many_vcpus_before_starting_anything() {
         return;
     }
     let d = Scratch::new("vcpus");
-    let out = d.0.join("trace");
+    let out = d.path().join("trace");
     let o = hvtrace(&["kvm", "--vcpus", "100000", "--iterations", "10", "--output"])
         .arg(&out)
-        .env("TMPDIR", &d.0)
+        .env("TMPDIR", d.path())
         .env_remove("XDG_RUNTIME_DIR")
         .output()
         .unwrap();
@@ -258,7 +258,7 @@ fn kvm_refuses_too_many_vcpus_before_starting_anything() {
     assert!(err.contains("100000 vCPUs requested, KVM allows"), "{err}");
     assert!(!err.contains("timing floor") && !err.contains("consumer"), "it ran first: {err}");
     assert!(!out.exists(), "the consumer was started");
-    assert_eq!(std::fs::read_dir(&d.0).unwrap().count(), 0, "something was left in the run directory's parent");
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0, "something was left in the run directory's parent");
 }
 
 // Issue 17 item 3: the run directory was `/tmp/hvtrace-kvm-<pid>`, reused if
@@ -269,10 +269,10 @@ fn kvm_leaves_no_run_directory_behind_when_the_session_fails() {
         return;
     }
     let d = Scratch::new("rundir");
-    let base = d.0.join("tmp");
+    let base = d.path().join("tmp");
     std::fs::create_dir(&base).unwrap();
     // An output the consumer cannot create: it fails after the host is up.
-    let not_a_dir = d.0.join("file");
+    let not_a_dir = d.path().join("file");
     std::fs::write(&not_a_dir, b"").unwrap();
     let o = hvtrace(&["kvm", "--iterations", "10", "--subbuf-size", "4k", "--output"])
         .arg(not_a_dir.join("trace"))
@@ -287,7 +287,7 @@ fn kvm_leaves_no_run_directory_behind_when_the_session_fails() {
     assert!(left.is_empty(), "left behind: {left:?}");
     // A session that succeeds leaves nothing either.
     let o = hvtrace(&["kvm", "--iterations", "10", "--subbuf-size", "4k", "--json", "--output"])
-        .arg(d.0.join("trace"))
+        .arg(d.path().join("trace"))
         .env("TMPDIR", &base)
         .env_remove("XDG_RUNTIME_DIR")
         .output()
@@ -327,20 +327,20 @@ fn a_not_dumpable_sim_keeps_its_memory_from_its_own_uid() {
         return;
     }
     let d = Scratch::new("dumpable");
-    std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let bin = d.0.join("hvtrace");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = d.path().join("hvtrace");
     std::fs::copy(BIN, &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut reachable = d.0.clone();
+    let mut reachable = d.path().to_path_buf();
     while let Some(p) = reachable.parent() {
         if std::fs::metadata(p).unwrap().permissions().mode() & 0o001 == 0 {
-            println!("SKIP: uid 65534 cannot reach {}", d.0.display());
+            println!("SKIP: uid 65534 cannot reach {}", d.path().display());
             return;
         }
         reachable = p.to_path_buf();
     }
     for (flag, writable) in [(None, true), (Some("--not-dumpable"), false)] {
-        let sock = d.0.join(format!("sim{}.sock", writable as u8));
+        let sock = d.path().join(format!("sim{}.sock", writable as u8));
         let mut cmd = Command::new(&bin);
         cmd.args(["sim", "--socket", sock.to_str().unwrap(), "--cpus", "1", "--rate", "0"]).args(flag);
         let sim = Killed(cmd.uid(65534).gid(65534).stdin(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
@@ -386,10 +386,10 @@ fn mkfifo(path: &Path) -> bool {
 #[test]
 fn check_reads_only_regular_bounded_files_of_a_crafted_directory() {
     let d = Scratch::new("crafted");
-    demo_trace(&d.0, &[]);
-    let trace = d.0.join("trace");
+    demo_trace(d.path(), &[]);
+    let trace = d.path().join("trace");
     let copy = |name: &str| {
-        let dir = d.0.join(name);
+        let dir = d.path().join(name);
         std::fs::create_dir(&dir).unwrap();
         for e in std::fs::read_dir(&trace).unwrap() {
             let e = e.unwrap();
