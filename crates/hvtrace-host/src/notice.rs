@@ -17,12 +17,13 @@ pub enum Notice {
     ServerDisabled(String),
     /// `accept` on the control socket failed (the server goes on).
     AcceptFailed(String),
-    /// A control connection was dropped before its peer closed it; its
-    /// mapping reference, if any, is released.
+    /// A control connection was dropped before its peer closed it (its
+    /// mapping reference, if any, is released), or refused: a peer neither
+    /// of the host's uid, nor root, nor in the allowed group.
     ConnectionDropped {
         /// The peer's pid (`SO_PEERCRED`), when known.
         pid: Option<u32>,
-        /// Why, e.g. "sending the `map` reply failed: …".
+        /// Why, e.g. "sending the reply to `map` … failed: …", "permission denied: peer uid …".
         reason: String,
     },
     /// `membarrier` failed while taking owned rings back: those rings are

@@ -103,8 +103,10 @@ impl Drop for MapRef {
 
 fn serve_conn(shared: Arc<Shared>, conn: Conn) {
     if let Err(msg) = allowed(&shared, &conn) {
-        let _ = send(&conn, &Reply::error(ErrorCode::Denied, msg), &[]);
+        let _ = send(&conn, &Reply::error(ErrorCode::Denied, msg.clone()), &[]);
         linger_until_peer_closes(&conn);
+        let pid = conn.peer_cred().ok().map(|c| c.pid);
+        shared.notices.say(Notice::ConnectionDropped { pid, reason: msg });
         return;
     }
     let mut mapped: Option<MapRef> = None;

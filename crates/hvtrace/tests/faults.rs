@@ -356,7 +356,7 @@ fn peer_of_another_uid_is_refused() {
     let bin = dir.0.join("hvtrace");
     std::fs::copy(BIN, &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (_sim, sock) = start_sim(&dir.0, &["--rate", "0"]);
+    let (sim, sock) = start_sim(&dir.0, &["--rate", "0"]);
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control socket mode");
     let as_nobody = || {
@@ -390,6 +390,12 @@ fn peer_of_another_uid_is_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "uid 65534 got a status: {}", String::from_utf8_lossy(&o.stdout));
     assert!(err.contains("refused (denied)") && err.contains("peer uid 65534"), "{err}");
+    // The host says so on its side too (a notice its program logs).
+    let t = Instant::now();
+    while !sim.stderr_text().contains("permission denied: peer uid 65534") {
+        assert!(t.elapsed() < Duration::from_secs(5), "no notice of the refusal: {}", sim.stderr_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // Its owner is still served.
     assert!(state_is(&status(&sock), "empty"));
