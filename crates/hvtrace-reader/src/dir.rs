@@ -33,8 +33,8 @@ pub(crate) fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
         if m.is_file() {
             return Ok(());
         }
-        let what = file_kind(&m.file_type());
-        Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a regular file ({what})")))
+        let what = kind_name(&m.file_type());
+        Err(io::Error::new(io::ErrorKind::InvalidInput, format!("not a regular file (a {what})")))
     };
     let before = std::fs::metadata(path)?;
     regular(&before)?;
@@ -60,20 +60,21 @@ fn too_large(len: u64, limit: u64) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("{len} bytes, more than the {limit} read at most"))
 }
 
-fn file_kind(ft: &std::fs::FileType) -> &'static str {
+/// What a file that is not regular is, for messages: "directory", "FIFO", …
+fn kind_name(ft: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_dir() {
-        "a directory"
+        "directory"
+    } else if ft.is_symlink() {
+        "symbolic link"
     } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else if ft.is_block_device() {
-        "a block device"
+        "FIFO"
     } else if ft.is_socket() {
-        "a socket"
+        "socket"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "device"
     } else {
-        "not a file"
+        "special file"
     }
 }
 
