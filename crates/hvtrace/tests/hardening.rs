@@ -165,6 +165,38 @@ fn every_printing_command_exits_quietly_into_a_closed_pipe() {
     assert!(hvtrace(&["destroy", "--socket", s]).output().unwrap().status.success());
     assert_quiet_exit("consume", &consumer.wait_with_output().unwrap());
 
+    // A host whose report nobody reads keeps serving its consumers.
+    let sock = d.path().join("reportless.sock");
+    let s = sock.to_str().unwrap();
+    let (reader, writer) = hvtrace_sys::proc::pipe().unwrap();
+    drop(reader);
+    let mut sim = Killed(
+        hvtrace(&["sim", "--socket", s, "--cpus", "1", "--events-per-cpu", "10"])
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "sim did not bind its socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(hvtrace(&["create", "--socket", s, "--subbuf-size", "4k"]).output().unwrap().status.success());
+    assert!(hvtrace(&["start", "--socket", s]).output().unwrap().status.success());
+    let t = Instant::now();
+    loop {
+        let st = hvtrace(&["status", "--socket", s, "--json"]).output().unwrap();
+        assert!(st.status.success(), "the sim stopped serving: {}", text(&st.stderr));
+        let v: Value = serde_json::from_slice(&st.stdout).unwrap();
+        if v["rings"][0]["produced_bytes"].as_u64().unwrap_or(0) > 0 && t.elapsed() > Duration::from_millis(300) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sim.0.try_wait().unwrap().is_none(), "the sim exited");
+
     let demo_out = d.path().join("demo2");
     let mut demo = hvtrace(&["demo", "--events-per-cpu", "100", "--subbuf-size", "4k", "--output"]);
     demo.arg(&demo_out);

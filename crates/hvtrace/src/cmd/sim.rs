@@ -152,8 +152,11 @@ pub fn run(a: Args) -> Result<Status> {
     let done = SimDone { sim_done: true, emitted: total.emitted, refused: total.refused, per_cpu };
     if a.events_per_cpu.is_some() {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", serde_json::to_string(&done)?)?;
-        out.flush()?;
+        let line = serde_json::to_string(&done)?;
+        // A host does not stop serving its consumers because nobody reads its report.
+        if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+            note(format_args!("hvtrace sim: cannot print the report ({e}); serving on"));
+        }
     }
     // Keep serving (consumers drain, control commands run) until killed.
     while !stop.load(Ordering::Relaxed) {
