@@ -237,6 +237,20 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
         return (Reply::error(ErrorCode::BadState, "already mapped on this connection"), Vec::new());
     }
     let Some(ch) = shared.current.lock().unwrap().clone() else { return (no_channel(), Vec::new()) };
+    // One consumer at a time: two would share the rings' consumed positions
+    // and each would skip, repeat or tear the other's packets. The reference
+    // is taken here, before anything is handed out, so two racing `map`s
+    // cannot both win; it is dropped when the holder unmaps or its
+    // connection closes (it died), and the next consumer takes over.
+    if ch.refs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        let msg = format!(
+            "another consumer is attached to channel {}; one consumer at a time (a new one can attach once it \
+             unmaps or exits)",
+            ch.name
+        );
+        return (Reply::error(ErrorCode::Busy, msg), Vec::new());
+    }
+    let held = MapRef(ch.clone());
     let mut fds = Vec::new();
     let mut rings = Vec::new();
     let gathered = (|| -> std::io::Result<()> {
@@ -253,6 +267,7 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
         Ok(())
     })();
     if let Err(e) = gathered {
+        drop(held);
         return (Reply::error(ErrorCode::Internal, format!("cannot hand out descriptors: {e}")), Vec::new());
     }
     let info = MapInfo {
@@ -263,8 +278,7 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
         rings,
         metadata: ch.metadata.clone(),
     };
-    ch.refs.fetch_add(1, Ordering::AcqRel);
-    *mapped = Some(MapRef(ch));
+    *mapped = Some(held);
     (Reply::Mapped(info), fds)
 }
 
