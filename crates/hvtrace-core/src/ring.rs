@@ -955,6 +955,16 @@ impl<'a> RingReader<'a> {
         self.w.ctrl.consumed.load(Relaxed)
     }
 
+    /// Puts the consumed position back to `pos`, for a consumer that keeps
+    /// its own position (the shared word can be written by any process that
+    /// mapped the channel's control memfd) and finds the word moved, or a
+    /// value no honest consumer leaves there at attach.
+    pub fn set_consumed(&self, pos: u64) {
+        // Release, as in `release`: pairs with the producer's Acquire load
+        // of `consumed` before it reopens a sub-buffer.
+        self.w.ctrl.consumed.store(pos, Release);
+    }
+
     /// Looks for the next delivered packet at the consumed position, skipping
     /// (overwrite mode) packets the producer has taken back.
     pub fn next_packet(&self) -> Poll {
