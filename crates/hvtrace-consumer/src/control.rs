@@ -69,12 +69,13 @@ impl Control {
     }
 
     /// Reads one unsolicited message after the socket polled readable:
-    /// `Ok(true)` if the host closed the connection.
-    pub(crate) fn hung_up(&mut self) -> bool {
+    /// `true` if the host closed the connection. Messages are ignored, and
+    /// counted in `ignored`.
+    pub(crate) fn hung_up(&mut self, ignored: &mut u64) -> bool {
         match self.conn.recv(&mut self.buf, MAX_FDS) {
             Ok((0, _)) => true,
-            Ok((n, _)) => {
-                eprintln!("hvtrace-consume: ignoring an unsolicited {n}-byte message from the host");
+            Ok(_) => {
+                *ignored += 1;
                 false
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,

@@ -41,21 +41,24 @@ mod stream;
 mod worker;
 
 use std::collections::BTreeSet;
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hvtrace_core::Geometry;
-use hvtrace_proto::{ChannelState, MapInfo, Reply, Request, RingInfo, StatusInfo};
+use hvtrace_core::{Geometry, Mode};
+use hvtrace_proto::{ChannelState, ErrorCode, MapInfo, Reply, Request, RingInfo, StatusInfo};
+use hvtrace_reader::account::Account;
 use hvtrace_sys::{EventFd, MappedReader, Poller, SharedMapping};
 
 use control::Control;
 pub use error::ConsumerError;
 use output::OutputDir;
-pub use output::INCOMPLETE;
+pub use output::{ACCOUNT, INCOMPLETE};
 pub use report::{ExitReason, Report, RingReport};
+use stream::StreamFile;
 use worker::{RingState, Worker};
 
 /// How to run a consumer.
@@ -74,6 +77,11 @@ pub struct ConsumerConfig {
     /// [`DIRECT_MIN`] (512 KiB): below it a copy costs no more CPU and its
     /// bytes are in the file sooner.
     pub direct_min: Option<usize>,
+    /// The group that may read the trace: the directory is then made 0750
+    /// and the files 0640, owned by that group (like LTTng's `tracing`
+    /// group); `None`, the default, makes them 0700 / 0600. Traces hold
+    /// guest addresses and hypercall arguments.
+    pub group: Option<u32>,
 }
 
 /// The default [`ConsumerConfig::direct_min`].
@@ -82,7 +90,13 @@ pub const DIRECT_MIN: usize = stream::DIRECT_MIN;
 impl ConsumerConfig {
     /// One worker thread, direct I/O from [`DIRECT_MIN`] bytes.
     pub fn new(socket: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
-        ConsumerConfig { socket: socket.into(), output: output.into(), threads: 1, direct_min: Some(DIRECT_MIN) }
+        ConsumerConfig {
+            socket: socket.into(),
+            output: output.into(),
+            threads: 1,
+            direct_min: Some(DIRECT_MIN),
+            group: None,
+        }
     }
 }
 
@@ -108,7 +122,14 @@ struct Mapper {
 }
 
 impl Mapper {
-    fn map_ring(&self, ring: &RingInfo, data_fd: OwnedFd, wake_fd: OwnedFd) -> Result<RingState, ConsumerError> {
+    /// Maps one ring and creates its stream file; says if the ring's
+    /// consumed position had to be reset.
+    fn map_ring(
+        &self,
+        ring: &RingInfo,
+        data_fd: OwnedFd,
+        wake_fd: OwnedFd,
+    ) -> Result<(RingState, Option<String>), ConsumerError> {
         let cpu = ring.cpu;
         let len = usize::try_from(ring.data_len).map_err(|_| {
             ConsumerError::Protocol(format!("ring of CPU {cpu}: data length {} too large", ring.data_len))
@@ -135,10 +156,51 @@ impl Mapper {
             )));
         }
         let wake = EventFd::from_fd(wake_fd).map_err(ConsumerError::io(format!("eventfd of CPU {cpu}")))?;
+        // The position left in the control page is only a claim: whoever
+        // mapped the channel before could write anything there.
+        let (consumed, write) = (r.consumed(), r.counters().produced_bytes);
+        let (expect, note) = match resume_position(consumed, write, self.geo, r.mode()) {
+            Ok(pos) => (pos, None),
+            Err(pos) => {
+                r.set_consumed(pos);
+                let note = format!(
+                    "CPU {cpu}: the consumed position left in the control page ({consumed}) cannot be one an honest \
+                     consumer left (write position {write}); resumed at {pos}"
+                );
+                (pos, Some(note))
+            }
+        };
         let stream = self.out.create_stream(cpu, self.direct_min)?;
-        Ok(RingState { cpu, uuid: self.uuid, source: Box::new(source), wake, stream })
+        Ok((RingState::new(cpu, self.uuid, Box::new(source), wake, stream, expect), note))
     }
 }
+
+/// Where to resume reading a ring whose producer has written up to
+/// `write`, given the `consumed` position found in the control page:
+/// `Ok(consumed)` if an honest consumer can have left it there, else
+/// `Err` with the oldest position that can still hold an unread packet.
+///
+/// An honest consumer's position is a sub-buffer boundary at or behind the
+/// write position, and in discard mode less than a ring behind the
+/// sub-buffer being written (the producer opens no sub-buffer a whole ring
+/// ahead of it). In overwrite mode it may be any distance behind: the
+/// reader skips the laps the producer overwrote.
+fn resume_position(consumed: u64, write: u64, geo: Geometry, mode: Mode) -> Result<u64, u64> {
+    let oldest = write.next_multiple_of(geo.subbuf_size).saturating_sub(geo.buf_size());
+    let aligned = consumed.is_multiple_of(geo.subbuf_size);
+    let in_reach = consumed <= write && (mode == Mode::Overwrite || consumed >= oldest);
+    if aligned && in_reach {
+        Ok(consumed)
+    } else {
+        Err(oldest)
+    }
+}
+
+/// How long `attach` keeps asking when another consumer holds the channel:
+/// long enough for the host to see a consumer that just died go (its
+/// connection closes when the kernel reaps it), short enough to fail
+/// clearly when one is really attached.
+const TAKE_OVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A consumer attached to a host's channel: see the [crate docs](crate).
 pub struct Consumer {
@@ -152,6 +214,12 @@ pub struct Consumer {
     mapped: BTreeSet<u32>,
     threads: usize,
     shutdown: Arc<EventFd>,
+    /// The rings are in overwrite mode (flight recorder).
+    overwrite: bool,
+    /// The consumer's account (`.hvtrace-consumer`), its header written.
+    account: File,
+    /// Problems to report that are not one stream's.
+    notes: Vec<String>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -174,7 +242,17 @@ impl Consumer {
     /// the directory already holds a trace or cannot be written.
     pub fn attach(cfg: &ConsumerConfig) -> Result<Consumer, ConsumerError> {
         let mut control = Control::connect(&cfg.socket)?;
-        let (reply, fds) = control.call_ok(&Request::Map)?;
+        let started = std::time::Instant::now();
+        let (reply, fds) = loop {
+            match control.call_ok(&Request::Map) {
+                // One consumer at a time: a holder that just died is dropped
+                // by the host when it sees the connection close.
+                Err(ConsumerError::Refused { code: ErrorCode::Busy, .. }) if started.elapsed() < TAKE_OVER_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                r => break r?,
+            }
+        };
         let Reply::Mapped(info) = reply else {
             return Err(ConsumerError::Protocol(format!("`map` answered with {reply:?}")));
         };
@@ -196,16 +274,21 @@ impl Consumer {
         );
         drop(ctrl_fd);
         let changed = EventFd::from_fd(changed_fd).map_err(ConsumerError::io("the channel's eventfd"))?;
-        let out = OutputDir::prepare(&cfg.output, &channel, &metadata)?;
+        let out = OutputDir::prepare(&cfg.output, &channel, &metadata, output::Access::new(cfg.group))?;
+        let overwrite = config.mode == hvtrace_proto::Mode::Overwrite;
+        let account = out.create_account(&Account::header(overwrite))?;
         let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, direct_min: cfg.direct_min };
         let mut mapped_rings = Vec::with_capacity(rings.len());
         let mut mapped = BTreeSet::new();
+        let mut notes = Vec::new();
         for ring in &rings {
             let (Some(data), Some(wake)) = (fds.next(), fds.next()) else { unreachable!("checked count") };
             if !mapped.insert(ring.cpu) {
                 return Err(ConsumerError::Protocol(format!("CPU {} has two rings", ring.cpu)));
             }
-            mapped_rings.push(mapper.map_ring(ring, data, wake)?);
+            let (state, note) = mapper.map_ring(ring, data, wake)?;
+            mapped_rings.push(state);
+            notes.extend(note);
         }
         Ok(Consumer {
             control,
@@ -216,6 +299,9 @@ impl Consumer {
             mapped,
             threads: cfg.threads.max(1),
             shutdown: Arc::new(EventFd::new().map_err(ConsumerError::io("creating the shutdown eventfd"))?),
+            overwrite,
+            account,
+            notes,
         })
     }
 
@@ -270,11 +356,12 @@ impl Consumer {
         // The session may have changed between `map` and now.
         let mut exit = self.rings_changed(&workers, &mut next)?;
         let mut events = Vec::with_capacity(8);
+        let mut ignored = 0u64;
         while exit.is_none() {
             poller.wait(&mut events, None).map_err(ConsumerError::io("epoll_wait"))?;
             for ev in &events {
                 let why = match ev.token {
-                    SOCKET if ev.hangup || self.control.hung_up() => Some(ExitReason::HostGone),
+                    SOCKET if ev.hangup || self.control.hung_up(&mut ignored) => Some(ExitReason::HostGone),
                     CHANGED => {
                         let _ = self.changed.drain();
                         self.rings_changed(&workers, &mut next)?
@@ -290,37 +377,63 @@ impl Consumer {
             }
         }
         let mut exit = exit.unwrap_or(ExitReason::Shutdown);
+        if ignored > 0 {
+            self.notes.push(format!("ignored {ignored} unsolicited messages from the host"));
+        }
 
         // Close the partial sub-buffers so the final drain gets them.
         if exit != ExitReason::HostGone {
             match self.control.call(&Request::Flush) {
                 Ok(_) => {} // an `Error` (e.g. the channel is destroyed) is fine
                 Err(ConsumerError::HostGone) => exit = ExitReason::HostGone,
-                Err(e) => eprintln!("hvtrace-consume: flush before the final drain failed: {e}"),
+                Err(e) => self.notes.push(format!("flush before the final drain failed: {e}")),
             }
         }
-        let mut per_ring = Vec::new();
+        let mut finished = Vec::new();
         let mut failure = None;
         for w in workers {
             match w.finish() {
-                Ok(r) => per_ring.extend(r),
+                Ok(end) => {
+                    finished.extend(end.rings);
+                    self.notes.extend(end.notes);
+                }
                 Err(e) => failure = Some(e),
             }
         }
-        per_ring.sort_by_key(|r| r.cpu);
-        let cut_short = exit == ExitReason::HostGone;
-        if cut_short {
-            let note = "The host went away before the session was destroyed: this trace holds the packets \
-                        delivered until then; events still in partial sub-buffers were not recorded.\n";
-            if let Err(e) = self.mapper.out.mark_incomplete() {
-                eprintln!(
-                    "hvtrace-consume: cannot write {}/{INCOMPLETE} ({e}); the trace was cut short: {note}",
-                    self.mapper.out.path.display()
-                );
+        finished.sort_by_key(|f| f.report.cpu);
+        let out = &self.mapper.out;
+        // Written is not kept: a stream file removed or replaced under the
+        // consumer, or the whole directory, holds nothing of the trace.
+        let trace_lost = out.gone();
+        for f in &mut finished {
+            let why = trace_lost.clone().or_else(|| match &f.file {
+                Some(file) => out.still_holds(&f.name, file),
+                None => Some(format!("{}: cannot look at the file", f.name)),
+            });
+            if let Some(why) = why {
+                StreamFile::lose_all(&mut f.report, &mut f.account, why);
             }
         }
-        if let Err(e) = self.mapper.out.sync() {
-            eprintln!("hvtrace-consume: fsync of {}: {e}", self.mapper.out.path.display());
+        let cut_short = exit == ExitReason::HostGone;
+        if cut_short {
+            if let Err(e) = out.mark_incomplete() {
+                self.notes.push(format!(
+                    "cannot write {}/{INCOMPLETE} ({e}); the trace was cut short: the host went away before the \
+                     session was destroyed, and events still in partial sub-buffers were not recorded",
+                    out.path.display()
+                ));
+            }
+        }
+        let account = Account {
+            overwrite: self.overwrite,
+            streams: finished.iter().map(|f| f.account.clone()).collect(),
+            end: Some(exit.code().to_string()),
+        };
+        if let Err(e) = self.account.write_all(account.footer().as_bytes()).and_then(|()| self.account.sync_all()) {
+            self.notes.push(format!("cannot write the consumer's account {}/{ACCOUNT}: {e}", out.path.display()));
+        }
+        if let Err(e) = out.sync() {
+            self.notes.push(format!("fsync of {}: {e}", out.path.display()));
         }
         if exit != ExitReason::HostGone {
             let _ = self.control.call(&Request::Unmap);
@@ -328,7 +441,16 @@ impl Consumer {
         if let Some(e) = failure {
             return Err(e);
         }
-        Ok(Report { channel: self.channel.clone(), output: self.mapper.out.path.clone(), per_ring, exit, cut_short })
+        Ok(Report {
+            channel: self.channel.clone(),
+            output: out.path.clone(),
+            per_ring: finished.into_iter().map(|f| f.report).collect(),
+            exit,
+            cut_short,
+            overwrite: self.overwrite,
+            trace_lost,
+            notes: self.notes,
+        })
     }
 
     /// On a "rings changed" wake-up: query status, map new CPUs, and say
@@ -346,7 +468,8 @@ impl Consumer {
                 continue;
             }
             match self.map_new_ring(r.cpu) {
-                Ok(ring) => {
+                Ok((ring, note)) => {
+                    self.notes.extend(note);
                     self.mapped.insert(r.cpu);
                     workers[*next % workers.len()].add(ring);
                     *next += 1;
@@ -354,7 +477,7 @@ impl Consumer {
                 Err(ConsumerError::HostGone) => return Ok(Some(ExitReason::HostGone)),
                 Err(e) => {
                     // Not fatal: the other rings go on.
-                    eprintln!("hvtrace-consume: CPU {} came online but its ring cannot be consumed: {e}", r.cpu);
+                    self.notes.push(format!("CPU {} came online but its ring cannot be consumed: {e}", r.cpu));
                     self.mapped.insert(r.cpu);
                 }
             }
@@ -367,7 +490,7 @@ impl Consumer {
         Ok(over.then_some(ExitReason::Destroyed))
     }
 
-    fn map_new_ring(&mut self, cpu: u32) -> Result<RingState, ConsumerError> {
+    fn map_new_ring(&mut self, cpu: u32) -> Result<(RingState, Option<String>), ConsumerError> {
         let (reply, fds) = self.control.call_ok(&Request::MapRing { cpu })?;
         let Reply::RingMapped(info) = reply else {
             return Err(ConsumerError::Protocol(format!("`map_ring` answered with {reply:?}")));
@@ -410,5 +533,30 @@ impl Drop for Signals {
         for id in self.ids.drain(..) {
             signal_hook::low_level::unregister(id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_left_in_the_control_page_are_checked_against_the_producer() {
+        let geo = Geometry::new(4096, 4).unwrap();
+        let (d, o) = (Mode::Discard, Mode::Overwrite);
+        // Fresh ring, and a consumer that read everything delivered.
+        assert_eq!(resume_position(0, 0, geo, d), Ok(0));
+        assert_eq!(resume_position(8192, 8192 + 100, geo, d), Ok(8192));
+        // Discard: up to a ring behind the sub-buffer being written.
+        let w = 10 * 4096 + 100; // writing sub-buffer 10
+        assert_eq!(resume_position(7 * 4096, w, geo, d), Ok(7 * 4096));
+        assert_eq!(resume_position(6 * 4096, w, geo, d), Err(7 * 4096), "a whole ring behind");
+        assert_eq!(resume_position(u64::MAX, w, geo, d), Err(7 * 4096));
+        assert_eq!(resume_position(11 * 4096, w, geo, d), Err(7 * 4096), "ahead of the writer");
+        assert_eq!(resume_position(8 * 4096 + 1, w, geo, d), Err(7 * 4096), "unaligned");
+        // Overwrite: any distance behind (the reader skips overwritten laps).
+        assert_eq!(resume_position(0, w, geo, o), Ok(0));
+        assert_eq!(resume_position(u64::MAX - 4095, w, geo, o), Err(7 * 4096));
+        assert_eq!(resume_position(4097, w, geo, o), Err(7 * 4096));
     }
 }

@@ -23,6 +23,18 @@ pub enum ExitReason {
     Shutdown,
 }
 
+impl ExitReason {
+    /// The name used in JSON and in the consumer's account (`host_gone`, …).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ExitReason::Destroyed => "destroyed",
+            ExitReason::HostGone => "host_gone",
+            ExitReason::Signal => "signal",
+            ExitReason::Shutdown => "shutdown",
+        }
+    }
+}
+
 impl fmt::Display for ExitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -66,12 +78,18 @@ pub struct RingReport {
     /// went through the page cache (direct I/O off or refused by the file
     /// system, or a misaligned packet).
     pub direct_packets: u64,
-    /// Packets the producer overwrote while they were being written
-    /// (overwrite mode); cut off again.
+    /// Packets that changed while they were being written (the producer
+    /// took them back in overwrite mode, or reused them because someone else
+    /// moved the consumed position); cut off again.
     pub torn: u64,
+    /// Times the ring's consumed position in the shared control page was
+    /// found moved by someone else (and put back).
+    pub tampered: u64,
     /// Failed writes (and `fsync`s) of this file.
     pub write_errors: u64,
-    /// Delivered packets not in the file (write errors, malformed packets).
+    /// Delivered packets not in the file (write errors, malformed packets,
+    /// packets reused by the producer before they were read, and every
+    /// packet of a file removed or replaced during the session).
     pub lost_packets: u64,
     /// Bytes of those packets.
     pub lost_bytes: u64,
@@ -94,6 +112,7 @@ impl RingReport {
             bytes: 0,
             direct_packets: 0,
             torn: 0,
+            tampered: 0,
             write_errors: 0,
             lost_packets: 0,
             lost_bytes: 0,
@@ -117,6 +136,17 @@ pub struct Report {
     pub exit: ExitReason,
     /// The trace ends early (the host went away); `DIR/INCOMPLETE` says so.
     pub cut_short: bool,
+    /// The rings were in overwrite mode: a packet the producer took back
+    /// while it was written is its loss (counted as overwritten), not the
+    /// consumer's.
+    pub overwrite: bool,
+    /// Why the trace directory holds nothing of the trace any more (it was
+    /// removed or replaced during the session), if so.
+    pub trace_lost: Option<String>,
+    /// Problems that are not one stream's (unreadable consumed positions
+    /// reset at attach, a ring that could not be mapped, a failed flush or
+    /// `fsync`, …).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -138,6 +168,20 @@ impl Report {
     /// Packets delivered but not written (write errors, torn, malformed).
     pub fn packets_lost(&self) -> u64 {
         self.per_ring.iter().map(|r| r.lost_packets + r.torn).sum()
+    }
+
+    /// Packets handed to this consumer that the trace does not hold and that
+    /// the producer did not count as its own loss: write errors, malformed
+    /// or reused packets, files removed under the consumer, and in discard
+    /// mode torn packets. Not zero means the trace is damaged (the
+    /// consumer's account in the trace directory names them).
+    pub fn consumer_lost(&self) -> u64 {
+        self.per_ring.iter().map(|r| r.lost_packets + if self.overwrite { 0 } else { r.torn }).sum()
+    }
+
+    /// Whether the trace holds every packet handed to the consumer.
+    pub fn is_whole(&self) -> bool {
+        self.consumer_lost() == 0 && self.trace_lost.is_none()
     }
 }
 
@@ -182,6 +226,29 @@ impl fmt::Display for Report {
                 writeln!(f, "cpu {}: {}: {e}", r.cpu, r.file.display())?;
             }
         }
+        for r in self.per_ring.iter().filter(|r| r.tampered > 0) {
+            writeln!(
+                f,
+                "cpu {}: the consumed position in the shared control page was moved by someone else {} times \
+                 (another process maps this channel's control memfd)",
+                r.cpu, r.tampered
+            )?;
+        }
+        for n in &self.notes {
+            writeln!(f, "note: {n}")?;
+        }
+        if let Some(why) = &self.trace_lost {
+            writeln!(f, "{why}")?;
+        }
+        if self.consumer_lost() > 0 {
+            writeln!(
+                f,
+                "DAMAGED: {} packets handed to the consumer are not in the trace (see {}/{})",
+                self.consumer_lost(),
+                self.output.display(),
+                crate::ACCOUNT
+            )?;
+        }
         if self.cut_short {
             writeln!(f, "the trace was cut short: the host went away before the session was destroyed")?;
         }
@@ -206,11 +273,22 @@ mod tests {
             per_ring: vec![r],
             exit: ExitReason::HostGone,
             cut_short: true,
+            overwrite: false,
+            trace_lost: None,
+            notes: vec!["CPU 1: resumed at 0".into()],
         };
         let text = rep.to_string();
         assert!(text.contains("host went away"), "{text}");
         assert!(text.contains("12288"), "{text}");
         assert!(text.contains("disk full") && text.contains("cut short"), "{text}");
+        assert!(text.contains("note: CPU 1: resumed at 0") && !text.contains("DAMAGED"), "{text}");
+        assert!(rep.is_whole());
+        let mut lost = rep.clone();
+        lost.per_ring[0].torn = 2;
+        assert_eq!(lost.consumer_lost(), 2, "discard mode: a torn packet is the consumer's loss");
+        assert!(lost.to_string().contains("DAMAGED: 2 packets"), "{lost}");
+        lost.overwrite = true;
+        assert!(lost.is_whole(), "overwrite mode: the producer took it back and counted it");
         let v: serde_json::Value = serde_json::to_value(&rep).unwrap();
         assert_eq!(v["exit"], "host_gone");
         assert_eq!(v["cut_short"], true);

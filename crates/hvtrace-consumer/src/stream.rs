@@ -24,11 +24,12 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hvtrace_core::decode::packet_info;
 use hvtrace_core::{ctf, RingCounters};
-use hvtrace_sys::{direct, DioAlign};
+use hvtrace_reader::account::{SeqRange, StreamAccount};
+use hvtrace_sys::{direct, fs, DioAlign};
 
 use crate::report::RingReport;
 
@@ -56,8 +57,9 @@ struct Last {
 /// A stream file being written.
 #[derive(Debug)]
 pub(crate) struct StreamFile {
-    path: PathBuf,
-    file: File,
+    /// Its name in the trace directory.
+    pub(crate) name: String,
+    pub(crate) file: File,
     /// An `O_DIRECT` descriptor on the same file, and what it needs aligned,
     /// while direct I/O is used.
     direct: Option<(File, DioAlign)>,
@@ -67,39 +69,51 @@ pub(crate) struct StreamFile {
     /// garbage to cut off.
     len: u64,
     last: Option<Last>,
+    /// Sequence numbers handed over: the first, and one past the last.
+    handed: Option<(u64, u64)>,
+    /// Packets handed over and not written, by sequence number.
+    lost: Vec<SeqRange>,
+    /// Overwrite mode: packets the producer took back while they were written.
+    torn: Vec<SeqRange>,
     /// The last write failed (errors are reported once per failing run).
     failing: bool,
     pub(crate) report: RingReport,
 }
 
-impl StreamFile {
-    /// Creates `path`, which must not exist. With `direct_min`, packets of at
-    /// least that many bytes are written with `O_DIRECT` where the file
-    /// system allows it.
-    pub(crate) fn create(path: &Path, cpu: u32, direct_min: Option<usize>) -> io::Result<Self> {
-        let file = File::options().write(true).create_new(true).open(path)?;
-        let mut s = Self::from_file(path, file, cpu);
-        if let Some(min) = direct_min {
-            s.direct_min = min;
-            // A file system without direct I/O (or a failure to open the
-            // second descriptor) only means buffered writes.
-            s.direct = direct::open_direct(path).ok().flatten();
-        }
-        Ok(s)
+/// Adds `seq` to `ranges` (sequence numbers come in increasing order).
+fn add_seq(ranges: &mut Vec<SeqRange>, seq: u64, why: &str) {
+    match ranges.last_mut() {
+        Some(r) if r.last + 1 == seq => r.last = seq,
+        _ => ranges.push(SeqRange { first: seq, last: seq, why: why.to_string() }),
     }
+}
 
-    /// Writes to an already open file, from its start (tests use `/dev/full`).
-    pub(crate) fn from_file(path: &Path, file: File, cpu: u32) -> Self {
-        StreamFile {
-            path: path.to_path_buf(),
+impl StreamFile {
+    /// Writes to `file`, new and empty, called `name` in its directory. With
+    /// `direct_min`, packets of at least that many bytes are written with
+    /// `O_DIRECT` where the file system allows it, through a second
+    /// descriptor reopened from this one (never from the name).
+    pub(crate) fn new(path: &Path, name: String, file: File, cpu: u32, direct_min: Option<usize>) -> Self {
+        let mut s = StreamFile {
+            name,
             file,
             direct: None,
             direct_min: usize::MAX,
             len: 0,
             last: None,
+            handed: None,
+            lost: Vec::new(),
+            torn: Vec::new(),
             failing: false,
             report: RingReport::new(cpu, path),
+        };
+        if let Some(min) = direct_min {
+            s.direct_min = min;
+            // A file system without direct I/O (or no /proc to reopen the
+            // file through) only means buffered writes.
+            s.direct = direct_twin(&s.file);
         }
+        s
     }
 
     /// Whether packets are written with `O_DIRECT`.
@@ -114,21 +128,28 @@ impl StreamFile {
         self.len
     }
 
-    /// Takes one delivered packet: writes `bytes` unchanged at the end of the
-    /// file, then calls `release` (which hands the sub-buffer back to the
-    /// producer and says whether the bytes were intact). The packet is
-    /// released whatever happens, so a failing disk never blocks the host.
-    pub(crate) fn take_packet(&mut self, bytes: &[u8], release: impl FnOnce() -> bool) {
+    /// Takes packet `seq` (known from its position in the ring, not from
+    /// its header): writes `bytes` unchanged at the end of the file, then
+    /// calls `release`, which hands the sub-buffer back to the producer and
+    /// says whether the bytes stayed intact while they were written. The
+    /// packet is released whatever happens, so a failing disk never blocks
+    /// the host. `overwrite`: a packet the producer took back is its loss
+    /// (counted as overwritten), not the consumer's.
+    pub(crate) fn take_packet(&mut self, seq: u64, bytes: &[u8], overwrite: bool, release: impl FnOnce() -> bool) {
+        self.handed = Some(match self.handed {
+            Some((first, next)) => (first, next.max(seq + 1)),
+            None => (seq, seq + 1),
+        });
         // Read the header before release: afterwards the producer may reuse
         // the sub-buffer. A flushed packet declares fewer bytes than its
         // sub-buffer (its content rounded up to a page): write only those.
-        let info = packet_info(bytes).ok().filter(|i| i.packet_len <= bytes.len());
+        let info = packet_info(bytes).ok().filter(|i| i.packet_len <= bytes.len() && i.seq == seq);
         let Some(info) = info else {
             let n = bytes.len() as u64;
             if release() {
-                self.lose(n, None, format!("dropped a malformed packet ({n} bytes) instead of writing it"));
+                self.lose(seq, n, format!("dropped a malformed packet ({n} bytes) instead of writing it"));
             } else {
-                self.report.torn += 1;
+                self.tear(seq, overwrite);
             }
             return;
         };
@@ -146,27 +167,53 @@ impl StreamFile {
                         timestamp_end: info.timestamp_end,
                         events_discarded: info.events_discarded,
                     });
-                    if self.failing {
-                        self.failing = false;
-                        eprintln!(
-                            "hvtrace-consume: writing {} works again ({} packets lost so far)",
-                            self.path.display(),
-                            self.report.lost_packets
-                        );
-                    }
+                    self.failing = false;
                 } else {
-                    // Overwrite mode: the producer took the sub-buffer back
-                    // while it was being written.
-                    self.report.torn += 1;
+                    // The producer took the sub-buffer back (overwrite mode),
+                    // or reused it because someone else moved the consumed
+                    // position, while it was being written.
+                    self.tear(seq, overwrite);
                     self.cut_back();
                 }
             }
             Err(e) => {
                 release();
                 self.report.write_errors += 1;
-                self.lose(n, Some(e), String::new());
+                let why = format!(
+                    "write failed: {e}; the packet is dropped (released to the host) and the file cut back to its \
+                     last whole packet; consuming goes on"
+                );
+                self.lose(seq, n, why);
                 self.cut_back();
             }
+        }
+    }
+
+    /// Packets `from..to` were handed over in the sense that the producer
+    /// delivered them and the consumer's position passed them, but they
+    /// were never read: someone else moved the consumed position and the
+    /// producer reused their sub-buffers (discard mode).
+    pub(crate) fn skipped(&mut self, from: u64, to: u64, why: &str) {
+        for seq in from..to {
+            self.handed = Some(match self.handed {
+                Some((first, next)) => (first, next.max(seq + 1)),
+                None => (seq, seq + 1),
+            });
+            self.lose(seq, 0, why.to_string());
+        }
+    }
+
+    fn tear(&mut self, seq: u64, overwrite: bool) {
+        self.report.torn += 1;
+        if overwrite {
+            add_seq(&mut self.torn, seq, "");
+        } else {
+            // Discard mode: the producer never takes a packet back; it was
+            // reused because its position was moved under this consumer.
+            let why = "changed while it was being written (torn): the consumed position was moved under this \
+                       consumer";
+            add_seq(&mut self.lost, seq, why);
+            self.note_error(why);
         }
     }
 
@@ -190,11 +237,15 @@ impl StreamFile {
 
     /// Ends the stream: appends an empty packet carrying `counters.discarded`
     /// if events were lost after the last packet written (so CTF readers
-    /// report every loss), then `fsync`s the file. Returns the final report.
-    pub(crate) fn finish(mut self, uuid: &[u8; 16], counters: RingCounters) -> RingReport {
+    /// report every loss), then `fsync`s the file. Returns the final report
+    /// and what the consumer's account says of this stream.
+    pub(crate) fn finish(mut self, uuid: &[u8; 16], counters: RingCounters) -> (RingReport, StreamAccount) {
         let written = self.last.map_or(0, |l| l.events_discarded);
         if counters.discarded > written {
-            let (seq, ts) = self.last.map_or((0, 0), |l| (l.seq + 1, l.timestamp_end));
+            // Numbered after every packet handed over, so packets lost at the
+            // end still show as a sequence gap.
+            let seq = self.handed.map_or(0, |h| h.1).max(self.last.map_or(0, |l| l.seq + 1));
+            let ts = self.last.map_or(0, |l| l.timestamp_end);
             let pkt = ctf::empty_packet(uuid, self.report.cpu, seq, ts, counters.discarded);
             match self.file.write_all_at(&pkt, self.len) {
                 Ok(()) => {
@@ -214,27 +265,42 @@ impl StreamFile {
             self.note_error(&format!("fsync: {e} (data written before may be lost)"));
         }
         self.report.counters = counters;
-        self.report
+        let (first, next) = self.handed.unwrap_or((0, 0));
+        let account = StreamAccount { cpu: self.report.cpu, first, next, lost: self.lost, torn: self.torn };
+        (self.report, account)
     }
 
-    fn lose(&mut self, n: u64, e: Option<io::Error>, why: String) {
-        self.report.lost_packets += 1;
-        self.report.lost_bytes += n;
-        let msg = match e {
-            Some(e) => format!(
-                "write failed: {e}; the packet is dropped (released to the host) and the file cut back to its \
-                 last whole packet; consuming goes on"
-            ),
+    /// The whole stream is lost after all (its file was removed or replaced
+    /// under the consumer): every packet written counts as lost.
+    pub(crate) fn lose_all(report: &mut RingReport, account: &mut StreamAccount, why: String) {
+        report.lost_packets += report.packets;
+        report.lost_bytes += report.bytes;
+        report.packets = 0;
+        report.bytes = 0;
+        if account.next > account.first {
+            account.lost = vec![SeqRange { first: account.first, last: account.next - 1, why: why.clone() }];
+        }
+        report.first_error = Some(match report.first_error.take() {
+            Some(e) => format!("{why}; before that: {e}"),
             None => why,
-        };
+        });
+    }
+
+    fn lose(&mut self, seq: u64, n: u64, why: String) {
+        self.lost_count(seq, n, &why);
         if !self.failing {
             self.failing = true;
-            self.note_error(&msg);
+            self.note_error(&why);
         }
     }
 
+    fn lost_count(&mut self, seq: u64, n: u64, why: &str) {
+        self.report.lost_packets += 1;
+        self.report.lost_bytes += n;
+        add_seq(&mut self.lost, seq, why);
+    }
+
     fn note_error(&mut self, msg: &str) {
-        eprintln!("hvtrace-consume: {}: {msg}", self.path.display());
         if self.report.first_error.is_none() {
             self.report.first_error = Some(msg.to_string());
         }
@@ -250,6 +316,11 @@ impl StreamFile {
             }
         }
     }
+}
+
+/// The `O_DIRECT` twin of `file`, if direct I/O can be had on it.
+fn direct_twin(file: &File) -> Option<(File, DioAlign)> {
+    fs::reopen_direct(file).ok().flatten()
 }
 
 /// Writes all of `bytes` at `at` through the `O_DIRECT` descriptor `d`;
@@ -279,6 +350,12 @@ mod tests {
     use hvtrace_core::decode::packet_info;
 
     const UUID: [u8; 16] = [7; 16];
+
+    /// A new stream file of CPU 2 at `path`.
+    fn create(path: &Path, direct_min: Option<usize>) -> StreamFile {
+        let f = File::options().write(true).create_new(true).open(path).unwrap();
+        StreamFile::new(path, "chan_2".into(), f, 2, direct_min)
+    }
 
     /// A real packet: header from `empty_packet`, sized to 4 KiB with records
     /// region zero (content = header).
@@ -322,13 +399,13 @@ mod tests {
     fn writes_unchanged_and_appends_loss_trailer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
+        let mut s = create(&path, Some(DIRECT_MIN));
         let (a, b) = (packet(0, 100, 0), packet(1, 200, 5));
-        s.take_packet(&a, || true);
-        s.take_packet(&b, || true);
+        s.take_packet(0, &a, false, || true);
+        s.take_packet(1, &b, false, || true);
         assert_eq!(s.len(), 8192);
         let counters = RingCounters { discarded: 9, ..Default::default() };
-        let r = s.finish(&UUID, counters);
+        let (r, _) = s.finish(&UUID, counters);
         assert_eq!((r.packets, r.bytes, r.torn, r.lost_packets, r.trailer), (2, 8192, 0, 0, true));
         let data = std::fs::read(&path).unwrap();
         assert_eq!(&data[..4096], &a[..]);
@@ -345,15 +422,15 @@ mod tests {
     fn no_trailer_when_nothing_was_lost_after_the_last_packet() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
-        s.take_packet(&packet(0, 100, 3), || true);
-        let r = s.finish(&UUID, RingCounters { discarded: 3, ..Default::default() });
+        let mut s = create(&path, Some(DIRECT_MIN));
+        s.take_packet(0, &packet(0, 100, 3), false, || true);
+        let (r, _) = s.finish(&UUID, RingCounters { discarded: 3, ..Default::default() });
         assert!(!r.trailer);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
         // A stream with no packet at all but losses gets one empty packet.
         let path = dir.path().join("chan_3");
-        let s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
-        let r = s.finish(&UUID, RingCounters { discarded: 4, ..Default::default() });
+        let s = create(&path, Some(DIRECT_MIN));
+        let (r, _) = s.finish(&UUID, RingCounters { discarded: 4, ..Default::default() });
         assert!(r.trailer);
         let ps = read_packets(&path);
         assert_eq!((ps.len(), ps[0].seq, ps[0].events_discarded), (1, 0, 4));
@@ -363,12 +440,12 @@ mod tests {
     fn torn_packet_is_cut_back_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
-        s.take_packet(&packet(0, 1, 0), || true);
-        s.take_packet(&packet(1, 2, 0), || false);
+        let mut s = create(&path, Some(DIRECT_MIN));
+        s.take_packet(0, &packet(0, 1, 0), false, || true);
+        s.take_packet(1, &packet(1, 2, 0), true, || false);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096, "the torn packet was cut off");
-        s.take_packet(&packet(3, 3, 0), || true);
-        let r = s.finish(&UUID, RingCounters::default());
+        s.take_packet(3, &packet(3, 3, 0), false, || true);
+        let (r, _) = s.finish(&UUID, RingCounters::default());
         assert_eq!((r.packets, r.torn, r.lost_packets), (2, 1, 0));
         let ps = read_packets(&path);
         assert_eq!(ps.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![0, 3]);
@@ -378,14 +455,14 @@ mod tests {
     fn malformed_packet_is_released_not_written() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, Some(DIRECT_MIN)).unwrap();
+        let mut s = create(&path, Some(DIRECT_MIN));
         let mut released = false;
-        s.take_packet(&[0u8; 4096], || {
+        s.take_packet(0, &[0u8; 4096], false, || {
             released = true;
             true
         });
         assert!(released);
-        let r = s.finish(&UUID, RingCounters::default());
+        let (r, _) = s.finish(&UUID, RingCounters::default());
         assert_eq!((r.packets, r.lost_packets, r.lost_bytes), (0, 1, 4096));
         assert!(r.first_error.unwrap().contains("malformed"));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
@@ -395,7 +472,7 @@ mod tests {
     fn long_aligned_packets_go_direct_and_land_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, Some(8192)).unwrap();
+        let mut s = create(&path, Some(8192));
         let direct = s.is_direct();
         if !direct {
             println!("SKIP (direct part): {} does not do direct I/O", dir.path().display());
@@ -407,27 +484,31 @@ mod tests {
         // one exactly `direct_min` long at an aligned offset.
         for (seq, len) in [(0u64, 16384usize), (1, 16384), (2, 4096), (3, 16384)] {
             let b = subbuf(&mut store, 16384, len, seq);
-            s.take_packet(b, || true);
+            s.take_packet(seq, b, false, || true);
             want.extend_from_slice(&b[..len]);
         }
         let mut v = subbuf(&mut store, 16384, 16384, 4).to_vec();
         v.insert(0, 0);
-        s.take_packet(&v[1..], || true);
+        s.take_packet(4, &v[1..], false, || true);
         want.extend_from_slice(&v[1..]);
         let b = subbuf(&mut store, 16384, 8192, 5);
-        s.take_packet(b, || true);
+        s.take_packet(5, b, false, || true);
         want.extend_from_slice(&b[..8192]);
         // Torn while written directly: cut off again.
         let b = subbuf(&mut store, 16384, 16384, 6);
-        s.take_packet(b, || false);
+        s.take_packet(6, b, true, || false);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), want.len() as u64, "the torn packet was cut off");
-        let r = s.finish(&UUID, RingCounters { discarded: 2, ..Default::default() });
+        let (r, acc) = s.finish(&UUID, RingCounters { discarded: 2, ..Default::default() });
         assert_eq!((r.packets, r.torn, r.lost_packets, r.trailer), (6, 1, 0, true));
+        assert_eq!((acc.first, acc.next, acc.lost.len()), (0, 7, 0));
+        assert_eq!((acc.torn[0].first, acc.torn[0].last), (6, 6), "overwrite mode: the producer's loss");
         assert_eq!(r.direct_packets, if direct { 4 } else { 0 }, "seq 0, 1, 3 and 5: {r:?}");
         let data = std::fs::read(&path).unwrap();
         assert_eq!(&data[..want.len()], &want[..], "every byte as delivered");
         let ps = read_packets(&path);
-        assert_eq!(ps.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5, 6]);
+        // The trailer is numbered after every packet handed over: the torn
+        // seq 6 shows as a gap.
+        assert_eq!(ps.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5, 7]);
         assert_eq!((ps[6].events_discarded, ps[6].content_len), (2, ctf::packet::LEN), "the trailer");
     }
 
@@ -435,12 +516,12 @@ mod tests {
     fn direct_io_off_writes_through_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chan_2");
-        let mut s = StreamFile::create(&path, 2, None).unwrap();
+        let mut s = create(&path, None);
         assert!(!s.is_direct());
         let mut store = Vec::new();
         let b = subbuf(&mut store, 8192, 8192, 0).to_vec();
-        s.take_packet(&b, || true);
-        let r = s.finish(&UUID, RingCounters::default());
+        s.take_packet(0, &b, false, || true);
+        let (r, _) = s.finish(&UUID, RingCounters::default());
         assert_eq!((r.packets, r.direct_packets), (1, 0));
         assert_eq!(std::fs::read(&path).unwrap(), b);
     }
@@ -450,16 +531,16 @@ mod tests {
         // /dev/full fails every write with ENOSPC.
         let path = Path::new("/dev/full");
         let Ok(f) = File::options().write(true).open(path) else { return };
-        let mut s = StreamFile::from_file(path, f, 2);
+        let mut s = StreamFile::new(path, "full".into(), f, 2, None);
         let mut released = 0;
         for seq in 0..3 {
-            s.take_packet(&packet(seq, seq, 0), || {
+            s.take_packet(seq, &packet(seq, seq, 0), false, || {
                 released += 1;
                 true
             });
         }
         assert_eq!(released, 3, "every packet is released although the disk fails");
-        let r = s.finish(&UUID, RingCounters { discarded: 1, ..Default::default() });
+        let (r, _) = s.finish(&UUID, RingCounters { discarded: 1, ..Default::default() });
         assert_eq!((r.packets, r.lost_packets, r.lost_bytes), (0, 3, 3 * 4096));
         assert!(r.write_errors >= 3, "{r:?}");
         assert!(!r.trailer);

@@ -6,8 +6,12 @@
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
+use std::sync::atomic::{fence, Ordering};
+
+use hvtrace_core::decode::packet_info;
 use hvtrace_core::ring::Poll;
-use hvtrace_core::RingReader;
+use hvtrace_core::{Mode, RingReader};
+use hvtrace_reader::account::StreamAccount;
 use hvtrace_sys::{EventFd, MappedReader, Poller};
 
 use crate::report::RingReport;
@@ -34,22 +38,114 @@ pub(crate) struct RingState {
     /// Signalled by the producer when a sub-buffer is delivered.
     pub(crate) wake: EventFd,
     pub(crate) stream: StreamFile,
+    /// The consumer's own position: the shared `consumed` word is writable
+    /// by anyone who mapped the channel, so it is checked against this one
+    /// and put back, never believed.
+    pub(crate) expect: u64,
+    /// Times the shared position was found moved by someone else.
+    pub(crate) tampered: u64,
 }
 
+/// How often one drain puts a moved position back before it gives up until
+/// the next wake-up (someone is rewriting it in a loop).
+const MAX_RESETS: u32 = 64;
+
 impl RingState {
+    /// A ring whose consumer words were validated at `expect`.
+    pub(crate) fn new(
+        cpu: u32,
+        uuid: [u8; 16],
+        source: Box<dyn RingSource>,
+        wake: EventFd,
+        stream: StreamFile,
+        expect: u64,
+    ) -> Self {
+        RingState { cpu, uuid, source, wake, stream, expect, tampered: 0 }
+    }
+
     /// Writes every delivered packet, releasing each.
+    ///
+    /// A packet is kept only if, after its bytes were written, the producer
+    /// has not reserved anything in that sub-buffer's next lap (its write
+    /// position is at most one ring past the packet) and the packet's header
+    /// still carries its sequence number: the check a seqlock reader makes
+    /// after reading. In discard mode the producer can reuse a sub-buffer
+    /// only if someone else moved the consumed position past it; in
+    /// overwrite mode it takes packets back as it laps.
     fn consume(&mut self) {
         let reader = self.source.reader();
-        while let Poll::Ready(p) = reader.next_packet() {
-            self.stream.take_packet(reader.packet_bytes(&p), || reader.release(&p));
+        let geo = reader.geometry();
+        let overwrite = reader.mode() == Mode::Overwrite;
+        let mut resets = 0;
+        loop {
+            let consumed = reader.consumed();
+            if consumed != self.expect {
+                // In overwrite mode the reader itself moves the position past
+                // laps the producer overwrote; put it back all the same (it
+                // skips them again) but do not call that tampering.
+                if !(overwrite && consumed > self.expect && consumed.is_multiple_of(geo.subbuf_size)) {
+                    self.tampered += 1;
+                }
+                resets += 1;
+                if resets > MAX_RESETS {
+                    return;
+                }
+                reader.set_consumed(self.expect);
+            }
+            let Poll::Ready(p) = reader.next_packet() else { return };
+            if p.pos < self.expect || !p.pos.is_multiple_of(geo.subbuf_size) {
+                // Moved between the check and `next_packet`.
+                continue;
+            }
+            if p.pos > self.expect && !overwrite {
+                // Discard mode never skips: the producer reused these
+                // sub-buffers after someone moved the position past them.
+                let why = "reused by the producer before it was read: someone else moved the consumed position";
+                self.stream.skipped(geo.subbuf_seq(self.expect), geo.subbuf_seq(p.pos), why);
+                self.tampered += 1;
+            }
+            let seq = geo.subbuf_seq(p.pos);
+            let bytes = reader.packet_bytes(&p);
+            let lapped = p.pos + geo.buf_size();
+            self.stream.take_packet(seq, bytes, overwrite, || {
+                // Pairs with the producer's reservation (a CAS on its write
+                // position, before it writes a byte of the sub-buffer): a
+                // store the write above read is seen as a reservation here.
+                fence(Ordering::Acquire);
+                let reopened = reader.counters().produced_bytes > lapped;
+                let header_seq = packet_info(bytes).map(|i| i.seq).ok();
+                let intact = !reopened && header_seq == Some(seq);
+                reader.release(&p) && intact
+            });
+            self.expect = p.pos + geo.subbuf_size;
         }
     }
 
-    fn finish(mut self) -> RingReport {
+    fn finish(mut self) -> Finished {
         self.consume();
         let counters = self.source.reader().counters();
-        self.stream.finish(&self.uuid, counters)
+        let name = self.stream.name.clone();
+        let file = self.stream.file.try_clone().ok();
+        let (mut report, account) = self.stream.finish(&self.uuid, counters);
+        report.tampered = self.tampered;
+        Finished { report, account, name, file }
     }
+}
+
+/// A ended stream: its report, what the account says of it, and its file
+/// (to check at the end that it is still in the trace directory).
+pub(crate) struct Finished {
+    pub(crate) report: RingReport,
+    pub(crate) account: StreamAccount,
+    pub(crate) name: String,
+    pub(crate) file: Option<std::fs::File>,
+}
+
+/// What a worker hands back: its streams, and problems that were not one
+/// stream's.
+pub(crate) struct WorkerEnd {
+    pub(crate) rings: Vec<Finished>,
+    pub(crate) notes: Vec<String>,
 }
 
 pub(crate) enum Cmd {
@@ -64,7 +160,7 @@ const CMD_TOKEN: u64 = u64::MAX;
 pub(crate) struct Worker {
     tx: Sender<Cmd>,
     wake: EventFd,
-    join: Option<JoinHandle<Vec<RingReport>>>,
+    join: Option<JoinHandle<WorkerEnd>>,
 }
 
 impl Worker {
@@ -86,7 +182,7 @@ impl Worker {
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
-                        Vec::new()
+                        WorkerEnd { rings: Vec::new(), notes: Vec::new() }
                     }
                 }
             })
@@ -106,13 +202,13 @@ impl Worker {
         let _ = self.wake.signal();
     }
 
-    /// Final drain; returns the reports of the worker's rings.
-    pub(crate) fn finish(mut self) -> Result<Vec<RingReport>, ConsumerError> {
+    /// Final drain; returns the worker's ended streams.
+    pub(crate) fn finish(mut self) -> Result<WorkerEnd, ConsumerError> {
         self.stop()
     }
 
-    fn stop(&mut self) -> Result<Vec<RingReport>, ConsumerError> {
-        let Some(join) = self.join.take() else { return Ok(Vec::new()) };
+    fn stop(&mut self) -> Result<WorkerEnd, ConsumerError> {
+        let Some(join) = self.join.take() else { return Ok(WorkerEnd { rings: Vec::new(), notes: Vec::new() }) };
         let _ = self.tx.send(Cmd::Finish);
         let _ = self.wake.signal();
         join.join().map_err(|_| ConsumerError::Io {
@@ -129,13 +225,14 @@ impl Drop for Worker {
     }
 }
 
-fn run(mut poller: Poller, wake: EventFd, rx: Receiver<Cmd>) -> Vec<RingReport> {
+fn run(mut poller: Poller, wake: EventFd, rx: Receiver<Cmd>) -> WorkerEnd {
     let mut rings: Vec<RingState> = Vec::new();
+    let mut notes = Vec::new();
     let mut events = Vec::with_capacity(64);
     let mut finishing = false;
     while !finishing {
         if let Err(e) = poller.wait(&mut events, None) {
-            eprintln!("hvtrace-consume: epoll_wait failed ({e}); this thread ends its streams now");
+            notes.push(format!("epoll_wait failed ({e}); a worker ended its streams early"));
             break;
         }
         for ev in &events {
@@ -146,11 +243,10 @@ fn run(mut poller: Poller, wake: EventFd, rx: Receiver<Cmd>) -> Vec<RingReport> 
                         Cmd::Add(ring) => {
                             let mut ring = *ring;
                             if let Err(e) = poller.add(&ring.wake, rings.len() as u64) {
-                                eprintln!(
-                                    "hvtrace-consume: cannot watch the eventfd of CPU {}: {e}; its ring is only \
-                                     drained at the end",
+                                notes.push(format!(
+                                    "cannot watch the eventfd of CPU {}: {e}; its ring was only drained at the end",
                                     ring.cpu
-                                );
+                                ));
                             }
                             ring.consume();
                             rings.push(ring);
@@ -166,7 +262,7 @@ fn run(mut poller: Poller, wake: EventFd, rx: Receiver<Cmd>) -> Vec<RingReport> 
             }
         }
     }
-    rings.into_iter().map(RingState::finish).collect()
+    WorkerEnd { rings: rings.into_iter().map(RingState::finish).collect(), notes }
 }
 
 #[cfg(test)]
@@ -200,13 +296,10 @@ mod tests {
         let ring = heap.producer(Mode::Discard, StreamId { uuid: [3; 16], cpu });
         let reader = heap.reader();
         let wake = EventFd::new().unwrap();
-        let state = RingState {
-            cpu,
-            uuid: [3; 16],
-            source: Box::new(reader),
-            wake: wake.try_clone().unwrap(),
-            stream: StreamFile::create(&dir.join(format!("chan_{cpu}")), cpu, Some(4096)).unwrap(),
-        };
+        let path = dir.join(format!("chan_{cpu}"));
+        let file = std::fs::File::options().write(true).create_new(true).open(&path).unwrap();
+        let stream = StreamFile::new(&path, format!("chan_{cpu}"), file, cpu, Some(4096));
+        let state = RingState::new(cpu, [3; 16], Box::new(reader), wake.try_clone().unwrap(), stream, 0);
         (Fixture { ring, wake }, state)
     }
 
@@ -256,7 +349,8 @@ mod tests {
                 f.wake.signal().unwrap();
             }
         }
-        let mut reports: Vec<RingReport> = workers.into_iter().flat_map(|w| w.finish().unwrap()).collect();
+        let mut reports: Vec<RingReport> =
+            workers.into_iter().flat_map(|w| w.finish().unwrap().rings).map(|f| f.report).collect();
         reports.sort_by_key(|r| r.cpu);
         assert_eq!(reports.len(), 5);
         for (cpu, r) in reports.iter().enumerate() {

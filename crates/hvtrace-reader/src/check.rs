@@ -10,12 +10,15 @@
 
 use std::fmt;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use hvtrace_core::ctf::{packet, CTF_MAGIC};
 use hvtrace_core::decode::{records, DecodeError, Schema};
+use hvtrace_sys::fs;
 
-use crate::dir::{io_err, Packet, ReadError, TraceDir, INCOMPLETE};
+use crate::account::{StreamAccount, ACCOUNT};
+use crate::dir::{io_err, stream_cpu, Packet, ReadError, TraceDir, INCOMPLETE};
 
 /// What a stream is expected to hold; `None` learns the value from the
 /// first intact packet instead.
@@ -149,6 +152,18 @@ pub enum ProblemKind {
         /// They are all zero.
         zeros: bool,
     },
+    /// Packets missing from the sequence (`packet_seq_num` skips them, or
+    /// the consumer's account says it was handed them): see
+    /// [`sequence_gaps`] for which gaps count.
+    MissingPackets {
+        /// First missing sequence number.
+        first: u64,
+        /// Last missing sequence number.
+        last: u64,
+        /// The consumer's account says it was handed them and lost them
+        /// (its `lost` lines say why).
+        consumer_lost: bool,
+    },
 }
 
 impl ProblemKind {
@@ -168,6 +183,7 @@ impl ProblemKind {
             ProblemKind::CutPacket { .. } => "cut-packet",
             ProblemKind::Unrecognised { .. } => "unrecognised-bytes",
             ProblemKind::TrailingGarbage { .. } => "trailing-garbage",
+            ProblemKind::MissingPackets { .. } => "missing-packets",
         }
     }
 }
@@ -216,6 +232,19 @@ impl fmt::Display for ProblemKind {
             ProblemKind::Unrecognised { zeros: z } => write!(f, "bytes that hold no packet{}", zeros(z)),
             ProblemKind::TrailingGarbage { zeros: z } => {
                 write!(f, "trailing bytes after the last packet{}", zeros(z))
+            }
+            ProblemKind::MissingPackets { first, last, consumer_lost } => {
+                let n = last - first + 1;
+                let s = if n == 1 { "" } else { "s" };
+                if first == last {
+                    write!(f, "packet seq {first} missing")?;
+                } else {
+                    write!(f, "packet seqs {first}..={last} missing ({n} packet{s})")?;
+                }
+                if *consumer_lost {
+                    write!(f, "; the consumer was handed and lost them (see its {ACCOUNT})")?;
+                }
+                Ok(())
             }
         }
     }
@@ -634,6 +663,85 @@ fn out_of_order<S: Schema + ?Sized>(
     })
 }
 
+/// The packets missing from a stream's sequence, as problems (offset: the
+/// packet after the gap, or the end of the file; length 0).
+///
+/// Sequence numbers are the ring's sub-buffer numbers, so a stream without
+/// loss numbers its packets one by one. Which gaps count as damage:
+/// * with no `account` (an older trace): every gap between two intact
+///   packets;
+/// * in discard mode: every gap between the first packet the consumer was
+///   handed and the last (`first..next` in the account), at either end too;
+/// * in overwrite mode: only packets the account says the consumer lost.
+///   Other gaps are the flight recorder's overwritten packets, which the
+///   trace accounts for in `events_discarded` (the producer counted their
+///   events as overwritten).
+///
+/// Sequence numbers named by a damaged packet are left out: that packet is
+/// reported already.
+pub fn sequence_gaps(report: &StreamReport, account: Option<(&StreamAccount, bool)>) -> Vec<Problem> {
+    let damaged: Vec<u64> = report.problems.iter().filter_map(|p| p.seq).collect();
+    let mut present: Vec<(u64, u64)> = report.packets.iter().map(|p| (p.seq, p.offset)).collect();
+    present.sort_unstable();
+    let lost_by_consumer = |seq: u64| account.is_some_and(|(a, _)| a.lost.iter().any(|r| r.contains(seq)));
+    let counts = |seq: u64| match account {
+        Some((_, true)) => lost_by_consumer(seq),
+        _ => !damaged.contains(&seq),
+    };
+    // Holes: between intact packets, and (with an account) before the first
+    // and after the last packet the consumer was handed.
+    let mut holes: Vec<(u64, u64, u64)> = Vec::new(); // first, end (excluded), offset
+    let mut expected: Option<u64> = account.map(|(a, _)| a.first);
+    for &(seq, offset) in &present {
+        if let Some(from) = expected.filter(|&from| seq > from) {
+            holes.push((from, seq, offset));
+        }
+        let after = seq.saturating_add(1);
+        expected = Some(expected.map_or(after, |e| e.max(after)));
+    }
+    if let Some((a, _)) = account {
+        let from = expected.unwrap_or(a.first);
+        if a.next > from {
+            holes.push((from, a.next, report.len));
+        }
+    }
+    // Within a hole, whether a number counts and who lost it change only at
+    // the ends of the account's `lost` ranges and around damaged packets:
+    // walk those stretches (a crafted file can make a hole 2^64 long).
+    let mut cuts: Vec<u64> = damaged.iter().flat_map(|&d| [d, d.saturating_add(1)]).collect();
+    if let Some((a, _)) = account {
+        cuts.extend(a.lost.iter().flat_map(|r| [r.first, r.last.saturating_add(1)]));
+    }
+    let mut out: Vec<Problem> = Vec::new();
+    for (first, end, offset) in holes {
+        let mut bounds: Vec<u64> = cuts.iter().copied().filter(|&c| c > first && c < end).collect();
+        bounds.push(end);
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut start = first;
+        for stop in bounds {
+            if counts(start) {
+                let by = lost_by_consumer(start);
+                match out.last_mut() {
+                    Some(Problem { kind: ProblemKind::MissingPackets { last, consumer_lost, .. }, .. })
+                        if *last + 1 == start && *consumer_lost == by =>
+                    {
+                        *last = stop - 1
+                    }
+                    _ => out.push(Problem {
+                        offset,
+                        len: 0,
+                        seq: Some(start),
+                        kind: ProblemKind::MissingPackets { first: start, last: stop - 1, consumer_lost: by },
+                    }),
+                }
+            }
+            start = stop;
+        }
+    }
+    out
+}
+
 /// A file of the trace directory besides the metadata and the streams.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DirNote {
@@ -644,6 +752,26 @@ pub enum DirNote {
     /// A non-empty file that is neither the metadata nor a stream file:
     /// babeltrace2 takes it for a stream file and fails.
     Foreign(String),
+    /// A stream file's name on something that is not a regular file (a
+    /// directory, FIFO, symbolic link, socket or device): the stream it
+    /// should hold is gone.
+    NotAFile {
+        /// The name.
+        name: String,
+        /// What it is.
+        kind: &'static str,
+    },
+    /// The consumer's account names a stream whose file is missing.
+    MissingStream {
+        /// The CPU.
+        cpu: u32,
+    },
+    /// The consumer's account (`.hvtrace-consumer`) cannot be read: which
+    /// packets the trace should hold is unknown.
+    BadAccount(String),
+    /// The consumer's account has no `end` line: the consumer did not finish
+    /// (killed); the packets it wrote may all be intact.
+    Unfinished,
 }
 
 impl DirNote {
@@ -651,7 +779,10 @@ impl DirNote {
     pub fn in_the_way(&self) -> bool {
         match self {
             DirNote::Incomplete(text) => !text.is_empty(),
-            DirNote::Foreign(_) => true,
+            DirNote::Foreign(_) | DirNote::NotAFile { .. } | DirNote::MissingStream { .. } | DirNote::BadAccount(_) => {
+                true
+            }
+            DirNote::Unfinished => false,
         }
     }
 
@@ -659,7 +790,8 @@ impl DirNote {
     pub fn file(&self) -> &str {
         match self {
             DirNote::Incomplete(_) => INCOMPLETE,
-            DirNote::Foreign(name) => name,
+            DirNote::Foreign(name) | DirNote::NotAFile { name, .. } => name,
+            DirNote::MissingStream { .. } | DirNote::BadAccount(_) | DirNote::Unfinished => ACCOUNT,
         }
     }
 }
@@ -676,6 +808,18 @@ impl fmt::Display for DirNote {
             ),
             DirNote::Foreign(name) => {
                 write!(f, "{name}: not a stream file; babeltrace2 takes it for one and fails")
+            }
+            DirNote::NotAFile { name, kind } => {
+                write!(f, "{name}: a {kind} where a stream file should be; the stream's packets are gone")
+            }
+            DirNote::MissingStream { cpu } => {
+                write!(f, "{ACCOUNT}: the consumer wrote a stream for CPU {cpu}, but its file is missing")
+            }
+            DirNote::BadAccount(why) => {
+                write!(f, "{ACCOUNT}: the consumer's account cannot be read ({why}); missing packets may go unnoticed")
+            }
+            DirNote::Unfinished => {
+                write!(f, "{ACCOUNT}: the consumer did not finish (killed?); the packets written may all be intact")
             }
         }
     }
@@ -727,14 +871,44 @@ pub fn check(dir: &Path) -> Result<CheckReport, ReadError> {
 fn check_dir(t: &TraceDir) -> Result<(CheckReport, Vec<Vec<u8>>), ReadError> {
     let mut streams = Vec::new();
     let mut contents = Vec::new();
+    let mut notes: Vec<DirNote> = t.incomplete.iter().cloned().map(DirNote::Incomplete).collect();
+    let account = match &t.account {
+        Some(Ok(a)) => Some(a),
+        Some(Err(why)) => {
+            notes.push(DirNote::BadAccount(why.clone()));
+            None
+        }
+        None => None,
+    };
     for s in &t.streams {
         let bytes = s.read()?;
-        let report = check_stream(&bytes, t.schema(), &Expect { uuid: Some(t.metadata.uuid), cpu: Some(s.cpu) });
+        let mut report = check_stream(&bytes, t.schema(), &Expect { uuid: Some(t.metadata.uuid), cpu: Some(s.cpu) });
+        let acc = account.and_then(|a| a.stream(s.cpu).map(|st| (st, a.overwrite)));
+        // A killed consumer's account names no stream: the mode still says
+        // whether gaps between packets are the flight recorder's.
+        let gaps = match (acc, account) {
+            (None, Some(a)) if a.overwrite => Vec::new(),
+            _ => sequence_gaps(&report, acc),
+        };
+        report.problems.extend(gaps);
+        report.problems.sort_by_key(|p| p.offset);
         streams.push(StreamCheck { name: s.name.clone(), path: s.path.clone(), cpu: s.cpu, report });
         contents.push(bytes);
     }
-    let mut notes: Vec<DirNote> = t.incomplete.iter().cloned().map(DirNote::Incomplete).collect();
     notes.extend(t.foreign.iter().cloned().map(DirNote::Foreign));
+    notes.extend(t.not_files.iter().map(|(name, kind)| DirNote::NotAFile { name: name.clone(), kind }));
+    if let Some(a) = account {
+        for st in &a.streams {
+            if !t.streams.iter().any(|s| s.cpu == st.cpu)
+                && !t.not_files.iter().any(|(n, _)| stream_cpu(n) == Some(st.cpu))
+            {
+                notes.push(DirNote::MissingStream { cpu: st.cpu });
+            }
+        }
+        if a.end.is_none() {
+            notes.push(DirNote::Unfinished);
+        }
+    }
     Ok((CheckReport { dir: t.path.clone(), streams, notes }, contents))
 }
 
@@ -754,25 +928,38 @@ pub struct RepairReport {
 }
 
 /// Checks the trace at `dir` and writes to `out` (a new or empty directory)
-/// a copy holding its metadata and only its intact packets, in order, and
-/// an empty `INCOMPLETE` marker if the source had one. Foreign files are
-/// not copied: CTF readers fail on them.
+/// a copy holding its metadata and only its intact packets, in order, an
+/// empty `INCOMPLETE` marker if the source had one, and the consumer's
+/// account if it had a readable one (so a check of the copy still knows
+/// which packets are missing). Foreign files are not copied: CTF readers
+/// fail on them.
+///
+/// Every file is created in the directory opened once (`O_NOFOLLOW`),
+/// `O_CREAT | O_EXCL | O_NOFOLLOW`, mode 0600 (a new directory 0700): no
+/// name someone else placed there, a symbolic link included, is followed.
+/// Any write, `fsync` or create failure (a full disk) is an error.
 pub fn repair(dir: &Path, out: &Path) -> Result<RepairReport, ReadError> {
     let t = TraceDir::open(dir)?;
-    match std::fs::read_dir(out) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(ReadError::Output { path: out.into(), why: "exists and is not empty".into() });
-            }
-        }
+    match fs::create_dir(out, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(out).map_err(io_err(out, "create"))?
+            // Missing parents: made as `create_dir_all` would, then `out` itself.
+            if let Some(parent) = out.parent() {
+                std::fs::create_dir_all(parent).map_err(io_err(out, "create"))?;
+            }
+            fs::create_dir(out, 0o700).map_err(io_err(out, "create"))?;
         }
-        Err(e) => return Err(io_err(out, "open")(e)),
+        Err(e) => return Err(io_err(out, "create")(e)),
+    }
+    let outdir = fs::open_dir(out).map_err(io_err(out, "open (as a directory, not through a link)"))?;
+    let mut entries = std::fs::read_dir(out).map_err(io_err(out, "open"))?;
+    if entries.next().is_some() {
+        return Err(ReadError::Output { path: out.into(), why: "exists and is not empty".into() });
     }
     let (check, contents) = check_dir(&t)?;
-    let md = out.join("metadata");
-    write_file(&md, &[t.metadata_text.as_bytes()])?;
+    let write = |name: &str, parts: &[&[u8]]| write_file(&outdir, out, name, parts);
+    write("metadata", &[t.metadata_text.as_bytes()])?;
     let (mut files, mut packets, mut records) = (Vec::new(), 0, 0);
     for (s, bytes) in check.streams.iter().zip(&contents) {
         if s.report.packets.is_empty() {
@@ -780,22 +967,31 @@ pub fn repair(dir: &Path, out: &Path) -> Result<RepairReport, ReadError> {
         }
         let parts: Vec<&[u8]> =
             s.report.packets.iter().map(|p| &bytes[p.offset as usize..(p.offset + p.len) as usize]).collect();
-        write_file(&out.join(&s.name), &parts)?;
+        write(&s.name, &parts)?;
         files.push(s.name.clone());
         packets += s.report.packets.len() as u64;
         records += s.report.records();
     }
     if t.incomplete.is_some() {
-        write_file(&out.join(INCOMPLETE), &[])?;
+        write(INCOMPLETE, &[])?;
     }
-    std::fs::File::open(out).and_then(|d| d.sync_all()).map_err(io_err(out, "sync"))?;
+    if let Some(Ok(a)) = &t.account {
+        write(ACCOUNT, &[a.to_string().as_bytes()])?;
+    }
+    sync_dir(&outdir).map_err(io_err(out, "sync"))?;
     Ok(RepairReport { check, out: out.into(), files, packets, records })
 }
 
-fn write_file(path: &Path, parts: &[&[u8]]) -> Result<(), ReadError> {
-    let mut f = std::fs::File::options().write(true).create_new(true).open(path).map_err(io_err(path, "create"))?;
+/// `fsync` of the directory through its descriptor.
+fn sync_dir(dir: &OwnedFd) -> std::io::Result<()> {
+    std::fs::File::from(dir.try_clone()?).sync_all()
+}
+
+fn write_file(dir: &OwnedFd, out: &Path, name: &str, parts: &[&[u8]]) -> Result<(), ReadError> {
+    let path = out.join(name);
+    let mut f = fs::create_at(dir, name, 0o600).map_err(io_err(&path, "create"))?;
     for p in parts {
-        f.write_all(p).map_err(io_err(path, "write"))?;
+        f.write_all(p).map_err(io_err(&path, "write"))?;
     }
-    f.sync_all().map_err(io_err(path, "sync"))
+    f.sync_all().map_err(io_err(&path, "sync"))
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use hvtrace_core::decode::{packet_info, records, DecodeError, PacketInfo, Record, Schema};
 
+use crate::account::{Account, ACCOUNT};
 use crate::tsdl::{self, Metadata, MetadataError, TraceSchema};
 
 /// Name of the note the consumer leaves when a trace was cut short.
@@ -183,6 +184,22 @@ pub struct TraceDir {
     /// Other non-empty regular, non-hidden files: CTF readers (babeltrace2)
     /// take every such file for a stream and fail on it (empty ones they skip).
     pub foreign: Vec<String>,
+    /// Names of stream files on something else than a regular file, and
+    /// what it is (`"directory"`, `"FIFO"`, …).
+    pub not_files: Vec<(String, &'static str)>,
+    /// The consumer's account ([`crate::account`]), if the trace has one:
+    /// parsed, or why it cannot be.
+    pub account: Option<Result<Account, String>>,
+}
+
+/// The account can only be a few lines per stream and loss range.
+const ACCOUNT_MAX: u64 = 4 << 20;
+
+/// Reads and parses the consumer's account (a regular file of bounded
+/// size, as every file `check` reads).
+fn read_account(path: &Path) -> Result<Account, String> {
+    let bytes = read_regular(path, ACCOUNT_MAX).map_err(|e| e.to_string())?;
+    Account::parse(&String::from_utf8_lossy(&bytes))
 }
 
 impl TraceDir {
@@ -210,10 +227,20 @@ impl TraceDir {
         let mut streams = Vec::new();
         let mut incomplete = None;
         let mut foreign = Vec::new();
+        let mut not_files = Vec::new();
+        let mut account = None;
         for e in entries {
             let e = e.map_err(io_err(path, "list"))?;
             let name = e.file_name().to_string_lossy().into_owned();
             let ft = e.file_type().map_err(io_err(&e.path(), "stat"))?;
+            if name == ACCOUNT {
+                account = Some(read_account(&e.path()));
+                continue;
+            }
+            if stream_cpu(&name).is_some() && !ft.is_file() && !name.starts_with('.') {
+                not_files.push((name, kind_name(&ft)));
+                continue;
+            }
             if name.starts_with('.') || name == "metadata" || ft.is_dir() {
                 continue;
             }
@@ -230,7 +257,17 @@ impl TraceDir {
             (a.name.rsplit_once('_').map(|s| s.0), a.cpu).cmp(&(b.name.rsplit_once('_').map(|s| s.0), b.cpu))
         });
         foreign.sort();
-        Ok(TraceDir { path: path.to_path_buf(), metadata, metadata_text, streams, incomplete, foreign })
+        not_files.sort();
+        Ok(TraceDir {
+            path: path.to_path_buf(),
+            metadata,
+            metadata_text,
+            streams,
+            incomplete,
+            foreign,
+            not_files,
+            account,
+        })
     }
 
     /// The event classes.

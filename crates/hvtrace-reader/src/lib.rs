@@ -7,19 +7,22 @@
 //!   file's packets, [`Packet::records`] their records, and
 //!   `hvtrace_core::decode::Record::values` their fields.
 //! * [`check`] / [`check_stream`] find damage (cut packets, flipped bytes,
-//!   garbage) with byte offsets; [`repair`] writes a copy that holds only
+//!   garbage) and missing packets (sequence gaps, judged with the
+//!   consumer's [`account`]) with byte offsets; [`repair`] writes a copy that holds only
 //!   the intact packets, which babeltrace2 reads.
 //!
 //! Stream files are read into memory whole.
 #![forbid(unsafe_code)]
 
+pub mod account;
 mod check;
 mod dir;
 pub mod tsdl;
 
+pub use account::{Account, ACCOUNT};
 pub use check::{
-    check, check_stream, repair, CheckReport, DirNote, Expect, OrderField, PacketSummary, Problem, ProblemKind,
-    RepairReport, StreamCheck, StreamReport,
+    check, check_stream, repair, sequence_gaps, CheckReport, DirNote, Expect, OrderField, PacketSummary, Problem,
+    ProblemKind, RepairReport, StreamCheck, StreamReport,
 };
 pub use dir::{
     packets, stream_cpu, Packet, PacketError, Packets, ReadError, StreamFile, TraceDir, INCOMPLETE, MAX_METADATA,

@@ -1,5 +1,6 @@
-//! Direct I/O: a second, `O_DIRECT` descriptor on a file, and the alignment
-//! the kernel needs for it.
+//! Direct I/O: the alignment the kernel needs for it (the `O_DIRECT`
+//! descriptor itself comes from [`crate::fs::reopen_direct`], never from a
+//! file's name).
 //!
 //! An `O_DIRECT` write hands the caller's pages to the block layer instead of
 //! copying them into the page cache: no copy on the CPU, no page-cache pages
@@ -12,10 +13,8 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
-use rustix::fs::{AtFlags, OFlags, StatxFlags};
+use rustix::fs::{AtFlags, StatxFlags};
 
 /// What an `O_DIRECT` transfer must be aligned to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,22 +36,11 @@ impl DioAlign {
     }
 }
 
-/// Opens the existing file `path` write-only with `O_DIRECT` (and
-/// `O_CLOEXEC`), and asks the kernel what alignment direct I/O needs on it.
-///
-/// Returns `Ok(None)` if the file system does not do direct I/O (`open`
-/// fails with `EINVAL`, or `statx` reports no direct-I/O support for the
-/// file); other errors are returned. Where the kernel cannot say (no
-/// `STATX_DIOALIGN`), [`DioAlign::PAGE`] is assumed; a write the device
-/// still refuses fails with `EINVAL`, and the caller should then fall back
-/// to buffered writes.
-pub fn open_direct(path: &Path) -> io::Result<Option<(File, DioAlign)>> {
-    let file = match File::options().write(true).custom_flags(OFlags::DIRECT.bits() as i32).open(path) {
-        Ok(f) => f,
-        Err(e) if refused(&e) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let align = match rustix::fs::statx(&file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN) {
+/// What alignment `O_DIRECT` transfers need on the open `file`
+/// (`statx(2)` with `STATX_DIOALIGN`); `None` if the kernel says the file
+/// does no direct I/O, [`DioAlign::PAGE`] where it cannot say.
+pub(crate) fn dio_align(file: &File) -> io::Result<Option<DioAlign>> {
+    Ok(Some(match rustix::fs::statx(file, "", AtFlags::EMPTY_PATH, StatxFlags::DIOALIGN) {
         Ok(st) if StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::DIOALIGN) => {
             if st.stx_dio_offset_align == 0 || st.stx_dio_mem_align == 0 {
                 // The kernel says: no direct I/O on this file.
@@ -62,8 +50,7 @@ pub fn open_direct(path: &Path) -> io::Result<Option<(File, DioAlign)>> {
         }
         // Older kernel (no `statx`, or no `STATX_DIOALIGN`).
         _ => DioAlign::PAGE,
-    };
-    Ok(Some((file, align)))
+    }))
 }
 
 /// Whether `e`, from an `O_DIRECT` write, is the kernel refusing direct I/O
@@ -92,7 +79,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("f");
         let buffered = File::options().write(true).read(true).create_new(true).open(&path).unwrap();
-        let Some((f, align)) = open_direct(&path).unwrap() else {
+        let Some((f, align)) = crate::fs::reopen_direct(&buffered).unwrap() else {
             println!("SKIP: {} does not do direct I/O", dir.display());
             std::fs::remove_dir_all(&dir).unwrap();
             return;
@@ -120,7 +107,5 @@ mod tests {
             assert!(refused(&e), "{e}");
         }
         std::fs::remove_dir_all(&dir).unwrap();
-        // A file that does not exist is an error, not "no direct I/O".
-        assert!(open_direct(&dir.join("nope")).is_err());
     }
 }

@@ -15,6 +15,7 @@
 //! | [`cpu`] | current CPU, pinning, online / possible CPU lists |
 //! | [`membarrier`] | the heavy half of the asymmetric fence that takes an owned ring back |
 //! | [`ring`] | [`MappedReader`]: a consumer's ring reader over mappings it owns (no `unsafe` for the caller) |
+//! | [`fs`] | files created relative to an open directory (`O_EXCL \| O_NOFOLLOW`), their `O_DIRECT` twin, group lookup |
 //! | [`direct`] | `O_DIRECT` descriptors on files and the alignment they need ([`DioAlign`]) |
 //! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks), SIGTERM, `PR_SET_DUMPABLE`, pipes |
 //!
@@ -25,6 +26,7 @@ pub mod cpu;
 pub mod direct;
 pub mod epoll;
 pub mod eventfd;
+pub mod fs;
 pub mod membarrier;
 pub mod memfd;
 pub mod mmap;

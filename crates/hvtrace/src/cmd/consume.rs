@@ -18,10 +18,16 @@ use crate::Status;
 /// the session is destroyed, when the host goes away, or on SIGINT/SIGTERM
 /// (after a final flush and drain). The channel must have been created.
 ///
+/// The trace is private to its owner (directory 0700, files 0600) unless
+/// `--group` names a group that may read it (0750 / 0640).
+///
 /// Exit status: 0 when the session ended normally (destroyed, or
 /// SIGINT/SIGTERM); 3 when the host went away in the middle of it (the
 /// trace holds every sub-buffer delivered until then, plus an empty
-/// `INCOMPLETE` marker); 1 on any error.
+/// `INCOMPLETE` marker); 1 on any error, and when packets handed to the
+/// consumer are not in the trace (write errors, a full disk, files removed
+/// under it: the trace's `.hvtrace-consumer` account names them, and
+/// `hvtrace check` reports them).
 #[derive(clap::Args)]
 pub struct Args {
     /// The host's control socket.
@@ -44,11 +50,26 @@ pub struct Args {
     /// Copy every packet into the page cache (no direct I/O).
     #[arg(long)]
     pub buffered: bool,
+    /// Group (name or number) that may read the trace, like LTTng's
+    /// `tracing` group: the directory is made 0750 and its files 0640, owned
+    /// by that group. Without it only the owner can read the trace (it holds
+    /// guest addresses and hypercall arguments).
+    #[arg(long, value_parser = parse_group)]
+    pub group: Option<u32>,
+}
+
+fn parse_group(s: &str) -> Result<u32, String> {
+    match hvtrace_sys::fs::group_id(s) {
+        Ok(Some(gid)) => Ok(gid),
+        Ok(None) => Err(format!("no group called {s:?}")),
+        Err(e) => Err(format!("cannot look group {s:?} up: {e}")),
+    }
 }
 
 pub fn run(a: Args) -> Result<Status> {
     let direct_min = (!a.buffered).then(|| usize::try_from(a.direct_min).unwrap_or(usize::MAX));
-    let cfg = ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads as usize, direct_min };
+    let cfg =
+        ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads as usize, direct_min, group: a.group };
     let consumer = Consumer::attach(&cfg)?;
     note(format_args!(
         "hvtrace consume: recording channel {} (CPUs {:?}) into {} (pid {})",
@@ -65,6 +86,13 @@ pub fn run(a: Args) -> Result<Status> {
         write!(out, "{report}")?;
     }
     out.flush()?;
+    if !report.is_whole() {
+        note(format_args!(
+            "hvtrace consume: error: {} packets handed to the consumer are not in the trace",
+            report.consumer_lost()
+        ));
+        return Ok(Status::Failed);
+    }
     if report.cut_short {
         note(format_args!(
             "hvtrace consume: warning: the host went away; the trace holds what was delivered until then"
