@@ -28,6 +28,10 @@ pub const INCOMPLETE: &str = "INCOMPLETE";
 
 pub use hvtrace_reader::ACCOUNT;
 
+/// Disk space reserved for the account: a few lines per stream and loss
+/// range (losses are kept as ranges of sequence numbers).
+const ACCOUNT_RESERVE: u64 = 64 << 10;
+
 /// Who may read a trace: its owner only (directory 0700, files 0600), or
 /// also one group (0750 / 0640, like LTTng's `tracing` group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,10 +149,14 @@ impl OutputDir {
         Ok(StreamFile::new(&p, name, file, cpu, direct_min))
     }
 
-    /// Creates the consumer's account and writes its first lines.
+    /// Creates the consumer's account and writes its first lines. Room for
+    /// the rest is reserved now: the session may end on a full disk, which
+    /// is when the account matters most.
     pub(crate) fn create_account(&self, header: &str) -> Result<File, ConsumerError> {
         let p = self.path.join(ACCOUNT);
         let mut f = self.create(ACCOUNT).map_err(ConsumerError::output("cannot create", &p))?;
+        // A file system without fallocate only loses the guarantee.
+        let _ = fs::reserve(&f, ACCOUNT_RESERVE);
         f.write_all(header.as_bytes())
             .and_then(|()| f.sync_data())
             .map_err(ConsumerError::output("cannot write", &p))?;

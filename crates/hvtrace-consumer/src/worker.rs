@@ -288,6 +288,7 @@ mod tests {
     struct Fixture {
         ring: Ring<'static>,
         wake: EventFd,
+        heap: &'static HeapRing,
     }
 
     fn ring(dir: &std::path::Path, cpu: u32) -> (Fixture, RingState) {
@@ -300,7 +301,7 @@ mod tests {
         let file = std::fs::File::options().write(true).create_new(true).open(&path).unwrap();
         let stream = StreamFile::new(&path, format!("chan_{cpu}"), file, cpu, Some(4096));
         let state = RingState::new(cpu, [3; 16], Box::new(reader), wake.try_clone().unwrap(), stream, 0);
-        (Fixture { ring, wake }, state)
+        (Fixture { ring, wake, heap }, state)
     }
 
     /// Records `n` events, signalling on each delivery like a host; returns
@@ -375,5 +376,34 @@ mod tests {
                 assert_eq!((last.content_len, last.events_discarded), (84, c.discarded));
             }
         }
+    }
+
+    #[test]
+    fn a_packet_reused_under_the_consumer_is_torn_and_its_position_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, mut state) = ring(dir.path(), 0);
+        let clock = std::sync::atomic::AtomicU64::new(1);
+        // Fill the ring: 4 packets delivered, none read; the rest refused.
+        produce(&f, 0, 2000, &clock);
+        assert_eq!(f.ring.counters().delivered_subbufs, 4);
+        // Someone else claims all four were read: the producer reopens the
+        // first sub-buffer for its next lap and writes into it.
+        f.heap.reader().set_consumed(4 * 4096);
+        assert!(produce(&f, 0, 10, &clock) > 0);
+        state.consume();
+        // Packet 0 changed under the consumer: torn (in discard mode a loss
+        // of the consumer); 1-3 are intact and written; the position is the
+        // consumer's own again.
+        let r = &state.stream.report;
+        assert_eq!((r.packets, r.torn, r.lost_packets), (3, 1, 0), "{r:?}");
+        assert!(state.tampered > 0);
+        assert_eq!(f.heap.reader().consumed(), 4 * 4096);
+        let data = std::fs::read(&r.file).unwrap();
+        let seqs: Vec<u64> =
+            (0..3).map(|k| hvtrace_core::decode::packet_info(&data[k * 4096..]).unwrap().seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        let (_, account) = state.stream.finish(&[3; 16], f.ring.counters());
+        assert_eq!((account.first, account.next), (0, 4));
+        assert_eq!((account.lost[0].first, account.lost[0].last), (0, 0), "named as lost in the account");
     }
 }

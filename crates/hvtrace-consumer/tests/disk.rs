@@ -142,6 +142,29 @@ fn disk_full(dir: &TempDir, mnt: Mount, direct_min: Option<usize>) -> hvtrace_co
     }
     assert!(written_records > 0);
     assert!(report.per_ring.iter().any(|r| r.write_errors > 0 && r.first_error.is_some()));
+    // The loss is damage (`consume` exits 1), recorded in the trace
+    // directory even though the disk is full, where `check` finds it.
+    assert!(!report.is_whole(), "{text}");
+    let account =
+        hvtrace_reader::Account::parse(&std::fs::read_to_string(out.join(".hvtrace-consumer")).unwrap()).unwrap();
+    for r in &report.per_ring {
+        let st = account.stream(r.cpu).unwrap();
+        let named: u64 = st.lost.iter().map(|l| l.last - l.first + 1).sum();
+        assert_eq!(named, r.lost_packets, "cpu {}: every lost packet named: {account:?}", r.cpu);
+        assert_eq!(st.next - st.first, r.counters.delivered_subbufs, "cpu {}", r.cpu);
+    }
+    let check = hvtrace_reader::check(&out).unwrap();
+    assert!(!check.is_intact());
+    let missing: u64 = check
+        .streams
+        .iter()
+        .flat_map(|s| &s.report.problems)
+        .map(|p| match p.kind {
+            hvtrace_reader::ProblemKind::MissingPackets { first, last, consumer_lost: true } => last - first + 1,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(missing, report.per_ring.iter().map(|r| r.lost_packets).sum::<u64>(), "check names every lost packet");
 
     // The host still serves: a new session, consumed elsewhere, works.
     let mut c = client(&sock);

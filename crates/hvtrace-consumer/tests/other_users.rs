@@ -35,9 +35,7 @@ fn as_nobody(test: &str) -> Option<Command> {
         println!("SKIP: {test}: needs root to run an attacker as uid {NOBODY}");
         return None;
     }
-    let probe = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"])
-        .status();
+    let probe = Command::new("setpriv").args(["--reuid=65534", "--regid=65534", "--clear-groups", "true"]).status();
     if !probe.is_ok_and(|s| s.success()) {
         println!("SKIP: {test}: cannot run a command as uid {NOBODY} with setpriv");
         return None;
@@ -70,7 +68,9 @@ fn attacker_swaps_new_stream_files_for_links() {
     let dir = PathBuf::from(dir);
     let ino = inotify::init(inotify::CreateFlags::CLOEXEC).unwrap();
     inotify::add_watch(&ino, &dir, inotify::WatchFlags::CREATE).unwrap();
-    let dfd = rustix::fs::open(&dir, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty()).unwrap();
+    let dfd =
+        rustix::fs::open(&dir, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty())
+            .unwrap();
     std::fs::write(dir.join(".ready"), "").unwrap();
     let mut buf = [std::mem::MaybeUninit::uninit(); 4096];
     let mut events = inotify::Reader::new(&ino, &mut buf);
@@ -142,7 +142,8 @@ fn stream_files_are_never_written_through_a_link_another_user_swapped_in() {
         assert!(report.packets() + report.consumer_lost() > 0, "{report}");
         // The swapped files are no longer the trace's: the consumer says so
         // (their packets are lost to the trace) instead of calling it whole.
-        let replaced = report.per_ring.iter().filter(|r| r.first_error.as_deref().is_some_and(|e| e.contains("replaced"))).count();
+        let replaced =
+            report.per_ring.iter().filter(|r| r.first_error.as_deref().is_some_and(|e| e.contains("replaced"))).count();
         assert_eq!(report.is_whole(), replaced == 0, "{report}");
         swapped += replaced;
     }
@@ -164,7 +165,7 @@ fn child_host_for_other_users() {
     let w = host.writer_for_cpu(0);
     for n in 0.. {
         let _ = ev::tick(&w, 0, n, "from the child host");
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
@@ -194,7 +195,9 @@ fn the_incomplete_marker_never_follows_a_planted_link() {
     let (out, victim) = attackable(&dir.0, "out");
     let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &out)).unwrap();
     // The other user plants the marker as a link to root's file.
-    let st = nobody.args([OsStr::new("ln"), OsStr::new("-s"), victim.as_os_str(), out.join(INCOMPLETE).as_os_str()]).status();
+    let st = nobody
+        .args([OsStr::new("ln"), OsStr::new("-s"), victim.as_os_str(), out.join(INCOMPLETE).as_os_str()])
+        .status();
     assert!(st.unwrap().success());
     let run = std::thread::spawn(move || consumer.run());
     std::thread::sleep(Duration::from_millis(200));

@@ -98,6 +98,16 @@ pub fn reopen_direct(file: &File) -> io::Result<Option<(File, DioAlign)>> {
     Ok(dio_align(&direct)?.map(|a| (direct, a)))
 }
 
+/// `fallocate(file, FALLOC_FL_KEEP_SIZE, 0, len)`—reserves disk space for
+/// the first `len` bytes of `file` without changing its size, so that
+/// writing them later cannot fail for want of space.
+///
+/// # References
+/// - [Linux `fallocate(2)`](https://man7.org/linux/man-pages/man2/fallocate.2.html)
+pub fn reserve<F: AsFd>(file: F, len: u64) -> io::Result<()> {
+    Ok(rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, len)?)
+}
+
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)` against `fstat(file)`—whether
 /// `name` in `dir` still names the open `file` (not a replacement, a link,
 /// or nothing), and the file is still linked.
