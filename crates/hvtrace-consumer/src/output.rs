@@ -174,7 +174,7 @@ impl OutputDir {
         match fs::same_file(&self.dir, name, file) {
             Ok(true) => None,
             Ok(false) => Some(match fs::kind_at(&self.dir, name) {
-                Ok(Some(kind)) => format!("{name} was replaced during the session (now a {kind:?})"),
+                Ok(Some(kind)) => format!("{name} was replaced during the session (now a {kind})"),
                 Ok(None) => format!("{name} was removed or renamed during the session"),
                 Err(e) => format!("{name} cannot be looked at: {e}"),
             }),

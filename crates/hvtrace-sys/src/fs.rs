@@ -123,11 +123,20 @@ pub fn same_file<D: AsFd, F: AsFd>(dir: D, name: &str, file: F) -> io::Result<bo
     }
 }
 
-/// What kind of file `name` in `dir` is, without following a link: `None`
-/// if there is none.
-pub fn kind_at<D: AsFd>(dir: D, name: &str) -> io::Result<Option<rustix::fs::FileType>> {
+/// What kind of file `name` in `dir` is, in words (`"FIFO"`,
+/// `"directory"`, …), without following a link: `None` if there is none.
+pub fn kind_at<D: AsFd>(dir: D, name: &str) -> io::Result<Option<&'static str>> {
+    use rustix::fs::FileType;
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(Some(rustix::fs::FileType::from_raw_mode(st.st_mode))),
+        Ok(st) => Ok(Some(match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => "regular file",
+            FileType::Directory => "directory",
+            FileType::Symlink => "symbolic link",
+            FileType::Fifo => "FIFO",
+            FileType::Socket => "socket",
+            FileType::CharacterDevice | FileType::BlockDevice => "device",
+            _ => "file of unknown type",
+        })),
         Err(e) if e == rustix::io::Errno::NOENT => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -210,7 +219,7 @@ mod tests {
         assert!(same_file(&d, "b", &f).unwrap());
         std::fs::remove_file(t.join("b")).unwrap();
         assert!(!same_file(&d, "b", &f).unwrap());
-        assert_eq!(kind_at(&d, "l").unwrap(), Some(rustix::fs::FileType::Symlink));
+        assert_eq!(kind_at(&d, "l").unwrap(), Some("symbolic link"));
         assert_eq!(kind_at(&d, "nope").unwrap(), None);
         set_mode_and_group(&f, 0o640, Some(0)).unwrap();
         assert!(dir_still_at(&d, &t).unwrap());
