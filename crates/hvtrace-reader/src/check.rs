@@ -960,6 +960,11 @@ pub fn repair(dir: &Path, out: &Path) -> Result<RepairReport, ReadError> {
     let (check, contents) = check_dir(&t)?;
     let write = |name: &str, parts: &[&[u8]]| write_file(&outdir, out, name, parts);
     write("metadata", &[t.metadata_text.as_bytes()])?;
+    // The account before the streams: a copy cut short by a full disk then
+    // names the streams and packets it lacks.
+    if let Some(Ok(a)) = &t.account {
+        write(ACCOUNT, &[a.to_string().as_bytes()])?;
+    }
     let (mut files, mut packets, mut records) = (Vec::new(), 0, 0);
     for (s, bytes) in check.streams.iter().zip(&contents) {
         if s.report.packets.is_empty() {
@@ -974,9 +979,6 @@ pub fn repair(dir: &Path, out: &Path) -> Result<RepairReport, ReadError> {
     }
     if t.incomplete.is_some() {
         write(INCOMPLETE, &[])?;
-    }
-    if let Some(Ok(a)) = &t.account {
-        write(ACCOUNT, &[a.to_string().as_bytes()])?;
     }
     sync_dir(&outdir).map_err(io_err(out, "sync"))?;
     Ok(RepairReport { check, out: out.into(), files, packets, records })
@@ -994,4 +996,59 @@ fn write_file(dir: &OwnedFd, out: &Path, name: &str, parts: &[&[u8]]) -> Result<
         f.write_all(p).map_err(io_err(&path, "write"))?;
     }
     f.sync_all().map_err(io_err(&path, "sync"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::SeqRange;
+
+    fn report(seqs: &[u64]) -> StreamReport {
+        let packets = seqs
+            .iter()
+            .enumerate()
+            .map(|(k, &seq)| PacketSummary {
+                offset: k as u64 * 4096,
+                len: 4096,
+                seq,
+                records: 1,
+                timestamp_begin: 0,
+                timestamp_end: 0,
+                events_discarded: 0,
+            })
+            .collect();
+        StreamReport { len: seqs.len() as u64 * 4096, packet_size: Some(4096), packets, problems: Vec::new() }
+    }
+
+    fn missing(p: &[Problem]) -> Vec<(u64, u64, bool)> {
+        p.iter()
+            .map(|p| match p.kind {
+                ProblemKind::MissingPackets { first, last, consumer_lost } => (first, last, consumer_lost),
+                k => panic!("{k:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn which_gaps_are_damage() {
+        // No account: gaps between packets only.
+        assert_eq!(missing(&sequence_gaps(&report(&[2, 3, 7, 8]), None)), [(4, 6, false)]);
+        assert!(sequence_gaps(&report(&[5, 6]), None).is_empty());
+        // Discard mode: both ends too; the consumer's losses named.
+        let lost = vec![SeqRange { first: 4, last: 5, why: "disk full".into() }];
+        let acc = StreamAccount { cpu: 0, first: 0, next: 11, lost, torn: vec![] };
+        assert_eq!(
+            missing(&sequence_gaps(&report(&[2, 3, 7, 8]), Some((&acc, false)))),
+            [(0, 1, false), (4, 5, true), (6, 6, false), (9, 10, false)]
+        );
+        // Overwrite mode: only what the consumer lost.
+        assert_eq!(missing(&sequence_gaps(&report(&[2, 3, 7, 8]), Some((&acc, true)))), [(4, 5, true)]);
+        // A damaged packet is not missing as well.
+        let mut r = report(&[2, 3, 7, 8]);
+        r.problems.push(Problem { offset: 0, len: 4096, seq: Some(5), kind: ProblemKind::BadMagic });
+        assert_eq!(missing(&sequence_gaps(&r, None)), [(4, 4, false), (6, 6, false)]);
+        // A crafted sequence number makes a hole of 2^63: one problem, at once.
+        let g = sequence_gaps(&report(&[0, 1 << 63, u64::MAX]), None);
+        assert_eq!(missing(&g), [(1, (1 << 63) - 1, false), ((1 << 63) + 1, u64::MAX - 1, false)]);
+    }
 }
