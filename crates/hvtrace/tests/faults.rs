@@ -400,3 +400,90 @@ fn peer_of_another_uid_is_refused() {
     // Its owner is still served.
     assert!(state_is(&status(&sock), "empty"));
 }
+
+/// A tmpfs of `size` on `dir`, unmounted on drop; `None` (after a SKIP
+/// line) where this process cannot mount.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        match Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output() {
+            Ok(o) if o.status.success() => Some(Tmpfs(dir.to_path_buf())),
+            Ok(o) => {
+                println!("SKIP: {test}: cannot mount a tmpfs: {}", String::from_utf8_lossy(&o.stderr).trim());
+                None
+            }
+            Err(e) => {
+                println!("SKIP: {test}: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn consumer_exits_1_when_packets_it_was_handed_are_lost_and_check_names_them() {
+    let dir = TempDir::new("consumer-lost");
+    let Some(mnt) = Tmpfs::mount(&dir.0.join("mnt"), "160k", "consumer_exits_1_when_packets_are_lost") else {
+        return;
+    };
+    let (_sim, sock) = start_sim(&dir.0, &["--rate", "50000"]);
+    ctl("create", &sock, &["--subbuf-size", "4k", "--num-subbuf", "8"]);
+    let out = mnt.0.join("trace");
+    let c = Proc::spawn(
+        "consume",
+        &dir.0,
+        &["consume", "--socket", sock.to_str().unwrap(), "--output", out.to_str().unwrap()],
+    );
+    wait_status(&sock, Duration::from_secs(5), "consumer mapped", |s| refcount(s) == 1);
+    ctl("start", &sock, &[]);
+    std::thread::sleep(Duration::from_millis(800));
+    ctl("destroy", &sock, &[]);
+    let (st, stdout, stderr) = c.wait(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(1), "a full disk lost packets: {stdout}{stderr}");
+    assert!(stderr.contains("packets handed to the consumer are not in the trace"), "{stderr}");
+    assert!(stdout.contains("DAMAGED") && stdout.contains("No space left on device"), "{stdout}");
+    let o = run(&["check", out.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(text.contains("the consumer was handed and lost them"), "{text}");
+}
+
+#[test]
+fn traces_are_private_unless_a_group_may_read_them() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("trace-modes");
+    let (_sim, sock) = start_sim(&dir.0, &["--rate", "1000"]);
+    for (name, group) in [("private", None), ("group", Some("65534"))] {
+        ctl("create", &sock, &["--subbuf-size", "4k", "--num-subbuf", "4"]);
+        let out = dir.0.join(name);
+        let mut args = vec!["consume", "--socket", sock.to_str().unwrap(), "--output", out.to_str().unwrap()];
+        args.extend(group.iter().flat_map(|g| ["--group", *g]));
+        let c = Proc::spawn("consume", &dir.0, &args);
+        wait_status(&sock, Duration::from_secs(5), "consumer mapped", |s| refcount(s) == 1);
+        ctl("destroy", &sock, &[]);
+        let (st, _, stderr) = c.wait(Duration::from_secs(10));
+        assert!(st.success(), "{stderr}");
+        let (dmode, fmode) = if group.is_some() { (0o750, 0o640) } else { (0o700, 0o600) };
+        let m = std::fs::metadata(&out).unwrap();
+        assert_eq!(m.mode() & 0o7777, dmode, "{name}");
+        for e in std::fs::read_dir(&out).unwrap() {
+            let m = e.unwrap().metadata().unwrap();
+            assert_eq!(m.mode() & 0o7777, fmode, "{name}");
+            if group.is_some() {
+                assert_eq!(m.gid(), 65534);
+            }
+        }
+    }
+    let o =
+        run(&["consume", "--socket", sock.to_str().unwrap(), "--output", "/nonexistent", "--group", "no-such-group-x"]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses an unknown group");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no group called"));
+}
