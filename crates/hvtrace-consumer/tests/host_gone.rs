@@ -5,63 +5,26 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hvtrace_consumer::{Consumer, ConsumerConfig, ExitReason, INCOMPLETE};
-use hvtrace_core::EventSet;
 use hvtrace_proto::{ChannelConfig, Mode};
-
-const CHILD_ENV: &str = "HVTRACE_CONSUMER_TEST_HOST_SOCKET";
 
 /// In the child: serve a host and keep writing until killed.
 #[test]
 fn child_host() {
-    let Ok(sock) = std::env::var(CHILD_ENV) else { return };
-    let mut cfg = hvtrace_host::HostConfig::new(&sock, "test");
-    cfg.cpus = vec![0, 1];
-    cfg.max_cpus = 2;
-    let host = hvtrace_host::Host::serve(cfg, ev::Events::EVENTS).unwrap();
-    let hs: Vec<_> = (0..2u32)
-        .map(|cpu| {
-            let host = host.clone();
-            std::thread::spawn(move || {
-                let w = host.writer_for_cpu(cpu);
-                let mut n = 0u64;
-                loop {
-                    let _ = ev::tick(&w, cpu, n, "from the child host");
-                    n += 1;
-                    if n.is_multiple_of(64) {
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                }
-            })
-        })
-        .collect();
-    for h in hs {
-        h.join().unwrap();
-    }
+    serve_child_host(&[0, 1]);
 }
 
 #[test]
 fn host_death_cuts_the_trace_short_cleanly() {
-    if std::env::var(CHILD_ENV).is_ok() {
+    if std::env::var(CHILD_HOST_SOCKET).is_ok() {
         return;
     }
     let dir = TempDir::new("gone");
     let sock = dir.0.join("ctl.sock");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_host", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, &sock)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the child host did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = spawn_child_host("child_host", &sock);
     let _ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 8, mode: Mode::Discard });
     let out = dir.0.join("trace");
     let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &out)).unwrap();

@@ -19,13 +19,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hvtrace_consumer::{Consumer, ConsumerConfig, ExitReason, INCOMPLETE};
-use hvtrace_core::EventSet;
 use hvtrace_proto::{ChannelConfig, Mode, Request};
 
 const NOBODY: u32 = 65534;
 const ATTACK_DIR: &str = "HVTRACE_TEST_ATTACK_DIR";
 const ATTACK_VICTIM: &str = "HVTRACE_TEST_ATTACK_VICTIM";
-const HOST_SOCKET: &str = "HVTRACE_TEST_OTHER_USERS_HOST";
 const VICTIM: &[u8] = b"root's own file, mode 0600\n";
 
 /// `setpriv` prefix running a command as uid/gid 65534, or why not.
@@ -157,40 +155,19 @@ fn write_events_thread(host: Arc<hvtrace_host::Host>, cpu: u32, n: u64) -> std::
 /// In the child: serve a host and record until killed.
 #[test]
 fn child_host_for_other_users() {
-    let Ok(sock) = std::env::var(HOST_SOCKET) else { return };
-    let mut cfg = hvtrace_host::HostConfig::new(&sock, "test");
-    cfg.cpus = vec![0];
-    cfg.max_cpus = 1;
-    let host = hvtrace_host::Host::serve(cfg, ev::Events::EVENTS).unwrap();
-    let w = host.writer_for_cpu(0);
-    for n in 0.. {
-        let _ = ev::tick(&w, 0, n, "from the child host");
-        if n.is_multiple_of(64) {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
+    serve_child_host(&[0]);
 }
 
 #[test]
 fn the_incomplete_marker_never_follows_a_planted_link() {
     let test = "the_incomplete_marker_never_follows_a_planted_link";
-    if std::env::var(HOST_SOCKET).is_ok() {
+    if std::env::var(CHILD_HOST_SOCKET).is_ok() {
         return;
     }
     let Some(mut nobody) = as_nobody(test) else { return };
     let dir = TempDir::new("incomplete-link");
     let sock = dir.0.join("ctl.sock");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_host_for_other_users", "--nocapture", "--test-threads=1"])
-        .env(HOST_SOCKET, &sock)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !sock.exists() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the child host did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut child = spawn_child_host("child_host_for_other_users", &sock);
     let ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 8, mode: Mode::Discard });
     let (out, victim) = attackable(&dir.0, "out");
     let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &out)).unwrap();

@@ -60,6 +60,58 @@ pub fn create_and_start(sock: &Path, cfg: ChannelConfig) -> Client {
     c
 }
 
+/// Where a child host (this test binary re-executed) serves: the child
+/// process sees its socket path in this variable.
+pub const CHILD_HOST_SOCKET: &str = "HVTRACE_CONSUMER_TEST_HOST_SOCKET";
+
+/// In a child process (a test that returns at once unless
+/// [`CHILD_HOST_SOCKET`] is set): serves a host with rings for `cpus`, one
+/// writer thread each, and records until killed.
+pub fn serve_child_host(cpus: &[u32]) {
+    let Ok(sock) = std::env::var(CHILD_HOST_SOCKET) else { return };
+    let mut cfg = HostConfig::new(&sock, "test");
+    cfg.cpus = cpus.to_vec();
+    cfg.max_cpus = cpus.iter().max().map_or(1, |m| m + 1);
+    let host = Host::serve(cfg, ev::Events::EVENTS).unwrap();
+    let hs: Vec<_> = cpus
+        .iter()
+        .map(|&cpu| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                let w = host.writer_for_cpu(cpu);
+                let mut n = 0u64;
+                loop {
+                    let _ = ev::tick(&w, cpu, n, "from the child host");
+                    n += 1;
+                    if n.is_multiple_of(64) {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
+
+/// Starts this test binary's test `test` (which calls [`serve_child_host`])
+/// as a child host serving `sock`; returns once the socket exists.
+pub fn spawn_child_host(test: &str, sock: &Path) -> std::process::Child {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_HOST_SOCKET, sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while !sock.exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the child host did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
 /// What one writer did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Emitted {
