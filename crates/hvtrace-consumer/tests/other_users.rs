@@ -130,6 +130,13 @@ fn stream_files_are_never_written_through_a_link_another_user_swapped_in() {
         let run = std::thread::spawn(move || consumer.run());
         let hs: Vec<_> = (0..4).map(|cpu| write_events_thread(host.clone(), cpu, 3000)).collect();
         hs.into_iter().for_each(|h| assert!(h.join().unwrap().ok > 0));
+        // Let the attacker finish its swaps (on a loaded machine it may run
+        // late), so every session is attacked.
+        let t = Instant::now();
+        let swapped_now = || (0..4).filter(|c| out.join(format!("channel0_{c}")).is_symlink()).count();
+        while swapped_now() < 4 && t.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         ctl.simple(&Request::Stop).unwrap();
         shutdown.shutdown();
         let report = run.join().unwrap().unwrap();
