@@ -4,7 +4,27 @@
 //! maps the channel's control memfd read-write and every ring's data memfd
 //! **read-only**, creates the trace directory and writes its `metadata`.
 //! [`Consumer::run`] then records until the session ends and returns a
-//! [`Report`].
+//! [`Report`]. The library prints nothing: what went wrong on the way is in
+//! the report ([`Report::notes`], [`RingReport::first_error`]).
+//!
+//! ## The trace directory
+//! Opened once; every file is created relative to it with `O_CREAT |
+//! O_EXCL | O_NOFOLLOW`, 0600 (0640 with [`ConsumerConfig::group`]), and
+//! written only through its descriptor, so another user who can write the
+//! directory cannot redirect a write to a file of its choosing. Besides the
+//! streams and `metadata` it holds the consumer's account ([`ACCOUNT`]):
+//! the mode, and per stream the packets handed over and those lost, which
+//! `hvtrace check` reads.
+//!
+//! ## Trusting nothing in the control page
+//! The host lets one consumer map a channel at a time, but any process that
+//! mapped it before keeps its control memfd. So the consumed position found
+//! there is validated at attach (reset, and said so, if no honest consumer
+//! can have left it), each ring's position is kept privately and put back
+//! when found moved, and a packet is kept only if, after its bytes were
+//! written, the producer has not reserved anything in that sub-buffer's
+//! next lap and the header still carries the packet's sequence number
+//! (otherwise it is cut off again and counted as torn).
 //!
 //! ## Threads
 //! Rings are spread over a fixed pool of `threads` workers (ring *i*, in the
@@ -30,7 +50,10 @@
 //! carrying the final count (so CTF readers report every loss), `fsync`s
 //! every file and the directory, and sends `unmap`. If the host went away,
 //! an empty `DIR/INCOMPLETE` says the trace was cut short (empty, so CTF
-//! readers skip it).
+//! readers skip it). A stream file no longer in the directory under its name
+//! (removed, replaced), or a directory no longer at its path, makes its
+//! packets lost ([`Report::is_whole`] is then false). The account gets its
+//! last lines.
 #![forbid(unsafe_code)]
 
 mod control;
