@@ -71,8 +71,8 @@ pub fn set_mode_and_group<F: AsFd>(file: F, mode: u32, group: Option<u32>) -> io
 
 /// Opens a second, write-only `O_DIRECT` descriptor on the file open as
 /// `file`, through `/proc/self/fd/N`, and checks that it is the same inode;
-/// says what alignment direct I/O needs on it (see
-/// [`crate::direct::open_direct`]).
+/// says what alignment direct I/O needs on it ([`DioAlign`]: from
+/// `statx(STATX_DIOALIGN)`, a page where the kernel cannot say).
 ///
 /// The magic link resolves to the open file itself, whatever has since been
 /// done to its name (renamed, replaced by a symbolic link, unlinked), so no
