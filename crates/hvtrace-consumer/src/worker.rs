@@ -103,6 +103,19 @@ impl RingState {
                 let why = "reused by the producer before it was read: someone else moved the consumed position";
                 self.stream.skipped(geo.subbuf_seq(self.expect), geo.subbuf_seq(p.pos), why);
                 self.tampered += 1;
+            } else if p.pos > self.expect {
+                // Overwrite mode skips what the producer took back, which it
+                // does only by reserving in the sub-buffer's next lap. One it
+                // has not reached was skipped for a forged claim word (or a
+                // position moved meanwhile): nobody else counts it.
+                let write = reader.counters().produced_bytes;
+                let from = self.expect.max(write.saturating_sub(geo.buf_size()).next_multiple_of(geo.subbuf_size));
+                if from < p.pos {
+                    let why = "skipped as overwritten although the producer had not taken it back: its claim word \
+                               or the consumed position was forged by someone else";
+                    self.stream.skipped(geo.subbuf_seq(from), geo.subbuf_seq(p.pos), why);
+                    self.tampered += 1;
+                }
             }
             let seq = geo.subbuf_seq(p.pos);
             let bytes = reader.packet_bytes(&p);
@@ -405,5 +418,34 @@ mod tests {
         let (_, account) = state.stream.finish(&[3; 16], f.ring.counters());
         assert_eq!((account.first, account.next), (0, 4));
         assert_eq!((account.lost[0].first, account.lost[0].last), (0, 0), "named as lost in the account");
+    }
+
+    #[test]
+    fn an_overwrite_mode_packet_skipped_for_a_forged_claim_is_counted_lost() {
+        use hvtrace_core::layout::claim;
+        let dir = tempfile::tempdir().unwrap();
+        let geo = Geometry::new(4096, 4).unwrap();
+        let heap: &'static HeapRing = Box::leak(Box::new(HeapRing::new(geo)));
+        let ring = heap.producer(Mode::Overwrite, StreamId { uuid: [3; 16], cpu: 0 });
+        let wake = EventFd::new().unwrap();
+        let path = dir.path().join("chan_0");
+        let file = std::fs::File::options().write(true).create_new(true).open(&path).unwrap();
+        let stream = StreamFile::new(&path, "chan_0".into(), file, 0, None);
+        let mut state = RingState::new(0, [3; 16], Box::new(heap.reader()), wake.try_clone().unwrap(), stream, 0);
+        let f = Fixture { ring, wake, heap };
+        let clock = std::sync::atomic::AtomicU64::new(1);
+        // Three packets delivered, far from a lap: nothing is overwritten.
+        while f.ring.counters().delivered_subbufs < 3 {
+            produce(&f, 0, 10, &clock);
+        }
+        // Someone writes packet 0's claim word as the producer's.
+        heap.claims[0].store(claim::producer(0), std::sync::atomic::Ordering::Release);
+        state.consume();
+        let r = &state.stream.report;
+        assert_eq!((r.packets, r.lost_packets), (2, 1), "{r:?}");
+        assert!(state.tampered > 0);
+        let (_, account) = state.stream.finish(&[3; 16], f.ring.counters());
+        assert_eq!((account.lost[0].first, account.lost[0].last), (0, 0));
+        assert_eq!(f.ring.counters().overwritten, 0, "the producer counted nothing");
     }
 }
