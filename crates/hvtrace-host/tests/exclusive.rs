@@ -279,7 +279,9 @@ fn a_ring_of_a_cpu_coming_online_is_owned_only_if_claimed_then() {
     let late = host.exclusive_writer(3).unwrap();
     host.add_cpu(2).unwrap();
     host.add_cpu(3).unwrap();
-    // A second consumer connection maps the rings as they are now.
+    // A second consumer connection maps the rings as they are now (the
+    // first lets go first: one consumer at a time).
+    c.simple(&Request::Unmap).unwrap();
     let mut c2 = hvtrace_ctl::Client::connect(&sock, Some(Duration::from_secs(20))).unwrap();
     let readers = common::map_rings(&mut c2, hvtrace_core::Geometry::new(4096, 4).unwrap());
     let reader = |cpu| readers.iter().find(|r| r.reader().cpu() == cpu).expect("a ring per online CPU");
