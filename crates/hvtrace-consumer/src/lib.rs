@@ -31,11 +31,20 @@
 //! every file and the directory, and sends `unmap`. If the host went away,
 //! an empty `DIR/INCOMPLETE` says the trace was cut short (empty, so CTF
 //! readers skip it).
+//!
+//! ## Streaming to a relay
+//! With [`ConsumerConfig::relay`], every packet also goes, with its index,
+//! to an `lttng-relayd` (through [`hvtrace_relayd`], on a thread of its own
+//! fed by a bounded queue: see the `relay` module), which stores the trace
+//! and serves it live. A live timer then flushes partial sub-buffers through
+//! the control socket and sends beacons for idle streams. Without a local
+//! directory ([`ConsumerConfig::output`] `None`) the relay is the only sink.
 #![forbid(unsafe_code)]
 
 mod control;
 mod error;
 mod output;
+mod relay;
 mod report;
 mod stream;
 mod worker;
@@ -46,6 +55,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hvtrace_core::Geometry;
 use hvtrace_proto::{ChannelState, MapInfo, Reply, Request, RingInfo, StatusInfo};
@@ -53,8 +63,11 @@ use hvtrace_sys::{EventFd, MappedReader, Poller, SharedMapping};
 
 use control::Control;
 pub use error::ConsumerError;
+pub use hvtrace_relayd::RelaydUrl;
 use output::OutputDir;
 pub use output::INCOMPLETE;
+use relay::Relay;
+pub use relay::{RelayConfig, RelayReport, RelayStreamReport, RELAY_QUEUE, RELAY_TIMEOUT};
 pub use report::{ExitReason, Report, RingReport};
 use worker::{RingState, Worker};
 
@@ -63,8 +76,9 @@ use worker::{RingState, Worker};
 pub struct ConsumerConfig {
     /// The host's control socket.
     pub socket: PathBuf,
-    /// The trace directory (created; must not already hold a trace).
-    pub output: PathBuf,
+    /// The trace directory (created; must not already hold a trace); `None`
+    /// when the relay is the only sink.
+    pub output: Option<PathBuf>,
     /// Worker threads (at least 1); rings are spread over them.
     pub threads: usize,
     /// Packets of at least this many bytes are written with direct I/O
@@ -74,6 +88,8 @@ pub struct ConsumerConfig {
     /// [`DIRECT_MIN`] (512 KiB): below it a copy costs no more CPU and its
     /// bytes are in the file sooner.
     pub direct_min: Option<usize>,
+    /// Also stream to an lttng-relayd.
+    pub relay: Option<RelayConfig>,
 }
 
 /// The default [`ConsumerConfig::direct_min`].
@@ -82,7 +98,13 @@ pub const DIRECT_MIN: usize = stream::DIRECT_MIN;
 impl ConsumerConfig {
     /// One worker thread, direct I/O from [`DIRECT_MIN`] bytes.
     pub fn new(socket: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
-        ConsumerConfig { socket: socket.into(), output: output.into(), threads: 1, direct_min: Some(DIRECT_MIN) }
+        ConsumerConfig {
+            socket: socket.into(),
+            output: Some(output.into()),
+            threads: 1,
+            direct_min: Some(DIRECT_MIN),
+            relay: None,
+        }
     }
 }
 
@@ -103,7 +125,8 @@ struct Mapper {
     ctrl: Arc<SharedMapping>,
     geo: Geometry,
     uuid: [u8; 16],
-    out: OutputDir,
+    out: Option<OutputDir>,
+    relay: Option<Relay>,
     direct_min: Option<usize>,
 }
 
@@ -135,8 +158,9 @@ impl Mapper {
             )));
         }
         let wake = EventFd::from_fd(wake_fd).map_err(ConsumerError::io(format!("eventfd of CPU {cpu}")))?;
-        let stream = self.out.create_stream(cpu, self.direct_min)?;
-        Ok(RingState { cpu, uuid: self.uuid, source: Box::new(source), wake, stream })
+        let stream = self.out.as_ref().map(|o| o.create_stream(cpu, self.direct_min)).transpose()?;
+        let relay = self.relay.as_ref().map(|r| r.ring(cpu));
+        Ok(RingState { cpu, uuid: self.uuid, source: Box::new(source), wake, stream, relay })
     }
 }
 
@@ -151,6 +175,8 @@ pub struct Consumer {
     rings: Vec<RingState>,
     mapped: BTreeSet<u32>,
     threads: usize,
+    /// Flush and beacon period, when streaming to a relay.
+    live_timer: Option<Duration>,
     shutdown: Arc<EventFd>,
 }
 
@@ -158,7 +184,7 @@ impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("channel", &self.channel)
-            .field("output", &self.mapper.out.path)
+            .field("output", &self.output())
             .field("cpus", &self.mapped)
             .field("threads", &self.threads)
             .finish()
@@ -196,8 +222,15 @@ impl Consumer {
         );
         drop(ctrl_fd);
         let changed = EventFd::from_fd(changed_fd).map_err(ConsumerError::io("the channel's eventfd"))?;
-        let out = OutputDir::prepare(&cfg.output, &channel, &metadata)?;
-        let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, direct_min: cfg.direct_min };
+        if cfg.output.is_none() && cfg.relay.is_none() {
+            return Err(ConsumerError::Protocol("no sink: neither a trace directory nor a relay".into()));
+        }
+        let out = cfg.output.as_ref().map(|o| OutputDir::prepare(o, &channel, &metadata)).transpose()?;
+        let threads = cfg.threads.max(1);
+        let relay =
+            cfg.relay.as_ref().map(|r| Relay::start(r, &channel, &metadata, threads, out.is_none())).transpose()?;
+        let live_timer = cfg.relay.as_ref().map(|r| r.live_timer.max(Duration::from_millis(1)));
+        let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, relay, direct_min: cfg.direct_min };
         let mut mapped_rings = Vec::with_capacity(rings.len());
         let mut mapped = BTreeSet::new();
         for ring in &rings {
@@ -214,7 +247,8 @@ impl Consumer {
             changed,
             rings: mapped_rings,
             mapped,
-            threads: cfg.threads.max(1),
+            threads,
+            live_timer,
             shutdown: Arc::new(EventFd::new().map_err(ConsumerError::io("creating the shutdown eventfd"))?),
         })
     }
@@ -224,9 +258,9 @@ impl Consumer {
         &self.channel
     }
 
-    /// The trace directory.
-    pub fn output(&self) -> &Path {
-        &self.mapper.out.path
+    /// The trace directory, if recording locally.
+    pub fn output(&self) -> Option<&Path> {
+        self.mapper.out.as_ref().map(|o| o.path.as_path())
     }
 
     /// CPUs whose rings are mapped so far.
@@ -258,6 +292,7 @@ impl Consumer {
         const CHANGED: u64 = 1;
         const SIGNAL: u64 = 2;
         const SHUTDOWN: u64 = 3;
+        const RELAY_FAILED: u64 = 4;
         let mut poller = Poller::new().map_err(ConsumerError::io("creating the main epoll"))?;
         let reg = ConsumerError::io("registering with the main epoll");
         poller
@@ -265,13 +300,27 @@ impl Consumer {
             .and_then(|()| poller.add(&self.changed, CHANGED))
             .and_then(|()| poller.add(&signals.rx, SIGNAL))
             .and_then(|()| poller.add(&*self.shutdown, SHUTDOWN))
+            .and_then(|()| self.mapper.relay.as_ref().map_or(Ok(()), |r| poller.add(r.failed_fd(), RELAY_FAILED)))
             .map_err(reg)?;
+        let mut next_tick = self.live_timer.map(|t| (Instant::now() + t, t));
+        let mut tick = 0u64;
 
         // The session may have changed between `map` and now.
         let mut exit = self.rings_changed(&workers, &mut next)?;
         let mut events = Vec::with_capacity(8);
+        if self.relay_only() && self.mapper.relay.as_ref().is_some_and(Relay::failed) {
+            exit = Some(ExitReason::RelayGone);
+        }
         while exit.is_none() {
-            poller.wait(&mut events, None).map_err(ConsumerError::io("epoll_wait"))?;
+            let timeout = next_tick.map(|(at, _)| at.saturating_duration_since(Instant::now()));
+            poller.wait(&mut events, timeout).map_err(ConsumerError::io("epoll_wait"))?;
+            if let Some((at, period)) = &mut next_tick {
+                if Instant::now() >= *at {
+                    *at = Instant::now() + *period;
+                    tick += 1;
+                    exit = self.live_tick(&workers, tick);
+                }
+            }
             for ev in &events {
                 let why = match ev.token {
                     SOCKET if ev.hangup || self.control.hung_up() => Some(ExitReason::HostGone),
@@ -284,6 +333,13 @@ impl Consumer {
                         Some(ExitReason::Signal)
                     }
                     SHUTDOWN => Some(ExitReason::Shutdown),
+                    RELAY_FAILED => {
+                        if let Some(r) = &self.mapper.relay {
+                            let _ = r.failed_fd().drain();
+                        }
+                        // With a local trace, recording goes on.
+                        self.relay_only().then_some(ExitReason::RelayGone)
+                    }
                     _ => None,
                 };
                 exit = exit.or(why);
@@ -308,19 +364,25 @@ impl Consumer {
             }
         }
         per_ring.sort_by_key(|r| r.cpu);
+        // Every worker has queued its last packet: the relay closes the session.
+        let relay = self.mapper.relay.take().map(Relay::finish);
         let cut_short = exit == ExitReason::HostGone;
-        if cut_short {
+        let out = self.mapper.out.as_ref();
+        if let (true, Some(out)) = (cut_short, out) {
             let note = "The host went away before the session was destroyed: this trace holds the packets \
                         delivered until then; events still in partial sub-buffers were not recorded.\n";
-            if let Err(e) = self.mapper.out.mark_incomplete() {
+            if let Err(e) = out.mark_incomplete() {
                 eprintln!(
                     "hvtrace-consume: cannot write {}/{INCOMPLETE} ({e}); the trace was cut short: {note}",
-                    self.mapper.out.path.display()
+                    out.path.display()
                 );
             }
         }
-        if let Err(e) = self.mapper.out.sync() {
-            eprintln!("hvtrace-consume: fsync of {}: {e}", self.mapper.out.path.display());
+        if let Some(Err(e)) = out.map(OutputDir::sync) {
+            eprintln!(
+                "hvtrace-consume: fsync of {}: {e}",
+                self.mapper.out.as_ref().map_or(Path::new(""), |o| &o.path).display()
+            );
         }
         if exit != ExitReason::HostGone {
             let _ = self.control.call(&Request::Unmap);
@@ -328,7 +390,30 @@ impl Consumer {
         if let Some(e) = failure {
             return Err(e);
         }
-        Ok(Report { channel: self.channel.clone(), output: self.mapper.out.path.clone(), per_ring, exit, cut_short })
+        let output = self.output().map(Path::to_path_buf).unwrap_or_default();
+        Ok(Report { channel: self.channel.clone(), output, per_ring, exit, cut_short, relay })
+    }
+
+    fn relay_only(&self) -> bool {
+        self.mapper.out.is_none()
+    }
+
+    /// The live timer fired: close the partial sub-buffers through the
+    /// control path, as `hvtrace flush` does, then have every worker drain
+    /// its rings and tell the relay thread, which sends beacons for the
+    /// streams that had nothing.
+    fn live_tick(&mut self, workers: &[Worker], tick: u64) -> Option<ExitReason> {
+        match self.control.call(&Request::Flush) {
+            Ok(_) => {} // an `Error` (no channel, destroyed) only means nothing to flush
+            Err(ConsumerError::HostGone) => return Some(ExitReason::HostGone),
+            Err(e) => eprintln!("hvtrace-consume: live timer flush failed: {e}"),
+        }
+        let relay = self.mapper.relay.as_ref()?;
+        for w in workers {
+            let tx = relay.sender();
+            w.drain(Box::new(move || tx.drained(tick)));
+        }
+        None
     }
 
     /// On a "rings changed" wake-up: query status, map new CPUs, and say

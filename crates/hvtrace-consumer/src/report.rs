@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use hvtrace_core::RingCounters;
 use serde::Serialize;
 
+use crate::relay::RelayReport;
+
 /// Why the consumer stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,6 +23,9 @@ pub enum ExitReason {
     /// [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown) was
     /// called: as for a signal.
     Shutdown,
+    /// The relay, the only sink, failed: the session was ended as on a
+    /// signal, and what the relay missed is counted in [`Report::relay`].
+    RelayGone,
 }
 
 impl fmt::Display for ExitReason {
@@ -30,6 +35,7 @@ impl fmt::Display for ExitReason {
             ExitReason::HostGone => "host went away",
             ExitReason::Signal => "interrupted by a signal",
             ExitReason::Shutdown => "shut down",
+            ExitReason::RelayGone => "the relay failed",
         })
     }
 }
@@ -109,7 +115,7 @@ impl RingReport {
 pub struct Report {
     /// Channel name.
     pub channel: String,
-    /// The trace directory.
+    /// The trace directory (empty when the relay was the only sink).
     pub output: PathBuf,
     /// Per ring, by CPU number.
     pub per_ring: Vec<RingReport>,
@@ -117,6 +123,8 @@ pub struct Report {
     pub exit: ExitReason,
     /// The trace ends early (the host went away); `DIR/INCOMPLETE` says so.
     pub cut_short: bool,
+    /// What reached the relay daemon, when streaming to one.
+    pub relay: Option<RelayReport>,
 }
 
 impl Report {
@@ -185,6 +193,18 @@ impl fmt::Display for Report {
         if self.cut_short {
             writeln!(f, "the trace was cut short: the host went away before the session was destroyed")?;
         }
+        if let Some(r) = &self.relay {
+            writeln!(
+                f,
+                "relay {} session {}: {} packets relayed, {} beacons, {} packets missed{}",
+                r.url,
+                r.live_path(),
+                r.packets(),
+                r.per_stream.iter().map(|s| s.beacons).sum::<u64>(),
+                r.missed_packets(),
+                r.error.as_ref().map_or(String::new(), |e| format!(" ({e})"))
+            )?;
+        }
         Ok(())
     }
 }
@@ -206,6 +226,7 @@ mod tests {
             per_ring: vec![r],
             exit: ExitReason::HostGone,
             cut_short: true,
+            relay: None,
         };
         let text = rep.to_string();
         assert!(text.contains("host went away"), "{text}");

@@ -10,6 +10,7 @@ use hvtrace_core::ring::Poll;
 use hvtrace_core::RingReader;
 use hvtrace_sys::{EventFd, MappedReader, Poller};
 
+use crate::relay::RingRelay;
 use crate::report::RingReport;
 use crate::stream::StreamFile;
 use crate::ConsumerError;
@@ -33,7 +34,10 @@ pub(crate) struct RingState {
     pub(crate) source: Box<dyn RingSource>,
     /// Signalled by the producer when a sub-buffer is delivered.
     pub(crate) wake: EventFd,
-    pub(crate) stream: StreamFile,
+    /// The local stream file (none when the relay is the only sink).
+    pub(crate) stream: Option<StreamFile>,
+    /// The relay stream, when streaming to one.
+    pub(crate) relay: Option<RingRelay>,
 }
 
 impl RingState {
@@ -41,19 +45,30 @@ impl RingState {
     fn consume(&mut self) {
         let reader = self.source.reader();
         while let Poll::Ready(p) = reader.next_packet() {
-            self.stream.take_packet(reader.packet_bytes(&p), || reader.release(&p));
+            let bytes = reader.packet_bytes(&p);
+            match (&mut self.relay, &mut self.stream) {
+                (Some(r), file) => r.take_packet(bytes, || reader.release(&p), file.as_mut()),
+                (None, Some(file)) => file.take_packet(bytes, || reader.release(&p)),
+                (None, None) => unreachable!("a ring has at least one sink"),
+            }
         }
     }
 
     fn finish(mut self) -> RingReport {
         self.consume();
         let counters = self.source.reader().counters();
-        self.stream.finish(&self.uuid, counters)
+        let relayed = self.relay.take().and_then(|r| r.finish(&self.uuid, counters));
+        match self.stream.take() {
+            Some(s) => s.finish(&self.uuid, counters),
+            None => relayed.expect("a ring has at least one sink"),
+        }
     }
 }
 
 pub(crate) enum Cmd {
     Add(Box<RingState>),
+    /// Drain every ring now, then call this (the live timer's tick).
+    Drain(Box<dyn FnOnce() + Send>),
     /// Drain every ring a last time, end the streams, exit.
     Finish,
 }
@@ -106,6 +121,12 @@ impl Worker {
         let _ = self.wake.signal();
     }
 
+    /// Has the worker drain its rings now, then call `then`.
+    pub(crate) fn drain(&self, then: Box<dyn FnOnce() + Send>) {
+        let _ = self.tx.send(Cmd::Drain(then));
+        let _ = self.wake.signal();
+    }
+
     /// Final drain; returns the reports of the worker's rings.
     pub(crate) fn finish(mut self) -> Result<Vec<RingReport>, ConsumerError> {
         self.stop()
@@ -154,6 +175,10 @@ fn run(mut poller: Poller, wake: EventFd, rx: Receiver<Cmd>) -> Vec<RingReport> 
                             }
                             ring.consume();
                             rings.push(ring);
+                        }
+                        Cmd::Drain(then) => {
+                            rings.iter_mut().for_each(RingState::consume);
+                            then();
                         }
                         Cmd::Finish => finishing = true,
                     }
@@ -205,7 +230,8 @@ mod tests {
             uuid: [3; 16],
             source: Box::new(reader),
             wake: wake.try_clone().unwrap(),
-            stream: StreamFile::create(&dir.join(format!("chan_{cpu}")), cpu, Some(4096)).unwrap(),
+            stream: Some(StreamFile::create(&dir.join(format!("chan_{cpu}")), cpu, Some(4096)).unwrap()),
+            relay: None,
         };
         (Fixture { ring, wake }, state)
     }
