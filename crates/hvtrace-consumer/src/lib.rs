@@ -227,8 +227,11 @@ impl Consumer {
         }
         let out = cfg.output.as_ref().map(|o| OutputDir::prepare(o, &channel, &metadata)).transpose()?;
         let threads = cfg.threads.max(1);
-        let relay =
-            cfg.relay.as_ref().map(|r| Relay::start(r, &channel, &metadata, threads, out.is_none())).transpose()?;
+        let relay = cfg
+            .relay
+            .as_ref()
+            .map(|r| Relay::start(r, &channel, trace_uuid, &metadata, threads, out.is_none()))
+            .transpose()?;
         let live_timer = cfg.relay.as_ref().map(|r| r.live_timer.max(Duration::from_millis(1)));
         let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, relay, direct_min: cfg.direct_min };
         let mut mapped_rings = Vec::with_capacity(rings.len());

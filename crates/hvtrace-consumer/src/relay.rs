@@ -15,7 +15,11 @@
 //! are in, every stream that sent nothing during the tick gets a beacon
 //! stamped with the latest packet end known at the *previous* tick: every
 //! record the stream can still send was written after that tick's flush, so
-//! the beacon never promises more than the stream keeps.
+//! the beacon never promises more than the stream keeps. The relay ignores
+//! beacons of a stream that never had a packet (lttng-tools `relay_recv_index`),
+//! so a stream's first "beacon" is an empty packet (header only, sequence
+//! number 0, no events), as LTTng's own live timer sends one: the relay's
+//! trace then holds that packet more than the local one.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,7 +88,8 @@ pub struct RelayStreamReport {
     pub packets: u64,
     /// Bytes of those packets.
     pub bytes: u64,
-    /// Live beacons sent.
+    /// Live beacons sent (the first of a stream that had no packet yet is
+    /// an empty packet).
     pub beacons: u64,
     /// Packets recorded but not relayed (queue full, or the relay failed).
     pub missed_packets: u64,
@@ -275,6 +280,7 @@ impl Relay {
     pub(crate) fn start(
         cfg: &RelayConfig,
         channel: &str,
+        uuid: [u8; 16],
         metadata: &str,
         workers: usize,
         lossless: bool,
@@ -323,6 +329,7 @@ impl Relay {
         let mut t = Thread {
             conn,
             channel: channel.to_string(),
+            uuid,
             streams: BTreeMap::new(),
             report,
             shared: shared.clone(),
@@ -384,6 +391,8 @@ struct StreamState {
     stream_class: u64,
     /// Sent a packet since the last tick.
     active: bool,
+    last_seq: u64,
+    last_discarded: u64,
     last_end: u64,
 }
 
@@ -391,6 +400,7 @@ struct Thread {
     /// `None` once the relay failed: everything after is missed.
     conn: Option<Relayd>,
     channel: String,
+    uuid: [u8; 16],
     streams: BTreeMap<u32, StreamState>,
     report: RelayReport,
     shared: Arc<Shared>,
@@ -438,23 +448,25 @@ impl Thread {
             });
             let stream = opened.unwrap_or(RelayStream { handle: u64::MAX, name, next_seq: 0 });
             let report = RelayStreamReport { cpu, ..Default::default() };
-            self.streams.insert(cpu, StreamState { stream, report, stream_class: 0, active: false, last_end: 0 });
+            self.streams.insert(
+                cpu,
+                StreamState {
+                    stream,
+                    report,
+                    stream_class: 0,
+                    active: false,
+                    last_end: 0,
+                    last_seq: 0,
+                    last_discarded: 0,
+                },
+            );
         }
         self.streams.get_mut(&cpu)
     }
 
     fn packet(&mut self, cpu: u32, bytes: &[u8], info: &PacketInfo, trailer: bool) {
         self.stream(cpu);
-        let index = PacketIndex {
-            packet_size_bits: info.packet_len as u64 * 8,
-            content_size_bits: info.content_len as u64 * 8,
-            timestamp_begin: info.timestamp_begin,
-            timestamp_end: info.timestamp_end,
-            events_discarded: info.events_discarded,
-            stream_id: u64::from(info.stream_id),
-            stream_instance_id: info.stream_instance_id,
-            packet_seq_num: info.seq,
-        };
+        let index = index_of(info);
         let Some(mut conn) = self.conn.take() else {
             let s = self.streams.get_mut(&cpu).expect("opened");
             s.report.missed_packets += 1;
@@ -470,6 +482,8 @@ impl Thread {
                 s.active = true;
                 s.stream_class = index.stream_id;
                 s.last_end = s.last_end.max(info.timestamp_end);
+                s.last_seq = info.seq;
+                s.last_discarded = info.events_discarded;
                 self.max_end = self.max_end.max(info.timestamp_end);
                 self.conn = Some(conn);
             }
@@ -499,7 +513,15 @@ impl Thread {
             if !idle || ts == 0 || ts < s.last_end || s.stream.handle == u64::MAX {
                 continue;
             }
-            match conn.send_beacon(&s.stream, s.stream_class, u64::from(cpu), ts) {
+            let sent = if s.stream.next_seq == 0 {
+                let pkt = ctf::empty_packet(&self.uuid, cpu, s.last_seq, ts, s.last_discarded);
+                packet_info(&pkt)
+                    .map_err(|e| RelaydError::Protocol(format!("empty packet: {e}")))
+                    .and_then(|i| conn.send_packet(&mut s.stream, &pkt, &index_of(&i)))
+            } else {
+                conn.send_beacon(&s.stream, s.stream_class, u64::from(cpu), ts)
+            };
+            match sent {
                 Ok(()) => {
                     s.report.beacons += 1;
                     s.last_end = ts;
@@ -557,5 +579,18 @@ impl Thread {
                 self.fail(e);
             }
         }
+    }
+}
+
+fn index_of(info: &PacketInfo) -> PacketIndex {
+    PacketIndex {
+        packet_size_bits: info.packet_len as u64 * 8,
+        content_size_bits: info.content_len as u64 * 8,
+        timestamp_begin: info.timestamp_begin,
+        timestamp_end: info.timestamp_end,
+        events_discarded: info.events_discarded,
+        stream_id: u64::from(info.stream_id),
+        stream_instance_id: info.stream_instance_id,
+        packet_seq_num: info.seq,
     }
 }

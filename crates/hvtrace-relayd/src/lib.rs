@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod local;
 mod url;
 mod wire;
 
@@ -25,6 +26,7 @@ use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use client::{RelayStream, Relayd, SessionParams};
+pub use local::LocalRelayd;
 pub use url::{RelaydUrl, UrlError, DEFAULT_CONTROL_PORT, DEFAULT_DATA_PORT};
 pub use wire::{PacketIndex, MAX_HOSTNAME, MAX_SESSION_NAME, MAX_STREAM_NAME};
 
