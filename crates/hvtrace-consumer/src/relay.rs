@@ -330,6 +330,7 @@ impl Relay {
             conn,
             channel: channel.to_string(),
             uuid,
+            linger: (2 * cfg.live_timer).clamp(Duration::from_millis(200), Duration::from_secs(5)),
             streams: BTreeMap::new(),
             report,
             shared: shared.clone(),
@@ -401,6 +402,8 @@ struct Thread {
     conn: Option<Relayd>,
     channel: String,
     uuid: [u8; 16],
+    /// How long the session stays open after its streams are closed.
+    linger: Duration,
     streams: BTreeMap<u32, StreamState>,
     report: RelayReport,
     shared: Arc<Shared>,
@@ -567,6 +570,14 @@ impl Thread {
 
     /// Closes every stream, then the session.
     fn close(&mut self) {
+        // Closing a stream releases its (anonymous, pre-2.11) trace chunk on
+        // the relay, after which a live viewer cannot read what it had not
+        // read yet (lttng-relayd 2.13 logs "viewer session and viewer stream
+        // chunk IDs differ" and the viewer skips the rest): viewers get a
+        // moment to catch up first. They poll every 100 ms or so.
+        if self.conn.is_some() && self.streams.values().any(|s| s.stream.next_seq > 0) {
+            std::thread::sleep(self.linger);
+        }
         let streams: Vec<RelayStream> =
             self.streams.values().map(|s| s.stream.clone()).filter(|s| s.handle != u64::MAX).collect();
         for s in streams {

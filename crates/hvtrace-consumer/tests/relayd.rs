@@ -182,21 +182,17 @@ fn a_live_viewer_moves_past_a_silent_cpu_and_sees_the_end() {
     // The viewer sees the end (streams closed) and exits by itself.
     let t = Instant::now();
     while viewer.try_wait().unwrap().is_none() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "the viewer did not see the end of the session: {}",
-            viewer_err()
-        );
+        assert!(t.elapsed() < Duration::from_secs(20), "the viewer did not see the session end: {}", viewer_err());
         std::thread::sleep(Duration::from_millis(20));
     }
     reader.join().unwrap();
-    // babeltrace2 2.0.4 drops the events the viewer had not yet shown when
-    // a silent stream's first packet arrives (they are in the relay's trace,
-    // read below): the count is printed, not asserted. With every CPU busy
-    // the viewer reads everything (crates/hvtrace/tests/relayd.rs).
     let total = seen.load(Ordering::Relaxed);
-    println!("the live viewer read {total} of {written} events");
-    assert!(total <= written && total >= live, "{total} of {written}");
+    println!("the live viewer read {total} of {written} events: {}", viewer_err());
+    // Known gap: babeltrace2 2.0.4 skips the packet of CPU 0 that was
+    // pending when the silent CPU's first beacon arrived (the relay has it:
+    // checked below); with every CPU busy it reads all
+    // (crates/hvtrace/tests/relayd.rs), so this is printed, not asserted.
+    assert!(total >= live && total <= written, "{total} of {written}");
     assert_eq!(babeltrace2(&relay.trace_dir(HOST, "live")).map(|c| c.0), Some(written), "the relay has them all");
 }
 
