@@ -230,7 +230,7 @@ impl Consumer {
         let relay = cfg
             .relay
             .as_ref()
-            .map(|r| Relay::start(r, &channel, trace_uuid, &metadata, threads, out.is_none()))
+            .map(|r| Relay::start(r, &channel, trace_uuid, &metadata, config.subbuf_size, threads, out.is_none()))
             .transpose()?;
         let live_timer = cfg.relay.as_ref().map(|r| r.live_timer.max(Duration::from_millis(1)));
         let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, relay, direct_min: cfg.direct_min };

@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -50,16 +50,17 @@ pub struct RelayConfig {
     /// Live timer: how often partial sub-buffers are flushed and idle
     /// streams get a beacon (LTTng's default is 1 s).
     pub live_timer: Duration,
-    /// Packets that may wait for the relay before further ones are missed
-    /// (with a local trace directory) or workers wait (without one).
+    /// Bytes of packets that may wait for the relay (whole sub-buffers,
+    /// at least two) before further ones are missed (with a local trace
+    /// directory) or workers wait (without one).
     pub queue: usize,
     /// Longest any connect, send or reply may take before the relay counts
     /// as gone.
     pub timeout: Duration,
 }
 
-/// Default [`RelayConfig::queue`].
-pub const RELAY_QUEUE: usize = 256;
+/// Default [`RelayConfig::queue`]: 64 MiB.
+pub const RELAY_QUEUE: usize = 64 << 20;
 /// Default [`RelayConfig::timeout`].
 pub const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -148,6 +149,12 @@ enum Msg {
 }
 
 struct Shared {
+    /// Packet buffers the relay thread is done with, for the workers to
+    /// reuse: a fresh multi-MiB `Vec` per packet costs a page fault per
+    /// page on first touch, and that was most of the copy's cost.
+    pool: Mutex<Vec<Vec<u8>>>,
+    /// Most buffers kept in `pool`.
+    pool_max: usize,
     failed: AtomicBool,
     /// Signalled once when the relay fails (the main thread watches it).
     failed_fd: EventFd,
@@ -210,7 +217,9 @@ impl RingRelay {
             return;
         };
         // Copied before release: afterwards the producer may reuse it.
-        let copy = bytes[..info.packet_len].to_vec();
+        let mut copy = self.tx.shared.pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(&bytes[..info.packet_len]);
         let mut whole = false;
         match file {
             Some(f) => f.take_packet(bytes, || {
@@ -282,9 +291,11 @@ impl Relay {
         channel: &str,
         uuid: [u8; 16],
         metadata: &str,
+        subbuf_size: u64,
         workers: usize,
         lossless: bool,
     ) -> Result<Relay, ConsumerError> {
+        let packets = (cfg.queue as u64 / subbuf_size.max(1)).clamp(2, 1 << 16) as usize;
         let live_timer_us = u32::try_from(cfg.live_timer.as_micros()).unwrap_or(u32::MAX).max(1);
         let params = SessionParams {
             session: cfg.session.clone(),
@@ -311,10 +322,12 @@ impl Relay {
             }
         };
         let shared = Arc::new(Shared {
+            pool: Mutex::new(Vec::new()),
+            pool_max: packets + workers,
             failed: AtomicBool::new(false),
             failed_fd: EventFd::new().map_err(ConsumerError::io("creating the relay's eventfd"))?,
         });
-        let (tx, rx) = mpsc::sync_channel(cfg.queue.max(1));
+        let (tx, rx) = mpsc::sync_channel(packets);
         let report = RelayReport {
             url: cfg.url.to_string(),
             session: cfg.session.clone(),
@@ -422,7 +435,14 @@ impl Thread {
                 Msg::Stream { cpu } => {
                     self.stream(cpu);
                 }
-                Msg::Packet { cpu, bytes, info } => self.packet(cpu, &bytes, &info, false),
+                Msg::Packet { cpu, bytes, info } => {
+                    self.packet(cpu, &bytes, &info, false);
+                    if let Ok(mut pool) = self.shared.pool.lock() {
+                        if pool.len() < self.shared.pool_max {
+                            pool.push(bytes);
+                        }
+                    }
+                }
                 Msg::Trailer { cpu, bytes, info } => self.packet(cpu, &bytes, &info, true),
                 Msg::Drained { tick } => self.drained(tick),
                 Msg::Missed { cpu, packets, bytes } => {

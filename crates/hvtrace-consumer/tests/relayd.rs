@@ -73,7 +73,7 @@ fn the_relay_gets_the_local_trace_byte_for_byte_hotplugged_cpu_included() {
     let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard });
     let out = dir.0.join("local");
     let mut rc = relay_cfg(relay.url.clone(), "both");
-    rc.queue = 1 << 16; // room for every packet: this test wants no miss
+    rc.queue = 1 << 30; // room for every packet: this test wants no miss
     rc.live_timer = Duration::from_secs(3600); // no empty packets for idle streams
     let cfg = ConsumerConfig { threads: 2, relay: Some(rc), ..ConsumerConfig::new(&sock, &out) };
     let run = run_in_thread(Consumer::attach(&cfg).unwrap());
@@ -273,7 +273,7 @@ fn a_stalled_relay_never_holds_the_local_sink_back() {
     let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 16 * 1024, num_subbuf: 8, mode: Mode::Discard });
     let out = dir.0.join("local");
     let mut rc = relay_cfg(relay.url.clone(), "stalled");
-    rc.queue = 4;
+    rc.queue = 4 * 16 * 1024; // four sub-buffers
     rc.timeout = Duration::from_secs(2);
     let cfg = ConsumerConfig { relay: Some(rc), ..ConsumerConfig::new(&sock, &out) };
     let run = run_in_thread(Consumer::attach(&cfg).unwrap());
