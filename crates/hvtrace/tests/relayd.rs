@@ -15,7 +15,6 @@ use hvtrace_relayd::LocalRelayd;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hvtrace");
-const HOST: &str = "h1";
 
 fn scratch(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("relayd-{}", std::process::id())).join(name);
@@ -157,7 +156,8 @@ fn the_relay_records_what_the_consumer_records_with_a_cpu_hotplugged() {
     let relay_r = &r["relay"];
     let missed: u64 =
         relay_r["per_stream"].as_array().unwrap().iter().map(|s| s["missed_packets"].as_u64().unwrap()).sum();
-    let remote = relay.trace_dir(&hvtrace_sys_hostname(relay_r), "e2e");
+    // Filed under the host name the consumer sent (the machine's).
+    let remote = relay.trace_dir(relay_r["hostname"].as_str().unwrap(), "e2e");
     assert!(remote.join("channel0_1").exists(), "the hotplugged CPU 1 reached the relay: {r}");
     let discarded = sum(&r, |p| p["counters"]["discarded"].as_u64().unwrap());
     println!("discarded {discarded}, relay missed {missed} packets");
@@ -168,11 +168,6 @@ fn the_relay_records_what_the_consumer_records_with_a_cpu_hotplugged() {
         assert_eq!(there, local, "the relay's trace reads as the local one");
         assert_eq!(there.1, discarded, "babeltrace2 reports every loss the rings counted");
     }
-}
-
-/// The host name the consumer sent (the machine's).
-fn hvtrace_sys_hostname(relay_report: &Value) -> String {
-    relay_report["hostname"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -232,6 +227,7 @@ fn a_live_viewer_attached_before_start_reads_events_while_recording_and_all_of_t
     assert!(remote.0 > 0);
 }
 
+/// The machine's host name, which the consumer sends the relay.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()
 }
