@@ -159,7 +159,7 @@ fn a_live_viewer_moves_past_a_silent_cpu_and_sees_the_end() {
     };
     // Attached before start: a viewer starts at the last index it finds
     // (babeltrace2 seeks to the end), so it would skip earlier packets.
-    wait_for_viewer(&relay, "live");
+    relay.wait_for_viewer("live", Duration::from_secs(20)).unwrap();
     ctl.simple(&Request::Start).unwrap();
     // A few events at a time, on CPU 0 only: far less than a sub-buffer,
     // so only the live timer's flushes deliver them.
@@ -194,24 +194,6 @@ fn a_live_viewer_moves_past_a_silent_cpu_and_sees_the_end() {
     // (crates/hvtrace/tests/relayd.rs), so this is printed, not asserted.
     assert!(total >= live && total <= written, "{total} of {written}");
     assert_eq!(babeltrace2(&relay.trace_dir(HOST, "live")).map(|c| c.0), Some(written), "the relay has them all");
-}
-
-/// Waits until the relay lists one viewer on `session`.
-fn wait_for_viewer(relay: &LocalRelayd, session: &str) {
-    let t = Instant::now();
-    loop {
-        let o = Command::new("babeltrace2")
-            .args(["-i", "lttng-live"])
-            .arg(format!("net://127.0.0.1:{}", relay.live_port))
-            .output()
-            .unwrap();
-        let list = String::from_utf8_lossy(&o.stdout);
-        if list.lines().any(|l| l.contains(&format!("/{session} ")) && l.contains("1 client(s) connected")) {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "no viewer attached to {session}: {list}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// What every fault test checks of the local trace: every event written is

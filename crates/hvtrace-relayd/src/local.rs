@@ -101,6 +101,29 @@ impl LocalRelayd {
         self.output.join(hostname).join(session)
     }
 
+    /// Waits (at most `limit`) until the relay lists a viewer attached to
+    /// `session`, asking it with `babeltrace2 -i lttng-live` (which must be
+    /// installed). A viewer attaches "at the last index": one that must see
+    /// a session from its start has to be attached before it records.
+    pub fn wait_for_viewer(&self, session: &str, limit: Duration) -> io::Result<()> {
+        let t = Instant::now();
+        loop {
+            let o = Command::new("babeltrace2")
+                .args(["-i", "lttng-live"])
+                .arg(format!("net://127.0.0.1:{}", self.live_port))
+                .output()?;
+            let list = String::from_utf8_lossy(&o.stdout);
+            // "net://…/host/H/SESSION (timer = …, N stream(s), 1 client(s) connected)"
+            if list.lines().any(|l| l.contains(&format!("/{session} ")) && !l.contains(" 0 client(s)")) {
+                return Ok(());
+            }
+            if t.elapsed() > limit {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no viewer on {session}: {list}")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The relay's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -199,7 +199,7 @@ fn a_live_viewer_attached_before_start_reads_events_while_recording_and_all_of_t
         let seen = seen.clone();
         std::thread::spawn(move || lines.lines().for_each(|_| _ = seen.fetch_add(1, Ordering::Relaxed)))
     };
-    wait_for_viewer(&relay, "live");
+    relay.wait_for_viewer("live", Duration::from_secs(20)).unwrap();
     ctl(&sock, "start", &[]);
     let t = Instant::now();
     while seen.load(Ordering::Relaxed) == 0 {
@@ -230,24 +230,6 @@ fn a_live_viewer_attached_before_start_reads_events_while_recording_and_all_of_t
 /// The machine's host name, which the consumer sends the relay.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string()
-}
-
-/// Waits until the relay lists one viewer on `session`.
-fn wait_for_viewer(relay: &LocalRelayd, session: &str) {
-    let t = Instant::now();
-    loop {
-        let o = Command::new("babeltrace2")
-            .args(["-i", "lttng-live"])
-            .arg(format!("net://127.0.0.1:{}", relay.live_port))
-            .output()
-            .unwrap();
-        let list = text(&o.stdout);
-        if list.lines().any(|l| l.contains(&format!("/{session} ")) && l.contains("1 client(s) connected")) {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "no viewer attached to {session}: {list}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
