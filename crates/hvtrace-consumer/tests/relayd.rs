@@ -153,7 +153,6 @@ fn a_live_viewer_moves_past_a_silent_cpu_and_sees_the_end() {
                 if l.contains("tick") {
                     seen.fetch_add(1, Ordering::Relaxed);
                 }
-                eprintln!("VIEWER {}", &l[..30.min(l.len())]);
             }
         })
     };
