@@ -198,7 +198,12 @@ pub(crate) struct RingRelay {
 
 impl RingRelay {
     /// Takes one delivered packet: to the file (if any) and the relay queue.
-    pub(crate) fn take_packet(&mut self, bytes: &[u8], release: impl FnOnce() -> bool, file: Option<&mut StreamFile>) {
+    pub(crate) fn take_packet(
+        &mut self,
+        bytes: &[u8],
+        release: impl FnOnce() -> bool,
+        mut file: Option<&mut StreamFile>,
+    ) {
         let info = packet_info(bytes).ok().filter(|i| i.packet_len <= bytes.len());
         let Some(info) = info else {
             // Malformed: the file's own path counts it; without one, here.
@@ -216,6 +221,22 @@ impl RingRelay {
             }
             return;
         };
+        // The relay failed and a local file remains: no copy for nothing.
+        if self.tx.shared.failed.load(Ordering::Relaxed) {
+            if let Some(f) = file.as_deref_mut() {
+                let mut whole = false;
+                f.take_packet(bytes, || {
+                    whole = release();
+                    whole
+                });
+                if whole {
+                    self.last = Some(info);
+                    self.missed.0 += 1;
+                    self.missed.1 += info.packet_len as u64;
+                }
+                return;
+            }
+        }
         // Copied before release: afterwards the producer may reuse it.
         let mut copy = self.tx.shared.pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
         copy.clear();
