@@ -72,8 +72,9 @@ fn sim(sock: &Path, args: &[&str]) -> Kid {
     let kid =
         Kid(Command::new(BIN).arg("sim").args(args).arg("--socket").arg(sock).stdout(Stdio::null()).spawn().unwrap());
     let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "the host never opened its socket");
+    // Ready means listening (the socket file appears at bind, before listen).
+    while hvtrace_sys::Conn::connect(sock).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the host never listened on its socket");
         std::thread::sleep(Duration::from_millis(10));
     }
     kid
