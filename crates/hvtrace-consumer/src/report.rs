@@ -151,7 +151,12 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "trace {} (channel {}): {}", self.output.display(), self.channel, self.exit)?;
+        match (&self.relay, self.output.as_os_str().is_empty()) {
+            (Some(r), true) => {
+                writeln!(f, "relay {}{} (channel {}): {}", r.url, r.live_path(), self.channel, self.exit)?
+            }
+            _ => writeln!(f, "trace {} (channel {}): {}", self.output.display(), self.channel, self.exit)?,
+        }
         writeln!(
             f,
             "{:>4} {:>9} {:>12} {:>6} {:>8} {:>9} {:>10} {:>10} {:>11}",
@@ -212,6 +217,7 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::RelayStreamReport;
 
     #[test]
     fn display_and_json() {
@@ -237,5 +243,33 @@ mod tests {
         assert_eq!(v["cut_short"], true);
         assert_eq!(v["per_ring"][0]["counters"]["discarded"], 5);
         assert_eq!(v["per_ring"][0]["packets"], 3);
+    }
+
+    #[test]
+    fn a_relay_only_report_names_the_relay_and_what_it_missed() {
+        let stream = RelayStreamReport { cpu: 0, packets: 7, missed_packets: 2, beacons: 1, ..Default::default() };
+        let relay = RelayReport {
+            url: "net://r:5342:5343".into(),
+            session: "s".into(),
+            hostname: "h".into(),
+            per_stream: vec![stream],
+            error: Some("the relay went away".into()),
+        };
+        let rep = Report {
+            channel: "chan".into(),
+            output: PathBuf::new(),
+            per_ring: vec![],
+            exit: ExitReason::RelayGone,
+            cut_short: false,
+            relay: Some(relay),
+        };
+        let text = rep.to_string();
+        assert!(text.starts_with("relay net://r:5342:5343/host/h/s (channel chan): the relay failed"), "{text}");
+        assert!(text.contains("7 packets relayed, 1 beacons, 2 packets missed (the relay went away)"), "{text}");
+        let v: serde_json::Value = serde_json::to_value(&rep).unwrap();
+        assert_eq!(
+            (v["exit"].as_str(), v["relay"]["per_stream"][0]["missed_packets"].as_u64()),
+            (Some("relay_gone"), Some(2))
+        );
     }
 }
