@@ -84,6 +84,11 @@ pub(crate) struct Args {
     /// Keep the trace in this directory (default: a temporary one, removed).
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Stream to an lttng-relayd started on free loopback ports (writing
+    /// under the temporary directory) instead of a local trace directory;
+    /// what reached the relay's trace is counted.
+    #[arg(long, conflicts_with_all = ["latency", "keep"])]
+    relayd: bool,
 }
 
 /// Kills a child on drop.
@@ -165,6 +170,7 @@ pub(crate) fn spawn_consumer(
     poll_ms: u64,
     sock: &Path,
     out: &Path,
+    relayd: Option<&hvtrace_relayd::RelaydUrl>,
     ctl: &mut Client,
 ) -> Result<Reaped> {
     let mut cmd = match kind {
@@ -179,7 +185,12 @@ pub(crate) fn spawn_consumer(
             c
         }
     };
-    cmd.arg("--socket").arg(sock).arg("--output").arg(out);
+    cmd.arg("--socket").arg(sock);
+    match relayd {
+        // The relay as the only sink.
+        Some(url) => cmd.arg("--relayd").arg(url.to_string()).args(["--session", RELAY_SESSION]),
+        None => cmd.arg("--output").arg(out),
+    };
     let mut child = Reaped(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawning the consumer")?);
     // Read stderr for the whole run (so the consumer never blocks on a full
     // pipe), noting when the ready line comes.
@@ -217,6 +228,9 @@ pub(crate) fn spawn_consumer(
     }
     Ok(child)
 }
+
+/// Session name of `--relayd` runs.
+const RELAY_SESSION: &str = "hvtrace-bench";
 
 /// Sub-buffer delivery latency, seen from outside the consumer: an inotify
 /// watch on the trace directory wakes on every write; each stream file's
@@ -318,7 +332,17 @@ pub(crate) fn run(a: Args) -> Result<()> {
     } else {
         None
     };
-    let mut consumer = spawn_consumer(a.consumer, a.hvtrace.as_deref(), a.poll_ms, &sock, &out, &mut ctl)?;
+    let relay = if a.relayd {
+        if a.consumer != ConsumerKind::Hvtrace {
+            bail!("--relayd needs --consumer hvtrace");
+        }
+        Some(hvtrace_relayd::LocalRelayd::spawn(&tmp.0.join("relay"))?.context("lttng-relayd is not installed")?)
+    } else {
+        None
+    };
+    let relay_url = relay.as_ref().map(|r| r.url.clone());
+    let mut consumer =
+        spawn_consumer(a.consumer, a.hvtrace.as_deref(), a.poll_ms, &sock, &out, relay_url.as_ref(), &mut ctl)?;
     let cpid = consumer.0.id();
     ctl.simple(&Request::Start)?;
     let load = Load { threads: a.threads, events: a.events, warmup: a.warmup, rate: a.rate };
@@ -363,7 +387,9 @@ pub(crate) fn run(a: Args) -> Result<()> {
     drop(ctl);
     host.shutdown();
 
-    let tc = util::count_trace(&out, "hvbench")?;
+    // Relay runs: the relay's copy of the trace is what counts.
+    let trace_dir = relay.as_ref().map_or(out.clone(), |r| r.trace_dir(&hvtrace_sys::hostname(), RELAY_SESSION));
+    let tc = util::count_trace(&trace_dir, "hvbench")?;
     let emitted = (a.events + a.warmup) * a.threads as u64;
     let discarded: u64 = status.rings.iter().map(|r| r.events_discarded).sum();
     let overwritten: u64 = status.rings.iter().map(|r| r.overwritten).sum();
@@ -379,6 +405,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         "subbuf_size": a.subbuf_size,
         "num_subbuf": a.num_subbuf,
         "consumer": format!("{:?}", a.consumer).to_lowercase(),
+        "sink": if a.relayd { "relayd" } else { "local" },
         "consumer_pid": cpid,
         "consumer_exit_ok": exit.is_some_and(|s| s.success()),
         "drained": drained,

@@ -57,7 +57,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     };
     ctl.simple(&Request::Create(ChannelConfig { subbuf_size: 4 << 20, num_subbuf: 8, mode: Mode::Discard }))?;
-    let mut consumer = spawn_consumer(a.consumer, a.hvtrace.as_deref(), a.poll_ms, &sock, &out, &mut ctl)?;
+    let mut consumer = spawn_consumer(a.consumer, a.hvtrace.as_deref(), a.poll_ms, &sock, &out, None, &mut ctl)?;
     let pid = consumer.0.id();
     ctl.simple(&Request::Start)?;
     // Let start-up settle (the consumer's reaction to `start`).

@@ -54,6 +54,15 @@ pub enum ConsumerError {
         /// The system error.
         source: io::Error,
     },
+    /// The relay daemon could not be reached, refused the session, or went
+    /// away (only an error when it is the only sink).
+    #[error("relay {url}: {source}")]
+    Relay {
+        /// The relay's address.
+        url: String,
+        /// What went wrong.
+        source: hvtrace_relayd::RelaydError,
+    },
     /// Any other system error (mapping, epoll, threads, …).
     #[error("{what}: {source}")]
     Io {

@@ -54,11 +54,23 @@
 //! (removed, replaced), or a directory no longer at its path, makes its
 //! packets lost ([`Report::is_whole`] is then false). The account gets its
 //! last lines.
+//!
+//! ## Streaming to a relay
+//! With [`ConsumerConfig::relay`], every packet also goes, with its index,
+//! to an `lttng-relayd` (through [`hvtrace_relayd`], on a thread of its own
+//! fed by a bounded queue: see the `relay` module), which stores the trace
+//! and serves it live. A live timer then flushes partial sub-buffers through
+//! the control socket and sends beacons for idle streams. Without a local
+//! directory ([`ConsumerConfig::output`] `None`) the relay is the only sink:
+//! there is no account, no `INCOMPLETE` marker, and what is lost is only
+//! counted in the [`Report`]. The after-write check above covers both sinks
+//! (the relay's copy is taken before the packet is released).
 #![forbid(unsafe_code)]
 
 mod control;
 mod error;
 mod output;
+mod relay;
 mod report;
 mod stream;
 mod worker;
@@ -70,6 +82,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hvtrace_core::{Geometry, Mode};
 use hvtrace_proto::{ChannelState, ErrorCode, MapInfo, Reply, Request, RingInfo, StatusInfo};
@@ -78,8 +91,11 @@ use hvtrace_sys::{EventFd, MappedReader, Poller, SharedMapping};
 
 use control::Control;
 pub use error::ConsumerError;
+pub use hvtrace_relayd::RelaydUrl;
 use output::OutputDir;
 pub use output::{ACCOUNT, INCOMPLETE};
+use relay::Relay;
+pub use relay::{RelayConfig, RelayReport, RelayStreamReport, RELAY_QUEUE, RELAY_TIMEOUT};
 pub use report::{ExitReason, Report, RingReport};
 use stream::StreamFile;
 use worker::{RingState, Worker};
@@ -89,8 +105,9 @@ use worker::{RingState, Worker};
 pub struct ConsumerConfig {
     /// The host's control socket.
     pub socket: PathBuf,
-    /// The trace directory (created; must not already hold a trace).
-    pub output: PathBuf,
+    /// The trace directory (created; must not already hold a trace); `None`
+    /// when the relay is the only sink.
+    pub output: Option<PathBuf>,
     /// Worker threads (at least 1); rings are spread over them.
     pub threads: usize,
     /// Packets of at least this many bytes are written with direct I/O
@@ -105,6 +122,8 @@ pub struct ConsumerConfig {
     /// group); `None`, the default, makes them 0700 / 0600. Traces hold
     /// guest addresses and hypercall arguments.
     pub group: Option<u32>,
+    /// Also stream to an lttng-relayd.
+    pub relay: Option<RelayConfig>,
 }
 
 /// The default [`ConsumerConfig::direct_min`].
@@ -115,10 +134,11 @@ impl ConsumerConfig {
     pub fn new(socket: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
         ConsumerConfig {
             socket: socket.into(),
-            output: output.into(),
+            output: Some(output.into()),
             threads: 1,
             direct_min: Some(DIRECT_MIN),
             group: None,
+            relay: None,
         }
     }
 }
@@ -140,7 +160,8 @@ struct Mapper {
     ctrl: Arc<SharedMapping>,
     geo: Geometry,
     uuid: [u8; 16],
-    out: OutputDir,
+    out: Option<OutputDir>,
+    relay: Option<Relay>,
     direct_min: Option<usize>,
 }
 
@@ -193,8 +214,9 @@ impl Mapper {
                 (pos, Some(note))
             }
         };
-        let stream = self.out.create_stream(cpu, self.direct_min)?;
-        Ok((RingState::new(cpu, self.uuid, Box::new(source), wake, stream, expect), note))
+        let stream = self.out.as_ref().map(|o| o.create_stream(cpu, self.direct_min)).transpose()?;
+        let relay = self.relay.as_ref().map(|r| r.ring(cpu));
+        Ok((RingState::new(cpu, self.uuid, Box::new(source), wake, stream, relay, expect), note))
     }
 }
 
@@ -236,20 +258,25 @@ pub struct Consumer {
     rings: Vec<RingState>,
     mapped: BTreeSet<u32>,
     threads: usize,
+    /// Flush and beacon period, when streaming to a relay.
+    live_timer: Option<Duration>,
     shutdown: Arc<EventFd>,
     /// The rings are in overwrite mode (flight recorder).
     overwrite: bool,
-    /// The consumer's account (`.hvtrace-consumer`), its header written.
-    account: File,
+    /// The consumer's account (`.hvtrace-consumer`), its header written;
+    /// `None` when the relay is the only sink.
+    account: Option<File>,
     /// Problems to report that are not one stream's.
     notes: Vec<String>,
+    /// Live-timer flushes that failed, and the first error.
+    flush_failures: (u64, Option<String>),
 }
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("channel", &self.channel)
-            .field("output", &self.mapper.out.path)
+            .field("output", &self.output())
             .field("cpus", &self.mapped)
             .field("threads", &self.threads)
             .finish()
@@ -297,13 +324,30 @@ impl Consumer {
         );
         drop(ctrl_fd);
         let changed = EventFd::from_fd(changed_fd).map_err(ConsumerError::io("the channel's eventfd"))?;
-        let out = OutputDir::prepare(&cfg.output, &channel, &metadata, output::Access::new(cfg.group))?;
+        if cfg.output.is_none() && cfg.relay.is_none() {
+            return Err(ConsumerError::Protocol("no sink: neither a trace directory nor a relay".into()));
+        }
+        let access = output::Access::new(cfg.group);
+        let out = cfg.output.as_ref().map(|o| OutputDir::prepare(o, &channel, &metadata, access)).transpose()?;
         let overwrite = config.mode == hvtrace_proto::Mode::Overwrite;
-        let account = out.create_account(&Account::header(overwrite))?;
-        let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, direct_min: cfg.direct_min };
+        // Only a local trace has an account: a relay-only run counts its
+        // losses in the report.
+        let account = out.as_ref().map(|o| o.create_account(&Account::header(overwrite))).transpose()?;
+        let threads = cfg.threads.max(1);
+        let mut notes = Vec::new();
+        let relay = match &cfg.relay {
+            Some(r) => {
+                let (relay, note) =
+                    Relay::start(r, &channel, trace_uuid, &metadata, config.subbuf_size, threads, out.is_none())?;
+                notes.extend(note);
+                Some(relay)
+            }
+            None => None,
+        };
+        let live_timer = cfg.relay.as_ref().map(|r| r.live_timer.max(Duration::from_millis(1)));
+        let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, relay, direct_min: cfg.direct_min };
         let mut mapped_rings = Vec::with_capacity(rings.len());
         let mut mapped = BTreeSet::new();
-        let mut notes = Vec::new();
         for ring in &rings {
             let (Some(data), Some(wake)) = (fds.next(), fds.next()) else { unreachable!("checked count") };
             if !mapped.insert(ring.cpu) {
@@ -320,11 +364,13 @@ impl Consumer {
             changed,
             rings: mapped_rings,
             mapped,
-            threads: cfg.threads.max(1),
+            threads,
+            live_timer,
             shutdown: Arc::new(EventFd::new().map_err(ConsumerError::io("creating the shutdown eventfd"))?),
             overwrite,
             account,
             notes,
+            flush_failures: (0, None),
         })
     }
 
@@ -333,9 +379,16 @@ impl Consumer {
         &self.channel
     }
 
-    /// The trace directory.
-    pub fn output(&self) -> &Path {
-        &self.mapper.out.path
+    /// The trace directory, if recording locally.
+    pub fn output(&self) -> Option<&Path> {
+        self.mapper.out.as_ref().map(|o| o.path.as_path())
+    }
+
+    /// Problems met at attach (a consumed position reset, a relay that
+    /// could not be reached, …), for a caller to show at once; the final
+    /// [`Report::notes`] holds them too.
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// CPUs whose rings are mapped so far.
@@ -367,6 +420,7 @@ impl Consumer {
         const CHANGED: u64 = 1;
         const SIGNAL: u64 = 2;
         const SHUTDOWN: u64 = 3;
+        const RELAY_FAILED: u64 = 4;
         let mut poller = Poller::new().map_err(ConsumerError::io("creating the main epoll"))?;
         let reg = ConsumerError::io("registering with the main epoll");
         poller
@@ -374,14 +428,28 @@ impl Consumer {
             .and_then(|()| poller.add(&self.changed, CHANGED))
             .and_then(|()| poller.add(&signals.rx, SIGNAL))
             .and_then(|()| poller.add(&*self.shutdown, SHUTDOWN))
+            .and_then(|()| self.mapper.relay.as_ref().map_or(Ok(()), |r| poller.add(r.failed_fd(), RELAY_FAILED)))
             .map_err(reg)?;
+        let mut next_tick = self.live_timer.map(|t| (Instant::now() + t, t));
+        let mut tick = 0u64;
 
         // The session may have changed between `map` and now.
         let mut exit = self.rings_changed(&workers, &mut next)?;
         let mut events = Vec::with_capacity(8);
         let mut ignored = 0u64;
+        if self.relay_only() && self.mapper.relay.as_ref().is_some_and(Relay::failed) {
+            exit = Some(ExitReason::RelayGone);
+        }
         while exit.is_none() {
-            poller.wait(&mut events, None).map_err(ConsumerError::io("epoll_wait"))?;
+            let timeout = next_tick.map(|(at, _)| at.saturating_duration_since(Instant::now()));
+            poller.wait(&mut events, timeout).map_err(ConsumerError::io("epoll_wait"))?;
+            if let Some((at, period)) = &mut next_tick {
+                if Instant::now() >= *at {
+                    *at = Instant::now() + *period;
+                    tick += 1;
+                    exit = self.live_tick(&workers, tick);
+                }
+            }
             for ev in &events {
                 let why = match ev.token {
                     SOCKET if ev.hangup || self.control.hung_up(&mut ignored) => Some(ExitReason::HostGone),
@@ -394,6 +462,13 @@ impl Consumer {
                         Some(ExitReason::Signal)
                     }
                     SHUTDOWN => Some(ExitReason::Shutdown),
+                    RELAY_FAILED => {
+                        if let Some(r) = &self.mapper.relay {
+                            let _ = r.failed_fd().drain();
+                        }
+                        // With a local trace, recording goes on.
+                        self.relay_only().then_some(ExitReason::RelayGone)
+                    }
                     _ => None,
                 };
                 exit = exit.or(why);
@@ -424,39 +499,54 @@ impl Consumer {
             }
         }
         finished.sort_by_key(|f| f.report.cpu);
-        let out = &self.mapper.out;
-        // Written is not kept: a stream file removed or replaced under the
-        // consumer, or the whole directory, holds nothing of the trace.
-        let trace_lost = out.gone();
-        for f in &mut finished {
-            let why = trace_lost.clone().or_else(|| match &f.file {
-                Some(file) => out.still_holds(&f.name, file),
-                None => Some(format!("{}: cannot look at the file", f.name)),
-            });
-            if let Some(why) = why {
-                StreamFile::lose_all(&mut f.report, &mut f.account, why);
-            }
-        }
+        // Every worker has queued its last packet: the relay closes the session.
+        let relay = self.mapper.relay.take().map(Relay::finish);
         let cut_short = exit == ExitReason::HostGone;
-        if cut_short {
-            if let Err(e) = out.mark_incomplete() {
-                self.notes.push(format!(
-                    "cannot write {}/{INCOMPLETE} ({e}); the trace was cut short: the host went away before the \
-                     session was destroyed, and events still in partial sub-buffers were not recorded",
-                    out.path.display()
-                ));
+        let mut trace_lost = None;
+        if let Some(out) = &self.mapper.out {
+            // Written is not kept: a stream file removed or replaced under
+            // the consumer, or the whole directory, holds nothing of the trace.
+            trace_lost = out.gone();
+            for f in &mut finished {
+                let Some(local) = &mut f.local else { continue };
+                let why = trace_lost.clone().or_else(|| match &local.file {
+                    Some(file) => out.still_holds(&local.name, file),
+                    None => Some(format!("{}: cannot look at the file", local.name)),
+                });
+                if let Some(why) = why {
+                    StreamFile::lose_all(&mut f.report, &mut local.account, why);
+                }
+            }
+            if cut_short {
+                if let Err(e) = out.mark_incomplete() {
+                    self.notes.push(format!(
+                        "cannot write {}/{INCOMPLETE} ({e}); the trace was cut short: the host went away before \
+                         the session was destroyed, and events still in partial sub-buffers were not recorded",
+                        out.path.display()
+                    ));
+                }
+            }
+            if let Some(file) = &mut self.account {
+                let account = Account {
+                    overwrite: self.overwrite,
+                    streams: finished.iter().filter_map(|f| f.local.as_ref().map(|l| l.account.clone())).collect(),
+                    end: Some(exit.code().to_string()),
+                };
+                if let Err(e) = file.write_all(account.footer().as_bytes()).and_then(|()| file.sync_all()) {
+                    self.notes
+                        .push(format!("cannot write the consumer's account {}/{ACCOUNT}: {e}", out.path.display()));
+                }
+            }
+            if let Err(e) = out.sync() {
+                self.notes.push(format!("fsync of {}: {e}", out.path.display()));
             }
         }
-        let account = Account {
-            overwrite: self.overwrite,
-            streams: finished.iter().map(|f| f.account.clone()).collect(),
-            end: Some(exit.code().to_string()),
-        };
-        if let Err(e) = self.account.write_all(account.footer().as_bytes()).and_then(|()| self.account.sync_all()) {
-            self.notes.push(format!("cannot write the consumer's account {}/{ACCOUNT}: {e}", out.path.display()));
-        }
-        if let Err(e) = out.sync() {
-            self.notes.push(format!("fsync of {}: {e}", out.path.display()));
+        if self.flush_failures.0 > 0 {
+            self.notes.push(format!(
+                "the live timer's flush failed {} times (first: {}); live viewers saw those partial sub-buffers late",
+                self.flush_failures.0,
+                self.flush_failures.1.as_deref().unwrap_or("?")
+            ));
         }
         if exit != ExitReason::HostGone {
             let _ = self.control.call(&Request::Unmap);
@@ -464,16 +554,45 @@ impl Consumer {
         if let Some(e) = failure {
             return Err(e);
         }
+        let output = self.output().map(Path::to_path_buf).unwrap_or_default();
         Ok(Report {
             channel: self.channel.clone(),
-            output: out.path.clone(),
+            output,
             per_ring: finished.into_iter().map(|f| f.report).collect(),
             exit,
             cut_short,
             overwrite: self.overwrite,
             trace_lost,
             notes: self.notes,
+            relay,
         })
+    }
+
+    fn relay_only(&self) -> bool {
+        self.mapper.out.is_none()
+    }
+
+    /// The live timer fired: close the partial sub-buffers through the
+    /// control path, as `hvtrace flush` does, then have every worker drain
+    /// its rings and tell the relay thread, which sends beacons for the
+    /// streams that had nothing.
+    fn live_tick(&mut self, workers: &[Worker], tick: u64) -> Option<ExitReason> {
+        match self.control.call(&Request::Flush) {
+            Ok(_) => {} // an `Error` (no channel, destroyed) only means nothing to flush
+            Err(ConsumerError::HostGone) => return Some(ExitReason::HostGone),
+            Err(e) => {
+                // Counted, not printed: the library prints nothing.
+                let (n, first) = &mut self.flush_failures;
+                *n += 1;
+                first.get_or_insert_with(|| e.to_string());
+            }
+        }
+        let relay = self.mapper.relay.as_ref()?;
+        for w in workers {
+            let tx = relay.sender();
+            w.drain(Box::new(move || tx.drained(tick)));
+        }
+        None
     }
 
     /// On a "rings changed" wake-up: query status, map new CPUs, and say

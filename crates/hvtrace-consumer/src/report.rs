@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use hvtrace_core::RingCounters;
 use serde::Serialize;
 
+use crate::relay::RelayReport;
+
 /// Why the consumer stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -21,6 +23,9 @@ pub enum ExitReason {
     /// [`ShutdownHandle::shutdown`](crate::ShutdownHandle::shutdown) was
     /// called: as for a signal.
     Shutdown,
+    /// The relay, the only sink, failed: the session was ended as on a
+    /// signal, and what the relay missed is counted in [`Report::relay`].
+    RelayGone,
 }
 
 impl ExitReason {
@@ -31,6 +36,7 @@ impl ExitReason {
             ExitReason::HostGone => "host_gone",
             ExitReason::Signal => "signal",
             ExitReason::Shutdown => "shutdown",
+            ExitReason::RelayGone => "relay_gone",
         }
     }
 }
@@ -42,6 +48,7 @@ impl fmt::Display for ExitReason {
             ExitReason::HostGone => "host went away",
             ExitReason::Signal => "interrupted by a signal",
             ExitReason::Shutdown => "shut down",
+            ExitReason::RelayGone => "the relay failed",
         })
     }
 }
@@ -128,7 +135,7 @@ impl RingReport {
 pub struct Report {
     /// Channel name.
     pub channel: String,
-    /// The trace directory.
+    /// The trace directory (empty when the relay was the only sink).
     pub output: PathBuf,
     /// Per ring, by CPU number.
     pub per_ring: Vec<RingReport>,
@@ -144,9 +151,11 @@ pub struct Report {
     /// removed or replaced during the session), if so.
     pub trace_lost: Option<String>,
     /// Problems that are not one stream's (unreadable consumed positions
-    /// reset at attach, a ring that could not be mapped, a failed flush or
-    /// `fsync`, …).
+    /// reset at attach, a ring that could not be mapped, a relay that could
+    /// not be reached, a failed flush or `fsync`, …).
     pub notes: Vec<String>,
+    /// What reached the relay daemon, when streaming to one.
+    pub relay: Option<RelayReport>,
 }
 
 impl Report {
@@ -187,7 +196,12 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "trace {} (channel {}): {}", self.output.display(), self.channel, self.exit)?;
+        match (&self.relay, self.output.as_os_str().is_empty()) {
+            (Some(r), true) => {
+                writeln!(f, "relay {}{} (channel {}): {}", r.url, r.live_path(), self.channel, self.exit)?
+            }
+            _ => writeln!(f, "trace {} (channel {}): {}", self.output.display(), self.channel, self.exit)?,
+        }
         writeln!(
             f,
             "{:>4} {:>9} {:>12} {:>6} {:>8} {:>9} {:>10} {:>10} {:>11}",
@@ -240,7 +254,10 @@ impl fmt::Display for Report {
         if let Some(why) = &self.trace_lost {
             writeln!(f, "{why}")?;
         }
-        if self.consumer_lost() > 0 {
+        if self.consumer_lost() > 0 && self.output.as_os_str().is_empty() {
+            // Relay only: no account to point at.
+            writeln!(f, "DAMAGED: {} packets handed to the consumer were not relayed", self.consumer_lost())?;
+        } else if self.consumer_lost() > 0 {
             writeln!(
                 f,
                 "DAMAGED: {} packets handed to the consumer are not in the trace (see {}/{})",
@@ -252,6 +269,18 @@ impl fmt::Display for Report {
         if self.cut_short {
             writeln!(f, "the trace was cut short: the host went away before the session was destroyed")?;
         }
+        if let Some(r) = &self.relay {
+            writeln!(
+                f,
+                "relay {} session {}: {} packets relayed, {} beacons, {} packets missed{}",
+                r.url,
+                r.live_path(),
+                r.packets(),
+                r.per_stream.iter().map(|s| s.beacons).sum::<u64>(),
+                r.missed_packets(),
+                r.error.as_ref().map_or(String::new(), |e| format!(" ({e})"))
+            )?;
+        }
         Ok(())
     }
 }
@@ -259,6 +288,7 @@ impl fmt::Display for Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::RelayStreamReport;
 
     #[test]
     fn display_and_json() {
@@ -276,6 +306,7 @@ mod tests {
             overwrite: false,
             trace_lost: None,
             notes: vec!["CPU 1: resumed at 0".into()],
+            relay: None,
         };
         let text = rep.to_string();
         assert!(text.contains("host went away"), "{text}");
@@ -294,5 +325,44 @@ mod tests {
         assert_eq!(v["cut_short"], true);
         assert_eq!(v["per_ring"][0]["counters"]["discarded"], 5);
         assert_eq!(v["per_ring"][0]["packets"], 3);
+    }
+
+    #[test]
+    fn a_relay_only_report_names_the_relay_and_what_it_missed() {
+        let stream = RelayStreamReport { cpu: 0, packets: 7, missed_packets: 2, beacons: 1, ..Default::default() };
+        let relay = RelayReport {
+            url: "net://r:5342:5343".into(),
+            session: "s".into(),
+            hostname: "h".into(),
+            per_stream: vec![stream],
+            error: Some("the relay went away".into()),
+        };
+        let rep = Report {
+            channel: "chan".into(),
+            output: PathBuf::new(),
+            per_ring: vec![],
+            exit: ExitReason::RelayGone,
+            cut_short: false,
+            overwrite: false,
+            trace_lost: None,
+            notes: Vec::new(),
+            relay: Some(relay),
+        };
+        let text = rep.to_string();
+        assert!(text.starts_with("relay net://r:5342:5343/host/h/s (channel chan): the relay failed"), "{text}");
+        assert!(text.contains("7 packets relayed, 1 beacons, 2 packets missed (the relay went away)"), "{text}");
+        // Relay only, a packet lost before it reached the queue: no account to name.
+        let mut lost = rep.clone();
+        let mut r = RingReport::new(0, Path::new("net://r:5342:5343/host/h/s/chan_0"));
+        r.lost_packets = 1;
+        lost.per_ring.push(r);
+        let text = lost.to_string();
+        assert!(text.contains("DAMAGED: 1 packets handed to the consumer were not relayed"), "{text}");
+        assert!(!text.contains(crate::ACCOUNT), "{text}");
+        let v: serde_json::Value = serde_json::to_value(&rep).unwrap();
+        assert_eq!(
+            (v["exit"].as_str(), v["relay"]["per_stream"][0]["missed_packets"].as_u64()),
+            (Some("relay_gone"), Some(2))
+        );
     }
 }

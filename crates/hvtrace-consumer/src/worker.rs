@@ -14,6 +14,7 @@ use hvtrace_core::{Mode, RingReader};
 use hvtrace_reader::account::StreamAccount;
 use hvtrace_sys::{EventFd, MappedReader, Poller};
 
+use crate::relay::RingRelay;
 use crate::report::RingReport;
 use crate::stream::StreamFile;
 use crate::ConsumerError;
@@ -37,7 +38,10 @@ pub(crate) struct RingState {
     pub(crate) source: Box<dyn RingSource>,
     /// Signalled by the producer when a sub-buffer is delivered.
     pub(crate) wake: EventFd,
-    pub(crate) stream: StreamFile,
+    /// The local stream file (none when the relay is the only sink).
+    pub(crate) stream: Option<StreamFile>,
+    /// The relay stream, when streaming to one.
+    pub(crate) relay: Option<RingRelay>,
     /// The consumer's own position: the shared `consumed` word is writable
     /// by anyone who mapped the channel, so it is checked against this one
     /// and put back, never believed.
@@ -51,16 +55,31 @@ pub(crate) struct RingState {
 const MAX_RESETS: u32 = 64;
 
 impl RingState {
-    /// A ring whose consumer words were validated at `expect`.
+    /// A ring whose consumer words were validated at `expect`, written to
+    /// `stream`, `relay` or both (at least one).
     pub(crate) fn new(
         cpu: u32,
         uuid: [u8; 16],
         source: Box<dyn RingSource>,
         wake: EventFd,
-        stream: StreamFile,
+        stream: Option<StreamFile>,
+        relay: Option<RingRelay>,
         expect: u64,
     ) -> Self {
-        RingState { cpu, uuid, source, wake, stream, expect, tampered: 0 }
+        debug_assert!(stream.is_some() || relay.is_some(), "a ring has at least one sink");
+        RingState { cpu, uuid, source, wake, stream, relay, expect, tampered: 0 }
+    }
+
+    /// Packets `from..to` were passed over unread (see
+    /// [`StreamFile::skipped`]): the local file's loss, or with the relay as
+    /// the only sink, the relay stream's.
+    /// (Fields, not `self`: the ring's reader borrows `source` meanwhile.)
+    fn skipped(stream: &mut Option<StreamFile>, relay: &mut Option<RingRelay>, from: u64, to: u64, why: &str) {
+        match (stream, relay) {
+            (Some(file), _) => file.skipped(from, to, why),
+            (None, Some(r)) => r.skipped(from, to, why),
+            (None, None) => unreachable!("a ring has at least one sink"),
+        }
     }
 
     /// Writes every delivered packet, releasing each.
@@ -101,7 +120,13 @@ impl RingState {
                 // Discard mode never skips: the producer reused these
                 // sub-buffers after someone moved the position past them.
                 let why = "reused by the producer before it was read: someone else moved the consumed position";
-                self.stream.skipped(geo.subbuf_seq(self.expect), geo.subbuf_seq(p.pos), why);
+                Self::skipped(
+                    &mut self.stream,
+                    &mut self.relay,
+                    geo.subbuf_seq(self.expect),
+                    geo.subbuf_seq(p.pos),
+                    why,
+                );
                 self.tampered += 1;
             } else if p.pos > self.expect {
                 // Overwrite mode skips what the producer took back, which it
@@ -113,14 +138,14 @@ impl RingState {
                 if from < p.pos {
                     let why = "skipped as overwritten although the producer had not taken it back: its claim word \
                                or the consumed position was forged by someone else";
-                    self.stream.skipped(geo.subbuf_seq(from), geo.subbuf_seq(p.pos), why);
+                    Self::skipped(&mut self.stream, &mut self.relay, geo.subbuf_seq(from), geo.subbuf_seq(p.pos), why);
                     self.tampered += 1;
                 }
             }
             let seq = geo.subbuf_seq(p.pos);
             let bytes = reader.packet_bytes(&p);
             let lapped = p.pos + geo.buf_size();
-            self.stream.take_packet(seq, bytes, overwrite, || {
+            let release = || {
                 // Pairs with the producer's reservation (a CAS on its write
                 // position, before it writes a byte of the sub-buffer): a
                 // store the write above read is seen as a reservation here.
@@ -129,7 +154,14 @@ impl RingState {
                 let header_seq = packet_info(bytes).map(|i| i.seq).ok();
                 let intact = !reopened && header_seq == Some(seq);
                 reader.release(&p) && intact
-            });
+            };
+            // The check covers both sinks: the relay's copy is taken before
+            // the file is written, both before `release`.
+            match (&mut self.relay, &mut self.stream) {
+                (Some(r), file) => r.take_packet(seq, bytes, overwrite, release, file.as_mut()),
+                (None, Some(file)) => file.take_packet(seq, bytes, overwrite, release),
+                (None, None) => unreachable!("a ring has at least one sink"),
+            }
             self.expect = p.pos + geo.subbuf_size;
         }
     }
@@ -137,18 +169,31 @@ impl RingState {
     fn finish(mut self) -> Finished {
         self.consume();
         let counters = self.source.reader().counters();
-        let name = self.stream.name.clone();
-        let file = self.stream.file.try_clone().ok();
-        let (mut report, account) = self.stream.finish(&self.uuid, counters);
+        let relayed = self.relay.take().and_then(|r| r.finish(&self.uuid, counters));
+        let (mut report, local) = match self.stream.take() {
+            Some(s) => {
+                let name = s.name.clone();
+                let file = s.file.try_clone().ok();
+                let (report, account) = s.finish(&self.uuid, counters);
+                (report, Some(LocalEnd { account, name, file }))
+            }
+            None => (relayed.expect("a ring has at least one sink"), None),
+        };
         report.tampered = self.tampered;
-        Finished { report, account, name, file }
+        Finished { report, local }
     }
 }
 
-/// A ended stream: its report, what the account says of it, and its file
-/// (to check at the end that it is still in the trace directory).
+/// An ended stream: its report, and what is left of its local file.
 pub(crate) struct Finished {
     pub(crate) report: RingReport,
+    /// `None` when the relay was the only sink.
+    pub(crate) local: Option<LocalEnd>,
+}
+
+/// What the account says of an ended stream file, and the file (to check
+/// at the end that it is still in the trace directory).
+pub(crate) struct LocalEnd {
     pub(crate) account: StreamAccount,
     pub(crate) name: String,
     pub(crate) file: Option<std::fs::File>,
@@ -163,6 +208,8 @@ pub(crate) struct WorkerEnd {
 
 pub(crate) enum Cmd {
     Add(Box<RingState>),
+    /// Drain every ring now, then call this (the live timer's tick).
+    Drain(Box<dyn FnOnce() + Send>),
     /// Drain every ring a last time, end the streams, exit.
     Finish,
 }
@@ -215,6 +262,12 @@ impl Worker {
         let _ = self.wake.signal();
     }
 
+    /// Has the worker drain its rings now, then call `then`.
+    pub(crate) fn drain(&self, then: Box<dyn FnOnce() + Send>) {
+        let _ = self.tx.send(Cmd::Drain(then));
+        let _ = self.wake.signal();
+    }
+
     /// Final drain; returns the worker's ended streams.
     pub(crate) fn finish(mut self) -> Result<WorkerEnd, ConsumerError> {
         self.stop()
@@ -263,6 +316,10 @@ fn run(mut poller: Poller, wake: EventFd, rx: Receiver<Cmd>) -> WorkerEnd {
                             }
                             ring.consume();
                             rings.push(ring);
+                        }
+                        Cmd::Drain(then) => {
+                            rings.iter_mut().for_each(RingState::consume);
+                            then();
                         }
                         Cmd::Finish => finishing = true,
                     }
@@ -313,7 +370,7 @@ mod tests {
         let path = dir.join(format!("chan_{cpu}"));
         let file = std::fs::File::options().write(true).create_new(true).open(&path).unwrap();
         let stream = StreamFile::new(&path, format!("chan_{cpu}"), file, cpu, Some(4096));
-        let state = RingState::new(cpu, [3; 16], Box::new(reader), wake.try_clone().unwrap(), stream, 0);
+        let state = RingState::new(cpu, [3; 16], Box::new(reader), wake.try_clone().unwrap(), Some(stream), None, 0);
         (Fixture { ring, wake, heap }, state)
     }
 
@@ -407,7 +464,7 @@ mod tests {
         // Packet 0 changed under the consumer: torn (in discard mode a loss
         // of the consumer); 1-3 are intact and written; the position is the
         // consumer's own again.
-        let r = &state.stream.report;
+        let r = &state.stream.as_ref().unwrap().report;
         assert_eq!((r.packets, r.torn, r.lost_packets), (3, 1, 0), "{r:?}");
         assert!(state.tampered > 0);
         assert_eq!(f.heap.reader().consumed(), 4 * 4096);
@@ -415,7 +472,7 @@ mod tests {
         let seqs: Vec<u64> =
             (0..3).map(|k| hvtrace_core::decode::packet_info(&data[k * 4096..]).unwrap().seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
-        let (_, account) = state.stream.finish(&[3; 16], f.ring.counters());
+        let (_, account) = state.stream.take().unwrap().finish(&[3; 16], f.ring.counters());
         assert_eq!((account.first, account.next), (0, 4));
         assert_eq!((account.lost[0].first, account.lost[0].last), (0, 0), "named as lost in the account");
     }
@@ -431,7 +488,8 @@ mod tests {
         let path = dir.path().join("chan_0");
         let file = std::fs::File::options().write(true).create_new(true).open(&path).unwrap();
         let stream = StreamFile::new(&path, "chan_0".into(), file, 0, None);
-        let mut state = RingState::new(0, [3; 16], Box::new(heap.reader()), wake.try_clone().unwrap(), stream, 0);
+        let mut state =
+            RingState::new(0, [3; 16], Box::new(heap.reader()), wake.try_clone().unwrap(), Some(stream), None, 0);
         let f = Fixture { ring, wake, heap };
         let clock = std::sync::atomic::AtomicU64::new(1);
         // Three packets delivered, far from a lap: nothing is overwritten.
@@ -441,10 +499,10 @@ mod tests {
         // Someone writes packet 0's claim word as the producer's.
         heap.claims[0].store(claim::producer(0), std::sync::atomic::Ordering::Release);
         state.consume();
-        let r = &state.stream.report;
+        let r = &state.stream.as_ref().unwrap().report;
         assert_eq!((r.packets, r.lost_packets), (2, 1), "{r:?}");
         assert!(state.tampered > 0);
-        let (_, account) = state.stream.finish(&[3; 16], f.ring.counters());
+        let (_, account) = state.stream.take().unwrap().finish(&[3; 16], f.ring.counters());
         assert_eq!((account.lost[0].first, account.lost[0].last), (0, 0));
         assert_eq!(f.ring.counters().overwritten, 0, "the producer counted nothing");
     }

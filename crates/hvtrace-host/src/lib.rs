@@ -237,7 +237,7 @@ impl Drop for Host {
 impl Shared {
     /// Renders the metadata of a new channel.
     pub(crate) fn metadata(&self, uuid: [u8; 16]) -> String {
-        let hostname = hostname();
+        let hostname = hvtrace_sys::hostname();
         let desc = TraceDesc {
             uuid,
             hostname: &hostname,
@@ -270,12 +270,6 @@ impl Shared {
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// A writer's view of the live channel: cached, refreshed (cold) when the

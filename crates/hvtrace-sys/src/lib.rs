@@ -40,3 +40,9 @@ pub use eventfd::EventFd;
 pub use mmap::SharedMapping;
 pub use ring::MappedReader;
 pub use seqpacket::{Conn, Listener, PeerCred};
+
+/// This machine's host name (`uname`'s node name), as trace metadata and the
+/// relay daemon name the host.
+pub fn hostname() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}

@@ -112,9 +112,24 @@ pub fn pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 
 /// Sends SIGTERM to process `pid` (asks it to finish and exit).
 pub fn terminate(pid: u32) -> io::Result<()> {
+    signal(pid, rustix::process::Signal::TERM)
+}
+
+/// Sends SIGSTOP to process `pid`: it stops running (tests use it for a
+/// peer that stalls without going away).
+pub fn pause(pid: u32) -> io::Result<()> {
+    signal(pid, rustix::process::Signal::STOP)
+}
+
+/// Sends SIGCONT to process `pid`, resuming it after [`pause`].
+pub fn resume(pid: u32) -> io::Result<()> {
+    signal(pid, rustix::process::Signal::CONT)
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) -> io::Result<()> {
     let pid = rustix::process::Pid::from_raw(pid as i32)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid 0 is not a process"))?;
-    Ok(rustix::process::kill_process(pid, rustix::process::Signal::TERM)?)
+    Ok(rustix::process::kill_process(pid, sig)?)
 }
 
 #[cfg(test)]

@@ -64,6 +64,9 @@ pub enum Status {
     /// 3: the consumer's host went away mid-session: the trace is valid but
     /// cut short (`consume`).
     CutShort = 3,
+    /// 4: the relay, the consumer's only sink, failed mid-session
+    /// (`consume --relayd` without `--output`).
+    RelayGone = 4,
 }
 
 impl From<Status> for ExitCode {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use hvtrace_consumer::{Consumer, ConsumerConfig};
+use hvtrace_consumer::{Consumer, ConsumerConfig, ExitReason, RelayConfig, RelaydUrl};
 
 use crate::out::note;
 use crate::size::parse_size;
@@ -21,21 +21,42 @@ use crate::Status;
 /// The trace is private to its owner (directory 0700, files 0600) unless
 /// `--group` names a group that may read it (0750 / 0640).
 ///
+/// With `--relayd`, every packet also goes to an lttng-relayd, which stores
+/// the trace under `HOSTNAME/SESSION/` of its output directory and serves it
+/// live (`babeltrace2 net://RELAY/host/HOSTNAME/SESSION`); without
+/// `--output` the relay is the only sink.
+///
 /// Exit status: 0 when the session ended normally (destroyed, or
-/// SIGINT/SIGTERM); 3 when the host went away in the middle of it (the
-/// trace holds every sub-buffer delivered until then, plus an empty
-/// `INCOMPLETE` marker); 1 on any error, and when packets handed to the
-/// consumer are not in the trace (write errors, a full disk, files removed
-/// under it: the trace's `.hvtrace-consumer` account names them, and
-/// `hvtrace check` reports them).
+/// SIGINT/SIGTERM; with `--output`, also when the relay failed: the local
+/// trace is whole and the report counts what the relay missed); 3 when the
+/// host went away in the middle of it (the trace holds every sub-buffer
+/// delivered until then, plus an empty `INCOMPLETE` marker); 4 when the
+/// relay, the only sink, failed mid-session; 1 on any other error
+/// (including a relay that refuses the session with no `--output`), and
+/// when packets handed to the consumer are not in the trace (write errors,
+/// a full disk, files removed under it: the trace's `.hvtrace-consumer`
+/// account names them, and `hvtrace check` reports them).
 #[derive(clap::Args)]
 pub struct Args {
     /// The host's control socket.
     #[arg(long, short = 's')]
     pub socket: PathBuf,
     /// Trace directory to write (created; must not already hold a trace).
-    #[arg(long, short = 'o')]
-    pub output: PathBuf,
+    /// Optional with --relayd.
+    #[arg(long, short = 'o', required_unless_present = "relayd")]
+    pub output: Option<PathBuf>,
+    /// Stream to an lttng-relayd at net://HOST[:CONTROL_PORT[:DATA_PORT]]
+    /// (ports default to 5342 and 5343).
+    #[arg(long, value_name = "URL")]
+    pub relayd: Option<RelaydUrl>,
+    /// Session name on the relay [default: hvtrace-HOSTNAME-YYYYMMDD-HHMMSS].
+    #[arg(long, requires = "relayd")]
+    pub session: Option<String>,
+    /// Live timer in milliseconds: how often partial sub-buffers are flushed
+    /// and idle streams get a beacon, so live viewers keep moving.
+    #[arg(long, value_name = "MS", default_value_t = 1000, requires = "relayd",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub live_timer: u64,
     /// Worker threads, 1 to 1024; rings are spread over them (any number of CPUs).
     #[arg(long, default_value_t = 1, value_parser = consumer_threads())]
     pub threads: u32,
@@ -68,16 +89,42 @@ fn parse_group(s: &str) -> Result<u32, String> {
 
 pub fn run(a: Args) -> Result<Status> {
     let direct_min = (!a.buffered).then(|| usize::try_from(a.direct_min).unwrap_or(usize::MAX));
-    let cfg =
-        ConsumerConfig { socket: a.socket, output: a.output, threads: a.threads as usize, direct_min, group: a.group };
+    let relay = a.relayd.map(|url| {
+        let mut r = RelayConfig::new(url);
+        if let Some(s) = a.session {
+            r.session = s;
+        }
+        r.live_timer = std::time::Duration::from_millis(a.live_timer);
+        r
+    });
+    let cfg = ConsumerConfig {
+        socket: a.socket,
+        output: a.output,
+        threads: a.threads as usize,
+        direct_min,
+        relay: relay.clone(),
+        group: a.group,
+    };
     let consumer = Consumer::attach(&cfg)?;
+    let mut sinks = Vec::new();
+    if let Some(o) = consumer.output() {
+        sinks.push(o.display().to_string());
+    }
+    if let Some(r) = &relay {
+        sinks.push(format!("relay {} as /host/{}/{}", r.url, r.hostname, r.session));
+    }
     note(format_args!(
         "hvtrace consume: recording channel {} (CPUs {:?}) into {} (pid {})",
         consumer.channel(),
         consumer.cpus(),
-        consumer.output().display(),
+        sinks.join(" and "),
         std::process::id()
     ));
+    // The library prints nothing: what it met at attach is shown now (and
+    // is in the final report too).
+    for n in consumer.notes() {
+        note(format_args!("hvtrace consume: warning: {n}"));
+    }
     let report = consumer.run()?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -86,6 +133,17 @@ pub fn run(a: Args) -> Result<Status> {
         write!(out, "{report}")?;
     }
     out.flush()?;
+    if let Some(r) = report.relay.as_ref().filter(|r| r.error.is_some() || r.missed_packets() > 0) {
+        note(format_args!(
+            "hvtrace consume: warning: the relay missed {} packets{}",
+            r.missed_packets(),
+            r.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
+        ));
+    }
+    if report.exit == ExitReason::RelayGone {
+        note(format_args!("hvtrace consume: error: the relay, the only sink, failed; the session was ended"));
+        return Ok(Status::RelayGone);
+    }
     if !report.is_whole() {
         note(format_args!(
             "hvtrace consume: error: {} packets handed to the consumer are not in the trace",
