@@ -19,10 +19,11 @@ use hvtrace_proto::Request;
 
 use crate::cmd::consume::consumer_threads;
 use crate::cmd::control::ChannelArgs;
-use crate::kvm_events::{kvm, TraceObserver};
+use crate::kvm_events::TraceObserver;
 use crate::out::{host_logger, note};
 use crate::session::{self, RingCount};
 use crate::Status;
+use hvtrace_kvm::kvm;
 
 /// Run a KVM micro-VMM whose VM exits, hypercalls and guest events are traced.
 ///
