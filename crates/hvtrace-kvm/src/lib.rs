@@ -5,7 +5,8 @@
 //! [`VmmObserver`]: every `KVM_RUN` entry, every VM exit, every paravirtual
 //! hypercall (entry and exit) and every guest event. The VMM knows nothing
 //! about the tracer: [`kvm`] is the event set a tracing observer records
-//! (`hvtrace kvm` implements [`VmmObserver`] over the host's rings).
+//! (`hvtrace kvm` implements [`VmmObserver`] over the host's rings), and
+//! [`MAPPING`] maps that set onto the hypervisor model for `hvtrace analyze`.
 //!
 //! The VMM keeps its own counts ([`RunReport`]), independent of the observer, so a
 //! test can compare what a trace recorded with what really happened.
@@ -43,10 +44,12 @@
 mod events;
 mod exit;
 pub mod guest;
+mod model;
 mod vmm;
 
 pub use events::{exit_fields, kvm, Access, ExitReason, Gpa, HypercallNr, Port, HYPERCALLS};
 pub use exit::{Exit, EXIT_REASONS};
+pub use model::{KvmMapping, MAPPING};
 pub use vmm::{kvm_available, RunReport, VcpuReport, Vmm, VmmConfig, VmmError, Workload, CONSOLE_KEEP};
 
 /// Hypercall numbers and well-known return values of the paravirtual interface.
