@@ -29,7 +29,11 @@ impl Durations {
         self.total += d;
         self.min = self.min.min(d);
         self.max = self.max.max(d);
-        self.hist.saturating_record(d);
+        // `record` grows the histogram (auto-resize); `saturating_record`
+        // would clamp to its initial range.
+        if self.hist.record(d).is_err() {
+            self.hist.saturating_record(d);
+        }
     }
 }
 
