@@ -89,7 +89,16 @@ pub fn record_cpu(cpu: u32, geo: Geometry, end: u64, script: impl FnOnce(&Cpu<'_
     ring.flush(&sink.clock);
     c.drain();
     let (recorded, refused) = (c.recorded.get(), c.refused.get());
-    (out.into_inner(), recorded, refused)
+    drop(c);
+    // As the consumer does: losses after the last packet go in an empty trailer.
+    let mut out = out.into_inner();
+    let last = hvtrace_reader::packets(&out).filter_map(Result::ok).last().map(|p| p.info);
+    let discarded = ring.counters().discarded;
+    if discarded > last.map_or(0, |l| l.events_discarded) {
+        let (seq, ts) = last.map_or((0, end), |l| (l.seq + 1, l.timestamp_end));
+        out.extend_from_slice(&hvtrace_core::ctf::empty_packet(&UUID, cpu, seq, ts, discarded));
+    }
+    (out, recorded, refused)
 }
 
 /// Writes a trace directory: metadata for `events` at 1 GHz, one stream per CPU.
