@@ -299,7 +299,9 @@ fn pct(part: u64, whole: u64) -> f64 {
 }
 
 fn state_row(d: &Durations, clk: Clock, tracked: u64) -> StateRow {
-    let q = |p: f64| if d.count == 0 { 0 } else { clk.ns(d.hist.value_at_quantile(p)) };
+    // hdrhistogram answers with its bucket's highest equivalent value, which
+    // may pass the true extremes: keep percentiles within [min, max].
+    let q = |p: f64| if d.count == 0 { 0 } else { clk.ns(d.hist.value_at_quantile(p).clamp(d.min, d.max)) };
     StateRow {
         count: d.count,
         total_ns: clk.ns(d.total),
@@ -425,7 +427,7 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, war
                     count: c.count,
                     total_ns: clk.ns(c.times.total),
                     avg_ns: clk.ns(c.times.total.checked_div(c.times.count).unwrap_or(0)),
-                    p95_ns: if c.times.count == 0 { 0 } else { clk.ns(c.times.hist.value_at_quantile(0.95)) },
+                    p95_ns: state_row(&c.times, clk, 0).p95_ns,
                     max_ns: clk.ns(c.times.max),
                     timed: c.times.count,
                 })
