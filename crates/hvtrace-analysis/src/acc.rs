@@ -13,7 +13,8 @@ pub(crate) struct Durations {
     pub total: u64,
     pub min: u64,
     pub max: u64,
-    pub hist: Histogram<u64>,
+    /// Bucket counts as u32: a bucket would need 4 billion intervals to saturate.
+    pub hist: Histogram<u32>,
 }
 
 impl Durations {
@@ -70,10 +71,13 @@ pub(crate) struct ExitAcc {
     pub times: Durations,
 }
 
-/// One exit detail (port, address, …) of one reason of one vCPU.
+/// One exit detail (port, address, …) of one reason of one vCPU: no
+/// histogram (there may be many ports and addresses), totals only.
+#[derive(Default)]
 pub(crate) struct DetailAcc {
     pub count: u64,
-    pub times: Durations,
+    pub total: u64,
+    pub max: u64,
 }
 
 /// One hypercall number of one vCPU.
@@ -168,7 +172,13 @@ impl Acc {
             Some((v, i)) if v == id => i,
             _ => {
                 let n = self.vcpus.len();
-                let i = *self.index.entry(id).or_insert(n);
+                // A few vCPUs: a scan beats hashing.
+                let known =
+                    if n <= 32 { self.vcpus.iter().position(|v| v.id == id) } else { self.index.get(&id).copied() };
+                let i = known.unwrap_or(n);
+                if i == n {
+                    self.index.insert(id, n);
+                }
                 if i == n {
                     self.vcpus.push(VcpuAcc {
                         id,
@@ -247,12 +257,10 @@ impl Acc {
                         let x = &mut v.exits[i];
                         x.times.add(d);
                         if detail != ExitDetail::None {
-                            let k = v
-                                .details
-                                .entry((x.code, detail))
-                                .or_insert_with(|| DetailAcc { count: 0, times: Durations::new() });
+                            let k = v.details.entry((x.code, detail)).or_default();
                             k.count += 1;
-                            k.times.add(d);
+                            k.total += d;
+                            k.max = k.max.max(d);
                         }
                     }
                 }

@@ -399,9 +399,9 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, war
                         size,
                         access,
                         count: d.count,
-                        total_ns: clk.ns(d.times.total),
-                        avg_ns: clk.ns(d.times.total.checked_div(d.times.count).unwrap_or(0)),
-                        max_ns: clk.ns(d.times.max),
+                        total_ns: clk.ns(d.total),
+                        avg_ns: clk.ns(d.total.checked_div(d.count).unwrap_or(0)),
+                        max_ns: clk.ns(d.max),
                     }
                 })
                 .collect();

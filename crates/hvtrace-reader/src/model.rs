@@ -116,6 +116,25 @@ impl<'p, 's> RecordFields<'p, 's> {
 impl<'p> Fields<'p> for RecordFields<'p, '_> {
     #[inline]
     fn uint(&self, i: usize) -> Option<u64> {
+        // The common case, an integer at a fixed offset, read directly.
+        if let Some((FieldKind::Int { bits, signed, .. } | FieldKind::Enum { bits, signed, .. }, Some(at))) =
+            self.fields.get(i)
+        {
+            let at = *at as usize;
+            let p = self.payload;
+            let u = match bits {
+                8 => u64::from(*p.get(at)?),
+                16 => u64::from(u16::from_le_bytes(p.get(at..at + 2)?.try_into().ok()?)),
+                32 => u64::from(u32::from_le_bytes(p.get(at..at + 4)?.try_into().ok()?)),
+                _ => u64::from_le_bytes(p.get(at..at + 8)?.try_into().ok()?),
+            };
+            return Some(if *signed && *bits < 64 {
+                let shift = 64 - *bits as u32;
+                (((u << shift) as i64) >> shift) as u64
+            } else {
+                u
+            });
+        }
         match self.value(i)? {
             Value::U(u) => Some(u),
             Value::I(v) | Value::Enum(v) => Some(v as u64),

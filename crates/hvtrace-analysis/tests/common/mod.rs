@@ -75,21 +75,22 @@ pub fn record_cpu(cpu: u32, geo: Geometry, end: u64, script: impl FnOnce(&Cpu<'_
     let t = Cell::new(0);
     let sink = RingSink { ring: &ring, clock: ScriptClock(&t) };
     let out = RefCell::new(Vec::new());
-    let c = Cpu {
-        t: &t,
-        sink: &sink,
-        reader: &reader,
-        out: &out,
-        subbuf: geo.subbuf_size as usize,
-        recorded: Cell::new(0),
-        refused: Cell::new(0),
+    let (recorded, refused) = {
+        let c = Cpu {
+            t: &t,
+            sink: &sink,
+            reader: &reader,
+            out: &out,
+            subbuf: geo.subbuf_size as usize,
+            recorded: Cell::new(0),
+            refused: Cell::new(0),
+        };
+        script(&c);
+        t.set(end);
+        ring.flush(&sink.clock);
+        c.drain();
+        (c.recorded.get(), c.refused.get())
     };
-    script(&c);
-    t.set(end);
-    ring.flush(&sink.clock);
-    c.drain();
-    let (recorded, refused) = (c.recorded.get(), c.refused.get());
-    drop(c);
     // As the consumer does: losses after the last packet go in an empty trailer.
     let mut out = out.into_inner();
     let last = hvtrace_reader::packets(&out).filter_map(Result::ok).last().map(|p| p.info);
