@@ -36,7 +36,19 @@ impl Catalog for TraceSchema {
 #[derive(Clone, Debug)]
 pub struct Layouts {
     events: Vec<Vec<(FieldKind, Option<u32>)>>,
+    /// Per event, per field: the compact form of an integer at a fixed
+    /// offset, the per-record fast path (8 bytes, no `FieldKind` copy).
+    ints: Vec<Vec<FixedInt>>,
     fixed: Vec<Option<usize>>,
+}
+
+/// An integer (or enumeration) field at a fixed payload offset; `bits` 0:
+/// any other field.
+#[derive(Clone, Copy, Debug, Default)]
+struct FixedInt {
+    at: u32,
+    bits: u8,
+    signed: bool,
 }
 
 impl Schema for Layouts {
@@ -74,7 +86,21 @@ impl Layouts {
             .collect();
         let fixed =
             schema.events.iter().map(|e| e.fields.iter().map(|f| f.kind.fixed_len()).sum::<Option<usize>>()).collect();
-        Layouts { events, fixed }
+        let ints = events
+            .iter()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|(kind, at)| match (kind, at) {
+                        (FieldKind::Int { bits, signed, .. } | FieldKind::Enum { bits, signed, .. }, Some(at)) => {
+                            FixedInt { at: *at, bits: *bits, signed: *signed }
+                        }
+                        _ => FixedInt::default(),
+                    })
+                    .collect()
+            })
+            .collect();
+        Layouts { events, ints, fixed }
     }
 }
 
@@ -83,6 +109,7 @@ impl Layouts {
 #[derive(Clone, Copy, Debug)]
 pub struct RecordFields<'p, 's> {
     fields: &'s [(FieldKind, Option<u32>)],
+    ints: &'s [FixedInt],
     payload: &'p [u8],
 }
 
@@ -90,8 +117,10 @@ impl<'p, 's> RecordFields<'p, 's> {
     /// The fields of `record` (of an event `layouts` knows; others have none).
     #[inline]
     pub fn new(layouts: &'s Layouts, record: &Record<'p>) -> RecordFields<'p, 's> {
-        let fields = layouts.events.get(record.id as usize).map_or(&[][..], |f| &f[..]);
-        RecordFields { fields, payload: record.payload }
+        let id = record.id as usize;
+        let fields = layouts.events.get(id).map_or(&[][..], |f| &f[..]);
+        let ints = layouts.ints.get(id).map_or(&[][..], |f| &f[..]);
+        RecordFields { fields, ints, payload: record.payload }
     }
 
     /// Field `i`'s value.
@@ -117,19 +146,16 @@ impl<'p> Fields<'p> for RecordFields<'p, '_> {
     #[inline]
     fn uint(&self, i: usize) -> Option<u64> {
         // The common case, an integer at a fixed offset, read directly.
-        if let Some((FieldKind::Int { bits, signed, .. } | FieldKind::Enum { bits, signed, .. }, Some(at))) =
-            self.fields.get(i)
-        {
-            let at = *at as usize;
-            let p = self.payload;
+        if let Some(&FixedInt { at, bits, signed }) = self.ints.get(i).filter(|f| f.bits != 0) {
+            let (at, p) = (at as usize, self.payload);
             let u = match bits {
                 8 => u64::from(*p.get(at)?),
                 16 => u64::from(u16::from_le_bytes(p.get(at..at + 2)?.try_into().ok()?)),
                 32 => u64::from(u32::from_le_bytes(p.get(at..at + 4)?.try_into().ok()?)),
                 _ => u64::from_le_bytes(p.get(at..at + 8)?.try_into().ok()?),
             };
-            return Some(if *signed && *bits < 64 {
-                let shift = 64 - *bits as u32;
+            return Some(if signed && bits < 64 {
+                let shift = 64 - u32::from(bits);
                 (((u << shift) as i64) >> shift) as u64
             } else {
                 u
