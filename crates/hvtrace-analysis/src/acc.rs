@@ -97,7 +97,10 @@ pub(crate) struct VcpuAcc {
     pub state_pcpu: u32,
     /// The runnable row (wake / preempt / other) of the current runnable interval.
     pub runnable_row: usize,
+    /// Its first event, and when its state first became known: tracking
+    /// starts there (or at the first event, for a source without runstates).
     pub first: u64,
+    pub known_since: Option<u64>,
     pub states: Vec<Durations>,
     /// Open exit: index in `exits`, detail, time.
     pub open_exit: Option<(usize, ExitDetail, u64)>,
@@ -188,6 +191,7 @@ impl Acc {
                         state_pcpu: pcpu,
                         runnable_row: OTHER,
                         first: t,
+                        known_since: None,
                         states: (0..ROWS).map(|_| Durations::new()).collect(),
                         open_exit: None,
                         exits: Vec::new(),
@@ -209,7 +213,13 @@ impl Acc {
     /// One model event at time `t` on `pcpu`.
     pub fn event(&mut self, pcpu: u32, t: u64, e: Event<'_>) {
         let w = self.window;
-        if let Some(id) = e.vcpu() {
+        // An interrupt names its target, but happens where it is taken: it
+        // says nothing of where the target runs or what state it is in.
+        let actor = match e {
+            Event::Interrupt { .. } => None,
+            _ => e.vcpu(),
+        };
+        if let Some(id) = actor {
             let v = self.vcpu(id, pcpu, t);
             v.home = pcpu;
             if v.state == Some(State::Lost) {
@@ -390,6 +400,7 @@ fn set_state(v: &mut VcpuAcc, w: Window, t: u64, new: State, pcpu: u32) -> Optio
     }
     v.state = Some(new);
     v.since = t.max(v.since);
+    v.known_since.get_or_insert(v.since);
     v.state_pcpu = pcpu;
     busy
 }

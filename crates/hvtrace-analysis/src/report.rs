@@ -80,7 +80,8 @@ pub struct VcpuReport {
     pub domain: u32,
     /// vCPU index.
     pub vcpu: u32,
-    /// From its first event to the end of the window, in ns: what its
+    /// From when its state is first known (its first event, for a source
+    /// without runstates) to the end of the window, in ns: what its
     /// runstates add up to.
     pub tracked_ns: u64,
     /// Exits by reason, most frequent first.
@@ -359,7 +360,7 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, war
         .vcpus
         .iter()
         .map(|v| {
-            let tracked = clk.ns(w.clip(v.first, win_end));
+            let tracked = clk.ns(w.clip(v.known_since.unwrap_or(v.first), win_end));
             let n_exits: u64 = v.exits.iter().map(|x| x.count).sum();
             let mut exits: Vec<ExitRow> = v
                 .exits
