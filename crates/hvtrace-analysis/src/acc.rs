@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use hdrhistogram::Histogram;
 use hvtrace_model::{Event, ExitDetail, Runstate, Vcpu};
 
+use crate::report::{vcpu_report, Clock, VcpuReport};
+
 /// Count, total and distribution of some intervals (ticks).
 pub(crate) struct Durations {
     pub count: u64,
@@ -113,6 +115,9 @@ pub(crate) struct VcpuAcc {
     pub guest: BTreeMap<u32, (String, u64)>,
     /// Time on each pCPU (running).
     pub on_pcpu: BTreeMap<u32, u64>,
+    /// Its rows, once its domain is gone (its accumulators are then freed:
+    /// a long trace of guests rebuilt under new ids must not grow memory).
+    pub gone: Option<VcpuReport>,
 }
 
 #[derive(Default)]
@@ -143,6 +148,7 @@ impl Window {
 
 pub(crate) struct Acc {
     pub window: Window,
+    clk: Clock,
     pub vcpus: Vec<VcpuAcc>,
     index: HashMap<Vcpu, usize>,
     last: Option<(Vcpu, usize)>,
@@ -154,9 +160,10 @@ pub(crate) struct Acc {
 }
 
 impl Acc {
-    pub fn new(window: Window) -> Acc {
+    pub fn new(window: Window, clk: Clock) -> Acc {
         Acc {
             window,
+            clk,
             vcpus: Vec::new(),
             index: HashMap::new(),
             last: None,
@@ -176,8 +183,11 @@ impl Acc {
             _ => {
                 let n = self.vcpus.len();
                 // A few vCPUs: a scan beats hashing.
-                let known =
-                    if n <= 32 { self.vcpus.iter().position(|v| v.id == id) } else { self.index.get(&id).copied() };
+                let known = if n <= 32 {
+                    self.vcpus.iter().position(|v| v.id == id && v.gone.is_none())
+                } else {
+                    self.index.get(&id).copied()
+                };
                 let i = known.unwrap_or(n);
                 if i == n {
                     self.index.insert(id, n);
@@ -201,6 +211,7 @@ impl Acc {
                         calls: BTreeMap::new(),
                         guest: BTreeMap::new(),
                         on_pcpu: BTreeMap::new(),
+                        gone: None,
                     });
                 }
                 self.last = Some((id, i));
@@ -311,10 +322,38 @@ impl Acc {
                     v.guest.entry(kind).or_insert_with(|| (name.to_string(), 0)).1 += 1;
                 }
             }
+            Event::DomainGone { domain } => self.domain_gone(domain, t),
             // The walker handles these: it knows the pCPU's previous record
             // (where a loss starts) and what follows from the same record.
             Event::Lost { .. } | Event::OnPcpu { .. } => {}
             _ => {}
+        }
+    }
+
+    /// The vCPUs of `domain` end at `t`: their rows are made now and their
+    /// accumulators freed.
+    fn domain_gone(&mut self, domain: u32, t: u64) {
+        let (w, clk) = (self.window, self.clk);
+        let mut busy = Vec::new();
+        for v in self.vcpus.iter_mut().filter(|v| v.id.domain == domain && v.gone.is_none()) {
+            if let Some(s) = v.state.take() {
+                busy.extend(close(v, w, t, s));
+            }
+            if v.open_exit.take().is_some() {
+                v.exits_unmatched += 1;
+            }
+            v.open_call = None;
+            v.gone = Some(vcpu_report(v, clk, w, t.min(w.to)));
+            v.states = Vec::new();
+            v.exits = Vec::new();
+            v.details = BTreeMap::new();
+            v.calls = BTreeMap::new();
+            v.guest = BTreeMap::new();
+            self.index.remove(&v.id);
+        }
+        self.last = None;
+        for b in busy {
+            self.add_busy(Some(b));
         }
     }
 
@@ -333,7 +372,7 @@ impl Acc {
         p.discarded += count;
         p.missing += w.clip(from, to);
         let mut busy = Vec::new();
-        for v in self.vcpus.iter_mut().filter(|v| v.home == pcpu) {
+        for v in self.vcpus.iter_mut().filter(|v| v.home == pcpu && v.gone.is_none()) {
             if v.state == Some(State::Lost) {
                 continue;
             }
@@ -352,7 +391,7 @@ impl Acc {
     pub fn finish(&mut self, end: u64) {
         let w = self.window;
         let mut busy = Vec::new();
-        for v in &mut self.vcpus {
+        for v in self.vcpus.iter_mut().filter(|v| v.gone.is_none()) {
             if let Some(s) = v.state {
                 busy.extend(close(v, w, end, s));
             }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use hvtrace_model::{Access, ExitDetail};
 
-use crate::acc::{Durations, LOST, OTHER, PREEMPT, WAKE};
+use crate::acc::{Durations, VcpuAcc, Window, LOST, OTHER, PREEMPT, WAKE};
 use crate::walk::Pass;
 
 /// Everything `hvtrace analyze` found in a trace. Field names are the JSON
@@ -280,10 +280,10 @@ pub struct InterruptReport {
 
 /// Clock ticks → ns.
 #[derive(Clone, Copy)]
-struct Clock(u64);
+pub(crate) struct Clock(pub u64);
 
 impl Clock {
-    fn ns(self, ticks: u64) -> u64 {
+    pub fn ns(self, ticks: u64) -> u64 {
         if self.0 == 1_000_000_000 {
             return ticks;
         }
@@ -327,6 +327,102 @@ fn detail_fields(d: ExitDetail) -> (&'static str, u64, u8, &'static str) {
     }
 }
 
+/// One vCPU's rows, its times clipped to the window and its tracking
+/// ending at `end` (the end of the window, or when its domain went away).
+pub(crate) fn vcpu_report(v: &VcpuAcc, clk: Clock, w: Window, end: u64) -> VcpuReport {
+    let tracked = clk.ns(w.clip(v.known_since.unwrap_or(v.first), end));
+    let n_exits: u64 = v.exits.iter().map(|x| x.count).sum();
+    let mut exits: Vec<ExitRow> = v
+        .exits
+        .iter()
+        .filter(|x| x.count > 0 || x.times.count > 0)
+        .map(|x| {
+            let s = state_row(&x.times, clk, tracked);
+            ExitRow {
+                reason: x.name.clone(),
+                code: x.code,
+                count: x.count,
+                count_pct: pct(x.count, n_exits),
+                total_ns: s.total_ns,
+                time_pct: s.pct,
+                min_ns: if x.times.count == 0 { 0 } else { clk.ns(x.times.min) },
+                avg_ns: s.avg_ns,
+                p50_ns: s.p50_ns,
+                p95_ns: s.p95_ns,
+                p99_ns: s.p99_ns,
+                max_ns: s.max_ns,
+                timed: x.times.count,
+            }
+        })
+        .collect();
+    exits.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
+    let mut exit_details: Vec<DetailRow> = v
+        .details
+        .iter()
+        .map(|((code, detail), d)| {
+            let (kind, target, size, access) = detail_fields(*detail);
+            let reason = v.exits.iter().find(|x| x.code == *code).map_or(String::new(), |x| x.name.clone());
+            DetailRow {
+                reason,
+                code: *code,
+                kind,
+                target,
+                size,
+                access,
+                count: d.count,
+                total_ns: clk.ns(d.total),
+                avg_ns: clk.ns(d.total.checked_div(d.count).unwrap_or(0)),
+                max_ns: clk.ns(d.max),
+            }
+        })
+        .collect();
+    exit_details.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)).then(a.target.cmp(&b.target)));
+    let st = |i: usize| state_row(&v.states[i], clk, tracked);
+    let runstates = Runstates {
+        running: st(0),
+        runnable: st(1),
+        blocked: st(2),
+        offline: st(3),
+        lost: st(LOST),
+        runnable_wake: st(WAKE),
+        runnable_preempt: st(PREEMPT),
+        runnable_other: st(OTHER),
+    };
+    let hypercalls = v
+        .calls
+        .iter()
+        .filter(|(_, c)| c.count > 0 || c.times.count > 0)
+        .map(|(nr, c)| CallRow {
+            nr: *nr,
+            name: c.name.clone(),
+            count: c.count,
+            total_ns: clk.ns(c.times.total),
+            avg_ns: clk.ns(c.times.total.checked_div(c.times.count).unwrap_or(0)),
+            p95_ns: state_row(&c.times, clk, 0).p95_ns,
+            max_ns: clk.ns(c.times.max),
+            timed: c.times.count,
+        })
+        .collect();
+    let guest_events = v
+        .guest
+        .iter()
+        .map(|(kind, (name, count))| GuestRow { kind: *kind, name: name.clone(), count: *count })
+        .collect();
+    let pcpu_ns = v.on_pcpu.iter().map(|(cpu, t)| PcpuTime { cpu: *cpu, ns: clk.ns(*t) }).collect();
+    VcpuReport {
+        domain: v.id.domain,
+        vcpu: v.id.vcpu,
+        tracked_ns: tracked,
+        exits,
+        exits_unmatched: v.exits_unmatched,
+        exit_details,
+        runstates,
+        hypercalls,
+        guest_events,
+        pcpu_ns,
+    }
+}
+
 /// Builds the report of a pass.
 pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, warnings: Vec<String>) -> Report {
     let clk = Clock(freq);
@@ -356,103 +452,8 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, war
         .map(|(id, &count)| ClassReport { id: id as u32, name: String::new(), count, per_s: rate(count) })
         .collect();
 
-    let mut vcpus: Vec<VcpuReport> = acc
-        .vcpus
-        .iter()
-        .map(|v| {
-            let tracked = clk.ns(w.clip(v.known_since.unwrap_or(v.first), win_end));
-            let n_exits: u64 = v.exits.iter().map(|x| x.count).sum();
-            let mut exits: Vec<ExitRow> = v
-                .exits
-                .iter()
-                .filter(|x| x.count > 0 || x.times.count > 0)
-                .map(|x| {
-                    let s = state_row(&x.times, clk, tracked);
-                    ExitRow {
-                        reason: x.name.clone(),
-                        code: x.code,
-                        count: x.count,
-                        count_pct: pct(x.count, n_exits),
-                        total_ns: s.total_ns,
-                        time_pct: s.pct,
-                        min_ns: if x.times.count == 0 { 0 } else { clk.ns(x.times.min) },
-                        avg_ns: s.avg_ns,
-                        p50_ns: s.p50_ns,
-                        p95_ns: s.p95_ns,
-                        p99_ns: s.p99_ns,
-                        max_ns: s.max_ns,
-                        timed: x.times.count,
-                    }
-                })
-                .collect();
-            exits.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
-            let mut exit_details: Vec<DetailRow> = v
-                .details
-                .iter()
-                .map(|((code, detail), d)| {
-                    let (kind, target, size, access) = detail_fields(*detail);
-                    let reason = v.exits.iter().find(|x| x.code == *code).map_or(String::new(), |x| x.name.clone());
-                    DetailRow {
-                        reason,
-                        code: *code,
-                        kind,
-                        target,
-                        size,
-                        access,
-                        count: d.count,
-                        total_ns: clk.ns(d.total),
-                        avg_ns: clk.ns(d.total.checked_div(d.count).unwrap_or(0)),
-                        max_ns: clk.ns(d.max),
-                    }
-                })
-                .collect();
-            exit_details.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)).then(a.target.cmp(&b.target)));
-            let st = |i: usize| state_row(&v.states[i], clk, tracked);
-            let runstates = Runstates {
-                running: st(0),
-                runnable: st(1),
-                blocked: st(2),
-                offline: st(3),
-                lost: st(LOST),
-                runnable_wake: st(WAKE),
-                runnable_preempt: st(PREEMPT),
-                runnable_other: st(OTHER),
-            };
-            let hypercalls = v
-                .calls
-                .iter()
-                .filter(|(_, c)| c.count > 0 || c.times.count > 0)
-                .map(|(nr, c)| CallRow {
-                    nr: *nr,
-                    name: c.name.clone(),
-                    count: c.count,
-                    total_ns: clk.ns(c.times.total),
-                    avg_ns: clk.ns(c.times.total.checked_div(c.times.count).unwrap_or(0)),
-                    p95_ns: state_row(&c.times, clk, 0).p95_ns,
-                    max_ns: clk.ns(c.times.max),
-                    timed: c.times.count,
-                })
-                .collect();
-            let guest_events = v
-                .guest
-                .iter()
-                .map(|(kind, (name, count))| GuestRow { kind: *kind, name: name.clone(), count: *count })
-                .collect();
-            let pcpu_ns = v.on_pcpu.iter().map(|(cpu, t)| PcpuTime { cpu: *cpu, ns: clk.ns(*t) }).collect();
-            VcpuReport {
-                domain: v.id.domain,
-                vcpu: v.id.vcpu,
-                tracked_ns: tracked,
-                exits,
-                exits_unmatched: v.exits_unmatched,
-                exit_details,
-                runstates,
-                hypercalls,
-                guest_events,
-                pcpu_ns,
-            }
-        })
-        .collect();
+    let mut vcpus: Vec<VcpuReport> =
+        acc.vcpus.iter().map(|v| v.gone.clone().unwrap_or_else(|| vcpu_report(v, clk, w, win_end))).collect();
     vcpus.sort_by_key(|v| (v.domain, v.vcpu));
 
     let mut pcpu_ids: Vec<u32> = streams.iter().map(|s| s.cpu).chain(acc.pcpus.keys().copied()).collect();

@@ -7,6 +7,7 @@ use hvtrace_model::{Bindings, Event};
 use hvtrace_reader::{Layouts, PacketReader, ReadError, RecordFields, TraceDir};
 
 use crate::acc::{Acc, Window};
+use crate::report::Clock;
 
 /// A record of the current packet: where its payload is in the packet.
 #[derive(Clone, Copy)]
@@ -171,7 +172,7 @@ pub(crate) fn pass(
         from: begin.saturating_add(range.from.unwrap_or(0)),
         to: range.to.map_or(u64::MAX, |t| begin.saturating_add(t)),
     };
-    let mut acc = Acc::new(window);
+    let mut acc = Acc::new(window, Clock(trace.metadata.clock.freq.max(1)));
     let mut by_class = vec![0u64; schema.events.len()];
     let (mut events, mut end) = (0u64, begin);
     // Cross-CPU order only matters to the model; counting does not need it.

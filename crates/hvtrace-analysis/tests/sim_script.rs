@@ -203,3 +203,27 @@ fn a_trace_no_mapping_knows_gets_the_generic_part() {
     assert_eq!(per_cpu, [(0, 21), (1, 11)]);
     assert_eq!(r.event_classes.iter().map(|c| c.count).sum::<u64>(), events);
 }
+
+#[test]
+fn a_destroyed_domain_ends_its_vcpus_and_a_reused_id_is_a_new_vcpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (s0, _, _) = record_cpu(0, geo(), 10_000, |c| {
+        c.rec(1000, |s| xen::domain_create(s, 5, 1, false));
+        c.rec(1000, |s| xen::runstate_change(s, 5, 0, R::offline, R::running));
+        c.rec(3000, |s| xen::runstate_change(s, 5, 0, R::running, R::offline));
+        c.rec(3500, |s| xen::domain_destroy(s, 5, hvtrace_sim::ShutdownReason::poweroff));
+        c.rec(6000, |s| xen::domain_create(s, 5, 1, false));
+        c.rec(6000, |s| xen::runstate_change(s, 5, 0, R::offline, R::running));
+        c.rec(10_000, |s| xen::interrupt(s, 0xfa, DOMID_XEN));
+    });
+    write_trace(tmp.path(), "xen-sim", xen::Events::EVENTS, &[(0, s0)]);
+    let r = run(tmp.path(), Options::default());
+    let rows: Vec<_> = r
+        .vcpus
+        .iter()
+        .map(|v| (v.domain, v.vcpu, v.tracked_ns, ct(&v.runstates.running), ct(&v.runstates.offline)))
+        .collect();
+    // The first life: running 2000, offline 500 until the destroy; the second: running to the end.
+    assert_eq!(rows, [(5, 0, 2500, (1, 2000), (2, 500)), (5, 0, 4000, (1, 4000), (1, 0))]);
+    assert_eq!(r.pcpus[0].busy_ns, 6000);
+}

@@ -16,6 +16,7 @@
 //! | [`Event::Interrupt`] | an interrupt injected into a domain, or taken by the hypervisor |
 //! | [`Event::GuestEvent`] | something the guest itself reported |
 //! | [`Event::Lost`] | an in-band loss record (packet-context losses come from the reader) |
+//! | [`Event::DomainGone`] | a domain was destroyed: its vCPUs end |
 //!
 //! Times are the records' timestamps: a model event has no clock of its own.
 //!

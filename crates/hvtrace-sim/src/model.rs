@@ -11,9 +11,10 @@
 //! | `page_fault(domid, vcpu, addr, …)` | guest event `page_fault`, value `addr` |
 //! | `console_write(domid, text)` | guest event `console_write` of vCPU 0, value the text's length |
 //! | `domain_create(domid, vcpus, hvm)` | runstate offline for each of its vCPUs |
+//! | `domain_destroy(domid, reason)` | the domain is gone (a rebuilt guest gets a new id) |
 //!
 //! `sched_switch`, `vcpu_wake`, `vcpu_block`, `vcpu_yield`, `vcpu_sleep`,
-//! `sched_credit`, `grant_copy` and `domain_destroy` add nothing the records
+//! `sched_credit` and `grant_copy` add nothing the records
 //! above do not say (every state change has its `runstate_change`). The idle
 //! domain's vCPUs are not vCPUs of the model: a pCPU running one is idle.
 
@@ -44,6 +45,7 @@ struct Bound {
     fault: Option<(u32, [usize; 3])>,
     console: Option<(u32, [usize; 2])>,
     create: Option<(u32, [usize; 2])>,
+    destroy: Option<(u32, [usize; 1])>,
     reasons: Labels,
     hypercalls: Labels,
 }
@@ -64,6 +66,7 @@ impl Mapping for XenMapping {
             fault: class(c, "page_fault", ["domid", "vcpu", "addr"]),
             console: class(c, "console_write", ["domid", "text"]),
             create: class(c, "domain_create", ["domid", "vcpus"]),
+            destroy: class(c, "domain_destroy", ["domid"]),
             reasons: Labels::of(c, exit.0, exit.1[2]),
             hypercalls: Labels::of(c, hc_entry.0, hc_entry.1[2]),
             exit,
@@ -75,9 +78,15 @@ impl Mapping for XenMapping {
 impl Bound {
     fn ids(&self) -> impl Iterator<Item = u32> + '_ {
         [self.exit.0, self.entry.0, self.runstate.0, self.hc_entry.0, self.hc_exit.0].into_iter().chain(
-            [self.interrupt.map(|c| c.0), self.fault.map(|c| c.0), self.console.map(|c| c.0), self.create.map(|c| c.0)]
-                .into_iter()
-                .flatten(),
+            [
+                self.interrupt.map(|c| c.0),
+                self.fault.map(|c| c.0),
+                self.console.map(|c| c.0),
+                self.create.map(|c| c.0),
+                self.destroy.map(|c| c.0),
+            ]
+            .into_iter()
+            .flatten(),
         )
     }
 }
@@ -153,6 +162,10 @@ impl Mapper for Bound {
             let (Some(domid), Some(n)) = (f.uint(d), f.uint(n)) else { return };
             for v in 0..n.min(MAX_DOMAIN_VCPUS) {
                 out(Event::Runstate { vcpu: Vcpu::new(domid as u32, v as u32), new: Runstate::Offline });
+            }
+        } else if let Some([d]) = hit(self.destroy, id) {
+            if let Some(domid) = f.uint(d) {
+                out(Event::DomainGone { domain: domid as u32 });
             }
         }
     }
