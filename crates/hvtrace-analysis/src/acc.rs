@@ -151,6 +151,8 @@ pub(crate) struct Acc {
     clk: Clock,
     pub vcpus: Vec<VcpuAcc>,
     index: HashMap<Vcpu, usize>,
+    /// The vCPUs whose domain is not gone, with their index.
+    live: Vec<(Vcpu, usize)>,
     last: Option<(Vcpu, usize)>,
     pub pcpus: BTreeMap<u32, PcpuAcc>,
     /// `(domain, vector)` → count; domain `None`: the hypervisor's own.
@@ -166,6 +168,7 @@ impl Acc {
             clk,
             vcpus: Vec::new(),
             index: HashMap::new(),
+            live: Vec::new(),
             last: None,
             pcpus: BTreeMap::new(),
             interrupts: BTreeMap::new(),
@@ -182,15 +185,16 @@ impl Acc {
             Some((v, i)) if v == id => i,
             _ => {
                 let n = self.vcpus.len();
-                // A few vCPUs: a scan beats hashing.
-                let known = if n <= 32 {
-                    self.vcpus.iter().position(|v| v.id == id && v.gone.is_none())
+                // A few live vCPUs: a scan beats hashing.
+                let known = if self.live.len() <= 32 {
+                    self.live.iter().find(|(v, _)| *v == id).map(|(_, i)| *i)
                 } else {
                     self.index.get(&id).copied()
                 };
                 let i = known.unwrap_or(n);
                 if i == n {
                     self.index.insert(id, n);
+                    self.live.push((id, n));
                 }
                 if i == n {
                     self.vcpus.push(VcpuAcc {
@@ -351,6 +355,7 @@ impl Acc {
             v.guest = BTreeMap::new();
             self.index.remove(&v.id);
         }
+        self.live.retain(|(v, _)| v.domain != domain);
         self.last = None;
         for b in busy {
             self.add_busy(Some(b));
