@@ -9,6 +9,9 @@ use anyhow::{Context, Result};
 use hvtrace_analysis::{analyze, write_csv, write_text, Options, Progress};
 use hvtrace_model::Mapping;
 
+use crate::out::note;
+use crate::Status;
+
 /// Every event set whose mapping onto the hypervisor model `analyze` knows.
 const MAPPINGS: &[&dyn Mapping] = &[&hvtrace_sim::MAPPING, &hvtrace_kvm::MAPPING];
 
@@ -85,8 +88,9 @@ fn progress_bar() -> impl FnMut(Progress) {
     }
 }
 
-/// Runs `hvtrace analyze`.
-pub fn run(a: Args) -> Result<()> {
+/// Runs `hvtrace analyze`: an error (a trace that cannot be read at all) is
+/// exit status 1; a damaged trace is analysed, with warnings, and is 0.
+pub fn run(a: Args) -> Result<Status> {
     let opts = Options { from_ns: a.from, to_ns: a.to };
     let mut progress = progress_bar();
     let report = analyze(&a.dir, MAPPINGS, &opts, &mut progress)?;
@@ -101,9 +105,9 @@ pub fn run(a: Args) -> Result<()> {
         write_text(&report, &mut out)?;
     }
     for w in &report.warnings {
-        eprintln!("hvtrace analyze: warning: {w}");
+        note(format_args!("hvtrace analyze: warning: {w}"));
     }
-    Ok(())
+    Ok(Status::Ok)
 }
 
 #[cfg(test)]
