@@ -164,18 +164,10 @@ pub fn write_text(r: &Report, w: &mut dyn Write) -> io::Result<()> {
         }
         writeln!(w, "Runstates (interval times in µs):")?;
         let mut t = Table::new(&["State", "Count", "Total s", "Share", "Avg", "p50", "p95", "p99", "Max"]);
-        let rs = &v.runstates;
-        for (name, row) in [
-            ("running", &rs.running),
-            ("runnable", &rs.runnable),
-            ("  wake", &rs.runnable_wake),
-            ("  preempt", &rs.runnable_preempt),
-            ("  other", &rs.runnable_other),
-            ("blocked", &rs.blocked),
-            ("offline", &rs.offline),
-            ("lost", &rs.lost),
-        ] {
-            t.row(state_cells(name, row));
+        for (name, row) in v.runstates.rows() {
+            // The runnable split, indented under runnable.
+            let shown = name.strip_prefix("runnable_").map_or(name.to_string(), |sub| format!("  {sub}"));
+            t.row(state_cells(&shown, row));
         }
         t.write(w, "  ")?;
         if !v.hypercalls.is_empty() {
@@ -317,17 +309,7 @@ pub fn write_csv(r: &Report, dir: &Path) -> io::Result<()> {
             ]);
             details.push(row);
         }
-        let rs = &v.runstates;
-        for (name, s) in [
-            ("running", &rs.running),
-            ("runnable", &rs.runnable),
-            ("runnable_wake", &rs.runnable_wake),
-            ("runnable_preempt", &rs.runnable_preempt),
-            ("runnable_other", &rs.runnable_other),
-            ("blocked", &rs.blocked),
-            ("offline", &rs.offline),
-            ("lost", &rs.lost),
-        ] {
+        for (name, s) in v.runstates.rows() {
             let mut row = id.to_vec();
             row.extend([
                 name.to_string(),

@@ -198,6 +198,23 @@ pub struct Runstates {
     pub runnable_other: StateRow,
 }
 
+impl Runstates {
+    /// The rows by their JSON names, in table order (the runnable split
+    /// right after runnable).
+    pub fn rows(&self) -> [(&'static str, &StateRow); 8] {
+        [
+            ("running", &self.running),
+            ("runnable", &self.runnable),
+            ("runnable_wake", &self.runnable_wake),
+            ("runnable_preempt", &self.runnable_preempt),
+            ("runnable_other", &self.runnable_other),
+            ("blocked", &self.blocked),
+            ("offline", &self.offline),
+            ("lost", &self.lost),
+        ]
+    }
+}
+
 /// One hypercall number of one vCPU.
 #[derive(Clone, Debug, Serialize)]
 pub struct CallRow {
