@@ -48,6 +48,7 @@ enum Command {
     Flush(cmd::control::SocketArgs),
     Check(cmd::check::Args),
     Analyze(cmd::analyze::Args),
+    Export(cmd::export::Args),
 }
 
 /// How a command ended: the binary's one table of exit statuses. Every
@@ -95,6 +96,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::control::status(a),
         Command::Check(a) => cmd::check::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
+        Command::Export(a) => cmd::export::run(a),
     };
     match r {
         Ok(status) => status.into(),

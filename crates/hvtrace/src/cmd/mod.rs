@@ -5,5 +5,6 @@ pub mod check;
 pub mod consume;
 pub mod control;
 pub mod demo;
+pub mod export;
 pub mod kvm;
 pub mod sim;
