@@ -30,7 +30,10 @@
 #![forbid(unsafe_code)]
 
 pub mod proto;
+mod report;
 mod walk;
+
+pub use report::{write_report, ReportSummary, COLUMNS};
 
 use std::collections::HashMap;
 use std::fmt;

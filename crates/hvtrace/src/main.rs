@@ -49,6 +49,7 @@ enum Command {
     Check(cmd::check::Args),
     Analyze(cmd::analyze::Args),
     Export(cmd::export::Args),
+    Report(cmd::report::Args),
 }
 
 /// How a command ended: the binary's one table of exit statuses. Every
@@ -97,6 +98,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cmd::check::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Export(a) => cmd::export::run(a),
+        Command::Report(a) => cmd::report::run(a),
     };
     match r {
         Ok(status) => status.into(),

@@ -7,4 +7,5 @@ pub mod control;
 pub mod demo;
 pub mod export;
 pub mod kvm;
+pub mod report;
 pub mod sim;
