@@ -71,8 +71,7 @@ impl Timeline {
 
     fn lane(&mut self, ns: u64, pcpu: u32) -> &mut Lane {
         self.begin.get_or_insert(ns);
-        let lane = self.lanes.entry(pcpu).or_insert_with(Lane::new);
-        lane
+        self.lanes.entry(pcpu).or_insert_with(Lane::new)
     }
 
     /// Credits the time from the running vCPU's start to `ns` to its columns.

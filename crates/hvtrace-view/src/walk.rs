@@ -107,11 +107,7 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
         cursors.push(c);
     }
     let mut end = 0;
-    loop {
-        let Some(i) = (0..cursors.len()).filter(|&i| cursors[i].head().is_some()).min_by_key(|&i| cursors[i].head())
-        else {
-            break;
-        };
+    while let Some(i) = (0..cursors.len()).filter(|&i| cursors[i].head().is_some()).min_by_key(|&i| cursors[i].head()) {
         let c = &mut cursors[i];
         let rec = c.recs[c.next];
         let t = ns(rec.ts);
