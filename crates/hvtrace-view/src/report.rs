@@ -221,7 +221,7 @@ fn timeline(h: &mut String, r: &Report, tl: &Timeline, vcpus: &[Vcpu], colours: 
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" role=\"img\" aria-label=\"pCPU timeline\">\
 <defs><pattern id=\"hatch\" width=\"6\" height=\"6\" patternUnits=\"userSpaceOnUse\" patternTransform=\"rotate(45)\">\
 <rect width=\"6\" height=\"6\" fill=\"#fff\"/><line x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\" stroke=\"#c00\" stroke-width=\"3\"/></pattern></defs>",
-        left + w + 20
+        left + w + 50
     );
     let max_exits = tl.lanes.values().flat_map(|l| l.exits.iter()).copied().max().unwrap_or(0).max(1);
     for (i, (cpu, lane)) in tl.lanes.iter().enumerate() {
