@@ -501,3 +501,92 @@ impl Sink for Exporter<'_> {
         self.counter(ns, lost_uuid(pcpu), total as i64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hvtrace_model::{Exit, ExitDetail};
+    use prost::Message;
+
+    fn exit(v: Vcpu, name: &str) -> Event<'_> {
+        Event::Exit { vcpu: v, exit: Exit { code: 1, name, detail: ExitDetail::None } }
+    }
+
+    /// Feeds `events` (ns, pCPU, event) to an exporter; the decoded packets.
+    fn export(events: &[(u64, u32, Event<'_>)], losses: &[(u64, u32, u64)]) -> Vec<TracePacket> {
+        let mut bytes = Vec::new();
+        {
+            let mut x = Exporter::new(&mut bytes);
+            for &(ns, c, n) in losses {
+                x.lost(ns, c, n).unwrap();
+            }
+            for &(ns, c, e) in events {
+                x.model(ns, c, e).unwrap();
+            }
+            let end = events.iter().map(|e| e.0).max().unwrap_or(0);
+            x.finish(end).unwrap();
+            x.out.flush().unwrap();
+        }
+        Trace::decode(&bytes[..]).expect("a Trace").packet
+    }
+
+    fn on(packets: &[TracePacket], track: u64) -> Vec<(u64, i32)> {
+        packets
+            .iter()
+            .filter_map(|p| {
+                Some((p.timestamp?, p.track_event.as_ref().filter(|e| e.track_uuid == Some(track))?.r#type?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_exit_whose_entry_was_lost_ends_the_open_slice_first() {
+        let v = Vcpu::new(0, 1);
+        let p = export(&[(10, 0, exit(v, "io")), (20, 0, exit(v, "hlt")), (30, 0, Event::Entry { vcpu: v })], &[]);
+        assert_eq!(
+            on(&p, vcpu_uuid(v)),
+            [(10, TYPE_SLICE_BEGIN), (20, TYPE_SLICE_END), (20, TYPE_SLICE_BEGIN), (30, TYPE_SLICE_END)]
+        );
+    }
+
+    #[test]
+    fn hypercalls_nest_in_their_exit_and_open_slices_end_with_the_trace() {
+        let v = Vcpu::new(2, 0);
+        let call = Event::HypercallEntry { vcpu: v, nr: 3, name: "yield" };
+        let p = export(
+            &[(10, 1, exit(v, "VMCALL")), (12, 1, call), (40, 1, Event::Runstate { vcpu: v, new: Runstate::Blocked })],
+            &[],
+        );
+        assert_eq!(
+            on(&p, vcpu_uuid(v)),
+            [(10, TYPE_SLICE_BEGIN), (12, TYPE_SLICE_BEGIN), (40, TYPE_SLICE_END), (40, TYPE_SLICE_END)]
+        );
+        // The pCPU showed the vCPU until it blocked.
+        assert_eq!(on(&p, pcpu_uuid(1)), [(10, TYPE_SLICE_BEGIN), (40, TYPE_SLICE_END)]);
+    }
+
+    #[test]
+    fn names_are_interned_once_and_losses_add_up_on_their_pcpu() {
+        let v = Vcpu::new(0, 0);
+        let evs = [
+            (10, 0, exit(v, "io")),
+            (11, 0, Event::Entry { vcpu: v }),
+            (12, 0, exit(v, "io")),
+            (13, 0, Event::Entry { vcpu: v }),
+        ];
+        let p = export(&evs, &[(5, 0, 3), (8, 0, 4)]);
+        let interned: Vec<_> = p
+            .iter()
+            .filter_map(|p| p.interned_data.as_ref())
+            .flat_map(|d| &d.event_names)
+            .filter(|n| n.name.as_deref() == Some("io"))
+            .collect();
+        assert_eq!(interned.len(), 1);
+        let lost: Vec<_> = p
+            .iter()
+            .filter_map(|p| p.track_event.as_ref().filter(|e| e.track_uuid == Some(lost_uuid(0)))?.counter_value)
+            .collect();
+        assert_eq!(lost, [3, 7]);
+        assert_eq!(p[0].sequence_flags, Some(SEQ_INCREMENTAL_STATE_CLEARED));
+    }
+}

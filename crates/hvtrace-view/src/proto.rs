@@ -7,6 +7,14 @@
 //! export with Perfetto's own Python definitions, so a wrong number fails.
 #![allow(missing_docs)] // The names are Perfetto's; its `.proto` files document them.
 
+/// `perfetto.protos.Trace`: what a file is (the export writes its
+/// `packet` elements one at a time).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Trace {
+    #[prost(message, repeated, tag = "1")]
+    pub packet: Vec<TracePacket>,
+}
+
 /// `perfetto.protos.TracePacket` (the fields used).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TracePacket {

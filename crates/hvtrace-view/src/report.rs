@@ -396,3 +396,33 @@ fn tables(h: &mut String, r: &Report) {
     }
     h.push_str("</table><p>Figures as <code>hvtrace analyze</code> computes them (docs/analysis.md).</p>");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_events_hatch_the_time_since_the_pcpus_last_record_and_no_more() {
+        let mut tl = Timeline { begin: None, span: COLUMNS as u64 * 10, lanes: BTreeMap::new() };
+        let v = Vcpu::new(1, 0);
+        tl.model(0, 0, Event::Entry { vcpu: v }).unwrap();
+        tl.model(1000, 0, Event::Entry { vcpu: v }).unwrap();
+        tl.lost(3000, 0, 5).unwrap();
+        let missing: Vec<usize> = (0..COLUMNS).filter(|&c| tl.lanes[&0].missing[c]).collect();
+        assert_eq!(missing, (100..=300).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_column_is_credited_to_the_vcpu_that_ran_in_it() {
+        let mut tl = Timeline { begin: None, span: COLUMNS as u64 * 10, lanes: BTreeMap::new() };
+        let (a, b) = (Vcpu::new(0, 0), Vcpu::new(0, 1));
+        tl.model(0, 3, Event::Runstate { vcpu: a, new: Runstate::Running }).unwrap();
+        tl.model(14, 3, Event::Runstate { vcpu: b, new: Runstate::Running }).unwrap();
+        tl.model(30, 3, Event::Runstate { vcpu: b, new: Runstate::Blocked }).unwrap();
+        let lane = &tl.lanes[&3];
+        assert_eq!(lane.time[0], [(a, 10)]);
+        assert_eq!(lane.time[1], [(a, 4), (b, 6)]);
+        assert_eq!(lane.time[2], [(b, 10)]);
+        assert!(lane.time[3].iter().all(|(_, t)| *t == 0) && lane.running.is_none());
+    }
+}
