@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::analyze::MAPPINGS;
+use crate::out::note;
+use crate::Status;
 
 /// Formats `export` writes.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -32,17 +34,17 @@ pub struct Args {
 }
 
 /// Runs `hvtrace export`.
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<Status> {
     let Format::Perfetto = a.format;
     let mut out = File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?;
     let s = hvtrace_view::export_perfetto(&a.dir, MAPPINGS, &mut out)?;
-    eprintln!(
+    note(format_args!(
         "hvtrace export: {} packets ({} slices, {} instants) to {}; {} events lost in the trace",
         s.packets,
         s.slices,
         s.instants,
         a.output.display(),
         s.lost
-    );
-    Ok(())
+    ));
+    Ok(Status::Ok)
 }

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::analyze::MAPPINGS;
+use crate::out::note;
+use crate::Status;
 
 /// Write one self-contained HTML page of a trace (no script, no network):
 /// the `analyze` tables, an exit-reason chart per vCPU, and a timeline
@@ -23,9 +25,15 @@ pub struct Args {
 }
 
 /// Runs `hvtrace report`.
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<Status> {
     let file = File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?;
     let s = hvtrace_view::write_report(&a.dir, MAPPINGS, &mut BufWriter::new(file))?;
-    eprintln!("hvtrace report: {} bytes, {} pCPUs, {} vCPUs to {}", s.bytes, s.pcpus, s.vcpus, a.output.display());
-    Ok(())
+    note(format_args!(
+        "hvtrace report: {} bytes, {} pCPUs, {} vCPUs to {}",
+        s.bytes,
+        s.pcpus,
+        s.vcpus,
+        a.output.display()
+    ));
+    Ok(Status::Ok)
 }
