@@ -6,25 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 
-const EXE: &str = env!("CARGO_BIN_EXE_hvtrace");
-
-fn hvtrace(args: &[&str]) -> Output {
-    Command::new(EXE).args(args).output().expect("run hvtrace")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod views;
+use views::{hvtrace, stderr};
 
 fn tempdir(what: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("hvtrace-export-test-{what}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    views::tempdir("export", what)
 }
 
 /// The Python with Perfetto's definitions: `$HVTRACE_PERFETTO_PYTHON`
