@@ -1,5 +1,8 @@
 //! # hvtrace-view — traces as pictures
 //!
+//! Two views over the hypervisor model: [`write_report`], one
+//! self-contained HTML page (see its module), and the Perfetto export.
+//!
 //! [`export_perfetto`] writes a trace directory as a Perfetto trace in its
 //! native protobuf form (a stream of `TracePacket`s with `TrackEvent`s),
 //! which ui.perfetto.dev and `trace_processor` open. It reads the trace
