@@ -27,6 +27,12 @@ mod region;
 pub mod ring;
 mod sync;
 
+/// Deterministic interleaving hooks for tests (feature `test-hooks`).
+#[cfg(all(feature = "test-hooks", not(loom)))]
+pub use sync::hooks;
+#[cfg(any(feature = "test-hooks", loom))]
+pub use sync::HookPoint;
+
 pub use event::{EventDesc, EventSet, FieldDesc, OwnerSink, RingSink, Sink};
 pub use field::{Field, FieldKind};
 pub use layout::{Geometry, GeometryError, Mode};

@@ -49,7 +49,7 @@ use crate::layout::{
     claim, Geometry, GeometryError, Mode, RingCtrl, RingHeader, SubbufState, CLOSED, CLOSING, LAYOUT_VERSION, OWNED,
     PAGE_SIZE, REVOKED, RING_MAGIC,
 };
-use crate::sync::{light_fence, spin_hint, AtomicU64, Ordering::*};
+use crate::sync::{hook, light_fence, spin_hint, AtomicU64, HookPoint, Ordering::*};
 
 /// A source of timestamps (TSC cycles, or nanoseconds of CLOCK_MONOTONIC).
 /// Must never go backwards across CPUs.
@@ -436,6 +436,7 @@ impl<'a> Ring<'a> {
             if old & CLOSED != 0 {
                 return Err(RecordError::Closed);
             }
+            hook(HookPoint::ReserveLoaded);
             let off = self.geo.offset_in_subbuf(old);
             // A packet that may not be opened refuses the record before the
             // clock is read: under overload (a full ring) a lost event costs
@@ -482,6 +483,7 @@ impl<'a> Ring<'a> {
                 // Close this packet; the retry opens the next one.
                 let boundary = old - off + sbs;
                 if hdr.write.compare_exchange_weak(old, boundary, AcqRel, Relaxed).is_ok() {
+                    hook(HookPoint::PacketCloseCas);
                     *delivered |= self.close_packet(old, tsc, false);
                 } else {
                     spin_hint();
@@ -697,6 +699,7 @@ impl<'a> Ring<'a> {
                     if (v >> 1) > prev + 1 && self.w.hdr.write.load(Acquire) & !CLOSED != pos {
                         return Err(RecordError::Busy);
                     }
+                    hook(HookPoint::OpenClaim);
                     match word.compare_exchange(v, claim::producer(prev), AcqRel, Acquire) {
                         Ok(_) => {
                             if v != claim::consumer(prev) {
@@ -976,6 +979,7 @@ impl<'a> RingReader<'a> {
             let idx = self.geo.index(c) as usize;
             let lap = self.geo.lap(c);
             let d = self.w.sb[idx].delivered.load(Acquire);
+            hook(HookPoint::ReaderDelivered);
             if d < lap + 1 {
                 return Poll::Empty;
             }

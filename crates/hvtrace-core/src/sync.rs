@@ -28,3 +28,64 @@ pub(crate) fn light_fence() {
     #[cfg(not(loom))]
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
 }
+
+/// Places in the protocol where a test can stop a thread, to drive an exact
+/// interleaving (feature `test-hooks`; a no-op otherwise). Each sits on a
+/// cold path or the consumer's side, never on the record fast paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookPoint {
+    /// Shared reservation: `write` loaded (not closed), before the packet
+    /// boundary checks and the clock.
+    ReserveLoaded,
+    /// Shared reservation: the CAS that closes a packet succeeded; its end
+    /// fields are not written yet.
+    PacketCloseCas,
+    /// Overwrite mode: just before the opener's read-modify-write of the
+    /// previous lap's claim word.
+    OpenClaim,
+    /// Consumer: `next_packet` loaded `delivered`, not yet the claim word.
+    ReaderDelivered,
+}
+
+#[inline(always)]
+pub(crate) fn hook(_point: HookPoint) {
+    #[cfg(all(feature = "test-hooks", not(loom)))]
+    hooks::run(_point);
+}
+
+/// Per-thread hooks for deterministic interleaving tests.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+pub mod hooks {
+    extern crate std;
+    use super::HookPoint;
+    use std::boxed::Box;
+    use std::cell::RefCell;
+
+    type Hook = Box<dyn FnMut(HookPoint)>;
+
+    std::thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Calls `f` at every [`HookPoint`] this thread passes, until [`clear`].
+    /// `f` may block (to let another thread run) but must not record on a
+    /// ring itself (the hook is not re-entrant).
+    pub fn set(f: impl FnMut(HookPoint) + 'static) {
+        HOOK.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    /// Removes this thread's hook.
+    pub fn clear() {
+        HOOK.with(|h| *h.borrow_mut() = None);
+    }
+
+    pub(crate) fn run(p: HookPoint) {
+        HOOK.with(|h| {
+            if let Ok(mut h) = h.try_borrow_mut() {
+                if let Some(f) = h.as_mut() {
+                    f(p);
+                }
+            }
+        });
+    }
+}
