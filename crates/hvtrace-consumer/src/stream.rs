@@ -188,14 +188,17 @@ impl StreamFile {
         self.file.write_all_at(bytes, at).map(|()| false)
     }
 
-    /// Ends the stream: appends an empty packet carrying `counters.discarded`
-    /// if events were lost after the last packet written (so CTF readers
-    /// report every loss), then `fsync`s the file. Returns the final report.
+    /// Ends the stream: appends an empty packet carrying the ring's final
+    /// `events_discarded` if events were lost after the last packet written
+    /// (so CTF readers report every loss), then `fsync`s the file. Returns
+    /// the final report. (Overwritten events are not in that count: their
+    /// packets are reported by the `packet_seq_num` gap they leave.)
     pub(crate) fn finish(mut self, uuid: &[u8; 16], counters: RingCounters) -> RingReport {
         let written = self.last.map_or(0, |l| l.events_discarded);
-        if counters.discarded > written {
+        let lost = counters.events_discarded();
+        if lost > written {
             let (seq, ts) = self.last.map_or((0, 0), |l| (l.seq + 1, l.timestamp_end));
-            let pkt = ctf::empty_packet(uuid, self.report.cpu, seq, ts, counters.discarded);
+            let pkt = ctf::empty_packet(uuid, self.report.cpu, seq, ts, lost);
             match self.file.write_all_at(&pkt, self.len) {
                 Ok(()) => {
                     self.len += pkt.len() as u64;

@@ -6,6 +6,7 @@
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 
+use hvtrace_core::ring::PacketRef;
 use hvtrace_core::ring::Poll;
 use hvtrace_core::RingReader;
 use hvtrace_sys::{EventFd, MappedReader, Poller};
@@ -19,11 +20,16 @@ use crate::ConsumerError;
 /// ([`MappedReader`]), or a heap ring in tests.
 pub(crate) trait RingSource: Send {
     fn reader(&self) -> &RingReader<'_>;
+    /// A ready packet's bytes (until its release).
+    fn packet_bytes(&self, p: &PacketRef) -> std::borrow::Cow<'_, [u8]>;
 }
 
 impl RingSource for MappedReader {
     fn reader(&self) -> &RingReader<'_> {
         MappedReader::reader(self)
+    }
+    fn packet_bytes(&self, p: &PacketRef) -> std::borrow::Cow<'_, [u8]> {
+        MappedReader::packet_bytes(self, p).into()
     }
 }
 
@@ -45,7 +51,8 @@ impl RingState {
     fn consume(&mut self) {
         let reader = self.source.reader();
         while let Poll::Ready(p) = reader.next_packet() {
-            let bytes = reader.packet_bytes(&p);
+            let bytes = self.source.packet_bytes(&p);
+            let bytes = &*bytes;
             match (&mut self.relay, &mut self.stream) {
                 (Some(r), file) => r.take_packet(bytes, || reader.release(&p), file.as_mut()),
                 (None, Some(file)) => file.take_packet(bytes, || reader.release(&p)),
@@ -203,6 +210,11 @@ mod tests {
     impl RingSource for RingReader<'static> {
         fn reader(&self) -> &RingReader<'_> {
             self
+        }
+        fn packet_bytes(&self, p: &PacketRef) -> std::borrow::Cow<'_, [u8]> {
+            let mut copy = vec![0; self.geometry().subbuf_size as usize];
+            self.copy_packet(p, &mut copy);
+            copy.into()
         }
     }
 

@@ -2,10 +2,10 @@
 //! model checker can explore every interleaving of reserve/commit/deliver/consume.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use core::sync::atomic::{fence, AtomicU64, Ordering};
 
 /// Spin hint for the (bounded) retry loops; loom needs to be told to yield.
 #[inline]
