@@ -175,6 +175,9 @@ pub struct RingWords<'a> {
     pub ctrl: &'a RingCtrl,
     /// Consumer/producer claim words (overwrite mode), consumer region.
     pub claims: &'a [AtomicU64],
+    /// loom only: what the model checker sees of the sub-buffer bytes.
+    #[cfg(loom)]
+    pub witness: &'a crate::sync::Witness,
 }
 
 impl RingCounters {
@@ -254,7 +257,7 @@ impl<'a> Ring<'a> {
         mode: Mode,
         id: StreamId,
     ) -> Result<Self, GeometryError> {
-        let RingWords { hdr, sb, ctrl, claims } = words;
+        let RingWords { hdr, sb, ctrl, claims, .. } = words;
         if sb.len() as u64 != geo.num_subbuf || claims.len() as u64 != geo.num_subbuf {
             return Err(GeometryError::Region);
         }
@@ -542,6 +545,8 @@ impl<'a> Ring<'a> {
         let mut enc = Encoder::new(payload);
         fill(&mut enc);
         enc.finish();
+        #[cfg(loom)]
+        self.w.witness.mark(at & (self.geo.buf_size() - 1), buf);
     }
 
     /// Reserves the ring for one owning writer, which then records through
@@ -782,6 +787,8 @@ impl<'a> Ring<'a> {
         // SAFETY: the closer fields belong to whoever moved `write` past the
         // packet's last byte, which this caller just did.
         unsafe { self.bytes_mut(start + packet::CLOSER_FIELDS.start as u64, f.len()) }.copy_from_slice(&f);
+        #[cfg(loom)]
+        self.w.witness.mark((start + packet::CLOSER_FIELDS.start as u64) & (self.geo.buf_size() - 1), &f);
         self.commit(pos, self.geo.subbuf_size - off, false)
     }
 
@@ -796,6 +803,8 @@ impl<'a> Ring<'a> {
         f[packet::PACKET_SEQ_NUM..][..8].copy_from_slice(&seq.to_le_bytes());
         // SAFETY: the opener reserved the packet header together with its record.
         unsafe { self.bytes_mut(start, f.len()) }.copy_from_slice(&f);
+        #[cfg(loom)]
+        self.w.witness.mark(start & (self.geo.buf_size() - 1), &f);
     }
 
     /// # Safety
@@ -1074,6 +1083,15 @@ impl<'a> RingReader<'a> {
         }
     }
 
+    /// loom only: what the witness words of the packet's sub-buffer held
+    /// when this thread read them, as (offset in the packet, hash of the
+    /// piece written there). Call it right after [`RingReader::copy_packet`]:
+    /// together they model the copy's loads (see `Witness`).
+    #[cfg(loom)]
+    pub fn witnessed(&self, p: &PacketRef) -> std::vec::Vec<(u64, u64)> {
+        self.w.witness.snapshot(p.pos & (self.geo.buf_size() - 1), self.geo.subbuf_size)
+    }
+
     /// Marks the packet read and advances the consumed position. Returns
     /// `false` when the producer started overwriting it meanwhile (overwrite
     /// mode): the bytes read must be thrown away — they are counted as lost.
@@ -1086,8 +1104,9 @@ impl<'a> RingReader<'a> {
                 // `write` (each writer fences with Release after it), this
                 // load sees the move.
                 fence(Acquire);
+                let write = self.w.hdr.write.load(Relaxed);
                 let next_lap = p.pos + self.geo.buf_size();
-                if self.w.hdr.write.load(Relaxed) & !CLOSED > next_lap {
+                if write & !CLOSED > next_lap {
                     // Someone reserved in the next lap of this sub-buffer:
                     // the copy may hold its bytes. Not claimed, so the
                     // opener of that lap counts these records as overwritten.
@@ -1128,6 +1147,9 @@ pub mod heap {
         pub data: Box<[core::cell::UnsafeCell<u8>]>,
         /// Geometry.
         pub geo: Geometry,
+        /// What loom sees of `data` (see `Witness`).
+        #[cfg(loom)]
+        pub witness: crate::sync::Witness,
     }
 
     impl HeapRing {
@@ -1144,11 +1166,20 @@ pub mod heap {
                     .collect::<Vec<_>>()
                     .into_boxed_slice(),
                 geo,
+                #[cfg(loom)]
+                witness: Default::default(),
             }
         }
 
         fn words(&self) -> RingWords<'_> {
-            RingWords { hdr: &self.hdr, sb: &self.sb, ctrl: &self.ctrl, claims: &self.claims }
+            RingWords {
+                hdr: &self.hdr,
+                sb: &self.sb,
+                ctrl: &self.ctrl,
+                claims: &self.claims,
+                #[cfg(loom)]
+                witness: &self.witness,
+            }
         }
 
         fn data_ptr(&self) -> NonNull<u8> {

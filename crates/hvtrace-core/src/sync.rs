@@ -7,6 +7,47 @@ pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{fence, AtomicU64, Ordering};
 
+/// loom only: what the model checker sees of the sub-buffer bytes.
+///
+/// The bytes are plain memory, which loom does not model: a load there
+/// always returns the newest store, so no missing Release/Acquire on the
+/// protocol's words would ever show in them. So each piece a writer stores
+/// (a record, an opener's or a closer's header fields) also gets a witness:
+/// a modelled atomic at the piece's ring offset, stored `Relaxed` right after
+/// the bytes with the piece's hash. The consumer loads the witnesses of a
+/// sub-buffer (`Relaxed`) right after its copy; loom may return any store
+/// the memory model allows, so when nothing orders the writer's stores
+/// before the consumer's loads, some execution shows a stale witness, and the
+/// model's check (hash of each piece decoded == its witness) fails.
+#[cfg(loom)]
+#[derive(Default)]
+pub struct Witness(std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<AtomicU64>>>);
+
+#[cfg(loom)]
+impl Witness {
+    /// FNV-1a of `bytes`, never 0 (0 = nothing written yet).
+    pub fn hash(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1
+    }
+
+    fn at(&self, off: u64) -> std::sync::Arc<AtomicU64> {
+        // The lock is never held across a modelled operation (loom would
+        // switch threads there and the next thread would block for real).
+        let mut m = self.0.lock().unwrap();
+        m.entry(off).or_insert_with(|| std::sync::Arc::new(AtomicU64::new(0))).clone()
+    }
+
+    pub(crate) fn mark(&self, off: u64, bytes: &[u8]) {
+        self.at(off).store(Self::hash(bytes), Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, from: u64, len: u64) -> std::vec::Vec<(u64, u64)> {
+        let cells: std::vec::Vec<_> =
+            self.0.lock().unwrap().range(from..from + len).map(|(&k, v)| (k - from, v.clone())).collect();
+        cells.into_iter().map(|(o, a)| (o, a.load(Ordering::Relaxed))).collect()
+    }
+}
+
 /// Spin hint for the (bounded) retry loops; loom needs to be told to yield.
 #[inline]
 pub(crate) fn spin_hint() {
