@@ -1069,10 +1069,12 @@ impl<'a> RingReader<'a> {
     pub fn copy_packet(&self, p: &PacketRef, out: &mut [u8]) {
         let (ptr, len) = self.packet_ptr(p);
         let len = len.min(out.len());
-        let words = len / 8;
+        // Word loads where the memory allows them (mappings are page
+        // aligned; a test's heap ring may not be), bytes otherwise.
+        let words = if ptr.align_offset(8) == 0 { len / 8 } else { 0 };
         let src = ptr.cast::<u64>();
         for (i, chunk) in out[..words * 8].chunks_exact_mut(8).enumerate() {
-            // SAFETY: `ptr` is a sub-buffer start (page aligned), valid for
+            // SAFETY: `ptr` is 8-byte aligned (tested above) and valid for
             // `len` bytes; word `i` lies inside them.
             let w = unsafe { core::ptr::read_volatile(src.add(i)) };
             chunk.copy_from_slice(&w.to_ne_bytes());
