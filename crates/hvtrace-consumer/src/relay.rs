@@ -310,10 +310,11 @@ impl RingRelay {
     /// were lost after the last packet, and the count of missed packets.
     pub(crate) fn finish(mut self, uuid: &[u8; 16], counters: RingCounters) -> Option<RingReport> {
         let written = self.last.map_or(0, |l| l.events_discarded);
-        if counters.discarded > written {
+        let lost = counters.events_discarded(); // overwritten packets: sequence gaps
+        if lost > written {
             let seq = self.handed_next.max(self.last.map_or(0, |l| l.seq + 1));
             let ts = self.last.map_or(0, |l| l.timestamp_end);
-            let pkt = ctf::empty_packet(uuid, self.cpu, seq, ts, counters.discarded);
+            let pkt = ctf::empty_packet(uuid, self.cpu, seq, ts, lost);
             if let Ok(info) = packet_info(&pkt) {
                 let sent = self.tx.send(Msg::Trailer { cpu: self.cpu, bytes: pkt.to_vec(), info });
                 if sent.is_err() {

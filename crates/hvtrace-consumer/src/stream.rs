@@ -235,18 +235,21 @@ impl StreamFile {
         self.file.write_all_at(bytes, at).map(|()| false)
     }
 
-    /// Ends the stream: appends an empty packet carrying `counters.discarded`
-    /// if events were lost after the last packet written (so CTF readers
-    /// report every loss), then `fsync`s the file. Returns the final report
-    /// and what the consumer's account says of this stream.
+    /// Ends the stream: appends an empty packet carrying the ring's final
+    /// `events_discarded` if events were lost after the last packet written
+    /// (so CTF readers report every loss), then `fsync`s the file. Returns
+    /// the final report and what the consumer's account says of this
+    /// stream. (Overwritten events are not in that count: their packets are
+    /// reported by the `packet_seq_num` gap they leave.)
     pub(crate) fn finish(mut self, uuid: &[u8; 16], counters: RingCounters) -> (RingReport, StreamAccount) {
         let written = self.last.map_or(0, |l| l.events_discarded);
-        if counters.discarded > written {
+        let lost = counters.events_discarded();
+        if lost > written {
             // Numbered after every packet handed over, so packets lost at the
             // end still show as a sequence gap.
             let seq = self.handed.map_or(0, |h| h.1).max(self.last.map_or(0, |l| l.seq + 1));
             let ts = self.last.map_or(0, |l| l.timestamp_end);
-            let pkt = ctf::empty_packet(uuid, self.report.cpu, seq, ts, counters.discarded);
+            let pkt = ctf::empty_packet(uuid, self.report.cpu, seq, ts, lost);
             match self.file.write_all_at(&pkt, self.len) {
                 Ok(()) => {
                     self.len += pkt.len() as u64;

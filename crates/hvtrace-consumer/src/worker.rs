@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::sync::atomic::{fence, Ordering};
 
 use hvtrace_core::decode::packet_info;
+use hvtrace_core::ring::PacketRef;
 use hvtrace_core::ring::Poll;
 use hvtrace_core::{Mode, RingReader};
 use hvtrace_reader::account::StreamAccount;
@@ -23,11 +24,16 @@ use crate::ConsumerError;
 /// ([`MappedReader`]), or a heap ring in tests.
 pub(crate) trait RingSource: Send {
     fn reader(&self) -> &RingReader<'_>;
+    /// A ready packet's bytes (until its release).
+    fn packet_bytes(&self, p: &PacketRef) -> std::borrow::Cow<'_, [u8]>;
 }
 
 impl RingSource for MappedReader {
     fn reader(&self) -> &RingReader<'_> {
         MappedReader::reader(self)
+    }
+    fn packet_bytes(&self, p: &PacketRef) -> std::borrow::Cow<'_, [u8]> {
+        MappedReader::packet_bytes(self, p).into()
     }
 }
 
@@ -143,7 +149,8 @@ impl RingState {
                 }
             }
             let seq = geo.subbuf_seq(p.pos);
-            let bytes = reader.packet_bytes(&p);
+            let bytes = self.source.packet_bytes(&p);
+            let bytes = &*bytes;
             let lapped = p.pos + geo.buf_size();
             let release = || {
                 // Pairs with the producer's reservation (a CAS on its write
@@ -344,6 +351,11 @@ mod tests {
     impl RingSource for RingReader<'static> {
         fn reader(&self) -> &RingReader<'_> {
             self
+        }
+        fn packet_bytes(&self, p: &PacketRef) -> std::borrow::Cow<'_, [u8]> {
+            let mut copy = vec![0; self.geometry().subbuf_size as usize];
+            self.copy_packet(p, &mut copy);
+            copy.into()
         }
     }
 

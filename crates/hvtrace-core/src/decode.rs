@@ -126,6 +126,13 @@ pub trait Schema {
     fn field_count(&self, id: u32) -> Option<usize>;
     /// Kind of field `i` of event `id` (`i < field_count`).
     fn field_kind(&self, id: u32, i: usize) -> FieldKind;
+    /// The payload length of event `id` when all its fields have a fixed
+    /// size: the decoder then skips the payload without a field walk. The
+    /// default says nothing (every record's fields are walked).
+    #[inline]
+    fn fixed_payload_len(&self, _id: u32) -> Option<usize> {
+        None
+    }
 }
 
 impl Schema for [EventDesc] {
@@ -155,6 +162,7 @@ pub enum Value<'p> {
 }
 
 /// Decodes one field at `b[0..]`, returning it and its length.
+#[inline]
 pub fn decode_field<'p>(kind: &FieldKind, b: &'p [u8]) -> Option<(Value<'p>, usize)> {
     let int = |bits: u8, signed: bool| -> Option<(i128, usize)> {
         let n = bits as usize / 8;
@@ -280,16 +288,23 @@ impl<'p, S: Schema + ?Sized> Records<'p, '_, S> {
         let (id, ts_bits, hlen, compact) = header::decode(&content[at..]).ok_or(DecodeError::Truncated { at })?;
         let count = self.schema.field_count(id).ok_or(DecodeError::UnknownEvent { at, id })?;
         let start = at + hlen;
-        let mut p = start;
-        for i in 0..count {
-            let kind = self.schema.field_kind(id, i);
-            let rest = &content[p.min(content.len())..];
-            match decode_field(&kind, rest) {
-                Some((_, n)) => p += n,
-                None if kind.fixed_len().is_some() => return Err(DecodeError::Truncated { at }),
-                None => return Err(DecodeError::BadField { at }),
+        let p = match self.schema.fixed_payload_len(id) {
+            Some(n) if start + n <= content.len() => start + n,
+            Some(_) => return Err(DecodeError::Truncated { at }),
+            None => {
+                let mut p = start;
+                for i in 0..count {
+                    let kind = self.schema.field_kind(id, i);
+                    let rest = &content[p.min(content.len())..];
+                    match decode_field(&kind, rest) {
+                        Some((_, n)) => p += n,
+                        None if kind.fixed_len().is_some() => return Err(DecodeError::Truncated { at }),
+                        None => return Err(DecodeError::BadField { at }),
+                    }
+                }
+                p
             }
-        }
+        };
         let ts = if compact { header::expand(self.ts, ts_bits) } else { ts_bits };
         self.ts = ts;
         self.at = p;

@@ -20,7 +20,7 @@ use crate::sync::AtomicU64;
 /// Magic at offset 0 of every data region.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"HVTRING\x01");
 /// Version of this layout; bumped on any incompatible change.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Page size the sub-buffer area is aligned to.
 pub const PAGE_SIZE: u64 = 4096;
 /// Smallest allowed sub-buffer.
@@ -268,16 +268,21 @@ pub mod claim {
 }
 
 impl RingHeader {
-    /// Events lost for any reason: the sum of the per-cause counters
-    /// (snapshotted into each packet's `events_discarded`). Each counter only
-    /// grows, so successive sums never decrease.
+    /// Events lost for any reason: the sum of the per-cause counters.
     #[inline]
     pub fn discarded(&self) -> u64 {
+        self.events_discarded() + self.overwritten.load(crate::sync::Ordering::Relaxed)
+    }
+
+    /// Events lost that the trace itself counts: every cause but
+    /// `overwritten` (snapshotted into each packet's `events_discarded`
+    /// since layout version 3). An overwritten packet is reported once, by
+    /// the gap it leaves in `packet_seq_num`, not twice. Each counter only
+    /// grows, so successive sums never decrease.
+    #[inline]
+    pub fn events_discarded(&self) -> u64 {
         use crate::sync::Ordering::Relaxed;
-        self.discarded_full.load(Relaxed)
-            + self.discarded_busy.load(Relaxed)
-            + self.discarded_too_big.load(Relaxed)
-            + self.overwritten.load(Relaxed)
+        self.discarded_full.load(Relaxed) + self.discarded_busy.load(Relaxed) + self.discarded_too_big.load(Relaxed)
     }
 
     /// All words zero.

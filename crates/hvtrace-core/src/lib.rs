@@ -16,6 +16,10 @@
 #![no_std]
 #![warn(missing_docs)]
 
+// loom's models need std (the witnesses of the sub-buffer bytes).
+#[cfg(loom)]
+extern crate std;
+
 pub mod ctf;
 pub mod decode;
 pub mod event;
@@ -26,6 +30,15 @@ pub mod metadata;
 mod region;
 pub mod ring;
 mod sync;
+
+/// Deterministic interleaving hooks for tests (feature `test-hooks`).
+#[cfg(all(feature = "test-hooks", not(loom)))]
+pub use sync::hooks;
+#[cfg(any(feature = "test-hooks", loom))]
+pub use sync::HookPoint;
+/// What loom sees of the ring's bytes.
+#[cfg(loom)]
+pub use sync::Witness;
 
 pub use event::{EventDesc, EventSet, FieldDesc, OwnerSink, RingSink, Sink};
 pub use field::{Field, FieldKind};

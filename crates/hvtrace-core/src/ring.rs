@@ -49,7 +49,7 @@ use crate::layout::{
     claim, Geometry, GeometryError, Mode, RingCtrl, RingHeader, SubbufState, CLOSED, CLOSING, LAYOUT_VERSION, OWNED,
     PAGE_SIZE, REVOKED, RING_MAGIC,
 };
-use crate::sync::{light_fence, spin_hint, AtomicU64, Ordering::*};
+use crate::sync::{fence, hook, light_fence, spin_hint, AtomicU64, HookPoint, Ordering::*};
 
 /// A source of timestamps (TSC cycles, or nanoseconds of CLOCK_MONOTONIC).
 /// Must never go backwards across CPUs.
@@ -150,7 +150,7 @@ pub struct RingCounters {
     pub consumed_bytes: u64,
     /// Sub-buffers delivered.
     pub delivered_subbufs: u64,
-    /// Events lost, all causes.
+    /// Events lost, all causes (the sum of the four below).
     pub discarded: u64,
     /// Dropped: ring full (discard mode).
     pub discarded_full: u64,
@@ -175,6 +175,17 @@ pub struct RingWords<'a> {
     pub ctrl: &'a RingCtrl,
     /// Consumer/producer claim words (overwrite mode), consumer region.
     pub claims: &'a [AtomicU64],
+    /// loom only: what the model checker sees of the sub-buffer bytes.
+    #[cfg(loom)]
+    pub witness: &'a crate::sync::Witness,
+}
+
+impl RingCounters {
+    /// Events lost that the trace's packets count in `events_discarded`:
+    /// all causes but `overwritten`, which shows as a `packet_seq_num` gap.
+    pub fn events_discarded(&self) -> u64 {
+        self.discarded - self.overwritten
+    }
 }
 
 impl<'a> RingWords<'a> {
@@ -246,7 +257,7 @@ impl<'a> Ring<'a> {
         mode: Mode,
         id: StreamId,
     ) -> Result<Self, GeometryError> {
-        let RingWords { hdr, sb, ctrl, claims } = words;
+        let RingWords { hdr, sb, ctrl, claims, .. } = words;
         if sb.len() as u64 != geo.num_subbuf || claims.len() as u64 != geo.num_subbuf {
             return Err(GeometryError::Region);
         }
@@ -383,6 +394,8 @@ impl<'a> Ring<'a> {
             return None;
         }
         hdr.write.compare_exchange(old, old + rec, AcqRel, Relaxed).ok()?;
+        // As in `reserve_shared`: the bytes after the move (free on x86).
+        fence(Release);
         hdr.last_tsc.store(tsc, Relaxed);
         Some(Reservation { start: old, begin: old, end: old + rec, compact: true, tsc })
     }
@@ -436,6 +449,7 @@ impl<'a> Ring<'a> {
             if old & CLOSED != 0 {
                 return Err(RecordError::Closed);
             }
+            hook(HookPoint::ReserveLoaded);
             let off = self.geo.offset_in_subbuf(old);
             // A packet that may not be opened refuses the record before the
             // clock is read: under overload (a full ring) a lost event costs
@@ -481,8 +495,14 @@ impl<'a> Ring<'a> {
             } else {
                 // Close this packet; the retry opens the next one.
                 let boundary = old - off + sbs;
+                // Snapshot before the CAS: every later packet's closer moves
+                // `write` after this one and so loads the counters after
+                // these loads (coherence): `events_discarded` never decreases
+                // along the stream, however long this closer stalls.
+                let lost = hdr.events_discarded();
                 if hdr.write.compare_exchange_weak(old, boundary, AcqRel, Relaxed).is_ok() {
-                    *delivered |= self.close_packet(old, tsc, false);
+                    hook(HookPoint::PacketCloseCas);
+                    *delivered |= self.close_packet(old, tsc, lost, false);
                 } else {
                     spin_hint();
                 }
@@ -492,8 +512,15 @@ impl<'a> Ring<'a> {
                 spin_hint();
                 continue;
             }
+            // Seqlock writer (overwrite mode): the record's bytes are
+            // stored after `write` moved, so a consumer whose copy saw one
+            // of them sees the move in `release` and throws the copy away.
+            fence(Release);
             hdr.last_tsc.store(tsc, Relaxed);
             if off == 0 {
+                // Only now, holding a reservation: a writer stalled before
+                // it must change nothing after a stop found the ring quiescent.
+                self.take_previous_lap(old);
                 self.write_opener_fields(old, tsc);
             }
             // [begin, new) lies inside one sub-buffer (checked above) and the
@@ -518,6 +545,8 @@ impl<'a> Ring<'a> {
         let mut enc = Encoder::new(payload);
         fill(&mut enc);
         enc.finish();
+        #[cfg(loom)]
+        self.w.witness.mark(at & (self.geo.buf_size() - 1), buf);
     }
 
     /// Reserves the ring for one owning writer, which then records through
@@ -616,8 +645,9 @@ impl<'a> Ring<'a> {
             let tsc = clock.now().max(hdr.max_tsc.load(Relaxed));
             hdr.max_tsc.fetch_max(tsc, Relaxed);
             let new = (pos - off + self.geo.subbuf_size) | (old & CLOSED);
+            let lost = hdr.events_discarded(); // before the CAS, as in `reserve_shared`
             if hdr.write.compare_exchange_weak(old, new, AcqRel, Relaxed).is_ok() {
-                return self.close_packet(pos, tsc, true);
+                return self.close_packet(pos, tsc, lost, true);
             }
             spin_hint();
         }
@@ -656,7 +686,12 @@ impl<'a> Ring<'a> {
         })
     }
 
+    /// Counts a refused record under `cause`, unless the ring is stopped:
+    /// then the record is refused as `Closed`, which is not a loss.
     fn lose(&self, cause: &AtomicU64, e: RecordError) -> RecordError {
+        if self.w.hdr.write.load(Relaxed) & CLOSED != 0 {
+            return RecordError::Closed;
+        }
         cause.fetch_add(1, Relaxed);
         e
     }
@@ -671,46 +706,41 @@ impl<'a> Ring<'a> {
         if s.delivered.load(Acquire) != lap {
             return Err(RecordError::Busy);
         }
-        match self.mode {
-            Mode::Discard => {
-                // Untrusted: any value that does not prove the previous lap read means "full".
-                let consumed = self.w.ctrl.consumed.load(Acquire);
-                if pos.wrapping_sub(consumed) >= self.geo.buf_size() {
-                    return Err(RecordError::Full);
-                }
+        if self.mode == Mode::Discard {
+            // Untrusted: any value that does not prove the previous lap read means "full".
+            let consumed = self.w.ctrl.consumed.load(Acquire);
+            if pos.wrapping_sub(consumed) >= self.geo.buf_size() {
+                return Err(RecordError::Full);
             }
-            Mode::Overwrite if lap > 0 => {
-                let prev = lap - 1;
-                let n = s.lap_records.load(Relaxed);
-                let word = &self.w.claims[idx];
-                let mut v = word.load(Acquire);
-                loop {
-                    if v == claim::producer(prev) {
-                        break; // another opener took the lap and counted it
-                    }
-                    // A claim on a later lap: this writer's `pos` went stale
-                    // while it was preempted (others opened, filled and
-                    // delivered the lap since). Taking the claim now would
-                    // count the lap twice: retry with a fresh position. If
-                    // `write` did not move, the claim is a consumer's lie:
-                    // overwrite anyway.
-                    if (v >> 1) > prev + 1 && self.w.hdr.write.load(Acquire) & !CLOSED != pos {
-                        return Err(RecordError::Busy);
-                    }
-                    match word.compare_exchange(v, claim::producer(prev), AcqRel, Acquire) {
-                        Ok(_) => {
-                            if v != claim::consumer(prev) {
-                                self.w.hdr.overwritten.fetch_add(n, Relaxed);
-                            }
-                            break;
-                        }
-                        Err(now) => v = now,
-                    }
-                }
-            }
-            Mode::Overwrite => {}
         }
+        // Overwrite mode takes the previous lap only once it holds the
+        // reservation (`take_previous_lap`): nothing here has a side effect.
         Ok(())
+    }
+
+    /// Overwrite mode: the opener of lap *L* > 0 of a sub-buffer (it holds
+    /// the reservation at `pos`, so it is the only one) takes lap *L* − 1
+    /// from the consumer with one `swap` of the claim word: wait-free
+    /// against a consumer that keeps changing the word. Unless the consumer
+    /// had claimed that lap (read it), its records are counted as
+    /// overwritten — once: the consumer's `release` CAS and this swap
+    /// are ordered on the one word.
+    #[inline]
+    fn take_previous_lap(&self, pos: u64) {
+        let lap = self.geo.lap(pos);
+        if self.mode != Mode::Overwrite || lap == 0 {
+            return;
+        }
+        let idx = self.geo.index(pos) as usize;
+        // Written before `delivered = lap` (Release), which `check_open`
+        // loaded with Acquire before the reservation.
+        let n = self.w.sb[idx].lap_records.load(Relaxed);
+        hook(HookPoint::OpenClaim);
+        // AcqRel: pairs with the consumer's `release` CAS (Release), so a
+        // lap it claimed was read before this writer's bytes land.
+        if self.w.claims[idx].swap(claim::producer(lap - 1), AcqRel) != claim::consumer(lap - 1) {
+            self.w.hdr.overwritten.fetch_add(n, Relaxed);
+        }
     }
 
     /// Adds `len` committed bytes at `pos`; delivers the sub-buffer if that completes it.
@@ -743,7 +773,7 @@ impl<'a> Ring<'a> {
     /// declares its size as its content rounded up to a page, so the consumer
     /// writes only that much: a session's last packets are usually flushed
     /// partial ones, and writing whole sub-buffers of padding bloats the trace.
-    fn close_packet(&self, pos: u64, tsc: u64, trim: bool) -> bool {
+    fn close_packet(&self, pos: u64, tsc: u64, lost: u64, trim: bool) -> bool {
         let off = self.geo.offset_in_subbuf(pos);
         let start = pos - off;
         let mut f = [0u8; packet::CLOSER_FIELDS.end - packet::CLOSER_FIELDS.start];
@@ -752,12 +782,13 @@ impl<'a> Ring<'a> {
         f[at(packet::CONTENT_SIZE)..][..8].copy_from_slice(&(off * 8).to_le_bytes());
         let size = if trim { off.next_multiple_of(PAGE_SIZE).min(self.geo.subbuf_size) } else { self.geo.subbuf_size };
         f[at(packet::PACKET_SIZE)..][..8].copy_from_slice(&(size * 8).to_le_bytes());
-        let lost = self.w.hdr.discarded();
         f[at(packet::EVENTS_DISCARDED)..][..8].copy_from_slice(&lost.to_le_bytes());
         f[at(packet::CPU_ID)..][..4].copy_from_slice(&self.id.cpu.to_le_bytes());
         // SAFETY: the closer fields belong to whoever moved `write` past the
         // packet's last byte, which this caller just did.
         unsafe { self.bytes_mut(start + packet::CLOSER_FIELDS.start as u64, f.len()) }.copy_from_slice(&f);
+        #[cfg(loom)]
+        self.w.witness.mark((start + packet::CLOSER_FIELDS.start as u64) & (self.geo.buf_size() - 1), &f);
         self.commit(pos, self.geo.subbuf_size - off, false)
     }
 
@@ -772,6 +803,8 @@ impl<'a> Ring<'a> {
         f[packet::PACKET_SEQ_NUM..][..8].copy_from_slice(&seq.to_le_bytes());
         // SAFETY: the opener reserved the packet header together with its record.
         unsafe { self.bytes_mut(start, f.len()) }.copy_from_slice(&f);
+        #[cfg(loom)]
+        self.w.witness.mark(start & (self.geo.buf_size() - 1), &f);
     }
 
     /// # Safety
@@ -845,6 +878,8 @@ impl RingOwner<'_, '_> {
             if id <= header::MAX_COMPACT_ID && tsc.wrapping_sub(hdr.last_tsc.load(Relaxed)) <= header::COMPACT_TS_MASK {
                 let end = old + rec;
                 hdr.write.store(end, Relaxed);
+                // Seqlock writer, as in `reserve_shared` (free on x86).
+                fence(Release);
                 hdr.last_tsc.store(tsc, Relaxed);
                 hdr.max_tsc.store(tsc, Relaxed);
                 // SAFETY: `[old, end)` lies in the current packet (tested
@@ -986,6 +1021,7 @@ impl<'a> RingReader<'a> {
             let idx = self.geo.index(c) as usize;
             let lap = self.geo.lap(c);
             let d = self.w.sb[idx].delivered.load(Acquire);
+            hook(HookPoint::ReaderDelivered);
             if d < lap + 1 {
                 return Poll::Empty;
             }
@@ -993,7 +1029,11 @@ impl<'a> RingReader<'a> {
                 Mode::Discard => 0,
                 Mode::Overwrite => self.w.claims[idx].load(Acquire),
             };
-            if d > lap + 1 || claim == claim::producer(lap) {
+            // Skipped: a later lap was delivered, or the claim names this lap
+            // or a later one (`claim >> 1` is lap + 1): a producer took it,
+            // or writers lapped it while this thread stalled between the
+            // two loads (then the claim is `producer(lap + 1)` or later).
+            if d > lap + 1 || claim >> 1 > lap {
                 self.w.ctrl.consumed.store(c + sbs, Release);
                 continue;
             }
@@ -1011,24 +1051,57 @@ impl<'a> RingReader<'a> {
         (unsafe { self.data.as_ptr().add(at) }, self.geo.subbuf_size as usize)
     }
 
-    /// The packet's bytes, to be written out as they are.
+    /// The packet's bytes, to be written out as they are (handed to
+    /// `write(2)`: the kernel copies them).
     ///
-    /// Meant for a mapping shared with *another process*: in overwrite mode
-    /// that process may rewrite them while they are read, which
-    /// [`RingReader::release`] detects afterwards. Within one process, use
-    /// [`RingReader::copy_packet`] instead.
-    pub fn packet_bytes(&self, p: &PacketRef) -> &[u8] {
+    /// # Safety
+    /// No thread of *this* process may write these bytes while the slice
+    /// lives: either the producer is another process (in overwrite mode it
+    /// may rewrite them meanwhile, outside this program's memory model;
+    /// [`RingReader::release`] then refuses the copy), or the ring is in
+    /// discard mode (a delivered packet is not reopened before its
+    /// release). Otherwise use [`RingReader::copy_packet`].
+    pub unsafe fn packet_bytes(&self, p: &PacketRef) -> &[u8] {
         let (ptr, len) = self.packet_ptr(p);
-        // SAFETY: `ptr..ptr+len` is one sub-buffer of the mapping borrowed for 'a.
+        // SAFETY: `ptr..ptr+len` is one sub-buffer of the mapping borrowed
+        // for 'a, not written by this process (the caller's promise).
         unsafe { core::slice::from_raw_parts(ptr, len) }
     }
 
-    /// Copies the packet into `out` (`subbuf_size` bytes).
+    /// Copies the packet into `out` (up to `subbuf_size` bytes).
+    ///
+    /// In overwrite mode the producer may be rewriting the bytes: this is
+    /// the read side of a seqlock (as crossbeam's `AtomicCell` fallback),
+    /// volatile loads that the compiler may neither elide nor tear into
+    /// assumptions, checked afterwards by [`RingReader::release`] (Acquire
+    /// fence, then the producer's `write` and the claim word). A torn copy
+    /// is thrown away, never used.
     pub fn copy_packet(&self, p: &PacketRef, out: &mut [u8]) {
         let (ptr, len) = self.packet_ptr(p);
-        // SAFETY: `ptr` is valid for `len` bytes; the producer may write them
-        // concurrently only in overwrite mode, which `release` detects.
-        unsafe { core::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), len.min(out.len())) };
+        let len = len.min(out.len());
+        // Word loads where the memory allows them (mappings are page
+        // aligned; a test's heap ring may not be), bytes otherwise.
+        let words = if ptr.align_offset(8) == 0 { len / 8 } else { 0 };
+        let src = ptr.cast::<u64>();
+        for (i, chunk) in out[..words * 8].chunks_exact_mut(8).enumerate() {
+            // SAFETY: `ptr` is 8-byte aligned (tested above) and valid for
+            // `len` bytes; word `i` lies inside them.
+            let w = unsafe { core::ptr::read_volatile(src.add(i)) };
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        for (i, b) in out[words * 8..len].iter_mut().enumerate() {
+            // SAFETY: as above, byte by byte for a tail shorter than a word.
+            *b = unsafe { core::ptr::read_volatile(ptr.add(words * 8 + i)) };
+        }
+    }
+
+    /// loom only: what the witness words of the packet's sub-buffer held
+    /// when this thread read them, as (offset in the packet, hash of the
+    /// piece written there). Call it right after [`RingReader::copy_packet`]:
+    /// together they model the copy's loads (see `Witness`).
+    #[cfg(loom)]
+    pub fn witnessed(&self, p: &PacketRef) -> std::vec::Vec<(u64, u64)> {
+        self.w.witness.snapshot(p.pos & (self.geo.buf_size() - 1), self.geo.subbuf_size)
     }
 
     /// Marks the packet read and advances the consumed position. Returns
@@ -1038,9 +1111,25 @@ impl<'a> RingReader<'a> {
         let ok = match self.mode {
             Mode::Discard => true,
             Mode::Overwrite => {
-                let idx = self.geo.index(p.pos) as usize;
-                let lap = self.geo.lap(p.pos);
-                self.w.claims[idx].compare_exchange(p.claim, claim::consumer(lap), AcqRel, Acquire).is_ok()
+                // Seqlock reader: the copy's loads come before the checks.
+                // If the copy saw a byte stored after a producer's move of
+                // `write` (each writer fences with Release after it), this
+                // load sees the move.
+                fence(Acquire);
+                let write = self.w.hdr.write.load(Relaxed);
+                let next_lap = p.pos + self.geo.buf_size();
+                if write & !CLOSED > next_lap {
+                    // Someone reserved in the next lap of this sub-buffer:
+                    // the copy may hold its bytes. Not claimed, so the
+                    // opener of that lap counts these records as overwritten.
+                    false
+                } else {
+                    let idx = self.geo.index(p.pos) as usize;
+                    let lap = self.geo.lap(p.pos);
+                    // Release: pairs with the opener's `swap` (AcqRel); the
+                    // one of the two first on the claim word owns the lap.
+                    self.w.claims[idx].compare_exchange(p.claim, claim::consumer(lap), AcqRel, Acquire).is_ok()
+                }
             }
         };
         self.w.ctrl.consumed.store(p.pos + self.geo.subbuf_size, Release);
@@ -1070,6 +1159,9 @@ pub mod heap {
         pub data: Box<[core::cell::UnsafeCell<u8>]>,
         /// Geometry.
         pub geo: Geometry,
+        /// What loom sees of `data` (see `Witness`).
+        #[cfg(loom)]
+        pub witness: crate::sync::Witness,
     }
 
     impl HeapRing {
@@ -1086,11 +1178,20 @@ pub mod heap {
                     .collect::<Vec<_>>()
                     .into_boxed_slice(),
                 geo,
+                #[cfg(loom)]
+                witness: Default::default(),
             }
         }
 
         fn words(&self) -> RingWords<'_> {
-            RingWords { hdr: &self.hdr, sb: &self.sb, ctrl: &self.ctrl, claims: &self.claims }
+            RingWords {
+                hdr: &self.hdr,
+                sb: &self.sb,
+                ctrl: &self.ctrl,
+                claims: &self.claims,
+                #[cfg(loom)]
+                witness: &self.witness,
+            }
         }
 
         fn data_ptr(&self) -> NonNull<u8> {

@@ -2,10 +2,51 @@
 //! model checker can explore every interleaving of reserve/commit/deliver/consume.
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use loom::sync::atomic::{fence, AtomicU64, Ordering};
 
 #[cfg(not(loom))]
-pub(crate) use core::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use core::sync::atomic::{fence, AtomicU64, Ordering};
+
+/// loom only: what the model checker sees of the sub-buffer bytes.
+///
+/// The bytes are plain memory, which loom does not model: a load there
+/// always returns the newest store, so no missing Release/Acquire on the
+/// protocol's words would ever show in them. So each piece a writer stores
+/// (a record, an opener's or a closer's header fields) also gets a witness:
+/// a modelled atomic at the piece's ring offset, stored `Relaxed` right after
+/// the bytes with the piece's hash. The consumer loads the witnesses of a
+/// sub-buffer (`Relaxed`) right after its copy; loom may return any store
+/// the memory model allows, so when nothing orders the writer's stores
+/// before the consumer's loads, some execution shows a stale witness, and the
+/// model's check (hash of each piece decoded == its witness) fails.
+#[cfg(loom)]
+#[derive(Default)]
+pub struct Witness(std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<AtomicU64>>>);
+
+#[cfg(loom)]
+impl Witness {
+    /// FNV-1a of `bytes`, never 0 (0 = nothing written yet).
+    pub fn hash(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1
+    }
+
+    fn at(&self, off: u64) -> std::sync::Arc<AtomicU64> {
+        // The lock is never held across a modelled operation (loom would
+        // switch threads there and the next thread would block for real).
+        let mut m = self.0.lock().unwrap();
+        m.entry(off).or_insert_with(|| std::sync::Arc::new(AtomicU64::new(0))).clone()
+    }
+
+    pub(crate) fn mark(&self, off: u64, bytes: &[u8]) {
+        self.at(off).store(Self::hash(bytes), Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, from: u64, len: u64) -> std::vec::Vec<(u64, u64)> {
+        let cells: std::vec::Vec<_> =
+            self.0.lock().unwrap().range(from..from + len).map(|(&k, v)| (k - from, v.clone())).collect();
+        cells.into_iter().map(|(o, a)| (o, a.load(Ordering::Relaxed))).collect()
+    }
+}
 
 /// Spin hint for the (bounded) retry loops; loom needs to be told to yield.
 #[inline]
@@ -27,4 +68,65 @@ pub(crate) fn light_fence() {
     loom::sync::atomic::fence(Ordering::SeqCst);
     #[cfg(not(loom))]
     core::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
+/// Places in the protocol where a test can stop a thread, to drive an exact
+/// interleaving (feature `test-hooks`; a no-op otherwise). Each sits on a
+/// cold path or the consumer's side, never on the record fast paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookPoint {
+    /// Shared reservation: `write` loaded (not closed), before the packet
+    /// boundary checks and the clock.
+    ReserveLoaded,
+    /// Shared reservation: the CAS that closes a packet succeeded; its end
+    /// fields are not written yet.
+    PacketCloseCas,
+    /// Overwrite mode: just before the opener's read-modify-write of the
+    /// previous lap's claim word.
+    OpenClaim,
+    /// Consumer: `next_packet` loaded `delivered`, not yet the claim word.
+    ReaderDelivered,
+}
+
+#[inline(always)]
+pub(crate) fn hook(_point: HookPoint) {
+    #[cfg(all(feature = "test-hooks", not(loom)))]
+    hooks::run(_point);
+}
+
+/// Per-thread hooks for deterministic interleaving tests.
+#[cfg(all(feature = "test-hooks", not(loom)))]
+pub mod hooks {
+    extern crate std;
+    use super::HookPoint;
+    use std::boxed::Box;
+    use std::cell::RefCell;
+
+    type Hook = Box<dyn FnMut(HookPoint)>;
+
+    std::thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Calls `f` at every [`HookPoint`] this thread passes, until [`clear`].
+    /// `f` may block (to let another thread run) but must not record on a
+    /// ring itself (the hook is not re-entrant).
+    pub fn set(f: impl FnMut(HookPoint) + 'static) {
+        HOOK.with(|h| *h.borrow_mut() = Some(Box::new(f)));
+    }
+
+    /// Removes this thread's hook.
+    pub fn clear() {
+        HOOK.with(|h| *h.borrow_mut() = None);
+    }
+
+    pub(crate) fn run(p: HookPoint) {
+        HOOK.with(|h| {
+            if let Ok(mut h) = h.try_borrow_mut() {
+                if let Some(f) = h.as_mut() {
+                    f(p);
+                }
+            }
+        });
+    }
 }

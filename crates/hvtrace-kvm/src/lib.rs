@@ -3,8 +3,10 @@
 //! `hvtrace-kvm` boots a fixed, hand-assembled guest program on N vCPUs (one OS
 //! thread each) and reports everything interesting that happens to a
 //! [`VmmObserver`]: every `KVM_RUN` entry, every VM exit, every paravirtual
-//! hypercall (entry and exit) and every guest event. The crate knows nothing
-//! about the tracer; another crate implements [`VmmObserver`] on top of it.
+//! hypercall (entry and exit) and every guest event. The VMM knows nothing
+//! about the tracer: [`kvm`] is the event set a tracing observer records
+//! (`hvtrace kvm` implements [`VmmObserver`] over the host's rings), and
+//! [`MAPPING`] maps that set onto the hypervisor model for `hvtrace analyze`.
 //!
 //! The VMM keeps its own counts ([`RunReport`]), independent of the observer, so a
 //! test can compare what a trace recorded with what really happened.
@@ -39,11 +41,15 @@
 //! byte (arg 0's low byte; returns 1), 3 = get vCPU id. Any other number returns
 //! [`hypercall::ENOSYS`].
 
+mod events;
 mod exit;
 pub mod guest;
+mod model;
 mod vmm;
 
+pub use events::{exit_fields, kvm, Access, ExitReason, Gpa, HypercallNr, Port, HYPERCALLS};
 pub use exit::{Exit, EXIT_REASONS};
+pub use model::{KvmMapping, MAPPING};
 pub use vmm::{kvm_available, RunReport, VcpuReport, Vmm, VmmConfig, VmmError, Workload, CONSOLE_KEEP};
 
 /// Hypercall numbers and well-known return values of the paravirtual interface.

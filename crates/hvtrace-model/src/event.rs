@@ -192,6 +192,12 @@ pub enum Event<'m> {
         /// Events lost.
         count: u64,
     },
+    /// The domain was destroyed: its vCPUs end here. A domain id used again
+    /// later is a new domain (Xen gives a rebuilt guest a new id anyway).
+    DomainGone {
+        /// The domain.
+        domain: u32,
+    },
     /// The record's source names the pCPU it happened on, which is not the
     /// stream's CPU (merged or re-homed streams): the events that follow
     /// from the same record happened on `pcpu`.
@@ -212,7 +218,7 @@ impl Event<'_> {
             | Event::HypercallExit { vcpu, .. }
             | Event::GuestEvent { vcpu, .. } => Some(vcpu),
             Event::Interrupt { domain: Some(d), vcpu: Some(v), .. } => Some(Vcpu::new(d, v)),
-            Event::Interrupt { .. } | Event::Lost { .. } | Event::OnPcpu { .. } => None,
+            Event::Interrupt { .. } | Event::Lost { .. } | Event::OnPcpu { .. } | Event::DomainGone { .. } => None,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! | [`Event::Interrupt`] | an interrupt injected into a domain, or taken by the hypervisor |
 //! | [`Event::GuestEvent`] | something the guest itself reported |
 //! | [`Event::Lost`] | an in-band loss record (packet-context losses come from the reader) |
+//! | [`Event::DomainGone`] | a domain was destroyed: its vCPUs end |
 //!
 //! Times are the records' timestamps: a model event has no clock of its own.
 //!
@@ -77,4 +78,4 @@ mod event;
 mod map;
 
 pub use event::{Access, Event, Exit, ExitDetail, Runstate, Vcpu};
-pub use map::{class, Bindings, Catalog, FieldValue, Fields, Mapper, Mapping};
+pub use map::{class, Bindings, Catalog, FieldValue, Fields, Labels, Mapper, Mapping};

@@ -53,6 +53,46 @@ pub fn class<const N: usize>(catalog: &dyn Catalog, event: &str, fields: [&str; 
     Some((id, at))
 }
 
+/// An enumeration field's labels, by value: how a mapper names exit
+/// reasons and hypercalls from the trace's own metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Labels {
+    sorted: Vec<(i64, String)>,
+    /// `dense[v]`: 1 + index in `sorted` of small value `v` (0: none), so
+    /// the per-record lookup is one load.
+    dense: Vec<u32>,
+}
+
+/// Values below this are looked up directly.
+const DENSE: i64 = 4096;
+
+impl Labels {
+    /// The labels of field `i` of event `id` (none if it is not an enumeration).
+    pub fn of(catalog: &dyn Catalog, id: u32, i: usize) -> Labels {
+        let mut sorted = catalog.enum_labels(id, i);
+        sorted.sort();
+        let top = sorted.iter().map(|(v, _)| *v).filter(|v| (0..DENSE).contains(v)).max();
+        let mut dense = vec![0; top.map_or(0, |t| t as usize + 1)];
+        for (i, (v, _)) in sorted.iter().enumerate().rev() {
+            if (0..DENSE).contains(v) {
+                dense[*v as usize] = i as u32 + 1;
+            }
+        }
+        Labels { sorted, dense }
+    }
+
+    /// The label of `value`.
+    #[inline]
+    pub fn get(&self, value: i64) -> Option<&str> {
+        let i = match usize::try_from(value).ok().and_then(|v| self.dense.get(v)) {
+            Some(0) => return None,
+            Some(i) => *i as usize - 1,
+            None => self.sorted.binary_search_by_key(&value, |(v, _)| *v).ok()?,
+        };
+        Some(&self.sorted[i].1)
+    }
+}
+
 /// A record's payload fields, by index, as a mapping reads them. The CTF
 /// reader implements it over values decoded in place; an importer can use
 /// a slice of [`FieldValue`]s.

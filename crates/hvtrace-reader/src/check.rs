@@ -297,6 +297,14 @@ impl StreamReport {
         self.packets.last().map_or(0, |p| p.events_discarded)
     }
 
+    /// Packets missing between intact packets: the sum of the gaps in
+    /// `packet_seq_num` (overwrite mode: packets overwritten before they
+    /// were read; babeltrace2 reports each gap as discarded packets). A gap
+    /// before the first packet is not counted, as no reader reports it.
+    pub fn packets_missing(&self) -> u64 {
+        self.packets.windows(2).map(|w| w[1].seq.saturating_sub(w[0].seq + 1)).sum()
+    }
+
     /// Whether nothing is damaged.
     pub fn is_intact(&self) -> bool {
         self.problems.is_empty()

@@ -11,12 +11,20 @@
 //!   consumer's [`account`]) with byte offsets; [`repair`] writes a copy that holds only
 //!   the intact packets, which babeltrace2 reads.
 //!
-//! Stream files are read into memory whole.
+//! * [`PacketReader`] walks a stream's packets a window at a time, so the
+//!   memory it needs does not grow with the file (`hvtrace analyze`).
+//! * The trace's [`TraceSchema`] is a `hvtrace_model::Catalog`, and
+//!   [`RecordFields`] a record's `hvtrace_model::Fields`: what an event
+//!   set's mapping onto the hypervisor model reads.
+//!
+//! `check` and `repair` read stream files into memory whole.
 #![forbid(unsafe_code)]
 
 pub mod account;
 mod check;
 mod dir;
+mod model;
+mod stream;
 pub mod tsdl;
 
 pub use account::{Account, ACCOUNT};
@@ -27,4 +35,6 @@ pub use check::{
 pub use dir::{
     packets, stream_cpu, Packet, PacketError, Packets, ReadError, StreamFile, TraceDir, INCOMPLETE, MAX_METADATA,
 };
+pub use model::{Layouts, RecordFields};
+pub use stream::PacketReader;
 pub use tsdl::{EventClass, FieldClass, Label, Metadata, MetadataError, TraceSchema};

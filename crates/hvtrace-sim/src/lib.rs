@@ -16,6 +16,8 @@
 //!
 //! * [`PcpuSim`] — one pCPU: [`PcpuSim::step`] emits exactly one event,
 //!   [`PcpuSim::run`] emits a count or runs until stopped, paced to a rate.
+//! * [`MAPPING`] — the `xen` set mapped onto the hypervisor model
+//!   (`hvtrace-model`), for `hvtrace analyze`.
 //! * [`SimConfig`] — domains, vCPUs per domain, pCPUs, seed. vCPUs are
 //!   partitioned: domain `d` (and all its vCPUs) lives on pCPU `d % pcpus`,
 //!   as in a cpupool, so the pCPU simulations share no state and a vCPU can
@@ -41,11 +43,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod model;
 mod rng;
 mod run;
 mod sim;
 mod types;
 
+pub use model::{XenMapping, MAPPING};
 pub use run::{RunConfig, SimStats, MAX_RATE};
 pub use sim::{PcpuSim, SimConfig, StepStats, MAX_DOMAINS, MAX_PCPUS, MAX_VCPUS};
 pub use types::*;

@@ -61,6 +61,18 @@ impl MappedReader {
         &self.reader
     }
 
+    /// The bytes of a packet [`MappedReader::reader`] found ready, to be
+    /// written out as they are; [`RingReader::release`] then says whether
+    /// they were intact (overwrite mode).
+    pub fn packet_bytes(&self, p: &hvtrace_core::ring::PacketRef) -> &[u8] {
+        // SAFETY: this mapping is read-only (`attach` got a read-only
+        // descriptor): the ring's writer stores through another mapping,
+        // normally in another process, so no Rust reference of this process
+        // covers the stores; the bytes may change under the slice only in
+        // overwrite mode, which `release` detects afterwards.
+        unsafe { self.reader.packet_bytes(p) }
+    }
+
     /// The ring's data mapping.
     pub fn data(&self) -> &SharedMapping {
         &self.data
@@ -110,7 +122,7 @@ mod tests {
         let r = m.reader();
         assert_eq!(r.cpu(), 3);
         let Poll::Ready(p) = r.next_packet() else { panic!("a packet was flushed") };
-        assert_eq!(&r.packet_bytes(&p)[..4], &0xC1FC_1FC1u32.to_le_bytes());
+        assert_eq!(&m.packet_bytes(&p)[..4], &0xC1FC_1FC1u32.to_le_bytes());
         assert!(r.release(&p));
         assert_eq!(r.next_packet(), Poll::Empty);
         assert_eq!(ring.counters().consumed_bytes, 4096);

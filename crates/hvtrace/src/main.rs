@@ -47,6 +47,9 @@ enum Command {
     /// Close the partial sub-buffers now so the consumer writes what was recorded so far
     Flush(cmd::control::SocketArgs),
     Check(cmd::check::Args),
+    Analyze(cmd::analyze::Args),
+    Export(cmd::export::Args),
+    Report(cmd::report::Args),
 }
 
 /// How a command ended: the binary's one table of exit statuses. Every
@@ -93,6 +96,9 @@ fn main() -> ExitCode {
         Command::Flush(a) => cmd::control::simple(a, hvtrace_proto::Request::Flush),
         Command::Status(a) => cmd::control::status(a),
         Command::Check(a) => cmd::check::run(a),
+        Command::Analyze(a) => cmd::analyze::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Report(a) => cmd::report::run(a),
     };
     match r {
         Ok(status) => status.into(),

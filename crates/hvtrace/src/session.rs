@@ -146,8 +146,17 @@ pub struct RingCount {
     pub cpu: u32,
     /// Records decoded from the stream file.
     pub recorded: u64,
-    /// Events the ring discarded (its counter).
+    /// Events the ring lost, all causes (its counters).
     pub discarded: u64,
+    /// Of those, events overwritten before they were read (overwrite mode):
+    /// the trace reports them as missing packets, not in `events_discarded`.
+    pub overwritten: u64,
+    /// The file's last `events_discarded` (all losses but the overwritten:
+    /// what babeltrace2 sums in its "discarded N events" warnings).
+    pub trace_discarded: u64,
+    /// Packets missing in the file (`packet_seq_num` gaps between packets:
+    /// babeltrace2's "discarded N packets").
+    pub packets_missing: u64,
     /// Packets in the file.
     pub packets: u64,
     /// File size.
@@ -174,6 +183,9 @@ pub fn count_rings(output: &Path, status: &StatusInfo, events: &[EventDesc], by_
             cpu: r.cpu,
             recorded: c.records,
             discarded: r.events_discarded,
+            overwritten: r.overwritten,
+            trace_discarded: c.events_discarded,
+            packets_missing: c.packets_missing,
             packets: c.packets,
             bytes: std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0),
             by_event,

@@ -18,6 +18,8 @@ pub struct StreamCount {
     pub bad_packets: u64,
     /// The last intact packet's cumulative `events_discarded`.
     pub events_discarded: u64,
+    /// Gaps in `packet_seq_num` between intact packets (overwritten packets).
+    pub packets_missing: u64,
 }
 
 /// Checks every packet of `file` (see `hvtrace_reader::check_stream`).
@@ -30,5 +32,6 @@ pub fn count_stream<S: Schema + ?Sized>(file: &Path, schema: &S) -> Result<Strea
         packets: (r.packets.len() + r.problems.len()) as u64,
         bad_packets: r.problems.len() as u64,
         events_discarded: r.events_discarded(),
+        packets_missing: r.packets_missing(),
     })
 }

@@ -79,7 +79,9 @@ struct CpuSummary {
     emitted: u64,
     recorded: u64,
     discarded: u64,
+    overwritten: u64,
     packets: u64,
+    packets_missing: u64,
     bytes: u64,
 }
 
@@ -90,7 +92,16 @@ struct Summary {
     mode: String,
     events_emitted: u64,
     events_recorded: u64,
+    /// All causes: `events_recorded + events_discarded == events_emitted`.
     events_discarded: u64,
+    /// Of those, overwritten (overwrite mode): in the trace as missing packets.
+    events_overwritten: u64,
+    /// What the trace's `events_discarded` says (babeltrace2's "discarded N
+    /// events" warnings add up to it, or to less when a stream's first
+    /// packet already carries losses: babeltrace2 gives no count for those).
+    trace_events_discarded: u64,
+    /// `packet_seq_num` gaps (babeltrace2's "discarded N packets").
+    packets_missing: u64,
     bytes: u64,
     packets: u64,
     elapsed_s: f64,
@@ -153,7 +164,9 @@ pub fn run(a: Args) -> Result<Status> {
             emitted: emitted(r.cpu),
             recorded: r.recorded,
             discarded: r.discarded,
+            overwritten: r.overwritten,
             packets: r.packets,
+            packets_missing: r.packets_missing,
             bytes: r.bytes,
         })
         .collect();
@@ -164,6 +177,9 @@ pub fn run(a: Args) -> Result<Status> {
         events_emitted: done.emitted,
         events_recorded: session::total(&rings, |r| r.recorded),
         events_discarded: session::total(&rings, |r| r.discarded),
+        events_overwritten: session::total(&rings, |r| r.overwritten),
+        trace_events_discarded: session::total(&rings, |r| r.trace_discarded),
+        packets_missing: session::total(&rings, |r| r.packets_missing),
         bytes: session::total(&rings, |r| r.bytes),
         packets: session::total(&rings, |r| r.packets),
         elapsed_s: elapsed.as_secs_f64(),
@@ -173,6 +189,17 @@ pub fn run(a: Args) -> Result<Status> {
     let mut out = std::io::stdout().lock();
     print_summary(&mut out, &s, &rings, a.json)?;
     out.flush()?;
+    for r in &rings {
+        if r.trace_discarded != r.discarded - r.overwritten {
+            bail!(
+                "cpu {}: the trace's events_discarded is {}, the host counted {} lost ({} of them overwritten)",
+                r.cpu,
+                r.trace_discarded,
+                r.discarded,
+                r.overwritten
+            );
+        }
+    }
     if s.events_recorded + s.events_discarded != s.events_emitted {
         bail!(
             "accounting mismatch: recorded {} + discarded {} != emitted {}",
@@ -227,6 +254,12 @@ fn print_summary(out: &mut impl Write, s: &Summary, rings: &[session::RingCount]
         s.events_per_second / 1e6,
         s.bytes as f64 / s.events_recorded.max(1) as f64,
         s.mode
+    )?;
+    writeln!(
+        out,
+        "in the trace: {} events discarded (events_discarded: babeltrace2's \"discarded N events\"), \
+         {} packets missing (packet_seq_num gaps: its \"discarded N packets\") holding the {} events overwritten",
+        s.trace_events_discarded, s.packets_missing, s.events_overwritten
     )?;
     session::print_open_hints(out, &s.trace)
 }

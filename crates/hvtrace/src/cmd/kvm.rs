@@ -19,10 +19,11 @@ use hvtrace_proto::Request;
 
 use crate::cmd::consume::consumer_threads;
 use crate::cmd::control::ChannelArgs;
-use crate::kvm_events::{kvm, TraceObserver};
+use crate::kvm_events::TraceObserver;
 use crate::out::{host_logger, note};
 use crate::session::{self, RingCount};
 use crate::Status;
+use hvtrace_kvm::kvm;
 
 /// Run a KVM micro-VMM whose VM exits, hypercalls and guest events are traced.
 ///
@@ -131,6 +132,17 @@ struct Summary {
     packets: u64,
     per_event: Vec<EventCount>,
     per_cpu: Vec<RingSummary>,
+    /// The VMM's own exit counts per vCPU and `KVM_EXIT_*` reason (what
+    /// `hvtrace analyze` must find in the trace).
+    per_vcpu: Vec<VcpuExits>,
+}
+
+/// One vCPU's exits by reason, as the VMM counted them.
+#[derive(serde::Serialize)]
+struct VcpuExits {
+    vcpu: u32,
+    /// `KVM_EXIT_*` number (as a string: a JSON key) → exits.
+    exits_by_reason: std::collections::BTreeMap<u32, u64>,
 }
 
 pub fn run(a: Args) -> Result<Status> {
@@ -317,6 +329,12 @@ fn summary(
                 packets: c.packets,
                 bytes: c.bytes,
             })
+            .collect(),
+        per_vcpu: r
+            .per_vcpu
+            .iter()
+            .enumerate()
+            .map(|(i, v)| VcpuExits { vcpu: i as u32, exits_by_reason: v.exits_by_reason.clone() })
             .collect(),
     }
 }

@@ -1,8 +1,11 @@
 //! One module per subcommand.
 
+pub mod analyze;
 pub mod check;
 pub mod consume;
 pub mod control;
 pub mod demo;
+pub mod export;
 pub mod kvm;
+pub mod report;
 pub mod sim;

@@ -1,0 +1,450 @@
+//! The analyses' state while records stream by: per vCPU its runstate, the
+//! exit and hypercall it is in, and the figures so far; per pCPU its busy
+//! and missing time. Everything is in clock ticks; the report converts.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hdrhistogram::Histogram;
+use hvtrace_model::{Event, ExitDetail, Runstate, Vcpu};
+
+use crate::report::{vcpu_report, Clock, VcpuReport};
+
+/// Count, total and distribution of some intervals (ticks).
+pub(crate) struct Durations {
+    pub count: u64,
+    pub total: u64,
+    pub min: u64,
+    pub max: u64,
+    /// Bucket counts as u32: a bucket would need 4 billion intervals to saturate.
+    pub hist: Histogram<u32>,
+}
+
+impl Durations {
+    pub fn new() -> Durations {
+        // 2 significant figures, auto-resizing: percentiles within 1 %, and
+        // histograms small enough that dozens per vCPU stay in cache.
+        Durations { count: 0, total: 0, min: u64::MAX, max: 0, hist: Histogram::new(2).expect("2 sigfig is valid") }
+    }
+
+    #[inline]
+    pub fn add(&mut self, d: u64) {
+        self.count += 1;
+        self.total += d;
+        self.min = self.min.min(d);
+        self.max = self.max.max(d);
+        // `record` grows the histogram (auto-resize); `saturating_record`
+        // would clamp to its initial range.
+        if self.hist.record(d).is_err() {
+            self.hist.saturating_record(d);
+        }
+    }
+}
+
+/// A vCPU's state in the runstate table: the model's four, and lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    Model(Runstate),
+    Lost,
+}
+
+/// Table rows: running, runnable, blocked, offline, lost, then runnable's
+/// split: wake (from blocked or offline), preempt (from running), other
+/// (from an unknown or lost state).
+pub(crate) const ROWS: usize = 8;
+pub(crate) const LOST: usize = 4;
+pub(crate) const WAKE: usize = 5;
+pub(crate) const PREEMPT: usize = 6;
+pub(crate) const OTHER: usize = 7;
+
+fn row(s: State) -> usize {
+    match s {
+        State::Model(r) => r as usize,
+        State::Lost => LOST,
+    }
+}
+
+/// One exit reason of one vCPU.
+pub(crate) struct ExitAcc {
+    pub code: u32,
+    pub name: String,
+    /// Exits seen (with or without a following entry).
+    pub count: u64,
+    /// Exit-to-entry times.
+    pub times: Durations,
+}
+
+/// One exit detail (port, address, …) of one reason of one vCPU: no
+/// histogram (there may be many ports and addresses), totals only.
+#[derive(Default)]
+pub(crate) struct DetailAcc {
+    pub count: u64,
+    pub total: u64,
+    pub max: u64,
+}
+
+/// One hypercall number of one vCPU.
+pub(crate) struct CallAcc {
+    pub name: String,
+    pub count: u64,
+    pub times: Durations,
+}
+
+pub(crate) struct VcpuAcc {
+    pub id: Vcpu,
+    /// pCPU of its last event: where a loss on that pCPU hides it.
+    pub home: u32,
+    /// Current state, since when, and the pCPU it started on.
+    pub state: Option<State>,
+    pub since: u64,
+    pub state_pcpu: u32,
+    /// The runnable row (wake / preempt / other) of the current runnable interval.
+    pub runnable_row: usize,
+    /// Its first event, and when its state first became known: tracking
+    /// starts there (or at the first event, for a source without runstates).
+    pub first: u64,
+    pub known_since: Option<u64>,
+    pub states: Vec<Durations>,
+    /// Open exit: index in `exits`, detail, time.
+    pub open_exit: Option<(usize, ExitDetail, u64)>,
+    pub exits: Vec<ExitAcc>,
+    pub details: BTreeMap<(u32, ExitDetail), DetailAcc>,
+    /// Exits that never saw their entry (the trace ended, or data was lost).
+    pub exits_unmatched: u64,
+    pub open_call: Option<(usize, u64)>,
+    pub calls: BTreeMap<u32, CallAcc>,
+    pub guest: BTreeMap<u32, (String, u64)>,
+    /// Time on each pCPU (running).
+    pub on_pcpu: BTreeMap<u32, u64>,
+    /// Its rows, once its domain is gone (its accumulators are then freed:
+    /// a long trace of guests rebuilt under new ids must not grow memory).
+    pub gone: Option<VcpuReport>,
+}
+
+#[derive(Default)]
+pub(crate) struct PcpuAcc {
+    pub discarded: u64,
+    pub busy: u64,
+    pub missing: u64,
+}
+
+/// The window the figures cover, in ticks: `[from, to)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Window {
+    /// The part of `[a, b)` inside the window.
+    #[inline]
+    pub fn clip(&self, a: u64, b: u64) -> u64 {
+        b.min(self.to).saturating_sub(a.max(self.from))
+    }
+    #[inline]
+    pub fn holds(&self, t: u64) -> bool {
+        t >= self.from && t < self.to
+    }
+}
+
+pub(crate) struct Acc {
+    pub window: Window,
+    clk: Clock,
+    pub vcpus: Vec<VcpuAcc>,
+    index: HashMap<Vcpu, usize>,
+    /// The vCPUs whose domain is not gone, with their index.
+    live: Vec<(Vcpu, usize)>,
+    last: Option<(Vcpu, usize)>,
+    pub pcpus: BTreeMap<u32, PcpuAcc>,
+    /// `(domain, vector)` → count; domain `None`: the hypervisor's own.
+    pub interrupts: BTreeMap<(Option<u32>, u32), u64>,
+    /// In-band loss records (`Event::Lost`).
+    pub lost_in_band: u64,
+}
+
+impl Acc {
+    pub fn new(window: Window, clk: Clock) -> Acc {
+        Acc {
+            window,
+            clk,
+            vcpus: Vec::new(),
+            index: HashMap::new(),
+            live: Vec::new(),
+            last: None,
+            pcpus: BTreeMap::new(),
+            interrupts: BTreeMap::new(),
+            lost_in_band: 0,
+        }
+    }
+
+    pub fn pcpu(&mut self, cpu: u32) -> &mut PcpuAcc {
+        self.pcpus.entry(cpu).or_default()
+    }
+
+    fn vcpu(&mut self, id: Vcpu, pcpu: u32, t: u64) -> &mut VcpuAcc {
+        let i = match self.last {
+            Some((v, i)) if v == id => i,
+            _ => {
+                let n = self.vcpus.len();
+                // A few live vCPUs: a scan beats hashing.
+                let known = if self.live.len() <= 32 {
+                    self.live.iter().find(|(v, _)| *v == id).map(|(_, i)| *i)
+                } else {
+                    self.index.get(&id).copied()
+                };
+                let i = known.unwrap_or(n);
+                if i == n {
+                    self.index.insert(id, n);
+                    self.live.push((id, n));
+                }
+                if i == n {
+                    self.vcpus.push(VcpuAcc {
+                        id,
+                        home: pcpu,
+                        state: None,
+                        since: t,
+                        state_pcpu: pcpu,
+                        runnable_row: OTHER,
+                        first: t,
+                        known_since: None,
+                        states: (0..ROWS).map(|_| Durations::new()).collect(),
+                        open_exit: None,
+                        exits: Vec::new(),
+                        details: BTreeMap::new(),
+                        exits_unmatched: 0,
+                        open_call: None,
+                        calls: BTreeMap::new(),
+                        guest: BTreeMap::new(),
+                        on_pcpu: BTreeMap::new(),
+                        gone: None,
+                    });
+                }
+                self.last = Some((id, i));
+                i
+            }
+        };
+        &mut self.vcpus[i]
+    }
+
+    /// One model event at time `t` on `pcpu`.
+    pub fn event(&mut self, pcpu: u32, t: u64, e: Event<'_>) {
+        let w = self.window;
+        // An interrupt names its target, but happens where it is taken: it
+        // says nothing of where the target runs or what state it is in.
+        let actor = match e {
+            Event::Interrupt { .. } => None,
+            _ => e.vcpu(),
+        };
+        if let Some(id) = actor {
+            let v = self.vcpu(id, pcpu, t);
+            v.home = pcpu;
+            if v.state == Some(State::Lost) {
+                // Whatever the vCPU does next ends the gap: a runstate
+                // change says its state, anything else that it runs.
+                let new = match e {
+                    Event::Runstate { new, .. } => new,
+                    _ => Runstate::Running,
+                };
+                let busy = set_state(v, w, t, State::Model(new), pcpu);
+                self.add_busy(busy);
+                if matches!(e, Event::Runstate { .. }) {
+                    return;
+                }
+            }
+        }
+        match e {
+            Event::Exit { vcpu, exit } => {
+                let v = self.vcpu(vcpu, pcpu, t);
+                if v.open_exit.take().is_some() {
+                    v.exits_unmatched += 1;
+                }
+                let i = match v.exits.iter().position(|x| x.code == exit.code) {
+                    Some(i) => i,
+                    None => {
+                        v.exits.push(ExitAcc {
+                            code: exit.code,
+                            name: exit.name.to_string(),
+                            count: 0,
+                            times: Durations::new(),
+                        });
+                        v.exits.len() - 1
+                    }
+                };
+                if w.holds(t) {
+                    v.exits[i].count += 1;
+                }
+                v.open_exit = Some((i, exit.detail, t));
+            }
+            Event::Entry { vcpu } => {
+                let v = self.vcpu(vcpu, pcpu, t);
+                if let Some((i, detail, t0)) = v.open_exit.take() {
+                    if w.holds(t0) {
+                        let d = t.saturating_sub(t0);
+                        let x = &mut v.exits[i];
+                        x.times.add(d);
+                        if detail != ExitDetail::None {
+                            let k = v.details.entry((x.code, detail)).or_default();
+                            k.count += 1;
+                            k.total += d;
+                            k.max = k.max.max(d);
+                        }
+                    }
+                }
+            }
+            Event::Runstate { vcpu, new } => {
+                let v = self.vcpu(vcpu, pcpu, t);
+                let busy = set_state(v, w, t, State::Model(new), pcpu);
+                self.add_busy(busy);
+            }
+            Event::HypercallEntry { vcpu, nr, name } => {
+                let v = self.vcpu(vcpu, pcpu, t);
+                let c = v.calls.entry(nr).or_insert_with(|| CallAcc {
+                    name: name.to_string(),
+                    count: 0,
+                    times: Durations::new(),
+                });
+                if w.holds(t) {
+                    c.count += 1;
+                }
+                v.open_call = Some((nr as usize, t));
+            }
+            Event::HypercallExit { vcpu, nr, .. } => {
+                let v = self.vcpu(vcpu, pcpu, t);
+                if let Some((open, t0)) = v.open_call.take() {
+                    if open == nr as usize && w.holds(t0) {
+                        if let Some(c) = v.calls.get_mut(&nr) {
+                            c.times.add(t.saturating_sub(t0));
+                        }
+                    }
+                }
+            }
+            Event::Interrupt { vector, domain, .. } if w.holds(t) => {
+                *self.interrupts.entry((domain, vector)).or_default() += 1;
+            }
+            Event::GuestEvent { vcpu, kind, name, .. } => {
+                let v = self.vcpu(vcpu, pcpu, t);
+                if w.holds(t) {
+                    v.guest.entry(kind).or_insert_with(|| (name.to_string(), 0)).1 += 1;
+                }
+            }
+            Event::DomainGone { domain } => self.domain_gone(domain, t),
+            // The walker handles these: it knows the pCPU's previous record
+            // (where a loss starts) and what follows from the same record.
+            Event::Lost { .. } | Event::OnPcpu { .. } => {}
+            _ => {}
+        }
+    }
+
+    /// The vCPUs of `domain` end at `t`: their rows are made now and their
+    /// accumulators freed.
+    fn domain_gone(&mut self, domain: u32, t: u64) {
+        let (w, clk) = (self.window, self.clk);
+        let mut busy = Vec::new();
+        for v in self.vcpus.iter_mut().filter(|v| v.id.domain == domain && v.gone.is_none()) {
+            if let Some(s) = v.state.take() {
+                busy.extend(close(v, w, t, s));
+            }
+            if v.open_exit.take().is_some() {
+                v.exits_unmatched += 1;
+            }
+            v.open_call = None;
+            v.gone = Some(vcpu_report(v, clk, w, t.min(w.to)));
+            v.states = Vec::new();
+            v.exits = Vec::new();
+            v.details = BTreeMap::new();
+            v.calls = BTreeMap::new();
+            v.guest = BTreeMap::new();
+            self.index.remove(&v.id);
+        }
+        self.live.retain(|(v, _)| v.domain != domain);
+        self.last = None;
+        for b in busy {
+            self.add_busy(Some(b));
+        }
+    }
+
+    fn add_busy(&mut self, busy: Option<(u32, u64)>) {
+        if let Some((cpu, d)) = busy {
+            self.pcpu(cpu).busy += d;
+        }
+    }
+
+    /// `count` events of `pcpu` were lost between `from` and `to`: the
+    /// vCPUs last seen there are in an unknown state from `from` until
+    /// their next event.
+    pub fn loss(&mut self, pcpu: u32, from: u64, to: u64, count: u64) {
+        let w = self.window;
+        let p = self.pcpu(pcpu);
+        p.discarded += count;
+        p.missing += w.clip(from, to);
+        let mut busy = Vec::new();
+        for v in self.vcpus.iter_mut().filter(|v| v.home == pcpu && v.gone.is_none()) {
+            if v.state == Some(State::Lost) {
+                continue;
+            }
+            if v.open_exit.take().is_some() {
+                v.exits_unmatched += 1;
+            }
+            v.open_call = None;
+            busy.extend(set_state(v, w, from.max(v.since), State::Lost, pcpu));
+        }
+        for b in busy {
+            self.add_busy(Some(b));
+        }
+    }
+
+    /// Closes every open interval at `end`.
+    pub fn finish(&mut self, end: u64) {
+        let w = self.window;
+        let mut busy = Vec::new();
+        for v in self.vcpus.iter_mut().filter(|v| v.gone.is_none()) {
+            if let Some(s) = v.state {
+                busy.extend(close(v, w, end, s));
+            }
+            if v.open_exit.take().is_some() {
+                v.exits_unmatched += 1;
+            }
+        }
+        for b in busy {
+            self.add_busy(Some(b));
+        }
+    }
+}
+
+/// Ends the vCPU's current interval at `t`; returns the pCPU busy time it adds.
+fn close(v: &mut VcpuAcc, w: Window, t: u64, s: State) -> Option<(u32, u64)> {
+    let t = t.max(v.since);
+    let d = w.clip(v.since, t);
+    if d == 0 && !w.holds(v.since) {
+        return None;
+    }
+    v.states[row(s)].add(d);
+    if s == State::Model(Runstate::Runnable) {
+        v.states[v.runnable_row].add(d);
+    }
+    if s == State::Model(Runstate::Running) {
+        *v.on_pcpu.entry(v.state_pcpu).or_default() += d;
+        return Some((v.state_pcpu, d));
+    }
+    None
+}
+
+/// Moves the vCPU to `new` at `t` (nothing if it is there already).
+fn set_state(v: &mut VcpuAcc, w: Window, t: u64, new: State, pcpu: u32) -> Option<(u32, u64)> {
+    if v.state == Some(new) {
+        return None;
+    }
+    let old = v.state;
+    let busy = old.and_then(|s| close(v, w, t, s));
+    if new == State::Model(Runstate::Runnable) {
+        v.runnable_row = match old {
+            Some(State::Model(Runstate::Blocked | Runstate::Offline)) => WAKE,
+            Some(State::Model(Runstate::Running)) => PREEMPT,
+            _ => OTHER,
+        };
+    }
+    v.state = Some(new);
+    v.since = t.max(v.since);
+    v.known_since.get_or_insert(v.since);
+    v.state_pcpu = pcpu;
+    busy
+}

@@ -1,0 +1,171 @@
+//! # hvtrace-analysis — from a trace to answers
+//!
+//! [`analyze`] reads a trace directory once and reports, per vCPU, per
+//! pCPU and for the whole trace (or a window of it):
+//!
+//! * **exits** by reason: count, share, exit-to-entry time (total, share of
+//!   the vCPU's time, min / avg / p50 / p95 / p99 / max), and by detail
+//!   (I/O port and direction, MMIO address, …);
+//! * **runstates**: count, total, share, avg and percentiles of the intervals
+//!   in running / runnable / blocked / offline, runnable split into wake and
+//!   preempt (xenalyze's split), and *lost*: time a vCPU's state is unknown
+//!   because events of its pCPU were lost, never given to another state;
+//! * **hypercalls** by number (count, entry-to-exit time); **guest events**
+//!   by kind; **interrupts** by domain and vector;
+//! * **pCPUs**: time per vCPU, idle, time with data missing, events lost;
+//! * and, for any trace, even one whose events map to nothing: events per
+//!   CPU and per event class, rates, losses, duration.
+//!
+//! The analyses see only the hypervisor model (`hvtrace-model`): the caller
+//! passes the event sets' mappings (`hvtrace_sim::MAPPING`,
+//! `hvtrace_kvm::MAPPING`, …). Percentiles come from `hdrhistogram` (3
+//! significant figures). Every figure is defined in `docs/analysis.md`.
+//!
+//! ## Speed and memory
+//!
+//! Each stream is read a window of packets at a time
+//! ([`hvtrace_reader::PacketReader`]); records are decoded in place and
+//! only those a mapping takes have their fields decoded. Streams are merged
+//! by timestamp only when some mapping bound (a vCPU may move between
+//! pCPUs); otherwise they are counted one after the other. Memory grows
+//! with the number of vCPUs, reasons and streams, not with the trace.
+//!
+//! ## Damage
+//!
+//! A packet or record that does not decode stops the fast pass; the trace
+//! is then checked stream by stream with `hvtrace check`'s walker
+//! ([`hvtrace_reader::check_stream`]) and analysed again over the intact
+//! packets only, with one warning per skipped stretch. A skipped stretch is
+//! a gap: its time is *lost* for the vCPUs of that pCPU.
+#![forbid(unsafe_code)]
+
+mod acc;
+mod output;
+mod report;
+mod walk;
+
+use std::fmt;
+use std::path::Path;
+
+use hvtrace_model::{Bindings, Mapping};
+use hvtrace_reader::{check_stream, Expect, ReadError, TraceDir};
+
+pub use output::{write_csv, write_text};
+pub use report::{
+    CallRow, ClassReport, CpuReport, DetailRow, ExitRow, GuestRow, InterruptReport, PcpuReport, PcpuTime, Report,
+    Runstates, StateRow, VcpuReport, VcpuTime,
+};
+
+/// What to analyse.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Start of the window, in ns after the trace's first record.
+    pub from_ns: Option<u64>,
+    /// End of the window, in ns after the trace's first record.
+    pub to_ns: Option<u64>,
+}
+
+/// Why a trace cannot be analysed.
+#[derive(Debug)]
+pub enum Error {
+    /// The directory or a stream cannot be read.
+    Read(ReadError),
+    /// `--from` is not before `--to`.
+    Window {
+        /// Start, ns.
+        from: u64,
+        /// End, ns.
+        to: u64,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Read(e) => e.fmt(f),
+            Error::Window { from, to } => write!(f, "empty window: from {from} ns is not before to {to} ns"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Read(e) => Some(e),
+            Error::Window { .. } => None,
+        }
+    }
+}
+
+/// Progress of [`analyze`]: bytes of stream files read so far, of `total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes read.
+    pub done: u64,
+    /// Bytes of all stream files.
+    pub total: u64,
+}
+
+/// Analyses the trace at `dir` over the hypervisor model, with the event
+/// sets' `mappings`; `progress` is called after each packet.
+pub fn analyze(
+    dir: &Path,
+    mappings: &[&dyn Mapping],
+    opts: &Options,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Report, Error> {
+    if let (Some(from), Some(to)) = (opts.from_ns, opts.to_ns) {
+        if from >= to {
+            return Err(Error::Window { from, to });
+        }
+    }
+    let trace = TraceDir::open(dir).map_err(Error::Read)?;
+    let freq = trace.metadata.clock.freq.max(1);
+    let ticks = |ns: u64| (u128::from(ns) * u128::from(freq) / 1_000_000_000) as u64;
+    let range = walk::Range { from: opts.from_ns.map(ticks), to: opts.to_ns.map(ticks) };
+    let bindings = Bindings::bind(mappings, trace.schema());
+    let mut warnings = Vec::new();
+    if let Some(note) = &trace.incomplete {
+        warnings.push(if note.is_empty() {
+            "the trace was cut short (INCOMPLETE)".to_string()
+        } else {
+            format!("the trace was cut short (INCOMPLETE: {note})")
+        });
+    }
+    let mut report_progress = |done, total| progress(Progress { done, total });
+    let pass = match walk::pass(&trace, &bindings, None, range, &mut report_progress) {
+        Ok(p) => p,
+        Err(walk::Stop::Read(e)) => return Err(Error::Read(e)),
+        Err(walk::Stop::Damage { stream, offset, what }) => {
+            warnings.push(format!("{stream}: damage at byte {offset} ({what}); analysing the intact packets only"));
+            let mut only = Vec::new();
+            for s in &trace.streams {
+                let bytes = s.read().map_err(Error::Read)?;
+                let expect = Expect { uuid: Some(trace.metadata.uuid), cpu: Some(s.cpu) };
+                let r = check_stream(&bytes, trace.schema(), &expect);
+                for p in &r.problems {
+                    warnings.push(format!("{}: skipped {p}", s.name));
+                }
+                only.push(r.packets.iter().map(|p| (p.offset, p.len)).collect());
+            }
+            match walk::pass(&trace, &bindings, Some(only), range, &mut report_progress) {
+                Ok(p) => p,
+                Err(walk::Stop::Read(e)) => return Err(Error::Read(e)),
+                // The checker vouched for these packets: a disagreement is
+                // reported, not hidden.
+                Err(walk::Stop::Damage { stream, offset, what }) => {
+                    return Err(Error::Read(ReadError::Output {
+                        path: dir.join(stream),
+                        why: format!("packet at byte {offset} passed the check but does not decode: {what}"),
+                    }))
+                }
+            }
+        }
+    };
+    let sets = bindings.names().iter().map(|s| s.to_string()).collect();
+    let mut report = report::build(dir.display().to_string(), pass, freq, sets, warnings);
+    for c in &mut report.event_classes {
+        c.name = trace.schema().event(c.id).map_or_else(String::new, |e| e.name.clone());
+    }
+    Ok(report)
+}

@@ -1,0 +1,177 @@
+//! The reader's side of the hypervisor model's mapping interface: a trace's
+//! event classes as a [`Catalog`], a record's payload as [`Fields`].
+
+use hvtrace_core::decode::{decode_field, Record, Schema, Value};
+use hvtrace_core::FieldKind;
+use hvtrace_model::{Catalog, Fields};
+
+use crate::tsdl::TraceSchema;
+
+impl Catalog for TraceSchema {
+    fn event_count(&self) -> u32 {
+        self.events.len() as u32
+    }
+    fn event_name(&self, id: u32) -> Option<&str> {
+        self.event(id).map(|e| e.name.as_str())
+    }
+    fn field_count(&self, id: u32) -> usize {
+        self.event(id).map_or(0, |e| e.fields.len())
+    }
+    fn field_name(&self, id: u32, i: usize) -> Option<&str> {
+        Some(self.event(id)?.fields.get(i)?.name.as_str())
+    }
+    fn enum_labels(&self, id: u32, i: usize) -> Vec<(i64, String)> {
+        self.event(id)
+            .and_then(|e| e.fields.get(i))
+            .map(|f| f.labels.iter().map(|l| (l.value, l.label.clone())).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The trace's event layouts, for reading fast: per event, each payload
+/// field's kind and, while every field before it has a fixed size, its
+/// offset (so a mapper's read of one field decodes that field alone), and
+/// the payload's length when it is fixed (so, as the decoder's [`Schema`],
+/// a record is skipped without walking its fields).
+#[derive(Clone, Debug)]
+pub struct Layouts {
+    events: Vec<Vec<(FieldKind, Option<u32>)>>,
+    /// Per event, per field: the compact form of an integer at a fixed
+    /// offset, the per-record fast path (8 bytes, no `FieldKind` copy).
+    ints: Vec<Vec<FixedInt>>,
+    fixed: Vec<Option<usize>>,
+}
+
+/// An integer (or enumeration) field at a fixed payload offset; `bits` 0:
+/// any other field.
+#[derive(Clone, Copy, Debug, Default)]
+struct FixedInt {
+    at: u32,
+    bits: u8,
+    signed: bool,
+}
+
+impl Schema for Layouts {
+    #[inline]
+    fn field_count(&self, id: u32) -> Option<usize> {
+        self.events.get(id as usize).map(Vec::len)
+    }
+    #[inline]
+    fn field_kind(&self, id: u32, i: usize) -> FieldKind {
+        self.events[id as usize][i].0
+    }
+    #[inline]
+    fn fixed_payload_len(&self, id: u32) -> Option<usize> {
+        *self.fixed.get(id as usize)?
+    }
+}
+
+impl Layouts {
+    /// The layouts of `schema`'s events.
+    pub fn new(schema: &TraceSchema) -> Layouts {
+        let events: Vec<Vec<(FieldKind, Option<u32>)>> = schema
+            .events
+            .iter()
+            .map(|e| {
+                let mut at = Some(0u32);
+                e.fields
+                    .iter()
+                    .map(|f| {
+                        let here = at;
+                        at = at.zip(f.kind.fixed_len()).map(|(a, n)| a + n as u32);
+                        (f.kind, here)
+                    })
+                    .collect()
+            })
+            .collect();
+        let fixed =
+            schema.events.iter().map(|e| e.fields.iter().map(|f| f.kind.fixed_len()).sum::<Option<usize>>()).collect();
+        let ints = events
+            .iter()
+            .map(|fields| {
+                fields
+                    .iter()
+                    .map(|(kind, at)| match (kind, at) {
+                        (FieldKind::Int { bits, signed, .. } | FieldKind::Enum { bits, signed, .. }, Some(at)) => {
+                            FixedInt { at: *at, bits: *bits, signed: *signed }
+                        }
+                        _ => FixedInt::default(),
+                    })
+                    .collect()
+            })
+            .collect();
+        Layouts { events, ints, fixed }
+    }
+}
+
+/// A record's payload fields, decoded one at a time as they are read (no
+/// allocation; a field after a string or array is found by walking to it).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordFields<'p, 's> {
+    fields: &'s [(FieldKind, Option<u32>)],
+    ints: &'s [FixedInt],
+    payload: &'p [u8],
+}
+
+impl<'p, 's> RecordFields<'p, 's> {
+    /// The fields of `record` (of an event `layouts` knows; others have none).
+    #[inline]
+    pub fn new(layouts: &'s Layouts, record: &Record<'p>) -> RecordFields<'p, 's> {
+        let id = record.id as usize;
+        let fields = layouts.events.get(id).map_or(&[][..], |f| &f[..]);
+        let ints = layouts.ints.get(id).map_or(&[][..], |f| &f[..]);
+        RecordFields { fields, ints, payload: record.payload }
+    }
+
+    /// Field `i`'s value.
+    #[inline]
+    pub fn value(&self, i: usize) -> Option<Value<'p>> {
+        let (kind, at) = self.fields.get(i)?;
+        if let Some(at) = at {
+            return decode_field(kind, self.payload.get(*at as usize..)?).map(|(v, _)| v);
+        }
+        let mut rest = self.payload;
+        for (k, (kind, _)) in self.fields.iter().enumerate() {
+            let (v, n) = decode_field(kind, rest)?;
+            if k == i {
+                return Some(v);
+            }
+            rest = &rest[n..];
+        }
+        None
+    }
+}
+
+impl<'p> Fields<'p> for RecordFields<'p, '_> {
+    #[inline]
+    fn uint(&self, i: usize) -> Option<u64> {
+        // The common case, an integer at a fixed offset, read directly.
+        if let Some(&FixedInt { at, bits, signed }) = self.ints.get(i).filter(|f| f.bits != 0) {
+            let (at, p) = (at as usize, self.payload);
+            let u = match bits {
+                8 => u64::from(*p.get(at)?),
+                16 => u64::from(u16::from_le_bytes(p.get(at..at + 2)?.try_into().ok()?)),
+                32 => u64::from(u32::from_le_bytes(p.get(at..at + 4)?.try_into().ok()?)),
+                _ => u64::from_le_bytes(p.get(at..at + 8)?.try_into().ok()?),
+            };
+            return Some(if signed && bits < 64 {
+                let shift = 64 - u32::from(bits);
+                (((u << shift) as i64) >> shift) as u64
+            } else {
+                u
+            });
+        }
+        match self.value(i)? {
+            Value::U(u) => Some(u),
+            Value::I(v) | Value::Enum(v) => Some(v as u64),
+            Value::F(_) | Value::Str(_) | Value::Bytes(_) => None,
+        }
+    }
+    #[inline]
+    fn bytes(&self, i: usize) -> Option<&'p [u8]> {
+        match self.value(i)? {
+            Value::Str(b) | Value::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! `hvtrace export`: a trace in another tool's format (the work is
+//! `hvtrace_view`; this parses and writes the file).
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::analyze::MAPPINGS;
+use crate::out::note;
+use crate::Status;
+
+/// Formats `export` writes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Format {
+    /// Perfetto's native protobuf trace: open it in ui.perfetto.dev.
+    Perfetto,
+}
+
+/// Write a trace in another tool's format: `--format perfetto` gives a
+/// Perfetto protobuf trace (a process per domain, a track per vCPU with a
+/// slice per exit named by its reason, a track per pCPU, counters of exits
+/// per second and lost events) to open in ui.perfetto.dev.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Trace directory (holding `metadata` and the stream files).
+    pub dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "perfetto")]
+    pub format: Format,
+    /// Output file (`.pftrace` by convention).
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+/// Runs `hvtrace export`.
+pub fn run(a: Args) -> Result<Status> {
+    let Format::Perfetto = a.format;
+    let mut out = File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?;
+    let s = hvtrace_view::export_perfetto(&a.dir, MAPPINGS, &mut out)?;
+    note(format_args!(
+        "hvtrace export: {} packets ({} slices, {} instants) to {}; {} events lost in the trace",
+        s.packets,
+        s.slices,
+        s.instants,
+        a.output.display(),
+        s.lost
+    ));
+    Ok(Status::Ok)
+}

@@ -1,0 +1,39 @@
+//! `hvtrace report`: one HTML page of a trace (the work is
+//! `hvtrace_view::write_report`; this parses and writes the file).
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::analyze::MAPPINGS;
+use crate::out::note;
+use crate::Status;
+
+/// Write one self-contained HTML page of a trace (no script, no network):
+/// the `analyze` tables, an exit-reason chart per vCPU, and a timeline
+/// with a lane per pCPU coloured by vCPU, exits as marks and lost data
+/// hatched, downsampled so its size does not grow with the trace.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Trace directory (holding `metadata` and the stream files).
+    pub dir: PathBuf,
+    /// Output file (`.html`).
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+/// Runs `hvtrace report`.
+pub fn run(a: Args) -> Result<Status> {
+    let file = File::create(&a.output).with_context(|| format!("cannot create {}", a.output.display()))?;
+    let s = hvtrace_view::write_report(&a.dir, MAPPINGS, &mut BufWriter::new(file))?;
+    note(format_args!(
+        "hvtrace report: {} bytes, {} pCPUs, {} vCPUs to {}",
+        s.bytes,
+        s.pcpus,
+        s.vcpus,
+        a.output.display()
+    ));
+    Ok(Status::Ok)
+}

@@ -1,0 +1,128 @@
+//! `hvtrace export --format perfetto` through the built binary, each export
+//! decoded by `scripts/check-perfetto` with Perfetto's own protobuf
+//! definitions (PyPI `perfetto`): balanced slices per track, time never
+//! backwards on a track, interned ids resolve; and on a KVM trace, one
+//! slice per `vm_exit` record (counted by babeltrace2), reason by reason.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+mod views;
+use views::{hvtrace, stderr};
+
+fn tempdir(what: &str) -> PathBuf {
+    views::tempdir("export", what)
+}
+
+/// The Python with Perfetto's definitions: `$HVTRACE_PERFETTO_PYTHON`
+/// (`.ci/run` sets it to its venv), else `python3`.
+fn python() -> String {
+    std::env::var("HVTRACE_PERFETTO_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Exports `dir` and checks the file; `None` (said loudly) without the
+/// `perfetto` package.
+fn export_and_check(dir: &Path) -> Option<Value> {
+    let file = dir.with_extension("pftrace");
+    let out = hvtrace(&["export", dir.to_str().unwrap(), "--format", "perfetto", "--output", file.to_str().unwrap()]);
+    assert!(out.status.success(), "hvtrace export failed: {}", stderr(&out));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check-perfetto");
+    let out = match Command::new(python()).arg(&script).arg(&file).output() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("SKIP: {} cannot run ({e}): the export was not decoded with Perfetto's definitions", python());
+            return None;
+        }
+    };
+    if out.status.code() == Some(2) {
+        eprintln!("{}", stderr(&out).trim());
+        eprintln!("SKIP: the export was not decoded with Perfetto's definitions");
+        return None;
+    }
+    assert!(out.status.success(), "check-perfetto: {}", stderr(&out));
+    Some(serde_json::from_slice(&out.stdout).expect("check-perfetto prints JSON"))
+}
+
+/// `reason → vm_exit records` as babeltrace2 decodes them, or `None`
+/// (said loudly) without babeltrace2.
+fn babeltrace_exits(dir: &Path) -> Option<BTreeMap<String, u64>> {
+    let out = match Command::new("babeltrace2").arg(dir).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIP: babeltrace2 not installed: the vm_exit records were not counted with it");
+            return None;
+        }
+        Err(e) => panic!("babeltrace2: {e}"),
+    };
+    assert!(out.status.success(), "babeltrace2 failed: {}", stderr(&out));
+    let mut n = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" vm_exit: {")) {
+        let reason = line.split(" reason = ").nth(1).and_then(|r| r.split('"').nth(1));
+        *n.entry(reason.unwrap_or_else(|| panic!("no reason in {line}")).to_string()).or_default() += 1;
+    }
+    Some(n)
+}
+
+#[test]
+fn a_kvm_export_has_one_slice_per_vm_exit_record_named_by_its_reason() {
+    if let Err(why) = hvtrace_kvm::kvm_available() {
+        eprintln!("SKIP: /dev/kvm not usable: {why}");
+        return;
+    }
+    let tmp = tempdir("kvm");
+    let dir = tmp.join("trace");
+    let out = hvtrace(&["kvm", "--output", dir.to_str().unwrap(), "--vcpus", "2", "--iterations", "200", "--json"]);
+    assert!(out.status.success(), "hvtrace kvm failed: {}", stderr(&out));
+    let Some(check) = export_and_check(&dir) else { return };
+    let Some(exits) = babeltrace_exits(&dir) else { return };
+    assert!(exits.values().sum::<u64>() > 0, "the KVM trace has no vm_exit records");
+    let slices = check["slices"].as_object().unwrap();
+    for (reason, n) in &exits {
+        assert_eq!(slices.get(reason).and_then(Value::as_u64), Some(*n), "slices named {reason}");
+    }
+    // Every other slice is a hypercall or a pCPU's vCPU: no exit slice that
+    // babeltrace2 did not see.
+    for (name, n) in slices {
+        let other = name.starts_with("hypercall ") || name.starts_with('d') && name[1..].contains('v');
+        assert!(exits.contains_key(name) || other, "{n} slices named {name}, which is no vm_exit reason");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn a_simulated_xen_export_decodes_balanced_with_exits_hypercalls_and_pcpus() {
+    let tmp = tempdir("sim");
+    let dir = tmp.join("trace");
+    let out = hvtrace(&["demo", "--output", dir.to_str().unwrap(), "--cpus", "2", "--events-per-cpu", "20000"]);
+    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
+    let Some(check) = export_and_check(&dir) else { return };
+    let slices = check["slices"].as_object().unwrap();
+    let count =
+        |p: &dyn Fn(&str) -> bool| slices.iter().filter(|(k, _)| p(k)).map(|(_, v)| v.as_u64().unwrap()).sum::<u64>();
+    assert!(count(&|k| k.starts_with("hypercall ")) > 0, "no hypercall slices: {slices:?}");
+    assert!(count(&|k| k == "VMCALL" || k == "IO_INSTRUCTION") > 0, "no exit slices: {slices:?}");
+    let tracks: Vec<&str> = check["tracks"].as_object().unwrap().values().filter_map(Value::as_str).collect();
+    for want in ["pCPU 0", "pCPU 1", "pCPU 0 lost events"] {
+        assert!(tracks.contains(&want), "no track {want}: {tracks:?}");
+    }
+    assert!(tracks.iter().any(|t| t.starts_with("vCPU d0v")), "no vCPU track: {tracks:?}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn a_missing_trace_is_a_clear_error() {
+    let tmp = tempdir("missing");
+    let out = hvtrace(&[
+        "export",
+        tmp.join("nothing").to_str().unwrap(),
+        "--output",
+        tmp.join("x.pftrace").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nothing"), "stderr: {}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "stderr: {}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -1,0 +1,110 @@
+//! `hvtrace report` through the built binary: the page is self-contained
+//! (no script, no external reference), holds the analyze tables, a chart
+//! per vCPU and the timeline, stays small on a large trace, and opens in
+//! headless Chromium with no console error.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+mod views;
+use views::{hvtrace, stderr};
+
+fn tempdir(what: &str) -> PathBuf {
+    views::tempdir("report", what)
+}
+
+fn demo_report(tmp: &Path, events_per_cpu: u32) -> String {
+    let dir = tmp.join("trace");
+    let n = events_per_cpu.to_string();
+    let out = hvtrace(&["demo", "--output", dir.to_str().unwrap(), "--cpus", "2", "--events-per-cpu", &n]);
+    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
+    let html = tmp.join("report.html");
+    let out = hvtrace(&["report", dir.to_str().unwrap(), "--output", html.to_str().unwrap()]);
+    assert!(out.status.success(), "hvtrace report failed: {}", stderr(&out));
+    std::fs::read_to_string(&html).unwrap()
+}
+
+/// The chromium binary, or `None` (said loudly).
+fn chromium() -> Option<&'static str> {
+    for exe in ["chromium", "chromium-browser"] {
+        if Command::new(exe).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return Some(exe);
+        }
+    }
+    eprintln!("SKIP: chromium not installed (apt-get install chromium): the report was not opened in a browser");
+    None
+}
+
+#[test]
+fn a_report_is_one_self_contained_page_with_tables_charts_and_timeline() {
+    let tmp = tempdir("page");
+    let html = demo_report(&tmp, 20_000);
+    for want in [
+        "<h2>Timeline</h2>",
+        "pCPU 0",
+        "pCPU 1",
+        "<h2>Exits</h2>",
+        "VMCALL",
+        "<h2>Runstates</h2>",
+        "Exit reasons per vCPU",
+    ] {
+        assert!(html.contains(want), "no {want:?} in the report");
+    }
+    for banned in ["<script", "http://", "https://", "@import", "url(http", "<link"] {
+        let hit = html.replace("http://www.w3.org/2000/svg", "");
+        assert!(!hit.contains(banned), "the report refers outside itself: {banned}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The timeline part of a report.
+fn timeline(html: &str) -> &str {
+    let from = html.find("<h2>Timeline</h2>").expect("a timeline");
+    let to = html.find("<h2>Exit reasons").expect("exit charts");
+    &html[from..to]
+}
+
+#[test]
+fn the_timeline_is_downsampled_whatever_the_number_of_events() {
+    let tmp = tempdir("large");
+    let html = demo_report(&tmp, 200_000);
+    assert!(html.len() < 5 << 20, "{} bytes", html.len());
+    // 400 000 events on 2 pCPUs: at most a rectangle, a hatch and an exit
+    // mark per column and lane (~200 bytes), not one per event.
+    let t = timeline(&html).len();
+    assert!(t < 2 * hvtrace_view::COLUMNS * 200, "timeline of {t} bytes");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn the_report_opens_in_headless_chromium_with_no_console_error() {
+    let Some(exe) = chromium() else { return };
+    let tmp = tempdir("chromium");
+    demo_report(&tmp, 20_000);
+    let profile = tmp.join("profile");
+    let url = format!("file://{}", tmp.join("report.html").display());
+    let out = Command::new(exe)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .expect("run chromium");
+    let log = stderr(&out);
+    assert!(out.status.success(), "chromium failed: {log}");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(dom.contains("<svg") && dom.contains("pCPU 0"), "chromium's DOM lacks the timeline");
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
