@@ -34,7 +34,7 @@ pub fn have_bt2(test: &str) -> bool {
 pub enum Msg {
     /// `(cpu, timestamp in cycles, name, fields)`; integers and enumerations by value.
     Event(u32, u64, String, Vec<(String, u64)>),
-    /// `(cpu, count)`.
+    /// `(stream instance id = cpu, count)`.
     Discarded(u32, u64),
 }
 
@@ -51,7 +51,7 @@ for m in bt2.TraceCollectionMessageIterator(sys.argv[1]):
         fs = " ".join("%s=%d" % (k, val(v)) for k, v in e.payload_field.items())
         print("E", cpu, m.default_clock_snapshot.value, e.name, fs)
     elif type(m) is bt2._DiscardedEventsMessageConst:
-        print("D", int(m.stream.packet_context_field["cpu_id"]) if False else m.stream.id, m.count)
+        print("D", m.stream.id, m.count)
 "#;
 
 /// Every message of the trace at `dir`, as babeltrace2's Python bindings read it.
