@@ -13,6 +13,9 @@
 use crate::abi::*;
 use crate::ClassId;
 
+/// Xen's idle domain: pCPU `n` runs its vCPU `n` when nothing else runs.
+const DOMID_IDLE: u16 = hvtrace_sim::DOMID_IDLE;
+
 /// One record the generator wrote, as the importer must render it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
@@ -81,11 +84,25 @@ pub struct Scenario {
     pub cut: usize,
     /// Seed of the choices.
     pub seed: u64,
+    /// List every record in [`Generated::records`] and [`Generated::exits`]
+    /// (off for benchmark files of millions of records).
+    pub expect: bool,
 }
 
 impl Default for Scenario {
     fn default() -> Self {
-        Scenario { pcpus: 3, domains: 4, vcpus: 2, rounds: 40, actions: 6, ring_bytes: 2048, lost: 17, cut: 0, seed: 1 }
+        Scenario {
+            pcpus: 3,
+            domains: 4,
+            vcpus: 2,
+            rounds: 40,
+            actions: 6,
+            ring_bytes: 2048,
+            lost: 17,
+            cut: 0,
+            seed: 1,
+            expect: true,
+        }
     }
 }
 
@@ -138,12 +155,13 @@ pub fn put_window(out: &mut Vec<u8>, cpu: i32, bytes: u32) {
 }
 
 /// A wrap filler of exactly `len` bytes (4 to 36, a multiple of 4): the
-/// cycles flag is set to reach sizes above 32, as Xen does.
-pub fn put_wrap_filler(out: &mut Vec<u8>, len: usize) {
-    let tsc = len > 32;
-    let words = (len - 4 - if tsc { 8 } else { 0 }) / 4;
+/// cycles flag is set to reach sizes above 32, as Xen does, with the TSC
+/// `tsc` (xenalyze orders by it; the data words are garbage).
+pub fn put_wrap_filler(out: &mut Vec<u8>, len: usize, tsc: u64) {
+    let cycles = len > 32;
+    let words = (len - 4 - if cycles { 8 } else { 0 }) / 4;
     let garbage = [0xdead_beef_u32; TRC_MAX_WORDS];
-    put_record(out, TRC_TRACE_WRAP_BUFFER, tsc.then_some(0xffff_ffff_ffff), &garbage[..words]);
+    put_record(out, TRC_TRACE_WRAP_BUFFER, cycles.then_some(tsc), &garbage[..words]);
 }
 
 /// One pCPU's ring: records in write order, fillers where it wrapped, and
@@ -151,8 +169,9 @@ pub fn put_wrap_filler(out: &mut Vec<u8>, len: usize) {
 #[derive(Default)]
 struct PcpuRing {
     bytes: Vec<u8>,
-    /// Offsets in `bytes` where a record starts, and whether it is a filler.
-    starts: Vec<(usize, bool)>,
+    /// Offsets in `bytes` where a record starts, whether it is a filler,
+    /// and the pCPU's TSC when it was written.
+    starts: Vec<(usize, bool, u64)>,
     /// Write position within the ring.
     pos: usize,
     ts: u64,
@@ -189,18 +208,20 @@ impl Gen<'_> {
         let len = 4 + if tsc.is_some() { 8 } else { 0 } + 4 * words.len();
         let room = ring_bytes - r.pos;
         if room < len {
-            r.starts.push((r.bytes.len(), true));
-            put_wrap_filler(&mut r.bytes, room);
+            r.starts.push((r.bytes.len(), true, r.ts));
+            put_wrap_filler(&mut r.bytes, room, r.ts);
             self.out.wrap_fillers += 1;
             r.pos = 0;
         }
-        r.starts.push((r.bytes.len(), false));
-        put_record(&mut r.bytes, event, tsc, words);
-        r.pos = (r.pos + len) % ring_bytes;
         if let Some(t) = tsc {
             r.ts = t;
         }
-        self.out.records.push(Expected { cpu, ts: r.ts, class, fields });
+        r.starts.push((r.bytes.len(), false, r.ts));
+        put_record(&mut r.bytes, event, tsc, words);
+        r.pos = (r.pos + len) % ring_bytes;
+        if self.sc.expect {
+            self.out.records.push(Expected { cpu, ts: r.ts, class, fields });
+        }
     }
 
     fn runstate(&mut self, cpu: u32, t: u64, (d, v): (u16, u16), old: u32, new: u32) {
@@ -211,6 +232,35 @@ impl Gen<'_> {
 
     fn two(&mut self, cpu: u32, t: u64, event: u32, class: ClassId, (d, v): (u16, u16)) {
         self.rec(cpu, event, Some(t), &[d as u32, v as u32], class, vec![("domid", d as u64), ("vcpu", v as u64)]);
+    }
+
+    /// The pCPU switches from `prev` (leaving for runstate `new`) to `next`,
+    /// with the records and in the order of Xen's `sched_switch_units` and
+    /// `schedule`: the idle vCPU has runstates too.
+    fn switch(&mut self, cpu: u32, t: u64, prev: (u16, u16), new: u32, next: (u16, u16), rng: &mut Rng) {
+        let runtime = 1000 + rng.below(1 << 24) as u32;
+        let f = vec![("domid", prev.0 as u64), ("vcpu", prev.1 as u64), ("runtime", runtime as u64)];
+        let w = [prev.0 as u32, prev.1 as u32, runtime];
+        self.rec(cpu, TRC_SCHED_SWITCH_INFPREV, Some(t), &w, ClassId::sched_switch_infprev, f);
+        let waited = 1000 + rng.below(100_000) as u32;
+        let f = vec![
+            ("domid", next.0 as u64),
+            ("vcpu", next.1 as u64),
+            ("waited", waited as u64),
+            ("next_time", 30_000_000),
+        ];
+        let w = [next.0 as u32, next.1 as u32, waited, 30_000_000];
+        self.rec(cpu, TRC_SCHED_SWITCH_INFNEXT, Some(t), &w, ClassId::sched_switch_infnext, f);
+        self.runstate(cpu, t, prev, 0, new);
+        self.runstate(cpu, t, next, 1, 0);
+        let w = [prev.0 as u32, prev.1 as u32, next.0 as u32, next.1 as u32];
+        let f = vec![
+            ("prev_domid", w[0] as u64),
+            ("prev_vcpu", w[1] as u64),
+            ("next_domid", w[2] as u64),
+            ("next_vcpu", w[3] as u64),
+        ];
+        self.rec(cpu, TRC_SCHED_SWITCH, Some(t), &w, ClassId::sched_switch, f);
     }
 
     /// A VM exit of `reason` with its handler record, then the VM entry.
@@ -306,7 +356,9 @@ impl Gen<'_> {
         }
         let cycles = 2_000 + rng.below(60_000);
         *t += cycles;
-        self.out.exits.push(Exit { domid: who.0, vcpu: who.1, reason, cycles });
+        if self.sc.expect {
+            self.out.exits.push(Exit { domid: who.0, vcpu: who.1, reason, cycles });
+        }
         self.rec(cpu, TRC_HVM_VMENTRY, Some(*t), &[], ClassId::vmentry, vec![]);
     }
 
@@ -376,7 +428,7 @@ impl Scenario {
                     if blocked {
                         g.two(p, t, TRC_SCHED_BLOCK, ClassId::sched_block, vcpu_of(prev));
                     }
-                    g.runstate(p, t, vcpu_of(prev), 0, new);
+                    g.switch(p, t, vcpu_of(prev), new, (DOMID_IDLE, p as u16), &mut rng);
                     state[prev as usize] = new;
                 }
             }
@@ -385,14 +437,15 @@ impl Scenario {
                 let next = (p + round * 3) % nv;
                 let who = vcpu_of(next);
                 if p == 0 && round == self.rounds / 2 && self.lost > 0 {
+                    // Written by the vCPU current when the ring had room again: idle.
                     let first = t - 50_000;
                     let f = vec![
                         ("lost", self.lost as u64),
-                        ("domid", who.0 as u64),
-                        ("vcpu", who.1 as u64),
+                        ("domid", DOMID_IDLE as u64),
+                        ("vcpu", 0),
                         ("first_tsc", first),
                     ];
-                    let words = [self.lost, who.0 as u32 | (who.1 as u32) << 16, lo(first), hi(first)];
+                    let words = [self.lost, DOMID_IDLE as u32, lo(first), hi(first)];
                     g.rec(p, TRC_LOST_RECORDS, Some(t), &words, ClassId::lost_records, f);
                     g.out.lost[0] += self.lost as u64;
                 }
@@ -401,34 +454,7 @@ impl Scenario {
                     g.runstate(p, t, who, 2, 1);
                 }
                 t += 500;
-                let idle = (hvtrace_sim::DOMID_IDLE as u32, p);
-                let f = vec![("domid", idle.0 as u64), ("vcpu", p as u64), ("runtime", 12_345)];
-                g.rec(
-                    p,
-                    TRC_SCHED_SWITCH_INFPREV,
-                    Some(t),
-                    &[idle.0, idle.1, 12_345],
-                    ClassId::sched_switch_infprev,
-                    f,
-                );
-                let waited = 1000 + rng.below(100_000) as u32;
-                let f = vec![
-                    ("domid", who.0 as u64),
-                    ("vcpu", who.1 as u64),
-                    ("waited", waited as u64),
-                    ("next_time", 30_000_000),
-                ];
-                let w = [who.0 as u32, who.1 as u32, waited, 30_000_000];
-                g.rec(p, TRC_SCHED_SWITCH_INFNEXT, Some(t), &w, ClassId::sched_switch_infnext, f);
-                let w = [idle.0, idle.1, who.0 as u32, who.1 as u32];
-                let f = vec![
-                    ("prev_domid", w[0] as u64),
-                    ("prev_vcpu", w[1] as u64),
-                    ("next_domid", w[2] as u64),
-                    ("next_vcpu", w[3] as u64),
-                ];
-                g.rec(p, TRC_SCHED_SWITCH, Some(t), &w, ClassId::sched_switch, f);
-                g.runstate(p, t, who, 1, 0);
+                g.switch(p, t, (DOMID_IDLE, p as u16), 1, who, &mut rng);
                 state[next as usize] = 0;
                 running[p as usize] = Some(next);
                 let hvm = who.0 % 2 == 1;
@@ -452,21 +478,21 @@ impl Scenario {
 }
 
 impl Gen<'_> {
-    /// Cuts each pCPU's ring bytes into windows at record boundaries and
-    /// interleaves the windows of all pCPUs, as xentrace writes them.
+    /// Reads the rings out as xentrace does: at each poll, every pCPU's
+    /// records written since the last poll form one window (none if there
+    /// are none), pCPU by pCPU. Polls come every quarter to whole round.
     fn finish(mut self, rng: &mut Rng) -> Generated {
         let mut cursors = vec![0usize; self.rings.len()];
         let mut bytes = Vec::new();
-        loop {
-            let mut any = false;
+        let mut poll = TSC_BASE;
+        while cursors.iter().zip(&self.rings).any(|(c, r)| *c < r.starts.len()) {
+            poll += ROUND * (1 + rng.below(4)) / 4;
             for (cpu, ring) in self.rings.iter().enumerate() {
                 let at = cursors[cpu];
-                if at == ring.starts.len() {
+                let end = at + ring.starts[at..].iter().take_while(|s| s.2 <= poll).count();
+                if end == at {
                     continue;
                 }
-                any = true;
-                let n = 1 + rng.below(40) as usize;
-                let end = (at + n).min(ring.starts.len());
                 let from = ring.starts[at].0;
                 let to = ring.starts.get(end).map_or(ring.bytes.len(), |s| s.0);
                 if ring.starts[at..end].iter().rev().skip(1).any(|s| s.1) {
@@ -476,9 +502,6 @@ impl Gen<'_> {
                 bytes.extend_from_slice(&ring.bytes[from..to]);
                 self.out.windows += 1;
                 cursors[cpu] = end;
-            }
-            if !any {
-                break;
             }
         }
         let cut = self.sc.cut;

@@ -400,7 +400,6 @@ pub fn import(
     let unexpected_words = imp.unexpected_words;
     let dir = imp.dir.clone();
     let cpus = imp.finish()?;
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(write_err(&dir))?;
     Ok(ImportReport {
         output: dir,
         cpus,

@@ -11,6 +11,9 @@ use hvtrace_xen::classes::CLASSES;
 use hvtrace_xen::gen::{put_record, put_window, Scenario};
 use hvtrace_xen::{ClassId, ImportOptions};
 
+/// An event as babeltrace2 read it: timestamp, name, fields.
+type Event = (u64, String, Vec<(String, u64)>);
+
 #[test]
 fn every_generated_record_reaches_babeltrace2_with_its_fields() {
     let test = "every_generated_record_reaches_babeltrace2_with_its_fields";
@@ -30,7 +33,7 @@ fn every_generated_record_reaches_babeltrace2_with_its_fields() {
     if !have_bt2(test) {
         return;
     }
-    let mut events: BTreeMap<u32, Vec<(u64, String, Vec<(String, u64)>)>> = BTreeMap::new();
+    let mut events: BTreeMap<u32, Vec<Event>> = BTreeMap::new();
     let mut discarded: BTreeMap<u32, u64> = BTreeMap::new();
     for m in read_bt2(&out) {
         match m {
