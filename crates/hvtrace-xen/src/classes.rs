@@ -425,3 +425,43 @@ pub const SVM_EXIT_LABELS: &[EnumLabel] = &[
     EnumLabel { label: "AVIC_INCOMPLETE_IPI", value: 1025 },
     EnumLabel { label: "AVIC_NOACCEL", value: 1026 },
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_verbatim_class_is_whole_words_a_record_can_hold() {
+        for (desc, (form, _)) in CLASSES.iter().zip(FORMS) {
+            if let Form::Verbatim(event) = form {
+                let len = fixed_len(desc);
+                assert!(len % 4 == 0 && len <= 4 * TRC_MAX_WORDS, "{}: {len} bytes", desc.name);
+                assert_eq!(event & !TRC_HD_EVENT_MASK, 0, "{}: not a 28-bit event id", desc.name);
+                assert!(desc.fields.iter().all(|f| f.kind.fixed_len().is_some()), "{}", desc.name);
+            }
+        }
+    }
+
+    #[test]
+    fn each_vendor_maps_each_event_to_one_class() {
+        for vendor in [Vendor::Vmx, Vendor::Svm] {
+            let l = Lookup::new(vendor);
+            let mut ids: Vec<u32> = l.table.iter().map(|e| e.0).collect();
+            ids.dedup();
+            assert_eq!(ids.len(), l.table.len(), "{vendor:?}: an event id with two classes");
+        }
+        let exit = |v| CLASSES[Lookup::new(v).verbatim(with_64(TRC_HVM_VMEXIT)).unwrap().0 as usize].name;
+        assert_eq!((exit(Vendor::Vmx), exit(Vendor::Svm)), ("vmx_exit64", "svm_exit64"));
+    }
+
+    #[test]
+    fn hypercall_arguments_follow_their_presence_bits() {
+        // op 29, a0 32-bit, a1 absent, a2 64-bit.
+        let w = [29 | (0b10_00_01 << 20), 7, 0x89ab_cdef, 0x0123_4567];
+        assert_eq!(hypercall_args(&w), Some((29, 0b10_00_01, [7, 0, 0x0123_4567_89ab_cdef, 0, 0, 0])));
+        assert_eq!(hypercall_args(&w[..3]), None, "a missing word");
+        assert_eq!(hypercall_args(&[29 | (0b11 << 20), 1]), None, "presence 11 is not a width");
+        assert_eq!(hypercall_args(&[29, 1]), None, "a word no argument claims");
+        assert_eq!(hypercall_args(&[]), None);
+    }
+}

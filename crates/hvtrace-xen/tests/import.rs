@@ -110,3 +110,28 @@ fn the_clock_is_declared_with_the_given_frequency() {
     let r = hvtrace_xen::import_file(&input, &dir.path().join("t2"), ImportOptions::default()).unwrap();
     assert!(r.cpu_hz_assumed && r.cpu_hz == 2_400_000_000);
 }
+
+#[test]
+fn svm_hosts_get_svm_exit_names() {
+    let mut recs = Vec::new();
+    // 0x7b: VMEXIT_IOIO (123); 0x400: VMEXIT_NPF.
+    put_record(&mut recs, 0x0008_1102, Some(10), &[123, 0x1000, 0]);
+    put_record(&mut recs, 0x0008_1102, Some(20), &[0x400, 0x2000, 0]);
+    let mut file = Vec::new();
+    put_window(&mut file, 0, recs.len() as u32);
+    file.extend_from_slice(&recs);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("svm.xentrace");
+    std::fs::write(&input, &file).unwrap();
+    let out = dir.path().join("trace");
+    let opts = ImportOptions { vendor: hvtrace_xen::Vendor::Svm, ..ImportOptions::default() };
+    let r = hvtrace_xen::import_file(&input, &out, opts).unwrap();
+    assert_eq!((r.count(ClassId::svm_exit64), r.count(ClassId::vmx_exit64)), (2, 0));
+    if std::process::Command::new("babeltrace2").arg("--version").output().is_err() {
+        println!("SKIP: svm_hosts_get_svm_exit_names: babeltrace2 not installed");
+        return;
+    }
+    let bt = std::process::Command::new("babeltrace2").arg(&out).output().unwrap();
+    let text = String::from_utf8(bt.stdout).unwrap();
+    assert!(text.contains("svm_exit64") && text.contains("\"IOIO\"") && text.contains("\"NPF\""), "{text}");
+}
