@@ -31,9 +31,13 @@ const BYTES: FieldKind = FieldKind::Bytes;
 pub enum Form {
     /// The data words unchanged, for records of this event id.
     Verbatim(u32),
+    /// The vCPU running on the pCPU (two `u16`: domid, vcpu; tracked by the
+    /// importer), then the data words unchanged: for the HVM and PV records,
+    /// whose vCPU is the current one and which do not name it.
+    Current(u32),
     /// The data word, then the old and new runstates from the event id.
     Runstate,
-    /// Hypercall number, argument presence, six 64-bit arguments.
+    /// The current vCPU, hypercall number, argument presence, six 64-bit arguments.
     Hypercall,
     /// Event id and data words of any record no other class takes.
     Raw,
@@ -74,6 +78,7 @@ macro_rules! classes {
     };
 }
 
+use Form::Current as C;
 use Form::Verbatim as V;
 const ANY: Option<Vendor> = None;
 const VMX: Option<Vendor> = Some(Vendor::Vmx);
@@ -81,9 +86,9 @@ const SVM: Option<Vendor> = Some(Vendor::Svm);
 
 classes! {
     /// `TRC_HVM_VMEXIT64` on Intel.
-    vmx_exit64 = V(with_64(TRC_HVM_VMEXIT)), VMX, [exit_reason: VMX_EXIT, rip: X64];
+    vmx_exit64 = C(with_64(TRC_HVM_VMEXIT)), VMX, [domid: U16, vcpu: U16, exit_reason: VMX_EXIT, rip: X64];
     /// `TRC_HVM_VMENTRY`.
-    vmentry = V(TRC_HVM_VMENTRY), ANY, [];
+    vmentry = C(TRC_HVM_VMENTRY), ANY, [domid: U16, vcpu: U16];
     /// `TRC_SCHED_RUNSTATE_CHANGE`.
     runstate_change = Form::Runstate, ANY, [vcpu: U16, domid: U16, old: RUNSTATE, new: RUNSTATE];
     /// `TRC_SCHED_SWITCH`.
@@ -102,96 +107,96 @@ classes! {
     sched_yield = V(TRC_SCHED_YIELD), ANY, [domid: U32, vcpu: U32];
     /// `TRC_PV_HYPERCALL_V2`: `args_present` holds two bits per argument
     /// (01 32-bit, 10 64-bit, 00 absent); absent arguments are 0.
-    pv_hypercall = Form::Hypercall, ANY, [op: HYPERCALL, args_present: ARG_PRESENCE, a0: X64, a1: X64, a2: X64, a3: X64, a4: X64, a5: X64];
+    pv_hypercall = Form::Hypercall, ANY, [domid: U16, vcpu: U16, op: HYPERCALL, args_present: ARG_PRESENCE, a0: X64, a1: X64, a2: X64, a3: X64, a4: X64, a5: X64];
     /// `TRC_HVM_IOPORT_READ`.
-    hvm_ioport_read = V(TRC_HVM_IOPORT_READ), ANY, [port: X32, data: X32];
+    hvm_ioport_read = C(TRC_HVM_IOPORT_READ), ANY, [domid: U16, vcpu: U16, port: X32, data: X32];
     /// `TRC_HVM_IOPORT_WRITE`.
-    hvm_ioport_write = V(TRC_HVM_IOPORT_WRITE), ANY, [port: X32, data: X32];
+    hvm_ioport_write = C(TRC_HVM_IOPORT_WRITE), ANY, [domid: U16, vcpu: U16, port: X32, data: X32];
     /// `TRC_HVM_IOMEM_READ`.
-    hvm_iomem_read = V(TRC_HVM_IOMEM_READ), ANY, [addr: X32, data: X32];
+    hvm_iomem_read = C(TRC_HVM_IOMEM_READ), ANY, [domid: U16, vcpu: U16, addr: X32, data: X32];
     /// `TRC_HVM_IOMEM_WRITE`.
-    hvm_iomem_write = V(TRC_HVM_IOMEM_WRITE), ANY, [addr: X32, data: X32];
+    hvm_iomem_write = C(TRC_HVM_IOMEM_WRITE), ANY, [domid: U16, vcpu: U16, addr: X32, data: X32];
     /// `TRC_HVM_CR_READ64`.
-    hvm_cr_read64 = V(with_64(TRC_HVM_CR_READ)), ANY, [cr: U32, value: X64];
+    hvm_cr_read64 = C(with_64(TRC_HVM_CR_READ)), ANY, [domid: U16, vcpu: U16, cr: U32, value: X64];
     /// `TRC_HVM_CR_WRITE64`.
-    hvm_cr_write64 = V(with_64(TRC_HVM_CR_WRITE)), ANY, [cr: U32, value: X64];
+    hvm_cr_write64 = C(with_64(TRC_HVM_CR_WRITE)), ANY, [domid: U16, vcpu: U16, cr: U32, value: X64];
     /// `TRC_HVM_MSR_READ`.
-    hvm_msr_read = V(TRC_HVM_MSR_READ), ANY, [msr: X32, value: X64];
+    hvm_msr_read = C(TRC_HVM_MSR_READ), ANY, [domid: U16, vcpu: U16, msr: X32, value: X64];
     /// `TRC_HVM_MSR_WRITE`.
-    hvm_msr_write = V(TRC_HVM_MSR_WRITE), ANY, [msr: X32, value: X64];
+    hvm_msr_write = C(TRC_HVM_MSR_WRITE), ANY, [domid: U16, vcpu: U16, msr: X32, value: X64];
     /// `TRC_HVM_CPUID`.
-    hvm_cpuid = V(TRC_HVM_CPUID), ANY, [input: X32, eax: X32, ebx: X32, ecx: X32, edx: X32];
+    hvm_cpuid = C(TRC_HVM_CPUID), ANY, [domid: U16, vcpu: U16, input: X32, eax: X32, ebx: X32, ecx: X32, edx: X32];
     /// `TRC_HVM_INTR`.
-    hvm_intr = V(TRC_HVM_INTR), ANY, [vector: U32];
+    hvm_intr = C(TRC_HVM_INTR), ANY, [domid: U16, vcpu: U16, vector: U32];
     /// `TRC_HVM_HLT`.
-    hvm_hlt = V(TRC_HVM_HLT), ANY, [intr_pending: U32];
+    hvm_hlt = C(TRC_HVM_HLT), ANY, [domid: U16, vcpu: U16, intr_pending: U32];
     /// `TRC_HVM_VMMCALL`.
-    hvm_vmmcall = V(TRC_HVM_VMMCALL), ANY, [eax: U32];
+    hvm_vmmcall = C(TRC_HVM_VMMCALL), ANY, [domid: U16, vcpu: U16, eax: U32];
     /// `TRC_HVM_NPF`.
-    hvm_npf = V(TRC_HVM_NPF), ANY, [gpa: X64, mfn: X64, qualification: X32, p2mt: U32];
+    hvm_npf = C(TRC_HVM_NPF), ANY, [domid: U16, vcpu: U16, gpa: X64, mfn: X64, qualification: X32, p2mt: U32];
     /// `TRC_HVM_PF_XEN64`.
-    hvm_pf_xen64 = V(with_64(TRC_HVM_PF_XEN)), ANY, [va: X64, error_code: X32];
+    hvm_pf_xen64 = C(with_64(TRC_HVM_PF_XEN)), ANY, [domid: U16, vcpu: U16, va: X64, error_code: X32];
     /// `TRC_HVM_INJ_VIRQ`.
-    hvm_inj_virq = V(TRC_HVM_INJ_VIRQ), ANY, [vector: U32, fake: U32];
+    hvm_inj_virq = C(TRC_HVM_INJ_VIRQ), ANY, [domid: U16, vcpu: U16, vector: U32, fake: U32];
     /// `TRC_HVM_INTR_WINDOW`.
-    hvm_intr_window = V(TRC_HVM_INTR_WINDOW), ANY, [vector: U32, source: U32, intr: U32];
+    hvm_intr_window = C(TRC_HVM_INTR_WINDOW), ANY, [domid: U16, vcpu: U16, vector: U32, source: U32, intr: U32];
     /// `TRC_HVM_VMEXIT` (32-bit guest) on Intel.
-    vmx_exit = V(TRC_HVM_VMEXIT), VMX, [exit_reason: VMX_EXIT, eip: X32];
+    vmx_exit = C(TRC_HVM_VMEXIT), VMX, [domid: U16, vcpu: U16, exit_reason: VMX_EXIT, eip: X32];
     /// `TRC_HVM_VMEXIT64` on AMD.
-    svm_exit64 = V(with_64(TRC_HVM_VMEXIT)), SVM, [exit_reason: SVM_EXIT, rip: X64];
+    svm_exit64 = C(with_64(TRC_HVM_VMEXIT)), SVM, [domid: U16, vcpu: U16, exit_reason: SVM_EXIT, rip: X64];
     /// `TRC_HVM_VMEXIT` (32-bit guest) on AMD.
-    svm_exit = V(TRC_HVM_VMEXIT), SVM, [exit_reason: SVM_EXIT, eip: X32];
+    svm_exit = C(TRC_HVM_VMEXIT), SVM, [domid: U16, vcpu: U16, exit_reason: SVM_EXIT, eip: X32];
     /// `TRC_LOST_RECORDS`: `lost` records were not written from `first_tsc`
     /// on; `domid`/`vcpu` ran when the loss began.
     lost_records = V(TRC_LOST_RECORDS), ANY, [lost: U32, domid: U16, vcpu: U16, first_tsc: U64];
     /// Any record no other class takes: its event id and data words.
     xen_raw = Form::Raw, ANY, [event: X32, data: BYTES];
     /// `TRC_PV_HYPERCALL_SUBCALL`: one call of a multicall, as `pv_hypercall`.
-    pv_hypercall_subcall = Form::Hypercall, ANY, [op: HYPERCALL, args_present: ARG_PRESENCE, a0: X64, a1: X64, a2: X64, a3: X64, a4: X64, a5: X64];
+    pv_hypercall_subcall = Form::Hypercall, ANY, [domid: U16, vcpu: U16, op: HYPERCALL, args_present: ARG_PRESENCE, a0: X64, a1: X64, a2: X64, a3: X64, a4: X64, a5: X64];
     /// `TRC_PV_PAGE_FAULT`.
-    pv_page_fault = V(TRC_PV_PAGE_FAULT), ANY, [eip: X32, addr: X32, error_code: X32];
+    pv_page_fault = C(TRC_PV_PAGE_FAULT), ANY, [domid: U16, vcpu: U16, eip: X32, addr: X32, error_code: X32];
     /// `TRC_PV_PAGE_FAULT64`.
-    pv_page_fault64 = V(with_64(TRC_PV_PAGE_FAULT)), ANY, [rip: X64, addr: X64, error_code: X32];
+    pv_page_fault64 = C(with_64(TRC_PV_PAGE_FAULT)), ANY, [domid: U16, vcpu: U16, rip: X64, addr: X64, error_code: X32];
     /// `TRC_SCHED_DOM_ADD`.
     sched_dom_add = V(TRC_SCHED_DOM_ADD), ANY, [domid: U32];
     /// `TRC_SCHED_DOM_REM`.
     sched_dom_rem = V(TRC_SCHED_DOM_REM), ANY, [domid: U32];
     /// `TRC_HVM_CR_READ`.
-    hvm_cr_read = V(TRC_HVM_CR_READ), ANY, [cr: U32, value: X32];
+    hvm_cr_read = C(TRC_HVM_CR_READ), ANY, [domid: U16, vcpu: U16, cr: U32, value: X32];
     /// `TRC_HVM_CR_WRITE`.
-    hvm_cr_write = V(TRC_HVM_CR_WRITE), ANY, [cr: U32, value: X32];
+    hvm_cr_write = C(TRC_HVM_CR_WRITE), ANY, [domid: U16, vcpu: U16, cr: U32, value: X32];
     /// `TRC_HVM_IOPORT_READ` with a 64-bit address.
-    hvm_ioport_read64 = V(with_64(TRC_HVM_IOPORT_READ)), ANY, [port: X64, data: X64];
+    hvm_ioport_read64 = C(with_64(TRC_HVM_IOPORT_READ)), ANY, [domid: U16, vcpu: U16, port: X64, data: X64];
     /// `TRC_HVM_IOPORT_WRITE` with a 64-bit address.
-    hvm_ioport_write64 = V(with_64(TRC_HVM_IOPORT_WRITE)), ANY, [port: X64, data: X64];
+    hvm_ioport_write64 = C(with_64(TRC_HVM_IOPORT_WRITE)), ANY, [domid: U16, vcpu: U16, port: X64, data: X64];
     /// `TRC_HVM_IOMEM_READ` with a 64-bit address.
-    hvm_iomem_read64 = V(with_64(TRC_HVM_IOMEM_READ)), ANY, [addr: X64, data: X64];
+    hvm_iomem_read64 = C(with_64(TRC_HVM_IOMEM_READ)), ANY, [domid: U16, vcpu: U16, addr: X64, data: X64];
     /// `TRC_HVM_IOMEM_WRITE` with a 64-bit address.
-    hvm_iomem_write64 = V(with_64(TRC_HVM_IOMEM_WRITE)), ANY, [addr: X64, data: X64];
+    hvm_iomem_write64 = C(with_64(TRC_HVM_IOMEM_WRITE)), ANY, [domid: U16, vcpu: U16, addr: X64, data: X64];
     /// `TRC_HVM_PF_XEN`.
-    hvm_pf_xen = V(TRC_HVM_PF_XEN), ANY, [va: X32, error_code: X32];
+    hvm_pf_xen = C(TRC_HVM_PF_XEN), ANY, [domid: U16, vcpu: U16, va: X32, error_code: X32];
     /// `TRC_HVM_INJ_EXC`.
-    hvm_inj_exc = V(TRC_HVM_INJ_EXC), ANY, [vector: U32, error_code: X32];
+    hvm_inj_exc = C(TRC_HVM_INJ_EXC), ANY, [domid: U16, vcpu: U16, vector: U32, error_code: X32];
     /// `TRC_HVM_REINJ_VIRQ`.
-    hvm_reinj_virq = V(TRC_HVM_REINJ_VIRQ), ANY, [vector: U32];
+    hvm_reinj_virq = C(TRC_HVM_REINJ_VIRQ), ANY, [domid: U16, vcpu: U16, vector: U32];
     /// `TRC_HVM_NMI`.
-    hvm_nmi = V(TRC_HVM_NMI), ANY, [];
+    hvm_nmi = C(TRC_HVM_NMI), ANY, [domid: U16, vcpu: U16];
     /// `TRC_HVM_INVLPG`.
-    hvm_invlpg = V(TRC_HVM_INVLPG), ANY, [is_invlpga: U32, va: X32];
+    hvm_invlpg = C(TRC_HVM_INVLPG), ANY, [domid: U16, vcpu: U16, is_invlpga: U32, va: X32];
     /// `TRC_HVM_INVLPG64`.
-    hvm_invlpg64 = V(with_64(TRC_HVM_INVLPG)), ANY, [is_invlpga: U32, va: X64];
+    hvm_invlpg64 = C(with_64(TRC_HVM_INVLPG)), ANY, [domid: U16, vcpu: U16, is_invlpga: U32, va: X64];
     /// `TRC_HVM_CLTS`.
-    hvm_clts = V(TRC_HVM_CLTS), ANY, [];
+    hvm_clts = C(TRC_HVM_CLTS), ANY, [domid: U16, vcpu: U16];
     /// `TRC_HVM_LMSW`.
-    hvm_lmsw = V(TRC_HVM_LMSW), ANY, [value: X32];
+    hvm_lmsw = C(TRC_HVM_LMSW), ANY, [domid: U16, vcpu: U16, value: X32];
     /// `TRC_HVM_LMSW64`.
-    hvm_lmsw64 = V(with_64(TRC_HVM_LMSW)), ANY, [value: X64];
+    hvm_lmsw64 = C(with_64(TRC_HVM_LMSW)), ANY, [domid: U16, vcpu: U16, value: X64];
     /// `TRC_HVM_RDTSC`.
-    hvm_rdtsc = V(TRC_HVM_RDTSC), ANY, [tsc: U64];
+    hvm_rdtsc = C(TRC_HVM_RDTSC), ANY, [domid: U16, vcpu: U16, tsc: U64];
     /// `TRC_HVM_TRAP`.
-    hvm_trap = V(TRC_HVM_TRAP), ANY, [vector: U32];
+    hvm_trap = C(TRC_HVM_TRAP), ANY, [domid: U16, vcpu: U16, vector: U32];
     /// `TRC_HVM_TRAP_DEBUG`.
-    hvm_trap_debug = V(TRC_HVM_TRAP_DEBUG), ANY, [exit_qualification: X32];
+    hvm_trap_debug = C(TRC_HVM_TRAP_DEBUG), ANY, [domid: U16, vcpu: U16, exit_qualification: X32];
     /// `TRC_MEM_PAGE_GRANT_MAP`.
     mem_page_grant_map = V(TRC_MEM_PAGE_GRANT_MAP), ANY, [domid: U32];
     /// `TRC_MEM_PAGE_GRANT_UNMAP`.
@@ -214,23 +219,29 @@ pub const fn fixed_len(desc: &EventDesc) -> usize {
     n
 }
 
+/// Bytes of the current-vCPU prefix of [`Form::Current`] classes.
+pub const CURRENT_LEN: usize = 4;
+
 /// Event id → class, for the verbatim classes of one vendor.
 #[derive(Clone, Debug)]
 pub struct Lookup {
-    /// `(event id, class id, data words)`, sorted by event id.
-    table: Vec<(u32, u16, u8)>,
+    /// `(event id, class id, data words, current-vCPU prefix?)`, sorted by event id.
+    table: Vec<(u32, u16, u8, bool)>,
 }
 
 impl Lookup {
     /// The table for `vendor`'s exit codes.
     pub fn new(vendor: Vendor) -> Self {
-        let mut table: Vec<(u32, u16, u8)> = FORMS
+        let mut table: Vec<(u32, u16, u8, bool)> = FORMS
             .iter()
             .zip(CLASSES)
             .enumerate()
             .filter_map(|(id, ((form, only), desc))| match form {
                 Form::Verbatim(event) if only.is_none_or(|v| v == vendor) => {
-                    Some((*event, id as u16, (fixed_len(desc) / 4) as u8))
+                    Some((*event, id as u16, (fixed_len(desc) / 4) as u8, false))
+                }
+                Form::Current(event) if only.is_none_or(|v| v == vendor) => {
+                    Some((*event, id as u16, ((fixed_len(desc) - CURRENT_LEN) / 4) as u8, true))
                 }
                 _ => None,
             })
@@ -239,12 +250,13 @@ impl Lookup {
         Lookup { table }
     }
 
-    /// The verbatim class of `event` and the data words it takes.
+    /// The verbatim or current-vCPU class of `event`, the data words it
+    /// takes, and whether the current vCPU comes first.
     #[inline]
-    pub fn verbatim(&self, event: u32) -> Option<(u16, usize)> {
+    pub fn verbatim(&self, event: u32) -> Option<(u16, usize, bool)> {
         let i = self.table.binary_search_by_key(&event, |e| e.0).ok()?;
-        let (_, class, words) = self.table[i];
-        Some((class, words as usize))
+        let (_, class, words, current) = self.table[i];
+        Some((class, words as usize, current))
     }
 }
 
@@ -433,8 +445,8 @@ mod tests {
     #[test]
     fn every_verbatim_class_is_whole_words_a_record_can_hold() {
         for (desc, (form, _)) in CLASSES.iter().zip(FORMS) {
-            if let Form::Verbatim(event) = form {
-                let len = fixed_len(desc);
+            if let Form::Verbatim(event) | Form::Current(event) = form {
+                let len = fixed_len(desc) - if matches!(form, Form::Current(_)) { CURRENT_LEN } else { 0 };
                 assert!(len % 4 == 0 && len <= 4 * TRC_MAX_WORDS, "{}: {len} bytes", desc.name);
                 assert_eq!(event & !TRC_HD_EVENT_MASK, 0, "{}: not a 28-bit event id", desc.name);
                 assert!(desc.fields.iter().all(|f| f.kind.fixed_len().is_some()), "{}", desc.name);

@@ -184,6 +184,13 @@ struct Gen<'s> {
     out: Generated,
 }
 
+/// `fields` with the running vCPU first: the importer names it in HVM and
+/// PV records, which do not.
+fn current(who: (u16, u16), mut fields: Vec<(&'static str, u64)>) -> Vec<(&'static str, u64)> {
+    fields.splice(0..0, [("domid", who.0 as u64), ("vcpu", who.1 as u64)]);
+    fields
+}
+
 fn lo(v: u64) -> u32 {
     v as u32
 }
@@ -269,10 +276,17 @@ impl Gen<'_> {
         // Domain 1 runs a 32-bit guest: its exits take the 32-bit form.
         if who.0 == 1 {
             let f = vec![("exit_reason", reason as u64), ("eip", rip & 0xffff_ffff)];
-            self.rec(cpu, TRC_HVM_VMEXIT, Some(*t), &[reason, lo(rip)], ClassId::vmx_exit, f);
+            self.rec(cpu, TRC_HVM_VMEXIT, Some(*t), &[reason, lo(rip)], ClassId::vmx_exit, current(who, f));
         } else {
             let f = vec![("exit_reason", reason as u64), ("rip", rip)];
-            self.rec(cpu, with_64(TRC_HVM_VMEXIT), Some(*t), &[reason, lo(rip), hi(rip)], ClassId::vmx_exit64, f);
+            self.rec(
+                cpu,
+                with_64(TRC_HVM_VMEXIT),
+                Some(*t),
+                &[reason, lo(rip), hi(rip)],
+                ClassId::vmx_exit64,
+                current(who, f),
+            );
         }
         let x = rng.next();
         // Handler records carry no TSC (HVMTRACE_ND with cycles = 0).
@@ -352,18 +366,18 @@ impl Gen<'_> {
             _ => (0, vec![], ClassId::xen_raw, vec![]),
         };
         if event != 0 {
-            self.rec(cpu, event, None, &words, class, fields);
+            self.rec(cpu, event, None, &words, class, current(who, fields));
         }
         let cycles = 2_000 + rng.below(60_000);
         *t += cycles;
         if self.sc.expect {
             self.out.exits.push(Exit { domid: who.0, vcpu: who.1, reason, cycles });
         }
-        self.rec(cpu, TRC_HVM_VMENTRY, Some(*t), &[], ClassId::vmentry, vec![]);
+        self.rec(cpu, TRC_HVM_VMENTRY, Some(*t), &[], ClassId::vmentry, current(who, vec![]));
     }
 
     /// A PV hypercall, arguments of mixed width; one in eight is a multicall entry.
-    fn hypercall(&mut self, cpu: u32, t: u64, rng: &mut Rng) {
+    fn hypercall(&mut self, cpu: u32, t: u64, who: (u16, u16), rng: &mut Rng) {
         let op = [29u32, 32, 20, 24, 12, 1, 26][rng.below(7) as usize];
         let mut presence = 0u32;
         let mut words = vec![0];
@@ -392,7 +406,7 @@ impl Gen<'_> {
         };
         let mut f = vec![("op", op as u64), ("args_present", presence as u64)];
         f.extend(["a0", "a1", "a2", "a3", "a4", "a5"].into_iter().zip(args));
-        self.rec(cpu, event, Some(t), &words, class, f);
+        self.rec(cpu, event, Some(t), &words, class, current(who, f));
     }
 }
 
@@ -460,7 +474,7 @@ impl Scenario {
                 let hvm = who.0 % 2 == 1;
                 if hvm {
                     t += 1000;
-                    g.rec(p, TRC_HVM_VMENTRY, Some(t), &[], ClassId::vmentry, vec![]);
+                    g.rec(p, TRC_HVM_VMENTRY, Some(t), &[], ClassId::vmentry, current(who, vec![]));
                 }
                 for _ in 0..self.actions {
                     t += 5_000 + rng.below(100_000);
@@ -468,7 +482,7 @@ impl Scenario {
                         let reason = EXITS[rng.below(EXITS.len() as u64) as usize];
                         g.exit(p, &mut t, who, reason, &mut rng);
                     } else {
-                        g.hypercall(p, t, &mut rng);
+                        g.hypercall(p, t, who, &mut rng);
                     }
                 }
             }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use hvtrace_core::metadata::{self, ClockDesc, TraceDesc};
 
 use crate::abi::*;
-use crate::classes::{hypercall_args, ClassId, Lookup, Vendor, CLASSES};
+use crate::classes::{hypercall_args, ClassId, Lookup, Vendor, CLASSES, CURRENT_LEN};
 use crate::parse::{Cut, Damage, Item, Parser, Record, Step};
 use crate::stream::StreamWriter;
 
@@ -158,8 +158,15 @@ pub fn render_metadata(uuid: [u8; 16], cpu_hz: u64) -> String {
     s
 }
 
+/// The vCPU a pCPU runs, as `(domid, vcpu)`, before anything says:
+/// `DOMID_INVALID`.
+pub const UNKNOWN_VCPU: (u16, u16) = (0x7ff4, 0xffff);
+
 struct CpuState {
     writer: StreamWriter,
+    /// The vCPU running here, from the last switch, runstate change to
+    /// running, or lost-records record of this pCPU (as xenalyze tracks it).
+    current: (u16, u16),
     /// Last TSC read from a record (what a record without one inherits).
     tsc: Option<u64>,
     /// Last timestamp written (never decreasing).
@@ -206,7 +213,8 @@ impl Importer {
         if self.cpus[i].is_none() {
             let path = self.dir.join(format!("xentrace_{cpu}"));
             let writer = StreamWriter::create(&path, self.uuid, cpu).map_err(write_err(&path))?;
-            self.cpus[i] = Some(CpuState { writer, tsc: None, ts: 0, summary: CpuSummary::default() });
+            self.cpus[i] =
+                Some(CpuState { writer, current: UNKNOWN_VCPU, tsc: None, ts: 0, summary: CpuSummary::default() });
         }
         Ok(self.cpus[i].as_mut().expect("just created"))
     }
@@ -247,12 +255,22 @@ impl Importer {
         };
         st.ts = ts;
         let w = &mut st.writer;
+        let (d, v) = st.current;
+        let [d0, d1] = d.to_le_bytes();
+        let [v0, v1] = v.to_le_bytes();
+        let cur = [d0, d1, v0, v1];
         let class = if r.event == TRC_LOST_RECORDS && r.words() == 4 {
             let lost = r.word(0) as u64;
             st.summary.lost += lost;
+            // Written by the vCPU current when the ring had room again.
+            st.current = (r.word(1) as u16, (r.word(1) >> 16) as u16);
             w.lose(lost)?;
             verbatim(w, ClassId::lost_records, ts, r.data)?
         } else if let (Some((old, new)), 1) = (runstates_of(r.event), r.words()) {
+            if new == 0 {
+                // `{u16 vcpu, u16 domid}`: the vCPU now running here.
+                st.current = ((r.word(0) >> 16) as u16, r.word(0) as u16);
+            }
             let id = ClassId::runstate_change;
             w.record(id as u32, ts, 6, |b| {
                 b.extend_from_slice(r.data);
@@ -271,7 +289,8 @@ impl Importer {
                     } else {
                         ClassId::pv_hypercall_subcall
                     };
-                    w.record(id as u32, ts, 4 + 2 + 48, |b| {
+                    w.record(id as u32, ts, CURRENT_LEN + 4 + 2 + 48, |b| {
+                        b.extend_from_slice(&cur);
                         b.extend_from_slice(&op.to_le_bytes());
                         b.extend_from_slice(&presence.to_le_bytes());
                         for a in args {
@@ -286,8 +305,21 @@ impl Importer {
                 }
             }
         } else {
+            if r.event == TRC_SCHED_SWITCH && r.words() == 4 {
+                st.current = (r.word(2) as u16, r.word(3) as u16);
+            }
             match lookup.verbatim(r.event) {
-                Some((class, words)) if words == r.words() => verbatim(w, ClassId::ALL[class as usize], ts, r.data)?,
+                Some((class, words, false)) if words == r.words() => {
+                    verbatim(w, ClassId::ALL[class as usize], ts, r.data)?
+                }
+                Some((class, words, true)) if words == r.words() => {
+                    let id = ClassId::ALL[class as usize];
+                    w.record(id as u32, ts, CURRENT_LEN + r.data.len(), |b| {
+                        b.extend_from_slice(&cur);
+                        b.extend_from_slice(r.data);
+                    })?;
+                    id
+                }
                 Some(_) => {
                     *unexpected += 1;
                     raw(w, r, ts)?
