@@ -9,6 +9,7 @@
 //! * [`parse`] — the bounded parser: windows and records, never a panic.
 //! * [`classes`] — the CTF event classes and how records fill them.
 //! * [`import`](mod@import) — the import itself and its report.
+//! * [`model`] — the classes mapped onto the hypervisor model (`hvtrace-model`).
 //! * [`gen`] — writes xentrace files of known content (tests, benchmarks).
 //!
 //! How records map, in short: each `TRC_TRACE_CPU_CHANGE` window goes to
@@ -23,9 +24,11 @@ pub mod abi;
 pub mod classes;
 pub mod gen;
 pub mod import;
+pub mod model;
 pub mod parse;
 mod stream;
 
 pub use classes::{ClassId, Vendor};
 pub use import::{import, import_file, CpuSummary, ImportError, ImportOptions, ImportReport, DEFAULT_CPU_HZ};
+pub use model::{XentraceMapping, MAPPING};
 pub use parse::{Cut, Damage, Item, Parser, Record, Step};
