@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use hvtrace_core::decode::Value;
-use hvtrace_model::{Bindings, Catalog, Event, FieldValue, Vcpu};
+use hvtrace_model::{Bindings, Catalog, Event, FieldValue, Runstate, Vcpu};
 use hvtrace_reader::{packets, TraceDir, TraceSchema};
 use hvtrace_xen::gen::Scenario;
 use hvtrace_xen::{ImportOptions, MAPPING};
@@ -42,14 +42,25 @@ impl Catalog for SchemaCatalog<'_> {
 /// `(domid, vcpu, exit code)` → `(count, total cycles)`.
 type Exits = BTreeMap<(u32, u32, u32), (u64, u64)>;
 
+/// `(domid, vcpu, runstate name)` → `(intervals, total cycles)`.
+type Runstates = BTreeMap<(u32, u32, &'static str), (u64, u64)>;
+
 /// The exits of the imported trace at `dir`, through the model.
 fn exits_through_the_model(dir: &Path) -> Exits {
+    walk(dir).0
+}
+
+/// Exits, and runstate intervals: each vCPU's state from one runstate
+/// event to its next, all pCPUs merged by time (a vCPU moves).
+fn walk(dir: &Path) -> (Exits, Runstates) {
     let trace = TraceDir::open(dir).unwrap();
     let schema = trace.schema();
     let bindings = Bindings::bind(&[&MAPPING], &SchemaCatalog(schema));
     assert_eq!(bindings.names(), ["xentrace"]);
     let mut exits = Exits::new();
-    for s in &trace.streams {
+    let mut changes: Vec<(u64, Vcpu, Runstate, usize)> = Vec::new();
+    let mut last_ts = vec![0; trace.streams.len()];
+    for (si, s) in trace.streams.iter().enumerate() {
         let bytes = s.read().unwrap();
         // An exit lasts until its vCPU's next entry (on this pCPU: a vCPU
         // leaves its pCPU only from the hypervisor).
@@ -58,6 +69,7 @@ fn exits_through_the_model(dir: &Path) -> Exits {
             let p = p.unwrap();
             for r in p.records(schema) {
                 let r = r.unwrap();
+                last_ts[si] = r.timestamp;
                 if !bindings.maps(r.id) {
                     continue;
                 }
@@ -83,12 +95,33 @@ fn exits_through_the_model(dir: &Path) -> Exits {
                             e.1 += r.timestamp - t;
                         }
                     }
+                    Event::Runstate { vcpu, new } => changes.push((r.timestamp, vcpu, new, si)),
                     _ => {}
                 });
             }
         }
     }
-    exits
+    changes.sort_by_key(|c| c.0);
+    let mut runstates = Runstates::new();
+    let mut state: BTreeMap<Vcpu, (Runstate, u64, usize)> = BTreeMap::new();
+    let mut close = |vcpu: Vcpu, old: Runstate, since: u64, t: u64| {
+        let e = runstates.entry((vcpu.domain, vcpu.vcpu, old.name())).or_default();
+        e.0 += 1;
+        e.1 += t - since;
+    };
+    for (t, vcpu, new, si) in changes {
+        if let Some((old, since, _)) = state.insert(vcpu, (new, t, si)) {
+            close(vcpu, old, since, t);
+        }
+    }
+    // A vCPU still running when its pCPU's records end ran until then (as
+    // xenalyze counts it); the other states stay open.
+    for (vcpu, (st, since, si)) in state {
+        if st == Runstate::Running {
+            close(vcpu, st, since, last_ts[si]);
+        }
+    }
+    (exits, runstates)
 }
 
 /// xenalyze's names for VMX exit reasons where they differ from the SDM's
@@ -191,4 +224,100 @@ fn exits_per_domain_vcpu_and_reason_match_xenalyze() {
         assert!(diff <= 0.005, "d{}v{} reason {}: {cyc} cycles against xenalyze's {xcyc}", k.0, k.1, k.2);
     }
     println!("largest difference in total cycles: {:.5} %", worst * 100.0);
+}
+
+/// The `Runstates:` tables of the vCPUs in `xenalyze --summary`: intervals
+/// and intervals × average cycles, per state.
+fn xenalyze_runstates(text: &str) -> Runstates {
+    let (mut dom, mut vcpu, mut in_rs) = (None, None, false);
+    let mut out = Runstates::new();
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("|-- Domain ").and_then(|r| r.strip_suffix(" --|")) {
+            (dom, vcpu, in_rs) = (d.trim().parse::<u32>().ok(), None, false);
+        } else if let Some(v) = line.strip_prefix("-- v").and_then(|r| r.strip_suffix(" --")) {
+            (vcpu, in_rs) = (v.trim().parse::<u32>().ok(), false);
+        } else if line == " Runstates:" {
+            in_rs = vcpu.is_some();
+        } else if in_rs {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let name = match w.first().copied() {
+                Some("running:") => "running",
+                Some("runnable:") => "runnable",
+                Some("blocked:") => "blocked",
+                Some("offline:") => "offline",
+                Some("lost:") => "lost",
+                Some("wake:" | "preempt:" | "other:") => continue,
+                _ => {
+                    in_rs = false;
+                    continue;
+                }
+            };
+            let (Some(d), Some(v)) = (dom, vcpu) else { continue };
+            let count: u64 = w[1].parse().unwrap();
+            let avg: u64 = w[3].parse().unwrap();
+            out.insert((d, v, name), (count, count * avg));
+        }
+    }
+    out
+}
+
+/// Imports a generated host with `lost` lost records on pCPU 0; the
+/// runstate intervals through the model, and xenalyze's (`None` without xenalyze).
+fn runstates_both(test: &str, lost: u32) -> Option<(Runstates, Runstates)> {
+    let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, lost, ..Scenario::default() }.generate();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("gen.xentrace");
+    std::fs::write(&input, &g.bytes).unwrap();
+    let out = dir.path().join("trace");
+    hvtrace_xen::import_file(&input, &out, ImportOptions::default()).unwrap();
+    let ours = walk(&out).1;
+    assert!(ours.len() >= 30, "{} (vCPU, state) cells", ours.len());
+    if !have_xenalyze(test) {
+        return None;
+    }
+    let o = Command::new("xenalyze").arg("--summary").arg(&input).output().unwrap();
+    assert!(o.status.success());
+    Some((ours, xenalyze_runstates(&String::from_utf8_lossy(&o.stdout))))
+}
+
+fn close(a: u64, b: u64) -> bool {
+    a.abs_diff(b) as f64 <= 0.005 * a.max(b) as f64
+}
+
+#[test]
+fn runstate_times_per_vcpu_match_xenalyze() {
+    let Some((ours, theirs)) = runstates_both("runstate_times_per_vcpu_match_xenalyze", 0) else { return };
+    for (k, &(n, cyc)) in &ours {
+        let (xn, xcyc) = theirs.get(k).copied().unwrap_or_else(|| panic!("xenalyze has no {k:?}"));
+        assert_eq!(n, xn, "intervals of {k:?}");
+        assert!(close(cyc, xcyc), "{k:?}: {cyc} cycles against xenalyze's {xcyc}");
+    }
+    // By definition: xenalyze reports the idle domain's vCPUs; in the model
+    // a pCPU running one is idle, and they are no vCPUs.
+    let extra: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+    assert!(!extra.is_empty() && extra.iter().all(|k| k.0 == 0x7fff), "{extra:?}");
+}
+
+#[test]
+fn xenalyze_counts_a_lost_window_as_lost_time_where_the_model_keeps_the_state() {
+    let test = "xenalyze_counts_a_lost_window_as_lost_time_where_the_model_keeps_the_state";
+    let Some((ours, theirs)) = runstates_both(test, 17) else { return };
+    let vcpus: std::collections::BTreeSet<(u32, u32)> = ours.keys().map(|k| (k.0, k.1)).collect();
+    let mut lost_vcpus = 0;
+    for (d, v) in vcpus {
+        let lost = theirs.get(&(d, v, "lost")).map_or(0, |l| l.1);
+        lost_vcpus += (lost > 0) as u32;
+        let mut ours_total = 0;
+        let mut theirs_total = lost;
+        for state in ["running", "runnable", "blocked", "offline"] {
+            let o = ours.get(&(d, v, state)).map_or(0, |x| x.1);
+            let t = theirs.get(&(d, v, state)).map_or(0, |x| x.1);
+            // The lost window comes out of the state the vCPU was in, nothing else.
+            assert!(o + 1000 >= t && o <= t + lost + 1000, "d{d}v{v} {state}: {o} against {t} + lost {lost}");
+            ours_total += o;
+            theirs_total += t;
+        }
+        assert!(close(ours_total, theirs_total), "d{d}v{v}: {ours_total} against {theirs_total}");
+    }
+    assert!(lost_vcpus > 0, "xenalyze put vCPUs in its lost state");
 }
