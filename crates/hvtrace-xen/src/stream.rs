@@ -12,6 +12,8 @@ use hvtrace_core::ctf::{empty_packet, header, packet};
 /// Bytes of a packet, at most: small enough for a reader to hold, large
 /// enough that headers cost < 0.2 % of a packet.
 pub const MAX_PACKET: usize = 64 << 10;
+/// A packet closed before it is full is padded to a multiple of this.
+const PAGE: usize = 4096;
 
 /// A stream being written.
 pub struct StreamWriter {
@@ -36,6 +38,7 @@ impl StreamWriter {
     pub fn create(path: &Path, uuid: [u8; 16], cpu: u32) -> io::Result<Self> {
         let f = File::options().write(true).create_new(true).open(path)?;
         let mut buf = Vec::with_capacity(MAX_PACKET);
+        // Records go after the header, written when the packet closes.
         buf.resize(packet::LEN, 0);
         Ok(StreamWriter {
             out: BufWriter::with_capacity(4 * MAX_PACKET, f),
@@ -95,12 +98,17 @@ impl StreamWriter {
         if self.is_empty() {
             return Ok(());
         }
-        let bits = (self.buf.len() as u64) * 8;
+        let content = self.buf.len();
+        // The sizes hvtrace's own streams have (what `hvtrace check` expects):
+        // the first packet and every full one MAX_PACKET, one closed early
+        // (a loss, the end) its content rounded up to a page.
+        let size = if self.seq == 0 { MAX_PACKET } else { content.next_multiple_of(PAGE) };
         let mut head = empty_packet(&self.uuid, self.cpu, self.seq, self.begin, self.discarded);
         head[packet::TIMESTAMP_END..][..8].copy_from_slice(&self.last.to_le_bytes());
-        head[packet::CONTENT_SIZE..][..8].copy_from_slice(&bits.to_le_bytes());
-        head[packet::PACKET_SIZE..][..8].copy_from_slice(&bits.to_le_bytes());
+        head[packet::CONTENT_SIZE..][..8].copy_from_slice(&(content as u64 * 8).to_le_bytes());
+        head[packet::PACKET_SIZE..][..8].copy_from_slice(&(size as u64 * 8).to_le_bytes());
         self.buf[..packet::LEN].copy_from_slice(&head);
+        self.buf.resize(size, 0);
         self.out.write_all(&self.buf)?;
         self.buf.truncate(packet::LEN);
         self.seq += 1;

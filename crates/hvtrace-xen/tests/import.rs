@@ -135,3 +135,14 @@ fn svm_hosts_get_svm_exit_names() {
     let text = String::from_utf8(bt.stdout).unwrap();
     assert!(text.contains("svm_exit64") && text.contains("\"IOIO\"") && text.contains("\"NPF\""), "{text}");
 }
+
+#[test]
+fn an_imported_trace_passes_hvtrace_check() {
+    let g = Scenario { rounds: 200, cut: 3, ..Scenario::default() }.generate();
+    let dir = tempfile::tempdir().unwrap();
+    let (out, r) = import_generated(dir.path(), &g);
+    assert!(r.cpus.values().all(|c| c.packets > 1), "several packets per stream: {:?}", r.cpus);
+    let report = hvtrace_reader::check(&out).unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.records(), g.records.len() as u64);
+}
