@@ -61,6 +61,23 @@ fn every_generated_record_reaches_babeltrace2_with_its_fields() {
     assert!(checked_fields > 5000, "{checked_fields} field values compared");
 }
 
+/// Imports a file of one window of `cpu` holding `recs`.
+fn import_window(
+    cpu: i32,
+    recs: &[u8],
+    opts: ImportOptions,
+) -> (tempfile::TempDir, std::path::PathBuf, hvtrace_xen::ImportReport) {
+    let mut file = Vec::new();
+    put_window(&mut file, cpu, recs.len() as u32);
+    file.extend_from_slice(recs);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.xentrace");
+    std::fs::write(&input, &file).unwrap();
+    let out = dir.path().join("trace");
+    let r = hvtrace_xen::import_file(&input, &out, opts).unwrap();
+    (dir, out, r)
+}
+
 #[test]
 fn records_of_no_class_become_xen_raw_with_their_words() {
     let mut recs = Vec::new();
@@ -68,14 +85,7 @@ fn records_of_no_class_become_xen_raw_with_their_words() {
     put_record(&mut recs, 0x00a0_1234, Some(2000), &[3, 4]);
     // A known event with a word count its class does not have.
     put_record(&mut recs, 0x0002_800a, None, &[1, 2]);
-    let mut file = Vec::new();
-    put_window(&mut file, 5, recs.len() as u32);
-    file.extend_from_slice(&recs);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("raw.xentrace");
-    std::fs::write(&input, &file).unwrap();
-    let out = dir.path().join("trace");
-    let r = hvtrace_xen::import_file(&input, &out, ImportOptions::default()).unwrap();
+    let (_dir, out, r) = import_window(5, &recs, ImportOptions::default());
     assert_eq!((r.count(ClassId::sched_dom_add), r.count(ClassId::xen_raw), r.unexpected_words), (1, 2, 1));
     assert_eq!(r.cpus.keys().copied().collect::<Vec<_>>(), [5]);
     if !have_bt2("records_of_no_class_become_xen_raw_with_their_words") {
@@ -117,15 +127,8 @@ fn svm_hosts_get_svm_exit_names() {
     // 0x7b: VMEXIT_IOIO (123); 0x400: VMEXIT_NPF.
     put_record(&mut recs, 0x0008_1102, Some(10), &[123, 0x1000, 0]);
     put_record(&mut recs, 0x0008_1102, Some(20), &[0x400, 0x2000, 0]);
-    let mut file = Vec::new();
-    put_window(&mut file, 0, recs.len() as u32);
-    file.extend_from_slice(&recs);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("svm.xentrace");
-    std::fs::write(&input, &file).unwrap();
-    let out = dir.path().join("trace");
     let opts = ImportOptions { vendor: hvtrace_xen::Vendor::Svm, ..ImportOptions::default() };
-    let r = hvtrace_xen::import_file(&input, &out, opts).unwrap();
+    let (_dir, out, r) = import_window(0, &recs, opts);
     assert_eq!((r.count(ClassId::svm_exit64), r.count(ClassId::vmx_exit64)), (2, 0));
     if std::process::Command::new("babeltrace2").arg("--version").output().is_err() {
         println!("SKIP: svm_hosts_get_svm_exit_names: babeltrace2 not installed");
