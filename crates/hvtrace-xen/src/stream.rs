@@ -4,7 +4,7 @@
 //! same metadata describes them.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use hvtrace_core::ctf::{empty_packet, header, packet};
@@ -17,7 +17,9 @@ const PAGE: usize = 4096;
 
 /// A stream being written.
 pub struct StreamWriter {
-    out: BufWriter<File>,
+    /// Written a whole packet at a time (no buffer of its own: at most
+    /// 4096 streams, each holding only its packet in progress).
+    out: File,
     uuid: [u8; 16],
     cpu: u32,
     /// The packet being filled; its first [`packet::LEN`] bytes are the header, written on close.
@@ -41,7 +43,7 @@ impl StreamWriter {
         // Records go after the header, written when the packet closes.
         buf.resize(packet::LEN, 0);
         Ok(StreamWriter {
-            out: BufWriter::with_capacity(4 * MAX_PACKET, f),
+            out: f,
             uuid,
             cpu,
             buf,
@@ -128,7 +130,6 @@ impl StreamWriter {
             self.packets += 1;
         }
         // No fsync: an import can be run again from its source file.
-        self.out.flush()?;
         Ok(self.packets)
     }
 }
