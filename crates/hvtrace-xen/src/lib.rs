@@ -11,6 +11,7 @@
 //! * [`import`](mod@import) — the import itself and its report.
 //! * [`model`] — the classes mapped onto the hypervisor model (`hvtrace-model`).
 //! * [`gen`] — writes xentrace files of known content (tests, benchmarks).
+//! * [`xenalyze`] — reads `xenalyze --summary`'s tables, for comparisons.
 //!
 //! How records map, in short: each `TRC_TRACE_CPU_CHANGE` window goes to
 //! its pCPU's stream; a record without TSC takes its pCPU's last; wrap
@@ -27,6 +28,7 @@ pub mod import;
 pub mod model;
 pub mod parse;
 mod stream;
+pub mod xenalyze;
 
 pub use classes::{ClassId, Vendor};
 pub use import::{import, import_file, CpuSummary, ImportError, ImportOptions, ImportReport, DEFAULT_CPU_HZ};

@@ -13,6 +13,7 @@ use hvtrace_core::decode::Value;
 use hvtrace_model::{Bindings, Catalog, Event, FieldValue, Runstate, Vcpu};
 use hvtrace_reader::{packets, TraceDir, TraceSchema};
 use hvtrace_xen::gen::Scenario;
+use hvtrace_xen::xenalyze::{exits, runstates, Exits, Runstates};
 use hvtrace_xen::{ImportOptions, MAPPING};
 
 /// A trace's schema as the model's catalog.
@@ -38,12 +39,6 @@ impl Catalog for SchemaCatalog<'_> {
             .map_or(Vec::new(), |f| f.labels.iter().map(|l| (l.value, l.label.clone())).collect())
     }
 }
-
-/// `(domid, vcpu, exit code)` → `(count, total cycles)`.
-type Exits = BTreeMap<(u32, u32, u32), (u64, u64)>;
-
-/// `(domid, vcpu, runstate name)` → `(intervals, total cycles)`.
-type Runstates = BTreeMap<(u32, u32, &'static str), (u64, u64)>;
 
 /// The exits of the imported trace at `dir`, through the model.
 fn exits_through_the_model(dir: &Path) -> Exits {
@@ -124,48 +119,6 @@ fn walk(dir: &Path) -> (Exits, Runstates) {
     (exits, runstates)
 }
 
-/// xenalyze's names for VMX exit reasons where they differ from the SDM's
-/// (`hvtrace_sim::VmxExitReason`).
-const XENALYZE_ALIASES: &[(&str, u32)] = &[("PENDING_INTERRUPT", 7), ("PENDING_NMI", 8)];
-
-/// The `Exit reasons:` tables of `xenalyze --summary`, per domain and vCPU:
-/// count and count × average cycles.
-fn xenalyze_exits(text: &str) -> Exits {
-    let code = |name: &str| {
-        XENALYZE_ALIASES
-            .iter()
-            .find(|a| a.0 == name)
-            .map(|a| a.1)
-            .or_else(|| hvtrace_sim::VmxExitReason::LABELS.iter().find(|l| l.label == name).map(|l| l.value as u32))
-    };
-    let (mut dom, mut vcpu, mut in_exits) = (None, None, false);
-    let mut out = Exits::new();
-    for line in text.lines() {
-        if let Some(d) = line.strip_prefix("|-- Domain ").and_then(|r| r.strip_suffix(" --|")) {
-            dom = d.trim().parse::<u32>().ok();
-            vcpu = None;
-            in_exits = false;
-        } else if let Some(v) = line.strip_prefix("-- v").and_then(|r| r.strip_suffix(" --")) {
-            vcpu = v.trim().parse::<u32>().ok();
-            in_exits = false;
-        } else if line.starts_with("Exit reasons:") {
-            in_exits = true;
-        } else if in_exits && line.starts_with(' ') && !line.starts_with("  ") {
-            // ` NAME  count  secs  pct%  avg cyc {...}`
-            let w: Vec<&str> = line.split_whitespace().collect();
-            let (Some(d), Some(v)) = (dom, vcpu) else { continue };
-            let c = code(w[0]).unwrap_or_else(|| panic!("xenalyze exit name {} unknown", w[0]));
-            let count: u64 = w[1].parse().unwrap();
-            let avg: u64 = w[4].parse().unwrap();
-            assert_eq!(w[5], "cyc", "{line}");
-            out.insert((d, v, c), (count, count * avg));
-        } else if !line.starts_with(' ') {
-            in_exits = false;
-        }
-    }
-    out
-}
-
 fn have_xenalyze(test: &str) -> bool {
     let ok = Command::new("xenalyze").arg("--help").output().is_ok();
     if !ok {
@@ -201,7 +154,7 @@ fn exits_per_domain_vcpu_and_reason_match_xenalyze() {
     }
     let o = Command::new("xenalyze").arg("--summary").arg(&input).output().unwrap();
     assert!(o.status.success(), "xenalyze failed: {}", String::from_utf8_lossy(&o.stderr));
-    let theirs = xenalyze_exits(&String::from_utf8_lossy(&o.stdout));
+    let theirs = exits(&String::from_utf8_lossy(&o.stdout)).unwrap();
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
         theirs.keys().collect::<Vec<_>>(),
@@ -226,41 +179,6 @@ fn exits_per_domain_vcpu_and_reason_match_xenalyze() {
     println!("largest difference in total cycles: {:.5} %", worst * 100.0);
 }
 
-/// The `Runstates:` tables of the vCPUs in `xenalyze --summary`: intervals
-/// and intervals × average cycles, per state.
-fn xenalyze_runstates(text: &str) -> Runstates {
-    let (mut dom, mut vcpu, mut in_rs) = (None, None, false);
-    let mut out = Runstates::new();
-    for line in text.lines() {
-        if let Some(d) = line.strip_prefix("|-- Domain ").and_then(|r| r.strip_suffix(" --|")) {
-            (dom, vcpu, in_rs) = (d.trim().parse::<u32>().ok(), None, false);
-        } else if let Some(v) = line.strip_prefix("-- v").and_then(|r| r.strip_suffix(" --")) {
-            (vcpu, in_rs) = (v.trim().parse::<u32>().ok(), false);
-        } else if line == " Runstates:" {
-            in_rs = vcpu.is_some();
-        } else if in_rs {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            let name = match w.first().copied() {
-                Some("running:") => "running",
-                Some("runnable:") => "runnable",
-                Some("blocked:") => "blocked",
-                Some("offline:") => "offline",
-                Some("lost:") => "lost",
-                Some("wake:" | "preempt:" | "other:") => continue,
-                _ => {
-                    in_rs = false;
-                    continue;
-                }
-            };
-            let (Some(d), Some(v)) = (dom, vcpu) else { continue };
-            let count: u64 = w[1].parse().unwrap();
-            let avg: u64 = w[3].parse().unwrap();
-            out.insert((d, v, name), (count, count * avg));
-        }
-    }
-    out
-}
-
 /// Imports a generated host with `lost` lost records on pCPU 0; the
 /// runstate intervals through the model, and xenalyze's (`None` without xenalyze).
 fn runstates_both(test: &str, lost: u32) -> Option<(Runstates, Runstates)> {
@@ -277,7 +195,7 @@ fn runstates_both(test: &str, lost: u32) -> Option<(Runstates, Runstates)> {
     }
     let o = Command::new("xenalyze").arg("--summary").arg(&input).output().unwrap();
     assert!(o.status.success());
-    Some((ours, xenalyze_runstates(&String::from_utf8_lossy(&o.stdout))))
+    Some((ours, runstates(&String::from_utf8_lossy(&o.stdout)).unwrap()))
 }
 
 fn close(a: u64, b: u64) -> bool {
