@@ -174,6 +174,94 @@ struct CpuState {
     summary: CpuSummary,
 }
 
+impl CpuState {
+    /// The record's timestamp: its TSC, else the pCPU's last; never below
+    /// the stream's previous one (counted when it would be).
+    fn timestamp(&mut self, r: &Record<'_>) -> u64 {
+        if r.tsc.is_some() {
+            self.tsc = r.tsc;
+        }
+        let raw = self.tsc.unwrap_or_else(|| {
+            self.summary.before_first_tsc += 1;
+            0
+        });
+        if raw < self.ts {
+            self.summary.tsc_backwards += 1;
+        } else {
+            self.ts = raw;
+        }
+        self.ts
+    }
+
+    /// Follows which vCPU runs on this pCPU, from the records that say.
+    fn follow(&mut self, r: &Record<'_>) {
+        let w = r.word(0);
+        match (r.event, r.words()) {
+            (TRC_SCHED_SWITCH, 4) => self.current = (r.word(2) as u16, r.word(3) as u16),
+            // Written by the vCPU current when the ring had room again: `{u16 domid, u16 vcpu}`.
+            (TRC_LOST_RECORDS, 4) => self.current = (r.word(1) as u16, (r.word(1) >> 16) as u16),
+            // `{u16 vcpu, u16 domid}`, now running here.
+            (e, 1) if runstates_of(e).is_some_and(|(_, new)| new == 0) => self.current = ((w >> 16) as u16, w as u16),
+            _ => {}
+        }
+    }
+}
+
+/// Writes record `r` at `ts` as its class, `current` the vCPU running on
+/// its pCPU: the class, and whether a known event had a word count its
+/// class does not (it is then `xen_raw`).
+fn encode(
+    w: &mut StreamWriter,
+    lookup: &Lookup,
+    r: &Record<'_>,
+    ts: u64,
+    current: (u16, u16),
+) -> io::Result<(ClassId, bool)> {
+    let [d0, d1] = current.0.to_le_bytes();
+    let [v0, v1] = current.1.to_le_bytes();
+    let cur = [d0, d1, v0, v1];
+    if let (Some((old, new)), 1) = (runstates_of(r.event), r.words()) {
+        let id = ClassId::runstate_change;
+        w.record(id as u32, ts, 6, |b| {
+            b.extend_from_slice(r.data);
+            b.extend_from_slice(&[old, new]);
+        })?;
+        return Ok((id, false));
+    }
+    if r.event == TRC_PV_HYPERCALL_V2 || r.event == TRC_PV_HYPERCALL_SUBCALL {
+        let mut words = [0u32; TRC_MAX_WORDS];
+        for (i, x) in words.iter_mut().enumerate().take(r.words()) {
+            *x = r.word(i);
+        }
+        let Some((op, presence, args)) = hypercall_args(&words[..r.words()]) else {
+            return Ok((raw(w, r, ts)?, true));
+        };
+        let id = if r.event == TRC_PV_HYPERCALL_V2 { ClassId::pv_hypercall } else { ClassId::pv_hypercall_subcall };
+        w.record(id as u32, ts, CURRENT_LEN + 4 + 2 + 48, |b| {
+            b.extend_from_slice(&cur);
+            b.extend_from_slice(&op.to_le_bytes());
+            b.extend_from_slice(&presence.to_le_bytes());
+            for a in args {
+                b.extend_from_slice(&a.to_le_bytes());
+            }
+        })?;
+        return Ok((id, false));
+    }
+    match lookup.verbatim(r.event) {
+        Some((class, words, prefixed)) if words == r.words() => {
+            let id = ClassId::ALL[class as usize];
+            let prefix: &[u8] = if prefixed { &cur } else { &[] };
+            w.record(id as u32, ts, prefix.len() + r.data.len(), |b| {
+                b.extend_from_slice(prefix);
+                b.extend_from_slice(r.data);
+            })?;
+            Ok((id, false))
+        }
+        Some(_) => Ok((raw(w, r, ts)?, true)),
+        None => Ok((raw(w, r, ts)?, false)),
+    }
+}
+
 /// The trace being written.
 struct Importer {
     dir: PathBuf,
@@ -228,107 +316,24 @@ impl Importer {
     }
 
     fn record(&mut self, r: &Record<'_>) -> io::Result<()> {
-        let lookup = &self.lookup;
-        let by_class = &mut self.by_class;
-        let unexpected = &mut self.unexpected_words;
         let st = self.cpus[r.cpu as usize].as_mut().expect("a record follows its window");
         if r.event == TRC_TRACE_WRAP_BUFFER {
             // Filler to the end of the ring: its words are garbage.
             st.summary.wrap_fillers += 1;
             return Ok(());
         }
-        if r.tsc.is_some() {
-            st.tsc = r.tsc;
-        }
-        let raw_ts = match st.tsc {
-            Some(t) => t,
-            None => {
-                st.summary.before_first_tsc += 1;
-                0
-            }
-        };
-        let ts = if raw_ts < st.ts {
-            st.summary.tsc_backwards += 1;
-            st.ts
-        } else {
-            raw_ts
-        };
-        st.ts = ts;
-        let w = &mut st.writer;
-        let (d, v) = st.current;
-        let [d0, d1] = d.to_le_bytes();
-        let [v0, v1] = v.to_le_bytes();
-        let cur = [d0, d1, v0, v1];
-        let class = if r.event == TRC_LOST_RECORDS && r.words() == 4 {
+        let ts = st.timestamp(r);
+        let current = st.current;
+        st.follow(r);
+        if r.event == TRC_LOST_RECORDS && r.words() == 4 {
             let lost = r.word(0) as u64;
             st.summary.lost += lost;
-            // Written by the vCPU current when the ring had room again.
-            st.current = (r.word(1) as u16, (r.word(1) >> 16) as u16);
-            w.lose(lost)?;
-            verbatim(w, ClassId::lost_records, ts, r.data)?
-        } else if let (Some((old, new)), 1) = (runstates_of(r.event), r.words()) {
-            if new == 0 {
-                // `{u16 vcpu, u16 domid}`: the vCPU now running here.
-                st.current = ((r.word(0) >> 16) as u16, r.word(0) as u16);
-            }
-            let id = ClassId::runstate_change;
-            w.record(id as u32, ts, 6, |b| {
-                b.extend_from_slice(r.data);
-                b.extend_from_slice(&[old, new]);
-            })?;
-            id
-        } else if r.event == TRC_PV_HYPERCALL_V2 || r.event == TRC_PV_HYPERCALL_SUBCALL {
-            let mut words = [0u32; TRC_MAX_WORDS];
-            for (i, x) in words.iter_mut().enumerate().take(r.words()) {
-                *x = r.word(i);
-            }
-            match hypercall_args(&words[..r.words()]) {
-                Some((op, presence, args)) => {
-                    let id = if r.event == TRC_PV_HYPERCALL_V2 {
-                        ClassId::pv_hypercall
-                    } else {
-                        ClassId::pv_hypercall_subcall
-                    };
-                    w.record(id as u32, ts, CURRENT_LEN + 4 + 2 + 48, |b| {
-                        b.extend_from_slice(&cur);
-                        b.extend_from_slice(&op.to_le_bytes());
-                        b.extend_from_slice(&presence.to_le_bytes());
-                        for a in args {
-                            b.extend_from_slice(&a.to_le_bytes());
-                        }
-                    })?;
-                    id
-                }
-                None => {
-                    *unexpected += 1;
-                    raw(w, r, ts)?
-                }
-            }
-        } else {
-            if r.event == TRC_SCHED_SWITCH && r.words() == 4 {
-                st.current = (r.word(2) as u16, r.word(3) as u16);
-            }
-            match lookup.verbatim(r.event) {
-                Some((class, words, false)) if words == r.words() => {
-                    verbatim(w, ClassId::ALL[class as usize], ts, r.data)?
-                }
-                Some((class, words, true)) if words == r.words() => {
-                    let id = ClassId::ALL[class as usize];
-                    w.record(id as u32, ts, CURRENT_LEN + r.data.len(), |b| {
-                        b.extend_from_slice(&cur);
-                        b.extend_from_slice(r.data);
-                    })?;
-                    id
-                }
-                Some(_) => {
-                    *unexpected += 1;
-                    raw(w, r, ts)?
-                }
-                None => raw(w, r, ts)?,
-            }
-        };
+            st.writer.lose(lost)?;
+        }
+        let (class, unexpected) = encode(&mut st.writer, &self.lookup, r, ts, current)?;
+        self.unexpected_words += unexpected as u64;
         st.summary.records += 1;
-        by_class[class as usize] += 1;
+        self.by_class[class as usize] += 1;
         Ok(())
     }
 
@@ -343,11 +348,6 @@ impl Importer {
         }
         Ok(out)
     }
-}
-
-fn verbatim(w: &mut StreamWriter, id: ClassId, ts: u64, data: &[u8]) -> io::Result<ClassId> {
-    w.record(id as u32, ts, data.len(), |b| b.extend_from_slice(data))?;
-    Ok(id)
 }
 
 fn raw(w: &mut StreamWriter, r: &Record<'_>, ts: u64) -> io::Result<ClassId> {
