@@ -9,7 +9,6 @@
 //! | `pv_hypercall` | hypercall entry, named from `__HYPERVISOR_*` (xentrace records no hypercall return) |
 //! | `hvm_intr` | interrupt `vector` for the running vCPU |
 //! | `pv_page_fault`, `pv_page_fault64` | guest event `page_fault`, value the address |
-//! | `lost_records` | `lost` events lost |
 //!
 //! The idle domain's vCPUs are not vCPUs of the model (a pCPU running one is
 //! idle), nor is a record before the importer knew which vCPU ran
@@ -17,7 +16,9 @@
 //! every state change has its `runstate_change`), the HVM handler records
 //! (their detail follows the exit in a record of its own), multicall
 //! entries (`pv_hypercall_subcall`: counted within their `multicall`), and
-//! `xen_raw`.
+//! `xen_raw`, and `lost_records`: its count is already in the next packet's
+//! `events_discarded`, which the reader reports (mapping it too would count
+//! each loss twice).
 
 use hvtrace_model::{class, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
 
@@ -44,7 +45,6 @@ struct Bound {
     hypercall: Option<(u32, [usize; 3])>,
     intr: Option<(u32, [usize; 3])>,
     faults: Vec<(u32, [usize; 3])>,
-    lost: Option<(u32, [usize; 1])>,
 }
 
 impl Mapping for XentraceMapping {
@@ -74,7 +74,6 @@ impl Mapping for XentraceMapping {
                 .into_iter()
                 .filter_map(|n| class(c, n, ["domid", "vcpu", "addr"]))
                 .collect(),
-            lost: class(c, "lost_records", ["lost"]),
         }))
     }
 }
@@ -99,7 +98,7 @@ impl Mapper for Bound {
         self.exits.iter().any(|e| e.0 == id)
             || id == self.entry.0
             || id == self.runstate.0
-            || [self.hypercall.map(|c| c.0), self.intr.map(|c| c.0), self.lost.map(|c| c.0)].contains(&Some(id))
+            || [self.hypercall.map(|c| c.0), self.intr.map(|c| c.0)].contains(&Some(id))
             || self.faults.iter().any(|c| c.0 == id)
     }
 
@@ -135,8 +134,6 @@ impl Mapper for Bound {
             if let Some(vcpu) = vcpu(f, d, v) {
                 out(Event::GuestEvent { vcpu, kind: id, name: "page_fault", value: f.uint(addr).unwrap_or(0) });
             }
-        } else if let Some([lost]) = hit(self.lost, id) {
-            out(Event::Lost { count: f.uint(lost).unwrap_or(0) });
         }
     }
 }
@@ -214,7 +211,8 @@ mod tests {
             map(ClassId::pv_hypercall, &hc),
             [format!("{:?}", Event::HypercallEntry { vcpu: Vcpu::new(4, 0), nr: 29, name: "sched_op" })]
         );
-        assert_eq!(map(ClassId::lost_records, &[Int(17), Int(0), Int(0), Int(0)]), ["Lost { count: 17 }"]);
+        // Its count is in the packet context already: not a second loss.
+        assert!(map(ClassId::lost_records, &[Int(17), Int(0), Int(0), Int(0)]).is_empty());
         assert!(map(ClassId::sched_switch, &[Int(1), Int(0), Int(2), Int(0)]).is_empty());
     }
 

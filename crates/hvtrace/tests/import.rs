@@ -68,3 +68,55 @@ fn damage_is_an_error_after_the_records_before_it_are_imported() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains(&format!("imported {} records", g.records.len())), "{stdout}");
 }
+
+/// `hvtrace analyze --json` on an imported file against `xenalyze --summary`
+/// on the same file: per domain, vCPU and exit reason the same counts, and
+/// total exit times within 0.5 % (xenalyze's cycles at its 2.4 GHz).
+#[test]
+fn analyze_of_an_import_agrees_with_xenalyze() {
+    let test = "analyze_of_an_import_agrees_with_xenalyze";
+    let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, ..Scenario::default() }.generate();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("gen.xentrace");
+    std::fs::write(&input, &g.bytes).unwrap();
+    let out = dir.path().join("trace");
+    let o =
+        hvtrace().args(["import", "xentrace", "--cpu-hz", "2400000000", "-o"]).arg(&out).arg(&input).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = hvtrace().arg("analyze").arg(&out).arg("--json").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["event_sets"], serde_json::json!(["xentrace"]));
+    assert_eq!(j["events_discarded"].as_u64(), Some(g.lost.iter().sum()), "each lost record counted once");
+    let mut ours = std::collections::BTreeMap::new();
+    for v in j["vcpus"].as_array().unwrap() {
+        for x in v["exits"].as_array().unwrap() {
+            let key = (
+                v["domain"].as_u64().unwrap() as u32,
+                v["vcpu"].as_u64().unwrap() as u32,
+                x["code"].as_u64().unwrap() as u32,
+            );
+            ours.insert(key, (x["count"].as_u64().unwrap(), x["total_ns"].as_u64().unwrap()));
+        }
+    }
+    assert!(ours.len() > 50, "{} (domain, vCPU, reason) cells", ours.len());
+    if Command::new("xenalyze").arg("--help").output().is_err() {
+        println!("SKIP: {test}: xenalyze not installed (apt-get install xen-utils-4.17)");
+        return;
+    }
+    let o = Command::new("xenalyze").arg("--summary").arg(&input).output().unwrap();
+    let theirs = hvtrace_xen::xenalyze::exits(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
+    for (k, (n, ns)) in &ours {
+        let (xn, xcyc) = theirs[k];
+        assert_eq!(*n, xn, "exits of d{}v{} reason {}", k.0, k.1, k.2);
+        let xns = xcyc as f64 / 2.4;
+        assert!(
+            (*ns as f64 - xns).abs() <= 0.005 * xns,
+            "d{}v{} reason {}: {ns} ns against xenalyze's {xns}",
+            k.0,
+            k.1,
+            k.2
+        );
+    }
+}
