@@ -7,12 +7,14 @@
 //! * `core` — the ring alone (drained, or full: the discard path), or the floor.
 //! * `idle` — wake-ups of a consumer on a started, idle `hvtrace sim --rate 0`.
 //! * `poll-consume` — the xentrace-style 100 ms polling baseline consumer.
+//! * `xentrace` — `hvtrace import xentrace` against `xenalyze --summary` on one generated file.
 
 mod core;
 mod host;
 mod idle;
 mod poll;
 mod util;
+mod xentrace;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,8 @@ enum Cmd {
     Idle(idle::Args),
     /// The 100 ms polling baseline consumer.
     PollConsume(poll::Args),
+    /// xentrace import against xenalyze --summary, same file.
+    Xentrace(xentrace::Args),
 }
 
 fn main() {
@@ -42,6 +46,7 @@ fn main() {
         Cmd::Core(a) => core::run(a),
         Cmd::Idle(a) => idle::run(a),
         Cmd::PollConsume(a) => poll::run(a),
+        Cmd::Xentrace(a) => xentrace::run(a),
     };
     if let Err(e) = r {
         eprintln!("hvtrace-bench: error: {e:#}");

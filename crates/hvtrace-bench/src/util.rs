@@ -87,6 +87,18 @@ fn thread_nivcsw() -> i64 {
     }
 }
 
+/// User + system CPU time of every waited-for child process so far, ns.
+pub(crate) fn children_cpu_ns() -> u64 {
+    // SAFETY: getrusage fills one rusage struct through a valid pointer.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
+}
+
 fn sleep_until_ns(deadline: u64) {
     let ts = libc::timespec { tv_sec: (deadline / 1_000_000_000) as _, tv_nsec: (deadline % 1_000_000_000) as _ };
     // SAFETY: plain syscall on a valid timespec; EINTR is retried.

@@ -322,6 +322,15 @@ fn a_relay_that_goes_away_ends_a_relay_only_session() {
     };
     let run = run_in_thread(Consumer::attach(&cfg).unwrap());
     write_events(&host, 0, 0, 5_000);
+    // Killed once it indexed two packets (so the first one's reply reached
+    // the consumer: packets go one at a time): a kill before that would test
+    // nothing of the session going on.
+    let index = relay.trace_dir(HOST, "gone").join("index").join("channel0_0.idx");
+    let t = Instant::now();
+    while std::fs::metadata(&index).map_or(0, |m| m.len()) < 16 + 2 * 72 {
+        assert!(t.elapsed() < Duration::from_secs(20), "the relay received no packet");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     relay.kill();
     // The next live tick (100 ms) notices; writing more makes sure.
     let t = Instant::now();

@@ -50,6 +50,7 @@ enum Command {
     Analyze(cmd::analyze::Args),
     Export(cmd::export::Args),
     Report(cmd::report::Args),
+    Import(cmd::import::Args),
 }
 
 /// How a command ended: the binary's one table of exit statuses. Every
@@ -99,6 +100,7 @@ fn main() -> ExitCode {
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Export(a) => cmd::export::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Import(a) => cmd::import::run(a),
     };
     match r {
         Ok(status) => status.into(),

@@ -16,7 +16,9 @@ fn every_subcommand_describes_itself() {
         .filter_map(|l| l.trim().split_once(' ').map(|(c, d)| (c, d.trim())))
         .collect();
     let names: Vec<&str> = commands.iter().map(|c| c.0).collect();
-    for want in ["demo", "sim", "kvm", "consume", "create", "start", "stop", "destroy", "status", "flush", "check"] {
+    for want in
+        ["demo", "sim", "kvm", "consume", "create", "start", "stop", "destroy", "status", "flush", "check", "import"]
+    {
         assert!(names.contains(&want), "{want} missing from --help:\n{help}");
     }
     for (i, (c, d)) in commands.iter().enumerate() {

@@ -6,6 +6,7 @@ pub mod consume;
 pub mod control;
 pub mod demo;
 pub mod export;
+pub mod import;
 pub mod kvm;
 pub mod report;
 pub mod sim;

@@ -1,0 +1,181 @@
+//! Reading `xenalyze --summary`'s text, to compare an import with the tool
+//! Xen users trust (tests, checks). Only what is compared is read: the
+//! per-vCPU `Exit reasons:` and `Runstates:` tables.
+
+use std::collections::BTreeMap;
+
+/// `(domid, vcpu, exit code)` → `(count, total cycles)`.
+pub type Exits = BTreeMap<(u32, u32, u32), (u64, u64)>;
+
+/// `(domid, vcpu, runstate name)` → `(intervals, total cycles)`.
+pub type Runstates = BTreeMap<(u32, u32, &'static str), (u64, u64)>;
+
+/// The domain and vCPU a line of the summary is under.
+#[derive(Default)]
+struct Place {
+    dom: Option<u32>,
+    vcpu: Option<u32>,
+}
+
+impl Place {
+    /// Follows `|-- Domain N --|` and `-- vN --` headings; true on one.
+    fn heading(&mut self, line: &str) -> bool {
+        if let Some(d) = line.strip_prefix("|-- Domain ").and_then(|r| r.strip_suffix(" --|")) {
+            (self.dom, self.vcpu) = (d.trim().parse().ok(), None);
+        } else if let Some(v) = line.strip_prefix("-- v").and_then(|r| r.strip_suffix(" --")) {
+            self.vcpu = v.trim().parse().ok();
+        } else {
+            return false;
+        }
+        true
+    }
+
+    fn vcpu(&self) -> Option<(u32, u32)> {
+        Some((self.dom?, self.vcpu?))
+    }
+}
+
+/// xenalyze's names for VMX exit reasons where they differ from the SDM's
+/// (`hvtrace_sim::VmxExitReason`).
+pub const ALIASES: &[(&str, u32)] = &[("PENDING_INTERRUPT", 7), ("PENDING_NMI", 8)];
+
+/// A line of the summary that does not read as its table says.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("xenalyze summary line {line}: {what}: {text:?}")]
+pub struct SummaryError {
+    /// Line number, from 1.
+    pub line: usize,
+    /// What was expected.
+    pub what: &'static str,
+    /// The line.
+    pub text: String,
+}
+
+/// The code of a VMX exit reason as xenalyze names it.
+fn exit_code(name: &str) -> Option<u32> {
+    ALIASES
+        .iter()
+        .find(|a| a.0 == name)
+        .map(|a| a.1)
+        .or_else(|| hvtrace_sim::VmxExitReason::LABELS.iter().find(|l| l.label == name).map(|l| l.value as u32))
+}
+
+/// `count` and the average cycles of a summary row whose count is word
+/// `at` and whose average is word `at + avg_at` (`PRINT_SUMMARY`'s forms).
+fn row(w: &[&str], count_at: usize, avg_at: usize) -> Option<(u64, u64)> {
+    let count: u64 = w.get(count_at)?.parse().ok()?;
+    let avg: u64 = w.get(avg_at)?.parse().ok()?;
+    Some((count, count.checked_mul(avg)?))
+}
+
+/// The `Exit reasons:` tables of `xenalyze --summary` (VMX names), per
+/// domain and vCPU: count, and count × average cycles (xenalyze prints the
+/// average rounded down).
+pub fn exits(text: &str) -> Result<Exits, SummaryError> {
+    let mut place = Place::default();
+    let mut in_table = false;
+    let mut out = Exits::new();
+    for (n, line) in text.lines().enumerate() {
+        let err = |what| SummaryError { line: n + 1, what, text: line.to_string() };
+        if place.heading(line) {
+            in_table = false;
+        } else if line.starts_with("Exit reasons:") {
+            in_table = true;
+        } else if in_table && line.starts_with(' ') && !line.starts_with("  ") {
+            // ` NAME  count  secs  pct%  avg cyc {p5|p50|p95}`; sub-handler rows are indented further.
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let Some((d, v)) = place.vcpu() else { continue };
+            let code = exit_code(w[0]).ok_or(err("an exit reason xenalyze names and VMX has"))?;
+            if w.get(5) != Some(&"cyc") {
+                return Err(err("`NAME count seconds percent average cyc`"));
+            }
+            out.insert((d, v, code), row(&w, 1, 4).ok_or(err("a count and an average"))?);
+        } else if !line.starts_with(' ') {
+            in_table = false;
+        }
+    }
+    Ok(out)
+}
+
+/// The `Runstates:` tables of the vCPUs in `xenalyze --summary`:
+/// intervals and intervals × average cycles, per state (`running`,
+/// `runnable`, `blocked`, `offline`, `lost`; the `runnable` split into
+/// wake / preempt / other is left out).
+pub fn runstates(text: &str) -> Result<Runstates, SummaryError> {
+    let mut place = Place::default();
+    let mut in_table = false;
+    let mut out = Runstates::new();
+    for (n, line) in text.lines().enumerate() {
+        let err = |what| SummaryError { line: n + 1, what, text: line.to_string() };
+        if place.heading(line) {
+            in_table = false;
+        } else if line == " Runstates:" {
+            in_table = place.vcpu().is_some();
+        } else if in_table {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let state = match w.first().copied() {
+                Some("running:") => "running",
+                Some("runnable:") => "runnable",
+                Some("blocked:") => "blocked",
+                Some("offline:") => "offline",
+                Some("lost:") => "lost",
+                Some("wake:" | "preempt:" | "other:" | "init:" | "queued:") => continue,
+                _ => {
+                    in_table = false;
+                    continue;
+                }
+            };
+            let Some((d, v)) = place.vcpu() else { continue };
+            // `state:  count  seconds  average {p5|p50|p95}`
+            out.insert((d, v, state), row(&w, 1, 3).ok_or(err("`state: count seconds average`"))?);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUMMARY: &str = "\
+|-- Domain 3 --|
+ Runstates:
+   blocked:      11  0.54s 116945488 {60100000|328535456|328535456}
+-- v0 --
+ Runstates:
+   running:      90  2.46s 65690894 {29899500|298334956|298334956}
+  runnable:      89  4.44s 119669893 {60101500|328536956|358533956}
+        wake:      23  0.00s    500 {   500|   500|   500}
+ cpu affinity:      89 226123014 {90001000|119998000|388433456}
+Exit reasons:
+ EXTERNAL_INTERRUPT         58  0.00s  0.01% 32721 cyc { 5563|31430|58350}
+            [ 89]: 1
+ PENDING_INTERRUPT          61  0.00s  0.01% 28690 cyc { 7319|24579|55305}
+ HLT                        40  0.00s  0.01% 38445 cyc { 7621|43241|59346}
+   hlt       40  0.00s  0.01% 38445 cyc { 7621|43241|59346}
+Guest interrupt counts:
+";
+
+    #[test]
+    fn the_vcpu_tables_are_read_and_the_domain_ones_left_out() {
+        let x = exits(SUMMARY).unwrap();
+        let want: Exits =
+            [((3, 0, 1), (58, 58 * 32721)), ((3, 0, 7), (61, 61 * 28690)), ((3, 0, 12), (40, 40 * 38445))].into();
+        assert_eq!(x, want);
+        let r = runstates(SUMMARY).unwrap();
+        let want: Runstates =
+            [((3, 0, "running"), (90, 90 * 65690894)), ((3, 0, "runnable"), (89, 89 * 119669893))].into();
+        assert_eq!(r, want);
+    }
+
+    #[test]
+    fn an_unreadable_row_is_an_error_with_its_line() {
+        let bad = SUMMARY.replace(" HLT                        40", " HLT                        forty");
+        let e = exits(&bad).unwrap_err();
+        assert_eq!(e.line, 14);
+        let bad = SUMMARY.replace(" HLT ", " NO_SUCH_REASON ");
+        assert!(exits(&bad).unwrap_err().to_string().contains("an exit reason"));
+        let bad = SUMMARY.replace("90  2.46s 65690894", "90  2.46s");
+        assert_eq!(runstates(&bad).unwrap_err().line, 6);
+    }
+}

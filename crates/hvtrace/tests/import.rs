@@ -1,0 +1,122 @@
+//! `hvtrace import xentrace`: a generated xentrace file in, a trace
+//! babeltrace2 reads out, the warnings and the exit status as documented.
+
+use std::process::Command;
+
+use hvtrace_xen::gen::{put_window, Scenario};
+
+fn hvtrace() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hvtrace"))
+}
+
+#[test]
+fn an_imported_xentrace_file_is_read_by_babeltrace2() {
+    let g = Scenario { cut: 5, ..Scenario::default() }.generate();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("gen.xentrace");
+    std::fs::write(&input, &g.bytes).unwrap();
+    let out = dir.path().join("trace");
+    let o =
+        hvtrace().args(["import", "xentrace"]).arg(&input).arg("--output").arg(&out).arg("--json").output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("does not carry the TSC frequency"), "{stderr}");
+    assert!(stderr.contains("ends inside CPU 0's window"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["records"], g.records.len() as u64);
+    assert_eq!(report["lost"], g.lost.iter().sum::<u64>());
+    assert_eq!(report["classes"]["xen_raw"], serde_json::Value::Null, "no generated record is raw");
+    if Command::new("babeltrace2").arg("--version").output().is_err() {
+        println!("SKIP: an_imported_xentrace_file_is_read_by_babeltrace2: babeltrace2 not installed");
+        return;
+    }
+    let bt = Command::new("babeltrace2").arg(&out).output().unwrap();
+    assert!(bt.status.success(), "{}", String::from_utf8_lossy(&bt.stderr));
+    let text = String::from_utf8(bt.stdout).unwrap();
+    assert_eq!(text.lines().count(), g.records.len());
+    let vmexit = text.lines().find(|l| l.contains("vmx_exit64:")).expect("a 64-bit VM exit");
+    assert!(vmexit.contains("exit_reason = ( \""), "the exit reason is an enumeration: {vmexit}");
+    // babeltrace2 reports xentrace's lost records as discarded events, with the count.
+    let warnings = String::from_utf8_lossy(&bt.stderr);
+    let lost = g.lost[0];
+    assert!(
+        warnings.contains(&format!("Tracer discarded {lost} events")),
+        "no discarded events for {lost} lost records: {warnings}"
+    );
+}
+
+#[test]
+fn damage_is_an_error_after_the_records_before_it_are_imported() {
+    let g = Scenario { rounds: 3, cut: 0, lost: 0, ..Scenario::default() }.generate();
+    let mut bytes = g.bytes.clone();
+    put_window(&mut bytes, 70_000, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.xentrace");
+    std::fs::write(&input, &bytes).unwrap();
+    let out = dir.path().join("trace");
+    let o = hvtrace()
+        .args(["import", "xentrace"])
+        .arg(&input)
+        .args(["--cpu-hz", "2000000000", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("CPU 70000, beyond any machine"), "{stderr}");
+    assert!(!stderr.contains("TSC frequency"), "--cpu-hz given: no warning: {stderr}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains(&format!("imported {} records", g.records.len())), "{stdout}");
+}
+
+/// `hvtrace analyze --json` on an imported file against `xenalyze --summary`
+/// on the same file: per domain, vCPU and exit reason the same counts, and
+/// total exit times within 0.5 % (xenalyze's cycles at its 2.4 GHz).
+#[test]
+fn analyze_of_an_import_agrees_with_xenalyze() {
+    let test = "analyze_of_an_import_agrees_with_xenalyze";
+    let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, ..Scenario::default() }.generate();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("gen.xentrace");
+    std::fs::write(&input, &g.bytes).unwrap();
+    let out = dir.path().join("trace");
+    let o =
+        hvtrace().args(["import", "xentrace", "--cpu-hz", "2400000000", "-o"]).arg(&out).arg(&input).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = hvtrace().arg("analyze").arg(&out).arg("--json").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["event_sets"], serde_json::json!(["xentrace"]));
+    assert_eq!(j["events_discarded"].as_u64(), Some(g.lost.iter().sum()), "each lost record counted once");
+    let mut ours = std::collections::BTreeMap::new();
+    for v in j["vcpus"].as_array().unwrap() {
+        for x in v["exits"].as_array().unwrap() {
+            let key = (
+                v["domain"].as_u64().unwrap() as u32,
+                v["vcpu"].as_u64().unwrap() as u32,
+                x["code"].as_u64().unwrap() as u32,
+            );
+            ours.insert(key, (x["count"].as_u64().unwrap(), x["total_ns"].as_u64().unwrap()));
+        }
+    }
+    assert!(ours.len() > 50, "{} (domain, vCPU, reason) cells", ours.len());
+    if Command::new("xenalyze").arg("--help").output().is_err() {
+        println!("SKIP: {test}: xenalyze not installed (apt-get install xen-utils-4.17)");
+        return;
+    }
+    let o = Command::new("xenalyze").arg("--summary").arg(&input).output().unwrap();
+    let theirs = hvtrace_xen::xenalyze::exits(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
+    for (k, (n, ns)) in &ours {
+        let (xn, xcyc) = theirs[k];
+        assert_eq!(*n, xn, "exits of d{}v{} reason {}", k.0, k.1, k.2);
+        let xns = xcyc as f64 / 2.4;
+        assert!(
+            (*ns as f64 - xns).abs() <= 0.005 * xns,
+            "d{}v{} reason {}: {ns} ns against xenalyze's {xns}",
+            k.0,
+            k.1,
+            k.2
+        );
+    }
+}
