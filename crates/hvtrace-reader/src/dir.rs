@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use hvtrace_core::decode::{packet_info, records, DecodeError, PacketInfo, Record, Schema};
+use hvtrace_core::metadata;
 
 use crate::tsdl::{self, Metadata, MetadataError, TraceSchema};
 
@@ -180,6 +181,9 @@ pub struct TraceDir {
     /// The text of the `INCOMPLETE` marker (empty as the consumer writes
     /// it), if the trace was cut short.
     pub incomplete: Option<String>,
+    /// The kernel's stream files (`kernel_<cpu>`, stream class 1, written by
+    /// `hvtrace-ftrace`): listed, not read by this crate.
+    pub kernel_streams: Vec<StreamFile>,
     /// Other non-empty regular, non-hidden files: CTF readers (babeltrace2)
     /// take every such file for a stream and fail on it (empty ones they skip).
     pub foreign: Vec<String>,
@@ -210,6 +214,7 @@ impl TraceDir {
         let mut streams = Vec::new();
         let mut incomplete = None;
         let mut foreign = Vec::new();
+        let mut kernel_streams = Vec::new();
         for e in entries {
             let e = e.map_err(io_err(path, "list"))?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -221,7 +226,9 @@ impl TraceDir {
                 let note = read_regular(&e.path(), MAX_NOTE).map_err(io_err(&e.path(), "read"))?;
                 incomplete = Some(String::from_utf8_lossy(&note).trim().to_string());
             } else if let (Some(cpu), true) = (stream_cpu(&name), ft.is_file()) {
-                streams.push(StreamFile { path: e.path(), name, cpu });
+                let kernel = name.rsplit_once('_').is_some_and(|(p, _)| p == metadata::KERNEL_STREAM_PREFIX);
+                let list = if kernel { &mut kernel_streams } else { &mut streams };
+                list.push(StreamFile { path: e.path(), name, cpu });
             } else if e.metadata().map_err(io_err(&e.path(), "stat"))?.len() > 0 {
                 foreign.push(name);
             }
@@ -230,7 +237,8 @@ impl TraceDir {
             (a.name.rsplit_once('_').map(|s| s.0), a.cpu).cmp(&(b.name.rsplit_once('_').map(|s| s.0), b.cpu))
         });
         foreign.sort();
-        Ok(TraceDir { path: path.to_path_buf(), metadata, metadata_text, streams, incomplete, foreign })
+        kernel_streams.sort_by_key(|s| s.cpu);
+        Ok(TraceDir { path: path.to_path_buf(), metadata, metadata_text, streams, incomplete, kernel_streams, foreign })
     }
 
     /// The event classes.

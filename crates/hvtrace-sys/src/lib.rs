@@ -17,6 +17,7 @@
 //! | [`ring`] | [`MappedReader`]: a consumer's ring reader over mappings it owns (no `unsafe` for the caller) |
 //! | [`direct`] | `O_DIRECT` descriptors on files and the alignment they need ([`DioAlign`]) |
 //! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks), SIGTERM, `PR_SET_DUMPABLE`, pipes |
+//! | [`tracefs`] | mounting tracefs, the calling thread's id (for the kernel-event source) |
 //!
 //! Linux only.
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -31,6 +32,7 @@ pub mod mmap;
 pub mod proc;
 pub mod ring;
 pub mod seqpacket;
+pub mod tracefs;
 
 pub use direct::DioAlign;
 pub use epoll::{PollEvent, Poller};

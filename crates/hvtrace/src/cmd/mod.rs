@@ -9,4 +9,5 @@ pub mod export;
 pub mod import;
 pub mod kvm;
 pub mod report;
+pub mod record_kernel;
 pub mod sim;

@@ -1,0 +1,54 @@
+//! The calls the kernel-event source (`hvtrace-ftrace`) needs beyond plain
+//! file I/O on tracefs: mounting tracefs, opening `trace_pipe_raw` without
+//! blocking, and the caller's thread id (the id `set_event_pid` and the
+//! events' `common_pid` use).
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use rustix::fs::{open, Mode, OFlags};
+use rustix::mount::{mount, MountFlags};
+
+/// `mount("nodev", target, "tracefs", MS_NOSUID|MS_NODEV|MS_NOEXEC, NULL)`:
+/// mounts tracefs at `target` (an existing empty directory). Needs
+/// `CAP_SYS_ADMIN`.
+///
+/// # References
+/// - [`mount(2)`](https://man7.org/linux/man-pages/man2/mount.2.html)
+/// - [The tracefs file system](https://docs.kernel.org/trace/ftrace.html#the-file-system)
+pub fn mount_tracefs(target: &Path) -> io::Result<()> {
+    let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    Ok(mount("nodev", target, "tracefs", flags, None)?)
+}
+
+/// `open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)`: a tracefs pipe whose
+/// reads return `WouldBlock` when it is empty (the reader sleeps in `epoll`
+/// instead).
+///
+/// # References
+/// - [`open(2)`](https://man7.org/linux/man-pages/man2/open.2.html)
+pub fn open_nonblocking(path: &Path) -> io::Result<File> {
+    let fd = open(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    Ok(File::from(fd))
+}
+
+/// `gettid()`: the calling thread's id (the `pid` of the kernel's task, which
+/// is what ftrace records as `common_pid`).
+///
+/// # References
+/// - [`gettid(2)`](https://man7.org/linux/man-pages/man2/gettid.2.html)
+pub fn gettid() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_spawned_thread_has_its_own_id() {
+        let main = super::gettid();
+        let other = std::thread::spawn(super::gettid).join().unwrap();
+        assert_ne!(main, other);
+        assert_eq!(main, std::process::id(), "the main thread's id is the process id");
+    }
+}
