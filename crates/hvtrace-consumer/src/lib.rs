@@ -90,6 +90,10 @@ pub struct ConsumerConfig {
     pub direct_min: Option<usize>,
     /// Also stream to an lttng-relayd.
     pub relay: Option<RelayConfig>,
+    /// TSDL appended to the host's metadata in the trace directory: the
+    /// kernel's stream class and events when `hvtrace-ftrace` writes kernel
+    /// streams into the same trace (empty: none).
+    pub metadata_suffix: String,
 }
 
 /// The default [`ConsumerConfig::direct_min`].
@@ -104,6 +108,7 @@ impl ConsumerConfig {
             threads: 1,
             direct_min: Some(DIRECT_MIN),
             relay: None,
+            metadata_suffix: String::new(),
         }
     }
 }
@@ -225,7 +230,11 @@ impl Consumer {
         if cfg.output.is_none() && cfg.relay.is_none() {
             return Err(ConsumerError::Protocol("no sink: neither a trace directory nor a relay".into()));
         }
-        let out = cfg.output.as_ref().map(|o| OutputDir::prepare(o, &channel, &metadata)).transpose()?;
+        let out = cfg
+            .output
+            .as_ref()
+            .map(|o| OutputDir::prepare(o, &channel, &format!("{metadata}{}", cfg.metadata_suffix)))
+            .transpose()?;
         let threads = cfg.threads.max(1);
         let relay = cfg
             .relay
@@ -259,6 +268,11 @@ impl Consumer {
     /// Channel name.
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// The trace's UUID (every packet header carries it).
+    pub fn trace_uuid(&self) -> [u8; 16] {
+        self.mapper.uuid
     }
 
     /// The trace directory, if recording locally.

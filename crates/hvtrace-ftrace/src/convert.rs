@@ -7,7 +7,7 @@
 //! One page becomes one packet; the kernel's common fields but
 //! `common_type` (which is the event id) become the stream's event context.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use hvtrace_core::ctf::{empty_packet, header, packet};
@@ -52,6 +52,8 @@ pub struct EventTable {
     events: Vec<EventFormat>,
     by_kernel_id: HashMap<u16, u32>,
     common: Vec<FormatField>,
+    /// Offset of the 4-byte `common_pid`, if the kernel has one.
+    pid_at: Option<usize>,
 }
 
 impl EventTable {
@@ -76,7 +78,8 @@ impl EventTable {
             }
             by_kernel_id.insert(e.id, i as u32);
         }
-        Ok(EventTable { events, by_kernel_id, common })
+        let pid_at = common.iter().find(|f| f.name == "common_pid" && f.size == 4).map(|f| f.offset);
+        Ok(EventTable { events, by_kernel_id, common, pid_at })
     }
 
     /// The events, in CTF id order.
@@ -214,7 +217,7 @@ impl EventTable {
 }
 
 /// What converting pages produced, per stream.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StreamCounts {
     /// Packets written.
     pub packets: u64,
@@ -234,6 +237,8 @@ pub struct StreamCounts {
     pub unknown_losses: u64,
     /// Bytes written.
     pub bytes: u64,
+    /// Records by thread (`common_pid`), by CTF event id.
+    pub by_thread: BTreeMap<u32, Vec<u64>>,
 }
 
 /// The packet writer of one CPU's kernel stream.
@@ -346,6 +351,12 @@ impl KernelStream {
             prev = ts;
             self.counts.records += 1;
             self.counts.by_event[id as usize] += 1;
+            if let Some(at) = table.pid_at {
+                let pid = u32::from_le_bytes(r.payload[at..at + 4].try_into().unwrap_or_default());
+                let per = self.counts.by_thread.entry(pid).or_default();
+                per.resize(table.events.len(), 0);
+                per[id as usize] += 1;
+            }
             any = true;
         }
         if any {

@@ -35,7 +35,7 @@ pub struct KernelSource {
 }
 
 /// What one CPU's stream holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CpuReport {
     /// The CPU.
     pub cpu: u32,
@@ -46,7 +46,7 @@ pub struct CpuReport {
 }
 
 /// The end of a recording.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct KernelReport {
     /// Event names by CTF id.
     pub events: Vec<String>,
@@ -61,6 +61,13 @@ impl KernelReport {
     pub fn count(&self, name: &str) -> u64 {
         let Some(id) = self.events.iter().position(|e| e == name) else { return 0 };
         self.per_cpu.iter().map(|c| c.counts.by_event.get(id).copied().unwrap_or(0)).sum()
+    }
+
+    /// Records of event `name` by thread `tid` over all CPUs.
+    pub fn count_for(&self, tid: u32, name: &str) -> u64 {
+        let Some(id) = self.events.iter().position(|e| e == name) else { return 0 };
+        let of = |c: &CpuReport| c.counts.by_thread.get(&tid).and_then(|v| v.get(id).copied()).unwrap_or(0);
+        self.per_cpu.iter().map(of).sum()
     }
 
     /// Sum of a per-CPU figure.

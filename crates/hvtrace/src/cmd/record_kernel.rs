@@ -1,6 +1,7 @@
 //! `hvtrace record-kernel`: the kernel's half of any running VMM (QEMU,
 //! Firecracker, Cloud Hypervisor, `hvtrace kvm`), through ftrace.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,6 +55,8 @@ pub struct Summary {
     pub per_event: Vec<(String, u64)>,
     /// Per CPU: `[cpu, records, discarded, packets]`.
     pub per_cpu: Vec<[u64; 4]>,
+    /// Per thread (`common_pid`), per event name: records.
+    pub per_thread: BTreeMap<u32, BTreeMap<String, u64>>,
     /// Stale instances of killed runs removed at the start.
     pub removed_stale: Vec<String>,
 }
@@ -71,6 +74,16 @@ impl Summary {
                 .iter()
                 .map(|c| [c.cpu as u64, c.counts.records, c.counts.discarded, c.counts.packets])
                 .collect(),
+            per_thread: r
+                .per_cpu
+                .iter()
+                .flat_map(|c| &c.counts.by_thread)
+                .fold(BTreeMap::new(), |mut acc: BTreeMap<u32, BTreeMap<String, u64>>, (tid, counts)| {
+                    for (id, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+                        *acc.entry(*tid).or_default().entry(r.events[id].clone()).or_default() += n;
+                    }
+                    acc
+                }),
             removed_stale,
         }
     }
@@ -96,11 +109,11 @@ impl Summary {
 
 /// The instance settings for `pid` and `events`, on the kernel clock that
 /// matches `clock` (hvtrace's own).
-pub fn instance_config(pid: u32, events: &[String], buffer_kb: u32, clock: &HostClock) -> InstanceConfig {
+pub fn instance_config(pid: u32, events: &[String], buffer_kb: u32, clock: ClockSource) -> InstanceConfig {
     InstanceConfig {
         events: events.to_vec(),
         buffer_kb,
-        clock: match clock.source() {
+        clock: match clock {
             ClockSource::Tsc => TraceClock::X86Tsc,
             ClockSource::Monotonic => TraceClock::Mono,
         },
@@ -112,7 +125,7 @@ pub fn run(a: Args) -> Result<()> {
     crate::session::check_output(&a.output)?;
     let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     let clock = HostClock::detect(Duration::from_millis(50));
-    let source = KernelSource::open(&instance_config(a.pid, &a.events, a.buffer_kb, &clock))?;
+    let source = KernelSource::open(&instance_config(a.pid, &a.events, a.buffer_kb, clock.source()))?;
     let removed_stale = source.removed_stale().to_vec();
     for s in &removed_stale {
         eprintln!("hvtrace record-kernel: removed the stale tracefs instance {s} of a run that was killed");
