@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use hvtrace_core::EventSet;
 use hvtrace_ctl::Client;
-use hvtrace_host::{Host, HostConfig};
 use hvtrace_ftrace::KernelSource;
+use hvtrace_host::{Host, HostConfig};
 use hvtrace_kvm::{NullObserver, RunReport, Vmm, VmmConfig, Workload, EXIT_REASONS};
 use hvtrace_proto::Request;
 
@@ -446,7 +446,11 @@ fn check(s: &Summary, closed: u64) -> Result<()> {
                 ("kvm_pio", v.kernel_pio, v.io_exits),
             ] {
                 if let Some(k) = kernel.filter(|k| *k != vmm) {
-                    bail!("vCPU {} (thread {:?}): {k} {what} in the kernel's trace, but the VMM counted {vmm}", v.vcpu, v.tid);
+                    bail!(
+                        "vCPU {} (thread {:?}): {k} {what} in the kernel's trace, but the VMM counted {vmm}",
+                        v.vcpu,
+                        v.tid
+                    );
                 }
             }
         }
@@ -475,7 +479,11 @@ fn print_summary(out: &mut impl Write, s: &Summary, rings: &[RingCount], json: b
         }
         writeln!(out)?;
         if s.kernel.is_some() {
-            writeln!(out, "{:>4} {:>8} {:>10} {:>12} {:>10} {:>10}", "vcpu", "thread", "KVM_RUN", "kernel exits", "io exits", "kvm_pio")?;
+            writeln!(
+                out,
+                "{:>4} {:>8} {:>10} {:>12} {:>10} {:>10}",
+                "vcpu", "thread", "KVM_RUN", "kernel exits", "io exits", "kvm_pio"
+            )?;
             for v in &s.per_vcpu {
                 let n = |x: Option<u64>| x.map_or("-".to_string(), |x| x.to_string());
                 writeln!(

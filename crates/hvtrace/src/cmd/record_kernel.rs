@@ -51,6 +51,8 @@ pub struct Summary {
     pub events_recorded: u64,
     /// Events lost (the kernel's count) or not convertible, all CPUs.
     pub events_discarded: u64,
+    /// The kernel's own count of lost events (`per_cpu/cpuN/stats`), all CPUs.
+    pub kernel_lost: u64,
     /// Per event name: records.
     pub per_event: Vec<(String, u64)>,
     /// Per CPU: `[cpu, records, discarded, packets]`.
@@ -68,22 +70,22 @@ impl Summary {
             trace,
             events_recorded: r.total(|c| c.counts.records),
             events_discarded: r.total(|c| c.counts.discarded),
+            kernel_lost: r.total(|c| c.kernel_lost),
             per_event: r.events.iter().map(|e| (e.clone(), r.count(e))).filter(|(_, n)| *n > 0).collect(),
             per_cpu: r
                 .per_cpu
                 .iter()
                 .map(|c| [c.cpu as u64, c.counts.records, c.counts.discarded, c.counts.packets])
                 .collect(),
-            per_thread: r
-                .per_cpu
-                .iter()
-                .flat_map(|c| &c.counts.by_thread)
-                .fold(BTreeMap::new(), |mut acc: BTreeMap<u32, BTreeMap<String, u64>>, (tid, counts)| {
+            per_thread: r.per_cpu.iter().flat_map(|c| &c.counts.by_thread).fold(
+                BTreeMap::new(),
+                |mut acc: BTreeMap<u32, BTreeMap<String, u64>>, (tid, counts)| {
                     for (id, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
                         *acc.entry(*tid).or_default().entry(r.events[id].clone()).or_default() += n;
                     }
                     acc
-                }),
+                },
+            ),
             removed_stale,
         }
     }
