@@ -87,6 +87,12 @@ impl EventTable {
         &self.events
     }
 
+    /// The fields every record carries in its event context (the common
+    /// fields but `common_type`).
+    pub fn context_fields(&self) -> &[FormatField] {
+        &self.common
+    }
+
     /// The CTF id of the event named `name`.
     pub fn id_of(&self, name: &str) -> Option<u32> {
         self.events.iter().position(|e| e.name == name).map(|i| i as u32)

@@ -11,6 +11,7 @@
 //! | [`format`] | an event's `format` file → the layout of its records |
 //! | [`page`] | an ftrace ring-buffer page → timestamped records and lost counts (bounds-checked) |
 //! | [`convert`] | records → CTF event classes (TSDL) and packets of stream class 1 |
+//! | [`model`] | the kernel's KVM events on the hypervisor model (`hvtrace-model`) |
 //! | [`record`] | the reader: per-CPU `trace_pipe_raw` woken by `epoll`, one stream file per CPU |
 //!
 //! The kernel's ring buffer is the seed's design inside Linux: per-CPU
@@ -21,6 +22,7 @@ use std::io;
 
 pub mod convert;
 pub mod format;
+pub mod model;
 pub mod page;
 pub mod record;
 pub mod tracefs;
