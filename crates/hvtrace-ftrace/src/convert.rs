@@ -122,25 +122,26 @@ impl EventTable {
         writeln!(w, "stream {{\n\tid = {KERNEL_STREAM_ID};")?;
         writeln!(w, "\tevent.header := struct event_header_compact;")?;
         writeln!(w, "\tpacket.context := struct packet_context;")?;
-        writeln!(w, "\tevent.context := struct {{")?;
-        for f in &self.common {
-            w.push_str("\t\t");
-            write_ctf_field(w, f)?;
-            w.push('\n');
-        }
-        writeln!(w, "\t}};\n}};\n")?;
+        write_struct(w, "event.context", &self.common)?;
+        writeln!(w, "}};\n")?;
         for (id, e) in self.events.iter().enumerate() {
             writeln!(w, "event {{\n\tname = \"{}\";\n\tid = {id};\n\tstream_id = {KERNEL_STREAM_ID};", e.name)?;
-            writeln!(w, "\tfields := struct {{")?;
-            for f in &e.fields {
-                w.push_str("\t\t");
-                write_ctf_field(w, f)?;
-                w.push('\n');
-            }
-            writeln!(w, "\t}};\n}};\n")?;
+            write_struct(w, "fields", &e.fields)?;
+            writeln!(w, "}};\n")?;
         }
         Ok(())
     }
+}
+
+/// `\t{what} := struct { … };`, one field a line (the form `hvtrace-core` renders).
+fn write_struct(w: &mut String, what: &str, fields: &[FormatField]) -> std::fmt::Result {
+    writeln!(w, "\t{what} := struct {{")?;
+    for f in fields {
+        w.push_str("\t\t");
+        write_ctf_field(w, f)?;
+        w.push('\n');
+    }
+    writeln!(w, "\t}};")
 }
 
 fn int_kind(bytes: usize, signed: bool, hex: bool) -> FieldKind {
