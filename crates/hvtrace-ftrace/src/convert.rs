@@ -7,8 +7,9 @@
 //! One page becomes one packet; the kernel's common fields but
 //! `common_type` (which is the event id) become the stream's event context.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::ops::Range;
 
 use hvtrace_core::ctf::{empty_packet, header, packet};
 use hvtrace_core::field::FieldKind;
@@ -46,11 +47,50 @@ const FREQUENT: &[&str] = &[
     "kvm_set_irq",
 ];
 
+const NO_ID: u32 = u32::MAX;
+
+/// One step of encoding a record.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Bytes copied as they are: adjacent integer and array fields in one run.
+    Copy(Range<usize>),
+    /// A string or dynamic field, re-encoded.
+    Field(FormatField),
+}
+
+/// How one event's records become payloads, worked out once per event:
+/// most KVM events are a single copy.
+#[derive(Clone, Debug)]
+struct Plan {
+    min_len: usize,
+    steps: Vec<Step>,
+}
+
+impl Plan {
+    fn new(common: &[FormatField], e: &EventFormat) -> Plan {
+        let mut steps: Vec<Step> = Vec::new();
+        for f in common.iter().chain(&e.fields) {
+            let range = f.offset..f.offset + f.size;
+            match (f.ty, steps.last_mut()) {
+                (FieldType::Int { .. } | FieldType::Array { .. }, Some(Step::Copy(r))) if r.end == range.start => {
+                    r.end = range.end
+                }
+                (FieldType::Int { .. } | FieldType::Array { .. }, _) => steps.push(Step::Copy(range)),
+                _ => steps.push(Step::Field(f.clone())),
+            }
+        }
+        Plan { min_len: e.min_len(), steps }
+    }
+}
+
 /// The enabled events: their record layouts and CTF ids.
 #[derive(Clone, Debug)]
 pub struct EventTable {
     events: Vec<EventFormat>,
-    by_kernel_id: HashMap<u16, u32>,
+    /// How each event's records are encoded, by CTF id.
+    plans: Vec<Plan>,
+    /// CTF id by the kernel's id (`common_type`); [`NO_ID`] for others.
+    by_kernel_id: Vec<u32>,
     common: Vec<FormatField>,
     /// Offset of the 4-byte `common_pid`, if the kernel has one.
     pid_at: Option<usize>,
@@ -67,7 +107,7 @@ impl EventTable {
             Some(e) => e.common.iter().filter(|f| f.name != "common_type").cloned().collect(),
             None => return Err(FtraceError::NoEvents),
         };
-        let mut by_kernel_id = HashMap::new();
+        let mut by_kernel_id = vec![NO_ID; events.iter().map(|e| e.id as usize + 1).max().unwrap_or(0)];
         for (i, e) in events.iter().enumerate() {
             if !e.common.iter().filter(|f| f.name != "common_type").eq(common.iter()) {
                 return Err(FtraceError::Format {
@@ -76,10 +116,11 @@ impl EventTable {
                     why: "its common fields differ from the other events'".into(),
                 });
             }
-            by_kernel_id.insert(e.id, i as u32);
+            by_kernel_id[e.id as usize] = i as u32;
         }
         let pid_at = common.iter().find(|f| f.name == "common_pid" && f.size == 4).map(|f| f.offset);
-        Ok(EventTable { events, by_kernel_id, common, pid_at })
+        let plans = events.iter().map(|e| Plan::new(&common, e)).collect();
+        Ok(EventTable { events, plans, by_kernel_id, common, pid_at })
     }
 
     /// The events, in CTF id order.
@@ -194,17 +235,25 @@ impl EventTable {
     /// the event's fields) after `out`; returns the CTF event id.
     pub fn encode_record(&self, rec: &[u8], out: &mut Vec<u8>) -> Result<u32, BadRecord> {
         let kernel_id = u16::from_le_bytes(rec.get(..2).ok_or(BadRecord::Short)?.try_into().unwrap_or([0; 2]));
-        let &id = self.by_kernel_id.get(&kernel_id).ok_or(BadRecord::UnknownType(kernel_id))?;
-        let e = &self.events[id as usize];
-        if rec.len() < e.min_len() {
+        let id = self.by_kernel_id.get(kernel_id as usize).copied().unwrap_or(NO_ID);
+        let plan = self.plans.get(id as usize).ok_or(BadRecord::UnknownType(kernel_id))?;
+        if rec.len() < plan.min_len {
             return Err(BadRecord::Short);
         }
         let start = out.len();
-        for f in self.common.iter().chain(&e.fields) {
-            let fixed = &rec[f.offset..f.offset + f.size];
+        for step in &plan.steps {
+            let f = match step {
+                Step::Copy(r) => {
+                    out.extend_from_slice(&rec[r.clone()]);
+                    continue;
+                }
+                Step::Field(f) => f,
+            };
             match f.ty {
-                FieldType::Int { .. } | FieldType::Array { .. } => out.extend_from_slice(fixed),
-                FieldType::Chars => put_string(out, fixed),
+                FieldType::Int { .. } | FieldType::Array { .. } => {
+                    out.extend_from_slice(&rec[f.offset..f.offset + f.size])
+                }
+                FieldType::Chars => put_string(out, &rec[f.offset..f.offset + f.size]),
                 FieldType::DynString { rel } | FieldType::DynBytes { rel } => {
                     let Some(data) = dynamic(rec, f, rel) else {
                         out.truncate(start);
@@ -326,7 +375,9 @@ impl KernelStream {
         }
         let begin = page.timestamp.max(self.last_ts);
         let mut p = self.open(begin);
-        let (mut prev, mut payload) = (begin, Vec::new());
+        // Records grow by at most the header difference: one allocation a page.
+        p.reserve(page.data.len() * 2);
+        let (mut prev, mut payload) = (begin, Vec::with_capacity(256));
         let mut any = page.missed != Missed::None;
         for r in page.records() {
             let r = match r {
