@@ -38,7 +38,7 @@ pub enum FtraceError {
     #[error("no tracefs: {0}")]
     NoTracefs(String),
     /// Root (CAP_SYS_ADMIN) is needed.
-    #[error("{what} is not permitted ({source}): recording kernel events needs root")]
+    #[error("{what} is not permitted: recording kernel events needs root")]
     NotPermitted {
         /// What was refused.
         what: String,
@@ -52,7 +52,7 @@ pub enum FtraceError {
     #[error("no kernel event is enabled")]
     NoEvents,
     /// The traced process does not exist.
-    #[error("no process {pid} to trace ({source})")]
+    #[error("no process {pid} to trace")]
     NoProcess {
         /// The pid.
         pid: u32,
@@ -70,7 +70,7 @@ pub enum FtraceError {
         why: String,
     },
     /// An I/O error on tracefs or the trace directory.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,

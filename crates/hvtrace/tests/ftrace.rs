@@ -296,3 +296,23 @@ fn without_root_or_tracefs_record_kernel_says_what_is_missing_and_leaves_nothing
         .unwrap_or_default();
     assert!(after.keys().all(|k| before.contains_key(k) || !k.starts_with("hvtrace-")), "no instance created");
 }
+
+#[test]
+fn an_unknown_event_or_an_absent_process_is_a_clear_error_and_leaves_nothing() {
+    if !is_root() || !std::fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("\ttracefs") {
+        eprintln!("SKIP: needs root and tracefs");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (vec!["--pid", "1", "--events", "kvm:no_such_event"], "unknown kernel event `kvm:no_such_event`"),
+        (vec!["--pid", "4000000000"], "no process 4000000000 to trace"),
+    ] {
+        let trace = dir.path().join("t");
+        let out = Command::new(EXE).arg("record-kernel").args(&args).arg("--output").arg(&trace).output().unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(want), "{}", stderr(&out));
+        assert!(!trace.exists());
+        assert!(orphan_instances().is_empty(), "{:?}", orphan_instances());
+    }
+}
