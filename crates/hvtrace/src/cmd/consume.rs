@@ -111,6 +111,12 @@ pub fn run(a: Args) -> Result<Status> {
         relay: relay.clone(),
         metadata_suffix,
     };
+    // The kernel records from before the attach: the host may start the VMM
+    // as soon as we are attached, before the reader runs (the kernel's
+    // buffer holds the events meanwhile; what it cannot hold is counted).
+    if let Some(k) = &kernel {
+        k.instance().set_tracing(true)?;
+    }
     let consumer = Consumer::attach(&cfg)?;
     let output = consumer.output().map(Path::to_path_buf);
     let kernel = match (kernel, &output) {

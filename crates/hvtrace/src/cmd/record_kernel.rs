@@ -13,7 +13,8 @@ use hvtrace_host::clock::{ClockSource, HostClock};
 use serde::Serialize;
 
 /// Record the kernel's events (KVM's tracepoints, the scheduler) of a
-/// running process into a CTF trace, until SIGINT or SIGTERM.
+/// running process into a CTF trace, until SIGINT or SIGTERM, or until the
+/// process exits.
 ///
 /// Creates a private tracefs instance (mounting tracefs if needed), enables
 /// EVENTS for PID's threads, and threads or children it starts later
@@ -21,8 +22,9 @@ use serde::Serialize;
 /// of hvtrace's own traces). Each CPU's `trace_pipe_raw` is read as the
 /// kernel fills it (woken by poll) and written as CTF packets to
 /// `OUTPUT/kernel_<cpu>`; events the kernel lost are counted in each
-/// packet's `events_discarded`. On SIGINT/SIGTERM recording stops, every
-/// CPU is drained, and the instance is removed. Needs root.
+/// packet's `events_discarded`. On SIGINT/SIGTERM, or when PID exits,
+/// recording stops, every CPU is drained, and the instance is removed.
+/// Needs root.
 #[derive(clap::Args)]
 pub struct Args {
     /// The process to trace (all its threads).
@@ -125,7 +127,13 @@ pub fn instance_config(pid: u32, events: &[String], buffer_kb: u32, clock: Clock
 
 pub fn run(a: Args) -> Result<()> {
     crate::session::check_output(&a.output)?;
-    let signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    // Woken by SIGINT/SIGTERM (through a socket the handler writes to) or
+    // by the traced process's exit (its pidfd), in one epoll.
+    let (wake, wake_tx) = std::os::unix::net::UnixStream::pair()?;
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(sig, wake_tx.try_clone()?)?;
+    }
+    let exited = hvtrace_sys::proc::exit_fd(a.pid).with_context(|| format!("no process {} to trace", a.pid))?;
     let clock = HostClock::detect(Duration::from_millis(50));
     let source = KernelSource::open(&instance_config(a.pid, &a.events, a.buffer_kb, clock.source()))?;
     let removed_stale = source.removed_stale().to_vec();
@@ -146,13 +154,19 @@ pub fn run(a: Args) -> Result<()> {
     let md_path = a.output.join("metadata");
     std::fs::write(&md_path, metadata).with_context(|| format!("cannot write {}", md_path.display()))?;
     eprintln!(
-        "hvtrace record-kernel: recording {} of pid {} into {} until SIGINT",
+        "hvtrace record-kernel: recording {} of pid {} into {} until SIGINT or its exit",
         a.events.join(","),
         a.pid,
         a.output.display()
     );
-    let mut signals = signals;
-    let _ = signals.forever().next();
+    let mut poller = hvtrace_sys::Poller::new()?;
+    poller.add(&wake, 0)?;
+    poller.add(&exited, 1)?;
+    let mut ready = Vec::new();
+    while poller.wait(&mut ready, None)? == 0 {}
+    if ready.iter().any(|e| e.token == 1) {
+        eprintln!("hvtrace record-kernel: pid {} exited", a.pid);
+    }
     let report = recorder.stop()?;
     for e in &report.write_errors {
         eprintln!("hvtrace record-kernel: write error: {e}");
