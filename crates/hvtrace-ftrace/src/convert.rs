@@ -234,9 +234,25 @@ impl EventTable {
     /// Encodes one record's payload (common fields but `common_type`, then
     /// the event's fields) after `out`; returns the CTF event id.
     pub fn encode_record(&self, rec: &[u8], out: &mut Vec<u8>) -> Result<u32, BadRecord> {
+        let id = self.lookup(rec)?;
+        self.encode_payload(id, rec, out)?;
+        Ok(id)
+    }
+
+    /// The CTF id of a record, from its `common_type`.
+    fn lookup(&self, rec: &[u8]) -> Result<u32, BadRecord> {
         let kernel_id = u16::from_le_bytes(rec.get(..2).ok_or(BadRecord::Short)?.try_into().unwrap_or([0; 2]));
         let id = self.by_kernel_id.get(kernel_id as usize).copied().unwrap_or(NO_ID);
-        let plan = self.plans.get(id as usize).ok_or(BadRecord::UnknownType(kernel_id))?;
+        if id == NO_ID {
+            return Err(BadRecord::UnknownType(kernel_id));
+        }
+        Ok(id)
+    }
+
+    /// Appends the payload of record `rec` of CTF event `id`; on error
+    /// `out` is as it was.
+    fn encode_payload(&self, id: u32, rec: &[u8], out: &mut Vec<u8>) -> Result<(), BadRecord> {
+        let plan = &self.plans[id as usize];
         if rec.len() < plan.min_len {
             return Err(BadRecord::Short);
         }
@@ -268,7 +284,7 @@ impl EventTable {
                 }
             }
         }
-        Ok(id)
+        Ok(())
     }
 }
 
@@ -377,7 +393,7 @@ impl KernelStream {
         let mut p = self.open(begin);
         // Records grow by at most the header difference: one allocation a page.
         p.reserve(page.data.len() * 2);
-        let (mut prev, mut payload) = (begin, Vec::with_capacity(256));
+        let mut prev = begin;
         let mut any = page.missed != Missed::None;
         for r in page.records() {
             let r = match r {
@@ -387,25 +403,28 @@ impl KernelStream {
                     break;
                 }
             };
-            payload.clear();
-            let id = match table.encode_record(r.payload, &mut payload) {
+            let mark = p.len();
+            let ts = r.timestamp.max(prev);
+            let written = table.lookup(r.payload).and_then(|id| {
+                // The compact header carries 27 bits: readers rebuild the
+                // time from the previous one (`header::expand`).
+                if id <= header::MAX_COMPACT_ID && ts - prev <= header::COMPACT_TS_MASK {
+                    p.extend_from_slice(&header::compact(id, ts));
+                } else {
+                    p.extend_from_slice(&header::extended(id, ts));
+                }
+                table.encode_payload(id, r.payload, &mut p).map(|()| id)
+            });
+            let id = match written {
                 Ok(id) => id,
                 Err(_) => {
+                    p.truncate(mark);
                     self.counts.bad_records += 1;
                     self.counts.discarded += 1;
                     any = true;
                     continue;
                 }
             };
-            let ts = r.timestamp.max(prev);
-            // The compact header carries 27 bits: readers rebuild the time
-            // from the previous one (`header::expand`).
-            if id <= header::MAX_COMPACT_ID && ts - prev <= header::COMPACT_TS_MASK {
-                p.extend_from_slice(&header::compact(id, ts));
-            } else {
-                p.extend_from_slice(&header::extended(id, ts));
-            }
-            p.extend_from_slice(&payload);
             prev = ts;
             self.counts.records += 1;
             self.counts.by_event[id as usize] += 1;
