@@ -45,10 +45,16 @@ pub fn gettid() -> u32 {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_spawned_thread_has_its_own_id() {
-        let main = super::gettid();
-        let other = std::thread::spawn(super::gettid).join().unwrap();
-        assert_ne!(main, other);
-        assert_eq!(main, std::process::id(), "the main thread's id is the process id");
+    fn each_thread_has_its_own_id_as_proc_names_it() {
+        // /proc/thread-self links to PID/task/TID of the calling thread.
+        let tid_of_proc = || {
+            let link = std::fs::read_link("/proc/thread-self").unwrap();
+            link.file_name().unwrap().to_str().unwrap().parse::<u32>().unwrap()
+        };
+        let here = super::gettid();
+        assert_eq!(here, tid_of_proc());
+        let other = std::thread::spawn(move || (super::gettid(), tid_of_proc())).join().unwrap();
+        assert_eq!(other.0, other.1);
+        assert_ne!(here, other.0);
     }
 }
