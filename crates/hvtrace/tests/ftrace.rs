@@ -179,7 +179,8 @@ fn record_kernel(pid: u32, trace: &Path, extra: &[&str]) -> std::process::Child 
 }
 
 fn sigint_and_wait(child: std::process::Child) -> Output {
-    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    // The shell's own kill: no procps needed.
+    let st = Command::new("sh").arg("-c").arg(format!("kill -INT {}", child.id())).status().unwrap();
     assert!(st.success());
     child.wait_with_output().unwrap()
 }
