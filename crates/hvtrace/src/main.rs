@@ -102,7 +102,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd::export::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Import(a) => cmd::import::run(a),
-        Command::RecordKernel(a) => cmd::record_kernel::run(a).map(|()| Status::Ok),
+        Command::RecordKernel(a) => cmd::record_kernel::run(a),
     };
     match r {
         Ok(status) => status.into(),

@@ -147,11 +147,11 @@ pub fn run(a: Args) -> Result<Status> {
     } else {
         write!(out, "{report}")?;
     }
-    out.flush()?;
     if let (Some(k), Some(output)) = (&kernel, output) {
         // With --json, a second line: the kernel's summary.
-        Summary::new(output, k, Vec::new()).print(a.json)?;
+        Summary::new(output, k, Vec::new()).print(&mut out, a.json)?;
     }
+    out.flush()?;
     if let Some(r) = report.relay.as_ref().filter(|r| r.error.is_some() || r.missed_packets() > 0) {
         note(format_args!(
             "hvtrace consume: warning: the relay missed {} packets{}",

@@ -12,6 +12,9 @@ use hvtrace_ftrace::{InstanceConfig, KernelReport, KernelSource, TraceClock};
 use hvtrace_host::clock::{ClockSource, HostClock};
 use serde::Serialize;
 
+use crate::out::note;
+use crate::Status;
+
 /// Record the kernel's events (KVM's tracepoints, the scheduler) of a
 /// running process into a CTF trace, until SIGINT or SIGTERM, or until the
 /// process exits.
@@ -92,9 +95,8 @@ impl Summary {
         }
     }
 
-    /// Prints the table (or the JSON line).
-    pub fn print(&self, json: bool) -> Result<()> {
-        let mut out = std::io::stdout().lock();
+    /// Writes the table (or the JSON line).
+    pub fn print(&self, out: &mut impl Write, json: bool) -> Result<()> {
         if json {
             writeln!(out, "{}", serde_json::to_string(self)?)?;
             return Ok(());
@@ -125,7 +127,7 @@ pub fn instance_config(pid: u32, events: &[String], buffer_kb: u32, clock: Clock
     }
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<Status> {
     crate::session::check_output(&a.output)?;
     // Woken by SIGINT/SIGTERM (through a socket the handler writes to) or
     // by the traced process's exit (its pidfd), in one epoll.
@@ -138,7 +140,7 @@ pub fn run(a: Args) -> Result<()> {
     let source = KernelSource::open(&instance_config(a.pid, &a.events, a.buffer_kb, clock.source()))?;
     let removed_stale = source.removed_stale().to_vec();
     for s in &removed_stale {
-        eprintln!("hvtrace record-kernel: removed the stale tracefs instance {s} of a run that was killed");
+        note(format_args!("hvtrace record-kernel: removed the stale tracefs instance {s} of a run that was killed"));
     }
     let uuid = *uuid::Uuid::new_v4().as_bytes();
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -153,25 +155,27 @@ pub fn run(a: Args) -> Result<()> {
     let recorder = source.start(&a.output, uuid)?;
     let md_path = a.output.join("metadata");
     std::fs::write(&md_path, metadata).with_context(|| format!("cannot write {}", md_path.display()))?;
-    eprintln!(
+    note(format_args!(
         "hvtrace record-kernel: recording {} of pid {} into {} until SIGINT or its exit",
         a.events.join(","),
         a.pid,
         a.output.display()
-    );
+    ));
     let mut poller = hvtrace_sys::Poller::new()?;
     poller.add(&wake, 0)?;
     poller.add(&exited, 1)?;
     let mut ready = Vec::new();
     while poller.wait(&mut ready, None)? == 0 {}
     if ready.iter().any(|e| e.token == 1) {
-        eprintln!("hvtrace record-kernel: pid {} exited", a.pid);
+        note(format_args!("hvtrace record-kernel: pid {} exited", a.pid));
     }
     let report = recorder.stop()?;
     for e in &report.write_errors {
-        eprintln!("hvtrace record-kernel: write error: {e}");
+        note(format_args!("hvtrace record-kernel: write error: {e}"));
     }
-    Summary::new(a.output.clone(), &report, removed_stale).print(a.json)?;
+    let mut out = std::io::stdout().lock();
+    Summary::new(a.output.clone(), &report, removed_stale).print(&mut out, a.json)?;
+    out.flush()?;
     anyhow::ensure!(report.write_errors.is_empty(), "the trace is incomplete (write errors above)");
-    Ok(())
+    Ok(Status::Ok)
 }
