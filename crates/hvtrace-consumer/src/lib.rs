@@ -124,6 +124,10 @@ pub struct ConsumerConfig {
     pub group: Option<u32>,
     /// Also stream to an lttng-relayd.
     pub relay: Option<RelayConfig>,
+    /// TSDL appended to the host's metadata in the trace directory: the
+    /// kernel's stream class and events when `hvtrace-ftrace` writes kernel
+    /// streams into the same trace (empty: none).
+    pub metadata_suffix: String,
 }
 
 /// The default [`ConsumerConfig::direct_min`].
@@ -139,6 +143,7 @@ impl ConsumerConfig {
             direct_min: Some(DIRECT_MIN),
             group: None,
             relay: None,
+            metadata_suffix: String::new(),
         }
     }
 }
@@ -328,7 +333,11 @@ impl Consumer {
             return Err(ConsumerError::Protocol("no sink: neither a trace directory nor a relay".into()));
         }
         let access = output::Access::new(cfg.group);
-        let out = cfg.output.as_ref().map(|o| OutputDir::prepare(o, &channel, &metadata, access)).transpose()?;
+        let out = cfg
+            .output
+            .as_ref()
+            .map(|o| OutputDir::prepare(o, &channel, &format!("{metadata}{}", cfg.metadata_suffix), access))
+            .transpose()?;
         let overwrite = config.mode == hvtrace_proto::Mode::Overwrite;
         // Only a local trace has an account: a relay-only run counts its
         // losses in the report.
@@ -377,6 +386,11 @@ impl Consumer {
     /// Channel name.
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// The trace's UUID (every packet header carries it).
+    pub fn trace_uuid(&self) -> [u8; 16] {
+        self.mapper.uuid
     }
 
     /// The trace directory, if recording locally.

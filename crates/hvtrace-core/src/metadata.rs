@@ -8,6 +8,15 @@ use core::fmt::{self, Write};
 use crate::event::EventDesc;
 use crate::field::FieldKind;
 
+/// The line after which a metadata file describes the kernel's streams
+/// (stream class 1, written by `hvtrace-ftrace` from tracefs format files):
+/// the VMM's part (stream class 0, rendered by [`render`]) comes before it.
+pub const KERNEL_STREAMS_MARKER: &str =
+    "/* hvtrace-ftrace: the kernel's events (stream 1), from tracefs format files */";
+
+/// Prefix of the kernel's stream files (`kernel_<cpu>`, stream class 1).
+pub const KERNEL_STREAM_PREFIX: &str = "kernel";
+
 /// The timestamp source, as declared in the CTF clock block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClockDesc<'a> {

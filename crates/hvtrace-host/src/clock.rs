@@ -15,6 +15,19 @@ pub enum ClockSource {
     Monotonic,
 }
 
+impl ClockSource {
+    /// The source [`HostClock::detect`] picks here (without calibrating):
+    /// what another process (the consumer's kernel source) must match.
+    pub fn detect() -> ClockSource {
+        let forced = std::env::var("HVTRACE_CLOCK").is_ok_and(|v| v == "monotonic");
+        if !forced && tsc_is_invariant() {
+            ClockSource::Tsc
+        } else {
+            ClockSource::Monotonic
+        }
+    }
+}
+
 /// A calibrated clock: its source, frequency and where tick 0 lies in real time.
 #[derive(Clone, Copy, Debug)]
 pub struct HostClock {
@@ -70,11 +83,9 @@ impl HostClock {
     /// The TSC if invariant (calibrated over `calibration`), else CLOCK_MONOTONIC.
     /// `HVTRACE_CLOCK=monotonic` forces the fallback.
     pub fn detect(calibration: Duration) -> HostClock {
-        let forced = std::env::var("HVTRACE_CLOCK").is_ok_and(|v| v == "monotonic");
-        if !forced && tsc_is_invariant() {
-            HostClock::calibrate_tsc(calibration)
-        } else {
-            HostClock::monotonic()
+        match ClockSource::detect() {
+            ClockSource::Tsc => HostClock::calibrate_tsc(calibration),
+            ClockSource::Monotonic => HostClock::monotonic(),
         }
     }
 

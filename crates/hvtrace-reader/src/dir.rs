@@ -7,6 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use hvtrace_core::decode::{packet_info, records, DecodeError, PacketInfo, Record, Schema};
+use hvtrace_core::metadata;
 
 use crate::account::{Account, ACCOUNT};
 use crate::tsdl::{self, Metadata, MetadataError, TraceSchema};
@@ -181,6 +182,9 @@ pub struct TraceDir {
     /// The text of the `INCOMPLETE` marker (empty as the consumer writes
     /// it), if the trace was cut short.
     pub incomplete: Option<String>,
+    /// The kernel's stream files (`kernel_<cpu>`, stream class 1, written by
+    /// `hvtrace-ftrace`): listed, not read by this crate.
+    pub kernel_streams: Vec<StreamFile>,
     /// Other non-empty regular, non-hidden files: CTF readers (babeltrace2)
     /// take every such file for a stream and fail on it (empty ones they skip).
     pub foreign: Vec<String>,
@@ -229,6 +233,7 @@ impl TraceDir {
         let mut foreign = Vec::new();
         let mut not_files = Vec::new();
         let mut account = None;
+        let mut kernel_streams = Vec::new();
         for e in entries {
             let e = e.map_err(io_err(path, "list"))?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -248,7 +253,9 @@ impl TraceDir {
                 let note = read_regular(&e.path(), MAX_NOTE).map_err(io_err(&e.path(), "read"))?;
                 incomplete = Some(String::from_utf8_lossy(&note).trim().to_string());
             } else if let (Some(cpu), true) = (stream_cpu(&name), ft.is_file()) {
-                streams.push(StreamFile { path: e.path(), name, cpu });
+                let kernel = name.rsplit_once('_').is_some_and(|(p, _)| p == metadata::KERNEL_STREAM_PREFIX);
+                let list = if kernel { &mut kernel_streams } else { &mut streams };
+                list.push(StreamFile { path: e.path(), name, cpu });
             } else if e.metadata().map_err(io_err(&e.path(), "stat"))?.len() > 0 {
                 foreign.push(name);
             }
@@ -258,12 +265,14 @@ impl TraceDir {
         });
         foreign.sort();
         not_files.sort();
+        kernel_streams.sort_by_key(|s| s.cpu);
         Ok(TraceDir {
             path: path.to_path_buf(),
             metadata,
             metadata_text,
             streams,
             incomplete,
+            kernel_streams,
             foreign,
             not_files,
             account,

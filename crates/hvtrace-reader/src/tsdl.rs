@@ -209,7 +209,13 @@ fn parse_uuid(s: &str, line: usize) -> Result<[u8; 16], MetadataError> {
 }
 
 /// Parses a metadata file written by `hvtrace_core::metadata::render`.
+/// The kernel's part after [`metadata::KERNEL_STREAMS_MARKER`] (stream class
+/// 1, from `hvtrace-ftrace`) is not read: this crate reads the VMM's streams.
 pub fn parse(text: &str) -> Result<Metadata, MetadataError> {
+    let text = match text.find(metadata::KERNEL_STREAMS_MARKER) {
+        Some(at) => &text[..at],
+        None => text,
+    };
     if !text.starts_with("/* CTF 1.8 */") {
         return err(1, "not a CTF 1.8 text metadata file written by hvtrace (no `/* CTF 1.8 */` first line)");
     }

@@ -18,6 +18,7 @@
 //! | [`fs`] | files created relative to an open directory (`O_EXCL \| O_NOFOLLOW`), their `O_DIRECT` twin, group lookup |
 //! | [`direct`] | `O_DIRECT` descriptors on files and the alignment they need ([`DioAlign`]) |
 //! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks), SIGTERM, `PR_SET_DUMPABLE`, pipes |
+//! | [`tracefs`] | mounting tracefs, the calling thread's id (for the kernel-event source) |
 //!
 //! Linux only.
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -33,6 +34,7 @@ pub mod mmap;
 pub mod proc;
 pub mod ring;
 pub mod seqpacket;
+pub mod tracefs;
 
 pub use direct::DioAlign;
 pub use epoll::{PollEvent, Poller};

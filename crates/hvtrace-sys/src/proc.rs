@@ -132,6 +132,20 @@ fn signal(pid: u32, sig: rustix::process::Signal) -> io::Result<()> {
     Ok(rustix::process::kill_process(pid, sig)?)
 }
 
+/// `pidfd_open(pid, 0)`: a descriptor of process `pid` that polls readable
+/// (`EPOLLIN`) once the process has exited, so a waiter can sleep in
+/// `epoll` on it beside other descriptors.
+///
+/// # References
+/// - [`pidfd_open(2)`](https://man7.org/linux/man-pages/man2/pidfd_open.2.html)
+pub fn exit_fd(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("no such pid {pid}")))?;
+    Ok(rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

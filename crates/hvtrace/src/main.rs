@@ -51,6 +51,7 @@ enum Command {
     Export(cmd::export::Args),
     Report(cmd::report::Args),
     Import(cmd::import::Args),
+    RecordKernel(cmd::record_kernel::Args),
 }
 
 /// How a command ended: the binary's one table of exit statuses. Every
@@ -101,6 +102,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd::export::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Import(a) => cmd::import::run(a),
+        Command::RecordKernel(a) => cmd::record_kernel::run(a),
     };
     match r {
         Ok(status) => status.into(),

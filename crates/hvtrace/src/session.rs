@@ -82,8 +82,16 @@ pub fn exe() -> Result<PathBuf> {
 
 /// Starts `hvtrace consume` on `sock` (the channel must exist), writing to
 /// `output`; its JSON report goes to a pipe ([`finish`] reads it), its
-/// progress to our stderr unless `quiet`.
-pub fn spawn_consumer(exe: &Path, sock: &Path, output: &Path, threads: u32, quiet: bool) -> Result<Reaped> {
+/// progress to our stderr unless `quiet`. `extra` are further `consume`
+/// arguments (the kernel source's).
+pub fn spawn_consumer(
+    exe: &Path,
+    sock: &Path,
+    output: &Path,
+    threads: u32,
+    quiet: bool,
+    extra: &[String],
+) -> Result<Reaped> {
     let child = Command::new(exe)
         .arg("consume")
         .arg("--socket")
@@ -93,6 +101,7 @@ pub fn spawn_consumer(exe: &Path, sock: &Path, output: &Path, threads: u32, quie
         .arg("--threads")
         .arg(threads.to_string())
         .arg("--json")
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
         .spawn()

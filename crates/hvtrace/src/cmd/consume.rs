@@ -1,10 +1,13 @@
 //! `hvtrace consume`: the consumer daemon (the seed's lttd).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use hvtrace_consumer::{Consumer, ConsumerConfig, ExitReason, RelayConfig, RelaydUrl};
+use hvtrace_ftrace::KernelSource;
+
+use crate::cmd::record_kernel::{instance_config, Summary};
 
 use crate::out::note;
 use crate::size::parse_size;
@@ -77,6 +80,17 @@ pub struct Args {
     /// guest addresses and hypercall arguments).
     #[arg(long, value_parser = parse_group)]
     pub group: Option<u32>,
+    /// Also record the kernel's events of this process (as `hvtrace
+    /// record-kernel --pid` does) into the same trace: streams
+    /// `kernel_<cpu>`, described in the same metadata, on the same clock.
+    #[arg(long)]
+    pub kernel_pid: Option<u32>,
+    /// With --kernel-pid: the kernel events, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = hvtrace_ftrace::DEFAULT_EVENTS.iter().map(|s| s.to_string()))]
+    pub kernel_events: Vec<String>,
+    /// With --kernel-pid: per-CPU kernel buffer, KiB.
+    #[arg(long, default_value_t = 1024)]
+    pub kernel_buffer_kb: u32,
 }
 
 fn parse_group(s: &str) -> Result<u32, String> {
@@ -97,6 +111,18 @@ pub fn run(a: Args) -> Result<Status> {
         r.live_timer = std::time::Duration::from_millis(a.live_timer);
         r
     });
+    // The kernel source first: its event classes go into the metadata the
+    // consumer writes, and a missing tracefs or root fails before anything
+    // is written.
+    let kernel = match a.kernel_pid {
+        Some(_) if a.output.is_none() => anyhow::bail!("--kernel-pid writes kernel streams: it needs --output"),
+        Some(pid) => {
+            let clock = hvtrace_host::ClockSource::detect();
+            Some(KernelSource::open(&instance_config(pid, &a.kernel_events, a.kernel_buffer_kb, clock))?)
+        }
+        None => None,
+    };
+    let metadata_suffix = kernel.as_ref().map(KernelSource::metadata).unwrap_or_default();
     let cfg = ConsumerConfig {
         socket: a.socket,
         output: a.output,
@@ -104,8 +130,20 @@ pub fn run(a: Args) -> Result<Status> {
         direct_min,
         relay: relay.clone(),
         group: a.group,
+        metadata_suffix,
     };
+    // The kernel records from before the attach: the host may start the VMM
+    // as soon as we are attached, before the reader runs (the kernel's
+    // buffer holds the events meanwhile; what it cannot hold is counted).
+    if let Some(k) = &kernel {
+        k.instance().set_tracing(true)?;
+    }
     let consumer = Consumer::attach(&cfg)?;
+    let output = consumer.output().map(Path::to_path_buf);
+    let kernel = match (kernel, &output) {
+        (Some(k), Some(dir)) => Some(k.start(dir, consumer.trace_uuid())?),
+        _ => None,
+    };
     let mut sinks = Vec::new();
     if let Some(o) = consumer.output() {
         sinks.push(o.display().to_string());
@@ -125,12 +163,19 @@ pub fn run(a: Args) -> Result<Status> {
     for n in consumer.notes() {
         note(format_args!("hvtrace consume: warning: {n}"));
     }
-    let report = consumer.run()?;
+    let report = consumer.run();
+    // The kernel's streams end after the VMM's (and also when the VMM's failed).
+    let kernel = kernel.map(|k| k.stop()).transpose()?;
+    let report = report?;
     let mut out = std::io::stdout().lock();
     if a.json {
         writeln!(out, "{}", serde_json::to_string(&report)?)?;
     } else {
         write!(out, "{report}")?;
+    }
+    if let (Some(k), Some(output)) = (&kernel, output) {
+        // With --json, a second line: the kernel's summary.
+        Summary::new(output, k, Vec::new()).print(&mut out, a.json)?;
     }
     out.flush()?;
     if let Some(r) = report.relay.as_ref().filter(|r| r.error.is_some() || r.missed_packets() > 0) {

@@ -135,7 +135,7 @@ pub fn run(a: Args) -> Result<Status> {
     // 2. The channel, 3. the consumer daemon.
     ctl.simple(&Request::Create(cfg))?;
     progress(&format!("created: {}", a.channel));
-    let mut consumer = session::spawn_consumer(&exe, &sock, &a.output, a.consumer_threads, a.json)?;
+    let mut consumer = session::spawn_consumer(&exe, &sock, &a.output, a.consumer_threads, a.json, &[])?;
     session::wait_attached(&mut ctl, &mut consumer)?;
     progress(&format!("consumer: hvtrace consume (pid {}) attached", consumer.0.id()));
     // Both ends are connected: nobody needs the socket's path any more.

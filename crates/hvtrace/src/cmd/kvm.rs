@@ -7,18 +7,20 @@
 
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use hvtrace_core::EventSet;
 use hvtrace_ctl::Client;
+use hvtrace_ftrace::KernelSource;
 use hvtrace_host::{Host, HostConfig};
-use hvtrace_kvm::{NullObserver, RunReport, Vmm, VmmConfig, Workload};
+use hvtrace_kvm::{NullObserver, RunReport, Vmm, VmmConfig, Workload, EXIT_REASONS};
 use hvtrace_proto::Request;
 
 use crate::cmd::consume::consumer_threads;
 use crate::cmd::control::ChannelArgs;
+use crate::cmd::record_kernel::instance_config;
 use crate::kvm_events::TraceObserver;
 use crate::out::{host_logger, note};
 use crate::session::{self, RingCount};
@@ -66,6 +68,15 @@ pub struct Args {
     /// Print the summary as JSON: the last line of stdout is one object.
     #[arg(long)]
     pub json: bool,
+    /// Also record the kernel's half: KVM's tracepoints (and the scheduler's)
+    /// of this VMM's threads, read by the consumer from a private tracefs
+    /// instance into the same trace (`kernel_<cpu>` streams, same metadata,
+    /// same clock). Optionally the events, comma-separated (default
+    /// `kvm:*,sched:sched_switch`). Then, per vCPU, the kernel's
+    /// `kvm_userspace_exit` and `kvm_pio` counts must equal the VMM's KVM_RUN
+    /// returns and port-I/O exits. Needs root.
+    #[arg(long, num_args = 0..=1, default_missing_value = "kvm:*,sched:sched_switch", value_name = "EVENTS")]
+    pub kernel_events: Option<String>,
     /// Record through shared per-CPU writers instead of pinning each vCPU
     /// thread to its own CPU and giving it that CPU's ring (the default when
     /// there are no more vCPUs than online CPUs).
@@ -132,17 +143,32 @@ struct Summary {
     packets: u64,
     per_event: Vec<EventCount>,
     per_cpu: Vec<RingSummary>,
-    /// The VMM's own exit counts per vCPU and `KVM_EXIT_*` reason (what
-    /// `hvtrace analyze` must find in the trace).
-    per_vcpu: Vec<VcpuExits>,
+    /// Per vCPU, the VMM's own counts (its exits per `KVM_EXIT_*` reason:
+    /// what `hvtrace analyze` must find in the trace) and, with
+    /// --kernel-events, the kernel's.
+    per_vcpu: Vec<VcpuSummary>,
+    /// With --kernel-events: the kernel source's summary (`record-kernel --json`).
+    kernel: Option<serde_json::Value>,
 }
 
-/// One vCPU's exits by reason, as the VMM counted them.
+/// One vCPU: the VMM's own counts beside the kernel's events of its thread.
 #[derive(serde::Serialize)]
-struct VcpuExits {
+struct VcpuSummary {
     vcpu: u32,
     /// `KVM_EXIT_*` number (as a string: a JSON key) → exits.
     exits_by_reason: std::collections::BTreeMap<u32, u64>,
+    /// Its thread's id (the kernel's `common_pid`).
+    tid: Option<u32>,
+    /// KVM_RUN returns the VMM counted.
+    kvm_run_returns: u64,
+    /// Of those, `KVM_EXIT_IO` (port I/O).
+    io_exits: u64,
+    /// Of those, `KVM_EXIT_MMIO`.
+    mmio_exits: u64,
+    /// The kernel's `kvm_userspace_exit` events of the thread (with --kernel-events).
+    kernel_userspace_exits: Option<u64>,
+    /// The kernel's `kvm_pio` events of the thread (with --kernel-events).
+    kernel_pio: Option<u64>,
 }
 
 pub fn run(a: Args) -> Result<Status> {
@@ -156,10 +182,15 @@ pub fn run(a: Args) -> Result<Status> {
         }
     };
 
+    // Each vCPU thread's id: the kernel's events name threads, not vCPUs.
+    let tids = Mutex::new(vec![None; a.vcpus as usize]);
+    let note_tid = |vcpu: u32| tids.lock().unwrap()[vcpu as usize] = Some(hvtrace_sys::tracefs::gettid());
+
     let Some(output) = a.output.as_ref().filter(|_| !a.no_trace) else {
+        anyhow::ensure!(a.kernel_events.is_none(), "--kernel-events needs a traced run (not --no-trace)");
         progress(&format!("running {} vCPUs x {} iterations untraced", a.vcpus, a.iterations));
-        let report = Vmm::run(&vmm_cfg, &NullObserver)?;
-        let s = summary(&a, &report, None, &[], None);
+        let report = Vmm::run_with_thread_hook(&vmm_cfg, &NullObserver, &note_tid)?;
+        let s = summary(&a, &report, None, &[], None, &tids.lock().unwrap(), None);
         let mut out = std::io::stdout().lock();
         print_summary(&mut out, &s, &[], a.json)?;
         out.flush()?;
@@ -207,10 +238,22 @@ pub fn run(a: Args) -> Result<Status> {
         format!("writers: vCPU i pinned to CPU {pinned:?}[i], each the exclusive writer of its ring")
     });
 
-    // 2. The channel, 3. the consumer daemon.
+    // 2. The channel, 3. the consumer daemon (with the kernel source: this
+    // process is the VMM, whose threads it follows).
+    let kernel_args = match &a.kernel_events {
+        Some(events) => {
+            // Fails here, with the reason, if tracefs or root is missing
+            // (the consumer's stderr is not shown with --json).
+            let events: Vec<String> = events.split(',').map(str::to_string).collect();
+            let clock = hvtrace_host::ClockSource::detect();
+            drop(KernelSource::open(&instance_config(std::process::id(), &events, 1024, clock))?);
+            vec!["--kernel-pid".into(), std::process::id().to_string(), "--kernel-events".into(), events.join(",")]
+        }
+        None => Vec::new(),
+    };
     ctl.simple(&Request::Create(cfg))?;
     progress(&format!("created: {}", a.channel));
-    let mut consumer = session::spawn_consumer(&exe, &sock, output, a.consumer_threads, a.json)?;
+    let mut consumer = session::spawn_consumer(&exe, &sock, output, a.consumer_threads, a.json, &kernel_args)?;
     session::wait_attached(&mut ctl, &mut consumer)?;
     progress(&format!("consumer: hvtrace consume (pid {}) attached", consumer.0.id()));
     // Both ends are connected: nobody needs the socket's path any more.
@@ -221,6 +264,7 @@ pub fn run(a: Args) -> Result<Status> {
     progress(&format!("started; running {} vCPUs x {} iterations", a.vcpus, a.iterations));
     let observer = TraceObserver::with_exclusive(Arc::clone(&host), exclusive);
     let on_vcpu_thread = |vcpu: u32| {
+        note_tid(vcpu);
         if let Some(&cpu) = pinned.get(vcpu as usize) {
             match hvtrace_sys::cpu::pin_current_thread(cpu) {
                 Ok(()) => observer.adopt(vcpu),
@@ -238,14 +282,25 @@ pub fn run(a: Args) -> Result<Status> {
     let report = report?;
     progress(&format!("stopped and destroyed after {:.2} s of guest time", report.elapsed.as_secs_f64()));
 
-    // 5. The consumer finishes its drain and exits.
-    session::finish(consumer)?;
+    // 5. The consumer finishes its drain and exits (its last line is the
+    // kernel's summary with --kernel-events).
+    let consumer_out = session::finish(consumer)?;
+    let kernel = match a.kernel_events {
+        Some(_) => Some(
+            consumer_out
+                .lines()
+                .last()
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .context("the consumer gave no kernel summary")?,
+        ),
+        None => None,
+    };
     drop(ctl);
     host.shutdown();
 
     // 6. Check the trace against the VMM's own counts.
     let rings = session::count_rings(output, &status, kvm::Events::EVENTS, true)?;
-    let s = summary(&a, &report, Some(output), &rings, Some(floor));
+    let s = summary(&a, &report, Some(output), &rings, Some(floor), &tids.lock().unwrap(), kernel);
     let mut out = std::io::stdout().lock();
     print_summary(&mut out, &s, &rings, a.json)?;
     out.flush()?;
@@ -281,12 +336,44 @@ fn tracing_overhead(r: &RunReport, floor_ns_per_exit: Option<f64>) -> f64 {
     (traced / run as f64).clamp(0.0, 1.0)
 }
 
+/// The VMM's count of exits named `reason` (as in [`EXIT_REASONS`]) on one vCPU.
+fn exits_named(v: &hvtrace_kvm::VcpuReport, reason: &str) -> u64 {
+    let code = EXIT_REASONS.iter().find(|(_, n)| *n == reason).map(|(c, _)| *c);
+    code.and_then(|c| v.exits_by_reason.get(&c).copied()).unwrap_or(0)
+}
+
+fn per_vcpu(r: &RunReport, tids: &[Option<u32>], kernel: Option<&serde_json::Value>) -> Vec<VcpuSummary> {
+    let kernel_count = |tid: Option<u32>, event: &str| {
+        let k = kernel?;
+        Some(k["per_thread"][tid?.to_string()][event].as_u64().unwrap_or(0))
+    };
+    r.per_vcpu
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let tid = tids.get(i).copied().flatten();
+            VcpuSummary {
+                vcpu: i as u32,
+                exits_by_reason: v.exits_by_reason.clone(),
+                tid,
+                kvm_run_returns: v.exits,
+                io_exits: exits_named(v, "io"),
+                mmio_exits: exits_named(v, "mmio"),
+                kernel_userspace_exits: kernel_count(tid, "kvm_userspace_exit"),
+                kernel_pio: kernel_count(tid, "kvm_pio"),
+            }
+        })
+        .collect()
+}
+
 fn summary(
     a: &Args,
     r: &RunReport,
     trace: Option<&PathBuf>,
     rings: &[RingCount],
     floor_ns_per_exit: Option<f64>,
+    tids: &[Option<u32>],
+    kernel: Option<serde_json::Value>,
 ) -> Summary {
     let expected = expected(r);
     let per_event = kvm::Events::EVENTS
@@ -330,12 +417,8 @@ fn summary(
                 bytes: c.bytes,
             })
             .collect(),
-        per_vcpu: r
-            .per_vcpu
-            .iter()
-            .enumerate()
-            .map(|(i, v)| VcpuExits { vcpu: i as u32, exits_by_reason: v.exits_by_reason.clone() })
-            .collect(),
+        per_vcpu: per_vcpu(r, tids, kernel.as_ref()),
+        kernel,
     }
 }
 
@@ -352,6 +435,25 @@ fn check(s: &Summary, closed: u64) -> Result<()> {
             s.events_discarded,
             s.events_traced
         );
+    }
+    // The kernel's half: every KVM_RUN return passed kvm_userspace_exit, every
+    // port-I/O exit kvm_pio, on the vCPU's own thread (unless the kernel lost events).
+    let kernel_lost = s.kernel.as_ref().map_or(0, |k| k["events_discarded"].as_u64().unwrap_or(0));
+    if kernel_lost == 0 {
+        for v in &s.per_vcpu {
+            for (what, kernel, vmm) in [
+                ("kvm_userspace_exit", v.kernel_userspace_exits, v.kvm_run_returns),
+                ("kvm_pio", v.kernel_pio, v.io_exits),
+            ] {
+                if let Some(k) = kernel.filter(|k| *k != vmm) {
+                    bail!(
+                        "vCPU {} (thread {:?}): {k} {what} in the kernel's trace, but the VMM counted {vmm}",
+                        v.vcpu,
+                        v.tid
+                    );
+                }
+            }
+        }
     }
     if s.events_discarded == 0 {
         for e in &s.per_event {
@@ -376,6 +478,27 @@ fn print_summary(out: &mut impl Write, s: &Summary, rings: &[RingCount], json: b
             writeln!(out, "{:<16} {:>12} {:>12}", e.event, e.recorded, e.expected)?;
         }
         writeln!(out)?;
+        if s.kernel.is_some() {
+            writeln!(
+                out,
+                "{:>4} {:>8} {:>10} {:>12} {:>10} {:>10}",
+                "vcpu", "thread", "KVM_RUN", "kernel exits", "io exits", "kvm_pio"
+            )?;
+            for v in &s.per_vcpu {
+                let n = |x: Option<u64>| x.map_or("-".to_string(), |x| x.to_string());
+                writeln!(
+                    out,
+                    "{:>4} {:>8} {:>10} {:>12} {:>10} {:>10}",
+                    v.vcpu,
+                    n(v.tid.map(u64::from)),
+                    v.kvm_run_returns,
+                    n(v.kernel_userspace_exits),
+                    v.io_exits,
+                    n(v.kernel_pio)
+                )?;
+            }
+            writeln!(out)?;
+        }
     }
     writeln!(
         out,

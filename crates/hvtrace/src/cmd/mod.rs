@@ -8,5 +8,6 @@ pub mod demo;
 pub mod export;
 pub mod import;
 pub mod kvm;
+pub mod record_kernel;
 pub mod report;
 pub mod sim;

@@ -1,0 +1,251 @@
+//! The kernel's KVM events on the hypervisor model (`hvtrace-model`),
+//! declared here next to the events, as every event set does.
+//!
+//! | kernel event | model |
+//! |---|---|
+//! | `kvm_exit` (hardware virtualisation) | [`Event::Exit`]: VMX basic exit reason or SVM exit code, by name where known |
+//! | `kvm_entry` | [`Event::Entry`] |
+//! | `kvm_hypercall` | [`Event::HypercallEntry`] (KVM's own hypercalls, `nr`) |
+//! | `sched_switch` of a vCPU thread | [`Event::Runstate`]: switched in → running; switched out runnable (`R`, preempted by the host: Trace Compass's VCPU_PREEMPT) → runnable, sleeping → blocked |
+//!
+//! vCPUs are `Vcpu::new(0, index)`, as the `kvm` set of `hvtrace kvm`
+//! names them, so both halves of one trace name the same vCPU. The kernel's
+//! events name threads (`common_pid`), so the mapper learns which thread
+//! is which vCPU: from `kvm_entry`/`kvm_exit`'s `vcpu_id` where they fire,
+//! otherwise from vCPU thread names in `sched_switch` (`vcpu0` for `hvtrace
+//! kvm`, `CPU 0/KVM` for QEMU, `fc_vcpu 0` for Firecracker). A thread's
+//! events before it is known are not mapped.
+//!
+//! The catalog must present each kernel event's context fields (`common_pid`)
+//! by name beside its payload fields. `kvm_userspace_exit`, `kvm_pio` and
+//! `kvm_mmio` (all this nested KVM-PVM host has) have no model event yet: the
+//! kernel/VMM split of each exit needs one (see the crate's issue 18).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use hvtrace_model::{class, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
+
+/// The kernel's KVM events' [`Mapping`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelMapping;
+
+/// The kernel's mapping, for a list of `&dyn Mapping`.
+pub static MAPPING: KernelMapping = KernelMapping;
+
+/// VMX basic exit reasons by number (Intel SDM, appendix C), the common ones.
+const VMX_REASONS: &[(u32, &str)] = &[
+    (0, "EXCEPTION_NMI"),
+    (1, "EXTERNAL_INTERRUPT"),
+    (7, "INTERRUPT_WINDOW"),
+    (10, "CPUID"),
+    (12, "HLT"),
+    (18, "VMCALL"),
+    (28, "CR_ACCESS"),
+    (30, "IO_INSTRUCTION"),
+    (31, "MSR_READ"),
+    (32, "MSR_WRITE"),
+    (40, "PAUSE_INSTRUCTION"),
+    (44, "APIC_ACCESS"),
+    (48, "EPT_VIOLATION"),
+    (49, "EPT_MISCONFIG"),
+    (52, "PREEMPTION_TIMER"),
+];
+
+/// SVM exit codes (AMD APM vol. 2, appendix C), the common ones.
+const SVM_REASONS: &[(u32, &str)] = &[
+    (0x060, "interrupt"),
+    (0x064, "vintr"),
+    (0x072, "cpuid"),
+    (0x077, "pause"),
+    (0x078, "hlt"),
+    (0x07b, "io"),
+    (0x07c, "msr"),
+    (0x081, "hypercall"),
+    (0x400, "npf"),
+];
+
+/// The vCPU index in a vCPU thread's name, if it is one.
+pub fn vcpu_of_thread_name(name: &[u8]) -> Option<u32> {
+    let name = std::str::from_utf8(name).ok()?;
+    let digits = name
+        .strip_prefix("vcpu")
+        .or_else(|| name.strip_prefix("fc_vcpu "))
+        .or_else(|| name.strip_prefix("CPU ").and_then(|r| r.strip_suffix("/KVM")))?;
+    digits.parse().ok()
+}
+
+impl Mapping for KernelMapping {
+    fn name(&self) -> &'static str {
+        "kvm-kernel"
+    }
+
+    fn bind(&self, c: &dyn Catalog) -> Option<Box<dyn Mapper>> {
+        let m = KernelMapper {
+            exit: class(c, "kvm_exit", ["common_pid", "exit_reason", "isa", "vcpu_id"]),
+            entry: class(c, "kvm_entry", ["common_pid", "vcpu_id"]),
+            hypercall: class(c, "kvm_hypercall", ["common_pid", "nr"]),
+            switch: class(c, "sched_switch", ["prev_comm", "prev_pid", "prev_state", "next_comm", "next_pid"]),
+            threads: Mutex::new(HashMap::new()),
+        };
+        let any = m.exit.is_some() || m.entry.is_some() || m.hypercall.is_some() || m.switch.is_some();
+        any.then(|| Box::new(m) as Box<dyn Mapper>)
+    }
+}
+
+struct KernelMapper {
+    exit: Option<(u32, [usize; 4])>,
+    entry: Option<(u32, [usize; 2])>,
+    hypercall: Option<(u32, [usize; 2])>,
+    switch: Option<(u32, [usize; 5])>,
+    /// Thread id → vCPU index, as learned.
+    threads: Mutex<HashMap<u32, u32>>,
+}
+
+impl KernelMapper {
+    /// The vCPU of thread `tid`, learning `vcpu_id` if the record has one.
+    fn vcpu(&self, tid: Option<u64>, vcpu_id: Option<u64>) -> Option<Vcpu> {
+        let tid = tid? as u32;
+        let mut t = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = vcpu_id {
+            t.insert(tid, v as u32);
+        }
+        t.get(&tid).map(|&v| Vcpu::new(0, v))
+    }
+
+    /// The vCPU of a thread in a `sched_switch`, learning it from its name.
+    fn switched(&self, tid: Option<u64>, name: Option<&[u8]>) -> Option<Vcpu> {
+        self.vcpu(tid, name.and_then(vcpu_of_thread_name).map(u64::from))
+    }
+}
+
+impl Mapper for KernelMapper {
+    fn maps(&self, id: u32) -> bool {
+        [self.exit.map(|c| c.0), self.entry.map(|c| c.0), self.hypercall.map(|c| c.0), self.switch.map(|c| c.0)]
+            .contains(&Some(id))
+    }
+
+    fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
+        if let Some((_, [pid, reason, isa, vcpu])) = self.exit.filter(|c| c.0 == id) {
+            let (Some(v), Some(code)) = (self.vcpu(f.uint(pid), f.uint(vcpu)), f.uint(reason)) else { return };
+            // isa 1 is VMX (basic reason in the low 16 bits), else SVM.
+            let (code, table) = if f.uint(isa) == Some(1) { (code & 0xffff, VMX_REASONS) } else { (code, SVM_REASONS) };
+            let name = table.iter().find(|(c, _)| u64::from(*c) == code).map_or("other", |(_, n)| n);
+            out(Event::Exit { vcpu: v, exit: Exit { code: code as u32, name, detail: ExitDetail::None } });
+        } else if let Some((_, [pid, vcpu])) = self.entry.filter(|c| c.0 == id) {
+            if let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) {
+                out(Event::Entry { vcpu: v });
+            }
+        } else if let Some((_, [pid, nr])) = self.hypercall.filter(|c| c.0 == id) {
+            if let (Some(v), Some(nr)) = (self.vcpu(f.uint(pid), None), f.uint(nr)) {
+                out(Event::HypercallEntry { vcpu: v, nr: nr as u32, name: "kvm" });
+            }
+        } else if let Some((_, [prev_comm, prev_pid, prev_state, next_comm, next_pid])) =
+            self.switch.filter(|c| c.0 == id)
+        {
+            if let Some(v) = self.switched(f.uint(prev_pid), f.bytes(prev_comm)) {
+                // Only the task-state bits: 0 is TASK_RUNNING (preempted).
+                let preempted = f.uint(prev_state).is_some_and(|s| s & 0xff == 0);
+                out(Event::Runstate { vcpu: v, new: if preempted { Runstate::Runnable } else { Runstate::Blocked } });
+            }
+            if let Some(v) = self.switched(f.uint(next_pid), f.bytes(next_comm)) {
+                out(Event::Runstate { vcpu: v, new: Runstate::Running });
+            }
+        }
+    }
+}
+
+/// The kernel's event classes as a model [`Catalog`]: each event's fields
+/// are its context fields (`common_flags`, `common_preempt_count`,
+/// `common_pid`) followed by its own, as a reader presents a kernel record.
+impl Catalog for crate::EventTable {
+    fn event_count(&self) -> u32 {
+        self.events().len() as u32
+    }
+    fn event_name(&self, id: u32) -> Option<&str> {
+        self.events().get(id as usize).map(|e| e.name.as_str())
+    }
+    fn field_count(&self, id: u32) -> usize {
+        self.events().get(id as usize).map_or(0, |e| self.context_fields().len() + e.fields.len())
+    }
+    fn field_name(&self, id: u32, i: usize) -> Option<&str> {
+        let e = self.events().get(id as usize)?;
+        let ctx = self.context_fields();
+        match ctx.get(i) {
+            Some(f) => Some(&f.name),
+            None => e.fields.get(i - ctx.len()).map(|f| f.name.as_str()),
+        }
+    }
+    fn enum_labels(&self, _: u32, _: usize) -> Vec<(i64, String)> {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hvtrace_model::{Bindings, FieldValue};
+
+    use super::*;
+    use crate::format::parse_format;
+    use crate::EventTable;
+
+    fn table() -> EventTable {
+        let f = |n: &str| std::fs::read_to_string(format!("{}/tests/fixtures/{n}.format", env!("CARGO_MANIFEST_DIR")));
+        let e = ["kvm_exit", "kvm_entry", "kvm_userspace_exit", "sched_switch"]
+            .map(|n| parse_format(if n == "sched_switch" { "sched" } else { "kvm" }, &f(n).unwrap()).unwrap());
+        EventTable::new(e.to_vec()).unwrap()
+    }
+
+    fn map<const N: usize>(b: &Bindings, t: &EventTable, name: &str, fields: &[FieldValue<'_>; N]) -> Vec<String> {
+        let mut got = Vec::new();
+        b.map(t.id_of(name).unwrap(), fields, &mut |e| got.push(format!("{e:?}")));
+        got
+    }
+
+    #[test]
+    fn exits_entries_and_vcpu_preemption_map_onto_the_model() {
+        use FieldValue::{Bytes, Int};
+        let t = table();
+        let b = Bindings::bind(&[&MAPPING], &t);
+        assert_eq!(b.names(), ["kvm-kernel"]);
+        assert!(!b.maps(t.id_of("kvm_userspace_exit").unwrap()));
+        // kvm_entry: flags, preempt, pid | vcpu_id, rip, immediate_exit, intr_info, error_code
+        let entry = [Int(0), Int(0), Int(500), Int(2), Int(0xfff0), Int(0), Int(0), Int(0)];
+        assert_eq!(map(&b, &t, "kvm_entry", &entry), ["Entry { vcpu: Vcpu { domain: 0, vcpu: 2 } }"]);
+        // kvm_exit: … | exit_reason, guest_rip, isa, info1, info2, intr_info, error_code, vcpu_id, requests
+        let exit = [Int(0), Int(0), Int(500), Int(30), Int(0), Int(1), Int(0), Int(0), Int(0), Int(0), Int(2), Int(0)];
+        assert_eq!(
+            map(&b, &t, "kvm_exit", &exit),
+            ["Exit { vcpu: Vcpu { domain: 0, vcpu: 2 }, exit: Exit { code: 30, name: \"IO_INSTRUCTION\", detail: None } }"]
+        );
+        let svm = [Int(0), Int(0), Int(500), Int(0x78), Int(0), Int(2), Int(0), Int(0), Int(0), Int(0), Int(2), Int(0)];
+        assert!(map(&b, &t, "kvm_exit", &svm)[0].contains("name: \"hlt\""));
+        // sched_switch: … | prev_comm, prev_pid, prev_prio, prev_state, next_comm, next_pid, next_prio.
+        // Thread 500 was learned from kvm_entry; thread 600 from its QEMU name.
+        let sw = |prev: &'static [u8], pp, state, next: &'static [u8], np| {
+            [Int(0), Int(0), Int(pp), Bytes(prev), Int(pp), Int(120), Int(state), Bytes(next), Int(np), Int(120)]
+        };
+        assert_eq!(
+            map(&b, &t, "sched_switch", &sw(b"worker", 500, 0, b"CPU 1/KVM", 600)),
+            [
+                "Runstate { vcpu: Vcpu { domain: 0, vcpu: 2 }, new: Runnable }",
+                "Runstate { vcpu: Vcpu { domain: 0, vcpu: 1 }, new: Running }"
+            ]
+        );
+        assert_eq!(
+            map(&b, &t, "sched_switch", &sw(b"CPU 1/KVM", 600, 1, b"bash", 700)),
+            ["Runstate { vcpu: Vcpu { domain: 0, vcpu: 1 }, new: Blocked }"]
+        );
+        // An unknown thread maps to nothing.
+        assert!(map(&b, &t, "sched_switch", &sw(b"bash", 700, 0, b"sshd", 800)).is_empty());
+    }
+
+    #[test]
+    fn vcpu_thread_names_of_the_usual_vmms() {
+        assert_eq!(vcpu_of_thread_name(b"vcpu3"), Some(3));
+        assert_eq!(vcpu_of_thread_name(b"CPU 12/KVM"), Some(12));
+        assert_eq!(vcpu_of_thread_name(b"fc_vcpu 0"), Some(0));
+        assert_eq!(vcpu_of_thread_name(b"CPU 1/TCG"), None);
+        assert_eq!(vcpu_of_thread_name(b"qemu-system-x86"), None);
+    }
+}
