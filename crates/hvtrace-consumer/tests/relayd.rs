@@ -39,6 +39,24 @@ fn relay_cfg(url: RelaydUrl, session: &str) -> RelayConfig {
     }
 }
 
+/// Whether a stream file (not the metadata, not an index) under the relay's
+/// session directory `dir` holds bytes.
+fn stored_a_packet(dir: &Path) -> bool {
+    fn walk(d: &Path) -> bool {
+        let Ok(entries) = std::fs::read_dir(d) else { return false };
+        entries.flatten().any(|e| {
+            let p = e.path();
+            let name = e.file_name();
+            if p.is_dir() {
+                name != "index" && walk(&p)
+            } else {
+                name != "metadata" && e.metadata().is_ok_and(|m| m.len() > 0)
+            }
+        })
+    }
+    walk(dir)
+}
+
 fn run_in_thread(consumer: Consumer) -> std::thread::JoinHandle<Result<Report, ConsumerError>> {
     std::thread::spawn(move || consumer.run())
 }
@@ -322,6 +340,14 @@ fn a_relay_that_goes_away_ends_a_relay_only_session() {
     };
     let run = run_in_thread(Consumer::attach(&cfg).unwrap());
     write_events(&host, 0, 0, 5_000);
+    // Kill it only once it stored a packet: killed during the session's
+    // set-up (a loaded machine), it would test a refusal, not a relay gone.
+    let t = Instant::now();
+    while !stored_a_packet(&relay.trace_dir(HOST, "gone")) {
+        assert!(t.elapsed() < Duration::from_secs(20), "the relay stored no packet: {}", relay.log_text());
+        write_events(&host, 0, 0, 1_000);
+        std::thread::sleep(Duration::from_millis(20));
+    }
     relay.kill();
     // The next live tick (100 ms) notices; writing more makes sure.
     let t = Instant::now();
