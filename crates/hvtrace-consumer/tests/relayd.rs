@@ -322,14 +322,17 @@ fn a_relay_that_goes_away_ends_a_relay_only_session() {
     };
     let run = run_in_thread(Consumer::attach(&cfg).unwrap());
     write_events(&host, 0, 0, 5_000);
-    // Killed once it indexed two packets (so the first one's reply reached
-    // the consumer: packets go one at a time): a kill before that would test
-    // nothing of the session going on.
+    // Kill it only once it indexed two packets: killed during the
+    // session's set-up (a loaded machine) it would test a refusal, not a
+    // relay gone, and a stream file holding bytes is not enough (the kill
+    // can still fall before the first SEND_INDEX reply); packets go one at
+    // a time, so a second index entry means the first was acknowledged.
     let index = relay.trace_dir(HOST, "gone").join("index").join("channel0_0.idx");
     let t = Instant::now();
     while std::fs::metadata(&index).map_or(0, |m| m.len()) < 16 + 2 * 72 {
-        assert!(t.elapsed() < Duration::from_secs(20), "the relay received no packet");
-        std::thread::sleep(Duration::from_millis(10));
+        assert!(t.elapsed() < Duration::from_secs(20), "the relay indexed < 2 packets: {}", relay.log_text());
+        write_events(&host, 0, 0, 1_000);
+        std::thread::sleep(Duration::from_millis(20));
     }
     relay.kill();
     // The next live tick (100 ms) notices; writing more makes sure.
