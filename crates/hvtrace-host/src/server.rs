@@ -261,9 +261,8 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
         config: ch.config,
         ctrl_len: ch.ctrl_len(),
         rings,
-        metadata: ch.metadata.clone(),
+        metadata: ch.map_metadata(),
     };
-    ch.refs.fetch_add(1, Ordering::AcqRel);
     *mapped = Some(MapRef(ch));
     (Reply::Mapped(info), fds)
 }
