@@ -177,14 +177,26 @@ pub fn render(w: &mut dyn Write, trace: &TraceDesc<'_>, events: &[EventDesc]) ->
     writeln!(w, "\tevent.header := struct event_header_compact;")?;
     writeln!(w, "\tpacket.context := struct packet_context;\n}};\n")?;
     for (id, ev) in events.iter().enumerate() {
-        writeln!(w, "event {{\n\tname = \"{}\";\n\tid = {id};\n\tstream_id = 0;", Escaped(ev.name))?;
-        writeln!(w, "\tfields := struct {{")?;
-        for f in ev.fields {
-            w.write_str("\t\t")?;
-            write_field(w, f.name, &f.kind)?;
-            w.write_char('\n')?;
-        }
-        writeln!(w, "\t}};\n}};\n")?;
+        write_event(w, id as u32, ev.name, ev.fields.iter().map(|f| (f.name, f.kind)))?;
     }
     Ok(())
+}
+
+/// Writes one event class block. CTF 1.8 lets a trace's metadata grow by
+/// such blocks appended to the end, which is how classes registered while
+/// tracing reach readers.
+pub fn write_event<'f>(
+    w: &mut dyn Write,
+    id: u32,
+    name: &str,
+    fields: impl IntoIterator<Item = (&'f str, FieldKind)>,
+) -> fmt::Result {
+    writeln!(w, "event {{\n\tname = \"{}\";\n\tid = {id};\n\tstream_id = 0;", Escaped(name))?;
+    writeln!(w, "\tfields := struct {{")?;
+    for (name, kind) in fields {
+        w.write_str("\t\t")?;
+        write_field(w, name, &kind)?;
+        w.write_char('\n')?;
+    }
+    writeln!(w, "\t}};\n}};\n")
 }

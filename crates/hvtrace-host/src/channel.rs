@@ -46,8 +46,9 @@ pub struct Channel {
     pub config: ChannelConfig,
     geo: Geometry,
     mode: Mode,
-    /// CTF metadata text.
-    pub metadata: String,
+    /// CTF metadata text; grows by the classes registered while the
+    /// channel lives.
+    metadata: Mutex<String>,
     /// Signalled when rings appear or the state changes (stop, destroy).
     pub changed: EventFd,
     recording: AtomicBool,
@@ -93,7 +94,7 @@ impl Channel {
             config,
             geo,
             mode,
-            metadata,
+            metadata: Mutex::new(metadata),
             changed: EventFd::new()?,
             recording: AtomicBool::new(false),
             quiesce_timeout: host.quiesce_timeout,
@@ -104,6 +105,29 @@ impl Channel {
             ch.add_ring(cpu, owned.contains(&cpu))?;
         }
         Ok(ch)
+    }
+
+    /// The CTF metadata text as it stands.
+    pub fn metadata(&self) -> String {
+        self.metadata.lock().unwrap().clone()
+    }
+
+    /// The metadata text for the consumer that maps the channel, taking the
+    /// one consumer reference (0 -> 1) in the same critical section as
+    /// registrations check for one ([`Channel::grow_metadata`]); `None` if
+    /// another consumer holds it (one consumer at a time).
+    pub(crate) fn map_metadata(&self) -> Option<String> {
+        let md = self.metadata.lock().unwrap();
+        self.refs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).ok()?;
+        Some(md.clone())
+    }
+
+    /// Lets `grow` append to the metadata if no consumer maps the channel
+    /// (one that attaches later gets the grown text); `None` if one does,
+    /// since it holds the text as it was and has no way yet to learn more.
+    pub(crate) fn grow_metadata<T>(&self, grow: impl FnOnce(&mut String) -> T) -> Option<T> {
+        let mut md = self.metadata.lock().unwrap();
+        (self.refs.load(Ordering::Acquire) == 0).then(|| grow(&mut md))
     }
 
     /// The ring of `cpu`, if that CPU has one. Lock-free.

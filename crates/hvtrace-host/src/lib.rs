@@ -23,6 +23,7 @@ mod channel;
 pub mod clock;
 mod exclusive;
 mod notice;
+mod registry;
 mod ringmem;
 mod server;
 
@@ -34,16 +35,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hvtrace_core::metadata::{self, TraceDesc};
-use hvtrace_core::{Encoder, EventDesc, RecordError, Sink};
+use hvtrace_core::{Encoder, EventDesc, FieldKind, RecordError, Sink};
 use hvtrace_proto::{ChannelConfig, ChannelState, StatusInfo};
 use hvtrace_sys::eventfd::EventFd;
 use notice::Notices;
+use registry::Registry;
 use ringmem::RingMem;
 
 pub use channel::{Channel, QUIESCE_TIMEOUT};
 pub use clock::{ClockSource, HostClock};
 pub use exclusive::ExclusiveWriter;
 pub use notice::{Logger, Notice};
+pub use registry::{RegisterError, MAX_EVENT_CLASSES, MAX_REGISTERED_TSDL};
 
 /// How a host is set up.
 #[derive(Clone, Debug)]
@@ -101,6 +104,9 @@ impl HostConfig {
 pub(crate) struct Shared {
     pub(crate) cfg: HostConfig,
     pub(crate) events: &'static [EventDesc],
+    /// Classes registered at run time. Lock order: `registry`, then
+    /// `current`, so a channel's metadata misses no registration.
+    pub(crate) registry: Mutex<Registry>,
     pub(crate) clock: HostClock,
     /// The live channel (None before create and after destroy).
     pub(crate) current: Mutex<Option<Arc<Channel>>>,
@@ -142,6 +148,7 @@ impl Host {
             claimed: Mutex::new(Vec::new()),
             cfg,
             events,
+            registry: Mutex::new(Registry::new(events)),
             clock: HostClock::detect(Duration::from_millis(50)),
             current: Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -179,6 +186,33 @@ impl Host {
     /// `membarrier` (needed to take the ring back on stop and flush).
     pub fn exclusive_writer(&self, cpu: u32) -> io::Result<ExclusiveWriter> {
         ExclusiveWriter::claim(self.shared.clone(), cpu)
+    }
+
+    /// Declares an event class while the host runs, before or after a
+    /// channel exists or starts: returns its id, which a [`Writer`] records
+    /// with ([`Sink::record`]) like a static class's, without a lock. The
+    /// class's TSDL is appended to the live channel's metadata before this
+    /// returns (so a consumer that attaches later has it), and every later
+    /// channel's metadata holds it.
+    ///
+    /// Fails beyond [`MAX_EVENT_CLASSES`] classes or [`MAX_REGISTERED_TSDL`]
+    /// bytes of their TSDL, for a name that cannot
+    /// be written in TSDL, and while a consumer maps the live channel
+    /// ([`RegisterError::ConsumerAttached`]: it holds the metadata as it was
+    /// when it attached, so records of a new class would make its trace
+    /// unreadable; the channel to a consumer for metadata growth is not
+    /// built yet). Takes a host lock (never one a writer or a
+    /// consumer holds for long): not for the record path.
+    pub fn register_event(&self, name: &str, fields: &[(&str, FieldKind)]) -> Result<u32, RegisterError> {
+        let mut reg = self.shared.registry.lock().unwrap();
+        let cur = self.shared.current.lock().unwrap();
+        let Some(ch) = cur.as_ref() else { return reg.add(name, fields).map(|(id, _)| id) };
+        ch.grow_metadata(|md| {
+            let (id, block) = reg.add(name, fields)?;
+            md.push_str(&block);
+            Ok(id)
+        })
+        .unwrap_or(Err(RegisterError::ConsumerAttached))
     }
 
     /// The clock timestamps come from.
@@ -236,7 +270,7 @@ impl Drop for Host {
 
 impl Shared {
     /// Renders the metadata of a new channel.
-    pub(crate) fn metadata(&self, uuid: [u8; 16]) -> String {
+    pub(crate) fn metadata(&self, uuid: [u8; 16], registry: &Registry) -> String {
         let hostname = hvtrace_sys::hostname();
         let desc = TraceDesc {
             uuid,
@@ -247,6 +281,7 @@ impl Shared {
         };
         let mut s = String::new();
         metadata::render(&mut s, &desc, self.events).expect("formatting into a String cannot fail");
+        registry.write_classes(&mut s).expect("formatting into a String cannot fail");
         s
     }
 
@@ -254,6 +289,7 @@ impl Shared {
     pub(crate) fn create(&self, config: ChannelConfig) -> Result<(), hvtrace_proto::Reply> {
         use hvtrace_proto::{ErrorCode, Reply};
         config.validate().map_err(Reply::from)?;
+        let registry = self.registry.lock().unwrap();
         let mut cur = self.current.lock().unwrap();
         if let Some(ch) = cur.as_ref() {
             return Err(Reply::error(
@@ -264,8 +300,9 @@ impl Shared {
         let uuid = *uuid::Uuid::new_v4().as_bytes();
         let cpus = self.online.lock().unwrap().clone();
         let owned = self.claimed.lock().unwrap().clone();
-        let ch = Channel::new(self.notices.clone(), &self.cfg, config, &cpus, &owned, self.metadata(uuid), uuid)
-            .map_err(|e| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}")))?;
+        let ch =
+            Channel::new(self.notices.clone(), &self.cfg, config, &cpus, &owned, self.metadata(uuid, &registry), uuid)
+                .map_err(|e| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}")))?;
         *cur = Some(Arc::new(ch));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())

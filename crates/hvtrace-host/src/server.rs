@@ -241,15 +241,17 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
     // and each would skip, repeat or tear the other's packets. The reference
     // is taken here, before anything is handed out, so two racing `map`s
     // cannot both win; it is dropped when the holder unmaps or its
-    // connection closes (it died), and the next consumer takes over.
-    if ch.refs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    // connection closes (it died), and the next consumer takes over. It is
+    // taken with the metadata copied, under the lock run-time registrations
+    // take, so no class is registered that this consumer does not know.
+    let Some(metadata) = ch.map_metadata() else {
         let msg = format!(
             "another consumer is attached to channel {}; one consumer at a time (a new one can attach once it \
              unmaps or exits)",
             ch.name
         );
         return (Reply::error(ErrorCode::Busy, msg), Vec::new());
-    }
+    };
     let held = MapRef(ch.clone());
     let mut fds = Vec::new();
     let mut rings = Vec::new();
@@ -276,7 +278,7 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
         config: ch.config,
         ctrl_len: ch.ctrl_len(),
         rings,
-        metadata: ch.metadata.clone(),
+        metadata,
     };
     *mapped = Some(held);
     (Reply::Mapped(info), fds)
