@@ -140,14 +140,17 @@ fn the_relay_records_what_the_consumer_records_with_a_cpu_hotplugged() {
     let Some(relay) = relayd(&dir) else { return };
     let sock = dir.join("ctl.sock");
     let out = dir.join("local");
-    // Small sub-buffers and a fast host: losses to count.
-    let _sim = sim(&sock, &["--cpus", "1", "--rate", "200000", "--hotplug-after", "0.3"]);
+    // Losses to count, whatever the machine's speed: the host records into
+    // small rings for 300 ms before any consumer drains them (discard mode),
+    // then the consumer attaches; CPU 1 comes online after it attached.
+    let _sim = sim(&sock, &["--cpus", "1", "--rate", "200000", "--hotplug-after", "1.5"]);
     ctl(&sock, "create", &["--subbuf-size", "4k", "--num-subbuf", "4"]);
+    ctl(&sock, "start", &[]);
+    std::thread::sleep(Duration::from_millis(300));
     let url = relay.url.to_string();
     let consumer = consume(&sock, &["--output", out.to_str().unwrap(), "--relayd", &url, "--session", "e2e"]);
     wait_mapped(&sock);
-    ctl(&sock, "start", &[]);
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(2000));
     ctl(&sock, "stop", &[]);
     ctl(&sock, "destroy", &[]);
     let (st, stdout, stderr) = consumer.finish();
