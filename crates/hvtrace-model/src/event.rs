@@ -34,6 +34,19 @@ impl Runstate {
     /// All states, in the order tables print them.
     pub const ALL: [Runstate; 4] = [Runstate::Running, Runstate::Runnable, Runstate::Blocked, Runstate::Offline];
 
+    /// The state numbered `code` in Xen's `RUNSTATE_*` (0 running,
+    /// 1 runnable, 2 blocked, 3 offline), which the simulated host and
+    /// imported xentrace files both record; `None` for any other number.
+    pub const fn from_xen(code: u64) -> Option<Runstate> {
+        match code {
+            0 => Some(Runstate::Running),
+            1 => Some(Runstate::Runnable),
+            2 => Some(Runstate::Blocked),
+            3 => Some(Runstate::Offline),
+            _ => None,
+        }
+    }
+
     /// Lower-case name (`running`, `runnable`, `blocked`, `offline`).
     pub const fn name(self) -> &'static str {
         match self {

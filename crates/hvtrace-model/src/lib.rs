@@ -78,4 +78,4 @@ mod event;
 mod map;
 
 pub use event::{Access, Event, Exit, ExitDetail, Runstate, Vcpu};
-pub use map::{class, Bindings, Catalog, FieldValue, Fields, Labels, Mapper, Mapping};
+pub use map::{class, hit, Bindings, Catalog, FieldValue, Fields, Labels, Mapper, Mapping};

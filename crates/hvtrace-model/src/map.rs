@@ -204,3 +204,9 @@ impl Bindings {
         }
     }
 }
+
+/// The field indices of an optional class (as [`class`] returns it for an
+/// event a set may lack), if record id `id` is that class.
+pub fn hit<const N: usize>(class: Option<(u32, [usize; N])>, id: u32) -> Option<[usize; N]> {
+    class.filter(|c| c.0 == id).map(|c| c.1)
+}

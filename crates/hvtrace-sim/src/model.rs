@@ -18,7 +18,9 @@
 //! above do not say (every state change has its `runstate_change`). The idle
 //! domain's vCPUs are not vCPUs of the model: a pCPU running one is idle.
 
-use hvtrace_model::{class, Access, Catalog, Event, Exit, ExitDetail, Fields, Labels, Mapper, Mapping, Runstate, Vcpu};
+use hvtrace_model::{
+    class, hit, Access, Catalog, Event, Exit, ExitDetail, Fields, Labels, Mapper, Mapping, Runstate, Vcpu,
+};
 
 use crate::{DOMID_IDLE, DOMID_XEN};
 
@@ -97,11 +99,6 @@ fn vcpu(f: &dyn Fields<'_>, d: usize, v: usize) -> Option<Vcpu> {
     (domid != u64::from(DOMID_IDLE)).then_some(Vcpu::new(domid as u32, f.uint(v)? as u32))
 }
 
-/// The field indices of an optional event, if `id` is that event.
-fn hit<const N: usize>(class: Option<(u32, [usize; N])>, id: u32) -> Option<[usize; N]> {
-    class.filter(|c| c.0 == id).map(|c| c.1)
-}
-
 impl Mapper for Bound {
     fn maps(&self, id: u32) -> bool {
         self.ids().any(|i| i == id)
@@ -127,13 +124,7 @@ impl Mapper for Bound {
             }
         } else if id == self.runstate.0 {
             let [d, v, new] = self.runstate.1;
-            let new = match f.uint(new) {
-                Some(0) => Runstate::Running,
-                Some(1) => Runstate::Runnable,
-                Some(2) => Runstate::Blocked,
-                Some(3) => Runstate::Offline,
-                _ => return,
-            };
+            let Some(new) = f.uint(new).and_then(Runstate::from_xen) else { return };
             if let Some(vcpu) = vcpu(f, d, v) {
                 out(Event::Runstate { vcpu, new });
             }

@@ -20,7 +20,7 @@
 //! `events_discarded`, which the reader reports (mapping it too would count
 //! each loss twice).
 
-use hvtrace_model::{class, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
+use hvtrace_model::{class, hit, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
 
 use crate::classes::{CLASSES, SVM_EXIT_LABELS};
 use hvtrace_core::field::{EnumLabel, FieldKind};
@@ -88,11 +88,6 @@ fn label(labels: &'static [EnumLabel], v: u64) -> Option<&'static str> {
     labels.iter().find(|l| l.value as u64 == v).map(|l| l.label)
 }
 
-/// The field indices of an optional class, if `id` is that class.
-fn hit<const N: usize>(class: Option<(u32, [usize; N])>, id: u32) -> Option<[usize; N]> {
-    class.filter(|c| c.0 == id).map(|c| c.1)
-}
-
 impl Mapper for Bound {
     fn maps(&self, id: u32) -> bool {
         self.exits.iter().any(|e| e.0 == id)
@@ -113,13 +108,7 @@ impl Mapper for Bound {
             }
         } else if id == self.runstate.0 {
             let [d, v, new] = self.runstate.1;
-            let new = match f.uint(new) {
-                Some(0) => Runstate::Running,
-                Some(1) => Runstate::Runnable,
-                Some(2) => Runstate::Blocked,
-                Some(3) => Runstate::Offline,
-                _ => return,
-            };
+            let Some(new) = f.uint(new).and_then(Runstate::from_xen) else { return };
             if let Some(vcpu) = vcpu(f, d, v) {
                 out(Event::Runstate { vcpu, new });
             }
