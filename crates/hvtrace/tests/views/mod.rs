@@ -1,8 +1,13 @@
-//! What the export and report tests share: running the built binary in a
-//! fresh temporary directory.
+//! What the analyze, export and report tests share: running the built
+//! binary in a fresh temporary directory, reading its JSON, and counting
+//! `vm_exit` records with babeltrace2. Each suite uses part of it.
+#![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_hvtrace");
 
@@ -22,4 +27,35 @@ pub fn tempdir(suite: &str, what: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The last line of a command's stdout, as JSON.
+pub fn last_json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("no output; stderr: {}", stderr(out)));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {line}"))
+}
+
+/// `(vcpu, reason label) → vm_exit records` as babeltrace2 decodes them, or
+/// `None` (said loudly) without babeltrace2.
+pub fn babeltrace_exits(dir: &Path) -> Option<BTreeMap<(u64, String), u64>> {
+    let out = match Command::new("babeltrace2").arg(dir).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIP: babeltrace2 not installed: the vm_exit records were not counted with it");
+            return None;
+        }
+        Err(e) => panic!("babeltrace2: {e}"),
+    };
+    assert!(out.status.success(), "babeltrace2 failed: {}", stderr(&out));
+    let mut n = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" vm_exit: {")) {
+        // `... vm_exit: { cpu_id = 0 }, { vcpu = 1, reason = ( "io" : container = 2 ), ... }`
+        let field =
+            |name: &str| line.split(&format!(" {name} = ")).nth(1).unwrap_or_else(|| panic!("no {name} in {line}"));
+        let vcpu: u64 = field("vcpu").split(',').next().unwrap().trim().parse().unwrap();
+        let reason = field("reason").split('"').nth(1).unwrap().to_string();
+        *n.entry((vcpu, reason)).or_default() += 1;
+    }
+    Some(n)
 }
