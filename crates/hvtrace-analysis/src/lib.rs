@@ -32,11 +32,10 @@
 //!
 //! ## Damage
 //!
-//! A packet or record that does not decode stops the fast pass; the trace
-//! is then checked stream by stream with `hvtrace check`'s walker
-//! ([`hvtrace_reader::check_stream`]) and analysed again over the intact
-//! packets only, with one warning per skipped stretch. A skipped stretch is
-//! a gap: its time is *lost* for the vCPUs of that pCPU.
+//! The walk ([`hvtrace_reader::Merge`]) goes on past a packet or record
+//! that does not decode over the packets `hvtrace check`'s walker finds
+//! intact in that stream, with one warning per skipped stretch. A skipped
+//! stretch is a gap: its time is *lost* for the vCPUs of that pCPU.
 #![forbid(unsafe_code)]
 
 mod acc;
@@ -48,7 +47,7 @@ use std::fmt;
 use std::path::Path;
 
 use hvtrace_model::{Bindings, Mapping};
-use hvtrace_reader::{check_stream, Expect, ReadError, TraceDir};
+use hvtrace_reader::{ReadError, TraceDir};
 
 pub use output::{write_csv, write_text};
 pub use report::{
@@ -124,44 +123,9 @@ pub fn analyze(
     let ticks = |ns: u64| (u128::from(ns) * u128::from(freq) / 1_000_000_000) as u64;
     let range = walk::Range { from: opts.from_ns.map(ticks), to: opts.to_ns.map(ticks) };
     let bindings = Bindings::bind(mappings, trace.schema());
-    let mut warnings = Vec::new();
-    if let Some(note) = &trace.incomplete {
-        warnings.push(if note.is_empty() {
-            "the trace was cut short (INCOMPLETE)".to_string()
-        } else {
-            format!("the trace was cut short (INCOMPLETE: {note})")
-        });
-    }
     let mut report_progress = |done, total| progress(Progress { done, total });
-    let pass = match walk::pass(&trace, &bindings, None, range, &mut report_progress) {
-        Ok(p) => p,
-        Err(walk::Stop::Read(e)) => return Err(Error::Read(e)),
-        Err(walk::Stop::Damage { stream, offset, what }) => {
-            warnings.push(format!("{stream}: damage at byte {offset} ({what}); analysing the intact packets only"));
-            let mut only = Vec::new();
-            for s in &trace.streams {
-                let bytes = s.read().map_err(Error::Read)?;
-                let expect = Expect { uuid: Some(trace.metadata.uuid), cpu: Some(s.cpu) };
-                let r = check_stream(&bytes, trace.schema(), &expect);
-                for p in &r.problems {
-                    warnings.push(format!("{}: skipped {p}", s.name));
-                }
-                only.push(r.packets.iter().map(|p| (p.offset, p.len)).collect());
-            }
-            match walk::pass(&trace, &bindings, Some(only), range, &mut report_progress) {
-                Ok(p) => p,
-                Err(walk::Stop::Read(e)) => return Err(Error::Read(e)),
-                // The checker vouched for these packets: a disagreement is
-                // reported, not hidden.
-                Err(walk::Stop::Damage { stream, offset, what }) => {
-                    return Err(Error::Read(ReadError::Output {
-                        path: dir.join(stream),
-                        why: format!("packet at byte {offset} passed the check but does not decode: {what}"),
-                    }))
-                }
-            }
-        }
-    };
+    let mut pass = walk::pass(&trace, &bindings, range, &mut report_progress).map_err(Error::Read)?;
+    let warnings = std::mem::take(&mut pass.warnings);
     let sets = bindings.names().iter().map(|s| s.to_string()).collect();
     let mut report = report::build(dir.display().to_string(), pass, freq, sets, warnings);
     for c in &mut report.event_classes {

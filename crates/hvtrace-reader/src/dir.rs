@@ -104,6 +104,16 @@ pub enum ReadError {
         /// What is wrong, and where.
         error: MetadataError,
     },
+    /// A packet `hvtrace check` finds intact does not decode (the checker
+    /// and the reader disagree: a bug, reported rather than hidden).
+    Undecodable {
+        /// The stream file.
+        path: PathBuf,
+        /// Byte offset of the packet.
+        offset: u64,
+        /// What is wrong.
+        what: String,
+    },
     /// The repair's output directory is not usable.
     Output {
         /// The directory.
@@ -121,6 +131,9 @@ impl fmt::Display for ReadError {
                 write!(f, "{} is not a trace directory (no metadata file)", path.display())
             }
             ReadError::Metadata { path, error } => write!(f, "{}: {error}", path.display()),
+            ReadError::Undecodable { path, offset, what } => {
+                write!(f, "{}: packet at byte {offset} {what}", path.display())
+            }
             ReadError::Output { path, why } => write!(f, "{}: {why}", path.display()),
         }
     }

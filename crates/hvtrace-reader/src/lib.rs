@@ -12,7 +12,10 @@
 //!   the intact packets, which babeltrace2 reads.
 //!
 //! * [`PacketReader`] walks a stream's packets a window at a time, so the
-//!   memory it needs does not grow with the file (`hvtrace analyze`).
+//!   memory it needs does not grow with the file; [`Merge`] walks all the
+//!   streams with it, records in timestamp order, losses reported and
+//!   damage skipped with `check`'s walker: the one pass `hvtrace analyze`,
+//!   `export` and `report` share.
 //! * The trace's [`TraceSchema`] is a `hvtrace_model::Catalog`, and
 //!   [`RecordFields`] a record's `hvtrace_model::Fields`: what an event
 //!   set's mapping onto the hypervisor model reads.
@@ -23,6 +26,7 @@
 pub mod account;
 mod check;
 mod dir;
+mod merge;
 mod model;
 mod stream;
 pub mod tsdl;
@@ -35,6 +39,7 @@ pub use check::{
 pub use dir::{
     packets, stream_cpu, Packet, PacketError, Packets, ReadError, StreamFile, TraceDir, INCOMPLETE, MAX_METADATA,
 };
+pub use merge::{Item, Merge, Order, Rec, StreamWalk};
 pub use model::{Layouts, RecordFields};
 pub use stream::PacketReader;
 pub use tsdl::{EventClass, FieldClass, Label, Metadata, MetadataError, TraceSchema};

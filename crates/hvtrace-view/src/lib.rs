@@ -96,7 +96,7 @@ impl std::error::Error for Error {
 }
 
 /// What an export wrote.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Records read.
     pub records: u64,
@@ -108,16 +108,20 @@ pub struct Summary {
     pub instants: u64,
     /// Events the trace says were lost.
     pub lost: u64,
+    /// What was skipped (damaged packets: the export holds every intact
+    /// one) and other things to know, one line each.
+    pub warnings: Vec<String>,
 }
 
 /// Writes the trace at `dir` to `out` as a Perfetto protobuf trace, with
 /// the event sets' `mappings` (see the crate doc for the layout).
 pub fn export_perfetto(dir: &Path, mappings: &[&dyn Mapping], out: &mut dyn Write) -> Result<Summary, Error> {
     let mut x = Exporter::new(out);
-    let end = walk::walk(dir, mappings, &mut x)?;
-    x.finish(end)?;
+    let walked = walk::walk(dir, mappings, &mut x)?;
+    x.finish(walked.end)?;
     x.out.flush().map_err(Error::Write)?;
-    Ok(x.summary)
+    x.summary.warnings = walked.warnings;
+    Ok(std::mem::take(&mut x.summary))
 }
 
 /// One field of an unmapped record, for its debug annotations.

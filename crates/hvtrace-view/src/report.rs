@@ -24,7 +24,7 @@ use crate::{walk, Error, FieldOut, Sink};
 pub const COLUMNS: usize = 800;
 
 /// What a report holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReportSummary {
     /// Bytes of HTML written.
     pub bytes: u64,
@@ -32,6 +32,9 @@ pub struct ReportSummary {
     pub pcpus: usize,
     /// vCPUs in the legend.
     pub vcpus: usize,
+    /// What was skipped (damaged packets: the report covers every intact
+    /// one) and other things to know, one line each (also on the page).
+    pub warnings: Vec<String>,
 }
 
 /// One pCPU's lane: per column, time per vCPU (few vCPUs per column, so a
@@ -165,7 +168,7 @@ pub fn write_report(dir: &Path, mappings: &[&dyn Mapping], out: &mut dyn Write) 
         e => Error::Damage { stream: dir.display().to_string(), offset: 0, what: e.to_string() },
     })?;
     let mut tl = Timeline { begin: None, span: report.duration_ns.max(1), lanes: BTreeMap::new() };
-    let end = walk::walk(dir, mappings, &mut tl)?;
+    let end = walk::walk(dir, mappings, &mut tl)?.end;
     let pcpus: Vec<u32> = tl.lanes.keys().copied().collect();
     for c in pcpus {
         tl.runs(end, c, None);
@@ -173,7 +176,12 @@ pub fn write_report(dir: &Path, mappings: &[&dyn Mapping], out: &mut dyn Write) 
     let html = render(&report, &tl);
     out.write_all(html.as_bytes()).map_err(Error::Write)?;
     out.flush().map_err(Error::Write)?;
-    Ok(ReportSummary { bytes: html.len() as u64, pcpus: tl.lanes.len(), vcpus: report.vcpus.len() })
+    Ok(ReportSummary {
+        bytes: html.len() as u64,
+        pcpus: tl.lanes.len(),
+        vcpus: report.vcpus.len(),
+        warnings: report.warnings,
+    })
 }
 
 fn render(r: &Report, tl: &Timeline) -> String {

@@ -46,5 +46,8 @@ pub fn run(a: Args) -> Result<Status> {
         a.output.display(),
         s.lost
     ));
+    for w in &s.warnings {
+        note(format_args!("hvtrace export: warning: {w}"));
+    }
     Ok(Status::Ok)
 }

@@ -35,5 +35,8 @@ pub fn run(a: Args) -> Result<Status> {
         s.vcpus,
         a.output.display()
     ));
+    for w in &s.warnings {
+        note(format_args!("hvtrace report: warning: {w}"));
+    }
     Ok(Status::Ok)
 }

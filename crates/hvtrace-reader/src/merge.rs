@@ -1,0 +1,424 @@
+//! One pass over a trace's streams in timestamp order: the walk every
+//! analysis and view shares (`hvtrace analyze`, `export`, `report`).
+//!
+//! [`Merge`] reads each stream a window of packets at a time
+//! ([`PacketReader`]) and hands out [`Item`]s: each record, with its
+//! stream's CPU, in timestamp order across streams (a vCPU moves between
+//! pCPUs, so its events are in order only when the streams are merged), and
+//! each loss just before the record it precedes. [`Rec::map`] turns a
+//! record into hypervisor-model events.
+//!
+//! **Losses.** A stream's loss is reported as an [`Item::Lost`] before the
+//! stream's next record: events its packet contexts count as discarded,
+//! and gaps of unknown size where intact packets do not follow each other
+//! (a damaged packet skipped). Losses after a stream's last record come at
+//! the end of the walk, after every record.
+//!
+//! **Damage.** A packet that does not decode, or whose header does not
+//! belong to its stream (trace UUID, stream class, CPU) or whose records
+//! fall outside its time range, stops the fast walk of that stream only:
+//! the stream is then checked with `hvtrace check`'s walker
+//! ([`check_stream`]) and walked on over the packets it finds intact from
+//! there on. Each stretch skipped becomes a line of [`Merge::warnings`],
+//! named by stream and byte range. Records already handed out are never
+//! taken back, so a damaged trace yields every intact packet and its
+//! records once, in order.
+
+use hvtrace_core::decode::Record;
+use hvtrace_model::{Bindings, Event};
+
+use crate::check::{check_stream, Expect};
+use crate::dir::{PacketError, ReadError, StreamFile, TraceDir};
+use crate::model::{Layouts, RecordFields};
+use crate::stream::PacketReader;
+use crate::tsdl::TraceSchema;
+
+/// The order in which [`Merge`] hands out records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// By timestamp across streams: what any per-vCPU analysis needs.
+    Time,
+    /// Each stream whole, one after the other: enough to count, and cheaper.
+    Streams,
+}
+
+/// One step of a [`Merge`].
+#[derive(Clone, Copy, Debug)]
+pub enum Item<'a> {
+    /// A record.
+    Record(Rec<'a>),
+    /// Events of stream `stream` lost between its record at `since` and the
+    /// one at `at` (ticks).
+    Lost {
+        /// Index of the stream in [`TraceDir::streams`].
+        stream: usize,
+        /// The stream's CPU.
+        cpu: u32,
+        /// The stream's last record before the loss (`None`: none yet).
+        since: Option<u64>,
+        /// The stream's first record after it (`None`: the loss follows the
+        /// stream's last record, and the walk has no more records).
+        at: Option<u64>,
+        /// Events lost: 0 for a gap of unknown size (packets skipped).
+        count: u64,
+    },
+}
+
+/// A record, with where it comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Rec<'a> {
+    /// Index of the stream in [`TraceDir::streams`].
+    pub stream: usize,
+    /// The stream's CPU.
+    pub cpu: u32,
+    /// The record.
+    pub record: Record<'a>,
+    /// The timestamp of the stream's previous record (`None` for its first).
+    pub previous: Option<u64>,
+    layouts: &'a Layouts,
+}
+
+impl<'a> Rec<'a> {
+    /// Its payload fields, decoded as they are read.
+    #[inline]
+    pub fn fields(&self) -> RecordFields<'a, 'a> {
+        RecordFields::new(self.layouts, &self.record)
+    }
+
+    /// Its model events, if a mapping in `bindings` takes it: calls
+    /// `out(pcpu, event)` for each, with the stream's CPU unless the
+    /// mapping says where it happened ([`Event::OnPcpu`], not passed on).
+    /// Returns whether a mapping took it.
+    #[inline]
+    pub fn map<'m>(&self, bindings: &'m Bindings, out: &mut dyn FnMut(u32, Event<'m>)) -> bool {
+        if !bindings.maps(self.record.id) {
+            return false;
+        }
+        let mut pcpu = self.cpu;
+        bindings.map(self.record.id, &self.fields(), &mut |e| match e {
+            Event::OnPcpu { pcpu: p } => pcpu = p,
+            e => out(pcpu, e),
+        });
+        true
+    }
+}
+
+/// A record of the loaded packet: where its payload is in the packet.
+#[derive(Clone, Copy)]
+struct Slot {
+    ts: u64,
+    id: u32,
+    offset: u32,
+    compact: bool,
+    start: u32,
+    len: u32,
+}
+
+/// What a stream's walk has seen so far.
+#[derive(Clone, Debug)]
+pub struct StreamWalk {
+    /// The stream file's name.
+    pub name: String,
+    /// Its CPU.
+    pub cpu: u32,
+    /// Packets read (intact ones only).
+    pub packets: u64,
+    /// Its cumulative `events_discarded` so far (the largest seen).
+    pub events_discarded: u64,
+}
+
+/// Why a packet is not read: it does not decode, or is not this stream's.
+struct Bad {
+    offset: u64,
+    what: String,
+}
+
+/// One stream's walk.
+struct Cursor {
+    file: StreamFile,
+    walk: StreamWalk,
+    reader: PacketReader,
+    slots: Vec<Slot>,
+    next: usize,
+    /// A loss before the next record: since when (the last record), how many.
+    pending: Option<(Option<u64>, u64)>,
+    last_ts: Option<u64>,
+    last_seq: Option<u64>,
+    /// Whether the stream is being walked over `check`'s intact packets.
+    checked: bool,
+}
+
+impl Cursor {
+    /// Decodes the next packet into `slots`; `Ok(None)` at the end.
+    fn packet(&mut self, layouts: &Layouts, uuid: &[u8; 16]) -> Result<Option<Result<(), Bad>>, ReadError> {
+        let cpu = self.file.cpu;
+        let p = match self.reader.next_packet() {
+            None => return Ok(None),
+            Some(Err(source)) => return Err(ReadError::Io { path: self.file.path.clone(), what: "read", source }),
+            Some(Ok(Err(PacketError { offset, error }))) => {
+                return Ok(Some(Err(Bad { offset: offset as u64, what: error.to_string() })))
+            }
+            Some(Ok(Ok(p))) => p,
+        };
+        let offset = p.offset as u64;
+        let bad = |what: String| Ok(Some(Err(Bad { offset, what })));
+        let i = &p.info;
+        // What `check` asks of a packet's header, cheaply, so that the fast
+        // walk takes no packet the check would not.
+        if i.uuid != *uuid {
+            return bad("not this trace's UUID".into());
+        }
+        if i.stream_id != 0 || i.stream_instance_id != u64::from(cpu) || i.cpu_id != cpu {
+            return bad(format!(
+                "stream {} instance {} cpu {}, not this stream's",
+                i.stream_id, i.stream_instance_id, i.cpu_id
+            ));
+        }
+        if i.timestamp_begin > i.timestamp_end {
+            return bad(format!("timestamp_begin {} after timestamp_end {}", i.timestamp_begin, i.timestamp_end));
+        }
+        self.slots.clear();
+        self.next = 0;
+        let base = p.bytes.as_ptr() as usize;
+        for r in p.records(layouts) {
+            let r = match r {
+                Ok(r) => r,
+                Err(e) => return bad(e.to_string()),
+            };
+            if r.timestamp < i.timestamp_begin || r.timestamp > i.timestamp_end {
+                return bad(format!("record at {} outside the packet's time range", r.offset));
+            }
+            self.slots.push(Slot {
+                ts: r.timestamp,
+                id: r.id,
+                offset: r.offset as u32,
+                compact: r.compact,
+                start: (r.payload.as_ptr() as usize - base) as u32,
+                len: r.payload.len() as u32,
+            });
+        }
+        self.walk.packets += 1;
+        // A packet that does not follow the previous one (the ones between
+        // were damaged and skipped) is a gap of unknown size.
+        let skipped = self.last_seq.is_some_and(|s| i.seq != s.wrapping_add(1));
+        self.last_seq = Some(i.seq);
+        let lost = i.events_discarded.saturating_sub(self.walk.events_discarded);
+        self.walk.events_discarded = self.walk.events_discarded.max(i.events_discarded);
+        if lost > 0 || skipped {
+            let (since, n) = self.pending.unwrap_or((self.last_ts, 0));
+            self.pending = Some((since, n + lost));
+        }
+        Ok(Some(Ok(())))
+    }
+
+    /// Loads the next packet that holds records; `false` at the end. On
+    /// damage, goes on over the packets `check` finds intact after it.
+    fn load(&mut self, m: &Shared, warnings: &mut Vec<String>) -> Result<bool, ReadError> {
+        loop {
+            match self.packet(&m.layouts, &m.uuid)? {
+                None => {
+                    self.slots.clear();
+                    self.next = 0;
+                    return Ok(false);
+                }
+                Some(Ok(())) if self.slots.is_empty() => {}
+                Some(Ok(())) => return Ok(true),
+                Some(Err(bad)) if self.checked => {
+                    // The checker vouched for this packet: a disagreement
+                    // is an error, not hidden.
+                    return Err(ReadError::Undecodable {
+                        path: self.file.path.clone(),
+                        offset: bad.offset,
+                        what: format!("passed the check but does not decode: {}", bad.what),
+                    });
+                }
+                Some(Err(bad)) => self.recheck(bad, m, warnings)?,
+            }
+        }
+    }
+
+    /// Switches to the packets `check` finds intact from `bad` on.
+    fn recheck(&mut self, bad: Bad, m: &Shared, warnings: &mut Vec<String>) -> Result<(), ReadError> {
+        let name = &self.file.name;
+        warnings.push(format!("{name}: damage at byte {} ({}); reading the intact packets only", bad.offset, bad.what));
+        let bytes = self.file.read()?;
+        let expect = Expect { uuid: Some(m.uuid), cpu: Some(self.file.cpu) };
+        let report = check_stream(&bytes, &m.schema, &expect);
+        for p in &report.problems {
+            if p.offset + p.len > bad.offset {
+                warnings.push(format!("{name}: skipped {p}"));
+            } else {
+                // Read before the damage was found, and not taken back.
+                warnings.push(format!("{name}: read, though `hvtrace check` objects: {p}"));
+            }
+        }
+        let rest = report.packets.iter().filter(|p| p.offset >= bad.offset).map(|p| (p.offset, p.len)).collect();
+        self.reader = PacketReader::open(&self.file.path)?.only(rest);
+        self.checked = true;
+        Ok(())
+    }
+
+    #[inline]
+    fn head(&self) -> Option<u64> {
+        self.slots.get(self.next).map(|r| r.ts)
+    }
+}
+
+/// What every cursor reads with.
+struct Shared {
+    layouts: Layouts,
+    schema: TraceSchema,
+    uuid: [u8; 16],
+}
+
+/// A walk over a trace's records, in [`Order::Time`] or [`Order::Streams`]
+/// (see the module doc). Not an `Iterator`: each [`Item`] borrows the
+/// packet it comes from, until the next call to [`Merge::next_item`].
+pub struct Merge {
+    shared: Shared,
+    cursors: Vec<Cursor>,
+    order: Order,
+    /// The stream being walked, in [`Order::Streams`].
+    current: usize,
+    /// The cursor whose record was handed out last (advanced on the next call).
+    advance: Option<usize>,
+    /// Trailing losses are being handed out.
+    draining: bool,
+    warnings: Vec<String>,
+    total: u64,
+}
+
+impl Merge {
+    /// Starts a walk over `trace`'s streams (reading each one's first
+    /// packet). A trace cut short (`INCOMPLETE`) is the first warning.
+    pub fn new(trace: &TraceDir, order: Order) -> Result<Merge, ReadError> {
+        let schema = trace.schema().clone();
+        let shared = Shared { layouts: Layouts::new(&schema), schema, uuid: trace.metadata.uuid };
+        let mut warnings = Vec::new();
+        if let Some(note) = &trace.incomplete {
+            warnings.push(if note.is_empty() {
+                "the trace was cut short (INCOMPLETE)".to_string()
+            } else {
+                format!("the trace was cut short (INCOMPLETE: {note})")
+            });
+        }
+        let mut cursors = Vec::with_capacity(trace.streams.len());
+        for s in &trace.streams {
+            let reader = PacketReader::open(&s.path)?;
+            let mut c = Cursor {
+                walk: StreamWalk { name: s.name.clone(), cpu: s.cpu, packets: 0, events_discarded: 0 },
+                file: s.clone(),
+                reader,
+                slots: Vec::new(),
+                next: 0,
+                pending: None,
+                last_ts: None,
+                last_seq: None,
+                checked: false,
+            };
+            c.load(&shared, &mut warnings)?;
+            cursors.push(c);
+        }
+        let total = cursors.iter().map(|c| c.reader.len()).sum();
+        Ok(Merge { shared, cursors, order, current: 0, advance: None, draining: false, warnings, total })
+    }
+
+    /// The timestamp of the trace's first record (ticks), if it has one.
+    pub fn first_timestamp(&self) -> Option<u64> {
+        self.cursors.iter().filter_map(Cursor::head).min()
+    }
+
+    /// The event layouts records are decoded with.
+    pub fn layouts(&self) -> &Layouts {
+        &self.shared.layouts
+    }
+
+    /// What each stream's walk has seen so far, in [`TraceDir::streams`] order.
+    pub fn streams(&self) -> impl ExactSizeIterator<Item = &StreamWalk> {
+        self.cursors.iter().map(|c| &c.walk)
+    }
+
+    /// What was skipped, and other things a reader of the results must
+    /// know, one line each (`channel0_1: skipped bytes 8192..12288: …`).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Bytes of stream files read so far (for progress), of [`Merge::total_bytes`].
+    pub fn bytes_read(&self) -> u64 {
+        self.cursors.iter().map(|c| c.reader.position()).sum()
+    }
+
+    /// Bytes of all stream files.
+    pub fn total_bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// The next record or loss; `None` at the end of the trace.
+    pub fn next_item(&mut self) -> Option<Result<Item<'_>, ReadError>> {
+        if let Some(i) = self.advance.take() {
+            let c = &mut self.cursors[i];
+            c.next += 1;
+            if c.next == c.slots.len() {
+                if let Err(e) = c.load(&self.shared, &mut self.warnings) {
+                    return Some(Err(e));
+                }
+            }
+        }
+        if !self.draining {
+            let i = match self.order {
+                Order::Time => {
+                    let mut best: Option<(usize, u64)> = None;
+                    for (i, c) in self.cursors.iter().enumerate() {
+                        if let Some(ts) = c.head() {
+                            if best.is_none_or(|(_, b)| ts < b) {
+                                best = Some((i, ts));
+                            }
+                        }
+                    }
+                    best.map(|b| b.0)
+                }
+                Order::Streams => {
+                    while self.current < self.cursors.len() && self.cursors[self.current].head().is_none() {
+                        self.current += 1;
+                    }
+                    (self.current < self.cursors.len()).then_some(self.current)
+                }
+            };
+            match i {
+                Some(i) => return Some(Ok(self.step(i))),
+                None => self.draining = true,
+            }
+        }
+        // Losses after each stream's last record.
+        let (stream, c) = self.cursors.iter_mut().enumerate().find(|(_, c)| c.pending.is_some())?;
+        let (since, count) = c.pending.take()?;
+        Some(Ok(Item::Lost { stream, cpu: c.walk.cpu, since, at: None, count }))
+    }
+
+    /// Cursor `i`'s pending loss, else its next record.
+    #[inline]
+    fn step(&mut self, i: usize) -> Item<'_> {
+        let c = &mut self.cursors[i];
+        let s = c.slots[c.next];
+        if let Some((since, count)) = c.pending.take() {
+            return Item::Lost { stream: i, cpu: c.walk.cpu, since, at: Some(s.ts), count };
+        }
+        let previous = c.last_ts.replace(s.ts);
+        self.advance = Some(i);
+        let bytes = c.reader.current();
+        Item::Record(Rec {
+            stream: i,
+            cpu: c.walk.cpu,
+            record: Record {
+                offset: s.offset as usize,
+                id: s.id,
+                timestamp: s.ts,
+                compact: s.compact,
+                payload: &bytes[s.start as usize..(s.start + s.len) as usize],
+            },
+            previous,
+            layouts: &self.shared.layouts,
+        })
+    }
+}

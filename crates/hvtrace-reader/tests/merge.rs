@@ -1,0 +1,173 @@
+//! `Merge` on hand-built traces: records come in timestamp order across
+//! streams (checked against a sort of every stream's own decode), each loss
+//! before the record it precedes, and damage costs only the packets
+//! `check_stream` rejects, with a warning naming them.
+
+use std::path::Path;
+
+use hvtrace_core::ctf::{empty_packet, header, packet};
+use hvtrace_core::metadata::{render, ClockDesc, TraceDesc};
+use hvtrace_core::EventSet;
+use hvtrace_reader::{check, packets, Item, Merge, Order, TraceDir};
+
+hvtrace_core::events! {
+    /// A tiny event set.
+    pub mod t ("t") {
+        /// A counter.
+        fn tick(n: u32);
+    }
+}
+
+const UUID: [u8; 16] = [9; 16];
+const P: usize = 256;
+
+/// A packet of `P` bytes on `cpu`: `n` ticks from `begin`, `step` apart,
+/// each carrying `cpu << 16 | seq << 8 | i`; `discarded` cumulative losses.
+fn packet(cpu: u32, seq: u64, begin: u64, step: u64, n: u32, discarded: u64) -> Vec<u8> {
+    let mut b = vec![0u8; P];
+    b[..packet::LEN].copy_from_slice(&empty_packet(&UUID, cpu, seq, begin, discarded));
+    let (mut at, mut ts) = (packet::LEN, begin);
+    for i in 0..n {
+        b[at..at + 4].copy_from_slice(&header::compact(0, ts));
+        b[at + 4..at + 8].copy_from_slice(&(cpu << 16 | (seq as u32) << 8 | i).to_le_bytes());
+        at += 8;
+        ts += step;
+    }
+    b[packet::TIMESTAMP_END..][..8].copy_from_slice(&(ts - step).to_le_bytes());
+    b[packet::CONTENT_SIZE..][..8].copy_from_slice(&(at as u64 * 8).to_le_bytes());
+    b[packet::PACKET_SIZE..][..8].copy_from_slice(&(P as u64 * 8).to_le_bytes());
+    b
+}
+
+/// Two CPUs whose records interleave: CPU 0 every 10 ticks, CPU 1 every 7
+/// from tick 3, 6 packets of 20 records each; CPU 1 loses 4 events before
+/// its packet 2 and 5 after its last record (an empty trailer).
+fn trace(dir: &Path) {
+    let clock = ClockDesc { name: "c", description: "test", freq: 1_000_000_000, offset_s: 0, offset: 0, precision: 0 };
+    let desc = TraceDesc { uuid: UUID, hostname: "test", domain: "t", tracer_version: (0, 1, 0), clock };
+    let mut md = String::new();
+    render(&mut md, &desc, t::Events::EVENTS).unwrap();
+    std::fs::write(dir.join("metadata"), md).unwrap();
+    let s0: Vec<u8> = (0..6).flat_map(|s| packet(0, s, s * 200, 10, 20, 0)).collect();
+    let mut s1: Vec<u8> = (0..6).flat_map(|s| packet(1, s, 3 + s * 140, 7, 20, if s >= 2 { 4 } else { 0 })).collect();
+    s1.extend_from_slice(&empty_packet(&UUID, 1, 6, 3 + 6 * 140, 9));
+    std::fs::write(dir.join("channel0_0"), s0).unwrap();
+    std::fs::write(dir.join("channel0_1"), s1).unwrap();
+}
+
+/// What a walk hands out: records as (ts, stream, payload word), losses as
+/// (ts or MAX, stream, count + 1_000_000).
+#[derive(Debug, Default)]
+struct Walk {
+    records: Vec<(u64, usize, u32)>,
+    losses: Vec<(Option<u64>, Option<u64>, usize, u64)>,
+    warnings: Vec<String>,
+}
+
+fn walk(dir: &Path, order: Order) -> Walk {
+    let trace = TraceDir::open(dir).unwrap();
+    let mut m = Merge::new(&trace, order).unwrap();
+    let mut w = Walk::default();
+    while let Some(item) = m.next_item() {
+        match item.unwrap() {
+            Item::Record(r) => {
+                let word = u32::from_le_bytes(r.record.payload.try_into().unwrap());
+                w.records.push((r.record.timestamp, r.stream, word));
+            }
+            Item::Lost { stream, since, at, count, .. } => w.losses.push((since, at, stream, count)),
+        }
+    }
+    w.warnings = m.warnings().to_vec();
+    w
+}
+
+/// Every record of the packets `check` finds intact, sorted by (ts, stream).
+fn oracle(dir: &Path) -> Vec<(u64, usize, u32)> {
+    let trace = TraceDir::open(dir).unwrap();
+    let report = check(dir).unwrap();
+    let mut all = Vec::new();
+    for (i, s) in report.streams.iter().enumerate() {
+        let bytes = trace.streams[i].read().unwrap();
+        for p in s.report.intact_packets(&bytes) {
+            for r in p.records(t::Events::EVENTS) {
+                let r = r.unwrap();
+                all.push((r.timestamp, i, u32::from_le_bytes(r.payload.try_into().unwrap())));
+            }
+        }
+    }
+    all.sort_by_key(|&(ts, s, _)| (ts, s));
+    all
+}
+
+#[test]
+fn records_come_in_time_order_with_each_loss_before_its_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    trace(tmp.path());
+    let w = walk(tmp.path(), Order::Time);
+    assert_eq!(w.records.len(), 240);
+    assert_eq!(w.records, oracle(tmp.path()));
+    assert!(w.warnings.is_empty(), "{:?}", w.warnings);
+    // CPU 1's packet 2 starts at tick 283, after its record at 276; the
+    // trailer's 5 come after every record.
+    assert_eq!(w.losses, [(Some(276), Some(283), 1, 4), (Some(3 + 5 * 140 + 19 * 7), None, 1, 5)]);
+    // Counted in stream order, the same records and losses.
+    let mut s = walk(tmp.path(), Order::Streams);
+    assert_ne!(s.records, w.records);
+    s.records.sort_by_key(|&(ts, st, _)| (ts, st));
+    assert_eq!(s.records, w.records);
+    assert_eq!(s.losses, w.losses);
+}
+
+#[test]
+fn a_damaged_packet_costs_itself_a_gap_and_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    trace(tmp.path());
+    let f = tmp.path().join("channel0_0");
+    let mut b = std::fs::read(&f).unwrap();
+    b[2 * P + packet::MAGIC] ^= 0xff;
+    // A record header that names no event, in packet 4.
+    b[4 * P + packet::LEN + 8] = 0x1f;
+    std::fs::write(&f, &b).unwrap();
+    let w = walk(tmp.path(), Order::Time);
+    assert_eq!(w.records, oracle(tmp.path()));
+    assert_eq!(w.records.len(), 240 - 40);
+    assert!(w.warnings.iter().any(|x| x.starts_with("channel0_0: skipped bytes 512..768")), "{:?}", w.warnings);
+    assert!(w.warnings.iter().any(|x| x.starts_with("channel0_0: skipped bytes 1024..1280")), "{:?}", w.warnings);
+    // Each skip is a gap of unknown size on stream 0, before the record
+    // after it (packet 3 starts at 600, packet 5 at 1000).
+    let gaps: Vec<_> = w.losses.iter().filter(|l| l.2 == 0).collect();
+    assert_eq!(gaps, [&(Some(390), Some(600), 0, 0), &(Some(790), Some(1000), 0, 0)]);
+}
+
+#[test]
+fn a_cut_stream_and_trailing_garbage_keep_every_intact_packet() {
+    let tmp = tempfile::tempdir().unwrap();
+    trace(tmp.path());
+    let f1 = tmp.path().join("channel0_1");
+    let b = std::fs::read(&f1).unwrap();
+    // Cut inside packet 5 (the trailer goes too).
+    std::fs::write(&f1, &b[..5 * P + 100]).unwrap();
+    let f0 = tmp.path().join("channel0_0");
+    let mut b = std::fs::read(&f0).unwrap();
+    b.extend_from_slice(&[0xa5; 50]);
+    std::fs::write(&f0, &b).unwrap();
+    let w = walk(tmp.path(), Order::Time);
+    assert_eq!(w.records, oracle(tmp.path()));
+    assert_eq!(w.records.len(), 240 - 20);
+    assert!(w.warnings.iter().any(|x| x.starts_with("channel0_1: skipped") && x.contains("cut")), "{:?}", w.warnings);
+    assert!(w.warnings.iter().any(|x| x.starts_with("channel0_0: skipped")), "{:?}", w.warnings);
+    // What the packets read say was lost is all that is reported lost.
+    assert_eq!(w.losses, [(Some(276), Some(283), 1, 4)]);
+    assert!(packets(&b).count() > 6);
+}
+
+#[test]
+fn a_stream_of_garbage_gives_the_other_streams_and_warnings() {
+    let tmp = tempfile::tempdir().unwrap();
+    trace(tmp.path());
+    std::fs::write(tmp.path().join("channel0_0"), vec![0x5a; 3000]).unwrap();
+    let w = walk(tmp.path(), Order::Time);
+    assert_eq!(w.records, oracle(tmp.path()));
+    assert_eq!(w.records.len(), 120);
+    assert!(w.warnings.iter().any(|x| x.starts_with("channel0_0: damage at byte 0")), "{:?}", w.warnings);
+}
