@@ -57,6 +57,10 @@ pub struct RelayConfig {
     /// Longest any connect, send or reply may take before the relay counts
     /// as gone.
     pub timeout: Duration,
+    /// How long the streams stay open after the last packet, for live
+    /// viewers to read to the end (see `docs/relayd.md`); `None`: two live
+    /// timers, at least 1 s, at most 5 s.
+    pub linger: Option<Duration>,
 }
 
 /// Default [`RelayConfig::queue`]: 64 MiB.
@@ -76,6 +80,7 @@ impl RelayConfig {
             live_timer: Duration::from_micros(u64::from(hvtrace_relayd::DEFAULT_LIVE_TIMER_US)),
             queue: RELAY_QUEUE,
             timeout: RELAY_TIMEOUT,
+            linger: None,
         }
     }
 }
@@ -402,7 +407,8 @@ impl Relay {
             conn,
             channel: channel.to_string(),
             uuid,
-            linger: (2 * cfg.live_timer).clamp(Duration::from_millis(200), Duration::from_secs(5)),
+            linger: cfg.linger.unwrap_or((2 * cfg.live_timer).clamp(Duration::from_secs(1), Duration::from_secs(5))),
+            live_timer: cfg.live_timer,
             streams: BTreeMap::new(),
             report,
             shared: shared.clone(),
@@ -476,8 +482,10 @@ struct Thread {
     conn: Option<Relayd>,
     channel: String,
     uuid: [u8; 16],
-    /// How long the session stays open after its streams are closed.
+    /// How long the session stays open after its last packet, before its
+    /// streams are closed, for live viewers to read to the end.
     linger: Duration,
+    live_timer: Duration,
     streams: BTreeMap<u32, StreamState>,
     report: RelayReport,
     shared: Arc<Shared>,
@@ -589,10 +597,17 @@ impl Thread {
         }
         let ts = self.beacon_ts;
         self.beacon_ts = self.max_end;
+        self.beacons(ts, false);
+    }
+
+    /// A beacon at `ts` for each stream that sent nothing since the last
+    /// tick (`all`: for every stream). A stream that never had a packet gets
+    /// an empty one instead: the relay ignores beacons of such a stream.
+    fn beacons(&mut self, ts: u64, all: bool) {
         let Some(mut conn) = self.conn.take() else { return };
         let mut failure = None;
         for (&cpu, s) in &mut self.streams {
-            let idle = !std::mem::replace(&mut s.active, false);
+            let idle = !std::mem::replace(&mut s.active, false) || all;
             // A beacon never steps back behind what the stream sent.
             if !idle || ts == 0 || ts < s.last_end || s.stream.handle == u64::MAX {
                 continue;
@@ -651,10 +666,25 @@ impl Thread {
         // Closing a stream releases its (anonymous, pre-2.11) trace chunk on
         // the relay, after which a live viewer cannot read what it had not
         // read yet (lttng-relayd 2.13 logs "viewer session and viewer stream
-        // chunk IDs differ" and the viewer skips the rest): viewers get a
-        // moment to catch up first. They poll every 100 ms or so.
-        if self.conn.is_some() && self.streams.values().any(|s| s.stream.next_seq > 0) {
-            std::thread::sleep(self.linger);
+        // chunk IDs differ" and answers "hang up" for the rest). So viewers
+        // get a moment to catch up first, and every stream a beacon at the
+        // session's last packet end (nothing more will come): a viewer waits
+        // on any stream it knows nothing of past a time, so without them it
+        // could not pass the stream that ended first, and would lose the
+        // other streams' last packets at the close.
+        let end = self.max_end;
+        if self.conn.is_some() && end > 0 {
+            let t = std::time::Instant::now();
+            loop {
+                // Again at each step: the relay ignores a beacon while the
+                // data half of a packet is still in flight.
+                self.beacons(end, true);
+                let left = self.linger.saturating_sub(t.elapsed());
+                if left.is_zero() || self.conn.is_none() {
+                    break;
+                }
+                std::thread::sleep(left.min(self.live_timer));
+            }
         }
         let streams: Vec<RelayStream> =
             self.streams.values().map(|s| s.stream.clone()).filter(|s| s.handle != u64::MAX).collect();

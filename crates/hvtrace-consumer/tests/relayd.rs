@@ -118,10 +118,11 @@ fn the_relay_gets_the_local_trace_byte_for_byte_hotplugged_cpu_included() {
 }
 
 /// A live viewer attached before any event reads events while the session
-/// runs, although CPU 1 never records one (beacons), and sees the session
-/// end; the relay's trace holds every event.
+/// runs, although CPU 1 never records one (beacons), sees the session end,
+/// and has then read every event recorded. Content, not timing: the
+/// deadlines only bound a hang.
 #[test]
-fn a_live_viewer_moves_past_a_silent_cpu_and_sees_the_end() {
+fn a_live_viewer_moves_past_a_silent_cpu_and_reads_every_event() {
     let dir = TempDir::new("relay-live");
     let Some(relay) = relayd(&dir.0) else { return };
     if Command::new("babeltrace2").arg("--version").output().is_err() {
@@ -131,12 +132,11 @@ fn a_live_viewer_moves_past_a_silent_cpu_and_sees_the_end() {
     let (host, sock) = host(&dir.0, &[0, 1], 2);
     let mut ctl = client(&sock);
     ctl.simple(&Request::Create(ChannelConfig { subbuf_size: 64 * 1024, num_subbuf: 4, mode: Mode::Discard })).unwrap();
-    // The relay is the only sink.
-    let cfg = ConsumerConfig {
-        output: None,
-        relay: Some(relay_cfg(relay.url.clone(), "live")),
-        ..ConsumerConfig::new(&sock, "")
-    };
+    // The relay is the only sink. The streams stay open 3 s after the last
+    // packet: time for a viewer on a loaded machine to read to the end.
+    let mut rc = relay_cfg(relay.url.clone(), "live");
+    rc.linger = Some(Duration::from_secs(3));
+    let cfg = ConsumerConfig { output: None, relay: Some(rc), ..ConsumerConfig::new(&sock, "") };
     let run = run_in_thread(Consumer::attach(&cfg).unwrap());
     let mut viewer = Command::new("babeltrace2")
         .arg(relay.live_url(HOST, "live"))
@@ -161,41 +161,44 @@ fn a_live_viewer_moves_past_a_silent_cpu_and_sees_the_end() {
     };
     // Attached before start: a viewer starts at the last index it finds
     // (babeltrace2 seeks to the end), so it would skip earlier packets.
-    relay.wait_for_viewer("live", Duration::from_secs(20)).unwrap();
+    relay.wait_for_viewer("live", Duration::from_secs(60)).unwrap();
     ctl.simple(&Request::Start).unwrap();
     // A few events at a time, on CPU 0 only: far less than a sub-buffer,
     // so only the live timer's flushes deliver them.
     let mut written = 0;
     let t = Instant::now();
-    while seen.load(Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(20) {
+    while seen.load(Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(60) {
         written += write_events(&host, 0, 0, 10).ok;
         std::thread::sleep(Duration::from_millis(20));
     }
     let live = seen.load(Ordering::Relaxed);
     println!("the viewer read {live} events {:?} after start, while the session ran", t.elapsed());
+    // More after the viewer's first read: they reach it only through the
+    // final flush, and the close must not cut them off.
+    written += write_events(&host, 0, 0, 10).ok;
     ctl.simple(&Request::Stop).unwrap();
     ctl.simple(&Request::Destroy).unwrap();
     let report = run.join().unwrap().unwrap();
     println!("{report}");
-    assert!(live > 0, "the live viewer read nothing in 20 s while CPU 1 was silent: {}", viewer_err());
+    assert!(live > 0, "the live viewer read nothing in 60 s while CPU 1 was silent: {}", viewer_err());
+    assert_eq!(report.events_discarded(), 0, "{report}");
     let r = report.relay.as_ref().unwrap();
     let cpu1 = r.per_stream.iter().find(|s| s.cpu == 1).unwrap();
     assert!(cpu1.beacons > 0 && cpu1.packets == 0, "{cpu1:?}");
     // The viewer sees the end (streams closed) and exits by itself.
     let t = Instant::now();
-    while viewer.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the viewer did not see the session end: {}", viewer_err());
+    let status = loop {
+        if let Some(st) = viewer.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the viewer did not see the session end: {}", viewer_err());
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     reader.join().unwrap();
+    assert!(status.success(), "babeltrace2: {status}: {}", viewer_err());
     let total = seen.load(Ordering::Relaxed);
-    println!("the live viewer read {total} of {written} events: {}", viewer_err());
-    // Known gap: babeltrace2 2.0.4 skips the packet of CPU 0 that was
-    // pending when the silent CPU's first beacon arrived (the relay has it:
-    // checked below); with every CPU busy it reads all
-    // (crates/hvtrace/tests/relayd.rs), so this is printed, not asserted.
-    assert!(total >= live && total <= written, "{total} of {written}");
     assert_eq!(babeltrace2(&relay.trace_dir(HOST, "live")).map(|c| c.0), Some(written), "the relay has them all");
+    assert_eq!(total, written, "the live viewer read every event recorded: {}", viewer_err());
 }
 
 /// What every fault test checks of the local trace: every event written is

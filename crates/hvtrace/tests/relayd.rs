@@ -186,8 +186,9 @@ fn a_live_viewer_attached_before_start_reads_events_while_recording_and_all_of_t
     let _sim = sim(&sock, &["--cpus", "2", "--rate", "5000"]);
     ctl(&sock, "create", &["--subbuf-size", "64k", "--num-subbuf", "4"]);
     let url = relay.url.to_string();
-    // The relay is the only sink.
-    let consumer = consume(&sock, &["--relayd", &url, "--session", "live", "--live-timer", "200"]);
+    // The relay is the only sink; its streams stay open 3 s after the last
+    // packet, time for a viewer on a loaded machine to read to the end.
+    let consumer = consume(&sock, &["--relayd", &url, "--session", "live", "--live-timer", "200", "--linger", "3000"]);
     wait_mapped(&sock);
     let hostname = host_name();
     let mut viewer = Kid(Command::new("babeltrace2")
@@ -203,11 +204,11 @@ fn a_live_viewer_attached_before_start_reads_events_while_recording_and_all_of_t
         let seen = seen.clone();
         std::thread::spawn(move || lines.lines().for_each(|_| _ = seen.fetch_add(1, Ordering::Relaxed)))
     };
-    relay.wait_for_viewer("live", Duration::from_secs(20)).unwrap();
+    relay.wait_for_viewer("live", Duration::from_secs(60)).unwrap();
     ctl(&sock, "start", &[]);
     let t = Instant::now();
     while seen.load(Ordering::Relaxed) == 0 {
-        assert!(t.elapsed() < Duration::from_secs(20), "the live viewer read nothing while the session ran");
+        assert!(t.elapsed() < Duration::from_secs(60), "the live viewer read nothing while the session ran");
         std::thread::sleep(Duration::from_millis(20));
     }
     println!("first events live {:?} after start", t.elapsed());
@@ -221,14 +222,21 @@ fn a_live_viewer_attached_before_start_reads_events_while_recording_and_all_of_t
     let remote = babeltrace2(&relay.trace_dir(&hostname, "live")).unwrap();
     // It sees the end of the session (streams closed) and exits.
     let t = Instant::now();
-    while viewer.0.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(20), "the viewer did not see the session end");
+    let status = loop {
+        if let Some(st) = viewer.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the viewer did not see the session end");
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     reader.join().unwrap();
-    assert_eq!(seen.load(Ordering::Relaxed), remote.0, "the live viewer read every event the relay stored");
+    assert!(status.success(), "babeltrace2: {status}");
+    // What the consumer recorded, the relay stored and the viewer read.
+    let recorded = sum(&r, |p| p["packets"].as_u64().unwrap());
+    assert!(recorded > 0 && remote.0 > 0, "{r}");
+    assert_eq!(sum(&r, |p| p["counters"]["discarded"].as_u64().unwrap()), 0, "{r}");
     assert_eq!(remote.1, 0);
-    assert!(remote.0 > 0);
+    assert_eq!(seen.load(Ordering::Relaxed), remote.0, "the live viewer read every event the relay stored");
 }
 
 /// The machine's host name, which the consumer sends the relay.

@@ -60,6 +60,12 @@ pub struct Args {
     #[arg(long, value_name = "MS", default_value_t = 1000, requires = "relayd",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub live_timer: u64,
+    /// How long, in milliseconds, the relay's streams stay open after the
+    /// last packet so live viewers read to the end (closed, lttng-relayd
+    /// 2.13 no longer serves what a viewer had not read) [default: two live
+    /// timers, 1 to 5 s].
+    #[arg(long, value_name = "MS", requires = "relayd")]
+    pub linger: Option<u64>,
     /// Worker threads, 1 to 1024; rings are spread over them (any number of CPUs).
     #[arg(long, default_value_t = 1, value_parser = consumer_threads())]
     pub threads: u32,
@@ -109,6 +115,7 @@ pub fn run(a: Args) -> Result<Status> {
             r.session = s;
         }
         r.live_timer = std::time::Duration::from_millis(a.live_timer);
+        r.linger = a.linger.map(std::time::Duration::from_millis);
         r
     });
     // The kernel source first: its event classes go into the metadata the
