@@ -21,7 +21,7 @@
 //! number 0, no events), as LTTng's own live timer sends one: the relay's
 //! trace then holds that packet more than the local one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -416,6 +416,7 @@ impl Relay {
             tick: (0, 0),
             max_end: 0,
             beacon_ts: 0,
+            unacked: VecDeque::new(),
         };
         let join = std::thread::Builder::new()
             .name("hvtrace-relay".into())
@@ -495,6 +496,26 @@ struct Thread {
     /// Latest packet end sent so far, and as it was at the last tick.
     max_end: u64,
     beacon_ts: u64,
+    /// Packets sent whose index the relay has not acknowledged yet, in
+    /// order. Counted relayed once acknowledged, missed if the relay fails
+    /// first.
+    unacked: VecDeque<Sent>,
+}
+
+/// A packet sent, awaiting its acknowledgement.
+struct Sent {
+    cpu: u32,
+    bytes: u64,
+    kind: SentKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SentKind {
+    Packet,
+    /// The final loss-count packet.
+    Trailer,
+    /// A silent stream's first beacon (counted as a beacon when sent).
+    Empty,
 }
 
 impl Thread {
@@ -566,23 +587,40 @@ impl Thread {
             return;
         };
         let s = self.streams.get_mut(&cpu).expect("opened");
+        let kind = if trailer { SentKind::Trailer } else { SentKind::Packet };
+        self.unacked.push_back(Sent { cpu, bytes: bytes.len() as u64, kind });
         match conn.send_packet(&mut s.stream, bytes, &index) {
             Ok(()) => {
-                s.report.packets += 1;
-                s.report.bytes += bytes.len() as u64;
-                s.report.trailer |= trailer;
                 s.active = true;
                 s.stream_class = index.stream_id;
                 s.last_end = s.last_end.max(info.timestamp_end);
                 s.last_seq = info.seq;
                 s.last_discarded = info.events_discarded;
                 self.max_end = self.max_end.max(info.timestamp_end);
+                self.settle(conn.unacked());
                 self.conn = Some(conn);
             }
-            Err(e) => {
-                s.report.missed_packets += 1;
-                s.report.missed_bytes += bytes.len() as u64;
-                self.fail(e);
+            Err(e) => self.lost(conn, e),
+        }
+    }
+
+    /// The relay failed on `conn`: what it acknowledged before counts as
+    /// relayed, the rest as missed.
+    fn lost(&mut self, mut conn: Relayd, e: RelaydError) {
+        conn.salvage_acks();
+        self.settle(conn.unacked());
+        self.fail(e);
+    }
+
+    /// Counts as relayed the packets acknowledged since: all but the last
+    /// `unacked` sent (the relay answers in order).
+    fn settle(&mut self, unacked: usize) {
+        while self.unacked.len() > unacked {
+            let Some(p) = self.unacked.pop_front() else { break };
+            if let Some(s) = self.streams.get_mut(&p.cpu).filter(|_| p.kind != SentKind::Empty) {
+                s.report.packets += 1;
+                s.report.bytes += p.bytes;
+                s.report.trailer |= p.kind == SentKind::Trailer;
             }
         }
     }
@@ -614,6 +652,7 @@ impl Thread {
             }
             let sent = if s.stream.next_seq == 0 {
                 let pkt = ctf::empty_packet(&self.uuid, cpu, s.last_seq, ts, s.last_discarded);
+                self.unacked.push_back(Sent { cpu, bytes: pkt.len() as u64, kind: SentKind::Empty });
                 packet_info(&pkt)
                     .map_err(|e| RelaydError::Protocol(format!("empty packet: {e}")))
                     .and_then(|i| conn.send_packet(&mut s.stream, &pkt, &index_of(&i)))
@@ -632,8 +671,11 @@ impl Thread {
             }
         }
         match failure {
-            None => self.conn = Some(conn),
-            Some(e) => self.fail(e),
+            None => {
+                self.settle(conn.unacked());
+                self.conn = Some(conn);
+            }
+            Some(e) => self.lost(conn, e),
         }
     }
 
@@ -642,11 +684,12 @@ impl Thread {
         let mut conn = self.conn.take()?;
         match f(&mut conn) {
             Ok(v) => {
+                self.settle(conn.unacked());
                 self.conn = Some(conn);
                 Some(v)
             }
             Err(e) => {
-                self.fail(e);
+                self.lost(conn, e);
                 None
             }
         }
@@ -656,6 +699,13 @@ impl Thread {
     /// [`RelayReport::error`] (the library prints nothing).
     fn fail(&mut self, e: RelaydError) {
         self.report.error.get_or_insert(e.to_string());
+        // Not acknowledged: the relay may not have them.
+        for p in std::mem::take(&mut self.unacked) {
+            if let Some(s) = self.streams.get_mut(&p.cpu).filter(|_| p.kind != SentKind::Empty) {
+                s.report.missed_packets += 1;
+                s.report.missed_bytes += p.bytes;
+            }
+        }
         self.conn = None;
         self.shared.failed.store(true, Ordering::Relaxed);
         let _ = self.shared.failed_fd.signal();
@@ -694,8 +744,9 @@ impl Thread {
             }
         }
         if let Some(conn) = self.conn.take() {
-            if let Err(e) = conn.close() {
-                self.fail(e);
+            match conn.close() {
+                Ok(()) => self.settle(0),
+                Err(e) => self.fail(e),
             }
         }
     }

@@ -1,7 +1,7 @@
 //! [`Relayd`]: one session on an lttng-relayd, over its control and data
 //! sockets, with blocking I/O bounded by a timeout.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -44,7 +44,15 @@ pub struct Relayd {
     pathname: String,
     metadata: u64,
     minor: u32,
+    /// `SEND_INDEX` replies not read yet. They are read later, in order:
+    /// waiting for each would leave the data socket idle for a round trip
+    /// per packet.
+    unacked: usize,
 }
+
+/// Most packets sent ahead of their index's reply: enough to keep the data
+/// socket busy while the relay answers.
+const MAX_UNACKED: usize = 4;
 
 fn connect(addr: (&str, u16), timeout: Duration, which: &'static str) -> Result<TcpStream, RelaydError> {
     let err = |source| RelaydError::Connect { which, host: addr.0.to_string(), port: addr.1, source };
@@ -110,6 +118,7 @@ impl Relayd {
             pathname: params.pathname.clone(),
             metadata: 0,
             minor: 0,
+            unacked: 0,
         };
         wire::version(&mut r.buf);
         let mut v = [0u8; 8];
@@ -146,6 +155,7 @@ impl Relayd {
     /// Appends TSDL text to the trace's `metadata`. Send whole top-level
     /// declarations: a viewer parses what it has so far.
     pub fn send_metadata(&mut self, text: &str) -> Result<(), RelaydError> {
+        self.read_acks(0)?;
         wire::send_metadata(&mut self.buf, self.metadata, text.len());
         // No reply to this one.
         self.ctrl
@@ -176,18 +186,49 @@ impl Relayd {
         self.request_ok(Cmd::StreamsSent)
     }
 
-    /// Sends one whole CTF packet on the data socket, then its index.
+    /// Sends one whole CTF packet on the data socket (header and packet in
+    /// one `writev`), then its index, without waiting for the index's reply:
+    /// [`unacked`](Self::unacked) counts the packets not acknowledged yet,
+    /// which the next requests read (at most 4 are left outstanding). A
+    /// refusal or failure found then is that call's error.
     pub fn send_packet(&mut self, s: &mut RelayStream, bytes: &[u8], index: &PacketIndex) -> Result<(), RelaydError> {
         let len = u32::try_from(bytes.len())
             .map_err(|_| RelaydError::Protocol(format!("a packet of {} bytes is too long to relay", bytes.len())))?;
         let hdr = wire::data_header(s.handle, s.next_seq, len);
-        self.data
-            .write_all(&hdr)
-            .and_then(|()| self.data.write_all(bytes))
+        write_all_vectored(&mut self.data, &mut [IoSlice::new(&hdr), IoSlice::new(bytes)])
             .map_err(|e| RelaydError::io("sending packet data", e))?;
         wire::send_index(&mut self.buf, s.handle, s.next_seq, index);
-        self.request_ok(Cmd::SendIndex)?;
+        self.ctrl.write_all(&self.buf).map_err(|e| RelaydError::io(Cmd::SendIndex.name(), e))?;
+        self.unacked += 1;
         s.next_seq += 1;
+        if self.unacked > MAX_UNACKED {
+            self.read_acks(MAX_UNACKED)?;
+        }
+        Ok(())
+    }
+
+    /// Packets sent whose index the relay has not acknowledged yet: after
+    /// an error, the relay may not have stored them.
+    pub fn unacked(&self) -> usize {
+        self.unacked
+    }
+
+    /// After a failure: reads the index replies the relay sent before it
+    /// (they may still wait in the socket), for at most 10 ms more.
+    pub fn salvage_acks(&mut self) {
+        if self.ctrl.set_read_timeout(Some(Duration::from_millis(10))).is_ok() {
+            let _ = self.read_acks(0);
+        }
+    }
+
+    /// Reads index replies until at most `keep` are outstanding.
+    pub fn read_acks(&mut self, keep: usize) -> Result<(), RelaydError> {
+        while self.unacked > keep {
+            let mut r = [0u8; 4];
+            self.ctrl.read_exact(&mut r).map_err(|e| RelaydError::io(Cmd::SendIndex.name(), e))?;
+            check(Cmd::SendIndex, wire::u32_at(&r, 0))?;
+            self.unacked -= 1;
+        }
         Ok(())
     }
 
@@ -230,8 +271,10 @@ impl Relayd {
         r
     }
 
-    /// Sends the message in `buf` and reads a reply of `reply.len()` bytes.
+    /// Sends the message in `buf` and reads a reply of `reply.len()` bytes
+    /// (after the replies still owed for packets).
     fn request(&mut self, cmd: Cmd, reply: &mut [u8]) -> Result<(), RelaydError> {
+        self.read_acks(0)?;
         self.ctrl.write_all(&self.buf).map_err(|e| RelaydError::io(cmd.name(), e))?;
         self.ctrl.read_exact(reply).map_err(|e| RelaydError::io(cmd.name(), e))
     }
@@ -250,6 +293,19 @@ impl Relayd {
         check(cmd, wire::u32_at(&r, 8))?;
         Ok(wire::u64_at(&r, 0))
     }
+}
+
+/// `write_all` for several buffers: one `writev` per partial write.
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn check(cmd: Cmd, code: u32) -> Result<(), RelaydError> {

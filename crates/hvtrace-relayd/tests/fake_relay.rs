@@ -106,3 +106,66 @@ fn a_relay_without_indexes_is_refused_and_bad_names_never_leave() {
     let e = Relayd::connect(&nowhere, &params(), Duration::from_secs(1)).unwrap_err();
     assert!(e.to_string().contains("cannot connect to the relay's control port 127.0.0.1:1"), "{e}");
 }
+
+/// Packets go out without waiting for their index's reply; replies are read
+/// later, in order, and a refused index is the error of the call that reads
+/// it, with the packets not acknowledged still counted.
+#[test]
+fn index_replies_are_read_late_and_a_refusal_still_surfaces() {
+    use hvtrace_relayd::PacketIndex;
+    let ctrl = TcpListener::bind("127.0.0.1:0").unwrap();
+    let data = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = RelaydUrl {
+        host: "127.0.0.1".into(),
+        control_port: ctrl.local_addr().unwrap().port(),
+        data_port: data.local_addr().unwrap().port(),
+    };
+    let status = |id: u64| {
+        let mut r = id.to_be_bytes().to_vec();
+        r.extend_from_slice(&10u32.to_be_bytes());
+        r
+    };
+    let relay = std::thread::spawn(move || {
+        let (mut c, _) = ctrl.accept().unwrap();
+        let (mut d, _) = data.accept().unwrap();
+        let mut buf = vec![0u8; 32];
+        c.read_exact(&mut buf).unwrap(); // VERSION
+        c.write_all(&[0, 0, 0, 2, 0, 0, 0, 10]).unwrap();
+        for (len, id) in [(327, 1), (4376, 7), (4376, 8)] {
+            // CREATE_SESSION, ADD_STREAM metadata, ADD_STREAM data
+            buf.resize(24 + len, 0);
+            c.read_exact(&mut buf).unwrap();
+            c.write_all(&status(id)).unwrap();
+        }
+        // The three packets and their indexes, all sent before any reply.
+        let mut packets = Vec::new();
+        for k in 0..3u64 {
+            let mut hdr = [0u8; 32];
+            d.read_exact(&mut hdr).unwrap();
+            assert_eq!(u64::from_be_bytes(hdr[16..24].try_into().unwrap()), k, "net_seq");
+            let mut p = vec![0u8; u32::from_be_bytes(hdr[24..28].try_into().unwrap()) as usize];
+            d.read_exact(&mut p).unwrap();
+            packets.push(p);
+            let mut index = [0u8; 24 + 80];
+            c.read_exact(&mut index).unwrap();
+            assert_eq!(u64::from_be_bytes(index[32..40].try_into().unwrap()), k, "the index's net_seq");
+        }
+        // OK, OK, then "no" (LTTNG_ERR_UNK).
+        for code in [10u32, 10, 1] {
+            c.write_all(&code.to_be_bytes()).unwrap();
+        }
+        packets
+    });
+    let mut r = Relayd::connect(&url, &params(), Duration::from_secs(5)).unwrap();
+    let mut s = r.add_stream("chan_0").unwrap();
+    let packets: Vec<Vec<u8>> = (0..3u8).map(|k| vec![k; 1000 + usize::from(k)]).collect();
+    for p in &packets {
+        r.send_packet(&mut s, p, &PacketIndex { packet_size_bits: p.len() as u64 * 8, ..PacketIndex::default() })
+            .unwrap();
+    }
+    assert_eq!(r.unacked(), 3, "no reply waited for");
+    let e = r.close_stream(s).unwrap_err();
+    assert!(matches!(e, RelaydError::Refused { command: "SEND_INDEX", code: 1 }), "{e:?}");
+    assert_eq!(r.unacked(), 1, "two acknowledged, the refused one not");
+    assert_eq!(relay.join().unwrap(), packets, "header and packet arrive whole");
+}
