@@ -486,6 +486,7 @@ struct Thread {
     /// How long the session stays open after its last packet, before its
     /// streams are closed, for live viewers to read to the end.
     linger: Duration,
+    /// How often final beacons are repeated while lingering.
     live_timer: Duration,
     streams: BTreeMap<u32, StreamState>,
     report: RelayReport,
@@ -733,7 +734,7 @@ impl Thread {
                 if left.is_zero() || self.conn.is_none() {
                     break;
                 }
-                std::thread::sleep(left.min(self.live_timer));
+                std::thread::sleep(left.min(self.live_timer.max(Duration::from_millis(100))));
             }
         }
         let streams: Vec<RelayStream> =
