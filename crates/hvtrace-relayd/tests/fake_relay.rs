@@ -19,7 +19,8 @@ enum Then {
     Stall,
 }
 
-fn fake(minor: u32, then: Then) -> (RelaydUrl, std::thread::JoinHandle<Vec<u8>>) {
+/// Control and data listeners on free loopback ports, and their URL.
+fn listeners() -> (TcpListener, TcpListener, RelaydUrl) {
     let ctrl = TcpListener::bind("127.0.0.1:0").unwrap();
     let data = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = RelaydUrl {
@@ -27,6 +28,11 @@ fn fake(minor: u32, then: Then) -> (RelaydUrl, std::thread::JoinHandle<Vec<u8>>)
         control_port: ctrl.local_addr().unwrap().port(),
         data_port: data.local_addr().unwrap().port(),
     };
+    (ctrl, data, url)
+}
+
+fn fake(minor: u32, then: Then) -> (RelaydUrl, std::thread::JoinHandle<Vec<u8>>) {
+    let (ctrl, data, url) = listeners();
     let h = std::thread::spawn(move || {
         let _data = data; // connections wait in its backlog
         let (mut c, _) = ctrl.accept().unwrap();
@@ -113,13 +119,7 @@ fn a_relay_without_indexes_is_refused_and_bad_names_never_leave() {
 #[test]
 fn index_replies_are_read_late_and_a_refusal_still_surfaces() {
     use hvtrace_relayd::PacketIndex;
-    let ctrl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let data = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = RelaydUrl {
-        host: "127.0.0.1".into(),
-        control_port: ctrl.local_addr().unwrap().port(),
-        data_port: data.local_addr().unwrap().port(),
-    };
+    let (ctrl, data, url) = listeners();
     let status = |id: u64| {
         let mut r = id.to_be_bytes().to_vec();
         r.extend_from_slice(&10u32.to_be_bytes());
