@@ -34,6 +34,7 @@ use hvtrace_relayd::{PacketIndex, RelayStream, Relayd, RelaydError, RelaydUrl, S
 use hvtrace_sys::EventFd;
 use serde::Serialize;
 
+use crate::metadata::MetadataLog;
 use crate::report::RingReport;
 use crate::stream::StreamFile;
 use crate::ConsumerError;
@@ -352,7 +353,7 @@ impl Relay {
         cfg: &RelayConfig,
         channel: &str,
         uuid: [u8; 16],
-        metadata: &str,
+        meta: Arc<MetadataLog>,
         subbuf_size: u64,
         workers: usize,
         lossless: bool,
@@ -367,9 +368,10 @@ impl Relay {
             // host and session.
             pathname: format!("{}/{}", cfg.hostname, cfg.session),
         };
+        let metadata = meta.text_from(0);
         let relay_err = |source| ConsumerError::Relay { url: cfg.url.to_string(), source };
         let conn = Relayd::connect(&cfg.url, &params, cfg.timeout).and_then(|mut c| {
-            c.send_metadata(metadata)?;
+            c.send_metadata(&metadata)?;
             Ok(c)
         });
         // Without a local trace the relay is needed from the start; with one,
@@ -410,6 +412,8 @@ impl Relay {
             tick: (0, 0),
             max_end: 0,
             beacon_ts: 0,
+            meta,
+            meta_sent: metadata.len(),
         };
         let join = std::thread::Builder::new()
             .name("hvtrace-relay".into())
@@ -487,6 +491,9 @@ struct Thread {
     /// Latest packet end sent so far, and as it was at the last tick.
     max_end: u64,
     beacon_ts: u64,
+    /// The host's metadata log, and how much of its text the relay has.
+    meta: Arc<MetadataLog>,
+    meta_sent: usize,
 }
 
 impl Thread {
@@ -549,6 +556,7 @@ impl Thread {
     }
 
     fn packet(&mut self, cpu: u32, bytes: &[u8], info: &PacketInfo, trailer: bool) {
+        self.send_new_metadata();
         self.stream(cpu);
         let index = index_of(info);
         let Some(mut conn) = self.conn.take() else {
@@ -622,6 +630,16 @@ impl Thread {
         }
     }
 
+    /// Appends the classes registered since the last call to the relay's
+    /// metadata stream. A worker took them before it queued the packet
+    /// being sent, so they go first (see the `metadata` module).
+    fn send_new_metadata(&mut self) {
+        let more = self.meta.text_from(self.meta_sent);
+        if !more.is_empty() && self.with_conn(|c| c.send_metadata(&more)).is_some() {
+            self.meta_sent += more.len();
+        }
+    }
+
     /// Runs `f` on the connection; on error the relay is marked failed.
     fn with_conn<T>(&mut self, f: impl FnOnce(&mut Relayd) -> Result<T, RelaydError>) -> Option<T> {
         let mut conn = self.conn.take()?;
@@ -653,6 +671,7 @@ impl Thread {
         // read yet (lttng-relayd 2.13 logs "viewer session and viewer stream
         // chunk IDs differ" and the viewer skips the rest): viewers get a
         // moment to catch up first. They poll every 100 ms or so.
+        self.send_new_metadata();
         if self.conn.is_some() && self.streams.values().any(|s| s.stream.next_seq > 0) {
             std::thread::sleep(self.linger);
         }
