@@ -289,6 +289,116 @@ pub(crate) fn whole_blocks(text: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
+
+    const LEN: u64 = 8192;
+    const TEXT: u64 = hvtrace_core::metalog::META_HEADER_LEN as u64;
+
+    /// A metadata log as a host (or anyone holding its memfd) may write it:
+    /// through `pwrite`, any bytes, any length.
+    struct Forger(File);
+
+    impl Forger {
+        fn new(initial: &str, seal: bool) -> (Forger, OwnedFd) {
+            let fd = hvtrace_sys::memfd::create_memfd("hvtrace-meta-test", LEN).unwrap();
+            let f = File::from(fd.try_clone().unwrap());
+            f.write_at(&hvtrace_core::metalog::META_MAGIC, 0).unwrap();
+            f.write_at(&(LEN - TEXT).to_ne_bytes(), 8).unwrap();
+            let me = Forger(f);
+            me.put(0, initial);
+            me.publish(initial.len() as u64);
+            if seal {
+                hvtrace_sys::memfd::seal_size(&fd).unwrap();
+            }
+            (me, fd)
+        }
+        fn put(&self, at: u64, text: &str) {
+            self.0.write_at(text.as_bytes(), TEXT + at).unwrap();
+        }
+        fn publish(&self, len: u64) {
+            self.0.write_at(&len.to_ne_bytes(), 16).unwrap();
+        }
+    }
+
+    const START: &str = "/* CTF 1.8 */\ntrace { major = 1; };\n";
+    const BLOCK: &str = "event {\n\tname = \"a\";\n\tid = 1;\n};\n\n";
+
+    #[test]
+    fn a_hostile_published_length_is_counted_once_and_never_reaches_the_trace() {
+        let (host, fd) = Forger::new(START, true);
+        let log = MetadataLog::attach(fd, LEN).unwrap();
+        assert_eq!(log.text_from(0), START);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata");
+        std::fs::write(&path, START).unwrap();
+        log.set_file(File::options().append(true).open(&path).unwrap(), START.len() as u64);
+        let mut end = START.len() as u64;
+        let trace = || std::fs::read_to_string(&path).unwrap();
+
+        // An honest append.
+        host.put(end, BLOCK);
+        end += BLOCK.len() as u64;
+        host.publish(end);
+        log.catch_up();
+        assert_eq!(trace(), format!("{START}{BLOCK}"));
+
+        // Beyond the log: refused, counted once however many packets look.
+        host.publish(LEN);
+        for _ in 0..1000 {
+            log.catch_up();
+        }
+        let r = log.report();
+        assert_eq!((r.refused, r.refused_bytes, r.appends), (1, 0, 1), "{r:?}");
+        assert!(r.first_error.as_deref().unwrap().contains("beyond the log"), "{r:?}");
+        // Backwards: refused too.
+        host.publish(3);
+        log.catch_up();
+        log.catch_up();
+        assert_eq!(log.report().refused, 2);
+        // Garbage, and half a block: skipped, counted, not written.
+        let junk = "event { name = \"x\0";
+        host.put(end, junk);
+        end += junk.len() as u64;
+        host.publish(end);
+        log.catch_up();
+        let half = &BLOCK[..10];
+        host.put(end, half);
+        end += half.len() as u64;
+        host.publish(end);
+        log.catch_up();
+        let r = log.report();
+        assert_eq!((r.refused, r.refused_bytes), (4, (junk.len() + half.len()) as u64), "{r:?}");
+        assert_eq!(trace(), format!("{START}{BLOCK}"), "nothing refused was written");
+        // An honest block after all that is taken again.
+        host.put(end, BLOCK);
+        end += BLOCK.len() as u64;
+        host.publish(end);
+        log.catch_up();
+        assert_eq!(trace(), format!("{START}{BLOCK}{BLOCK}"));
+        assert_eq!(whole_blocks(trace().as_bytes()), Ok(()));
+        assert_eq!(log.text_from(START.len()), format!("{BLOCK}{BLOCK}"), "the relay gets what the file got");
+        let r = log.report();
+        assert_eq!((r.appends, r.appended_bytes, r.write_errors), (2, 2 * BLOCK.len() as u64, 0));
+    }
+
+    #[test]
+    fn a_log_that_is_unsealed_forged_or_too_big_is_refused_at_attach() {
+        let err = |r: Result<MetadataLog, ConsumerError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        let (_h, fd) = Forger::new(START, false);
+        assert!(err(MetadataLog::attach(fd, LEN)).contains("not sealed"));
+        let (h, fd) = Forger::new(START, true);
+        h.0.write_at(b"NOTMETA!", 0).unwrap();
+        assert!(err(MetadataLog::attach(fd, LEN)).contains("magic"));
+        let (_h, fd) = Forger::new("trace { };", true);
+        assert!(err(MetadataLog::attach(fd, LEN)).contains("CTF 1.8"));
+        let (h, fd) = Forger::new(START, true);
+        h.publish(LEN);
+        assert!(err(MetadataLog::attach(fd, LEN)).contains("beyond"));
+        let (_h, fd) = Forger::new(START, true);
+        assert!(err(MetadataLog::attach(fd, MAX_METADATA_LEN + 1)).contains("more than"));
+        let (_h, fd) = Forger::new(START, true);
+        assert!(err(MetadataLog::attach(fd, LEN + 4096)).contains("mapping"), "longer than the memfd");
+    }
 
     #[test]
     fn whole_blocks_pass_and_cut_or_garbled_text_does_not() {
