@@ -65,17 +65,15 @@ pub struct Channel {
 impl Channel {
     /// Creates the channel named and sized by `host` with rings for `cpus`
     /// (each `< max_cpus`), not recording. The rings of CPUs in `owned` are
-    /// reserved for one owning writer each. Its metadata log starts with
-    /// `metadata` and has room for `metadata_room` more bytes. What goes
-    /// wrong later off the record path is said through `notices`.
+    /// reserved for one owning writer each; `metadata` is its metadata log.
+    /// What goes wrong later off the record path is said through `notices`.
     pub(crate) fn new(
         notices: Arc<Notices>,
         host: &HostConfig,
         config: ChannelConfig,
         cpus: &[u32],
         owned: &[u32],
-        metadata: &str,
-        metadata_room: usize,
+        metadata: MetaMem,
         uuid: [u8; 16],
     ) -> io::Result<Channel> {
         let (name, max_cpus) = (host.channel.as_str(), host.max_cpus);
@@ -90,7 +88,6 @@ impl Channel {
         let ctrl_map = SharedMapping::map_rw(&ctrl_fd, ctrl_len as usize)?;
         // The consumer may write the contents, never resize it under our mapping.
         memfd::seal_size(&ctrl_fd)?;
-        let metadata = MetaMem::new(name, metadata, metadata_room)?;
         let ch = Channel {
             notices,
             rings: (0..max_cpus).map(|_| OnceLock::new()).collect(),

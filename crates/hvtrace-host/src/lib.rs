@@ -39,6 +39,7 @@ use hvtrace_core::metadata::{self, TraceDesc};
 use hvtrace_core::{Encoder, EventDesc, FieldKind, RecordError, Sink};
 use hvtrace_proto::{ChannelConfig, ChannelState, StatusInfo};
 use hvtrace_sys::eventfd::EventFd;
+use metamem::MetaMem;
 use notice::Notices;
 use registry::Registry;
 use ringmem::RingMem;
@@ -301,9 +302,13 @@ impl Shared {
         let uuid = *uuid::Uuid::new_v4().as_bytes();
         let cpus = self.online.lock().unwrap().clone();
         let owned = self.claimed.lock().unwrap().clone();
-        let metadata = self.metadata(uuid, &registry);
-        let ch = Channel::new(self.notices.clone(), &self.cfg, config, &cpus, &owned, &metadata, registry.room(), uuid)
-            .map_err(|e| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}")))?;
+        let failed = |e: io::Error| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}"));
+        // Room for every class the registry may still take: the log is full
+        // only when the registry's bound is.
+        let metadata =
+            MetaMem::new(&self.cfg.channel, &self.metadata(uuid, &registry), registry.room()).map_err(failed)?;
+        let ch =
+            Channel::new(self.notices.clone(), &self.cfg, config, &cpus, &owned, metadata, uuid).map_err(failed)?;
         *cur = Some(Arc::new(ch));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
