@@ -276,3 +276,41 @@ fn concurrent_registration_while_recording_gives_unique_ids_loses_nothing_silent
     }
     assert_eq!(decoded, recorded, "every record the writers kept is decoded");
 }
+
+#[test]
+fn a_consumer_taking_over_mid_session_gets_every_class_registered_under_its_predecessor() {
+    let dir = TempDir::new("registry-takeover");
+    let (host, sock) = host(&dir.0, &[0], 1);
+    let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard });
+    let w = host.writer_for_cpu(0);
+    let first = Consumer::attach(&ConsumerConfig::new(&sock, dir.0.join("first"))).unwrap();
+    let stop_first = first.shutdown_handle();
+    let run = thread::spawn(move || first.run());
+    let under_first = host.register_event("under_first", &[("v", U32)]).unwrap();
+    record(&w, under_first, &[&1u32]).unwrap();
+    stop_first.shutdown();
+    let report = run.join().unwrap().unwrap();
+    assert!(report.is_whole(), "{report}");
+    // Between the two consumers, recording and registering go on.
+    let between = host.register_event("between", &[("v", U32)]).unwrap();
+    record(&w, between, &[&2u32]).unwrap();
+    record(&w, under_first, &[&3u32]).unwrap();
+    let second = Consumer::attach(&ConsumerConfig::new(&sock, dir.0.join("second"))).unwrap();
+    let run = thread::spawn(move || second.run());
+    let under_second = host.register_event("under_second", &[("v", U32)]).unwrap();
+    record(&w, under_second, &[&4u32]).unwrap();
+    ctl.simple(&Request::Stop).unwrap();
+    ctl.simple(&Request::Destroy).unwrap();
+    let report = run.join().unwrap().unwrap();
+    assert!(report.is_whole(), "{report}");
+    let md = std::fs::read_to_string(dir.0.join("second").join("metadata")).unwrap();
+    valid_at_this_point(&md, 4, &dir.0.join("scratch"));
+    let Some(first) = babeltrace2(&dir.0.join("first")) else { return };
+    assert!(first.contains("under_first: { cpu_id = 0 }, { v = 1 }"), "{first}");
+    let second = babeltrace2(&dir.0.join("second")).unwrap();
+    let fields: Vec<&str> = second.lines().map(|l| l.split_once(" }, ").unwrap().1).collect();
+    assert_eq!(fields, ["{ v = 2 }", "{ v = 3 }", "{ v = 4 }"], "{second}");
+    for name in ["between", "under_first", "under_second"] {
+        assert!(second.contains(&format!("{name}: ")), "{name} not decoded:\n{second}");
+    }
+}
