@@ -345,6 +345,16 @@ mod tests {
         assert_eq!(v["cut_short"], true);
         assert_eq!(v["per_ring"][0]["counters"]["discarded"], 5);
         assert_eq!(v["per_ring"][0]["packets"], 3);
+        // The host's hostile metadata lengths are said; a failed append
+        // makes the trace not whole.
+        let mut md = rep.clone();
+        md.metadata.refused = 2;
+        md.metadata.first_error = Some("published length 9999 is beyond the log".into());
+        assert!(md.is_whole(), "refusals are the host's doing, the trace is what it published");
+        assert!(md.to_string().contains("metadata: 2 published lengths refused"), "{md}");
+        md.metadata.write_errors = 1;
+        assert!(!md.is_whole() && md.to_string().contains("DAMAGED: classes"), "{md}");
+        assert_eq!(serde_json::to_value(&md).unwrap()["metadata"]["write_errors"], 1);
     }
 
     #[test]
