@@ -17,7 +17,7 @@ use hvtrace_core::decode::packet_info;
 use hvtrace_core::{Geometry, Poll};
 use hvtrace_ctl::Client;
 use hvtrace_proto::{Reply, Request};
-use hvtrace_sys::{MappedReader, SharedMapping};
+use hvtrace_sys::{MappedMetaLog, MappedReader, SharedMapping};
 
 /// Arguments of `hvtrace-bench poll-consume`.
 #[derive(clap::Args, Debug)]
@@ -47,7 +47,15 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let (Some(ctrl_fd), Some(_changed)) = (fds.next(), fds.next()) else { bail!("`map` sent too few descriptors") };
     let ctrl = Arc::new(SharedMapping::map_rw(&ctrl_fd, info.ctrl_len as usize)?);
     std::fs::create_dir_all(&a.output)?;
-    std::fs::write(a.output.join("metadata"), &info.metadata)?;
+    // The metadata log, read once: the bench's host registers no class
+    // mid-session (`hvtrace consume` follows the log).
+    let meta_fd = fds.as_slice().get(info.metadata_fd_index() - 2).context("`map` sent too few descriptors")?;
+    let meta = MappedMetaLog::attach(SharedMapping::map_ro_lazy(meta_fd, info.metadata_len as usize)?)?;
+    let mut text = vec![0u8; meta.reader().published() as usize];
+    if !meta.reader().copy(0, &mut text) {
+        bail!("the metadata log's published length is beyond it");
+    }
+    std::fs::write(a.output.join("metadata"), &text)?;
     let mut rings = Vec::new();
     for r in &info.rings {
         let (Some(data), Some(_wake)) = (fds.next(), fds.next()) else { bail!("`map` sent too few descriptors") };

@@ -69,6 +69,7 @@
 
 mod control;
 mod error;
+mod metadata;
 mod output;
 mod relay;
 mod report;
@@ -92,6 +93,8 @@ use hvtrace_sys::{EventFd, MappedReader, Poller, SharedMapping};
 use control::Control;
 pub use error::ConsumerError;
 pub use hvtrace_relayd::RelaydUrl;
+use metadata::MetadataLog;
+pub use metadata::MetadataReport;
 use output::OutputDir;
 pub use output::{ACCOUNT, INCOMPLETE};
 use relay::Relay;
@@ -163,6 +166,8 @@ impl ShutdownHandle {
 /// Everything needed to map a ring and open its stream.
 struct Mapper {
     ctrl: Arc<SharedMapping>,
+    /// The host's metadata log, which every worker follows.
+    meta: Arc<MetadataLog>,
     geo: Geometry,
     uuid: [u8; 16],
     out: Option<OutputDir>,
@@ -221,7 +226,8 @@ impl Mapper {
         };
         let stream = self.out.as_ref().map(|o| o.create_stream(cpu, self.direct_min)).transpose()?;
         let relay = self.relay.as_ref().map(|r| r.ring(cpu));
-        Ok((RingState::new(cpu, self.uuid, Box::new(source), wake, stream, relay, expect), note))
+        let state = RingState::new(cpu, self.uuid, Box::new(source), wake, stream, relay, expect);
+        Ok((state.following(self.meta.clone()), note))
     }
 }
 
@@ -311,7 +317,8 @@ impl Consumer {
         let Reply::Mapped(info) = reply else {
             return Err(ConsumerError::Protocol(format!("`map` answered with {reply:?}")));
         };
-        let MapInfo { channel, trace_uuid, config, ctrl_len, rings, metadata } = info;
+        let metadata_fd_index = info.metadata_fd_index();
+        let MapInfo { channel, trace_uuid, config, ctrl_len, rings, metadata_len } = info;
         let geo = Geometry::new(config.subbuf_size, u64::from(config.num_subbuf))
             .map_err(|e| ConsumerError::Protocol(format!("channel geometry: {e}")))?;
         if channel.is_empty() || channel.contains(['/', '\0']) || channel == "." || channel == ".." {
@@ -321,6 +328,12 @@ impl Consumer {
         let (Some(ctrl_fd), Some(changed_fd)) = (fds.next(), fds.next()) else {
             unreachable!("`Control::call` checked the descriptor count");
         };
+        let mut fds: Vec<OwnedFd> = fds.collect();
+        // The metadata log comes after the rings' descriptors.
+        let meta_fd = fds.remove(metadata_fd_index - 2);
+        let mut fds = fds.into_iter();
+        let meta = Arc::new(MetadataLog::attach(meta_fd, metadata_len)?);
+        let metadata = meta.text_from(0);
         let ctrl_len = usize::try_from(ctrl_len)
             .map_err(|_| ConsumerError::Protocol(format!("control length {ctrl_len} too large")))?;
         let ctrl = Arc::new(
@@ -333,11 +346,20 @@ impl Consumer {
             return Err(ConsumerError::Protocol("no sink: neither a trace directory nor a relay".into()));
         }
         let access = output::Access::new(cfg.group);
-        let out = cfg
-            .output
-            .as_ref()
-            .map(|o| OutputDir::prepare(o, &channel, &format!("{metadata}{}", cfg.metadata_suffix), access))
-            .transpose()?;
+        // After the kernel's classes, a marker says that the VMM's (stream 0)
+        // resume: those the host registers during the session are appended.
+        let local_metadata = match cfg.metadata_suffix.as_str() {
+            "" => metadata.clone(),
+            suffix => format!("{metadata}{suffix}\n{}\n", hvtrace_core::metadata::VMM_CLASSES_RESUME_MARKER),
+        };
+        let out = match &cfg.output {
+            Some(o) => {
+                let (out, file) = OutputDir::prepare(o, &channel, &local_metadata, access)?;
+                meta.set_file(file, local_metadata.len() as u64);
+                Some(out)
+            }
+            None => None,
+        };
         let overwrite = config.mode == hvtrace_proto::Mode::Overwrite;
         // Only a local trace has an account: a relay-only run counts its
         // losses in the report.
@@ -347,14 +369,14 @@ impl Consumer {
         let relay = match &cfg.relay {
             Some(r) => {
                 let (relay, note) =
-                    Relay::start(r, &channel, trace_uuid, &metadata, config.subbuf_size, threads, out.is_none())?;
+                    Relay::start(r, &channel, trace_uuid, meta.clone(), config.subbuf_size, threads, out.is_none())?;
                 notes.extend(note);
                 Some(relay)
             }
             None => None,
         };
         let live_timer = cfg.relay.as_ref().map(|r| r.live_timer.max(Duration::from_millis(1)));
-        let mapper = Mapper { ctrl, geo, uuid: trace_uuid, out, relay, direct_min: cfg.direct_min };
+        let mapper = Mapper { ctrl, meta, geo, uuid: trace_uuid, out, relay, direct_min: cfg.direct_min };
         let mut mapped_rings = Vec::with_capacity(rings.len());
         let mut mapped = BTreeSet::new();
         for ring in &rings {
@@ -513,6 +535,8 @@ impl Consumer {
             }
         }
         finished.sort_by_key(|f| f.report.cpu);
+        // Classes registered after the last packet belong in the trace too.
+        self.mapper.meta.catch_up();
         // Every worker has queued its last packet: the relay closes the session.
         let relay = self.mapper.relay.take().map(Relay::finish);
         let cut_short = exit == ExitReason::HostGone;
@@ -551,6 +575,9 @@ impl Consumer {
                         .push(format!("cannot write the consumer's account {}/{ACCOUNT}: {e}", out.path.display()));
                 }
             }
+            if let Err(e) = self.mapper.meta.sync() {
+                self.notes.push(format!("fsync of {}/metadata: {e}", out.path.display()));
+            }
             if let Err(e) = out.sync() {
                 self.notes.push(format!("fsync of {}: {e}", out.path.display()));
             }
@@ -579,6 +606,7 @@ impl Consumer {
             trace_lost,
             notes: self.notes,
             relay,
+            metadata: self.mapper.meta.report(),
         })
     }
 

@@ -81,13 +81,14 @@ fn is_trace_file(name: &str, channel: &str) -> bool {
 
 impl OutputDir {
     /// Creates `path` if needed (refusing one that already holds a trace of
-    /// `channel`), opens it and writes `metadata`.
+    /// `channel`), opens it and writes `metadata`; returns the `metadata`
+    /// file too, which grows as the host registers classes.
     pub(crate) fn prepare(
         path: &Path,
         channel: &str,
         metadata: &str,
         access: Access,
-    ) -> Result<OutputDir, ConsumerError> {
+    ) -> Result<(OutputDir, File), ConsumerError> {
         let created = match fs::create_dir(path, access.dir_mode()) {
             Ok(()) => true,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
@@ -126,7 +127,7 @@ impl OutputDir {
         f.write_all(metadata.as_bytes())
             .and_then(|()| f.sync_all())
             .map_err(ConsumerError::output("cannot write", &md))?;
-        Ok(out)
+        Ok((out, f))
     }
 
     /// Creates the new file `name` in the directory, with the trace's mode
@@ -214,7 +215,7 @@ mod tests {
     fn refuses_a_directory_holding_a_trace() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("t");
-        let o = OutputDir::prepare(&out, "chan", "/* CTF 1.8 */", Access::new(None)).unwrap();
+        let o = OutputDir::prepare(&out, "chan", "/* CTF 1.8 */", Access::new(None)).unwrap().0;
         assert_eq!(std::fs::read_to_string(out.join("metadata")).unwrap(), "/* CTF 1.8 */");
         drop(o);
         let e = OutputDir::prepare(&out, "chan", "x", Access::new(None)).unwrap_err();
@@ -246,7 +247,7 @@ mod tests {
     fn private_by_default_group_readable_on_request() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("p");
-        let o = OutputDir::prepare(&out, "chan", "x", Access::new(None)).unwrap();
+        let o = OutputDir::prepare(&out, "chan", "x", Access::new(None)).unwrap().0;
         o.create_stream(0, None).unwrap();
         o.mark_incomplete().unwrap();
         assert_eq!(mode(&out), 0o700);
@@ -256,7 +257,7 @@ mod tests {
         let out = dir.path().join("g");
         // A group this process may give (its own): 0750 / 0640 and that group.
         let gid = std::fs::metadata(dir.path()).map(|m| std::os::unix::fs::MetadataExt::gid(&m)).unwrap();
-        let o = OutputDir::prepare(&out, "chan", "x", Access::new(Some(gid))).unwrap();
+        let o = OutputDir::prepare(&out, "chan", "x", Access::new(Some(gid))).unwrap().0;
         o.create_stream(1, None).unwrap();
         assert_eq!(mode(&out), 0o750);
         assert_eq!(mode(&out.join("chan_1")), 0o640);

@@ -34,6 +34,7 @@ use hvtrace_relayd::{PacketIndex, RelayStream, Relayd, RelaydError, RelaydUrl, S
 use hvtrace_sys::EventFd;
 use serde::Serialize;
 
+use crate::metadata::MetadataLog;
 use crate::report::RingReport;
 use crate::stream::StreamFile;
 use crate::ConsumerError;
@@ -357,7 +358,7 @@ impl Relay {
         cfg: &RelayConfig,
         channel: &str,
         uuid: [u8; 16],
-        metadata: &str,
+        meta: Arc<MetadataLog>,
         subbuf_size: u64,
         workers: usize,
         lossless: bool,
@@ -372,9 +373,10 @@ impl Relay {
             // host and session.
             pathname: format!("{}/{}", cfg.hostname, cfg.session),
         };
+        let metadata = meta.text_from(0);
         let relay_err = |source| ConsumerError::Relay { url: cfg.url.to_string(), source };
         let conn = Relayd::connect(&cfg.url, &params, cfg.timeout).and_then(|mut c| {
-            c.send_metadata(metadata)?;
+            c.send_metadata(&metadata)?;
             Ok(c)
         });
         // Without a local trace the relay is needed from the start; with one,
@@ -417,6 +419,8 @@ impl Relay {
             max_end: 0,
             beacon_ts: 0,
             unacked: VecDeque::new(),
+            meta,
+            meta_sent: metadata.len(),
         };
         let join = std::thread::Builder::new()
             .name("hvtrace-relay".into())
@@ -501,6 +505,9 @@ struct Thread {
     /// order. Counted relayed once acknowledged, missed if the relay fails
     /// first.
     unacked: VecDeque<Sent>,
+    /// The host's metadata log, and how much of its text the relay has.
+    meta: Arc<MetadataLog>,
+    meta_sent: usize,
 }
 
 /// A packet sent, awaiting its acknowledgement.
@@ -579,6 +586,7 @@ impl Thread {
     }
 
     fn packet(&mut self, cpu: u32, bytes: &[u8], info: &PacketInfo, trailer: bool) {
+        self.send_new_metadata();
         self.stream(cpu);
         let index = index_of(info);
         let Some(mut conn) = self.conn.take() else {
@@ -680,6 +688,16 @@ impl Thread {
         }
     }
 
+    /// Appends the classes registered since the last call to the relay's
+    /// metadata stream. A worker took them before it queued the packet
+    /// being sent, so they go first (see the `metadata` module).
+    fn send_new_metadata(&mut self) {
+        let more = self.meta.text_from(self.meta_sent);
+        if !more.is_empty() && self.with_conn(|c| c.send_metadata(&more)).is_some() {
+            self.meta_sent += more.len();
+        }
+    }
+
     /// Runs `f` on the connection; on error the relay is marked failed.
     fn with_conn<T>(&mut self, f: impl FnOnce(&mut Relayd) -> Result<T, RelaydError>) -> Option<T> {
         let mut conn = self.conn.take()?;
@@ -723,6 +741,7 @@ impl Thread {
         // on any stream it knows nothing of past a time, so without them it
         // could not pass the stream that ended first, and would lose the
         // other streams' last packets at the close.
+        self.send_new_metadata();
         let end = self.max_end;
         if self.conn.is_some() && end > 0 {
             let t = std::time::Instant::now();

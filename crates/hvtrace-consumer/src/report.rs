@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use hvtrace_core::RingCounters;
 use serde::Serialize;
 
+use crate::metadata::MetadataReport;
 use crate::relay::RelayReport;
 
 /// Why the consumer stopped.
@@ -156,6 +157,9 @@ pub struct Report {
     pub notes: Vec<String>,
     /// What reached the relay daemon, when streaming to one.
     pub relay: Option<RelayReport>,
+    /// The metadata: what the host published during the session, and what
+    /// was refused or could not be written.
+    pub metadata: MetadataReport,
 }
 
 impl Report {
@@ -188,9 +192,10 @@ impl Report {
         self.per_ring.iter().map(|r| r.lost_packets + if self.overwrite { 0 } else { r.torn }).sum()
     }
 
-    /// Whether the trace holds every packet handed to the consumer.
+    /// Whether the trace holds every packet handed to the consumer, and
+    /// its `metadata` every class the host published.
     pub fn is_whole(&self) -> bool {
-        self.consumer_lost() == 0 && self.trace_lost.is_none()
+        self.consumer_lost() == 0 && self.trace_lost.is_none() && self.metadata.write_errors == 0
     }
 }
 
@@ -247,6 +252,20 @@ impl fmt::Display for Report {
                  (another process maps this channel's control memfd)",
                 r.cpu, r.tampered
             )?;
+        }
+        let m = &self.metadata;
+        if m.refused > 0 || m.write_errors > 0 {
+            writeln!(
+                f,
+                "metadata: {} published lengths refused ({} bytes skipped), {} write errors: {}",
+                m.refused,
+                m.refused_bytes,
+                m.write_errors,
+                m.first_error.as_deref().unwrap_or("?")
+            )?;
+        }
+        if m.write_errors > 0 {
+            writeln!(f, "DAMAGED: classes the host registered are missing from the trace's metadata")?;
         }
         for n in &self.notes {
             writeln!(f, "note: {n}")?;
@@ -307,6 +326,7 @@ mod tests {
             trace_lost: None,
             notes: vec!["CPU 1: resumed at 0".into()],
             relay: None,
+            metadata: MetadataReport::default(),
         };
         let text = rep.to_string();
         assert!(text.contains("host went away"), "{text}");
@@ -325,6 +345,16 @@ mod tests {
         assert_eq!(v["cut_short"], true);
         assert_eq!(v["per_ring"][0]["counters"]["discarded"], 5);
         assert_eq!(v["per_ring"][0]["packets"], 3);
+        // The host's hostile metadata lengths are said; a failed append
+        // makes the trace not whole.
+        let mut md = rep.clone();
+        md.metadata.refused = 2;
+        md.metadata.first_error = Some("published length 9999 is beyond the log".into());
+        assert!(md.is_whole(), "refusals are the host's doing, the trace is what it published");
+        assert!(md.to_string().contains("metadata: 2 published lengths refused"), "{md}");
+        md.metadata.write_errors = 1;
+        assert!(!md.is_whole() && md.to_string().contains("DAMAGED: classes"), "{md}");
+        assert_eq!(serde_json::to_value(&md).unwrap()["metadata"]["write_errors"], 1);
     }
 
     #[test]
@@ -347,6 +377,7 @@ mod tests {
             trace_lost: None,
             notes: Vec::new(),
             relay: Some(relay),
+            metadata: MetadataReport::default(),
         };
         let text = rep.to_string();
         assert!(text.starts_with("relay net://r:5342:5343/host/h/s (channel chan): the relay failed"), "{text}");

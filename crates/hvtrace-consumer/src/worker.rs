@@ -4,6 +4,7 @@
 //! final drain. No timeout anywhere: an idle worker does not wake up.
 
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use std::sync::atomic::{fence, Ordering};
@@ -15,6 +16,7 @@ use hvtrace_core::{Mode, RingReader};
 use hvtrace_reader::account::StreamAccount;
 use hvtrace_sys::{EventFd, MappedReader, Poller};
 
+use crate::metadata::MetadataLog;
 use crate::relay::RingRelay;
 use crate::report::RingReport;
 use crate::stream::StreamFile;
@@ -54,6 +56,9 @@ pub(crate) struct RingState {
     pub(crate) expect: u64,
     /// Times the shared position was found moved by someone else.
     pub(crate) tampered: u64,
+    /// The host's metadata log, caught up with before each packet is
+    /// written (`None` in tests of the ring protocol alone).
+    meta: Option<Arc<MetadataLog>>,
 }
 
 /// How often one drain puts a moved position back before it gives up until
@@ -73,7 +78,13 @@ impl RingState {
         expect: u64,
     ) -> Self {
         debug_assert!(stream.is_some() || relay.is_some(), "a ring has at least one sink");
-        RingState { cpu, uuid, source, wake, stream, relay, expect, tampered: 0 }
+        RingState { cpu, uuid, source, wake, stream, relay, expect, tampered: 0, meta: None }
+    }
+
+    /// Has the ring's packets wait for the classes `meta` publishes.
+    pub(crate) fn following(mut self, meta: Arc<MetadataLog>) -> Self {
+        self.meta = Some(meta);
+        self
     }
 
     /// Packets `from..to` were passed over unread (see
@@ -147,6 +158,13 @@ impl RingState {
                     Self::skipped(&mut self.stream, &mut self.relay, geo.subbuf_seq(from), geo.subbuf_seq(p.pos), why);
                     self.tampered += 1;
                 }
+            }
+            // `next_packet` saw this packet through Acquire loads, after
+            // every record in it, made after its class was published: so
+            // the metadata log's length, loaded now, covers their classes,
+            // and they reach the trace (and the relay's queue) first.
+            if let Some(meta) = &self.meta {
+                meta.catch_up();
             }
             let seq = geo.subbuf_seq(p.pos);
             let bytes = self.source.packet_bytes(&p);

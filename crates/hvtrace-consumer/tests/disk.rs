@@ -214,3 +214,41 @@ fn read_only_output_is_refused_clearly_and_the_host_is_unharmed() {
     assert_eq!(check_stream(&r.per_ring[0].file, 0).records, 50);
     drop(mnt);
 }
+
+/// Issue 16: classes registered mid-session that no longer fit on the disk.
+/// The append fails part way; `metadata` is cut back to its last whole
+/// block, so it stays valid TSDL, and the report says the trace lacks
+/// classes (not whole), while the packets still go on.
+#[test]
+fn metadata_that_no_longer_fits_is_cut_back_to_whole_blocks_and_reported() {
+    use hvtrace_core::{Field, FieldKind, Sink};
+    let dir = TempDir::new("diskfull-metadata");
+    let Some(mnt) = Mount::tmpfs(&dir.0.join("mnt"), "size=64k", "metadata_full") else { return };
+    let (host, sock) = host(&dir.0, &[0], 1);
+    let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 8, mode: Mode::Discard });
+    let out = mnt.0.join("trace");
+    let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &out)).unwrap();
+    let initial = std::fs::read_to_string(out.join("metadata")).unwrap();
+    let run = std::thread::spawn(move || consumer.run());
+    // Some 200 KiB of classes in one go, then a record: the consumer's one
+    // append cannot fit 64 KiB.
+    let fields: Vec<(String, FieldKind)> = (0..20).map(|i| (format!("field_{i}"), <u64 as Field>::KIND)).collect();
+    let fields: Vec<(&str, FieldKind)> = fields.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+    let mut last = 0;
+    for i in 0..150 {
+        last = host.register_event(&format!("big_class_{i}"), &fields).unwrap();
+    }
+    host.writer_for_cpu(0).record(last, 20 * 8, |e| (0..20u64).for_each(|v| v.encode(e))).unwrap();
+    ctl.simple(&Request::Stop).unwrap();
+    ctl.simple(&Request::Destroy).unwrap();
+    let report = run.join().unwrap().unwrap();
+    println!("{report}");
+    let m = &report.metadata;
+    assert_eq!(m.write_errors, 1, "{m:?}");
+    assert!(m.first_error.as_deref().unwrap().contains("No space left on device"), "{m:?}");
+    assert!(!report.is_whole() && report.to_string().contains("DAMAGED: classes"), "{report}");
+    let md = std::fs::read_to_string(out.join("metadata")).unwrap();
+    assert!(md == initial, "not cut back to the last whole block: {} bytes, {} at attach", md.len(), initial.len());
+    hvtrace_reader::tsdl::parse(&md).unwrap();
+    assert_eq!(report.packets(), 1, "the packet itself was written: {report}");
+}

@@ -117,6 +117,60 @@ fn the_relay_gets_the_local_trace_byte_for_byte_hotplugged_cpu_included() {
     }
 }
 
+/// Issue 16: classes the host registers while the consumer streams reach
+/// the relay's metadata stream before the packets that use them; the
+/// relay's `metadata` equals the local one, a class registered after the
+/// last packet included, and babeltrace2 decodes the relay's trace.
+#[test]
+fn classes_registered_mid_session_reach_the_relay_trace() {
+    use hvtrace_core::{Field, Sink};
+    let dir = TempDir::new("relay-classes");
+    let Some(relay) = relayd(&dir.0) else { return };
+    let (host, sock) = host(&dir.0, &[0, 1], 2);
+    let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 8, mode: Mode::Discard });
+    let out = dir.0.join("local");
+    let mut rc = relay_cfg(relay.url.clone(), "classes");
+    rc.live_timer = Duration::from_secs(3600); // no empty packets for idle streams
+    let cfg = ConsumerConfig { relay: Some(rc), ..ConsumerConfig::new(&sock, &out) };
+    let run = run_in_thread(Consumer::attach(&cfg).unwrap());
+    let mut recorded = 0;
+    let remote = relay.trace_dir(HOST, "classes");
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    for round in 0..3u32 {
+        let id = host.register_event(&format!("hotplug{round}"), &[("slot", <u32 as Field>::KIND)]).unwrap();
+        let w = host.writer_for_cpu(round % 2);
+        for slot in 0..50u32 {
+            w.record(id, 4, |e| slot.encode(e)).unwrap();
+            recorded += 1;
+        }
+        // Once the relay stored the packet, it had the class before it.
+        let stream = remote.join(format!("channel0_{}", round % 2));
+        let before = size(&stream);
+        ctl.simple(&Request::Flush).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while size(&stream) == before {
+            assert!(Instant::now() < deadline, "round {round}: no packet reached the relay");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let md = std::fs::read_to_string(remote.join("metadata")).unwrap();
+        assert!(md.contains(&format!("name = \"hotplug{round}\";")), "round {round}: class after its packet");
+    }
+    host.register_event("after_the_last_packet", &[]).unwrap();
+    ctl.simple(&Request::Stop).unwrap();
+    ctl.simple(&Request::Destroy).unwrap();
+    let report = run.join().unwrap().unwrap();
+    println!("{report}");
+    let r = report.relay.as_ref().unwrap();
+    assert_eq!((r.missed_packets(), &r.error), (0, &None), "{r:?}");
+    let local_md = std::fs::read_to_string(out.join("metadata")).unwrap();
+    assert!(local_md.contains("name = \"after_the_last_packet\";"), "{local_md}");
+    assert_eq!(std::fs::read_to_string(remote.join("metadata")).unwrap(), local_md);
+    if let (Some(local), Some(there)) = (babeltrace2(&out), babeltrace2(&remote)) {
+        assert_eq!(local, there);
+        assert_eq!(there, (recorded, 0), "every record decoded from the relay's trace");
+    }
+}
+
 /// A live viewer attached before any event reads events while the session
 /// runs, although CPU 1 never records one (beacons), sees the session end,
 /// and has then read every event recorded. Content, not timing: the

@@ -13,6 +13,8 @@
 //! * [`ctf`] — packet and event-header byte layout.
 //! * [`field`], [`event`] — field types and the [`events!`] declaration macro.
 //! * [`metadata`] — the TSDL text; [`decode`] — the inverse of the encoder.
+//! * [`metalog`] — the TSDL text in shared memory, append-only, for classes
+//!   registered while a consumer reads.
 #![no_std]
 #![warn(missing_docs)]
 
@@ -26,6 +28,8 @@ pub mod event;
 pub mod field;
 pub mod layout;
 pub mod metadata;
+#[cfg(not(loom))]
+pub mod metalog;
 #[cfg(not(loom))]
 mod region;
 pub mod ring;

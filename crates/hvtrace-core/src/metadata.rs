@@ -14,6 +14,12 @@ use crate::field::FieldKind;
 pub const KERNEL_STREAMS_MARKER: &str =
     "/* hvtrace-ftrace: the kernel's events (stream 1), from tracefs format files */";
 
+/// The line after the kernel's part (see [`KERNEL_STREAMS_MARKER`]) from
+/// which the VMM's event classes (stream class 0) resume: those the host
+/// registered while a consumer wrote the trace, appended as they came.
+pub const VMM_CLASSES_RESUME_MARKER: &str =
+    "/* hvtrace: the VMM's event classes registered during the session (stream 0) resume here */";
+
 /// Prefix of the kernel's stream files (`kernel_<cpu>`, stream class 1).
 pub const KERNEL_STREAM_PREFIX: &str = "kernel";
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use hvtrace_core::metalog::MetaLogFull;
 use hvtrace_core::{Geometry, Mode, StreamId};
 use hvtrace_proto::{ChannelConfig, ChannelState, RingInfo, RingStatus};
 use hvtrace_sys::eventfd::EventFd;
@@ -14,6 +15,7 @@ use hvtrace_sys::memfd;
 use hvtrace_sys::mmap::SharedMapping;
 
 use crate::clock::HostClock;
+use crate::metamem::MetaMem;
 use crate::notice::{Notice, Notices};
 use crate::ringmem::RingMem;
 use crate::HostConfig;
@@ -46,9 +48,11 @@ pub struct Channel {
     pub config: ChannelConfig,
     geo: Geometry,
     mode: Mode,
-    /// CTF metadata text; grows by the classes registered while the
-    /// channel lives.
-    metadata: Mutex<String>,
+    /// CTF metadata text, in the memfd consumers map; grows by the classes
+    /// registered while the channel lives. The lock serializes appends
+    /// (registrations hold the host's registry lock anyway); readers never
+    /// take it.
+    metadata: Mutex<MetaMem>,
     /// Signalled when rings appear or the state changes (stop, destroy).
     pub changed: EventFd,
     recording: AtomicBool,
@@ -61,15 +65,15 @@ pub struct Channel {
 impl Channel {
     /// Creates the channel named and sized by `host` with rings for `cpus`
     /// (each `< max_cpus`), not recording. The rings of CPUs in `owned` are
-    /// reserved for one owning writer each. What goes wrong later off the
-    /// record path is said through `notices`.
+    /// reserved for one owning writer each; `metadata` is its metadata log.
+    /// What goes wrong later off the record path is said through `notices`.
     pub(crate) fn new(
         notices: Arc<Notices>,
         host: &HostConfig,
         config: ChannelConfig,
         cpus: &[u32],
         owned: &[u32],
-        metadata: String,
+        metadata: MetaMem,
         uuid: [u8; 16],
     ) -> io::Result<Channel> {
         let (name, max_cpus) = (host.channel.as_str(), host.max_cpus);
@@ -107,27 +111,23 @@ impl Channel {
         Ok(ch)
     }
 
-    /// The CTF metadata text as it stands.
-    pub fn metadata(&self) -> String {
-        self.metadata.lock().unwrap().clone()
+    /// Takes the one consumer reference (0 -> 1); false if another
+    /// consumer holds it (one consumer at a time).
+    pub(crate) fn take_consumer_ref(&self) -> bool {
+        self.refs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
-    /// The metadata text for the consumer that maps the channel, taking the
-    /// one consumer reference (0 -> 1) in the same critical section as
-    /// registrations check for one ([`Channel::grow_metadata`]); `None` if
-    /// another consumer holds it (one consumer at a time).
-    pub(crate) fn map_metadata(&self) -> Option<String> {
+    /// Appends whole TSDL blocks to the metadata log and publishes them:
+    /// a consumer mapping it (now or later) reads them before any packet
+    /// recorded after this returns. Never waits for a consumer.
+    pub(crate) fn append_metadata(&self, blocks: &str) -> Result<u64, MetaLogFull> {
+        self.metadata.lock().unwrap().append(blocks)
+    }
+
+    /// A read-only descriptor of the metadata log and its size, for a consumer.
+    pub(crate) fn metadata_fd(&self) -> io::Result<(OwnedFd, u64)> {
         let md = self.metadata.lock().unwrap();
-        self.refs.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).ok()?;
-        Some(md.clone())
-    }
-
-    /// Lets `grow` append to the metadata if no consumer maps the channel
-    /// (one that attaches later gets the grown text); `None` if one does,
-    /// since it holds the text as it was and has no way yet to learn more.
-    pub(crate) fn grow_metadata<T>(&self, grow: impl FnOnce(&mut String) -> T) -> Option<T> {
-        let mut md = self.metadata.lock().unwrap();
-        (self.refs.load(Ordering::Acquire) == 0).then(|| grow(&mut md))
+        Ok((md.fd_read_only()?, md.len()))
     }
 
     /// The ring of `cpu`, if that CPU has one. Lock-free.

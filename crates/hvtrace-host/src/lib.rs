@@ -22,6 +22,7 @@
 mod channel;
 pub mod clock;
 mod exclusive;
+mod metamem;
 mod notice;
 mod registry;
 mod ringmem;
@@ -38,6 +39,7 @@ use hvtrace_core::metadata::{self, TraceDesc};
 use hvtrace_core::{Encoder, EventDesc, FieldKind, RecordError, Sink};
 use hvtrace_proto::{ChannelConfig, ChannelState, StatusInfo};
 use hvtrace_sys::eventfd::EventFd;
+use metamem::MetaMem;
 use notice::Notices;
 use registry::Registry;
 use ringmem::RingMem;
@@ -189,30 +191,30 @@ impl Host {
     }
 
     /// Declares an event class while the host runs, before or after a
-    /// channel exists or starts: returns its id, which a [`Writer`] records
-    /// with ([`Sink::record`]) like a static class's, without a lock. The
-    /// class's TSDL is appended to the live channel's metadata before this
-    /// returns (so a consumer that attaches later has it), and every later
-    /// channel's metadata holds it.
+    /// channel exists or starts, with or without a consumer attached:
+    /// returns its id, which a [`Writer`] records with ([`Sink::record`])
+    /// like a static class's, without a lock. The class's TSDL is published
+    /// in the live channel's metadata log before this returns, so a consumer
+    /// (attached now or later) writes it to the trace before any packet
+    /// holding a record of the class; every later channel's metadata holds
+    /// it too. Nothing here waits for a consumer.
     ///
     /// Fails beyond [`MAX_EVENT_CLASSES`] classes or [`MAX_REGISTERED_TSDL`]
-    /// bytes of their TSDL, for a name that cannot
-    /// be written in TSDL, and while a consumer maps the live channel
-    /// ([`RegisterError::ConsumerAttached`]: it holds the metadata as it was
-    /// when it attached, so records of a new class would make its trace
-    /// unreadable; the channel to a consumer for metadata growth is not
-    /// built yet). Takes a host lock (never one a writer or a
-    /// consumer holds for long): not for the record path.
+    /// bytes of their TSDL, and for a name that cannot be written in TSDL;
+    /// a refused class takes no id. Takes the host's registry lock (never
+    /// one a writer holds): not for the record path.
     pub fn register_event(&self, name: &str, fields: &[(&str, FieldKind)]) -> Result<u32, RegisterError> {
         let mut reg = self.shared.registry.lock().unwrap();
         let cur = self.shared.current.lock().unwrap();
-        let Some(ch) = cur.as_ref() else { return reg.add(name, fields).map(|(id, _)| id) };
-        ch.grow_metadata(|md| {
-            let (id, block) = reg.add(name, fields)?;
-            md.push_str(&block);
-            Ok(id)
+        reg.add(name, fields, |block| match cur.as_ref() {
+            // The log was made with room for the whole registry budget, so
+            // it is full only if that bound is: the same error.
+            Some(ch) => ch
+                .append_metadata(block)
+                .map(drop)
+                .map_err(|_| RegisterError::MetadataFull { max_bytes: MAX_REGISTERED_TSDL }),
+            None => Ok(()),
         })
-        .unwrap_or(Err(RegisterError::ConsumerAttached))
     }
 
     /// The clock timestamps come from.
@@ -300,9 +302,13 @@ impl Shared {
         let uuid = *uuid::Uuid::new_v4().as_bytes();
         let cpus = self.online.lock().unwrap().clone();
         let owned = self.claimed.lock().unwrap().clone();
+        let failed = |e: io::Error| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}"));
+        // Room for every class the registry may still take: the log is full
+        // only when the registry's bound is.
+        let metadata =
+            MetaMem::new(&self.cfg.channel, &self.metadata(uuid, &registry), registry.room()).map_err(failed)?;
         let ch =
-            Channel::new(self.notices.clone(), &self.cfg, config, &cpus, &owned, self.metadata(uuid, &registry), uuid)
-                .map_err(|e| Reply::error(ErrorCode::Internal, format!("cannot create the channel: {e}")))?;
+            Channel::new(self.notices.clone(), &self.cfg, config, &cpus, &owned, metadata, uuid).map_err(failed)?;
         *cur = Some(Arc::new(ch));
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(())

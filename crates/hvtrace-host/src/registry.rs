@@ -1,8 +1,9 @@
 //! Event classes declared while the host runs (a device added, a module
 //! loaded, a `tracing` callsite seen): each gets the next id after the
 //! host's static set, and its TSDL block is appended to the live channel's
-//! metadata. Registration takes a lock; recording never does: a writer
-//! records with the `u32` id it was handed, as for a static class.
+//! metadata log, which an attached consumer follows. Registration takes a
+//! lock; recording never does: a writer records with the `u32` id it was
+//! handed, as for a static class.
 
 use std::fmt;
 
@@ -11,16 +12,14 @@ use hvtrace_core::{EventDesc, FieldDesc, FieldKind};
 
 /// Most event classes a host may have, static and registered together.
 /// Ids above 30 take the 12-byte extended header, whose id is a `u32`; the
-/// bound keeps the metadata (sent whole to a consumer that attaches) and
-/// the memory kept for names finite.
+/// bound keeps the metadata and the memory kept for names finite.
 pub const MAX_EVENT_CLASSES: u32 = 4096;
 
-/// Most bytes of TSDL the registered classes may add to the metadata. A
-/// consumer receives the whole metadata in its `map` reply, one control
-/// message of at most 64 KiB (`hvtrace_proto::MAX_MESSAGE`); this leaves
-/// the static set, the trace header and the ring list the other half.
-/// Some 200 classes of a few fields each.
-pub const MAX_REGISTERED_TSDL: usize = 32 * 1024;
+/// Most bytes of TSDL the registered classes may add to the metadata: each
+/// channel's metadata log has room for them beside the static set, and
+/// stays under what a consumer maps (`hvtrace_proto::MAX_METADATA_LEN`,
+/// 4 MiB). Some 4,000 classes of a few fields each, 800 of 30 fields.
+pub const MAX_REGISTERED_TSDL: usize = 2 << 20;
 
 /// Why a class could not be registered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,8 +40,6 @@ pub enum RegisterError {
     BadField(String),
     /// Two fields share a name.
     DuplicateField(String),
-    /// A consumer maps the live channel: it could not learn the class.
-    ConsumerAttached,
 }
 
 impl fmt::Display for RegisterError {
@@ -55,9 +52,6 @@ impl fmt::Display for RegisterError {
             RegisterError::BadName(n) => write!(f, "event name {n:?} is empty or holds a NUL"),
             RegisterError::BadField(n) => write!(f, "field name {n:?} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)"),
             RegisterError::DuplicateField(n) => write!(f, "field {n:?} appears twice"),
-            RegisterError::ConsumerAttached => {
-                f.write_str("a consumer maps the live channel and cannot learn new event classes mid-session")
-            }
         }
     }
 }
@@ -103,8 +97,21 @@ impl Registry {
         self.added.len()
     }
 
-    /// Checks and adds a class; returns its id and its TSDL block.
-    pub(crate) fn add(&mut self, name: &str, fields: &[(&str, FieldKind)]) -> Result<(u32, String), RegisterError> {
+    /// Bytes of TSDL that may still be registered: the room a new channel's
+    /// metadata log keeps for them.
+    pub(crate) fn room(&self) -> usize {
+        self.max_bytes.saturating_sub(self.tsdl_bytes)
+    }
+
+    /// Checks a class, has `publish` put its TSDL block where consumers
+    /// read it, and only if that worked takes the id: a refused class (bad
+    /// name, a bound, `publish` failing) takes nothing. Returns the id.
+    pub(crate) fn add(
+        &mut self,
+        name: &str,
+        fields: &[(&str, FieldKind)],
+        publish: impl FnOnce(&str) -> Result<(), RegisterError>,
+    ) -> Result<u32, RegisterError> {
         let id = self.static_len + self.added.len() as u32;
         if id >= self.max_classes {
             return Err(RegisterError::Full { max: self.max_classes });
@@ -125,6 +132,7 @@ impl Registry {
         if self.tsdl_bytes + block.len() > self.max_bytes {
             return Err(RegisterError::MetadataFull { max_bytes: self.max_bytes });
         }
+        publish(&block)?;
         // Descriptions are `'static` (the static sets' are): the names are
         // leaked, within the bounds above, and only once the class is taken.
         let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
@@ -132,7 +140,7 @@ impl Registry {
         let ev = EventDesc { name: leak(name), fields: Box::leak(owned.into_boxed_slice()) };
         self.added.push(ev);
         self.tsdl_bytes += block.len();
-        Ok((id, block))
+        Ok(id)
     }
 }
 
@@ -142,36 +150,49 @@ mod tests {
 
     const U32: FieldKind = FieldKind::Int { bits: 32, signed: false, hex: false };
 
+    impl Registry {
+        /// `add` with nowhere to publish (no channel).
+        fn add_only(&mut self, name: &str, fields: &[(&str, FieldKind)]) -> Result<u32, RegisterError> {
+            self.add(name, fields, |_| Ok(()))
+        }
+    }
+
     #[test]
     fn ids_follow_the_static_set_and_stop_at_the_bound() {
         let stat = [EventDesc { name: "a", fields: &[] }, EventDesc { name: "b", fields: &[] }];
         let mut r = Registry::with_bounds(&stat, MAX_EVENT_CLASSES, usize::MAX);
-        assert_eq!(r.add("c", &[("x", U32)]).unwrap().0, 2);
+        assert_eq!(r.add_only("c", &[("x", U32)]), Ok(2));
         for want in 3..MAX_EVENT_CLASSES {
-            assert_eq!(r.add("more", &[]).unwrap().0, want);
+            assert_eq!(r.add_only("more", &[]), Ok(want));
         }
-        assert_eq!(r.add("one_too_many", &[]), Err(RegisterError::Full { max: MAX_EVENT_CLASSES }));
+        assert_eq!(r.add_only("one_too_many", &[]), Err(RegisterError::Full { max: MAX_EVENT_CLASSES }));
         assert_eq!(r.len() as u32, MAX_EVENT_CLASSES - 2);
     }
 
     #[test]
     fn the_tsdl_budget_is_kept_and_a_refused_class_takes_no_id() {
-        let mut r = Registry::new(&[]);
+        const BUDGET: usize = 32 * 1024;
+        let mut r = Registry::with_bounds(&[], MAX_EVENT_CLASSES, BUDGET);
         let mut total = 0;
         let mut next = 0;
         let err = loop {
-            match r.add("class", &[("x", U32), ("y", FieldKind::Str)]) {
-                Ok((id, block)) => {
+            let mut published = String::new();
+            match r.add("class", &[("x", U32), ("y", FieldKind::Str)], |b| {
+                published = b.to_string();
+                Ok(())
+            }) {
+                Ok(id) => {
                     assert_eq!(id, next);
-                    assert!(block.contains(&format!("id = {id};")), "{block}");
-                    total += block.len();
+                    assert!(published.contains(&format!("id = {id};")), "{published}");
+                    total += published.len();
                     next += 1;
+                    assert_eq!(r.room(), BUDGET - total);
                 }
                 Err(e) => break e,
             }
         };
-        assert_eq!(err, RegisterError::MetadataFull { max_bytes: MAX_REGISTERED_TSDL });
-        assert!(total <= MAX_REGISTERED_TSDL && total + 200 > MAX_REGISTERED_TSDL, "{total}");
+        assert_eq!(err, RegisterError::MetadataFull { max_bytes: BUDGET });
+        assert!(total <= BUDGET && total + 200 > BUDGET, "{total}");
         // The refused class took no id, and the metadata holds what was taken.
         assert_eq!(r.len() as u32, next);
         let mut all = String::new();
@@ -182,12 +203,21 @@ mod tests {
     #[test]
     fn bad_names_are_refused_and_take_no_id() {
         let mut r = Registry::new(&[]);
-        assert_eq!(r.add("", &[]), Err(RegisterError::BadName("".into())));
-        assert_eq!(r.add("a\0b", &[]), Err(RegisterError::BadName("a\0b".into())));
-        assert_eq!(r.add("e", &[("1x", U32)]), Err(RegisterError::BadField("1x".into())));
-        assert_eq!(r.add("e", &[("a b", U32)]), Err(RegisterError::BadField("a b".into())));
-        assert_eq!(r.add("e", &[("x", U32), ("x", U32)]), Err(RegisterError::DuplicateField("x".into())));
-        assert_eq!(r.add("e \"quoted\"", &[("_x9", U32)]).unwrap().0, 0);
-        assert_eq!(r.add("f", &[]).unwrap().0, 1);
+        assert_eq!(r.add_only("", &[]), Err(RegisterError::BadName("".into())));
+        assert_eq!(r.add_only("a\0b", &[]), Err(RegisterError::BadName("a\0b".into())));
+        assert_eq!(r.add_only("e", &[("1x", U32)]), Err(RegisterError::BadField("1x".into())));
+        assert_eq!(r.add_only("e", &[("a b", U32)]), Err(RegisterError::BadField("a b".into())));
+        assert_eq!(r.add_only("e", &[("x", U32), ("x", U32)]), Err(RegisterError::DuplicateField("x".into())));
+        assert_eq!(r.add_only("e \"quoted\"", &[("_x9", U32)]), Ok(0));
+        assert_eq!(r.add_only("f", &[]), Ok(1));
+    }
+
+    #[test]
+    fn a_class_its_channel_could_not_publish_takes_no_id() {
+        let mut r = Registry::new(&[]);
+        let full = RegisterError::MetadataFull { max_bytes: 7 };
+        assert_eq!(r.add("a", &[], |_| Err(full.clone())), Err(full));
+        assert_eq!((r.len(), r.room()), (0, MAX_REGISTERED_TSDL));
+        assert_eq!(r.add_only("b", &[]), Ok(0));
     }
 }

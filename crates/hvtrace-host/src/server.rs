@@ -241,18 +241,19 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
     // and each would skip, repeat or tear the other's packets. The reference
     // is taken here, before anything is handed out, so two racing `map`s
     // cannot both win; it is dropped when the holder unmaps or its
-    // connection closes (it died), and the next consumer takes over. It is
-    // taken with the metadata copied, under the lock run-time registrations
-    // take, so no class is registered that this consumer does not know.
-    let Some(metadata) = ch.map_metadata() else {
+    // connection closes (it died), and the next consumer takes over.
+    // Classes registered before or after this are all in the metadata log
+    // the consumer follows, so none can be unknown to it.
+    if !ch.take_consumer_ref() {
         let msg = format!(
             "another consumer is attached to channel {}; one consumer at a time (a new one can attach once it \
              unmaps or exits)",
             ch.name
         );
         return (Reply::error(ErrorCode::Busy, msg), Vec::new());
-    };
+    }
     let held = MapRef(ch.clone());
+    let mut metadata_len = 0;
     let mut fds = Vec::new();
     let mut rings = Vec::new();
     let gathered = (|| -> std::io::Result<()> {
@@ -266,6 +267,9 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
             fds.push(r.wake.try_clone()?.into_fd());
             rings.push(ch.ring_info(r));
         }
+        let (md, len) = ch.metadata_fd()?;
+        fds.push(md);
+        metadata_len = len;
         Ok(())
     })();
     if let Err(e) = gathered {
@@ -278,7 +282,7 @@ fn map(shared: &Shared, mapped: &mut Option<MapRef>) -> (Reply, Vec<OwnedFd>) {
         config: ch.config,
         ctrl_len: ch.ctrl_len(),
         rings,
-        metadata,
+        metadata_len,
     };
     *mapped = Some(held);
     (Reply::Mapped(info), fds)

@@ -46,7 +46,7 @@ fn punch_hole(f: &File, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Everything a consumer could try on a data memfd it received.
+/// Everything a consumer could try on a data memfd (or the metadata log) it received.
 fn check_data_fd(fd: &OwnedFd, len: u64, what: &str) {
     // SAFETY: F_GETFL on a descriptor we own.
     let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
@@ -93,6 +93,8 @@ fn socket_is_private_and_handed_out_memory_is_sealed() {
     for (k, r) in info.rings.iter().enumerate() {
         check_data_fd(&fds[2 + 2 * k], r.data_len, &format!("data memfd of CPU {}", r.cpu));
     }
+    // The metadata log, which grows while consumers read it: the same.
+    check_data_fd(&fds[info.metadata_fd_index()], info.metadata_len, "metadata log");
 
     // The control memfd: writable, size sealed.
     let ctrl = &fds[0];

@@ -11,6 +11,7 @@ use hvtrace_ctl::{Client, CtlError};
 use hvtrace_host::Host;
 use hvtrace_proto::{ChannelConfig, ChannelState, ErrorCode, Mode, Reply, Request};
 use hvtrace_sys::mmap::SharedMapping;
+use hvtrace_sys::MappedMetaLog;
 
 mod common;
 
@@ -45,7 +46,13 @@ fn session_round_trip_with_read_only_consumer_mapping() {
     let Reply::Mapped(info) = reply else { panic!("{reply:?}") };
     assert_eq!(fds.len(), info.fd_count());
     assert_eq!(info.rings.iter().map(|r| r.cpu).collect::<Vec<_>>(), vec![0, 1]);
-    assert!(info.metadata.starts_with("/* CTF 1.8 */"));
+    // The metadata log, last, read-only and sealed: it holds the TSDL text.
+    let md_fd = &fds[info.metadata_fd_index()];
+    assert!(SharedMapping::map_rw(md_fd, info.metadata_len as usize).is_err(), "metadata log mapped writable");
+    let md = MappedMetaLog::attach(SharedMapping::map_ro_lazy(md_fd, info.metadata_len as usize).unwrap()).unwrap();
+    let mut text = vec![0; md.reader().published() as usize];
+    assert!(md.reader().copy(0, &mut text));
+    assert!(text.starts_with(b"/* CTF 1.8 */") && text.ends_with(b"};\n\n"), "{}", String::from_utf8_lossy(&text));
 
     let ctrl = SharedMapping::map_rw(&fds[0], info.ctrl_len as usize).unwrap();
     let data = SharedMapping::map_ro(&fds[2], info.rings[0].data_len as usize).unwrap();

@@ -6,7 +6,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic    b"HVTC"
-//!      4    2 version  u16 LE, = VERSION (2)
+//!      4    2 version  u16 LE, = VERSION (3)
 //!      6    2 kind     u16 LE, see the `kind` module
 //!      8    4 len      u32 LE, payload length = datagram length - 12
 //!     12  len payload  postcard encoding of the kind's fields
@@ -32,9 +32,15 @@
 //! | 1 | the channel's "rings changed" eventfd (signalled when a CPU ring appears) |
 //! | 2 + 2i | data memfd of `rings[i]` (`hvtrace-data-*`), read-only, `rings[i].data_len` bytes |
 //! | 3 + 2i | eventfd of `rings[i]`, signalled when a sub-buffer is delivered |
+//! | 2 + 2n | the channel's metadata log (`hvtrace-meta-*`), read-only, `metadata_len` bytes |
 //!
-//! so `2 + 2 * rings.len()` descriptors in all; [`MapInfo::fd_count`] computes
-//! it. The kernel passes at most 253 descriptors in one message
+//! so `3 + 2 * rings.len()` descriptors in all; [`MapInfo::fd_count`] computes
+//! it, [`MapInfo::metadata_fd_index`] says where the metadata log is. The
+//! metadata log (layout: `hvtrace_core::metalog`) holds the channel's TSDL
+//! text and grows, append-only, as the host registers event classes; the
+//! consumer reads it instead of a copy in the reply (version 3; version 2
+//! carried the text in `MapInfo`, at most 64 KiB, and could not grow). The
+//! kernel passes at most 253 descriptors in one message
 //! (`SCM_MAX_FD`), so `rings` lists at most [`MAP_MAX_RINGS`] rings: the
 //! first ones in CPU order. The others are in the `status` reply's ring list,
 //! and a consumer maps each with [`Request::MapRing`], as it maps a CPU that
@@ -52,14 +58,17 @@ use serde::{Deserialize, Serialize};
 /// The four bytes every message starts with.
 pub const MAGIC: [u8; 4] = *b"HVTC";
 /// The protocol version this crate speaks.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Size of the fixed frame header.
 pub const HEADER_LEN: usize = 12;
 /// Largest message (header + payload) a peer accepts, in bytes.
 pub const MAX_MESSAGE: usize = 64 * 1024;
-/// The most rings one [`Reply::Mapped`] lists: its `2 + 2 * rings` descriptors
+/// The most rings one [`Reply::Mapped`] lists: its `3 + 2 * rings` descriptors
 /// must fit the kernel's 253 per `SCM_RIGHTS` message (`SCM_MAX_FD`).
-pub const MAP_MAX_RINGS: usize = (253 - 2) / 2;
+pub const MAP_MAX_RINGS: usize = (253 - 3) / 2;
+/// Largest metadata log a consumer maps ([`MapInfo::metadata_len`]): a host
+/// sizes its log below this, a consumer refuses a larger one.
+pub const MAX_METADATA_LEN: u64 = 4 << 20;
 
 /// Smallest sub-buffer size (one page).
 pub const MIN_SUBBUF_SIZE: u64 = 4 * 1024;
@@ -366,14 +375,20 @@ pub struct MapInfo {
     /// The rings handed out with this reply, in descriptor order: at most
     /// [`MAP_MAX_RINGS`], the first in CPU order; `status` lists them all.
     pub rings: Vec<RingInfo>,
-    /// CTF 1.8 TSDL metadata text describing every event type.
-    pub metadata: String,
+    /// Size in bytes of the metadata log handed out with this reply (the
+    /// last descriptor), at most [`MAX_METADATA_LEN`].
+    pub metadata_len: u64,
 }
 
 impl MapInfo {
     /// Number of descriptors that must accompany this reply:
-    /// `2 + 2 * rings.len()`.
+    /// `3 + 2 * rings.len()`.
     pub fn fd_count(&self) -> usize {
+        3 + 2 * self.rings.len()
+    }
+
+    /// Index of the metadata log among the descriptors: after the rings'.
+    pub fn metadata_fd_index(&self) -> usize {
         2 + 2 * self.rings.len()
     }
 }
@@ -678,8 +693,8 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
 
 /// Encodes a reply as one datagram.
 ///
-/// The result may exceed [`MAX_MESSAGE`] (a huge metadata text or error
-/// message, thousands of rings), in which case the peer will reject it; use
+/// The result may exceed [`MAX_MESSAGE`] (a huge error message, thousands
+/// of rings), in which case the peer will reject it; use
 /// [`try_encode_reply`] to find out before sending.
 pub fn encode_reply(reply: &Reply) -> Vec<u8> {
     let payload = match reply {

@@ -59,14 +59,14 @@ fn ring_status() -> impl Strategy<Value = RingStatus> {
 }
 
 fn map_info() -> impl Strategy<Value = MapInfo> {
-    (".{0,40}", any::<[u8; 16]>(), config(), any::<u64>(), prop::collection::vec(ring_info(), 0..70), ".{0,300}")
-        .prop_map(|(channel, trace_uuid, config, ctrl_len, rings, metadata)| MapInfo {
+    (".{0,40}", any::<[u8; 16]>(), config(), any::<u64>(), prop::collection::vec(ring_info(), 0..70), any::<u64>())
+        .prop_map(|(channel, trace_uuid, config, ctrl_len, rings, metadata_len)| MapInfo {
             channel,
             trace_uuid,
             config,
             ctrl_len,
             rings,
-            metadata,
+            metadata_len,
         })
 }
 
@@ -125,8 +125,9 @@ fn assert_damage_detected(msg: &[u8], decode: impl Fn(&[u8]) -> Result<(), Proto
         decode(&fixed),
         Err(ProtoError::TrailingBytes { count: 1, .. }) | Err(ProtoError::BadPayload { .. })
     ));
-    // Version 1 (before `map` was capped at MAP_MAX_RINGS), 3, 0.
-    for v in [0u16, 1, 3, u16::MAX] {
+    // Version 1 (before `map` was capped at MAP_MAX_RINGS), 2 (metadata
+    // text in `map`'s reply), 4, 0.
+    for v in [0u16, 1, 2, 4, u16::MAX] {
         let mut m = msg.to_vec();
         m[4..6].copy_from_slice(&v.to_le_bytes());
         assert_eq!(decode(&m), Err(ProtoError::UnsupportedVersion { found: v, supported: VERSION }));
@@ -210,37 +211,37 @@ proptest! {
 
 #[test]
 fn wire_format_is_stable() {
-    assert_eq!(encode_request(&Request::Start), b"HVTC\x02\x00\x02\x00\x00\x00\x00\x00");
+    assert_eq!(encode_request(&Request::Start), b"HVTC\x03\x00\x02\x00\x00\x00\x00\x00");
     // Create(256 KiB x 8, Overwrite): varint(262144) = 80 80 10, varint(8), variant 1.
     let create = encode_request(&Request::Create(ChannelConfig { mode: Mode::Overwrite, ..ChannelConfig::default() }));
-    assert_eq!(create, b"HVTC\x02\x00\x01\x00\x05\x00\x00\x00\x80\x80\x10\x08\x01");
-    assert_eq!(encode_request(&Request::MapRing { cpu: 300 }), b"HVTC\x02\x00\x06\x00\x02\x00\x00\x00\xac\x02");
-    assert_eq!(encode_reply(&Reply::error(ErrorCode::Denied, "no")), b"HVTC\x02\x00\x02\x80\x04\x00\x00\x00\x06\x02no");
+    assert_eq!(create, b"HVTC\x03\x00\x01\x00\x05\x00\x00\x00\x80\x80\x10\x08\x01");
+    assert_eq!(encode_request(&Request::MapRing { cpu: 300 }), b"HVTC\x03\x00\x06\x00\x02\x00\x00\x00\xac\x02");
+    assert_eq!(encode_reply(&Reply::error(ErrorCode::Denied, "no")), b"HVTC\x03\x00\x02\x80\x04\x00\x00\x00\x06\x02no");
 }
 
 #[test]
 fn header_errors() {
     assert_eq!(decode_request(b""), Err(ProtoError::Truncated { len: 0 }));
-    assert_eq!(decode_request(b"HVTC\x02\x00\x02"), Err(ProtoError::Truncated { len: 7 }));
-    assert_eq!(decode_request(b"HVTX\x02\x00\x02\x00\x00\x00\x00\x00"), Err(ProtoError::BadMagic { found: *b"HVTX" }));
+    assert_eq!(decode_request(b"HVTC\x03\x00\x02"), Err(ProtoError::Truncated { len: 7 }));
+    assert_eq!(decode_request(b"HVTX\x03\x00\x02\x00\x00\x00\x00\x00"), Err(ProtoError::BadMagic { found: *b"HVTX" }));
     assert_eq!(
-        decode_request(b"HVTC\x02\x00\x02\x00\x01\x00\x00\x00"),
+        decode_request(b"HVTC\x03\x00\x02\x00\x01\x00\x00\x00"),
         Err(ProtoError::LengthMismatch { header: 1, actual: 0 })
     );
     assert_eq!(
-        decode_request(b"HVTC\x02\x00\x02\x00\xff\xff\xff\xff"),
+        decode_request(b"HVTC\x03\x00\x02\x00\xff\xff\xff\xff"),
         Err(ProtoError::LengthMismatch { header: u32::MAX, actual: 0 })
     );
-    assert_eq!(decode_request(b"HVTC\x02\x00\x77\x00\x00\x00\x00\x00"), Err(ProtoError::UnknownKind { kind: 0x77 }));
-    assert_eq!(decode_reply(b"HVTC\x02\x00\x77\x80\x00\x00\x00\x00"), Err(ProtoError::UnknownKind { kind: 0x8077 }));
+    assert_eq!(decode_request(b"HVTC\x03\x00\x77\x00\x00\x00\x00\x00"), Err(ProtoError::UnknownKind { kind: 0x77 }));
+    assert_eq!(decode_reply(b"HVTC\x03\x00\x77\x80\x00\x00\x00\x00"), Err(ProtoError::UnknownKind { kind: 0x8077 }));
     // Empty-bodied kinds refuse a payload.
     assert_eq!(
-        decode_request(b"HVTC\x02\x00\x02\x00\x01\x00\x00\x00\x00"),
+        decode_request(b"HVTC\x03\x00\x02\x00\x01\x00\x00\x00\x00"),
         Err(ProtoError::TrailingBytes { kind: 2, count: 1 })
     );
     // Unknown enum variant inside a payload (Mode = 7).
     assert!(matches!(
-        decode_request(b"HVTC\x02\x00\x01\x00\x05\x00\x00\x00\x80\x80\x10\x08\x07"),
+        decode_request(b"HVTC\x03\x00\x01\x00\x05\x00\x00\x00\x80\x80\x10\x08\x07"),
         Err(ProtoError::BadPayload { kind: 1, .. })
     ));
     // A string length far beyond the message does not allocate or panic.
@@ -266,14 +267,7 @@ fn oversized_messages() {
     let edge = frame(kind::ERROR, vec![0; MAX_MESSAGE - HEADER_LEN]);
     assert!(matches!(decode_reply(&edge), Err(ProtoError::TrailingBytes { .. })));
     // An oversized reply is refused by try_encode_reply.
-    let huge = Reply::Mapped(MapInfo {
-        channel: "chan0".into(),
-        trace_uuid: [1; 16],
-        config: ChannelConfig::default(),
-        ctrl_len: 4096,
-        rings: vec![],
-        metadata: "x".repeat(MAX_MESSAGE),
-    });
+    let huge = Reply::error(ErrorCode::Internal, "x".repeat(MAX_MESSAGE));
     assert!(encode_reply(&huge).len() > MAX_MESSAGE);
     assert!(matches!(try_encode_reply(&huge), Err(ProtoError::TooLarge { .. })));
 }
@@ -281,7 +275,7 @@ fn oversized_messages() {
 #[test]
 fn error_texts_are_clear() {
     let e = decode_request(b"HVTC\x01\x00\x02\x00\x00\x00\x00\x00").unwrap_err();
-    assert_eq!(e.to_string(), "unsupported protocol version 1 (this side speaks version 2)");
+    assert_eq!(e.to_string(), "unsupported protocol version 1 (this side speaks version 3)");
     assert_eq!(e.code(), ErrorCode::BadVersion);
     let r: Reply = e.into();
     assert!(matches!(r, Reply::Error { code: ErrorCode::BadVersion, .. }));
@@ -333,10 +327,10 @@ fn helpers() {
         config: ChannelConfig::default(),
         ctrl_len: 4096,
         rings: vec![RingInfo { cpu: 0, data_len: 1 << 21, ctrl_offset: 0 }; 3],
-        metadata: String::new(),
+        metadata_len: 1 << 20,
     };
-    assert_eq!(m.fd_count(), 8);
-    assert_eq!(Reply::Mapped(m).fd_count(), 8);
+    assert_eq!((m.fd_count(), m.metadata_fd_index()), (9, 8));
+    assert_eq!(Reply::Mapped(m).fd_count(), 9);
     assert_eq!(Reply::RingMapped(RingInfo { cpu: 1, data_len: 1, ctrl_offset: 0 }).fd_count(), 2);
     assert_eq!(Reply::Ok.fd_count(), 0);
     assert_eq!(Request::MapRing { cpu: 3 }.name(), "map_ring");
@@ -344,18 +338,18 @@ fn helpers() {
 }
 
 // Issue 17 item 4: `map` sent 2 + 2N descriptors in one message, which the
-// kernel refuses from N = 126 on. A `Mapped` listing more rings than fit is
+// kernel refuses from N = 126 on (3 + 2N since the metadata log joined them). A `Mapped` listing more rings than fit is
 // now malformed, and the most that fit still decodes.
 #[test]
 fn a_mapped_reply_lists_at_most_the_rings_one_message_can_carry() {
-    assert_eq!(2 + 2 * MAP_MAX_RINGS, 252);
+    assert_eq!(3 + 2 * MAP_MAX_RINGS, 253);
     let info = |n: usize| MapInfo {
         channel: "channel0".into(),
         trace_uuid: [7; 16],
         config: ChannelConfig { subbuf_size: 4096, num_subbuf: 2, mode: Mode::Discard },
         ctrl_len: 4096,
         rings: (0..n as u32).map(|cpu| RingInfo { cpu, data_len: 16384, ctrl_offset: u64::from(cpu) * 64 }).collect(),
-        metadata: "/* CTF 1.8 */".into(),
+        metadata_len: 4096,
     };
     let fits = Reply::Mapped(info(MAP_MAX_RINGS));
     assert_eq!(decode_reply(&try_encode_reply(&fits).unwrap()), Ok(fits));

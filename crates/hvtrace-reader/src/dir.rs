@@ -15,9 +15,11 @@ use crate::tsdl::{self, Metadata, MetadataError, TraceSchema};
 /// Name of the note the consumer leaves when a trace was cut short.
 pub const INCOMPLETE: &str = "INCOMPLETE";
 
-/// The largest metadata file read: hvtrace writes a few KiB of TSDL, so
-/// 4 MiB is far beyond any real one and bounds what a crafted file costs.
-pub const MAX_METADATA: u64 = 4 << 20;
+/// The largest metadata file read: a host's metadata log is at most 4 MiB
+/// (`hvtrace_proto::MAX_METADATA_LEN`: its own classes and those it
+/// registers during the session), plus the kernel's classes when the trace
+/// has kernel streams; 8 MiB holds both and bounds what a crafted file costs.
+pub const MAX_METADATA: u64 = 8 << 20;
 
 /// The most of an `INCOMPLETE` note read (the consumer writes it empty).
 const MAX_NOTE: u64 = 64 << 10;

@@ -208,13 +208,23 @@ fn parse_uuid(s: &str, line: usize) -> Result<[u8; 16], MetadataError> {
     Ok(u)
 }
 
-/// Parses a metadata file written by `hvtrace_core::metadata::render`.
-/// The kernel's part after [`metadata::KERNEL_STREAMS_MARKER`] (stream class
-/// 1, from `hvtrace-ftrace`) is not read: this crate reads the VMM's streams.
+/// Parses a metadata file written by `hvtrace_core::metadata::render`,
+/// followed by the event blocks of classes registered during the session
+/// (appended as they came). The kernel's part after
+/// [`metadata::KERNEL_STREAMS_MARKER`] (stream class 1, from
+/// `hvtrace-ftrace`) is not read: this crate reads the VMM's streams, whose
+/// classes resume after [`metadata::VMM_CLASSES_RESUME_MARKER`].
 pub fn parse(text: &str) -> Result<Metadata, MetadataError> {
-    let text = match text.find(metadata::KERNEL_STREAMS_MARKER) {
-        Some(at) => &text[..at],
-        None => text,
+    let (text, registered) = match text.find(metadata::KERNEL_STREAMS_MARKER) {
+        Some(at) => {
+            let rest = &text[at..];
+            let resumed = rest.find(metadata::VMM_CLASSES_RESUME_MARKER).map(|r| {
+                let from = r + metadata::VMM_CLASSES_RESUME_MARKER.len();
+                (&rest[from..], text[..at + from].lines().count())
+            });
+            (&text[..at], resumed)
+        }
+        None => (text, None),
     };
     if !text.starts_with("/* CTF 1.8 */") {
         return err(1, "not a CTF 1.8 text metadata file written by hvtrace (no `/* CTF 1.8 */` first line)");
@@ -275,7 +285,10 @@ pub fn parse(text: &str) -> Result<Metadata, MetadataError> {
     }
 
     let first_line = preamble.lines().count() + 1;
-    let schema = parse_events(events, first_line)?;
+    let mut schema = parse_events(events, first_line, 0)?;
+    if let Some((more, line)) = registered {
+        schema.events.extend(parse_events(more, line, schema.events.len())?.events);
+    }
     Ok(Metadata { schema, ..md })
 }
 
@@ -334,7 +347,8 @@ impl<'t> Lines<'t> {
     }
 }
 
-fn parse_events(text: &str, first_line: usize) -> Result<TraceSchema, MetadataError> {
+/// Parses event blocks whose ids start at `first_id`.
+fn parse_events(text: &str, first_line: usize, first_id: usize) -> Result<TraceSchema, MetadataError> {
     let mut lines = Lines { it: text.lines().enumerate().peekable(), first: first_line, last: first_line };
     let mut events = Vec::new();
     while let Some((n, l)) = lines.next() {
@@ -350,8 +364,9 @@ fn parse_events(text: &str, first_line: usize) -> Result<TraceSchema, MetadataEr
             _ => return err(nl, format!("event name must be a string literal, found `{name}`")),
         };
         let (il, id) = lines.value("id")?;
-        if id.parse::<usize>().ok() != Some(events.len()) {
-            return err(il, format!("event ids must be 0, 1, 2, … in order: expected {}, found `{id}`", events.len()));
+        let want = first_id + events.len();
+        if id.parse::<usize>().ok() != Some(want) {
+            return err(il, format!("event ids must be 0, 1, 2, … in order: expected {want}, found `{id}`"));
         }
         let (sl, sid) = lines.value("stream_id")?;
         if sid != "0" {

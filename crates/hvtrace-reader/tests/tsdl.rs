@@ -177,3 +177,40 @@ fn never_panics() {
         }
     }
 }
+
+/// Classes registered during a session are appended to `metadata` as they
+/// come: after the VMM's own, or, in a trace with kernel streams, after
+/// the kernel's part and the marker that says the VMM's classes resume.
+#[test]
+fn classes_appended_mid_session_are_read_after_the_kernel_part_too() {
+    use hvtrace_core::metadata::{write_event, KERNEL_STREAMS_MARKER, VMM_CLASSES_RESUME_MARKER};
+    use hvtrace_core::FieldKind;
+    let n = all::Events::EVENTS.len() as u32;
+    let mut appended = String::new();
+    write_event(&mut appended, n, "dev_added", [("bus", FieldKind::Str)]).unwrap();
+    write_event(&mut appended, n + 1, "irq", []).unwrap();
+    let vmm = rendered(&desc("h"), all::Events::EVENTS);
+    let names = |md: &hvtrace_reader::Metadata| md.schema.events.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+
+    let plain = parse(&format!("{vmm}{appended}")).unwrap();
+    assert_eq!(names(&plain)[n as usize..], ["dev_added", "irq"]);
+
+    let kernel = "\nstream {\n\tid = 1;\n};\nevent {\n\tname = \"sched_switch\";\n\tid = 0;\n\tstream_id = 1;\n};\n";
+    let with_kernel = format!("{vmm}{KERNEL_STREAMS_MARKER}{kernel}\n{VMM_CLASSES_RESUME_MARKER}\n{appended}");
+    let md = parse(&with_kernel).unwrap();
+    assert_eq!(names(&md), names(&plain), "the kernel's part is skipped, the VMM's resumes");
+    // Without the marker, nothing after the kernel's part is the VMM's.
+    let md = parse(&format!("{vmm}{KERNEL_STREAMS_MARKER}{kernel}")).unwrap();
+    assert_eq!(md.schema.events.len(), n as usize);
+    // Appended ids go on from the VMM's own, in order.
+    let mut skipped = String::new();
+    write_event(&mut skipped, n + 1, "irq", []).unwrap();
+    let e =
+        parse(&format!("{vmm}{KERNEL_STREAMS_MARKER}{kernel}\n{VMM_CLASSES_RESUME_MARKER}\n{skipped}")).unwrap_err();
+    assert!(e.to_string().contains(&format!("expected {n}, found `{}`", n + 1)), "{e}");
+    let last = format!("\tid = {};", n + 1);
+    let line = with_kernel.lines().position(|l| l == last).map(|i| i + 1);
+    assert!(line.is_some());
+    let e = parse(&with_kernel.replace(&last, "\tid = 99;")).unwrap_err();
+    assert_eq!(Some(e.line), line, "{e}: errors name the line in the file");
+}

@@ -14,6 +14,7 @@
 //! | [`seqpacket`] | the Unix `SOCK_SEQPACKET` control socket, with fd passing and peer credentials |
 //! | [`cpu`] | current CPU, pinning, online / possible CPU lists |
 //! | [`membarrier`] | the heavy half of the asymmetric fence that takes an owned ring back |
+//! | [`metalog`] | [`MappedMetaLog`]: a consumer's reader of a channel's metadata log (no `unsafe` for the caller) |
 //! | [`ring`] | [`MappedReader`]: a consumer's ring reader over mappings it owns (no `unsafe` for the caller) |
 //! | [`fs`] | files created relative to an open directory (`O_EXCL \| O_NOFOLLOW`), their `O_DIRECT` twin, group lookup |
 //! | [`direct`] | `O_DIRECT` descriptors on files and the alignment they need ([`DioAlign`]) |
@@ -30,6 +31,7 @@ pub mod eventfd;
 pub mod fs;
 pub mod membarrier;
 pub mod memfd;
+pub mod metalog;
 pub mod mmap;
 pub mod proc;
 pub mod ring;
@@ -39,6 +41,7 @@ pub mod tracefs;
 pub use direct::DioAlign;
 pub use epoll::{PollEvent, Poller};
 pub use eventfd::EventFd;
+pub use metalog::MappedMetaLog;
 pub use mmap::SharedMapping;
 pub use ring::MappedReader;
 pub use seqpacket::{Conn, Listener, PeerCred};

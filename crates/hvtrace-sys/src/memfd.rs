@@ -59,6 +59,13 @@ pub fn seals<Fd: AsFd>(fd: Fd) -> io::Result<u32> {
     Ok(rustix::fs::fcntl_get_seals(fd)?.bits())
 }
 
+/// Whether the file's size is sealed against shrinking (`F_SEAL_SHRINK`):
+/// only then can a reader map it without risking `SIGBUS` when its owner
+/// truncates it.
+pub fn shrink_is_sealed<Fd: AsFd>(fd: Fd) -> io::Result<bool> {
+    Ok(rustix::fs::fcntl_get_seals(fd)?.contains(SealFlags::SHRINK))
+}
+
 /// Returns the size in bytes of the file behind `fd`.
 pub fn file_len<Fd: AsFd>(fd: Fd) -> io::Result<u64> {
     let st = rustix::fs::fstat(fd)?;
@@ -127,6 +134,8 @@ mod tests {
         assert_eq!(rustix::io::write(&fd, b"x").unwrap_err(), rustix::io::Errno::PERM);
         // F_SEAL_SEAL: no more seals.
         assert!(rustix::fs::fcntl_add_seals(&fd, SealFlags::WRITE).is_err());
+        assert!(shrink_is_sealed(&fd).unwrap());
+        assert!(!shrink_is_sealed(create_memfd("hvtrace-meta-unsealed", 4096).unwrap()).unwrap());
     }
 
     #[test]

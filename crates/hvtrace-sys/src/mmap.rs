@@ -47,6 +47,17 @@ impl SharedMapping {
         Ok(Self { map, writable: false })
     }
 
+    /// Maps the first `len` bytes of `fd` read-only like
+    /// [`map_ro`](Self::map_ro), but without `MAP_POPULATE`: for a large,
+    /// mostly unwritten file (a metadata log) whose pages a reader touches
+    /// only as they fill; populating would allocate every page of a memfd.
+    pub fn map_ro_lazy<Fd: AsFd>(fd: Fd, len: usize) -> io::Result<Self> {
+        let fd = fd.as_fd();
+        check_len(fd, len)?;
+        let map = MmapOptions::new().len(len).map_raw_read_only(&fd)?;
+        Ok(Self { map, writable: false })
+    }
+
     /// Start of the mapping (page aligned).
     pub fn as_ptr(&self) -> *const u8 {
         self.map.as_ptr()
