@@ -2,16 +2,20 @@
 //! decoded by `scripts/check-perfetto` with Perfetto's own protobuf
 //! definitions (PyPI `perfetto`): balanced slices per track, time never
 //! backwards on a track, interned ids resolve; and on a KVM trace, one
-//! slice per `vm_exit` record (counted by babeltrace2), reason by reason.
+//! slice per `vm_exit` record (counted by babeltrace2), reason by reason;
+//! on an imported xentrace file, one per exit record, as babeltrace2 and
+//! xenalyze count them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use hvtrace_sim::VmxExitReason;
+use hvtrace_xen::gen::Scenario;
 use serde_json::Value;
 
 mod views;
-use views::{babeltrace_exits, hvtrace, stderr};
+use views::{babeltrace_count, babeltrace_exits, hvtrace, stderr};
 
 fn tempdir(what: &str) -> PathBuf {
     views::tempdir("export", what)
@@ -93,6 +97,61 @@ fn a_simulated_xen_export_decodes_balanced_with_exits_hypercalls_and_pcpus() {
         assert!(tracks.contains(&want), "no track {want}: {tracks:?}");
     }
     assert!(tracks.iter().any(|t| t.starts_with("vCPU d0v")), "no vCPU track: {tracks:?}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// The exit record classes of an imported xentrace file.
+const XEN_EXITS: [&str; 4] = ["vmx_exit64", "vmx_exit", "svm_exit64", "svm_exit"];
+
+#[test]
+fn an_imported_xentrace_export_has_one_slice_per_exit_as_babeltrace2_and_xenalyze_count() {
+    let tmp = tempdir("xentrace");
+    let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, lost: 17, ..Scenario::default() }.generate();
+    let input = tmp.join("gen.xentrace");
+    std::fs::write(&input, &g.bytes).unwrap();
+    let dir = tmp.join("trace");
+    let out = hvtrace(&[
+        "import",
+        "xentrace",
+        "--cpu-hz",
+        "2400000000",
+        "-o",
+        dir.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "hvtrace import failed: {}", stderr(&out));
+    let Some(check) = export_and_check(&dir) else { return };
+    let slices = check["slices"].as_object().unwrap();
+    let slice_count = |name: &str| slices.get(name).and_then(Value::as_u64).unwrap_or(0);
+    let Some(records) = babeltrace_count(&dir, &XEN_EXITS, &["domid", "exit_reason"]) else { return };
+    // The generator's exits are all of real domains (not idle, not unknown:
+    // the model leaves those out), so every exit record is one of the model's.
+    let mut exits = BTreeMap::<String, u64>::new();
+    for (k, n) in &records {
+        let domid: u32 = k[0].parse().unwrap();
+        assert!((1..=5).contains(&domid), "an exit of domain {domid}");
+        *exits.entry(k[1].clone()).or_default() += n;
+    }
+    assert_eq!(exits.values().sum::<u64>(), g.exits.len() as u64, "babeltrace2's exit records are the generator's");
+    for (reason, n) in &exits {
+        assert_eq!(slice_count(reason), *n, "slices named {reason}");
+    }
+    for (name, n) in slices {
+        let other = name.starts_with("hypercall ") || name.starts_with('d') && name[1..].contains('v');
+        assert!(exits.contains_key(name) || other, "{n} slices named {name}, which is no exit reason");
+    }
+    if Command::new("xenalyze").arg("--help").output().is_err() {
+        eprintln!("SKIP: xenalyze not installed (apt-get install xen-utils-4.17): its exit counts were not compared");
+        return;
+    }
+    let o = Command::new("xenalyze").arg("--summary").arg(&input).output().unwrap();
+    assert!(o.status.success(), "xenalyze failed: {}", stderr(&o));
+    let mut theirs = BTreeMap::<String, u64>::new();
+    for ((_, _, code), (n, _)) in hvtrace_xen::xenalyze::exits(&String::from_utf8_lossy(&o.stdout)).unwrap() {
+        let name = VmxExitReason::LABELS.iter().find(|l| l.value == i64::from(code)).expect("a VMX reason").label;
+        *theirs.entry(name.to_string()).or_default() += n;
+    }
+    assert_eq!(theirs, exits, "xenalyze's exits per reason");
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

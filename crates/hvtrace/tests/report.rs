@@ -1,10 +1,15 @@
 //! `hvtrace report` through the built binary: the page is self-contained
 //! (no script, no external reference), holds the analyze tables, a chart
 //! per vCPU and the timeline, stays small on a large trace, and opens in
-//! headless Chromium with no console error.
+//! headless Chromium with no console error; a report of an imported
+//! xentrace file counts the generator's exits.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use hvtrace_sim::VmxExitReason;
+use hvtrace_xen::gen::Scenario;
 
 mod views;
 use views::{hvtrace, stderr};
@@ -76,13 +81,11 @@ fn the_timeline_is_downsampled_whatever_the_number_of_events() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-#[test]
-fn the_report_opens_in_headless_chromium_with_no_console_error() {
-    let Some(exe) = chromium() else { return };
-    let tmp = tempdir("chromium");
-    demo_report(&tmp, 20_000);
-    let profile = tmp.join("profile");
-    let url = format!("file://{}", tmp.join("report.html").display());
+/// Opens the page at `html` in headless Chromium: its DOM, after asserting
+/// the browser logged no console message.
+fn open_in_chromium(exe: &str, html: &Path) -> String {
+    let profile = html.with_file_name("chromium-profile");
+    let url = format!("file://{}", html.display());
     let out = Command::new(exe)
         .args([
             "--headless",
@@ -102,9 +105,73 @@ fn the_report_opens_in_headless_chromium_with_no_console_error() {
         .expect("run chromium");
     let log = stderr(&out);
     assert!(out.status.success(), "chromium failed: {log}");
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(dom.contains("<svg") && dom.contains("pCPU 0"), "chromium's DOM lacks the timeline");
     let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
     assert!(console.is_empty(), "console messages: {console:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_report_opens_in_headless_chromium_with_no_console_error() {
+    let Some(exe) = chromium() else { return };
+    let tmp = tempdir("chromium");
+    demo_report(&tmp, 20_000);
+    let dom = open_in_chromium(exe, &tmp.join("report.html"));
+    assert!(dom.contains("<svg") && dom.contains("pCPU 0"), "chromium's DOM lacks the timeline");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `(vCPU, reason) → count` of the page's Exits table.
+fn exits_table(html: &str) -> BTreeMap<(String, String), u64> {
+    let from = html.find("<h2>Exits</h2>").expect("an Exits table");
+    let table = &html[from..from + html[from..].find("</table>").unwrap()];
+    let mut n = BTreeMap::new();
+    for row in table.split("<tr>").skip(2) {
+        let cells: Vec<&str> = row.split("<td>").skip(1).map(|c| c.split("</td>").next().unwrap()).collect();
+        // vCPU, reason, code, count, ...
+        n.insert((cells[0].to_string(), cells[1].to_string()), cells[3].parse().unwrap());
+    }
+    n
+}
+
+#[test]
+fn a_report_of_an_imported_xentrace_file_counts_its_exits_and_opens_in_chromium() {
+    let tmp = tempdir("xentrace");
+    let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, lost: 17, ..Scenario::default() }.generate();
+    let input = tmp.join("gen.xentrace");
+    std::fs::write(&input, &g.bytes).unwrap();
+    let dir = tmp.join("trace");
+    let out = hvtrace(&[
+        "import",
+        "xentrace",
+        "--cpu-hz",
+        "2400000000",
+        "-o",
+        dir.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "hvtrace import failed: {}", stderr(&out));
+    let file = tmp.join("report.html");
+    let out = hvtrace(&["report", dir.to_str().unwrap(), "--output", file.to_str().unwrap()]);
+    assert!(out.status.success(), "hvtrace report failed: {}", stderr(&out));
+    let html = std::fs::read_to_string(&file).unwrap();
+    // The generator's exits, per vCPU and reason name, are the table's.
+    let mut truth = BTreeMap::new();
+    for e in &g.exits {
+        let name = VmxExitReason::LABELS.iter().find(|l| l.value == i64::from(e.reason)).expect("a VMX reason").label;
+        *truth.entry((format!("d{}v{}", e.domid, e.vcpu), name.to_string())).or_default() += 1;
+    }
+    assert_eq!(exits_table(&html), truth);
+    let t = timeline(&html);
+    for lane in ["pCPU 0", "pCPU 1", "pCPU 2"] {
+        assert!(t.contains(lane), "no lane {lane} in the timeline");
+    }
+    // Every domain's vCPUs ran somewhere: each has its colour in the timeline.
+    for d in 1..=5 {
+        assert!(t.contains(&format!("<title>d{d}v0</title>")), "d{d}v0 never runs in the timeline");
+    }
+    assert!(t.contains("<title>events lost</title>"), "the lost records are not hatched");
+    let Some(exe) = chromium() else { return };
+    let dom = open_in_chromium(exe, &file);
+    assert!(dom.contains("<svg") && dom.contains("pCPU 2"), "chromium's DOM lacks the timeline");
     let _ = std::fs::remove_dir_all(&tmp);
 }

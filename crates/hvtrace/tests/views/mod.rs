@@ -39,23 +39,38 @@ pub fn last_json(out: &Output) -> Value {
 /// `(vcpu, reason label) → vm_exit records` as babeltrace2 decodes them, or
 /// `None` (said loudly) without babeltrace2.
 pub fn babeltrace_exits(dir: &Path) -> Option<BTreeMap<(u64, String), u64>> {
+    let n = babeltrace_count(dir, &["vm_exit"], &["vcpu", "reason"])?;
+    Some(n.into_iter().map(|(k, n)| ((k[0].parse().unwrap(), k[1].clone()), n)).collect())
+}
+
+/// Records of the event `classes` as babeltrace2 decodes them, counted by
+/// the values of `fields` (an enumeration by its label), or `None` (said
+/// loudly) without babeltrace2.
+pub fn babeltrace_count(dir: &Path, classes: &[&str], fields: &[&str]) -> Option<BTreeMap<Vec<String>, u64>> {
     let out = match Command::new("babeltrace2").arg(dir).output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("SKIP: babeltrace2 not installed: the vm_exit records were not counted with it");
+            eprintln!("SKIP: babeltrace2 not installed: the {classes:?} records were not counted with it");
             return None;
         }
         Err(e) => panic!("babeltrace2: {e}"),
     };
     assert!(out.status.success(), "babeltrace2 failed: {}", stderr(&out));
     let mut n = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" vm_exit: {")) {
+    let heads: Vec<String> = classes.iter().map(|c| format!(" {c}: {{")).collect();
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| heads.iter().any(|h| l.contains(h))) {
         // `... vm_exit: { cpu_id = 0 }, { vcpu = 1, reason = ( "io" : container = 2 ), ... }`
-        let field =
-            |name: &str| line.split(&format!(" {name} = ")).nth(1).unwrap_or_else(|| panic!("no {name} in {line}"));
-        let vcpu: u64 = field("vcpu").split(',').next().unwrap().trim().parse().unwrap();
-        let reason = field("reason").split('"').nth(1).unwrap().to_string();
-        *n.entry((vcpu, reason)).or_default() += 1;
+        let key = fields
+            .iter()
+            .map(|name| {
+                let v = line.split(&format!(" {name} = ")).nth(1).unwrap_or_else(|| panic!("no {name} in {line}"));
+                match v.strip_prefix("( \"") {
+                    Some(enumeration) => enumeration.split('"').next().unwrap().to_string(),
+                    None => v.split([',', ' ']).next().unwrap().to_string(),
+                }
+            })
+            .collect();
+        *n.entry(key).or_default() += 1;
     }
     Some(n)
 }
