@@ -10,12 +10,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hvtrace_sim::VmxExitReason;
-use hvtrace_xen::gen::Scenario;
 use serde_json::Value;
 
 mod views;
-use views::{babeltrace_count, babeltrace_exits, hvtrace, stderr};
+use views::{babeltrace_count, babeltrace_exits, hvtrace, imported_xentrace, stderr, vmx_reason};
 
 fn tempdir(what: &str) -> PathBuf {
     views::tempdir("export", what)
@@ -33,8 +31,14 @@ fn export_and_check(dir: &Path) -> Option<Value> {
     let file = dir.with_extension("pftrace");
     let out = hvtrace(&["export", dir.to_str().unwrap(), "--format", "perfetto", "--output", file.to_str().unwrap()]);
     assert!(out.status.success(), "hvtrace export failed: {}", stderr(&out));
+    check(&file)
+}
+
+/// `scripts/check-perfetto FILE`'s findings; `None` (said loudly) without
+/// the `perfetto` package.
+fn check(file: &Path) -> Option<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check-perfetto");
-    let out = match Command::new(python()).arg(&script).arg(&file).output() {
+    let out = match Command::new(python()).arg(&script).arg(file).output() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("SKIP: {} cannot run ({e}): the export was not decoded with Perfetto's definitions", python());
@@ -106,20 +110,7 @@ const XEN_EXITS: [&str; 4] = ["vmx_exit64", "vmx_exit", "svm_exit64", "svm_exit"
 #[test]
 fn an_imported_xentrace_export_has_one_slice_per_exit_as_babeltrace2_and_xenalyze_count() {
     let tmp = tempdir("xentrace");
-    let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, lost: 17, ..Scenario::default() }.generate();
-    let input = tmp.join("gen.xentrace");
-    std::fs::write(&input, &g.bytes).unwrap();
-    let dir = tmp.join("trace");
-    let out = hvtrace(&[
-        "import",
-        "xentrace",
-        "--cpu-hz",
-        "2400000000",
-        "-o",
-        dir.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "hvtrace import failed: {}", stderr(&out));
+    let (input, dir, g) = imported_xentrace(&tmp);
     let Some(check) = export_and_check(&dir) else { return };
     let slices = check["slices"].as_object().unwrap();
     let slice_count = |name: &str| slices.get(name).and_then(Value::as_u64).unwrap_or(0);
@@ -148,7 +139,7 @@ fn an_imported_xentrace_export_has_one_slice_per_exit_as_babeltrace2_and_xenalyz
     assert!(o.status.success(), "xenalyze failed: {}", stderr(&o));
     let mut theirs = BTreeMap::<String, u64>::new();
     for ((_, _, code), (n, _)) in hvtrace_xen::xenalyze::exits(&String::from_utf8_lossy(&o.stdout)).unwrap() {
-        let name = VmxExitReason::LABELS.iter().find(|l| l.value == i64::from(code)).expect("a VMX reason").label;
+        let name = vmx_reason(code);
         *theirs.entry(name.to_string()).or_default() += n;
     }
     assert_eq!(theirs, exits, "xenalyze's exits per reason");

@@ -8,11 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hvtrace_sim::VmxExitReason;
-use hvtrace_xen::gen::Scenario;
-
 mod views;
-use views::{hvtrace, stderr};
+use views::{hvtrace, imported_xentrace, stderr, vmx_reason};
 
 fn tempdir(what: &str) -> PathBuf {
     views::tempdir("report", what)
@@ -136,20 +133,7 @@ fn exits_table(html: &str) -> BTreeMap<(String, String), u64> {
 #[test]
 fn a_report_of_an_imported_xentrace_file_counts_its_exits_and_opens_in_chromium() {
     let tmp = tempdir("xentrace");
-    let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, lost: 17, ..Scenario::default() }.generate();
-    let input = tmp.join("gen.xentrace");
-    std::fs::write(&input, &g.bytes).unwrap();
-    let dir = tmp.join("trace");
-    let out = hvtrace(&[
-        "import",
-        "xentrace",
-        "--cpu-hz",
-        "2400000000",
-        "-o",
-        dir.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "hvtrace import failed: {}", stderr(&out));
+    let (_, dir, g) = imported_xentrace(&tmp);
     let file = tmp.join("report.html");
     let out = hvtrace(&["report", dir.to_str().unwrap(), "--output", file.to_str().unwrap()]);
     assert!(out.status.success(), "hvtrace report failed: {}", stderr(&out));
@@ -157,7 +141,7 @@ fn a_report_of_an_imported_xentrace_file_counts_its_exits_and_opens_in_chromium(
     // The generator's exits, per vCPU and reason name, are the table's.
     let mut truth = BTreeMap::new();
     for e in &g.exits {
-        let name = VmxExitReason::LABELS.iter().find(|l| l.value == i64::from(e.reason)).expect("a VMX reason").label;
+        let name = vmx_reason(e.reason);
         *truth.entry((format!("d{}v{}", e.domid, e.vcpu), name.to_string())).or_default() += 1;
     }
     assert_eq!(exits_table(&html), truth);

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use hvtrace_sim::VmxExitReason;
+use hvtrace_xen::gen::{Generated, Scenario};
 use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_hvtrace");
@@ -73,4 +75,24 @@ pub fn babeltrace_count(dir: &Path, classes: &[&str], fields: &[&str]) -> Option
         *n.entry(key).or_default() += 1;
     }
     Some(n)
+}
+
+/// A generated Xen host (3 pCPUs, 5 domains of 2 vCPUs, 17 lost records)
+/// written to `tmp/gen.xentrace` and imported by `hvtrace import xentrace`
+/// (at xenalyze's 2.4 GHz) into `tmp/trace`: the file, the trace, and what
+/// the generator wrote.
+pub fn imported_xentrace(tmp: &Path) -> (PathBuf, PathBuf, Generated) {
+    let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, lost: 17, ..Scenario::default() }.generate();
+    let input = tmp.join("gen.xentrace");
+    std::fs::write(&input, &g.bytes).unwrap();
+    let dir = tmp.join("trace");
+    let (i, d) = (input.to_str().unwrap(), dir.to_str().unwrap());
+    let out = hvtrace(&["import", "xentrace", "--cpu-hz", "2400000000", "-o", d, i]);
+    assert!(out.status.success(), "hvtrace import failed: {}", stderr(&out));
+    (input, dir, g)
+}
+
+/// The name of VMX basic exit reason `code`.
+pub fn vmx_reason(code: u32) -> &'static str {
+    VmxExitReason::LABELS.iter().find(|l| l.value == i64::from(code)).expect("a VMX reason").label
 }
