@@ -75,7 +75,8 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Read(e) => e.fmt(f),
+            // The cause follows in the source chain (anyhow prints it).
+            Error::Read(_) => f.write_str("cannot read the trace"),
             Error::Damage { stream, offset, what } => write!(
                 f,
                 "{stream}: damage at byte {offset} ({what}); run `hvtrace check` to see which packets are intact"

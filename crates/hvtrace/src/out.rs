@@ -3,7 +3,11 @@
 //! progress and warnings to stderr through [`note`], which never fails the
 //! command: a closed stderr is no reason to stop tracing.
 
+use std::fs::File;
 use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 
 /// Writes one line to stderr, ignoring errors (unlike `eprintln!`, which
 /// panics when stderr is a closed pipe).
@@ -15,4 +19,17 @@ pub fn note(line: std::fmt::Arguments<'_>) {
 /// `who` (the host never prints on its own).
 pub fn host_logger(who: &'static str) -> hvtrace_host::Logger {
     hvtrace_host::Logger::new(move |n| note(format_args!("{who}: {n}")))
+}
+
+/// Creates (or truncates) the output file `path` and has `write` fill it.
+/// If `write` fails, a regular file at `path` is removed: a failed command
+/// leaves no empty or partial output that would look like a whole one (a
+/// device, a FIFO or a link is left alone).
+pub fn to_file<T>(path: &Path, write: impl FnOnce(&mut File) -> Result<T>) -> Result<T> {
+    let mut file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let r = write(&mut file);
+    if r.is_err() && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file()) {
+        let _ = std::fs::remove_file(path);
+    }
+    r
 }

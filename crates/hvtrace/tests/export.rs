@@ -13,7 +13,7 @@ use std::process::Command;
 use serde_json::Value;
 
 mod views;
-use views::{babeltrace_count, babeltrace_exits, hvtrace, imported_xentrace, stderr, vmx_reason};
+use views::{babeltrace_count, babeltrace_exits, damaged_demo, hvtrace, imported_xentrace, stderr, vmx_reason};
 
 fn tempdir(what: &str) -> PathBuf {
     views::tempdir("export", what)
@@ -147,16 +147,43 @@ fn an_imported_xentrace_export_has_one_slice_per_exit_as_babeltrace2_and_xenalyz
 }
 
 #[test]
-fn a_missing_trace_is_a_clear_error() {
+fn a_damaged_trace_exports_every_intact_packet_with_a_warning() {
+    let tmp = tempdir("damaged");
+    let (dir, intact) = damaged_demo(&tmp);
+    let file = tmp.join("damaged.pftrace");
+    let out = hvtrace(&["export", dir.to_str().unwrap(), "--output", file.to_str().unwrap()]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "a damaged trace exports, with warnings: {log}");
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("warning") && log.contains("channel0_0: skipped bytes 49152..65536"), "{log}");
+    assert!(log.contains("warning") && log.contains("channel0_1: skipped"), "{log}");
+    let Some(check) = check(&file) else { return };
+    // Every exit record of the intact packets, as babeltrace2 reads the
+    // repaired copy, is a slice named by its reason; none more.
+    let Some(records) = babeltrace_count(&intact, &["vm_exit"], &["reason"]) else { return };
+    let slices = check["slices"].as_object().unwrap();
+    assert!(records.values().sum::<u64>() > 1000, "{records:?}");
+    for (k, n) in &records {
+        assert_eq!(slices.get(&k[0]).and_then(Value::as_u64), Some(*n), "slices named {}", k[0]);
+    }
+    let other = |name: &str| name.starts_with("hypercall ") || name.starts_with('d') && name[1..].contains('v');
+    for (name, n) in slices {
+        assert!(records.contains_key(&vec![name.clone()]) || other(name), "{n} slices named {name}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn a_missing_trace_is_a_clear_error_and_leaves_no_output_file() {
     let tmp = tempdir("missing");
-    let out = hvtrace(&[
-        "export",
-        tmp.join("nothing").to_str().unwrap(),
-        "--output",
-        tmp.join("x.pftrace").to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("nothing"), "stderr: {}", stderr(&out));
-    assert!(!stderr(&out).contains("panicked"), "stderr: {}", stderr(&out));
+    let missing = tmp.join("nothing");
+    for (cmd, file) in [("export", "x.pftrace"), ("report", "x.html")] {
+        let file = tmp.join(file);
+        let out = hvtrace(&[cmd, missing.to_str().unwrap(), "--output", file.to_str().unwrap()]);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: a trace that cannot be read is status 2: {log}");
+        assert!(log.contains("nothing") && !log.contains("panicked"), "{cmd}: {log}");
+        assert!(!file.exists(), "{cmd} left an output file behind");
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod views;
-use views::{hvtrace, imported_xentrace, stderr, vmx_reason};
+use views::{babeltrace_count, damaged_demo, hvtrace, imported_xentrace, stderr, vmx_reason};
 
 fn tempdir(what: &str) -> PathBuf {
     views::tempdir("report", what)
@@ -157,5 +157,38 @@ fn a_report_of_an_imported_xentrace_file_counts_its_exits_and_opens_in_chromium(
     let Some(exe) = chromium() else { return };
     let dom = open_in_chromium(exe, &file);
     assert!(dom.contains("<svg") && dom.contains("pCPU 2"), "chromium's DOM lacks the timeline");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn a_report_of_a_damaged_trace_shows_every_intact_packet_and_warns() {
+    let tmp = tempdir("damaged");
+    let (dir, intact) = damaged_demo(&tmp);
+    let file = tmp.join("report.html");
+    let out = hvtrace(&["report", dir.to_str().unwrap(), "--output", file.to_str().unwrap()]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "a damaged trace gives a report, with warnings: {log}");
+    assert!(log.contains("warning") && log.contains("channel0_0: skipped bytes 49152..65536"), "{log}");
+    let html = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        html.contains("<p class=\"warn\">Warning: channel0_0: skipped bytes 49152..65536"),
+        "no warning on the page"
+    );
+    // The Exits table counts the exit records of the intact packets, as
+    // babeltrace2 reads the repaired copy.
+    if let Some(records) = babeltrace_count(&intact, &["vm_exit"], &["domid", "vcpu", "reason"]) {
+        let want: BTreeMap<(String, String), u64> =
+            records.into_iter().map(|(k, n)| ((format!("d{}v{}", k[0], k[1]), k[2].clone()), n)).collect();
+        assert_eq!(exits_table(&html), want);
+    }
+    // pCPU 0's skipped packet is missing data: hatched in its lane only.
+    let t = timeline(&html);
+    let lanes: Vec<&str> = t.split("text-anchor=\"end\" font-size=\"12\">pCPU ").skip(1).collect();
+    assert_eq!(lanes.len(), 2);
+    assert!(lanes[0].contains("<title>events lost</title>"), "pCPU 0's gap is not hatched");
+    assert!(!lanes[1].contains("<title>events lost</title>"), "pCPU 1 lost nothing before its cut");
+    if let Some(exe) = chromium() {
+        open_in_chromium(exe, &file);
+    }
     let _ = std::fs::remove_dir_all(&tmp);
 }

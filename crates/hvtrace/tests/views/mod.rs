@@ -77,6 +77,44 @@ pub fn babeltrace_count(dir: &Path, classes: &[&str], fields: &[&str]) -> Option
     Some(n)
 }
 
+/// A simulated trace with 16 KiB packets in `tmp/trace`, damaged: packet 3
+/// of `channel0_0` has a flipped magic and `channel0_1` is cut 3000 bytes
+/// short. Returns the trace and `tmp/intact`, the copy `hvtrace check
+/// --repair` makes of its intact packets (babeltrace2 reads that one).
+/// Each ring (64 packets, 1 MiB) holds all of its CPU's ~0.5 MB, so no
+/// event is discarded however loaded the machine: every gap is the damage.
+pub fn damaged_demo(tmp: &Path) -> (PathBuf, PathBuf) {
+    let dir = tmp.join("trace");
+    let d = dir.to_str().unwrap();
+    let out = hvtrace(&[
+        "demo",
+        "--output",
+        d,
+        "--cpus",
+        "2",
+        "--events-per-cpu",
+        "20000",
+        "--subbuf-size",
+        "16384",
+        "--num-subbuf",
+        "64",
+        "--json",
+    ]);
+    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
+    assert_eq!(last_json(&out)["events_discarded"], 0, "the demo discarded events");
+    let f0 = dir.join("channel0_0");
+    let mut b = std::fs::read(&f0).unwrap();
+    b[3 * 16384] ^= 0xff; // the magic, the packet's first word
+    std::fs::write(&f0, &b).unwrap();
+    let f1 = dir.join("channel0_1");
+    let b = std::fs::read(&f1).unwrap();
+    std::fs::write(&f1, &b[..b.len() - 3000]).unwrap();
+    let intact = tmp.join("intact");
+    let out = hvtrace(&["check", d, "--repair", intact.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "check finds the damage: {}", stderr(&out));
+    (dir, intact)
+}
+
 /// A generated Xen host (3 pCPUs, 5 domains of 2 vCPUs, 17 lost records)
 /// written to `tmp/gen.xentrace` and imported by `hvtrace import xentrace`
 /// (at xenalyze's 2.4 GHz) into `tmp/trace`: the file, the trace, and what
