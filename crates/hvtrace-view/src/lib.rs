@@ -20,7 +20,16 @@
 //!   as debug annotations;
 //! * counter tracks: exits per second per vCPU (over [`RATE_WINDOW_NS`]
 //!   windows) and events lost per pCPU (cumulative; packet-context and
-//!   in-band losses).
+//!   in-band losses);
+//! * a `pCPU N missing data` track with a slice over each stretch whose
+//!   records are missing: `events lost` (with the count) from the pCPU's
+//!   last record before a loss to its first after, and `packets skipped
+//!   (damaged)` where damaged packets were left out (a gap of unknown size
+//!   the counter cannot show).
+//!
+//! A damaged trace is exported over its intact packets (the reader's
+//! merge walk skips what `hvtrace check` would report);
+//! [`Summary::warnings`] names each stretch skipped.
 //!
 //! Event and annotation names are interned on one packet sequence
 //! (sequence-scoped incremental state), so a name is written once. Packets
@@ -137,7 +146,10 @@ pub(crate) enum FieldOut<'a> {
 pub(crate) trait Sink {
     fn model(&mut self, ns: u64, pcpu: u32, e: Event<'_>) -> io::Result<()>;
     fn unmapped(&mut self, ns: u64, pcpu: u32, class: &str, fields: &[(&str, FieldOut<'_>)]) -> io::Result<()>;
-    fn lost(&mut self, ns: u64, pcpu: u32, count: u64) -> io::Result<()>;
+    /// `count` events of `pcpu` lost between `since` (its last record
+    /// before them, if any) and `ns`; 0: a gap of unknown size (damaged
+    /// packets skipped).
+    fn lost(&mut self, since: Option<u64>, ns: u64, pcpu: u32, count: u64) -> io::Result<()>;
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -158,6 +170,9 @@ struct VcpuTrack {
 struct PcpuTrack {
     running: Option<Vcpu>,
     lost: u64,
+    /// End of the last missing-data slice (they must not overlap: two
+    /// streams, e.g. the VMM's and the kernel's, may share a pCPU).
+    missing_until: u64,
 }
 
 fn domain_uuid(d: u32) -> u64 {
@@ -174,6 +189,9 @@ fn rate_uuid(v: Vcpu) -> u64 {
 }
 fn lost_uuid(c: u32) -> u64 {
     5 << 56 | u64::from(c)
+}
+fn missing_uuid(c: u32) -> u64 {
+    6 << 56 | u64::from(c)
 }
 
 struct Exporter<'w> {
@@ -346,6 +364,11 @@ impl<'w> Exporter<'w> {
             counter: Some(counter),
             ..Default::default()
         })?;
+        self.descriptor(TrackDescriptor {
+            uuid: Some(missing_uuid(c)),
+            name: Some(format!("pCPU {c} missing data")),
+            ..Default::default()
+        })?;
         self.pcpus.insert(c, PcpuTrack::default());
         Ok(())
     }
@@ -478,7 +501,7 @@ impl Sink for Exporter<'_> {
                 }
                 self.event(ns, pcpu_uuid(pcpu), TYPE_INSTANT, Some("interrupt"), ann)?;
             }
-            Event::Lost { count } => self.lost(ns, pcpu, count)?,
+            Event::Lost { count } => self.lost(None, ns, pcpu, count)?,
             _ => {}
         }
         Ok(())
@@ -500,13 +523,27 @@ impl Sink for Exporter<'_> {
         self.event(ns, pcpu_uuid(pcpu), TYPE_INSTANT, Some(class), ann)
     }
 
-    fn lost(&mut self, ns: u64, pcpu: u32, count: u64) -> io::Result<()> {
+    fn lost(&mut self, since: Option<u64>, ns: u64, pcpu: u32, count: u64) -> io::Result<()> {
         self.pcpu(pcpu)?;
         self.summary.lost += count;
         let t = self.pcpus.get_mut(&pcpu).expect("described");
         t.lost += count;
         let total = t.lost;
-        self.counter(ns, lost_uuid(pcpu), total as i64)
+        // What happened on the pCPU between its last record and `ns` is
+        // unknown: a slice says so where the counter cannot (a gap of
+        // damaged packets has no count).
+        let begin = since.unwrap_or(ns).clamp(t.missing_until, ns);
+        t.missing_until = ns;
+        if count > 0 {
+            self.counter(ns, lost_uuid(pcpu), total as i64)?;
+        }
+        let (name, ann) = if count > 0 {
+            ("events lost", vec![self.uint_annotation("count", count)])
+        } else {
+            ("packets skipped (damaged)", Vec::new())
+        };
+        self.event(begin, missing_uuid(pcpu), TYPE_SLICE_BEGIN, Some(name), ann)?;
+        self.event(ns, missing_uuid(pcpu), TYPE_SLICE_END, None, Vec::new())
     }
 }
 
@@ -526,7 +563,7 @@ mod tests {
         {
             let mut x = Exporter::new(&mut bytes);
             for &(ns, c, n) in losses {
-                x.lost(ns, c, n).unwrap();
+                x.lost(None, ns, c, n).unwrap();
             }
             for &(ns, c, e) in events {
                 x.model(ns, c, e).unwrap();
@@ -571,6 +608,36 @@ mod tests {
         );
         // The pCPU showed the vCPU until it blocked.
         assert_eq!(on(&p, pcpu_uuid(1)), [(10, TYPE_SLICE_BEGIN), (40, TYPE_SLICE_END)]);
+    }
+
+    #[test]
+    fn missing_data_is_a_slice_from_the_last_record_and_slices_never_overlap() {
+        let mut bytes = Vec::new();
+        {
+            let mut x = Exporter::new(&mut bytes);
+            x.lost(Some(100), 200, 0, 0).unwrap(); // a gap of damaged packets
+            x.lost(Some(150), 300, 0, 4).unwrap(); // another stream of pCPU 0, overlapping
+            x.lost(None, 400, 0, 2).unwrap(); // an in-band loss: no known start
+            x.out.flush().unwrap();
+        }
+        let p = Trace::decode(&bytes[..]).expect("a Trace").packet;
+        assert_eq!(
+            on(&p, missing_uuid(0)),
+            [
+                (100, TYPE_SLICE_BEGIN),
+                (200, TYPE_SLICE_END),
+                (200, TYPE_SLICE_BEGIN),
+                (300, TYPE_SLICE_END),
+                (400, TYPE_SLICE_BEGIN),
+                (400, TYPE_SLICE_END)
+            ]
+        );
+        // The counter moves only with counted losses.
+        let lost: Vec<_> = p
+            .iter()
+            .filter_map(|p| p.track_event.as_ref().filter(|e| e.track_uuid == Some(lost_uuid(0)))?.counter_value)
+            .collect();
+        assert_eq!(lost, [4, 6]);
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl Sink for Timeline {
                 self.runs(ns, pcpu, Some(vcpu))
             }
             Event::Runstate { vcpu, .. } if running == Some(vcpu) => self.runs(ns, pcpu, None),
-            Event::Lost { count } => self.lost(ns, pcpu, count)?,
+            Event::Lost { count } => self.lost(None, ns, pcpu, count)?,
             _ => {}
         }
         Ok(())
@@ -131,8 +131,9 @@ impl Sink for Timeline {
         Ok(())
     }
 
-    fn lost(&mut self, ns: u64, pcpu: u32, _count: u64) -> io::Result<()> {
-        let since = self.lane(ns, pcpu).last.unwrap_or(ns);
+    fn lost(&mut self, since: Option<u64>, ns: u64, pcpu: u32, _count: u64) -> io::Result<()> {
+        let last = self.lane(ns, pcpu).last;
+        let since = since.or(last).unwrap_or(ns);
         let (c0, c1) = (self.col(since), self.col(ns));
         let lane = self.lanes.get_mut(&pcpu).expect("lane");
         for m in &mut lane.missing[c0..=c1] {
@@ -415,7 +416,7 @@ mod tests {
         let v = Vcpu::new(1, 0);
         tl.model(0, 0, Event::Entry { vcpu: v }).unwrap();
         tl.model(1000, 0, Event::Entry { vcpu: v }).unwrap();
-        tl.lost(3000, 0, 5).unwrap();
+        tl.lost(None, 3000, 0, 5).unwrap();
         let missing: Vec<usize> = (0..COLUMNS).filter(|&c| tl.lanes[&0].missing[c]).collect();
         assert_eq!(missing, (100..=300).collect::<Vec<_>>());
     }

@@ -30,13 +30,13 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
     let mut trailing = Vec::new();
     while let Some(item) = merge.next_item() {
         let r = match item.map_err(Error::Read)? {
-            Item::Lost { cpu, at: Some(at), count, .. } => {
-                sink.lost(ns(at), cpu, count).map_err(write)?;
+            Item::Lost { cpu, since, at: Some(at), count, .. } => {
+                sink.lost(since.map(ns), ns(at), cpu, count).map_err(write)?;
                 continue;
             }
             // Losses after a stream's last record still count, at the end.
-            Item::Lost { cpu, at: None, count, .. } => {
-                trailing.push((cpu, count));
+            Item::Lost { cpu, since, at: None, count, .. } => {
+                trailing.push((since.map(ns), cpu, count));
                 continue;
             }
             Item::Record(r) => r,
@@ -70,8 +70,8 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
         }
         sink.unmapped(t, r.cpu, &class.name, &fields_out).map_err(write)?;
     }
-    for (cpu, count) in trailing {
-        sink.lost(end, cpu, count).map_err(write)?;
+    for (since, cpu, count) in trailing {
+        sink.lost(since, end, cpu, count).map_err(write)?;
     }
     Ok(Walked { end, warnings: merge.warnings().to_vec() })
 }
