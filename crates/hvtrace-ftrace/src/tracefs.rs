@@ -4,7 +4,7 @@
 //! by a killed run (its process gone) is removed by the next run.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -87,6 +87,48 @@ impl CpuStats {
     pub fn lost(&self) -> u64 {
         self.overrun + self.commit_overrun + self.dropped
     }
+
+    /// Reads the text of a `stats` file (`overrun: N` lines and others);
+    /// `None` unless its three loss counters are there, each once.
+    pub fn parse(text: &str) -> Option<CpuStats> {
+        let (mut overrun, mut commit_overrun, mut dropped) = (None, None, None);
+        for l in text.lines() {
+            let Some((k, v)) = l.split_once(':') else { return None };
+            let slot = match k.trim() {
+                "overrun" => &mut overrun,
+                "commit overrun" => &mut commit_overrun,
+                "dropped events" => &mut dropped,
+                _ => continue,
+            };
+            if slot.replace(v.trim().parse::<u64>().ok()?).is_some() {
+                return None;
+            }
+        }
+        Some(CpuStats { overrun: overrun?, commit_overrun: commit_overrun?, dropped: dropped? })
+    }
+}
+
+/// Bytes a `stats` text may have (the kernel's is about 200).
+const STATS_MAX: usize = 4096;
+
+/// Reads a file in one `read` call. The kernel renders a `stats` file
+/// anew on every call and serves each call from its offset in that
+/// rendering, so text joined from several calls splices two renderings
+/// whose counters moved in between: std's `read_to_string` reads in
+/// 32-byte steps and once read `dropped events: 33589` as `335899`.
+fn read_in_one_call(r: &mut impl Read) -> io::Result<String> {
+    let mut buf = vec![0u8; STATS_MAX];
+    let n = loop {
+        match r.read(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    if n == buf.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("longer than {STATS_MAX} bytes")));
+    }
+    buf.truncate(n);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// A created instance; removed on drop.
@@ -284,19 +326,14 @@ impl Instance {
 
     /// CPU `cpu`'s loss counters.
     pub fn cpu_stats(&self, cpu: u32) -> Result<CpuStats, FtraceError> {
-        let text = self.read(&format!("per_cpu/cpu{cpu}/stats"))?;
-        let mut s = CpuStats::default();
-        for l in text.lines() {
-            let Some((k, v)) = l.split_once(':') else { continue };
-            let Ok(v) = v.trim().parse::<u64>() else { continue };
-            match k.trim() {
-                "overrun" => s.overrun = v,
-                "commit overrun" => s.commit_overrun = v,
-                "dropped events" => s.dropped = v,
-                _ => {}
-            }
-        }
-        Ok(s)
+        let file = format!("per_cpu/cpu{cpu}/stats");
+        let text = File::open(self.dir.join(&file))
+            .and_then(|mut f| read_in_one_call(&mut f))
+            .map_err(self.io_err("reading", &file))?;
+        CpuStats::parse(&text).ok_or_else(|| FtraceError::Io {
+            what: format!("reading {}", self.dir.join(&file).display()),
+            source: io::Error::new(io::ErrorKind::InvalidData, format!("no overrun/dropped counts in {text:?}")),
+        })
     }
 
     /// Removes the instance now (its files must be closed), reporting failure.
@@ -311,5 +348,71 @@ impl Drop for Instance {
         if !self.dir.as_os_str().is_empty() {
             let _ = fs::remove_dir(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This kernel's `per_cpu/cpu0/stats` (6.18, `x86-tsc`).
+    const STATS: &str = "entries: 12\noverrun: 3\ncommit overrun: 2\nbytes: 4056\n\
+                         oldest event ts: 41087813276251\nnow ts: 41087831467073\n\
+                         dropped events: 33589\nread events: 90211\n";
+
+    /// A file served like a kernel `stats` file: every `read` renders the
+    /// text anew (here `dropped events` grows by 10 a call, `entries`
+    /// shrinks as a reader drains) and copies from the caller's offset.
+    struct Regenerated {
+        calls: u64,
+        offset: usize,
+    }
+
+    impl Read for Regenerated {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let text = format!(
+                "entries: {}\noverrun: 0\ncommit overrun: 0\nbytes: 0\ndropped events: {}\n",
+                1000 - self.calls * 100,
+                33589 + self.calls * 10
+            );
+            self.calls += 1;
+            let rest = text.as_bytes().get(self.offset..).unwrap_or_default();
+            let n = rest.len().min(buf.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            self.offset += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_three_loss_counters_are_read_and_summed() {
+        let s = CpuStats::parse(STATS).unwrap();
+        assert_eq!(s, CpuStats { overrun: 3, commit_overrun: 2, dropped: 33589 });
+        assert_eq!(s.lost(), 33594);
+    }
+
+    #[test]
+    fn a_stats_text_without_a_counter_or_with_a_mangled_one_is_refused() {
+        assert_eq!(CpuStats::parse(&STATS.replace("dropped events", "droppeed events")), None);
+        assert_eq!(CpuStats::parse(&STATS.replace("overrun: 3", "overrun: x")), None);
+        assert_eq!(CpuStats::parse(&format!("{STATS}dropped events: 1\n")), None);
+        assert_eq!(CpuStats::parse("pped events: 9\n"), None);
+    }
+
+    #[test]
+    fn a_file_rendered_anew_on_each_read_is_read_in_one_call() {
+        // std's read_to_string reads in small steps: it splices renderings.
+        let mut spliced = String::new();
+        Regenerated { calls: 0, offset: 0 }.read_to_string(&mut spliced).unwrap();
+        assert_ne!(CpuStats::parse(&spliced).map(|s| s.dropped), Some(33589), "{spliced:?}");
+        let one = read_in_one_call(&mut Regenerated { calls: 0, offset: 0 }).unwrap();
+        assert_eq!(CpuStats::parse(&one).unwrap().dropped, 33589, "{one:?}");
+    }
+
+    #[test]
+    fn a_stats_file_too_long_for_one_call_is_an_error_not_a_cut_text() {
+        let long = "x".repeat(STATS_MAX);
+        assert!(read_in_one_call(&mut long.as_bytes()).is_err());
+        assert_eq!(read_in_one_call(&mut STATS.as_bytes()).unwrap(), STATS);
     }
 }
