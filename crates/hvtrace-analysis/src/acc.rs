@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use hvtrace_model::{Event, ExitDetail, Runstate, Vcpu};
 
 use crate::report::{vcpu_report, Clock, VcpuReport};
+use crate::split::SplitAcc;
 
 /// Count, total and distribution of some intervals (ticks).
 pub(crate) struct Durations {
@@ -115,6 +116,8 @@ pub(crate) struct VcpuAcc {
     pub guest: BTreeMap<u32, (String, u64)>,
     /// Time on each pCPU (running).
     pub on_pcpu: BTreeMap<u32, u64>,
+    /// The kernel/VMM split of its exits (kernel events only).
+    pub split: SplitAcc,
     /// Its rows, once its domain is gone (its accumulators are then freed:
     /// a long trace of guests rebuilt under new ids must not grow memory).
     pub gone: Option<VcpuReport>,
@@ -215,6 +218,7 @@ impl Acc {
                         calls: BTreeMap::new(),
                         guest: BTreeMap::new(),
                         on_pcpu: BTreeMap::new(),
+                        split: SplitAcc::default(),
                         gone: None,
                     });
                 }
@@ -251,9 +255,21 @@ impl Acc {
                 }
             }
         }
+        if let Event::KernelExit { vcpu, .. }
+        | Event::KernelDetail { vcpu, .. }
+        | Event::ToVmm { vcpu, .. }
+        | Event::Entry { vcpu } = e
+        {
+            self.vcpu(vcpu, pcpu, t).split.event(w, t, &e);
+        }
         match e {
             Event::Exit { vcpu, exit } => {
                 let v = self.vcpu(vcpu, pcpu, t);
+                // The VMM's record of an exit the kernel began and handed
+                // over (both halves traced): the same exit, counted once.
+                if v.split.at_vmm() && v.open_exit.is_some() {
+                    return;
+                }
                 if v.open_exit.take().is_some() {
                     v.exits_unmatched += 1;
                 }
@@ -385,6 +401,7 @@ impl Acc {
                 v.exits_unmatched += 1;
             }
             v.open_call = None;
+            v.split.interrupt(w);
             busy.extend(set_state(v, w, from.max(v.since), State::Lost, pcpu));
         }
         for b in busy {
@@ -403,6 +420,7 @@ impl Acc {
             if v.open_exit.take().is_some() {
                 v.exits_unmatched += 1;
             }
+            v.split.interrupt(w);
         }
         for b in busy {
             self.add_busy(Some(b));

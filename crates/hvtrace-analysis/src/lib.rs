@@ -12,6 +12,9 @@
 //!   because events of its pCPU were lost, never given to another state;
 //! * **hypercalls** by number (count, entry-to-exit time); **guest events**
 //!   by kind; **interrupts** by domain and vector;
+//! * **kernel/VMM split** (KVM traces holding the kernel's events): per
+//!   vCPU, exits handed to the VMM by reason with the time in the kernel
+//!   and in the VMM, and exits that never reached user space;
 //! * **pCPUs**: time per vCPU, idle, time with data missing, events lost;
 //! * and, for any trace, even one whose events map to nothing: events per
 //!   CPU and per event class, rates, losses, duration.
@@ -41,6 +44,7 @@
 mod acc;
 mod output;
 mod report;
+mod split;
 mod walk;
 
 use std::fmt;
@@ -54,6 +58,7 @@ pub use report::{
     CallRow, ClassReport, CpuReport, DetailRow, ExitRow, GuestRow, InterruptReport, PcpuReport, PcpuTime, Report,
     Runstates, StateRow, VcpuReport, VcpuTime,
 };
+pub use split::{InKernelRow, KernelSplit, ToVmmRow};
 
 /// What to analyse.
 #[derive(Clone, Copy, Debug, Default)]
@@ -122,14 +127,17 @@ pub fn analyze(
     let freq = trace.metadata.clock.freq.max(1);
     let ticks = |ns: u64| (u128::from(ns) * u128::from(freq) / 1_000_000_000) as u64;
     let range = walk::Range { from: opts.from_ns.map(ticks), to: opts.to_ns.map(ticks) };
-    let bindings = Bindings::bind(mappings, trace.schema());
+    let no_kernel = hvtrace_reader::TraceSchema::default();
+    let kernel = trace.metadata.kernel.as_ref().unwrap_or(&no_kernel);
+    let bindings = [Bindings::bind(mappings, trace.schema()), Bindings::bind(mappings, kernel)];
     let mut report_progress = |done, total| progress(Progress { done, total });
     let mut pass = walk::pass(&trace, &bindings, range, &mut report_progress).map_err(Error::Read)?;
     let warnings = std::mem::take(&mut pass.warnings);
-    let sets = bindings.names().iter().map(|s| s.to_string()).collect();
+    let sets = bindings.iter().flat_map(|b| b.names()).map(|s| s.to_string()).collect();
     let mut report = report::build(dir.display().to_string(), pass, freq, sets, warnings);
     for c in &mut report.event_classes {
-        c.name = trace.schema().event(c.id).map_or_else(String::new, |e| e.name.clone());
+        let schema = if c.stream == 1 { kernel } else { trace.schema() };
+        c.name = schema.event(c.id).map_or_else(String::new, |e| e.name.clone());
     }
     Ok(report)
 }

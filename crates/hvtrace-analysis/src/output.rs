@@ -162,6 +162,35 @@ pub fn write_text(r: &Report, w: &mut dyn Write) -> io::Result<()> {
             }
             t.write(w, "  ")?;
         }
+        if let Some(k) = &v.kernel_split {
+            writeln!(w, "Kernel/VMM split of exits handed to the VMM (µs, summed):")?;
+            let mut t = Table::new(&["KVM_EXIT", "Code", "Count", "Kernel", "Timed", "VMM", "Timed", "Kernel%"]);
+            for x in &k.to_vmm {
+                t.row(vec![
+                    x.reason.clone(),
+                    x.code.to_string(),
+                    x.count.to_string(),
+                    us(x.kernel_ns),
+                    x.kernel_timed.to_string(),
+                    us(x.vmm_ns),
+                    x.vmm_timed.to_string(),
+                    pct(x.kernel_pct),
+                ]);
+            }
+            t.write(w, "  ")?;
+            writeln!(w, "Exits that never reached user space: {}", k.exits_in_kernel)?;
+            let mut t = Table::new(&["Kernel reason", "Code", "Count", "Total µs", "Timed"]);
+            for x in &k.in_kernel {
+                t.row(vec![
+                    x.reason.clone(),
+                    x.code.to_string(),
+                    x.count.to_string(),
+                    us(x.total_ns),
+                    x.timed.to_string(),
+                ]);
+            }
+            t.write(w, "  ")?;
+        }
         writeln!(w, "Runstates (interval times in µs):")?;
         let mut t = Table::new(&["State", "Count", "Total s", "Share", "Avg", "p50", "p95", "p99", "Max"]);
         for (name, row) in v.runstates.rows() {

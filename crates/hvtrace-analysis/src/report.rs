@@ -63,8 +63,10 @@ pub struct CpuReport {
 /// One event class's generic counts.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassReport {
-    /// Event id.
+    /// Event id (within its stream class).
     pub id: u32,
+    /// Stream class: 0 the VMM's events, 1 the kernel's (`hvtrace-ftrace`).
+    pub stream: u32,
     /// Event name.
     pub name: String,
     /// Records in the window.
@@ -98,6 +100,10 @@ pub struct VcpuReport {
     pub guest_events: Vec<GuestRow>,
     /// Running time per pCPU.
     pub pcpu_ns: Vec<PcpuTime>,
+    /// The kernel/VMM split of its exits, if the trace holds the kernel's
+    /// events for it (absent from the JSON otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_split: Option<crate::KernelSplit>,
 }
 
 /// One exit reason of one vCPU.
@@ -437,6 +443,7 @@ pub(crate) fn vcpu_report(v: &VcpuAcc, clk: Clock, w: Window, end: u64) -> VcpuR
         hypercalls,
         guest_events,
         pcpu_ns,
+        kernel_split: v.split.report(clk),
     }
 }
 
@@ -462,11 +469,10 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, war
         })
         .collect();
     let events_discarded = streams.iter().map(|s| s.discarded).sum::<u64>() + acc.lost_in_band;
-    let event_classes = by_class
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| **n > 0)
-        .map(|(id, &count)| ClassReport { id: id as u32, name: String::new(), count, per_s: rate(count) })
+    let event_classes = (0..2)
+        .flat_map(|stream| by_class[stream].iter().enumerate().map(move |(id, &n)| (stream as u32, id as u32, n)))
+        .filter(|(_, _, n)| *n > 0)
+        .map(|(stream, id, count)| ClassReport { id, stream, name: String::new(), count, per_s: rate(count) })
         .collect();
 
     let mut vcpus: Vec<VcpuReport> =

@@ -1,6 +1,8 @@
 //! One pass over a trace ([`hvtrace_reader::Merge`]): records in timestamp
 //! order when the model needs cross-CPU order (a vCPU may move between
-//! pCPUs), fed to the accumulators.
+//! pCPUs), fed to the accumulators. The kernel's streams (stream class 1,
+//! `hvtrace-ftrace`) are walked beside the VMM's, with their own ids and
+//! bindings.
 
 use hvtrace_model::{Bindings, Event};
 use hvtrace_reader::{Item, Merge, Order, ReadError, TraceDir};
@@ -23,7 +25,8 @@ pub(crate) struct Pass {
     pub begin: u64,
     pub end: u64,
     pub events: u64,
-    pub by_class: Vec<u64>,
+    /// Records per event id, per stream class (0 the VMM's, 1 the kernel's).
+    pub by_class: [Vec<u64>; 2],
     pub streams: Vec<StreamCounts>,
     /// What the walk skipped (damage) or found wanting (a trace cut short).
     pub warnings: Vec<String>,
@@ -39,24 +42,26 @@ pub(crate) struct Range {
 /// Records between two progress reports.
 const PROGRESS_EVERY: u32 = 1 << 16;
 
-/// Walks the trace once. `progress(done, total)` gets bytes.
+/// Walks the trace once, with the bindings of the VMM's and of the
+/// kernel's event classes. `progress(done, total)` gets bytes.
 pub(crate) fn pass(
     trace: &TraceDir,
-    bindings: &Bindings,
+    bindings: &[Bindings; 2],
     range: Range,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Pass, ReadError> {
     // Cross-CPU order only matters to the model; counting does not need it.
-    let order = if bindings.is_empty() { Order::Streams } else { Order::Time };
-    let mut merge = Merge::new(trace, order)?;
+    let order = if bindings.iter().all(Bindings::is_empty) { Order::Streams } else { Order::Time };
+    let mut merge = Merge::with_kernel(trace, order)?;
     let begin = merge.first_timestamp().unwrap_or(0);
     let window = Window {
         from: begin.saturating_add(range.from.unwrap_or(0)),
         to: range.to.map_or(u64::MAX, |t| begin.saturating_add(t)),
     };
     let mut acc = Acc::new(window, Clock(trace.metadata.clock.freq.max(1)));
-    let mut by_class = vec![0u64; trace.schema().events.len()];
-    let mut per_stream = vec![0u64; trace.streams.len()];
+    let kernel_classes = trace.metadata.kernel.as_ref().map_or(0, |k| k.events.len());
+    let mut by_class = [vec![0u64; trace.schema().events.len()], vec![0u64; kernel_classes]];
+    let mut per_stream = vec![0u64; merge.streams().len()];
     let (mut events, mut end) = (0u64, begin);
     let mut trailing = Vec::new();
     let mut tick = 0u32;
@@ -77,12 +82,12 @@ pub(crate) fn pass(
         if window.holds(ts) {
             events += 1;
             per_stream[r.stream] += 1;
-            if let Some(n) = by_class.get_mut(id as usize) {
+            if let Some(n) = by_class[r.class as usize].get_mut(id as usize) {
                 *n += 1;
             }
         }
         end = end.max(ts);
-        r.map(bindings, &mut |pcpu, e| match e {
+        r.map(&bindings[r.class as usize], &mut |pcpu, e| match e {
             Event::Lost { count } => {
                 acc.lost_in_band += count;
                 acc.loss(pcpu, r.previous.unwrap_or(ts), ts, count);

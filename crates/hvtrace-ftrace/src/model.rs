@@ -3,28 +3,33 @@
 //!
 //! | kernel event | model |
 //! |---|---|
-//! | `kvm_exit` (hardware virtualisation) | [`Event::Exit`]: VMX basic exit reason or SVM exit code, by name where known |
+//! | `kvm_exit` (hardware virtualisation) | [`Event::Exit`] and [`Event::KernelExit`]: VMX basic exit reason or SVM exit code, by name where known |
 //! | `kvm_entry` | [`Event::Entry`] |
-//! | `kvm_hypercall` | [`Event::HypercallEntry`] (KVM's own hypercalls, `nr`) |
+//! | `kvm_emulate_insn` (hosts without hardware virtualisation: each emulated instruction is an exit) | [`Event::KernelExit`] `emulate_insn` |
+//! | `kvm_pio`, `kvm_mmio` | [`Event::KernelDetail`] `pio` / `mmio`: port, size, direction; address, size, direction |
+//! | `kvm_userspace_exit` | [`Event::ToVmm`]: the `KVM_EXIT_*` reason, named as the VMM's `vm_exit` names it |
+//! | `kvm_hypercall` | [`Event::HypercallEntry`] (KVM's own hypercalls, `nr`) and [`Event::KernelDetail`] `hypercall` |
 //! | `sched_switch` of a vCPU thread | [`Event::Runstate`]: switched in → running; switched out runnable (`R`, preempted by the host: Trace Compass's VCPU_PREEMPT) → runnable, sleeping → blocked |
 //!
 //! vCPUs are `Vcpu::new(0, index)`, as the `kvm` set of `hvtrace kvm`
 //! names them, so both halves of one trace name the same vCPU. The kernel's
 //! events name threads (`common_pid`), so the mapper learns which thread
 //! is which vCPU: from `kvm_entry`/`kvm_exit`'s `vcpu_id` where they fire,
-//! otherwise from vCPU thread names in `sched_switch` (`vcpu0` for `hvtrace
-//! kvm`, `CPU 0/KVM` for QEMU, `fc_vcpu 0` for Firecracker). A thread's
-//! events before it is known are not mapped.
+//! otherwise from vCPU thread names (`vcpu0` for `hvtrace kvm`, `CPU 0/KVM`
+//! for QEMU, `fc_vcpu 0` for Firecracker) in `task_rename` (the VMM names
+//! a thread it started: recorded by default) or `sched_switch` (threads
+//! named before the recording began). A thread's events before it is known
+//! are not mapped.
 //!
 //! The catalog must present each kernel event's context fields (`common_pid`)
-//! by name beside its payload fields. `kvm_userspace_exit`, `kvm_pio` and
-//! `kvm_mmio` (all this nested KVM-PVM host has) have no model event yet: the
-//! kernel/VMM split of each exit needs one (see the crate's issue 18).
+//! by name beside its payload fields, as `hvtrace-reader` does for stream
+//! class 1. `hvtrace analyze` turns these into the kernel/VMM split of
+//! each vCPU's exits (`docs/analysis.md`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use hvtrace_model::{class, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
+use hvtrace_model::{class, hit, Access, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
 
 /// The kernel's KVM events' [`Mapping`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -86,9 +91,14 @@ impl Mapping for KernelMapping {
             entry: class(c, "kvm_entry", ["common_pid", "vcpu_id"]),
             hypercall: class(c, "kvm_hypercall", ["common_pid", "nr"]),
             switch: class(c, "sched_switch", ["prev_comm", "prev_pid", "prev_state", "next_comm", "next_pid"]),
+            user: class(c, "kvm_userspace_exit", ["common_pid", "reason"]),
+            emulate: class(c, "kvm_emulate_insn", ["common_pid"]),
+            pio: class(c, "kvm_pio", ["common_pid", "rw", "port", "size"]),
+            mmio: class(c, "kvm_mmio", ["common_pid", "type", "len", "gpa"]),
+            rename: class(c, "task_rename", ["pid", "newcomm"]),
             threads: Mutex::new(HashMap::new()),
         };
-        let any = m.exit.is_some() || m.entry.is_some() || m.hypercall.is_some() || m.switch.is_some();
+        let any = m.ids().iter().any(Option::is_some);
         any.then(|| Box::new(m) as Box<dyn Mapper>)
     }
 }
@@ -98,11 +108,39 @@ struct KernelMapper {
     entry: Option<(u32, [usize; 2])>,
     hypercall: Option<(u32, [usize; 2])>,
     switch: Option<(u32, [usize; 5])>,
+    user: Option<(u32, [usize; 2])>,
+    emulate: Option<(u32, [usize; 1])>,
+    pio: Option<(u32, [usize; 4])>,
+    mmio: Option<(u32, [usize; 4])>,
+    rename: Option<(u32, [usize; 2])>,
     /// Thread id → vCPU index, as learned.
     threads: Mutex<HashMap<u32, u32>>,
 }
 
+/// `kvm_mmio`'s `type`: `KVM_TRACE_MMIO_READ_UNSATISFIED`, `_READ`, `_WRITE`.
+const MMIO_WRITE: u64 = 2;
+
+/// A `KVM_EXIT_*` reason's name, as `hvtrace-kvm`'s `vm_exit` names it.
+fn kvm_exit_name(code: u64) -> &'static str {
+    hvtrace_kvm::EXIT_REASONS.iter().find(|(c, _)| u64::from(*c) == code).map_or("other", |(_, n)| n)
+}
+
 impl KernelMapper {
+    /// The event ids this mapper takes (`None`: not in the trace).
+    fn ids(&self) -> [Option<u32>; 9] {
+        [
+            self.exit.map(|c| c.0),
+            self.entry.map(|c| c.0),
+            self.hypercall.map(|c| c.0),
+            self.switch.map(|c| c.0),
+            self.user.map(|c| c.0),
+            self.emulate.map(|c| c.0),
+            self.pio.map(|c| c.0),
+            self.mmio.map(|c| c.0),
+            self.rename.map(|c| c.0),
+        ]
+    }
+
     /// The vCPU of thread `tid`, learning `vcpu_id` if the record has one.
     fn vcpu(&self, tid: Option<u64>, vcpu_id: Option<u64>) -> Option<Vcpu> {
         let tid = tid? as u32;
@@ -121,8 +159,7 @@ impl KernelMapper {
 
 impl Mapper for KernelMapper {
     fn maps(&self, id: u32) -> bool {
-        [self.exit.map(|c| c.0), self.entry.map(|c| c.0), self.hypercall.map(|c| c.0), self.switch.map(|c| c.0)]
-            .contains(&Some(id))
+        self.ids().contains(&Some(id))
     }
 
     fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
@@ -131,7 +168,9 @@ impl Mapper for KernelMapper {
             // isa 1 is VMX (basic reason in the low 16 bits), else SVM.
             let (code, table) = if f.uint(isa) == Some(1) { (code & 0xffff, VMX_REASONS) } else { (code, SVM_REASONS) };
             let name = table.iter().find(|(c, _)| u64::from(*c) == code).map_or("other", |(_, n)| n);
-            out(Event::Exit { vcpu: v, exit: Exit { code: code as u32, name, detail: ExitDetail::None } });
+            let exit = Exit { code: code as u32, name, detail: ExitDetail::None };
+            out(Event::Exit { vcpu: v, exit });
+            out(Event::KernelExit { vcpu: v, exit });
         } else if let Some((_, [pid, vcpu])) = self.entry.filter(|c| c.0 == id) {
             if let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) {
                 out(Event::Entry { vcpu: v });
@@ -139,6 +178,37 @@ impl Mapper for KernelMapper {
         } else if let Some((_, [pid, nr])) = self.hypercall.filter(|c| c.0 == id) {
             if let (Some(v), Some(nr)) = (self.vcpu(f.uint(pid), None), f.uint(nr)) {
                 out(Event::HypercallEntry { vcpu: v, nr: nr as u32, name: "kvm" });
+                let exit = Exit { code: 0, name: "hypercall", detail: ExitDetail::Hypercall(nr as u32) };
+                out(Event::KernelDetail { vcpu: v, exit });
+            }
+        } else if let Some([pid, reason]) = hit(self.user, id) {
+            if let (Some(v), Some(code)) = (self.vcpu(f.uint(pid), None), f.uint(reason)) {
+                let exit = Exit { code: code as u32, name: kvm_exit_name(code), detail: ExitDetail::None };
+                out(Event::ToVmm { vcpu: v, exit });
+            }
+        } else if let Some([pid]) = hit(self.emulate, id) {
+            if let Some(v) = self.vcpu(f.uint(pid), None) {
+                out(Event::KernelExit {
+                    vcpu: v,
+                    exit: Exit { code: 0, name: "emulate_insn", detail: ExitDetail::None },
+                });
+            }
+        } else if let Some([pid, rw, port, size]) = hit(self.pio, id) {
+            if let Some(v) = self.vcpu(f.uint(pid), None) {
+                let access = if f.uint(rw) == Some(0) { Access::Read } else { Access::Write };
+                let (port, size) = (f.uint(port).unwrap_or(0) as u16, f.uint(size).unwrap_or(0) as u8);
+                let exit = Exit { code: 0, name: "pio", detail: ExitDetail::Io { port, size, access } };
+                out(Event::KernelDetail { vcpu: v, exit });
+            }
+        } else if let Some([pid, name]) = hit(self.rename, id) {
+            // Only learnt: a name says which vCPU a thread is.
+            self.switched(f.uint(pid), f.bytes(name));
+        } else if let Some([pid, ty, len, gpa]) = hit(self.mmio, id) {
+            if let Some(v) = self.vcpu(f.uint(pid), None) {
+                let access = if f.uint(ty) == Some(MMIO_WRITE) { Access::Write } else { Access::Read };
+                let (gpa, size) = (f.uint(gpa).unwrap_or(0), f.uint(len).unwrap_or(0) as u8);
+                let exit = Exit { code: 0, name: "mmio", detail: ExitDetail::Mmio { gpa, size, access } };
+                out(Event::KernelDetail { vcpu: v, exit });
             }
         } else if let Some((_, [prev_comm, prev_pid, prev_state, next_comm, next_pid])) =
             self.switch.filter(|c| c.0 == id)
@@ -208,16 +278,13 @@ mod tests {
         let t = table();
         let b = Bindings::bind(&[&MAPPING], &t);
         assert_eq!(b.names(), ["kvm-kernel"]);
-        assert!(!b.maps(t.id_of("kvm_userspace_exit").unwrap()));
         // kvm_entry: flags, preempt, pid | vcpu_id, rip, immediate_exit, intr_info, error_code
         let entry = [Int(0), Int(0), Int(500), Int(2), Int(0xfff0), Int(0), Int(0), Int(0)];
         assert_eq!(map(&b, &t, "kvm_entry", &entry), ["Entry { vcpu: Vcpu { domain: 0, vcpu: 2 } }"]);
         // kvm_exit: … | exit_reason, guest_rip, isa, info1, info2, intr_info, error_code, vcpu_id, requests
         let exit = [Int(0), Int(0), Int(500), Int(30), Int(0), Int(1), Int(0), Int(0), Int(0), Int(0), Int(2), Int(0)];
-        assert_eq!(
-            map(&b, &t, "kvm_exit", &exit),
-            ["Exit { vcpu: Vcpu { domain: 0, vcpu: 2 }, exit: Exit { code: 30, name: \"IO_INSTRUCTION\", detail: None } }"]
-        );
+        let io = "vcpu: Vcpu { domain: 0, vcpu: 2 }, exit: Exit { code: 30, name: \"IO_INSTRUCTION\", detail: None }";
+        assert_eq!(map(&b, &t, "kvm_exit", &exit), [format!("Exit {{ {io} }}"), format!("KernelExit {{ {io} }}")]);
         let svm = [Int(0), Int(0), Int(500), Int(0x78), Int(0), Int(2), Int(0), Int(0), Int(0), Int(0), Int(2), Int(0)];
         assert!(map(&b, &t, "kvm_exit", &svm)[0].contains("name: \"hlt\""));
         // sched_switch: … | prev_comm, prev_pid, prev_prio, prev_state, next_comm, next_pid, next_prio.
@@ -238,6 +305,49 @@ mod tests {
         );
         // An unknown thread maps to nothing.
         assert!(map(&b, &t, "sched_switch", &sw(b"bash", 700, 0, b"sshd", 800)).is_empty());
+    }
+
+    #[test]
+    fn the_kernels_half_of_an_exit_maps_to_kernel_exit_detail_and_hand_over() {
+        use FieldValue::Int;
+        let f = |n: &str| std::fs::read_to_string(format!("{}/tests/fixtures/{n}.format", env!("CARGO_MANIFEST_DIR")));
+        let t = EventTable::new(
+            ["kvm_entry", "kvm_userspace_exit", "kvm_emulate_insn", "kvm_pio", "kvm_mmio"]
+                .map(|n| parse_format("kvm", &f(n).unwrap()).unwrap())
+                .to_vec(),
+        )
+        .unwrap();
+        let b = Bindings::bind(&[&MAPPING], &t);
+        // Thread 500 is vCPU 1 (learned from kvm_entry).
+        let entry = [Int(0), Int(0), Int(500), Int(1), Int(0), Int(0), Int(0), Int(0)];
+        assert_eq!(map(&b, &t, "kvm_entry", &entry).len(), 1);
+        let v = "vcpu: Vcpu { domain: 0, vcpu: 1 }";
+        // kvm_emulate_insn: … | rip, csbase, len, insn (one array field here), flags, failed
+        let emulate = [Int(0), Int(0), Int(500), Int(0x1000), Int(0), Int(1), Int(0), Int(0), Int(0)];
+        assert_eq!(
+            map(&b, &t, "kvm_emulate_insn", &emulate),
+            [format!("KernelExit {{ {v}, exit: Exit {{ code: 0, name: \"emulate_insn\", detail: None }} }}")]
+        );
+        // kvm_pio: … | rw, port, size, count, val
+        let pio = [Int(0), Int(0), Int(500), Int(1), Int(0x500), Int(4), Int(1), Int(7)];
+        assert_eq!(
+            map(&b, &t, "kvm_pio", &pio),
+            [format!(
+                "KernelDetail {{ {v}, exit: Exit {{ code: 0, name: \"pio\", detail: Io {{ port: 1280, size: 4, access: Write }} }} }}"
+            )]
+        );
+        // kvm_mmio: … | type (1 read), len, gpa, val
+        let mmio = [Int(0), Int(0), Int(500), Int(1), Int(4), Int(0xd000_0000), Int(0)];
+        assert!(map(&b, &t, "kvm_mmio", &mmio)[0].contains("Mmio { gpa: 3489660928, size: 4, access: Read }"));
+        // kvm_userspace_exit: … | reason (KVM_EXIT_IO), errno
+        let user = [Int(0), Int(0), Int(500), Int(2), Int(0)];
+        assert_eq!(
+            map(&b, &t, "kvm_userspace_exit", &user),
+            [format!("ToVmm {{ {v}, exit: Exit {{ code: 2, name: \"io\", detail: None }} }}")]
+        );
+        // A thread not known to be a vCPU maps to nothing.
+        let other = [Int(0), Int(0), Int(501), Int(2), Int(0)];
+        assert!(map(&b, &t, "kvm_userspace_exit", &other).is_empty());
     }
 
     #[test]

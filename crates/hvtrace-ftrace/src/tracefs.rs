@@ -54,7 +54,7 @@ pub struct InstanceConfig {
 }
 
 impl InstanceConfig {
-    /// The default events (`kvm:*`, `sched:sched_switch`) of process `pid`,
+    /// The default events ([`DEFAULT_EVENTS`]) of process `pid`,
     /// 1 MiB per CPU, TSC clock, woken at 1 %.
     pub fn new(pid: Option<u32>) -> Self {
         InstanceConfig {
@@ -68,8 +68,10 @@ impl InstanceConfig {
     }
 }
 
-/// What is recorded unless asked otherwise.
-pub const DEFAULT_EVENTS: &[&str] = &["kvm:*", "sched:sched_switch"];
+/// What is recorded unless asked otherwise: KVM's events, the scheduler's
+/// switches (vCPUs preempted by the host) and thread renames (which thread
+/// is which vCPU, named as the VMM starts it).
+pub const DEFAULT_EVENTS: &[&str] = &["kvm:*", "sched:sched_switch", "task:task_rename"];
 
 /// A CPU's loss counters from `per_cpu/cpuN/stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,7 +95,7 @@ impl CpuStats {
     pub fn parse(text: &str) -> Option<CpuStats> {
         let (mut overrun, mut commit_overrun, mut dropped) = (None, None, None);
         for l in text.lines() {
-            let Some((k, v)) = l.split_once(':') else { return None };
+            let (k, v) = l.split_once(':')?;
             let slot = match k.trim() {
                 "overrun" => &mut overrun,
                 "commit overrun" => &mut commit_overrun,

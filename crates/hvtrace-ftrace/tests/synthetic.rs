@@ -185,3 +185,62 @@ fn babeltrace2_reads_kvm_exit_and_kvm_entry_as_the_format_files_define_them() {
     ];
     assert_eq!(got, want);
 }
+
+/// kvm_userspace_exit (ID 42): reason@8 u32, errno@12 i32.
+fn kvm_userspace_exit(pid: i32, reason: u32) -> Vec<u8> {
+    record(16, 42, pid, &[(8, &reason.to_le_bytes())])
+}
+
+/// The kvm_exit / kvm_entry path of the kernel/VMM split, on a synthetic
+/// trace of one vCPU (clock 1 GHz: ticks are ns), read back through
+/// hvtrace-reader by `hvtrace analyze`'s library: two I/O exits handed to
+/// the VMM, one EPT violation the kernel handled alone.
+#[test]
+fn analyze_splits_kvm_exits_between_kernel_and_vmm_from_kvm_exit_and_kvm_entry() {
+    let t = table();
+    let page = PageBuilder::new(T0)
+        .record(T0, &kvm_entry(100, 0, 0x1000), false)
+        .record(T0 + 1000, &kvm_exit(100, 30, 0x1002, 0), false)
+        .record(T0 + 1400, &kvm_userspace_exit(100, 2), false)
+        .record(T0 + 5400, &kvm_entry(100, 0, 0x1004), false)
+        .record(T0 + 6000, &kvm_exit(100, 48, 0x1006, 0), false)
+        .record(T0 + 6250, &kvm_entry(100, 0, 0x1006), false)
+        .record(T0 + 7000, &kvm_exit(100, 30, 0x1008, 0), false)
+        .record(T0 + 7300, &kvm_userspace_exit(100, 2), false)
+        .record(T0 + 9300, &kvm_entry(100, 0, 0x100a), true)
+        .build(4096);
+    let mut s = KernelStream::new(0, [9; 16]);
+    let mut bytes = Vec::new();
+    s.page(&t, &page, 0, &mut bytes);
+    s.finish(0, 0, &mut bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let desc = TraceDesc {
+        uuid: [9; 16],
+        hostname: "synthetic",
+        domain: "kvm-kernel",
+        tracer_version: (0, 1, 0),
+        clock: ClockDesc { name: "tsc", description: "TSC", freq: 1_000_000_000, offset_s: 0, offset: 0, precision: 0 },
+    };
+    std::fs::write(dir.path().join("metadata"), t.standalone_metadata(&desc)).unwrap();
+    std::fs::write(dir.path().join("kernel_0"), bytes).unwrap();
+    let r =
+        hvtrace_analysis::analyze(dir.path(), &[&hvtrace_ftrace::MAPPING], &Default::default(), &mut |_| {}).unwrap();
+    assert_eq!(r.event_sets, ["kvm-kernel"]);
+    assert_eq!((r.events, r.events_discarded), (9, 0));
+    let [v] = &r.vcpus[..] else { panic!("one vCPU: {:?}", r.vcpus) };
+    // The exits table: exit to entry, whoever handled it.
+    let exits: Vec<_> = v.exits.iter().map(|x| (x.reason.as_str(), x.count, x.total_ns)).collect();
+    assert_eq!(exits, [("IO_INSTRUCTION", 2, 4400 + 2300), ("EPT_VIOLATION", 1, 250)]);
+    // The split: the kernel until kvm_userspace_exit, the VMM until kvm_entry.
+    let k = v.kernel_split.as_ref().unwrap();
+    let to_vmm: Vec<_> = k
+        .to_vmm
+        .iter()
+        .map(|x| (x.reason.as_str(), x.code, x.count, x.kernel_ns, x.kernel_timed, x.vmm_ns, x.vmm_timed))
+        .collect();
+    assert_eq!(to_vmm, [("io", 2, 2, 400 + 300, 2, 4000 + 2000, 2)]);
+    assert!((k.to_vmm[0].kernel_pct - 100.0 * 700.0 / 6700.0).abs() < 1e-9);
+    let in_kernel: Vec<_> = k.in_kernel.iter().map(|x| (x.reason.as_str(), x.count, x.total_ns, x.timed)).collect();
+    assert_eq!(in_kernel, [("EPT_VIOLATION", 1, 250, 1)]);
+    assert_eq!(k.exits_in_kernel, 1);
+}

@@ -150,6 +150,37 @@ pub enum Event<'m> {
         /// Which vCPU.
         vcpu: Vcpu,
     },
+    /// On a hypervisor split between a kernel and a VMM in user space
+    /// (KVM): the kernel took the vCPU out of the guest for an exit it
+    /// handles itself, at least at first (`kvm_exit`; on hosts without
+    /// hardware virtualisation, `kvm_emulate_insn`: one instruction
+    /// emulated). It ends at the vCPU's next [`Event::Entry`], or goes on
+    /// to the VMM ([`Event::ToVmm`]).
+    KernelExit {
+        /// Which vCPU.
+        vcpu: Vcpu,
+        /// Why, in the kernel's terms (VMX/SVM reason, `emulate_insn`).
+        exit: Exit<'m>,
+    },
+    /// What the exit the kernel is handling is about (KVM's `kvm_pio`,
+    /// `kvm_mmio`, `kvm_hypercall`); it begins a [`Event::KernelExit`] of
+    /// its own if none is in progress (a host recording neither `kvm_exit`
+    /// nor `kvm_emulate_insn`).
+    KernelDetail {
+        /// Which vCPU.
+        vcpu: Vcpu,
+        /// What, named as a reason (`pio`, `mmio`, `hypercall`) with its detail.
+        exit: Exit<'m>,
+    },
+    /// The kernel hands the vCPU's exit to the VMM in user space (KVM's
+    /// `kvm_userspace_exit`: KVM_RUN returns). Until the vCPU's next
+    /// [`Event::Entry`] the exit is the VMM's.
+    ToVmm {
+        /// Which vCPU.
+        vcpu: Vcpu,
+        /// Why: the `KVM_EXIT_*` reason, as the VMM's own `vm_exit` names it.
+        exit: Exit<'m>,
+    },
     /// The vCPU's runstate is now `new` (the previous one is whatever the
     /// vCPU's last runstate event said).
     Runstate {
@@ -226,6 +257,9 @@ impl Event<'_> {
         match *self {
             Event::Exit { vcpu, .. }
             | Event::Entry { vcpu }
+            | Event::KernelExit { vcpu, .. }
+            | Event::KernelDetail { vcpu, .. }
+            | Event::ToVmm { vcpu, .. }
             | Event::Runstate { vcpu, .. }
             | Event::HypercallEntry { vcpu, .. }
             | Event::HypercallExit { vcpu, .. }

@@ -11,6 +11,7 @@
 //! | pCPU | the CPU of the record's stream, unless [`Event::OnPcpu`] says otherwise |
 //! | [`Event::Exit`] | guest → hypervisor: reason `code` (VMX/SVM/`KVM_EXIT_*` number), `name`, [`ExitDetail`] (I/O port, size, direction; MMIO address; MSR; vector; hypercall number) |
 //! | [`Event::Entry`] | hypervisor → guest |
+//! | [`Event::KernelExit`] / [`Event::KernelDetail`] / [`Event::ToVmm`] | on a split hypervisor (KVM): the kernel handles an exit (what it is about), then perhaps hands it to the VMM in user space |
 //! | [`Event::Runstate`] | now [`Runstate`] running / runnable / blocked / offline |
 //! | [`Event::HypercallEntry`] / [`Event::HypercallExit`] | hypercall `nr` with its name |
 //! | [`Event::Interrupt`] | an interrupt injected into a domain, or taken by the hypervisor |

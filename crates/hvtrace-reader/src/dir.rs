@@ -198,7 +198,8 @@ pub struct TraceDir {
     /// it), if the trace was cut short.
     pub incomplete: Option<String>,
     /// The kernel's stream files (`kernel_<cpu>`, stream class 1, written by
-    /// `hvtrace-ftrace`): listed, not read by this crate.
+    /// `hvtrace-ftrace`), whose event classes are [`Metadata::kernel`]:
+    /// `hvtrace analyze` reads them; `check` and `repair` do not.
     pub kernel_streams: Vec<StreamFile>,
     /// Other non-empty regular, non-hidden files: CTF readers (babeltrace2)
     /// take every such file for a stream and fail on it (empty ones they skip).

@@ -23,6 +23,12 @@
 //! named by stream and byte range. Records already handed out are never
 //! taken back, so a damaged trace yields every intact packet and its
 //! records once, in order.
+//!
+//! **The kernel's streams.** [`Merge::with_kernel`] also walks the
+//! `kernel_<cpu>` streams (stream class 1, [`crate::Metadata::kernel`]):
+//! their records have ids of their own ([`Rec::class`] 1), mapped with
+//! bindings made from the kernel's classes. Damage in a kernel stream ends
+//! that stream's walk (named in the warnings): `check` does not read them.
 
 use hvtrace_core::decode::Record;
 use hvtrace_model::{Bindings, Event};
@@ -50,7 +56,8 @@ pub enum Item<'a> {
     /// Events of stream `stream` lost between its record at `since` and the
     /// one at `at` (ticks).
     Lost {
-        /// Index of the stream in [`TraceDir::streams`].
+        /// Index of the stream in [`TraceDir::streams`] (then, with
+        /// [`Merge::with_kernel`], in [`TraceDir::kernel_streams`]).
         stream: usize,
         /// The stream's CPU.
         cpu: u32,
@@ -67,8 +74,11 @@ pub enum Item<'a> {
 /// A record, with where it comes from.
 #[derive(Clone, Copy, Debug)]
 pub struct Rec<'a> {
-    /// Index of the stream in [`TraceDir::streams`].
+    /// Index of the stream in [`TraceDir::streams`] (then, with
+    /// [`Merge::with_kernel`], in [`TraceDir::kernel_streams`]).
     pub stream: usize,
+    /// Its stream class: 0 the VMM's rings, 1 the kernel's events.
+    pub class: u32,
     /// The stream's CPU.
     pub cpu: u32,
     /// The record.
@@ -85,7 +95,8 @@ impl<'a> Rec<'a> {
         RecordFields::new(self.layouts, &self.record)
     }
 
-    /// Its model events, if a mapping in `bindings` takes it: calls
+    /// Its model events, if a mapping in `bindings` (bound to the classes
+    /// of its stream class, [`Rec::class`]) takes it: calls
     /// `out(pcpu, event)` for each, with the stream's CPU unless the
     /// mapping says where it happened ([`Event::OnPcpu`], not passed on).
     /// Returns whether a mapping took it.
@@ -136,6 +147,8 @@ struct Bad {
 /// One stream's walk.
 struct Cursor {
     file: StreamFile,
+    /// Stream class: 0 the VMM's, 1 the kernel's.
+    class: u32,
     walk: StreamWalk,
     reader: PacketReader,
     slots: Vec<Slot>,
@@ -151,6 +164,7 @@ struct Cursor {
 impl Cursor {
     /// Decodes the next packet into `slots`; `Ok(None)` at the end.
     fn packet(&mut self, layouts: &Layouts, uuid: &[u8; 16]) -> Result<Option<Result<(), Bad>>, ReadError> {
+        let class = u64::from(self.class);
         let cpu = self.file.cpu;
         let p = match self.reader.next_packet() {
             None => return Ok(None),
@@ -168,7 +182,7 @@ impl Cursor {
         if i.uuid != *uuid {
             return bad("not this trace's UUID".into());
         }
-        if i.stream_id != 0 || i.stream_instance_id != u64::from(cpu) || i.cpu_id != cpu {
+        if u64::from(i.stream_id) != class || i.stream_instance_id != u64::from(cpu) || i.cpu_id != cpu {
             return bad(format!(
                 "stream {} instance {} cpu {}, not this stream's",
                 i.stream_id, i.stream_instance_id, i.cpu_id
@@ -214,8 +228,9 @@ impl Cursor {
     /// Loads the next packet that holds records; `false` at the end. On
     /// damage, goes on over the packets `check` finds intact after it.
     fn load(&mut self, m: &Shared, warnings: &mut Vec<String>) -> Result<bool, ReadError> {
+        let layouts = if self.class == 1 { &m.kernel_layouts } else { &m.layouts };
         loop {
-            match self.packet(&m.layouts, &m.uuid)? {
+            match self.packet(layouts, &m.uuid)? {
                 None => {
                     self.slots.clear();
                     self.next = 0;
@@ -231,6 +246,13 @@ impl Cursor {
                         offset: bad.offset,
                         what: format!("passed the check but does not decode: {}", bad.what),
                     });
+                }
+                Some(Err(bad)) if self.class == 1 => {
+                    warnings.push(format!(
+                        "{}: damage at byte {} ({}); the rest of this kernel stream is not read",
+                        self.file.name, bad.offset, bad.what
+                    ));
+                    self.reader = PacketReader::open(&self.file.path)?.only(Vec::new());
                 }
                 Some(Err(bad)) => self.recheck(bad, m, warnings)?,
             }
@@ -267,6 +289,8 @@ impl Cursor {
 /// What every cursor reads with.
 struct Shared {
     layouts: Layouts,
+    /// The kernel's classes' (empty without them).
+    kernel_layouts: Layouts,
     schema: TraceSchema,
     uuid: [u8; 16],
 }
@@ -292,8 +316,25 @@ impl Merge {
     /// Starts a walk over `trace`'s streams (reading each one's first
     /// packet). A trace cut short (`INCOMPLETE`) is the first warning.
     pub fn new(trace: &TraceDir, order: Order) -> Result<Merge, ReadError> {
+        Merge::open(trace, order, false)
+    }
+
+    /// As [`Merge::new`], and the kernel's streams too (after the VMM's),
+    /// if the trace's metadata describes them.
+    pub fn with_kernel(trace: &TraceDir, order: Order) -> Result<Merge, ReadError> {
+        Merge::open(trace, order, true)
+    }
+
+    fn open(trace: &TraceDir, order: Order, kernel: bool) -> Result<Merge, ReadError> {
         let schema = trace.schema().clone();
-        let shared = Shared { layouts: Layouts::new(&schema), schema, uuid: trace.metadata.uuid };
+        let kernel_schema = trace.metadata.kernel.as_ref().filter(|_| kernel);
+        let shared = Shared {
+            layouts: Layouts::new(&schema),
+            kernel_layouts: Layouts::new(kernel_schema.unwrap_or(&TraceSchema::default())),
+            schema,
+            uuid: trace.metadata.uuid,
+        };
+        let kernel_streams = if kernel_schema.is_some() { &trace.kernel_streams[..] } else { &[] };
         let mut warnings = Vec::new();
         if let Some(note) = &trace.incomplete {
             warnings.push(if note.is_empty() {
@@ -302,12 +343,13 @@ impl Merge {
                 format!("the trace was cut short (INCOMPLETE: {note})")
             });
         }
-        let mut cursors = Vec::with_capacity(trace.streams.len());
-        for s in &trace.streams {
+        let mut cursors = Vec::with_capacity(trace.streams.len() + kernel_streams.len());
+        for (class, s) in trace.streams.iter().map(|s| (0, s)).chain(kernel_streams.iter().map(|s| (1, s))) {
             let reader = PacketReader::open(&s.path)?;
             let mut c = Cursor {
                 walk: StreamWalk { name: s.name.clone(), cpu: s.cpu, packets: 0, events_discarded: 0 },
                 file: s.clone(),
+                class,
                 reader,
                 slots: Vec::new(),
                 next: 0,
@@ -409,6 +451,7 @@ impl Merge {
         let bytes = c.reader.current();
         Item::Record(Rec {
             stream: i,
+            class: c.class,
             cpu: c.walk.cpu,
             record: Record {
                 offset: s.offset as usize,
@@ -418,7 +461,7 @@ impl Merge {
                 payload: &bytes[s.start as usize..(s.start + s.len) as usize],
             },
             previous,
-            layouts: &self.shared.layouts,
+            layouts: if c.class == 1 { &self.shared.kernel_layouts } else { &self.shared.layouts },
         })
     }
 }

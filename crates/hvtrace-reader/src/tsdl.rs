@@ -143,6 +143,12 @@ pub struct Metadata {
     pub clock: Clock,
     /// Event classes.
     pub schema: TraceSchema,
+    /// The kernel's event classes (stream class 1, written by
+    /// `hvtrace-ftrace`), if the trace has them: ids of their own, and each
+    /// event's fields are the stream's event context (`common_pid`, …)
+    /// then its payload, as a kernel record holds them. A fixed array
+    /// `_x[N]` is read as its N elements, fields `x[0]` … `x[N-1]`.
+    pub kernel: Option<TraceSchema>,
 }
 
 /// A `key = value;` line of a block.
@@ -210,22 +216,66 @@ fn parse_uuid(s: &str, line: usize) -> Result<[u8; 16], MetadataError> {
 
 /// Parses a metadata file written by `hvtrace_core::metadata::render`,
 /// followed by the event blocks of classes registered during the session
-/// (appended as they came). The kernel's part after
+/// (appended as they came), and the kernel's part after
 /// [`metadata::KERNEL_STREAMS_MARKER`] (stream class 1, from
-/// `hvtrace-ftrace`) is not read: this crate reads the VMM's streams, whose
-/// classes resume after [`metadata::VMM_CLASSES_RESUME_MARKER`].
+/// `hvtrace-ftrace`) if there is one; the VMM's classes registered after
+/// it resume after [`metadata::VMM_CLASSES_RESUME_MARKER`].
 pub fn parse(text: &str) -> Result<Metadata, MetadataError> {
-    let (text, registered) = match text.find(metadata::KERNEL_STREAMS_MARKER) {
+    let (text, kernel, registered) = match text.find(metadata::KERNEL_STREAMS_MARKER) {
         Some(at) => {
             let rest = &text[at..];
-            let resumed = rest.find(metadata::VMM_CLASSES_RESUME_MARKER).map(|r| {
-                let from = r + metadata::VMM_CLASSES_RESUME_MARKER.len();
-                (&rest[from..], text[..at + from].lines().count())
-            });
-            (&text[..at], resumed)
+            let (kernel, resumed) = match rest.find(metadata::VMM_CLASSES_RESUME_MARKER) {
+                Some(r) => {
+                    let from = r + metadata::VMM_CLASSES_RESUME_MARKER.len();
+                    (&rest[..r], Some((&rest[from..], text[..at + from].lines().count())))
+                }
+                None => (rest, None),
+            };
+            (&text[..at], Some((kernel, text[..at].lines().count() + 1)), resumed)
         }
-        None => (text, None),
+        None => (text, None, None),
     };
+    let mut md = parse_vmm(text, registered)?;
+    md.kernel = kernel.map(|(k, first_line)| parse_kernel(k, first_line)).transpose()?;
+    Ok(md)
+}
+
+/// The kernel's part: its stream class (the event context: integer
+/// fields) and its event classes.
+fn parse_kernel(text: &str, first_line: usize) -> Result<TraceSchema, MetadataError> {
+    let mut lines = Lines { it: text.lines().enumerate().peekable(), first: first_line, last: first_line };
+    lines.expect(metadata::KERNEL_STREAMS_MARKER)?;
+    for want in [
+        "stream {",
+        "\tid = 1;",
+        "\tevent.header := struct event_header_compact;",
+        "\tpacket.context := struct packet_context;",
+        "\tevent.context := struct {",
+    ] {
+        lines.expect(want)?;
+    }
+    let mut context = Vec::new();
+    loop {
+        match lines.next() {
+            Some((_, "\t};")) => break,
+            Some((n, l)) => match l.strip_prefix("\t\t") {
+                Some(decl) => context.push(parse_field(decl, n)?),
+                None => return err(n, format!("expected a field declaration or `}};`, found `{l}`")),
+            },
+            None => return err(lines.last, "the kernel's stream block is not closed"),
+        }
+    }
+    if let Some(f) = context.iter().find(|f| !matches!(f.kind, FieldKind::Int { .. })) {
+        return err(lines.last, format!("event context field `{}` is not an integer", f.name));
+    }
+    lines.expect("};")?;
+    let rest: String = lines.it.map(|(_, l)| format!("{l}\n")).collect();
+    parse_events(&rest, lines.last + 1, 0, 1, &context)
+}
+
+/// Parses the VMM's part (stream class 0), then its classes `registered`
+/// after the kernel's part (their text and first line number).
+fn parse_vmm(text: &str, registered: Option<(&str, usize)>) -> Result<Metadata, MetadataError> {
     if !text.starts_with("/* CTF 1.8 */") {
         return err(1, "not a CTF 1.8 text metadata file written by hvtrace (no `/* CTF 1.8 */` first line)");
     }
@@ -256,6 +306,7 @@ pub fn parse(text: &str) -> Result<Metadata, MetadataError> {
             offset: int_value(get(&clock, "clock", "offset")?)?,
         },
         schema: TraceSchema::default(),
+        kernel: None,
     };
 
     // The packet and header layout is fixed: the preamble must be exactly
@@ -285,9 +336,9 @@ pub fn parse(text: &str) -> Result<Metadata, MetadataError> {
     }
 
     let first_line = preamble.lines().count() + 1;
-    let mut schema = parse_events(events, first_line, 0)?;
+    let mut schema = parse_events(events, first_line, 0, 0, &[])?;
     if let Some((more, line)) = registered {
-        schema.events.extend(parse_events(more, line, schema.events.len())?.events);
+        schema.events.extend(parse_events(more, line, schema.events.len(), 0, &[])?.events);
     }
     Ok(Metadata { schema, ..md })
 }
@@ -347,8 +398,16 @@ impl<'t> Lines<'t> {
     }
 }
 
-/// Parses event blocks whose ids start at `first_id`.
-fn parse_events(text: &str, first_line: usize, first_id: usize) -> Result<TraceSchema, MetadataError> {
+/// The event blocks of stream class `stream`, their ids from `first_id`,
+/// each event's fields after `context` (stream 1 only: fixed integer
+/// arrays allowed).
+fn parse_events(
+    text: &str,
+    first_line: usize,
+    first_id: usize,
+    stream: u32,
+    context: &[FieldClass],
+) -> Result<TraceSchema, MetadataError> {
     let mut lines = Lines { it: text.lines().enumerate().peekable(), first: first_line, last: first_line };
     let mut events = Vec::new();
     while let Some((n, l)) = lines.next() {
@@ -369,15 +428,17 @@ fn parse_events(text: &str, first_line: usize, first_id: usize) -> Result<TraceS
             return err(il, format!("event ids must be 0, 1, 2, … in order: expected {want}, found `{id}`"));
         }
         let (sl, sid) = lines.value("stream_id")?;
-        if sid != "0" {
-            return err(sl, format!("only stream 0 is declared, found stream_id = {sid}"));
+        if sid != stream.to_string() {
+            let part = if stream == 0 { "only stream 0 is declared" } else { "the kernel's part declares stream 1" };
+            return err(sl, format!("{part}, found stream_id = {sid}"));
         }
         lines.expect("\tfields := struct {")?;
-        let mut fields = Vec::new();
+        let mut fields = context.to_vec();
         loop {
             match lines.next() {
                 Some((_, "\t};")) => break,
                 Some((n, l)) => match l.strip_prefix("\t\t") {
+                    Some(decl) if stream == 1 => fields.extend(parse_kernel_field(decl, n)?),
                     Some(decl) => fields.push(parse_field(decl, n)?),
                     None => return err(n, format!("expected a field declaration or `}};`, found `{l}`")),
                 },
@@ -581,6 +642,20 @@ fn int_body(t: &mut Toks) -> Result<(u8, bool, bool), MetadataError> {
         Some(v) => return err(line, format!("unsupported base = {v} (10 or 16)")),
     };
     Ok((bits, signed, hex))
+}
+
+/// A kernel field: as [`parse_field`], or a fixed integer array
+/// `integer { … } _x[N];` as its N elements `x[0]` … `x[N-1]` (which is
+/// its layout: N integers, one after the other).
+fn parse_kernel_field(decl: &str, line: usize) -> Result<Vec<FieldClass>, MetadataError> {
+    let array = decl.strip_suffix("];").and_then(|d| d.rsplit_once('[')).filter(|(d, _)| d.starts_with("integer"));
+    let Some((elem, len)) = array else { return Ok(vec![parse_field(decl, line)?]) };
+    let len: usize = match len.parse() {
+        Ok(n) if (1..=4096).contains(&n) => n,
+        _ => return err(line, format!("array length `{len}` is not a number from 1 to 4096")),
+    };
+    let f = parse_field(&format!("{elem};"), line)?;
+    Ok((0..len).map(|i| FieldClass { name: format!("{}[{i}]", f.name), ..f.clone() }).collect())
 }
 
 fn parse_field(decl: &str, line: usize) -> Result<FieldClass, MetadataError> {

@@ -3,6 +3,7 @@
 
 use hvtrace_core::decode::Schema;
 use hvtrace_core::metadata::{render, ClockDesc, TraceDesc};
+use hvtrace_core::FieldKind;
 use hvtrace_core::{EventDesc, EventSet};
 use hvtrace_reader::tsdl::parse;
 
@@ -183,8 +184,7 @@ fn never_panics() {
 /// the kernel's part and the marker that says the VMM's classes resume.
 #[test]
 fn classes_appended_mid_session_are_read_after_the_kernel_part_too() {
-    use hvtrace_core::metadata::{write_event, KERNEL_STREAMS_MARKER, VMM_CLASSES_RESUME_MARKER};
-    use hvtrace_core::FieldKind;
+    use hvtrace_core::metadata::{write_event, VMM_CLASSES_RESUME_MARKER};
     let n = all::Events::EVENTS.len() as u32;
     let mut appended = String::new();
     write_event(&mut appended, n, "dev_added", [("bus", FieldKind::Str)]).unwrap();
@@ -195,22 +195,70 @@ fn classes_appended_mid_session_are_read_after_the_kernel_part_too() {
     let plain = parse(&format!("{vmm}{appended}")).unwrap();
     assert_eq!(names(&plain)[n as usize..], ["dev_added", "irq"]);
 
-    let kernel = "\nstream {\n\tid = 1;\n};\nevent {\n\tname = \"sched_switch\";\n\tid = 0;\n\tstream_id = 1;\n};\n";
-    let with_kernel = format!("{vmm}{KERNEL_STREAMS_MARKER}{kernel}\n{VMM_CLASSES_RESUME_MARKER}\n{appended}");
+    let kernel = kernel_part(1, "insn[3]");
+    let with_kernel = format!("{vmm}{kernel}\n{VMM_CLASSES_RESUME_MARKER}\n{appended}");
     let md = parse(&with_kernel).unwrap();
-    assert_eq!(names(&md), names(&plain), "the kernel's part is skipped, the VMM's resumes");
+    assert_eq!(names(&md), names(&plain), "the kernel's part is its own, the VMM's resumes");
+    assert_eq!(md.kernel.map(|k| k.events.len()), Some(1));
     // Without the marker, nothing after the kernel's part is the VMM's.
-    let md = parse(&format!("{vmm}{KERNEL_STREAMS_MARKER}{kernel}")).unwrap();
+    let md = parse(&format!("{vmm}{kernel}")).unwrap();
     assert_eq!(md.schema.events.len(), n as usize);
     // Appended ids go on from the VMM's own, in order.
     let mut skipped = String::new();
     write_event(&mut skipped, n + 1, "irq", []).unwrap();
-    let e =
-        parse(&format!("{vmm}{KERNEL_STREAMS_MARKER}{kernel}\n{VMM_CLASSES_RESUME_MARKER}\n{skipped}")).unwrap_err();
+    let e = parse(&format!("{vmm}{kernel}\n{VMM_CLASSES_RESUME_MARKER}\n{skipped}")).unwrap_err();
     assert!(e.to_string().contains(&format!("expected {n}, found `{}`", n + 1)), "{e}");
     let last = format!("\tid = {};", n + 1);
     let line = with_kernel.lines().position(|l| l == last).map(|i| i + 1);
     assert!(line.is_some());
     let e = parse(&with_kernel.replace(&last, "\tid = 99;")).unwrap_err();
     assert_eq!(Some(e.line), line, "{e}: errors name the line in the file");
+}
+
+/// The kernel's part as `hvtrace-ftrace` writes it: the stream class with
+/// its event context, then events of stream 1 (a fixed array among them).
+fn kernel_part(stream_id: u32, array: &str) -> String {
+    let int = |bits: u32, signed: bool, base: u32, name: &str| {
+        format!(
+            "\t\tinteger {{ size = {bits}; align = 8; signed = {signed}; byte_order = le; base = {base}; }} _{name};\n"
+        )
+    };
+    format!(
+        "{marker}\nstream {{\n\tid = 1;\n\tevent.header := struct event_header_compact;\n\
+         \tpacket.context := struct packet_context;\n\tevent.context := struct {{\n{ctx}\t}};\n}};\n\n\
+         event {{\n\tname = \"kvm_emulate_insn\";\n\tid = 0;\n\tstream_id = {stream_id};\n\tfields := struct {{\n\
+         {len}{arr}\t\tstring {{ encoding = UTF8; }} _comm;\n\t}};\n}};\n\n",
+        marker = hvtrace_core::metadata::KERNEL_STREAMS_MARKER,
+        ctx = int(8, false, 10, "common_flags") + &int(32, true, 10, "common_pid"),
+        len = int(8, false, 10, "len"),
+        arr = int(8, false, 16, array),
+    )
+}
+
+#[test]
+fn the_kernels_event_classes_are_read_with_their_context_and_arrays_as_elements() {
+    let text = rendered(&desc("host-1"), all::Events::EVENTS) + &kernel_part(1, "insn[3]");
+    let md = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(md.schema.events.len(), all::Events::EVENTS.len(), "the VMM's classes as before");
+    let k = md.kernel.expect("the kernel's classes");
+    let [e] = &k.events[..] else { panic!("{k:?}") };
+    let names: Vec<_> = e.fields.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["common_flags", "common_pid", "len", "insn[0]", "insn[1]", "insn[2]", "comm"]);
+    assert_eq!(e.fields[4].kind, FieldKind::Int { bits: 8, signed: false, hex: true });
+    assert_eq!(e.fields[1].kind, FieldKind::Int { bits: 32, signed: true, hex: false });
+    assert_eq!(k.fixed_payload_len(0), None, "a string makes it variable");
+    assert!(parse(&rendered(&desc("h"), &[])).unwrap().kernel.is_none());
+}
+
+#[test]
+fn a_kernel_part_of_another_shape_is_an_error_naming_its_line() {
+    let base = rendered(&desc("host-1"), &[]);
+    let lines = base.lines().count();
+    let e = parse(&(base.clone() + &kernel_part(0, "insn[3]"))).unwrap_err();
+    assert!(e.msg.contains("declares stream 1, found stream_id = 0"), "{e}");
+    assert_eq!(e.line, lines + 15, "the line of `stream_id = 0;`");
+    let e = parse(&(base.clone() + &kernel_part(1, "insn[0]"))).unwrap_err();
+    assert!(e.msg.contains("array length `0`"), "{e}");
+    let e = parse(&(base + &kernel_part(1, "insn[3]").replace("\tid = 1;", "\tid = 2;"))).unwrap_err();
+    assert!(e.msg.contains("expected `id = 1;`"), "{e}");
 }

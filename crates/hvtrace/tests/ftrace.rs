@@ -155,7 +155,88 @@ fn each_vcpus_kernel_exits_match_its_kvm_run_returns_and_precede_its_vm_exits() 
             panic!("vCPU {vcpu}: exit {at} is not kernel-then-VMM: {}", &order[at * 2..(at * 2 + 8).min(order.len())]);
         }
     }
+    analyze_splits_each_exit_between_kernel_and_vmm(&trace, &s, &events);
     assert_eq!(orphan_instances(), Vec::<String>::new(), "a tracefs instance was left behind");
+}
+
+/// One vCPU's kernel/VMM split as `docs/analysis.md` defines it, computed
+/// here from babeltrace2's decoding: (KVM_EXIT reason → (count, kernel
+/// ticks, VMM ticks)), exits that never reached user space. An exit
+/// begins at `kvm_exit` or `kvm_emulate_insn` (or `kvm_pio`/`kvm_mmio` if
+/// none is open), is handed over at `kvm_userspace_exit`, and an entry
+/// (the VMM's `vcpu_run`, the kernel's `kvm_entry`) ends it.
+fn split_by_babeltrace2(events: &[Value], tid: u64, vcpu: u64) -> (BTreeMap<u64, [u64; 3]>, u64) {
+    let (mut rows, mut in_kernel) = (BTreeMap::<u64, [u64; 3]>::new(), 0);
+    let (mut open, mut at_vmm): (Option<u64>, Option<(u64, u64)>) = (None, None);
+    for e in events {
+        let (ts, name) = (num(&e["ts"]), e["name"].as_str().unwrap_or(""));
+        let mine = e["stream"] == 1 && e["ctx"]["common_pid"] == tid;
+        if (e["stream"] == 0 && name == "vcpu_run" && e["f"]["vcpu"] == vcpu) || (mine && name == "kvm_entry") {
+            if let Some((t0, reason)) = at_vmm.take() {
+                rows.get_mut(&reason).unwrap()[2] += ts - t0;
+            }
+            in_kernel += u64::from(open.take().is_some());
+            continue;
+        }
+        if !mine {
+            continue;
+        }
+        match name {
+            "kvm_emulate_insn" | "kvm_exit" => {
+                in_kernel += u64::from(open.replace(ts).is_some());
+                at_vmm = None;
+            }
+            "kvm_pio" | "kvm_mmio" if open.is_none() => {
+                open = Some(ts);
+                at_vmm = None;
+            }
+            "kvm_userspace_exit" => {
+                let reason = num(&e["f"]["reason"]);
+                let row = rows.entry(reason).or_default();
+                row[0] += 1;
+                if let Some(t0) = open.take() {
+                    row[1] += ts - t0;
+                }
+                at_vmm = Some((ts, reason));
+            }
+            _ => {}
+        }
+    }
+    (rows, in_kernel)
+}
+
+/// `hvtrace analyze --json` on a trace of both halves: per vCPU, the exits
+/// handed to the VMM equal the VMM's own KVM_RUN returns (io and mmio its
+/// own counts), and every figure of the split equals the one computed from
+/// babeltrace2's decoding of the same events.
+fn analyze_splits_each_exit_between_kernel_and_vmm(trace: &Path, summary: &Value, events: &[Value]) {
+    let out = Command::new(EXE).args(["analyze", "--json"]).arg(trace).output().unwrap();
+    assert!(out.status.success(), "hvtrace analyze failed: {}", stderr(&out));
+    let r = last_json(&out);
+    assert!(r["event_sets"].as_array().unwrap().iter().any(|s| s == "kvm-kernel"), "{}", r["event_sets"]);
+    let freq = u128::from(num(&r["clock_freq"]));
+    let ns = |ticks: u64| (u128::from(ticks) * 1_000_000_000 / freq) as u64;
+    for v in summary["per_vcpu"].as_array().unwrap() {
+        let (vcpu, tid) = (num(&v["vcpu"]), num(&v["tid"]));
+        let row = r["vcpus"].as_array().unwrap().iter().find(|x| x["vcpu"] == vcpu).unwrap();
+        let split = &row["kernel_split"];
+        let to_vmm = split["to_vmm"].as_array().unwrap_or_else(|| panic!("vCPU {vcpu}: no split: {row}"));
+        let count = |reason: &str| to_vmm.iter().find(|x| x["reason"] == reason).map_or(0, |x| num(&x["count"]));
+        let handed: u64 = to_vmm.iter().map(|x| num(&x["count"])).sum();
+        assert_eq!(handed, num(&v["kvm_run_returns"]), "vCPU {vcpu}: {split}");
+        assert_eq!(count("io"), num(&v["io_exits"]), "vCPU {vcpu}");
+        assert_eq!(count("mmio"), num(&v["mmio_exits"]), "vCPU {vcpu}");
+        let (rows, in_kernel) = split_by_babeltrace2(events, tid, vcpu);
+        for x in to_vmm {
+            let [n, kernel, vmm] = rows[&num(&x["code"])];
+            assert_eq!(
+                [num(&x["count"]), num(&x["kernel_ns"]), num(&x["vmm_ns"])],
+                [n, ns(kernel), ns(vmm)],
+                "vCPU {vcpu}, {x}"
+            );
+        }
+        assert_eq!(num(&split["exits_in_kernel"]), in_kernel, "vCPU {vcpu}");
+    }
 }
 
 /// A shell that waits for a line on stdin, then becomes `hvtrace kvm

@@ -13,7 +13,8 @@ use crate::out::note;
 use crate::Status;
 
 /// Every event set whose mapping onto the hypervisor model `analyze` knows.
-pub const MAPPINGS: &[&dyn Mapping] = &[&hvtrace_sim::MAPPING, &hvtrace_kvm::MAPPING, &hvtrace_xen::MAPPING];
+pub const MAPPINGS: &[&dyn Mapping] =
+    &[&hvtrace_sim::MAPPING, &hvtrace_kvm::MAPPING, &hvtrace_xen::MAPPING, &hvtrace_ftrace::MAPPING];
 
 /// Analyse a trace: VM exits by reason (count, time, percentiles), runstates
 /// (with wake / preempt, and time lost to missing data), hypercalls, guest
