@@ -95,8 +95,7 @@ pub use error::ConsumerError;
 pub use hvtrace_relayd::RelaydUrl;
 use metadata::MetadataLog;
 pub use metadata::MetadataReport;
-use output::OutputDir;
-pub use output::{ACCOUNT, INCOMPLETE};
+pub use output::{Access, OutputDir, ACCOUNT, INCOMPLETE};
 use relay::Relay;
 pub use relay::{RelayConfig, RelayReport, RelayStreamReport, RELAY_QUEUE, RELAY_TIMEOUT};
 pub use report::{ExitReason, Report, RingReport};
@@ -418,6 +417,17 @@ impl Consumer {
     /// The trace directory, if recording locally.
     pub fn output(&self) -> Option<&Path> {
         self.mapper.out.as_ref().map(|o| o.path.as_path())
+    }
+
+    /// Creates the new file `name` in the trace directory as the consumer
+    /// creates its own (under the directory's descriptor, `O_CREAT |
+    /// O_EXCL | O_NOFOLLOW`, the trace's mode and group): the kernel's
+    /// stream files. `NotFound` when not recording locally.
+    pub fn create_file(&self, name: &str) -> std::io::Result<std::fs::File> {
+        match &self.mapper.out {
+            Some(o) => o.create(name),
+            None => Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no trace directory (relay only)")),
+        }
     }
 
     /// Problems met at attach (a consumed position reset, a relay that

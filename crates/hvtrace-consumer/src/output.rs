@@ -35,12 +35,13 @@ const ACCOUNT_RESERVE: u64 = 64 << 10;
 /// Who may read a trace: its owner only (directory 0700, files 0600), or
 /// also one group (0750 / 0640, like LTTng's `tracing` group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Access {
+pub struct Access {
     group: Option<u32>,
 }
 
 impl Access {
-    pub(crate) fn new(group: Option<u32>) -> Self {
+    /// The owner only (`None`), or also `group`.
+    pub fn new(group: Option<u32>) -> Self {
         Access { group }
     }
 
@@ -61,8 +62,11 @@ impl Access {
     }
 }
 
+/// A trace directory opened once, its files created under its descriptor
+/// (the consumer's; also `hvtrace record-kernel`'s, whose streams are
+/// the kernel's).
 #[derive(Debug)]
-pub(crate) struct OutputDir {
+pub struct OutputDir {
     pub(crate) path: PathBuf,
     dir: OwnedFd,
     channel: String,
@@ -83,7 +87,7 @@ impl OutputDir {
     /// Creates `path` if needed (refusing one that already holds a trace of
     /// `channel`), opens it and writes `metadata`; returns the `metadata`
     /// file too, which grows as the host registers classes.
-    pub(crate) fn prepare(
+    pub fn prepare(
         path: &Path,
         channel: &str,
         metadata: &str,
@@ -132,7 +136,7 @@ impl OutputDir {
 
     /// Creates the new file `name` in the directory, with the trace's mode
     /// and group.
-    fn create(&self, name: &str) -> io::Result<File> {
+    pub fn create(&self, name: &str) -> io::Result<File> {
         let f = fs::create_at(&self.dir, name, self.access.file_mode())?;
         fs::set_mode_and_group(&f, self.access.file_mode(), self.access.group)?;
         Ok(f)

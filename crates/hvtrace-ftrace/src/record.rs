@@ -7,7 +7,6 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -107,24 +106,26 @@ impl KernelSource {
         &self.instance.removed_stale
     }
 
-    /// Creates `dir/kernel_<cpu>` for every CPU, turns recording on and
-    /// starts the reader thread. `uuid` is the trace's (packet headers).
-    pub fn start(self, dir: &Path, uuid: [u8; 16]) -> Result<KernelRecorder, FtraceError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| FtraceError::Io { what: format!("creating {}", dir.display()), source })?;
+    /// Creates the stream file `kernel_<cpu>` of every CPU with `create`
+    /// (the trace directory's owner creates its files: the consumer's under
+    /// its directory descriptor, with the trace's mode and group), turns
+    /// recording on and starts the reader thread. `uuid` is the trace's
+    /// (packet headers).
+    pub fn start(
+        self,
+        create: &mut dyn FnMut(&str) -> io::Result<File>,
+        uuid: [u8; 16],
+    ) -> Result<KernelRecorder, FtraceError> {
         let stop = Arc::new(EventFd::new().map_err(FtraceError::io("creating the stop eventfd"))?);
         let mut cpus = Vec::new();
         for &cpu in &self.cpus {
-            let path = dir.join(stream_file_name(cpu));
-            let file = File::options()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|source| FtraceError::Io { what: format!("creating {}", path.display()), source })?;
+            let name = stream_file_name(cpu);
+            let file = create(&name)
+                .map_err(|source| FtraceError::Io { what: format!("creating the stream file {name}"), source })?;
             let pipe = self.instance.open_pipe(cpu)?;
             cpus.push(CpuReader {
                 cpu,
-                path,
+                name,
                 pipe,
                 out: BufWriter::new(file),
                 stream: KernelStream::new(cpu, uuid),
@@ -146,7 +147,8 @@ const STOP: u64 = u64::MAX;
 
 struct CpuReader {
     cpu: u32,
-    path: PathBuf,
+    /// The stream file's name in the trace directory.
+    name: String,
     pipe: File,
     out: BufWriter<File>,
     stream: KernelStream,
@@ -197,7 +199,7 @@ impl Reader {
             if let Err(e) =
                 c.out.write_all(&bytes).and_then(|()| c.out.flush()).and_then(|()| c.out.get_ref().sync_all())
             {
-                self.errors.push(format!("{}: {e}", c.path.display()));
+                self.errors.push(format!("{}: {e}", c.name));
             }
             per_cpu.push(CpuReport { cpu: c.cpu, counts: c.stream.counts().clone(), kernel_lost });
         }
@@ -228,7 +230,7 @@ impl Reader {
         }
         c.lost = self.source.instance.cpu_stats(c.cpu)?.lost();
         if let Err(e) = c.out.write_all(&bytes) {
-            self.errors.push(format!("{}: {e}", c.path.display()));
+            self.errors.push(format!("{}: {e}", c.name));
         }
         Ok(())
     }

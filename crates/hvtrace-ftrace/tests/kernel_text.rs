@@ -197,7 +197,7 @@ fn decoded_records_equal_the_kernels_own_text_rendering() {
     Vmm::run(&cfg, &NullObserver).unwrap();
     source.instance().set_tracing(false).unwrap();
     let text = source.instance().read("trace").unwrap();
-    let report = source.start(dir.path(), uuid).unwrap().stop().unwrap();
+    let report = source.start(&mut |n| std::fs::File::create_new(dir.path().join(n)), uuid).unwrap().stop().unwrap();
     assert_eq!(report.total(|c| c.counts.discarded), 0);
 
     let kernel: Vec<TextEvent> = text.lines().filter(|l| !l.starts_with('#')).filter_map(parse_text).collect();

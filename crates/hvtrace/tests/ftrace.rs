@@ -155,6 +155,7 @@ fn each_vcpus_kernel_exits_match_its_kvm_run_returns_and_precede_its_vm_exits() 
             panic!("vCPU {vcpu}: exit {at} is not kernel-then-VMM: {}", &order[at * 2..(at * 2 + 8).min(order.len())]);
         }
     }
+    assert_modes(&trace, 0o700, 0o600);
     analyze_splits_each_exit_between_kernel_and_vmm(&trace, &s, &events);
     assert_eq!(orphan_instances(), Vec::<String>::new(), "a tracefs instance was left behind");
 }
@@ -239,6 +240,20 @@ fn analyze_splits_each_exit_between_kernel_and_vmm(trace: &Path, summary: &Value
     }
 }
 
+/// Every file of the trace has mode `file` and the directory `dir`: the
+/// kernel's streams are created as the consumer creates its own files.
+fn assert_modes(trace: &Path, dir: u32, file: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(trace).unwrap().permissions().mode() & 0o777, dir, "{}", trace.display());
+    let mut kernel = 0;
+    for e in std::fs::read_dir(trace).unwrap().flatten() {
+        let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, file, "{:?} is {mode:o}", e.file_name());
+        kernel += usize::from(e.file_name().to_string_lossy().starts_with("kernel_"));
+    }
+    assert!(kernel > 0, "no kernel stream in {}", trace.display());
+}
+
 /// A shell that waits for a line on stdin, then becomes `hvtrace kvm
 /// --no-trace` (same pid): a VMM whose vCPU threads start after the
 /// recording did.
@@ -304,7 +319,8 @@ fn record_a_vmm(iterations: u64, extra: &[&str], dir: &Path) -> (Value, Value, P
 fn record_kernel_traces_another_processs_vmm_including_threads_started_later() {
     require_kernel!();
     let dir = tempfile::tempdir().unwrap();
-    let (vmm, rec, trace, _) = record_a_vmm(200, &[], dir.path());
+    let (vmm, rec, trace, _) = record_a_vmm(200, &["--group", "root"], dir.path());
+    assert_modes(&trace, 0o750, 0o640);
     let lost = num(&rec["events_discarded"]);
     let events = bt2_events(&trace);
     assert_eq!(events.iter().filter(|e| e.get("name").is_some()).count() as u64, num(&rec["events_recorded"]));
@@ -351,6 +367,25 @@ fn events_lost_in_a_tiny_kernel_buffer_are_counted_in_the_trace() {
     }
     let recorded = num(&rec["events_recorded"]);
     assert_eq!(recorded + lost, num(&whole["events_recorded"]), "{recorded} recorded + {lost} lost, vs {whole}");
+}
+
+#[test]
+fn a_name_planted_in_the_trace_directory_is_refused_not_followed() {
+    require_kernel!();
+    let dir = tempfile::tempdir().unwrap();
+    let (trace, target) = (dir.path().join("t"), dir.path().join("target"));
+    std::fs::create_dir(&trace).unwrap();
+    std::os::unix::fs::symlink(&target, trace.join("kernel_0")).unwrap();
+    let out = Command::new(EXE)
+        .args(["record-kernel", "--pid", &std::process::id().to_string(), "--output"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("kernel_0"), "{}", stderr(&out));
+    assert!(!target.exists(), "the link was followed");
+    assert!(!trace.join("metadata").exists());
+    assert_eq!(orphan_instances(), Vec::<String>::new());
 }
 
 #[test]

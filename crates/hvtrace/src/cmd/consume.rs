@@ -99,7 +99,7 @@ pub struct Args {
     pub kernel_buffer_kb: u32,
 }
 
-fn parse_group(s: &str) -> Result<u32, String> {
+pub(crate) fn parse_group(s: &str) -> Result<u32, String> {
     match hvtrace_sys::fs::group_id(s) {
         Ok(Some(gid)) => Ok(gid),
         Ok(None) => Err(format!("no group called {s:?}")),
@@ -148,7 +148,7 @@ pub fn run(a: Args) -> Result<Status> {
     let consumer = Consumer::attach(&cfg)?;
     let output = consumer.output().map(Path::to_path_buf);
     let kernel = match (kernel, &output) {
-        (Some(k), Some(dir)) => Some(k.start(dir, consumer.trace_uuid())?),
+        (Some(k), Some(_)) => Some(k.start(&mut |name| consumer.create_file(name), consumer.trace_uuid())?),
         _ => None,
     };
     let mut sinks = Vec::new();

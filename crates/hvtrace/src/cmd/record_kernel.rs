@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hvtrace_consumer::{Access, OutputDir};
 use hvtrace_core::metadata::TraceDesc;
 use hvtrace_ftrace::{InstanceConfig, KernelReport, KernelSource, TraceClock};
 use hvtrace_host::clock::{ClockSource, HostClock};
@@ -42,6 +43,10 @@ pub struct Args {
     /// Per-CPU kernel buffer, KiB.
     #[arg(long, default_value_t = 1024)]
     pub buffer_kb: u32,
+    /// Let this group read the trace (directory 0750, files 0640, owned by
+    /// the group), as `consume --group`; without it, the owner only (0700 / 0600).
+    #[arg(long, value_parser = super::consume::parse_group)]
+    pub group: Option<u32>,
     /// Print the final report as one JSON line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -152,9 +157,13 @@ pub fn run(a: Args) -> Result<Status> {
         clock: clock.desc(),
     };
     let metadata = source.table().standalone_metadata(&desc);
-    let recorder = source.start(&a.output, uuid)?;
-    let md_path = a.output.join("metadata");
-    std::fs::write(&md_path, metadata).with_context(|| format!("cannot write {}", md_path.display()))?;
+    // Recording from before `metadata` appears (which says it has begun).
+    source.instance().set_tracing(true)?;
+    // Created as the consumer creates its traces: one directory descriptor,
+    // O_CREAT | O_EXCL | O_NOFOLLOW, the trace's mode and group.
+    let (dir, _metadata) =
+        OutputDir::prepare(&a.output, hvtrace_ftrace::STREAM_PREFIX, &metadata, Access::new(a.group))?;
+    let recorder = source.start(&mut |name| dir.create(name), uuid)?;
     note(format_args!(
         "hvtrace record-kernel: recording {} of pid {} into {} until SIGINT or its exit",
         a.events.join(","),
