@@ -267,8 +267,8 @@ fn csv_file(dir: &Path, name: &str, head: &[&str], rows: Vec<Vec<String>>) -> io
 
 /// Writes one CSV file per table into `dir` (created if missing):
 /// `cpus.csv`, `event_classes.csv`, `exits.csv`, `exit_details.csv`,
-/// `runstates.csv`, `hypercalls.csv`, `guest_events.csv`, `pcpus.csv`,
-/// `interrupts.csv`. Times in ns.
+/// `runstates.csv`, `hypercalls.csv`, `guest_events.csv`,
+/// `kernel_split.csv`, `pcpus.csv`, `interrupts.csv`. Times in ns.
 pub fn write_csv(r: &Report, dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let n = |v: u64| v.to_string();
@@ -293,8 +293,11 @@ pub fn write_csv(r: &Report, dir: &Path) -> io::Result<()> {
     csv_file(
         dir,
         "event_classes.csv",
-        &["id", "name", "count", "per_s"],
-        r.event_classes.iter().map(|c| vec![n(c.id.into()), c.name.clone(), n(c.count), c.per_s.to_string()]).collect(),
+        &["id", "name", "count", "per_s", "stream"],
+        r.event_classes
+            .iter()
+            .map(|c| vec![n(c.id.into()), c.name.clone(), n(c.count), c.per_s.to_string(), n(c.stream.into())])
+            .collect(),
     )?;
     let mut exits = Vec::new();
     let mut details = Vec::new();
@@ -401,6 +404,27 @@ pub fn write_csv(r: &Report, dir: &Path) -> io::Result<()> {
     let hc_head = ["domain", "vcpu", "nr", "name", "count", "total_ns", "avg_ns", "p95_ns", "max_ns", "timed"];
     csv_file(dir, "hypercalls.csv", &hc_head, calls)?;
     csv_file(dir, "guest_events.csv", &["domain", "vcpu", "kind", "name", "count"], guest)?;
+    // One row per reason: `to_vmm` (handed to the VMM) or `in_kernel` (never reached user space).
+    let mut split = Vec::new();
+    for v in &r.vcpus {
+        let Some(k) = &v.kernel_split else { continue };
+        let id = [n(v.domain.into()), n(v.vcpu.into())];
+        for x in &k.to_vmm {
+            let mut row = id.to_vec();
+            row.extend(["to_vmm".into(), x.reason.clone(), n(x.code.into()), n(x.count)]);
+            row.extend([n(x.kernel_ns), n(x.kernel_timed), n(x.vmm_ns), n(x.vmm_timed)]);
+            split.push(row);
+        }
+        for x in &k.in_kernel {
+            let mut row = id.to_vec();
+            row.extend(["in_kernel".into(), x.reason.clone(), n(x.code.into()), n(x.count)]);
+            row.extend([n(x.total_ns), n(x.timed), n(0), n(0)]);
+            split.push(row);
+        }
+    }
+    let split_head =
+        ["domain", "vcpu", "side", "reason", "code", "count", "kernel_ns", "kernel_timed", "vmm_ns", "vmm_timed"];
+    csv_file(dir, "kernel_split.csv", &split_head, split)?;
     csv_file(
         dir,
         "pcpus.csv",

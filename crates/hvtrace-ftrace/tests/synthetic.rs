@@ -92,6 +92,22 @@ fn stream() -> (Vec<u8>, KernelStream) {
     (out, s)
 }
 
+/// A trace directory holding only the kernel stream `name` (uuid 9…, a
+/// TSC of `freq` Hz).
+fn trace_dir(t: &EventTable, freq: u64, name: &str, stream: &[u8]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let desc = TraceDesc {
+        uuid: [9; 16],
+        hostname: "synthetic",
+        domain: "kvm-kernel",
+        tracer_version: (0, 1, 0),
+        clock: ClockDesc { name: "tsc", description: "TSC", freq, offset_s: 0, offset: 0, precision: 0 },
+    };
+    std::fs::write(dir.path().join("metadata"), t.standalone_metadata(&desc)).unwrap();
+    std::fs::write(dir.path().join(name), stream).unwrap();
+    dir
+}
+
 #[test]
 fn synthetic_pages_become_packets_of_the_kernel_stream_with_their_losses() {
     let (bytes, s) = stream();
@@ -150,16 +166,7 @@ fn babeltrace2_reads_kvm_exit_and_kvm_entry_as_the_format_files_define_them() {
         eprintln!("SKIP: python3-bt2 not installed: the synthetic trace was not read by babeltrace2");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let desc = TraceDesc {
-        uuid: [9; 16],
-        hostname: "synthetic",
-        domain: "kvm-kernel",
-        tracer_version: (0, 1, 0),
-        clock: ClockDesc { name: "tsc", description: "TSC", freq: 2_000_000_000, offset_s: 0, offset: 0, precision: 0 },
-    };
-    std::fs::write(dir.path().join("metadata"), table().standalone_metadata(&desc)).unwrap();
-    std::fs::write(dir.path().join("kernel_3"), stream().0).unwrap();
+    let dir = trace_dir(&table(), 2_000_000_000, "kernel_3", &stream().0);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/ctf-events.py");
     let out = Command::new("/usr/bin/python3").arg(script).arg(dir.path()).output().unwrap();
     assert!(out.status.success(), "bt2: {}", String::from_utf8_lossy(&out.stderr));
@@ -213,16 +220,7 @@ fn analyze_splits_kvm_exits_between_kernel_and_vmm_from_kvm_exit_and_kvm_entry()
     let mut bytes = Vec::new();
     s.page(&t, &page, 0, &mut bytes);
     s.finish(0, 0, &mut bytes);
-    let dir = tempfile::tempdir().unwrap();
-    let desc = TraceDesc {
-        uuid: [9; 16],
-        hostname: "synthetic",
-        domain: "kvm-kernel",
-        tracer_version: (0, 1, 0),
-        clock: ClockDesc { name: "tsc", description: "TSC", freq: 1_000_000_000, offset_s: 0, offset: 0, precision: 0 },
-    };
-    std::fs::write(dir.path().join("metadata"), t.standalone_metadata(&desc)).unwrap();
-    std::fs::write(dir.path().join("kernel_0"), bytes).unwrap();
+    let dir = trace_dir(&t, 1_000_000_000, "kernel_0", &bytes);
     let r =
         hvtrace_analysis::analyze(dir.path(), &[&hvtrace_ftrace::MAPPING], &Default::default(), &mut |_| {}).unwrap();
     assert_eq!(r.event_sets, ["kvm-kernel"]);

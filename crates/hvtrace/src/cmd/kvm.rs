@@ -75,7 +75,7 @@ pub struct Args {
     /// `kvm:*,sched:sched_switch,task:task_rename`, as `record-kernel`). Then, per vCPU, the kernel's
     /// `kvm_userspace_exit` and `kvm_pio` counts must equal the VMM's KVM_RUN
     /// returns and port-I/O exits. Needs root.
-    #[arg(long, num_args = 0..=1, default_missing_value = "kvm:*,sched:sched_switch,task:task_rename", value_name = "EVENTS")]
+    #[arg(long, num_args = 0..=1, default_missing_value = hvtrace_ftrace::DEFAULT_EVENT_LIST, value_name = "EVENTS")]
     pub kernel_events: Option<String>,
     /// Record through shared per-CPU writers instead of pinning each vCPU
     /// thread to its own CPU and giving it that CPU's ring (the default when
