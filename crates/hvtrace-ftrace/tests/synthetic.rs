@@ -221,6 +221,14 @@ fn analyze_splits_kvm_exits_between_kernel_and_vmm_from_kvm_exit_and_kvm_entry()
     s.page(&t, &page, 0, &mut bytes);
     s.finish(0, 0, &mut bytes);
     let dir = trace_dir(&t, 1_000_000_000, "kernel_0", &bytes);
+    // Damage after the packet: named, and the packet's records still read.
+    let mut damaged = bytes.clone();
+    damaged.extend_from_slice(&[0xee; 100]);
+    let bad = trace_dir(&t, 1_000_000_000, "kernel_0", &damaged);
+    let r =
+        hvtrace_analysis::analyze(bad.path(), &[&hvtrace_ftrace::MAPPING], &Default::default(), &mut |_| {}).unwrap();
+    assert_eq!(r.events, 9);
+    assert!(r.warnings.iter().any(|w| w.contains("kernel_0: damage at byte")), "{:?}", r.warnings);
     let r =
         hvtrace_analysis::analyze(dir.path(), &[&hvtrace_ftrace::MAPPING], &Default::default(), &mut |_| {}).unwrap();
     assert_eq!(r.event_sets, ["kvm-kernel"]);
