@@ -200,8 +200,10 @@ pub struct Counters {
     /// Events lost because a value's type differs from its class's field
     /// and cannot be converted without loss.
     pub mismatched: AtomicU64,
-    /// Events lost because they were emitted while the same thread was
-    /// encoding another one (a `Debug` impl that logs).
+    /// Events lost because they reached the layer while the same thread was
+    /// encoding another one. (A `Debug` impl that logs through the `tracing`
+    /// macros never gets here: `tracing` does not re-enter a dispatcher and
+    /// drops such an event before any layer sees it.)
     pub reentrant: AtomicU64,
     /// Events lost because their payload passed the thread's buffer.
     pub overflow: AtomicU64,
@@ -469,9 +471,13 @@ mod tests {
     #[test]
     fn field_names_become_tsdl_identifiers_without_collisions() {
         let mut taken = vec!["level".to_string()];
-        for (raw, want) in
-            [("vcpu.id", "vcpu_id"), ("vcpu_id", "vcpu_id_2"), ("level", "level_2"), ("9lives", "_9lives"), ("a-b", "a_b")]
-        {
+        for (raw, want) in [
+            ("vcpu.id", "vcpu_id"),
+            ("vcpu_id", "vcpu_id_2"),
+            ("level", "level_2"),
+            ("9lives", "_9lives"),
+            ("a-b", "a_b"),
+        ] {
             let n = field_name(raw, &taken);
             assert_eq!(n, want);
             taken.push(n);

@@ -1,0 +1,425 @@
+//! The layer end to end: `tracing` macros → host rings → consumer → a
+//! trace read back by hvtrace-reader and by babeltrace2.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Barrier;
+
+use common::*;
+use hvtrace_host::RegisterError;
+use hvtrace_tracing::HvtraceLayer;
+use tracing::{debug, debug_span, info, info_span, trace, warn, Dispatch};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::prelude::*;
+
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug
+struct Vcpu {
+    id: u32,
+    state: &'static str,
+}
+
+#[derive(Debug)]
+struct Refused;
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("refused by the device")
+    }
+}
+impl std::error::Error for Refused {}
+
+#[test]
+fn every_field_type_round_trips_through_the_reader_and_babeltrace2() {
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone());
+    let counters = layer.counters();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        for i in 0..3i64 {
+            let err: &(dyn std::error::Error + 'static) = &Refused;
+            let maybe = if i == 0 { None } else { Some(i * 10) };
+            info!(
+                target: "vmm::types",
+                neg = -5 - i,
+                small = 7u8,
+                big = u64::MAX - i as u64,
+                ratio = 0.25f64,
+                half = 1.5f32,
+                flag = i % 2 == 0,
+                name = "virtio-net",
+                dbg = ?Vcpu { id: 3, state: "run" },
+                disp = %"shown",
+                wide = 1u128 << 100,
+                bytes = &b"\x00\xff\x10"[..],
+                err,
+                maybe,
+                "exit {}", i
+            );
+        }
+    });
+    let (_dir, trace) = s.finish();
+    assert_eq!(counters.lost(), 0);
+    assert_eq!(counters.truncated.load(Relaxed), 0);
+
+    let (evs, discarded) = read(&trace);
+    assert_eq!((evs.len(), discarded), (3, 0), "{evs:?}");
+    for (i, e) in evs.iter().enumerate() {
+        let i = i as i64;
+        // Class name `target:name`; `tracing`'s default name is `event FILE:LINE`.
+        assert!(e.name.starts_with("vmm::types:event crates/hvtrace-tracing/tests/layer.rs:"), "{}", e.name);
+        assert_eq!(e.get("level"), &Val::E(2, "INFO".into()));
+        assert_eq!(e.get("neg"), &Val::I(-5 - i));
+        assert_eq!(e.get("small"), &Val::U(7));
+        assert_eq!(e.get("big"), &Val::U(u64::MAX - i as u64));
+        assert_eq!(e.get("ratio"), &Val::F(0.25));
+        assert_eq!(e.get("half"), &Val::F(1.5));
+        assert_eq!(e.get("flag"), &Val::E((i % 2 == 0) as i64, if i % 2 == 0 { "true" } else { "false" }.into()));
+        assert_eq!(e.get("name"), &Val::S("virtio-net".into()));
+        assert_eq!(e.get("dbg"), &Val::S("Vcpu { id: 3, state: \"run\" }".into()));
+        assert_eq!(e.get("disp"), &Val::S("shown".into()));
+        assert_eq!(e.get("wide"), &Val::S((1u128 << 100).to_string()));
+        assert_eq!(e.get("bytes"), &Val::B(vec![0, 0xff, 0x10]));
+        assert_eq!(e.get("err"), &Val::S("refused by the device".into()));
+        // Absent from the first event: a string, which holds the later values' text.
+        let maybe = if i == 0 { String::new() } else { (i * 10).to_string() };
+        assert_eq!(e.get("maybe"), &Val::S(maybe));
+        assert_eq!(e.get("message"), &Val::S(format!("exit {i}")));
+    }
+
+    let Some(bt) = read_bt2(&trace) else { return };
+    assert_eq!(bt.len(), 3, "{bt:?}");
+    for (i, (b, e)) in bt.iter().zip(&evs).enumerate() {
+        assert_eq!(b["name"], e.name.as_str());
+        assert_eq!(b["ts"], e.ts);
+        let f = &b["f"];
+        let i = i as i64;
+        assert_eq!(f["level"], 2);
+        assert_eq!(f["neg"], -5 - i);
+        assert_eq!(f["small"], 7);
+        assert_eq!(f["big"], u64::MAX - i as u64);
+        assert_eq!(f["ratio"], "0.25");
+        assert_eq!(f["half"], "1.5");
+        assert_eq!(f["flag"], (i % 2 == 0) as i64);
+        assert_eq!(f["dbg"], "Vcpu { id: 3, state: \"run\" }");
+        assert_eq!(f["wide"], (1u128 << 100).to_string().as_str());
+        assert_eq!(f["bytes"], serde_json::json!([0, 255, 16]));
+        assert_eq!(f["err"], "refused by the device");
+        assert_eq!(f["message"], format!("exit {i}").as_str());
+    }
+    let text = babeltrace2_text(&trace).unwrap();
+    assert!(text.contains("level = ( \"INFO\" : container = 2 )"), "{text}");
+}
+
+/// Writes 1 MiB in 1 KiB pieces, counting the pieces the formatter took.
+struct Huge<'a>(&'a std::cell::Cell<u32>);
+impl fmt::Debug for Huge<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let piece = "y".repeat(1024);
+        for _ in 0..1024 {
+            f.write_str(&piece)?;
+            self.0.set(self.0.get() + 1);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn thirty_fields_of_a_mebibyte_each_are_cut_to_their_bound_and_counted() {
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone());
+    let counters = layer.counters();
+    let mib = "x".repeat(1 << 20);
+    let m = mib.as_str();
+    let pieces = std::cell::Cell::new(0);
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        info!(
+            f0 = m, f1 = m, f2 = m, f3 = m, f4 = m, f5 = m, f6 = m, f7 = m, f8 = m, f9 = m,
+            f10 = m, f11 = m, f12 = m, f13 = m, f14 = m, f15 = m, f16 = m, f17 = m, f18 = m, f19 = m,
+            f20 = m, f21 = m, f22 = m, f23 = m, f24 = m, f25 = m, f26 = m, f27 = m, n = 28u64,
+            huge = ?Huge(&pieces)
+        );
+    });
+    let (_dir, trace) = s.finish();
+    assert_eq!(counters.truncated.load(Relaxed), 29, "28 strings and the Debug value");
+    assert_eq!(counters.lost(), 0);
+    assert_eq!(pieces.get(), 0, "the Debug formatting stopped at its first piece, past the bound");
+    let (evs, _) = read(&trace);
+    assert_eq!(evs.len(), 1);
+    let e = &evs[0];
+    assert_eq!(e.fields.len(), 31, "level and 30 fields");
+    for i in 0..28 {
+        assert_eq!(e.get(&format!("f{i}")), &Val::S("x".repeat(1023)));
+    }
+    assert_eq!(e.get("n"), &Val::U(28));
+    assert_eq!(e.get("huge"), &Val::S("y".repeat(1023)));
+    if let Some(bt) = read_bt2(&trace) {
+        assert_eq!(bt.len(), 1);
+        assert_eq!(bt[0]["f"]["huge"].as_str().unwrap().len(), 1023);
+        assert_eq!(bt[0]["f"]["n"], 28);
+    }
+}
+
+#[test]
+fn span_events_pair_up_with_their_ids_and_parents() {
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone()).with_spans(true);
+    let counters = layer.counters();
+    let (outer_id, inner_id) = tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        let outer = info_span!("vcpu_run", vcpu = 3u32, exits = tracing::field::Empty);
+        let inner_id = outer.in_scope(|| {
+            let inner = debug_span!("exit_handler", reason = "io");
+            inner.in_scope(|| info!(port = 0x3f8u16, "handled"));
+            inner.id().unwrap()
+        });
+        outer.record("exits", 1u64);
+        outer.in_scope(|| {});
+        (outer.id().unwrap(), inner_id)
+    });
+    let (_dir, trace) = s.finish();
+    assert_eq!(counters.lost(), 0);
+    let (evs, _) = read(&trace);
+    let (o, i) = (outer_id.into_u64(), inner_id.into_u64());
+    let seq: Vec<(String, u64)> = evs
+        .iter()
+        .map(|e| {
+            let id = match e.fields.iter().find(|(n, _)| n == "span_id") {
+                Some((_, Val::U(id))) => *id,
+                _ => 0,
+            };
+            (e.name.split(' ').next().unwrap().to_string(), id)
+        })
+        .collect();
+    let want: Vec<(String, u64)> = [
+        ("span", o),
+        ("span_enter", o),
+        ("span", i),
+        ("span_enter", i),
+        ("tests/layer.rs", 0), // placeholder for the event, checked below
+        ("span_exit", i),
+        ("span_close", i),
+        ("span_exit", o),
+        ("span_record", o),
+        ("span_enter", o),
+        ("span_exit", o),
+        ("span_close", o),
+    ]
+    .into_iter()
+    .map(|(n, id)| (n.to_string(), id))
+    .collect();
+    assert_eq!(seq.len(), want.len(), "{seq:?}");
+    for (k, (got, want)) in seq.iter().zip(&want).enumerate() {
+        if k == 4 {
+            assert!(evs[k].name.starts_with("layer:event"), "{}", evs[k].name);
+            assert_eq!(evs[k].get("port"), &Val::U(0x3f8));
+        } else {
+            assert_eq!(got, want, "record {k}: {seq:?}");
+        }
+    }
+    let new_outer = &evs[0];
+    assert_eq!(new_outer.name, "span layer:vcpu_run");
+    assert_eq!(new_outer.get("parent_id"), &Val::U(0));
+    assert_eq!(new_outer.get("vcpu"), &Val::U(3));
+    assert_eq!(new_outer.get("exits"), &Val::S(String::new()), "empty at creation");
+    assert_eq!(evs[2].get("parent_id"), &Val::U(o));
+    assert_eq!(evs[2].get("level"), &Val::E(1, "DEBUG".into()));
+    assert_eq!(evs[2].get("reason"), &Val::S("io".into()));
+    assert_eq!(evs[8].get("exits"), &Val::U(1), "recorded later");
+    if let Some(bt) = read_bt2(&trace) {
+        let names: Vec<&str> = bt.iter().map(|b| b["name"].as_str().unwrap()).collect();
+        let mine: Vec<&str> = evs.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, mine);
+    }
+}
+
+#[test]
+fn a_level_filter_and_an_env_filter_decide_what_is_recorded() {
+    let emit = || {
+        trace!(target: "vmm::vcpu", "t");
+        debug!(target: "vmm::vcpu", "d");
+        info!(target: "vmm::io", "i");
+        warn!(target: "vmm::io", "w");
+        info!(target: "other", "o");
+    };
+    let msgs = |m: &[&str]| m.iter().map(|s| Val::S(s.to_string())).collect::<Vec<_>>();
+    // Each run: its own host, its layer under `make`'s filters; the messages recorded.
+    let run = |make: &dyn Fn(HvtraceLayer) -> Dispatch| {
+        let s = Session::start();
+        let d = make(HvtraceLayer::new(s.host.clone()));
+        tracing::dispatcher::with_default(&d, emit);
+        let (_dir, trace) = s.finish();
+        let (evs, _) = read(&trace);
+        evs.iter().map(|e| e.get("message").clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        run(&|l| Dispatch::new(tracing_subscriber::registry().with(LevelFilter::INFO).with(l))),
+        msgs(&["i", "w", "o"])
+    );
+    assert_eq!(
+        run(&|l| Dispatch::new(
+            tracing_subscriber::registry().with(l.with_filter(EnvFilter::new("vmm::vcpu=debug,vmm=warn")))
+        )),
+        msgs(&["d", "w"])
+    );
+}
+
+/// One callsite, for the warm-up before the consumer attaches and the work after.
+fn work(t: u64, n: u64) {
+    info!(t, n, "work");
+}
+
+#[test]
+fn threads_recording_at_once_lose_nothing_uncounted() {
+    const THREADS: u64 = 4;
+    const EACH: u64 = 20_000;
+    let mut s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone());
+    let counters = layer.counters();
+    let d = Dispatch::new(tracing_subscriber::registry().with(layer));
+    // Every thread's first event of one callsite at once: one class.
+    let start = Barrier::new(THREADS as usize);
+    std::thread::scope(|sc| {
+        for t in 0..THREADS {
+            let (d, start) = (d.clone(), &start);
+            sc.spawn(move || {
+                tracing::dispatcher::with_default(&d, || {
+                    start.wait();
+                    info!(t, "first");
+                    work(t, 0);
+                })
+            });
+        }
+    });
+    // Registered before the consumer attaches (it could not learn them after).
+    s.attach();
+    std::thread::scope(|sc| {
+        for t in 0..THREADS {
+            let d = d.clone();
+            sc.spawn(move || {
+                tracing::dispatcher::with_default(&d, || {
+                    for n in 1..=EACH {
+                        work(t, n);
+                    }
+                })
+            });
+        }
+    });
+    let (_dir, trace) = s.finish();
+    let md = std::fs::read_to_string(trace.join("metadata")).unwrap();
+    assert_eq!(md.matches("\tname = \"layer:event").count(), 2, "one class per callsite:\n{md}");
+    let (evs, discarded) = read(&trace);
+    let firsts = evs.iter().filter(|e| e.get("message") == &Val::S("first".into())).count();
+    assert_eq!(firsts as u64, THREADS);
+    let mut per_thread: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for e in evs.iter().filter(|e| e.get("message") == &Val::S("work".into())) {
+        let (Val::U(t), Val::U(n)) = (e.get("t"), e.get("n")) else { panic!("{e:?}") };
+        per_thread.entry(*t).or_default().push(*n);
+    }
+    let recorded: u64 = per_thread.values().map(|v| v.len() as u64).sum();
+    for v in per_thread.values_mut() {
+        let len = v.len();
+        v.sort_unstable();
+        v.dedup();
+        assert_eq!(v.len(), len, "a record twice");
+    }
+    assert_eq!(counters.lost(), counters.ring_lost.load(Relaxed), "only the ring may lose here");
+    assert_eq!(discarded, counters.ring_lost.load(Relaxed), "the trace counts what the layer saw lost");
+    assert_eq!(recorded + discarded, THREADS * (EACH + 1), "recorded {recorded}, discarded {discarded}");
+}
+
+#[test]
+fn a_callsite_first_seen_while_a_consumer_is_attached_is_counted_not_recorded_nor_a_panic() {
+    let mut s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone());
+    let counters = layer.counters();
+    let d = Dispatch::new(tracing_subscriber::registry().with(layer));
+    tracing::dispatcher::with_default(&d, || info!(n = 0u64, "before"));
+    s.attach();
+    tracing::dispatcher::with_default(&d, || {
+        for n in 0..100u64 {
+            info!(n, "after");
+        }
+    });
+    let (_dir, trace) = s.finish();
+    assert_eq!(counters.unregistered.load(Relaxed), 100);
+    assert_eq!(counters.lost(), 100);
+    assert_eq!(counters.last_refusal(), Some(RegisterError::ConsumerAttached));
+    let (evs, _) = read(&trace);
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].get("message"), &Val::S("before".into()));
+}
+
+/// A callsite built by hand, whose one field takes values of any type (as
+/// a `&dyn Value` can), which the macros never do.
+mod shifty {
+    use tracing_core::callsite::DefaultCallsite;
+    use tracing_core::field::{FieldSet, Value};
+    use tracing_core::metadata::Kind;
+    use tracing_core::{Event, Level, Metadata};
+
+    static CS: DefaultCallsite = DefaultCallsite::new(&META);
+    static META: Metadata<'static> = Metadata::new(
+        "shifty",
+        "test",
+        Level::INFO,
+        None,
+        None,
+        None,
+        FieldSet::new(&["x"], tracing_core::identify_callsite!(&CS)),
+        Kind::EVENT,
+    );
+
+    pub fn emit(v: &dyn Value) {
+        let fs = META.fields();
+        let f = fs.field("x").unwrap();
+        Event::dispatch(&META, &fs.value_set(&[(&f, Some(v))]));
+    }
+}
+
+#[test]
+fn a_value_its_class_cannot_hold_loses_the_event_counted() {
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone());
+    let counters = layer.counters();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        shifty::emit(&-1i64); // the class: x is an i64
+        shifty::emit(&"text"); // cannot be an i64
+        shifty::emit(&u64::MAX); // neither
+        shifty::emit(&7u64); // can
+    });
+    let (_dir, trace) = s.finish();
+    assert_eq!(counters.mismatched.load(Relaxed), 2);
+    assert_eq!(counters.lost(), 2);
+    let (evs, _) = read(&trace);
+    let xs: Vec<&Val> = evs.iter().map(|e| e.get("x")).collect();
+    assert_eq!(xs, [&Val::I(-1), &Val::I(7)]);
+}
+
+/// A value whose `Debug` logs: the event it logs is emitted while the
+/// thread encodes another.
+struct Loud;
+impl fmt::Debug for Loud {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        info!("from inside Debug");
+        f.write_str("loud")
+    }
+}
+
+#[test]
+fn an_event_emitted_while_encoding_another_is_no_panic_and_the_outer_one_is_recorded() {
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone());
+    let counters = layer.counters();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        info!(v = ?Loud, "outer");
+    });
+    let (_dir, trace) = s.finish();
+    let (evs, _) = read(&trace);
+    // `tracing` itself hands an event emitted inside a dispatch to no
+    // subscriber (its dispatcher is not re-entered), so the layer never
+    // sees it; its `reentrant` counter guards a subscriber called directly.
+    assert_eq!(counters.lost(), 0);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].get("v"), &Val::S("loud".into()));
+}
