@@ -7,11 +7,13 @@
 //! * `core` — the ring alone (drained, or full: the discard path), or the floor.
 //! * `idle` — wake-ups of a consumer on a started, idle `hvtrace sim --rate 0`.
 //! * `poll-consume` — the xentrace-style 100 ms polling baseline consumer.
+//! * `tracing` — one `tracing` event through the hvtrace layer, a do-nothing layer, `fmt`, tracing-chrome.
 //! * `xentrace` — `hvtrace import xentrace` against `xenalyze --summary` on one generated file.
 
 mod core;
 mod host;
 mod idle;
+mod layers;
 mod poll;
 mod util;
 mod xentrace;
@@ -38,6 +40,8 @@ enum Cmd {
     PollConsume(poll::Args),
     /// xentrace import against xenalyze --summary, same file.
     Xentrace(xentrace::Args),
+    /// One `tracing` event through the hvtrace layer and three others, side by side.
+    Tracing(layers::Args),
 }
 
 fn main() {
@@ -47,6 +51,7 @@ fn main() {
         Cmd::Idle(a) => idle::run(a),
         Cmd::PollConsume(a) => poll::run(a),
         Cmd::Xentrace(a) => xentrace::run(a),
+        Cmd::Tracing(a) => layers::run(a),
     };
     if let Err(e) = r {
         eprintln!("hvtrace-bench: error: {e:#}");
