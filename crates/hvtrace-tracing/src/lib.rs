@@ -67,7 +67,11 @@
 //! a consumer is attached ([`hvtrace_host::RegisterError::ConsumerAttached`])
 //! is asked for again after 1, 2, 4, … lost events, so a callsite first seen
 //! mid-session is recorded once the host can take its class; its events in
-//! between are counted in [`Counters::unregistered`].
+//! between are counted in [`Counters::unregistered`]. Registered classes
+//! share the host's TSDL budget (`MAX_REGISTERED_TSDL`, 32 KiB: some 70
+//! callsites of three fields); past it, classes are refused for good.
+
+#![forbid(unsafe_code)]
 
 mod classes;
 mod encode;
