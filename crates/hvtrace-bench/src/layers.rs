@@ -36,10 +36,11 @@ pub(crate) struct Args {
     /// Untimed events per subscriber first.
     #[arg(long, default_value_t = 10_000)]
     warmup: u64,
-    /// Time only this subscriber (`noop`, `hvtrace`, `fmt`, `chrome`), for a
-    /// profiler; the others get their warm-up only, and their figures are null.
-    #[arg(long)]
-    only: Option<String>,
+    /// Time only these subscribers (comma-separated: `noop`, `hvtrace`,
+    /// `fmt`, `chrome`, `hvtrace_no_ring`), for a profiler; the others get
+    /// their warm-up only, and their figures are null.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// The layer that does nothing: what dispatching an event costs.
@@ -87,6 +88,11 @@ pub(crate) fn run(a: Args) -> Result<()> {
 
     let noop = Dispatch::new(tracing_subscriber::registry().with(Noop));
 
+    // The hvtrace layer on a host with no channel: everything but the ring
+    // record (the writer finds no channel and returns), for the breakdown.
+    let idle_host = Host::serve(HostConfig::new(tmp.0.join("idle.sock"), "tracing-bench"), &[]).context("host")?;
+    let no_ring = Dispatch::new(tracing_subscriber::registry().with(hvtrace_tracing::HvtraceLayer::new(idle_host)));
+
     // fmt through the non-blocking writer, not lossy: every line written,
     // as hvtrace records every event (lossy, a full queue drops lines).
     let log = std::fs::File::create(tmp.0.join("fmt.log"))?;
@@ -99,7 +105,8 @@ pub(crate) fn run(a: Args) -> Result<()> {
         tracing_chrome::ChromeLayerBuilder::new().file(tmp.0.join("chrome.json")).build();
     let chrome = Dispatch::new(tracing_subscriber::registry().with(chrome_layer));
 
-    let subs: [(&str, &Dispatch); 4] = [("noop", &noop), ("hvtrace", &hv), ("fmt", &fmt), ("chrome", &chrome)];
+    let subs: [(&str, &Dispatch); 5] =
+        [("noop", &noop), ("hvtrace", &hv), ("fmt", &fmt), ("chrome", &chrome), ("hvtrace_no_ring", &no_ring)];
     let cpu = hvtrace_sys::cpu::online_cpus().first().copied().unwrap_or(0);
     let pinned = hvtrace_sys::cpu::pin_current_thread(cpu).is_ok();
     for (_, d) in subs {
@@ -109,7 +116,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let mut wall_ns = vec![Vec::new(); subs.len()];
     for _ in 0..a.rounds {
         for (i, (name, d)) in subs.iter().enumerate() {
-            if a.only.as_deref().is_some_and(|o| o != *name) {
+            if !a.only.is_empty() && !a.only.iter().any(|o| o == name) {
                 continue;
             }
             let (c, w) = emit(d, a.events);
@@ -142,6 +149,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         "tracing_hvtrace_ns_per_event": hv_ns,
         "tracing_fmt_ns_per_event": fmt_ns,
         "tracing_chrome_ns_per_event": chrome_ns,
+        "tracing_hvtrace_no_ring_ns_per_event": fig(4),
         "tracing_hvtrace_over_noop": round2(hv_ns / noop_ns),
         "tracing_fmt_over_hvtrace": round2(fmt_ns / hv_ns),
         "tracing_chrome_over_hvtrace": round2(chrome_ns / hv_ns),

@@ -121,9 +121,10 @@ impl Field for bool {
 
 /// The part of `s` that is recorded: up to the first NUL, at most
 /// [`MAX_STRING`] bytes, cut at a character boundary so the field stays valid
-/// UTF-8 (the metadata declares `encoding = UTF8`).
+/// UTF-8 (the metadata declares `encoding = UTF8`). Public for encoders
+/// that measure a string once and write it themselves (hvtrace-tracing).
 #[inline]
-fn kept(s: &str) -> &[u8] {
+pub fn kept(s: &str) -> &[u8] {
     let mut n = s.len().min(MAX_STRING);
     while !s.is_char_boundary(n) {
         n -= 1;

@@ -7,7 +7,7 @@
 
 use std::fmt::{self, Write as _};
 
-use hvtrace_core::field::{Field, FieldKind, MAX_STRING};
+use hvtrace_core::field::{kept, Field, FieldKind, MAX_STRING};
 use hvtrace_core::Encoder;
 use tracing_core::field::{Field as TracingField, Visit};
 
@@ -105,7 +105,9 @@ impl Buf<'_> {
     pub(crate) fn put(&mut self, b: &[u8]) {
         match self.bytes.get_mut(self.len..self.len + b.len()) {
             Some(dst) => {
-                dst.copy_from_slice(b);
+                // The core encoder's copy: inline moves for short lengths,
+                // where `copy_from_slice` of an unknown length calls `memcpy`.
+                Encoder::new(dst).put(b);
                 self.len += b.len();
             }
             None => self.overflow = true,
@@ -217,9 +219,13 @@ impl<'b, 'a> Payload<'b, 'a> {
         self.truncated += cut as u32;
     }
 
+    /// A string: measured once (`kept`), then its bytes and the NUL.
+    #[inline]
     fn str(&mut self, s: &str) {
+        let kept = kept(s);
         self.truncated += (s.len() > MAX_STRING) as u32;
-        self.out.field(s);
+        self.out.put(kept);
+        self.out.put(&[0]);
     }
 }
 
