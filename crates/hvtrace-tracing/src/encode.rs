@@ -219,6 +219,23 @@ impl<'b, 'a> Payload<'b, 'a> {
         self.truncated += cut as u32;
     }
 
+    /// A 128-bit integer: its text, or into a 64-bit field if it fits.
+    fn wide<T: Copy + fmt::Display + TryInto<i64> + TryInto<u64>>(&mut self, f: &TracingField, v: T) {
+        match self.at(f) {
+            Some(Ty::Str) => self.text(format_args!("{v}")),
+            Some(Ty::I64) => match TryInto::<i64>::try_into(v) {
+                Ok(x) => self.out.field(x),
+                Err(_) => self.mismatch = true,
+            },
+            Some(Ty::U64) => match TryInto::<u64>::try_into(v) {
+                Ok(x) => self.out.field(x),
+                Err(_) => self.mismatch = true,
+            },
+            Some(_) => self.mismatch = true,
+            None => {}
+        }
+    }
+
     /// A string: measured once (`kept`), then its bytes and the NUL.
     #[inline]
     fn str(&mut self, s: &str) {
@@ -253,23 +270,11 @@ impl Visit for Payload<'_, '_> {
     }
 
     fn record_i128(&mut self, f: &TracingField, v: i128) {
-        match self.at(f) {
-            Some(Ty::Str) => self.text(format_args!("{v}")),
-            Some(Ty::I64) if i64::try_from(v).is_ok() => self.out.field(v as i64),
-            Some(Ty::U64) if u64::try_from(v).is_ok() => self.out.field(v as u64),
-            Some(_) => self.mismatch = true,
-            None => {}
-        }
+        self.wide(f, v)
     }
 
     fn record_u128(&mut self, f: &TracingField, v: u128) {
-        match self.at(f) {
-            Some(Ty::Str) => self.text(format_args!("{v}")),
-            Some(Ty::I64) if i64::try_from(v).is_ok() => self.out.field(v as i64),
-            Some(Ty::U64) if u64::try_from(v).is_ok() => self.out.field(v as u64),
-            Some(_) => self.mismatch = true,
-            None => {}
-        }
+        self.wide(f, v)
     }
 
     #[inline]
