@@ -31,10 +31,11 @@ pub(crate) struct Slot {
     key: AtomicUsize,
     /// Set once registered (or refused for good).
     pub(crate) class: OnceLock<Class>,
-    /// Events lost while the host refused the class for the time being
-    /// ([`hvtrace_host::RegisterError::ConsumerAttached`]): registration is
-    /// tried again when this reaches a power of two, so a refused callsite
-    /// takes the registration lock a logarithmic number of times.
+    /// Events seen since the host first refused the class for the time
+    /// being ([`hvtrace_host::RegisterError::ConsumerAttached`]); 0 before.
+    /// Registration is tried again when this reaches a power of two, so a
+    /// refused callsite takes the registration lock a logarithmic number of
+    /// times and its other events are counted as lost without it.
     pub(crate) refused: AtomicU64,
 }
 

@@ -294,10 +294,20 @@ impl HvtraceLayer {
         meta: Option<&'static Metadata<'static>>,
         values: &dyn Fn(&mut dyn Visit),
     ) -> Option<(u32, &Class)> {
-        let found = self.callsites.find(kind.key(meta)).and_then(|s| s.class.get());
-        let class = match found {
-            Some(c) => c,
-            None => self.register(kind, meta, values)?,
+        let slot = self.callsites.find(kind.key(meta));
+        let class = match slot.map(|s| (s, s.class.get())) {
+            Some((_, Some(c))) => c,
+            // Refused for the time being: lost without the lock, but for
+            // the 2nd, 4th, 8th, … event since, which asks the host again.
+            Some((s, None)) if s.refused.load(Relaxed) != 0 => {
+                let n = s.refused.fetch_add(1, Relaxed) + 1;
+                if !n.is_power_of_two() {
+                    self.counters.unregistered.fetch_add(1, Relaxed);
+                    return None;
+                }
+                self.register(kind, meta, values)?
+            }
+            _ => self.register(kind, meta, values)?,
         };
         match class.id {
             Some(id) => Some((id, class)),
@@ -308,8 +318,8 @@ impl HvtraceLayer {
         }
     }
 
-    /// The slow path of [`Self::class`]: a callsite's first event (or one
-    /// while its class is refused for the time being).
+    /// The slow path of [`Self::class`]: a callsite's first event (or, while
+    /// its class is refused for the time being, one of the few that ask again).
     #[cold]
     #[inline(never)]
     fn register(
@@ -326,11 +336,6 @@ impl HvtraceLayer {
         let Some(slot) = self.callsites.insert(&held, kind.key(meta)) else { return lost() };
         if let Some(c) = slot.class.get() {
             return Some(c);
-        }
-        let refused = slot.refused.load(Relaxed);
-        if refused != 0 && !refused.is_power_of_two() {
-            slot.refused.store(refused + 1, Relaxed);
-            return lost();
         }
         let n = match kind {
             Kind::Event | Kind::SpanNew | Kind::SpanRecord => meta.map_or(0, |m| m.fields().len()),
@@ -354,7 +359,8 @@ impl HvtraceLayer {
                 let again = e == RegisterError::ConsumerAttached;
                 *self.counters.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 if again {
-                    slot.refused.store(refused + 1, Relaxed);
+                    // The first refusal starts the count `class` backs off with.
+                    let _ = slot.refused.compare_exchange(0, 1, Relaxed, Relaxed);
                     lost()
                 } else {
                     Some(slot.class.get_or_init(|| Class { id: None, types }))

@@ -328,8 +328,13 @@ fn threads_recording_at_once_lose_nothing_uncounted() {
     assert_eq!(recorded + discarded, THREADS * (EACH + 1), "recorded {recorded}, discarded {discarded}");
 }
 
+/// One callsite, seen first while a consumer is attached.
+fn after(n: u64) {
+    info!(n, "after");
+}
+
 #[test]
-fn a_callsite_first_seen_while_a_consumer_is_attached_is_counted_not_recorded_nor_a_panic() {
+fn a_callsite_first_seen_while_a_consumer_is_attached_is_counted_then_registered_once_the_host_can() {
     let mut s = Session::start();
     let layer = HvtraceLayer::new(s.host.clone());
     let counters = layer.counters();
@@ -338,16 +343,29 @@ fn a_callsite_first_seen_while_a_consumer_is_attached_is_counted_not_recorded_no
     s.attach();
     tracing::dispatcher::with_default(&d, || {
         for n in 0..100u64 {
-            info!(n, "after");
+            after(n);
         }
     });
-    let (_dir, trace) = s.finish();
+    s.end();
     assert_eq!(counters.unregistered.load(Relaxed), 100);
     assert_eq!(counters.lost(), 100);
     assert_eq!(counters.last_refusal(), Some(RegisterError::ConsumerAttached));
-    let (evs, _) = read(&trace);
+    let (evs, _) = read(&s.trace());
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].get("message"), &Val::S("before".into()));
+
+    // No consumer now: the host would take the class, but the layer asks
+    // again only at the 128th event since the refusal (back-off in powers
+    // of two, so a refused callsite rarely takes the lock); from then on
+    // its events are no longer lost.
+    tracing::dispatcher::with_default(&d, || {
+        for n in 100..140u64 {
+            after(n);
+        }
+    });
+    assert_eq!(counters.unregistered.load(Relaxed), 127);
+    let next = s.host.register_event("probe", &[]).unwrap();
+    assert_eq!(next, 2, "the 'after' class took id 1 (the 'before' class is 0)");
 }
 
 /// A callsite built by hand, whose one field takes values of any type (as

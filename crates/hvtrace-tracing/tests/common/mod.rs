@@ -50,14 +50,20 @@ impl Session {
     }
 
     /// Stops and destroys the channel; the consumer (attached now if it was
-    /// not) writes the last packets and exits. Returns the trace directory.
-    pub fn finish(mut self) -> (tempfile::TempDir, PathBuf) {
+    /// not) writes the last packets and exits. The host keeps serving.
+    pub fn end(&mut self) {
         if self.consumer.is_none() {
             self.attach();
         }
         self.ctl.simple(&Request::Stop).unwrap();
         self.ctl.simple(&Request::Destroy).unwrap();
         self.consumer.take().unwrap().join().unwrap().unwrap();
+    }
+
+    /// [`Session::end`], and the trace directory (with the temporary
+    /// directory that holds it).
+    pub fn finish(mut self) -> (tempfile::TempDir, PathBuf) {
+        self.end();
         let t = self.trace();
         (self.dir, t)
     }
