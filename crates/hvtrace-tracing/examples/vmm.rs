@@ -13,10 +13,8 @@
 //! A real VMM only serves the host (`Host::serve`) and installs the layer;
 //! `hvtrace create`/`start`/`consume` run the session from outside. This
 //! example runs the whole session in-process so that it is one command.
-//! Until the metadata channel to an attached consumer exists, a callsite's
-//! class must be registered (its first event) before the consumer attaches;
-//! so the vCPUs run first, into rings large enough to hold their events,
-//! and the consumer attaches afterwards.
+//! Every callsite's class is registered at its first event, while the
+//! consumer records: the host's metadata log carries it to the trace.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,6 +77,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut ctl = hvtrace_ctl::Client::connect(&sock, Some(Duration::from_secs(10)))?;
     ctl.simple(&Request::Create(ChannelConfig { subbuf_size: 1 << 20, num_subbuf: 8, mode: Mode::Discard }))?;
     ctl.simple(&Request::Start)?;
+    let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &out))?;
+    let consuming = std::thread::spawn(move || consumer.run());
 
     info!(vcpus, exits, "booting");
     std::thread::scope(|s| {
@@ -88,8 +88,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     info!("shutting down");
 
-    let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &out))?;
-    let consuming = std::thread::spawn(move || consumer.run());
     ctl.simple(&Request::Stop)?;
     ctl.simple(&Request::Destroy)?;
     let report = consuming.join().map_err(|_| "the consumer panicked")??;

@@ -6,7 +6,7 @@
 //! any thread with one Acquire load per probe. A callsite's class is set
 //! once ([`OnceLock`]) when the host has given it an id.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::encode::Ty;
@@ -18,8 +18,8 @@ const SLOTS: usize = 2 * hvtrace_host::MAX_EVENT_CLASSES as usize;
 
 /// A callsite's event class.
 pub(crate) struct Class {
-    /// The host's id, or `None` if the host refused the class for good
-    /// (id space or metadata budget exhausted, a name it cannot take).
+    /// The host's id, or `None` if the host refused the class (id space or
+    /// metadata budget exhausted, a name it cannot take): a refusal is final.
     pub(crate) id: Option<u32>,
     /// Types of the callsite's fields, in `FieldSet` order.
     pub(crate) types: Box<[Ty]>,
@@ -31,12 +31,6 @@ pub(crate) struct Slot {
     key: AtomicUsize,
     /// Set once registered (or refused for good).
     pub(crate) class: OnceLock<Class>,
-    /// Events seen since the host first refused the class for the time
-    /// being ([`hvtrace_host::RegisterError::ConsumerAttached`]); 0 before.
-    /// Registration is tried again when this reaches a power of two, so a
-    /// refused callsite takes the registration lock a logarithmic number of
-    /// times and its other events are counted as lost without it.
-    pub(crate) refused: AtomicU64,
 }
 
 /// The table.
@@ -54,9 +48,7 @@ fn home(key: usize) -> usize {
 
 impl Callsites {
     pub(crate) fn new() -> Callsites {
-        let slots = (0..SLOTS)
-            .map(|_| Slot { key: AtomicUsize::new(0), class: OnceLock::new(), refused: AtomicU64::new(0) })
-            .collect();
+        let slots = (0..SLOTS).map(|_| Slot { key: AtomicUsize::new(0), class: OnceLock::new() }).collect();
         Callsites { slots, lock: Mutex::new(()) }
     }
 

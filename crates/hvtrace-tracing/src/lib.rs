@@ -63,13 +63,14 @@
 //! Every event the layer does not record is counted in [`Counters`] (the
 //! ring's own losses — full, busy, too big — are also in the trace's
 //! `events_discarded`). An event recorded while no channel is started is
-//! not a loss, as for every hvtrace writer. A class the host refuses while
-//! a consumer is attached ([`hvtrace_host::RegisterError::ConsumerAttached`])
-//! is asked for again after 1, 2, 4, … lost events, so a callsite first seen
-//! mid-session is recorded once the host can take its class; its events in
-//! between are counted in [`Counters::unregistered`]. Registered classes
-//! share the host's TSDL budget (`MAX_REGISTERED_TSDL`, 32 KiB: some 70
-//! callsites of three fields); past it, classes are refused for good.
+//! not a loss, as for every hvtrace writer. A callsite may appear at any
+//! time, with a consumer attached or not: the host publishes its class in
+//! the channel's metadata log before the layer records with it. The host
+//! refuses a class only past its bounds (`MAX_EVENT_CLASSES`, 4096 classes;
+//! `MAX_REGISTERED_TSDL`, 2 MiB of TSDL: a callsite of three fields is about
+//! 450 bytes) or for a name it cannot take; the refusal is final, and the
+//! callsite's events are counted in [`Counters::unregistered`], found
+//! without a lock.
 
 #![forbid(unsafe_code)]
 
@@ -198,8 +199,8 @@ fn field_name(raw: &str, taken: &[String]) -> String {
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Events lost because their class is not registered: the host refused
-    /// it (for good, or while a consumer is attached), or the callsite table
-    /// is full.
+    /// it (its id space or TSDL budget is exhausted, or a name it cannot
+    /// take), or the callsite table is full.
     pub unregistered: AtomicU64,
     /// Events lost because a value's type differs from its class's field
     /// and cannot be converted without loss.
@@ -294,20 +295,10 @@ impl HvtraceLayer {
         meta: Option<&'static Metadata<'static>>,
         values: &dyn Fn(&mut dyn Visit),
     ) -> Option<(u32, &Class)> {
-        let slot = self.callsites.find(kind.key(meta));
-        let class = match slot.map(|s| (s, s.class.get())) {
-            Some((_, Some(c))) => c,
-            // Refused for the time being: lost without the lock, but for
-            // the 2nd, 4th, 8th, … event since, which asks the host again.
-            Some((s, None)) if s.refused.load(Relaxed) != 0 => {
-                let n = s.refused.fetch_add(1, Relaxed) + 1;
-                if !n.is_power_of_two() {
-                    self.counters.unregistered.fetch_add(1, Relaxed);
-                    return None;
-                }
-                self.register(kind, meta, values)?
-            }
-            _ => self.register(kind, meta, values)?,
+        let found = self.callsites.find(kind.key(meta)).and_then(|s| s.class.get());
+        let class = match found {
+            Some(c) => c,
+            None => self.register(kind, meta, values)?,
         };
         match class.id {
             Some(id) => Some((id, class)),
@@ -318,8 +309,7 @@ impl HvtraceLayer {
         }
     }
 
-    /// The slow path of [`Self::class`]: a callsite's first event (or, while
-    /// its class is refused for the time being, one of the few that ask again).
+    /// The slow path of [`Self::class`]: a callsite's first event.
     #[cold]
     #[inline(never)]
     fn register(
@@ -356,15 +346,8 @@ impl HvtraceLayer {
         match self.host.register_event(&kind.class_name(meta), &fields) {
             Ok(id) => Some(slot.class.get_or_init(|| Class { id: Some(id), types })),
             Err(e) => {
-                let again = e == RegisterError::ConsumerAttached;
                 *self.counters.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                if again {
-                    // The first refusal starts the count `class` backs off with.
-                    let _ = slot.refused.compare_exchange(0, 1, Relaxed, Relaxed);
-                    lost()
-                } else {
-                    Some(slot.class.get_or_init(|| Class { id: None, types }))
-                }
+                Some(slot.class.get_or_init(|| Class { id: None, types }))
             }
         }
     }

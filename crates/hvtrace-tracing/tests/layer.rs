@@ -264,7 +264,7 @@ fn a_level_filter_and_an_env_filter_decide_what_is_recorded() {
     );
 }
 
-/// One callsite, for the warm-up before the consumer attaches and the work after.
+/// One callsite, for the first event of every thread and the work after.
 fn work(t: u64, n: u64) {
     info!(t, n, "work");
 }
@@ -277,28 +277,19 @@ fn threads_recording_at_once_lose_nothing_uncounted() {
     let layer = HvtraceLayer::new(s.host.clone());
     let counters = layer.counters();
     let d = Dispatch::new(tracing_subscriber::registry().with(layer));
-    // Every thread's first event of one callsite at once: one class.
+    // The consumer follows the metadata log from the start: the classes
+    // are registered while it records.
+    s.attach();
     let start = Barrier::new(THREADS as usize);
     std::thread::scope(|sc| {
         for t in 0..THREADS {
             let (d, start) = (d.clone(), &start);
             sc.spawn(move || {
                 tracing::dispatcher::with_default(&d, || {
+                    // Every thread's first event of two callsites at once.
                     start.wait();
                     info!(t, "first");
-                    work(t, 0);
-                })
-            });
-        }
-    });
-    // Registered before the consumer attaches (it could not learn them after).
-    s.attach();
-    std::thread::scope(|sc| {
-        for t in 0..THREADS {
-            let d = d.clone();
-            sc.spawn(move || {
-                tracing::dispatcher::with_default(&d, || {
-                    for n in 1..=EACH {
+                    for n in 0..=EACH {
                         work(t, n);
                     }
                 })
@@ -309,14 +300,13 @@ fn threads_recording_at_once_lose_nothing_uncounted() {
     let md = std::fs::read_to_string(trace.join("metadata")).unwrap();
     assert_eq!(md.matches("\tname = \"layer:event").count(), 2, "one class per callsite:\n{md}");
     let (evs, discarded) = read(&trace);
-    let firsts = evs.iter().filter(|e| e.get("message") == &Val::S("first".into())).count();
-    assert_eq!(firsts as u64, THREADS);
+    let firsts = evs.iter().filter(|e| e.get("message") == &Val::S("first".into())).count() as u64;
     let mut per_thread: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for e in evs.iter().filter(|e| e.get("message") == &Val::S("work".into())) {
         let (Val::U(t), Val::U(n)) = (e.get("t"), e.get("n")) else { panic!("{e:?}") };
         per_thread.entry(*t).or_default().push(*n);
     }
-    let recorded: u64 = per_thread.values().map(|v| v.len() as u64).sum();
+    let recorded: u64 = per_thread.values().map(|v| v.len() as u64).sum::<u64>() + firsts;
     for v in per_thread.values_mut() {
         let len = v.len();
         v.sort_unstable();
@@ -325,47 +315,63 @@ fn threads_recording_at_once_lose_nothing_uncounted() {
     }
     assert_eq!(counters.lost(), counters.ring_lost.load(Relaxed), "only the ring may lose here");
     assert_eq!(discarded, counters.ring_lost.load(Relaxed), "the trace counts what the layer saw lost");
-    assert_eq!(recorded + discarded, THREADS * (EACH + 1), "recorded {recorded}, discarded {discarded}");
-}
-
-/// One callsite, seen first while a consumer is attached.
-fn after(n: u64) {
-    info!(n, "after");
+    assert_eq!(recorded + discarded, THREADS * (EACH + 2), "recorded {recorded}, discarded {discarded}");
 }
 
 #[test]
-fn a_callsite_first_seen_while_a_consumer_is_attached_is_counted_then_registered_once_the_host_can() {
+fn callsites_first_seen_after_the_consumer_attached_are_recorded_and_decoded() {
     let mut s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
+    let layer = HvtraceLayer::new(s.host.clone()).with_spans(true);
     let counters = layer.counters();
     let d = Dispatch::new(tracing_subscriber::registry().with(layer));
     tracing::dispatcher::with_default(&d, || info!(n = 0u64, "before"));
     s.attach();
     tracing::dispatcher::with_default(&d, || {
-        for n in 0..100u64 {
-            after(n);
-        }
+        let span = info_span!("hotplug", cpu = 3u32);
+        span.in_scope(|| {
+            for n in 0..100u64 {
+                info!(n, dev = "virtio-blk", "after");
+            }
+        });
     });
-    s.end();
-    assert_eq!(counters.unregistered.load(Relaxed), 100);
-    assert_eq!(counters.lost(), 100);
-    assert_eq!(counters.last_refusal(), Some(RegisterError::ConsumerAttached));
-    let (evs, _) = read(&s.trace());
-    assert_eq!(evs.len(), 1);
-    assert_eq!(evs[0].get("message"), &Val::S("before".into()));
+    let (_dir, trace) = s.finish();
+    assert_eq!(counters.lost(), 0);
+    assert_eq!(counters.last_refusal(), None);
+    let (evs, discarded) = read(&trace);
+    assert_eq!(discarded, 0);
+    let after: Vec<&Ev> = evs.iter().filter(|e| e.get_opt("message") == Some(&Val::S("after".into()))).collect();
+    assert_eq!(after.len(), 100);
+    for (n, e) in after.iter().enumerate() {
+        assert_eq!(e.get("n"), &Val::U(n as u64));
+        assert_eq!(e.get("dev"), &Val::S("virtio-blk".into()));
+    }
+    assert_eq!(evs.iter().filter(|e| e.name == "span layer:hotplug").count(), 1);
+    let Some(bt) = read_bt2(&trace) else { return };
+    assert_eq!(bt.len(), evs.len());
+    let bt_after = bt.iter().filter(|b| b["f"]["message"] == "after").count();
+    assert_eq!(bt_after, 100);
+}
 
-    // No consumer now: the host would take the class, but the layer asks
-    // again only at the 128th event since the refusal (back-off in powers
-    // of two, so a refused callsite rarely takes the lock); from then on
-    // its events are no longer lost.
-    tracing::dispatcher::with_default(&d, || {
-        for n in 100..140u64 {
-            after(n);
+#[test]
+fn a_class_the_host_refuses_loses_its_events_counted_not_a_panic() {
+    let s = Session::start();
+    // Take every id the host has.
+    let mut taken = 0;
+    while s.host.register_event("filler", &[]).is_ok() {
+        taken += 1;
+    }
+    assert_eq!(taken, hvtrace_host::MAX_EVENT_CLASSES);
+    let layer = HvtraceLayer::new(s.host.clone());
+    let counters = layer.counters();
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        for n in 0..10u64 {
+            info!(n, "no room");
         }
     });
-    assert_eq!(counters.unregistered.load(Relaxed), 127);
-    let next = s.host.register_event("probe", &[]).unwrap();
-    assert_eq!(next, 2, "the 'after' class took id 1 (the 'before' class is 0)");
+    let _ = s.finish();
+    assert_eq!(counters.unregistered.load(Relaxed), 10);
+    assert_eq!(counters.lost(), 10);
+    assert_eq!(counters.last_refusal(), Some(RegisterError::Full { max: hvtrace_host::MAX_EVENT_CLASSES }));
 }
 
 /// A callsite built by hand, whose one field takes values of any type (as

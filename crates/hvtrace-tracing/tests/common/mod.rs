@@ -91,6 +91,10 @@ pub struct Ev {
 }
 
 impl Ev {
+    pub fn get_opt(&self, name: &str) -> Option<&Val> {
+        self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
     pub fn get(&self, name: &str) -> &Val {
         &self
             .fields
