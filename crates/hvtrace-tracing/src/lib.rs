@@ -24,7 +24,7 @@
 //! `Visit` method it arrives through. So the class is registered
 //! ([`hvtrace_host::Host::register_event`]) at the callsite's **first
 //! event**, with the types of that event's values, and cached in the
-//! callsite's slot of a lock-free table ([`classes`]): every later event
+//! callsite's slot of a lock-free table (module `classes`): every later event
 //! finds its id with one hash and one or two Acquire loads. Within a
 //! `tracing` macro a field's type is fixed at compile time, so every event
 //! of a callsite has the types of its first. The alternative, one tagged
@@ -56,8 +56,8 @@
 //! length first, and a `Debug` value's length is known only once it is
 //! formatted; formatting twice (once to measure) would double the most
 //! expensive part and can give two different lengths for a value whose
-//! `Debug` output changes. The copy costs a `memcpy` of the payload (tens of
-//! bytes).
+//! `Debug` output changes. The copy is of the payload (tens of bytes, in
+//! 16-byte pieces that compile to inline moves).
 //!
 //! ## Losses
 //! Every event the layer does not record is counted in [`Counters`] (the
