@@ -1101,7 +1101,8 @@ impl<'a> RingReader<'a> {
     /// together they model the copy's loads (see `Witness`).
     #[cfg(loom)]
     pub fn witnessed(&self, p: &PacketRef) -> std::vec::Vec<(u64, u64)> {
-        self.w.witness.snapshot(p.pos & (self.geo.buf_size() - 1), self.geo.subbuf_size)
+        let tracked = self.mode == Mode::Discard;
+        self.w.witness.snapshot(p.pos & (self.geo.buf_size() - 1), self.geo.subbuf_size, tracked)
     }
 
     /// Marks the packet read and advances the consumed position. Returns

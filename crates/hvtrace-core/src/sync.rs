@@ -12,16 +12,38 @@ pub(crate) use core::sync::atomic::{fence, AtomicU64, Ordering};
 /// The bytes are plain memory, which loom does not model: a load there
 /// always returns the newest store, so no missing Release/Acquire on the
 /// protocol's words would ever show in them. So each piece a writer stores
-/// (a record, an opener's or a closer's header fields) also gets a witness:
-/// a modelled atomic at the piece's ring offset, stored `Relaxed` right after
-/// the bytes with the piece's hash. The consumer loads the witnesses of a
-/// sub-buffer (`Relaxed`) right after its copy; loom may return any store
-/// the memory model allows, so when nothing orders the writer's stores
-/// before the consumer's loads, some execution shows a stale witness, and the
-/// model's check (hash of each piece decoded == its witness) fails.
+/// (a record, an opener's or a closer's header fields) also gets a witness
+/// at the piece's ring offset, with two parts:
+///
+/// * a modelled atomic, stored `Relaxed` right after the bytes with the
+///   piece's hash. The consumer loads the witnesses of a sub-buffer
+///   (`Relaxed`) right after its copy; loom may return any store the memory
+///   model allows, so when nothing orders the writer's stores before the
+///   consumer's loads, some execution shows a stale witness, and the model's
+///   check (hash of each piece decoded == its witness) fails;
+/// * a loom `UnsafeCell` standing for the piece's memory: the writer's
+///   stores are a write access to it, and (discard mode, where no packet is
+///   ever rewritten under the consumer) the consumer's copy a read access.
+///   loom panics ("Causality violation") on an access that does not happen
+///   after every earlier conflicting one: two writers storing the same
+///   place with nothing ordering them (a lap reopened before the previous
+///   lap's stores are published to its opener), the consumer reading a
+///   piece whose stores are not published to it, or a writer rewriting a
+///   piece the consumer read before the consumer's release is published to
+///   it (a write-after-read, which the hash alone cannot show: loom never
+///   lets a load return a store that comes later). Overwrite mode's copy
+///   races the next lap's writers by design (a seqlock, checked afterwards),
+///   so there it is no tracked access.
 #[cfg(loom)]
 #[derive(Default)]
-pub struct Witness(std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<AtomicU64>>>);
+pub struct Witness(std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<Piece>>>);
+
+/// loom only: one witness (see [`Witness`]).
+#[cfg(loom)]
+struct Piece {
+    hash: AtomicU64,
+    memory: loom::cell::UnsafeCell<()>,
+}
 
 #[cfg(loom)]
 impl Witness {
@@ -30,21 +52,38 @@ impl Witness {
         bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1
     }
 
-    fn at(&self, off: u64) -> std::sync::Arc<AtomicU64> {
+    fn at(&self, off: u64) -> std::sync::Arc<Piece> {
         // The lock is never held across a modelled operation (loom would
         // switch threads there and the next thread would block for real).
         let mut m = self.0.lock().unwrap();
-        m.entry(off).or_insert_with(|| std::sync::Arc::new(AtomicU64::new(0))).clone()
+        m.entry(off)
+            .or_insert_with(|| {
+                std::sync::Arc::new(Piece { hash: AtomicU64::new(0), memory: loom::cell::UnsafeCell::new(()) })
+            })
+            .clone()
     }
 
+    /// The writer stored `bytes` at ring offset `off`.
     pub(crate) fn mark(&self, off: u64, bytes: &[u8]) {
-        self.at(off).store(Self::hash(bytes), Ordering::Relaxed);
+        let p = self.at(off);
+        p.memory.with_mut(|_| ());
+        p.hash.store(Self::hash(bytes), Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, from: u64, len: u64) -> std::vec::Vec<(u64, u64)> {
-        let cells: std::vec::Vec<_> =
+    /// The consumer copied `[from, from + len)`: the witnesses there, as
+    /// (offset from `from`, hash). `tracked`: the copy is a read access.
+    pub(crate) fn snapshot(&self, from: u64, len: u64, tracked: bool) -> std::vec::Vec<(u64, u64)> {
+        let pieces: std::vec::Vec<_> =
             self.0.lock().unwrap().range(from..from + len).map(|(&k, v)| (k - from, v.clone())).collect();
-        cells.into_iter().map(|(o, a)| (o, a.load(Ordering::Relaxed))).collect()
+        pieces
+            .into_iter()
+            .map(|(o, p)| {
+                if tracked {
+                    p.memory.with(|_| ());
+                }
+                (o, p.hash.load(Ordering::Relaxed))
+            })
+            .collect()
     }
 }
 
