@@ -2,6 +2,9 @@
 //! that decodes packets and proves every record intact.
 #![allow(dead_code)]
 
+#[cfg(loom)]
+pub mod loom;
+
 use hvtrace_core::decode::{records, Value};
 use hvtrace_core::{EventDesc, EventSet};
 

@@ -1,0 +1,303 @@
+//! The loom models' harness (`tests/loom.rs`): the ring shared by a model's
+//! threads, writers that note what `record` told them, a consumer that
+//! checks each packet it keeps against the witnesses it loaded with it, the
+//! decoding checker, and coverage of the states a model must reach.
+
+use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering::SeqCst};
+
+use hvtrace_core::ctf::packet;
+use hvtrace_core::decode::records;
+use hvtrace_core::ring::heap::HeapRing;
+use hvtrace_core::{EventSet, Geometry, Mode, Poll, RecordError, Ring, RingReader, RingSink, StreamId, Witness};
+use loom::sync::Arc;
+use loom::thread;
+
+hvtrace_core::events! {
+    /// One event: who wrote it, its number, and a pad derived from both.
+    pub mod ev ("loom") {
+        /// `pad` is `pad_len(writer, n)` bytes of `pad_byte(writer, n, i)`.
+        fn rec(writer: u32, n: u32, pad: &[u8]);
+    }
+}
+
+pub fn pad_byte(writer: u32, n: u32, i: usize) -> u8 {
+    (writer as u8).wrapping_mul(31).wrapping_add(n as u8).wrapping_add(i as u8) | 1
+}
+
+pub fn make_pad(writer: u32, n: u32, len: usize) -> Vec<u8> {
+    (0..len).map(|i| pad_byte(writer, n, i)).collect()
+}
+
+/// Ring memory and the producer over it, shared by the model's threads.
+///
+/// loom threads must be `'static`, and `HeapRing::producer` resets the ring,
+/// so the one `Ring` borrows the heap ring for `'static`; `Shared` is kept
+/// alive (in an `Arc`) by every thread that uses the ring, and the heap ring
+/// is dropped only after the ring, when the last `Arc` goes.
+pub struct Shared {
+    /// The producer.
+    pub ring: Ring<'static>,
+    mem: *mut HeapRing,
+    /// A clock that ticks on every read: loom runs one thread at a time, so
+    /// a plain (unmodelled) atomic counter is a global monotonic clock.
+    clock: StdAtomicU64,
+}
+
+// SAFETY: `mem` is only dereferenced to build the ring and reader (shared
+// references) and freed in `Drop`, when no thread holds the `Shared` anymore.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    pub fn new(mode: Mode) -> Arc<Shared> {
+        let mem = Box::into_raw(Box::new(HeapRing::new(Geometry::new(4096, 2).unwrap())));
+        // SAFETY: `mem` lives until `Drop`, after `ring` (and every reader,
+        // which borrow `Shared`) are gone.
+        let ring = unsafe { &*mem }.producer(mode, StreamId { uuid: [9; 16], cpu: 0 });
+        Arc::new(Shared { ring, mem, clock: StdAtomicU64::new(1) })
+    }
+
+    /// A ring whose one writer records through [`Ring::owner`].
+    pub fn new_owned(mode: Mode) -> Arc<Shared> {
+        let sh = Shared::new(mode);
+        // SAFETY: no thread has seen the ring yet.
+        unsafe { sh.ring.make_owned() };
+        sh
+    }
+
+    /// The owner's busy flag, read without a modelled access. Only for the
+    /// owner's own thread: it is the only thread that stores the flag, so
+    /// its last store is the value (loom checks there is no race).
+    pub fn owner_busy_unsync(&self) -> bool {
+        // SAFETY: see `new`; the caller is the only thread storing the flag.
+        unsafe { (*self.mem).hdr.owner_busy.unsync_load() != 0 }
+    }
+
+    pub fn reader(&self) -> RingReader<'_> {
+        // SAFETY: see `new`.
+        unsafe { &*self.mem }.reader()
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.fetch_add(1, SeqCst)
+    }
+
+    /// The ring memory (for a model that writes the consumer's words itself).
+    pub fn mem(&self) -> &HeapRing {
+        // SAFETY: see `new`.
+        unsafe { &*self.mem }
+    }
+
+    /// The claim words, as this thread sees them now.
+    pub fn claims(&self) -> Vec<u64> {
+        self.mem().claims.iter().map(|c| c.load(SeqCst)).collect()
+    }
+
+    pub fn sink(&self) -> RingSink<'_, 'static, impl Fn() -> u64 + '_> {
+        RingSink { ring: &self.ring, clock: move || self.now() }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `Box::into_raw` in `new`; `ring` only borrows
+        // it and is not used by anything anymore (we hold the last reference).
+        drop(unsafe { Box::from_raw(self.mem) });
+    }
+}
+
+/// How each `record` call ended, per writer.
+#[derive(Default, Debug, Clone)]
+pub struct Outcome {
+    pub ok: Vec<u32>,
+    pub lost: u64,
+    pub closed: Vec<u32>,
+}
+
+/// Writer `w` records `pads.len()` events with those pad lengths.
+pub fn write(sh: &Shared, w: u32, pads: &[usize]) -> Outcome {
+    let sink = sh.sink();
+    let mut out = Outcome::default();
+    for (n, &len) in pads.iter().enumerate() {
+        let n = n as u32;
+        match ev::rec(&sink, w, n, &make_pad(w, n, len)) {
+            Ok(()) => out.ok.push(n),
+            Err(RecordError::Closed) => out.closed.push(n),
+            Err(RecordError::TooBig) => panic!("model records must fit"),
+            Err(_) => out.lost += 1,
+        }
+    }
+    out
+}
+
+/// Reads one packet if one is ready; `Some(None)` for a copy the producer
+/// overwrote meanwhile (thrown away). A copy kept is checked against the
+/// witnesses loaded with it.
+pub fn read_one(r: &RingReader<'_>) -> Option<Option<Vec<u8>>> {
+    match r.next_packet() {
+        Poll::Empty => None,
+        Poll::Ready(p) => {
+            let mut copy = vec![0u8; r.geometry().subbuf_size as usize];
+            r.copy_packet(&p, &mut copy);
+            let seen = r.witnessed(&p);
+            let kept = r.release(&p).then_some(copy);
+            if let Some(copy) = &kept {
+                check_witnesses(p.pos, copy, &seen);
+            }
+            Some(kept)
+        }
+    }
+}
+
+/// Every piece of a packet kept (opener fields, closer fields, each record)
+/// hashes to the witness the consumer loaded with its copy: the writer's
+/// stores were visible to it, as the protocol's orderings must make them.
+pub fn check_witnesses(pos: u64, copy: &[u8], seen: &[(u64, u64)]) {
+    let at = |o: usize| seen.iter().find(|w| w.0 == o as u64).map_or(0, |w| w.1);
+    let piece = |what: &str, o: usize, end: usize| {
+        assert_eq!(
+            at(o),
+            Witness::hash(&copy[o..end]),
+            "packet at {pos}: {what} at offset {o} kept although its writer's stores were not visible to the consumer"
+        );
+    };
+    piece("opener fields", 0, packet::OPENER_FIELDS.end);
+    piece("closer fields", packet::CLOSER_FIELDS.start, packet::CLOSER_FIELDS.end);
+    let (info, recs) = records(copy, ev::Events::EVENTS).expect("packet header");
+    let starts: Vec<usize> = recs.map(|r| r.expect("record decodes").offset).collect();
+    for (i, &o) in starts.iter().enumerate() {
+        piece("record", o, starts.get(i + 1).copied().unwrap_or(info.content_len));
+    }
+}
+
+/// What a consumer read: the packets kept, and the copies thrown away
+/// because the producer was rewriting them (overwrite mode).
+#[derive(Debug, Default)]
+pub struct Read {
+    pub packets: Vec<Vec<u8>>,
+    pub torn: u64,
+}
+
+impl Read {
+    /// One look at the ring: a packet if one is ready.
+    pub fn poll(&mut self, r: &RingReader<'_>) -> bool {
+        match read_one(r) {
+            Some(Some(p)) => self.packets.push(p),
+            Some(None) => self.torn += 1,
+            None => return false,
+        }
+        true
+    }
+
+    /// `polls` looks, yielding after an empty one (a concurrent consumer).
+    pub fn polls(mut self, r: &RingReader<'_>, polls: usize) -> Self {
+        for _ in 0..polls {
+            if !self.poll(r) {
+                thread::yield_now();
+            }
+        }
+        self
+    }
+
+    /// Reads everything ready (once the writers joined, so it terminates).
+    pub fn drain(mut self, r: &RingReader<'_>) -> Self {
+        while self.poll(r) {}
+        self
+    }
+}
+
+/// What the packets read contain.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub per_writer: Vec<Vec<u32>>,
+    pub records: u64,
+    pub last_discarded: u64,
+}
+
+/// Decodes packets in stream order and checks every record byte (the
+/// shared checker, with this model's pads).
+pub fn check(packets: &[Vec<u8>], pads: &[&[usize]]) -> Found {
+    let c = super::check_packets_with(packets, pads.len(), ev::Events::EVENTS, |w, n, pad| {
+        pad.len() == pads[w as usize][n as usize] && pad.iter().enumerate().all(|(i, &b)| b == pad_byte(w, n as u32, i))
+    });
+    Found {
+        per_writer: c.per_writer.iter().map(|s| s.iter().map(|&n| n as u32).collect()).collect(),
+        records: c.records,
+        last_discarded: c.last_discarded,
+    }
+}
+
+pub fn builder(bound: usize) -> loom::model::Builder {
+    let mut b = loom::model::Builder::new();
+    // Each witness is a modelled atomic (a branch point): longer executions
+    // than loom's default of 1000 branches, though none spins unboundedly.
+    if std::env::var_os("LOOM_MAX_BRANCHES").is_none() {
+        b.max_branches = 4000;
+    }
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        b.preemption_bound = Some(bound);
+    }
+    b
+}
+
+/// Outcomes seen over all executions of a model, to prove it is not vacuous.
+#[derive(Default)]
+pub struct Coverage(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl Coverage {
+    pub fn hit(&self, what: &'static str, cond: bool) {
+        if cond {
+            *self.0.lock().unwrap().entry(what).or_default() += 1;
+        }
+    }
+    pub fn require(&self, whats: &[&'static str]) {
+        let m = self.0.lock().unwrap();
+        eprintln!("coverage: {m:?}");
+        for w in whats {
+            assert!(m.contains_key(w), "no execution reached `{w}`: the model is too small");
+        }
+    }
+}
+
+/// Runs `f` on a new loom thread that holds its own reference to the ring.
+pub fn spawn<T: Send + 'static>(
+    sh: &Arc<Shared>,
+    f: impl FnOnce(&Shared) -> T + Send + 'static,
+) -> thread::JoinHandle<T> {
+    let sh = sh.clone();
+    thread::spawn(move || f(&sh))
+}
+
+/// A stop's first half: close, then wait until no writer is inside a
+/// record. Returns whether it had to wait.
+pub fn close_and_quiesce(sh: &Shared) -> bool {
+    sh.ring.close();
+    let mut waited = false;
+    while !sh.ring.is_quiescent() {
+        waited = true;
+        thread::yield_now();
+    }
+    waited
+}
+
+/// Where a stop's close fell among one writer's records (`ok`: accepted,
+/// `closed`: refused as closed).
+pub const CLOSE_POINTS: &[&str] = &["closed before any record", "closed between records", "closed after all records"];
+
+pub fn close_coverage<T>(cov: &Coverage, ok: &[T], closed: &[T]) {
+    cov.hit(CLOSE_POINTS[0], ok.is_empty());
+    cov.hit(CLOSE_POINTS[1], !ok.is_empty() && !closed.is_empty());
+    cov.hit(CLOSE_POINTS[2], closed.is_empty());
+}
+
+/// Explores `model` (every execution up to the preemption bound `bound`),
+/// then requires that some execution reached each state in `reach` (the
+/// model calls [`Coverage::hit`]): a model that never reaches the state it
+/// is about proves nothing.
+pub fn explore(bound: usize, reach: &[&'static str], model: impl Fn(&Coverage) + Sync + Send + 'static) {
+    let cov = std::sync::Arc::new(Coverage::default());
+    let seen = cov.clone();
+    builder(bound).check(move || model(&seen));
+    cov.require(reach);
+}
