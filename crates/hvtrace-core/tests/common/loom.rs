@@ -55,7 +55,8 @@ impl Shared {
         // SAFETY: `mem` lives until `Drop`, after `ring` (and every reader,
         // which borrow `Shared`) are gone.
         let ring = unsafe { &*mem }.producer(mode, StreamId { uuid: [9; 16], cpu: 0 });
-        Arc::new(Shared { ring, mem, clock: StdAtomicU64::new(1) })
+        // Starts high enough for a lagging writer's clock (`SKEW`).
+        Arc::new(Shared { ring, mem, clock: StdAtomicU64::new(1 << 20) })
     }
 
     /// A ring whose one writer records through [`Ring::owner`].
@@ -94,8 +95,9 @@ impl Shared {
         self.mem().claims.iter().map(|c| c.load(SeqCst)).collect()
     }
 
-    pub fn sink(&self) -> RingSink<'_, 'static, impl Fn() -> u64 + '_> {
-        RingSink { ring: &self.ring, clock: move || self.now() }
+    /// A sink whose clock runs `lag` ticks behind the model's.
+    pub fn sink(&self, lag: u64) -> RingSink<'_, 'static, impl Fn() -> u64 + '_> {
+        RingSink { ring: &self.ring, clock: move || self.now() - lag }
     }
 }
 
@@ -116,8 +118,15 @@ pub struct Outcome {
 }
 
 /// Writer `w` records `pads.len()` events with those pad lengths.
+///
+/// Writer `w`'s clock runs `w` × [`SKEW`] ticks behind: writers of one ring
+/// on CPUs whose TSCs disagree (or a thread that migrated). The stream's
+/// timestamps must still never go backwards (`check`): each writer clamps
+/// its clock to `max_tsc`, which the record it follows raised before its
+/// reservation CAS (Release) and which it loads after its load of `write`
+/// (Acquire).
 pub fn write(sh: &Shared, w: u32, pads: &[usize]) -> Outcome {
-    let sink = sh.sink();
+    let sink = sh.sink(w as u64 * SKEW);
     let mut out = Outcome::default();
     for (n, &len) in pads.iter().enumerate() {
         let n = n as u32;
@@ -130,6 +139,11 @@ pub fn write(sh: &Shared, w: u32, pads: &[usize]) -> Outcome {
     }
     out
 }
+
+/// Clock lag between successive writers (see [`write`]): more ticks than
+/// a model's whole run takes, so a lagging writer's clock is always behind
+/// every timestamp the others handed out.
+pub const SKEW: u64 = 1 << 16;
 
 /// Reads one packet if one is ready; `Some(None)` for a copy the producer
 /// overwrote meanwhile (thrown away). A copy kept is checked against the
