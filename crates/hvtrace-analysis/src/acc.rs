@@ -111,8 +111,11 @@ pub(crate) struct VcpuAcc {
     pub details: BTreeMap<(u32, ExitDetail), DetailAcc>,
     /// Exits that never saw their entry (the trace ended, or data was lost).
     pub exits_unmatched: u64,
+    /// Open hypercall: index in `calls`, time.
     pub open_call: Option<(usize, u64)>,
-    pub calls: BTreeMap<u32, CallAcc>,
+    /// By number, in the order first seen (a few per vCPU: a scan beats a
+    /// tree; the report sorts them).
+    pub calls: Vec<(u32, CallAcc)>,
     pub guest: BTreeMap<u32, (String, u64)>,
     /// Time on each pCPU (running).
     pub on_pcpu: BTreeMap<u32, u64>,
@@ -215,7 +218,7 @@ impl Acc {
                         details: BTreeMap::new(),
                         exits_unmatched: 0,
                         open_call: None,
-                        calls: BTreeMap::new(),
+                        calls: Vec::new(),
                         guest: BTreeMap::new(),
                         on_pcpu: BTreeMap::new(),
                         split: SplitAcc::default(),
@@ -313,23 +316,24 @@ impl Acc {
             }
             Event::HypercallEntry { vcpu, nr, name } => {
                 let v = self.vcpu(vcpu, pcpu, t);
-                let c = v.calls.entry(nr).or_insert_with(|| CallAcc {
-                    name: name.to_string(),
-                    count: 0,
-                    times: Durations::new(),
-                });
+                let i = match v.calls.iter().position(|c| c.0 == nr) {
+                    Some(i) => i,
+                    None => {
+                        let c = CallAcc { name: name.to_string(), count: 0, times: Durations::new() };
+                        v.calls.push((nr, c));
+                        v.calls.len() - 1
+                    }
+                };
                 if w.holds(t) {
-                    c.count += 1;
+                    v.calls[i].1.count += 1;
                 }
-                v.open_call = Some((nr as usize, t));
+                v.open_call = Some((i, t));
             }
             Event::HypercallExit { vcpu, nr, .. } => {
                 let v = self.vcpu(vcpu, pcpu, t);
-                if let Some((open, t0)) = v.open_call.take() {
-                    if open == nr as usize && w.holds(t0) {
-                        if let Some(c) = v.calls.get_mut(&nr) {
-                            c.times.add(t.saturating_sub(t0));
-                        }
+                if let Some((i, t0)) = v.open_call.take() {
+                    if v.calls[i].0 == nr && w.holds(t0) {
+                        v.calls[i].1.times.add(t.saturating_sub(t0));
                     }
                 }
             }
@@ -367,7 +371,7 @@ impl Acc {
             v.states = Vec::new();
             v.exits = Vec::new();
             v.details = BTreeMap::new();
-            v.calls = BTreeMap::new();
+            v.calls = Vec::new();
             v.guest = BTreeMap::new();
             self.index.remove(&v.id);
         }

@@ -411,7 +411,7 @@ pub(crate) fn vcpu_report(v: &VcpuAcc, clk: Clock, w: Window, end: u64) -> VcpuR
         runnable_preempt: st(PREEMPT),
         runnable_other: st(OTHER),
     };
-    let hypercalls = v
+    let mut hypercalls: Vec<CallRow> = v
         .calls
         .iter()
         .filter(|(_, c)| c.count > 0 || c.times.count > 0)
@@ -426,6 +426,7 @@ pub(crate) fn vcpu_report(v: &VcpuAcc, clk: Clock, w: Window, end: u64) -> VcpuR
             timed: c.times.count,
         })
         .collect();
+    hypercalls.sort_by_key(|c| c.nr);
     let guest_events = v
         .guest
         .iter()

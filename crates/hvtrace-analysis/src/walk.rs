@@ -87,7 +87,7 @@ pub(crate) fn pass(
             }
         }
         end = end.max(ts);
-        r.map(&bindings[r.class as usize], &mut |pcpu, e| match e {
+        r.map(&bindings[r.class as usize], |pcpu, e| match e {
             Event::Lost { count } => {
                 acc.lost_in_band += count;
                 acc.loss(pcpu, r.previous.unwrap_or(ts), ts, count);

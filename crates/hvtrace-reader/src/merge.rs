@@ -101,7 +101,7 @@ impl<'a> Rec<'a> {
     /// mapping says where it happened ([`Event::OnPcpu`], not passed on).
     /// Returns whether a mapping took it.
     #[inline]
-    pub fn map<'m>(&self, bindings: &'m Bindings, out: &mut dyn FnMut(u32, Event<'m>)) -> bool {
+    pub fn map<'m>(&self, bindings: &'m Bindings, mut out: impl FnMut(u32, Event<'m>)) -> bool {
         if !bindings.maps(self.record.id) {
             return false;
         }
@@ -194,7 +194,11 @@ impl Cursor {
         self.slots.clear();
         self.next = 0;
         let base = p.bytes.as_ptr() as usize;
-        for r in p.records(layouts) {
+        let records = match hvtrace_core::decode::records(p.bytes, layouts) {
+            Ok((_, it)) => it,
+            Err(e) => return bad(e.to_string()),
+        };
+        for r in records {
             let r = match r {
                 Ok(r) => r,
                 Err(e) => return bad(e.to_string()),
@@ -306,6 +310,10 @@ pub struct Merge {
     current: usize,
     /// The cursor whose record was handed out last (advanced on the next call).
     advance: Option<usize>,
+    /// In [`Order::Time`], the least `(timestamp, index)` of the other
+    /// cursors' heads when `advance` was chosen: `advance` goes on while
+    /// its head is below it, without a look at the others.
+    bound: (u64, usize),
     /// Trailing losses are being handed out.
     draining: bool,
     warnings: Vec<String>,
@@ -362,7 +370,7 @@ impl Merge {
             cursors.push(c);
         }
         let total = cursors.iter().map(|c| c.reader.len()).sum();
-        Ok(Merge { shared, cursors, order, current: 0, advance: None, draining: false, warnings, total })
+        Ok(Merge { shared, cursors, order, current: 0, advance: None, bound: (0, 0), draining: false, warnings, total })
     }
 
     /// The timestamp of the trace's first record (ticks), if it has one.
@@ -397,7 +405,24 @@ impl Merge {
     }
 
     /// The next record or loss; `None` at the end of the trace.
+    #[inline]
     pub fn next_item(&mut self) -> Option<Result<Item<'_>, ReadError>> {
+        // The common case: the same stream's next record of the same packet,
+        // still before every other stream's head.
+        if let Some(i) = self.advance {
+            let c = &mut self.cursors[i];
+            if c.next + 1 < c.slots.len() {
+                let ts = c.slots[c.next + 1].ts;
+                if self.order == Order::Streams || (ts, i) < self.bound {
+                    c.next += 1;
+                    return Some(Ok(self.step(i)));
+                }
+            }
+        }
+        self.next_slow()
+    }
+
+    fn next_slow(&mut self) -> Option<Result<Item<'_>, ReadError>> {
         if let Some(i) = self.advance.take() {
             let c = &mut self.cursors[i];
             c.next += 1;
@@ -410,15 +435,23 @@ impl Merge {
         if !self.draining {
             let i = match self.order {
                 Order::Time => {
-                    let mut best: Option<(usize, u64)> = None;
+                    // The least head, and the least of the others, by
+                    // (timestamp, stream index): ties go to the lower index.
+                    let mut best: Option<(u64, usize)> = None;
+                    let mut second = (u64::MAX, usize::MAX);
                     for (i, c) in self.cursors.iter().enumerate() {
-                        if let Some(ts) = c.head() {
-                            if best.is_none_or(|(_, b)| ts < b) {
-                                best = Some((i, ts));
+                        let Some(ts) = c.head() else { continue };
+                        match best {
+                            Some(b) if (ts, i) >= b => second = second.min((ts, i)),
+                            Some(b) => {
+                                second = b;
+                                best = Some((ts, i));
                             }
+                            None => best = Some((ts, i)),
                         }
                     }
-                    best.map(|b| b.0)
+                    self.bound = second;
+                    best.map(|b| b.1)
                 }
                 Order::Streams => {
                     while self.current < self.cursors.len() && self.cursors[self.current].head().is_none() {

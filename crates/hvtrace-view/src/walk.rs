@@ -44,7 +44,7 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
         let t = ns(r.record.timestamp);
         end = end.max(t);
         let mut failed = None;
-        let mapped = r.map(&bindings, &mut |pcpu, e| {
+        let mapped = r.map(&bindings, |pcpu, e| {
             if failed.is_none() {
                 failed = sink.model(t, pcpu, e).err();
             }

@@ -1,5 +1,5 @@
 //! xenalyze as the oracle: a generated xentrace file is imported, read back
-//! from CTF with `hvtrace-reader`, mapped onto the hypervisor model with
+//! from CTF with `hvtrace-reader`'s merged walk, mapped onto the hypervisor model with
 //! the xentrace [`MAPPING`], and the VM exits per domain, vCPU and reason
 //! (count, and total cycles from each exit to the vCPU's next entry) are
 //! compared with what `xenalyze --summary` prints for the same file, and
@@ -9,36 +9,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use hvtrace_core::decode::Value;
-use hvtrace_model::{Bindings, Catalog, Event, FieldValue, Runstate, Vcpu};
-use hvtrace_reader::{packets, TraceDir, TraceSchema};
+use hvtrace_model::{Bindings, Event, Runstate, Vcpu};
+use hvtrace_reader::{Item, Merge, Order, TraceDir};
 use hvtrace_xen::gen::Scenario;
 use hvtrace_xen::xenalyze::{exits, runstates, Exits, Runstates};
 use hvtrace_xen::{ImportOptions, MAPPING};
-
-/// A trace's schema as the model's catalog.
-struct SchemaCatalog<'a>(&'a TraceSchema);
-
-impl Catalog for SchemaCatalog<'_> {
-    fn event_count(&self) -> u32 {
-        self.0.events.len() as u32
-    }
-    fn event_name(&self, id: u32) -> Option<&str> {
-        Some(&self.0.event(id)?.name)
-    }
-    fn field_count(&self, id: u32) -> usize {
-        self.0.event(id).map_or(0, |e| e.fields.len())
-    }
-    fn field_name(&self, id: u32, i: usize) -> Option<&str> {
-        Some(&self.0.event(id)?.fields.get(i)?.name)
-    }
-    fn enum_labels(&self, id: u32, i: usize) -> Vec<(i64, String)> {
-        self.0
-            .event(id)
-            .and_then(|e| e.fields.get(i))
-            .map_or(Vec::new(), |f| f.labels.iter().map(|l| (l.value, l.label.clone())).collect())
-    }
-}
 
 /// The exits of the imported trace at `dir`, through the model.
 fn exits_through_the_model(dir: &Path) -> Exits {
@@ -49,54 +24,36 @@ fn exits_through_the_model(dir: &Path) -> Exits {
 /// event to its next, all pCPUs merged by time (a vCPU moves).
 fn walk(dir: &Path) -> (Exits, Runstates) {
     let trace = TraceDir::open(dir).unwrap();
-    let schema = trace.schema();
-    let bindings = Bindings::bind(&[&MAPPING], &SchemaCatalog(schema));
+    let bindings = Bindings::bind(&[&MAPPING], trace.schema());
     assert_eq!(bindings.names(), ["xentrace"]);
     let mut exits = Exits::new();
     let mut changes: Vec<(u64, Vcpu, Runstate, usize)> = Vec::new();
     let mut last_ts = vec![0; trace.streams.len()];
-    for (si, s) in trace.streams.iter().enumerate() {
-        let bytes = s.read().unwrap();
-        // An exit lasts until its vCPU's next entry (on this pCPU: a vCPU
-        // leaves its pCPU only from the hypervisor).
-        let mut open: BTreeMap<Vcpu, (u32, u64)> = BTreeMap::new();
-        for p in packets(&bytes) {
-            let p = p.unwrap();
-            for r in p.records(schema) {
-                let r = r.unwrap();
-                last_ts[si] = r.timestamp;
-                if !bindings.maps(r.id) {
-                    continue;
-                }
-                let vals: Vec<FieldValue<'_>> = r
-                    .values(schema)
-                    .map(|v| match v {
-                        Value::U(u) => FieldValue::Int(u),
-                        Value::I(i) | Value::Enum(i) => FieldValue::Int(i as u64),
-                        Value::Str(b) | Value::Bytes(b) => FieldValue::Bytes(b),
-                        Value::F(_) => FieldValue::Int(0),
-                    })
-                    .collect();
-                let mut fields = [FieldValue::Int(0); 12];
-                fields[..vals.len()].copy_from_slice(&vals);
-                bindings.map(r.id, &fields, &mut |e| match e {
-                    Event::Exit { vcpu, exit } => {
-                        open.insert(vcpu, (exit.code, r.timestamp));
-                    }
-                    Event::Entry { vcpu } => {
-                        if let Some((code, t)) = open.remove(&vcpu) {
-                            let e = exits.entry((vcpu.domain, vcpu.vcpu, code)).or_default();
-                            e.0 += 1;
-                            e.1 += r.timestamp - t;
-                        }
-                    }
-                    Event::Runstate { vcpu, new } => changes.push((r.timestamp, vcpu, new, si)),
-                    _ => {}
-                });
+    // An exit lasts until its vCPU's next entry on the same pCPU (a vCPU
+    // leaves its pCPU only from the hypervisor).
+    let mut open: Vec<BTreeMap<Vcpu, (u32, u64)>> = vec![BTreeMap::new(); trace.streams.len()];
+    let mut merge = Merge::new(&trace, Order::Time).unwrap();
+    while let Some(item) = merge.next_item() {
+        let Item::Record(r) = item.unwrap() else { continue };
+        let (si, t) = (r.stream, r.record.timestamp);
+        last_ts[si] = t;
+        r.map(&bindings, |_, e| match e {
+            Event::Exit { vcpu, exit } => {
+                open[si].insert(vcpu, (exit.code, t));
             }
-        }
+            Event::Entry { vcpu } => {
+                if let Some((code, t0)) = open[si].remove(&vcpu) {
+                    let e = exits.entry((vcpu.domain, vcpu.vcpu, code)).or_default();
+                    e.0 += 1;
+                    e.1 += t - t0;
+                }
+            }
+            Event::Runstate { vcpu, new } => changes.push((t, vcpu, new, si)),
+            _ => {}
+        });
     }
-    changes.sort_by_key(|c| c.0);
+    assert!(merge.warnings().is_empty(), "{:?}", merge.warnings());
+    // In time order already (ties: the lower stream first).
     let mut runstates = Runstates::new();
     let mut state: BTreeMap<Vcpu, (Runstate, u64, usize)> = BTreeMap::new();
     let mut close = |vcpu: Vcpu, old: Runstate, since: u64, t: u64| {
