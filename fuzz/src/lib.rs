@@ -54,7 +54,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             rings: (0..n as u32)
                 .map(|cpu| hvtrace_proto::RingInfo { cpu, data_len: 1 << 14, ctrl_offset: u64::from(cpu) << 8 })
                 .collect(),
-            metadata: String::new(),
+            metadata_len: 1 << 16,
         })));
     }
     seeds
