@@ -7,7 +7,7 @@
 //! | `kvm_entry` | [`Event::Entry`] |
 //! | `kvm_emulate_insn` (hosts without hardware virtualisation: each emulated instruction is an exit) | [`Event::KernelExit`] `emulate_insn` |
 //! | `kvm_pio`, `kvm_mmio` | [`Event::KernelDetail`] `pio` / `mmio`: port, size, direction; address, size, direction |
-//! | `kvm_userspace_exit` | [`Event::ToVmm`]: the `KVM_EXIT_*` reason, named as the VMM's `vm_exit` names it |
+//! | `kvm_userspace_exit` | [`Event::ToVmm`]: the `KVM_EXIT_*` reason, named by `hvtrace_model::kvm` as the VMM's `vm_exit` names it |
 //! | `kvm_hypercall` | [`Event::HypercallEntry`] (KVM's own hypercalls, `nr`) and [`Event::KernelDetail`] `hypercall` |
 //! | `sched_switch` of a vCPU thread | [`Event::Runstate`]: switched in → running; switched out runnable (`R`, preempted by the host: Trace Compass's VCPU_PREEMPT) → runnable, sleeping → blocked |
 //!
@@ -29,7 +29,9 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use hvtrace_model::{class, hit, Access, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
+use hvtrace_model::{
+    class, hit, kvm, Access, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu,
+};
 
 /// The kernel's KVM events' [`Mapping`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -120,11 +122,6 @@ struct KernelMapper {
 /// `kvm_mmio`'s `type`: `KVM_TRACE_MMIO_READ_UNSATISFIED`, `_READ`, `_WRITE`.
 const MMIO_WRITE: u64 = 2;
 
-/// A `KVM_EXIT_*` reason's name, as `hvtrace-kvm`'s `vm_exit` names it.
-fn kvm_exit_name(code: u64) -> &'static str {
-    hvtrace_kvm::EXIT_REASONS.iter().find(|(c, _)| u64::from(*c) == code).map_or("other", |(_, n)| n)
-}
-
 impl KernelMapper {
     /// The event ids this mapper takes (`None`: not in the trace).
     fn ids(&self) -> [Option<u32>; 9] {
@@ -183,7 +180,7 @@ impl Mapper for KernelMapper {
             }
         } else if let Some([pid, reason]) = hit(self.user, id) {
             if let (Some(v), Some(code)) = (self.vcpu(f.uint(pid), None), f.uint(reason)) {
-                let exit = Exit { code: code as u32, name: kvm_exit_name(code), detail: ExitDetail::None };
+                let exit = Exit { code: code as u32, name: kvm::exit_name(code), detail: ExitDetail::None };
                 out(Event::ToVmm { vcpu: v, exit });
             }
         } else if let Some([pid]) = hit(self.emulate, id) {

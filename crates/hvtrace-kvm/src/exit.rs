@@ -54,50 +54,10 @@ pub enum Exit {
     },
 }
 
-/// Every `KVM_EXIT_*` number with its name (lower case, without the prefix), in
-/// number order: the enum mapping for [`Exit::reason_code`].
-pub const EXIT_REASONS: &[(u32, &str)] = &[
-    (kb::KVM_EXIT_UNKNOWN, "unknown"),
-    (kb::KVM_EXIT_EXCEPTION, "exception"),
-    (kb::KVM_EXIT_IO, "io"),
-    (kb::KVM_EXIT_HYPERCALL, "hypercall"),
-    (kb::KVM_EXIT_DEBUG, "debug"),
-    (kb::KVM_EXIT_HLT, "hlt"),
-    (kb::KVM_EXIT_MMIO, "mmio"),
-    (kb::KVM_EXIT_IRQ_WINDOW_OPEN, "irq_window_open"),
-    (kb::KVM_EXIT_SHUTDOWN, "shutdown"),
-    (kb::KVM_EXIT_FAIL_ENTRY, "fail_entry"),
-    (kb::KVM_EXIT_INTR, "intr"),
-    (kb::KVM_EXIT_SET_TPR, "set_tpr"),
-    (kb::KVM_EXIT_TPR_ACCESS, "tpr_access"),
-    (kb::KVM_EXIT_S390_SIEIC, "s390_sieic"),
-    (kb::KVM_EXIT_S390_RESET, "s390_reset"),
-    (kb::KVM_EXIT_DCR, "dcr"),
-    (kb::KVM_EXIT_NMI, "nmi"),
-    (kb::KVM_EXIT_INTERNAL_ERROR, "internal_error"),
-    (kb::KVM_EXIT_OSI, "osi"),
-    (kb::KVM_EXIT_PAPR_HCALL, "papr_hcall"),
-    (kb::KVM_EXIT_S390_UCONTROL, "s390_ucontrol"),
-    (kb::KVM_EXIT_WATCHDOG, "watchdog"),
-    (kb::KVM_EXIT_S390_TSCH, "s390_tsch"),
-    (kb::KVM_EXIT_EPR, "epr"),
-    (kb::KVM_EXIT_SYSTEM_EVENT, "system_event"),
-    (kb::KVM_EXIT_S390_STSI, "s390_stsi"),
-    (kb::KVM_EXIT_IOAPIC_EOI, "ioapic_eoi"),
-    (kb::KVM_EXIT_HYPERV, "hyperv"),
-    (kb::KVM_EXIT_ARM_NISV, "arm_nisv"),
-    (kb::KVM_EXIT_X86_RDMSR, "x86_rdmsr"),
-    (kb::KVM_EXIT_X86_WRMSR, "x86_wrmsr"),
-    (kb::KVM_EXIT_DIRTY_RING_FULL, "dirty_ring_full"),
-    (kb::KVM_EXIT_AP_RESET_HOLD, "ap_reset_hold"),
-    (kb::KVM_EXIT_X86_BUS_LOCK, "x86_bus_lock"),
-    (kb::KVM_EXIT_XEN, "xen"),
-    (kb::KVM_EXIT_RISCV_SBI, "riscv_sbi"),
-    (kb::KVM_EXIT_RISCV_CSR, "riscv_csr"),
-    (kb::KVM_EXIT_NOTIFY, "notify"),
-    (kb::KVM_EXIT_LOONGARCH_IOCSR, "loongarch_iocsr"),
-    (kb::KVM_EXIT_MEMORY_FAULT, "memory_fault"),
-];
+/// Every `KVM_EXIT_*` number with its name: the enum mapping for
+/// [`Exit::reason_code`]. The table lives in the model so the kernel's half
+/// names exits alike without depending on this VMM.
+pub use hvtrace_model::kvm::EXIT_REASONS;
 
 impl Exit {
     /// The kernel's `KVM_EXIT_*` number for this exit (stable ABI).
@@ -118,7 +78,7 @@ impl Exit {
 
     /// The name of a `KVM_EXIT_*` number (`"other"` if this crate does not know it).
     pub fn name_of(code: u32) -> &'static str {
-        EXIT_REASONS.iter().find(|(c, _)| *c == code).map_or("other", |(_, n)| n)
+        hvtrace_model::kvm::exit_name(code.into())
     }
 }
 
@@ -134,12 +94,53 @@ pub(crate) fn le_value(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    /// The model's numbers are literals: each must be the `kvm-bindings`
+    /// constant of the same name, and the table must reach the last one.
     #[test]
-    fn reason_table_is_sorted_and_unique() {
-        for w in EXIT_REASONS.windows(2) {
-            assert!(w[0].0 < w[1].0, "{w:?}");
-        }
-        assert_eq!(EXIT_REASONS[2], (2, "io"));
+    fn reason_table_matches_kvm_bindings() {
+        let bindings: &[(u32, &str)] = &[
+            (kb::KVM_EXIT_UNKNOWN, "unknown"),
+            (kb::KVM_EXIT_EXCEPTION, "exception"),
+            (kb::KVM_EXIT_IO, "io"),
+            (kb::KVM_EXIT_HYPERCALL, "hypercall"),
+            (kb::KVM_EXIT_DEBUG, "debug"),
+            (kb::KVM_EXIT_HLT, "hlt"),
+            (kb::KVM_EXIT_MMIO, "mmio"),
+            (kb::KVM_EXIT_IRQ_WINDOW_OPEN, "irq_window_open"),
+            (kb::KVM_EXIT_SHUTDOWN, "shutdown"),
+            (kb::KVM_EXIT_FAIL_ENTRY, "fail_entry"),
+            (kb::KVM_EXIT_INTR, "intr"),
+            (kb::KVM_EXIT_SET_TPR, "set_tpr"),
+            (kb::KVM_EXIT_TPR_ACCESS, "tpr_access"),
+            (kb::KVM_EXIT_S390_SIEIC, "s390_sieic"),
+            (kb::KVM_EXIT_S390_RESET, "s390_reset"),
+            (kb::KVM_EXIT_DCR, "dcr"),
+            (kb::KVM_EXIT_NMI, "nmi"),
+            (kb::KVM_EXIT_INTERNAL_ERROR, "internal_error"),
+            (kb::KVM_EXIT_OSI, "osi"),
+            (kb::KVM_EXIT_PAPR_HCALL, "papr_hcall"),
+            (kb::KVM_EXIT_S390_UCONTROL, "s390_ucontrol"),
+            (kb::KVM_EXIT_WATCHDOG, "watchdog"),
+            (kb::KVM_EXIT_S390_TSCH, "s390_tsch"),
+            (kb::KVM_EXIT_EPR, "epr"),
+            (kb::KVM_EXIT_SYSTEM_EVENT, "system_event"),
+            (kb::KVM_EXIT_S390_STSI, "s390_stsi"),
+            (kb::KVM_EXIT_IOAPIC_EOI, "ioapic_eoi"),
+            (kb::KVM_EXIT_HYPERV, "hyperv"),
+            (kb::KVM_EXIT_ARM_NISV, "arm_nisv"),
+            (kb::KVM_EXIT_X86_RDMSR, "x86_rdmsr"),
+            (kb::KVM_EXIT_X86_WRMSR, "x86_wrmsr"),
+            (kb::KVM_EXIT_DIRTY_RING_FULL, "dirty_ring_full"),
+            (kb::KVM_EXIT_AP_RESET_HOLD, "ap_reset_hold"),
+            (kb::KVM_EXIT_X86_BUS_LOCK, "x86_bus_lock"),
+            (kb::KVM_EXIT_XEN, "xen"),
+            (kb::KVM_EXIT_RISCV_SBI, "riscv_sbi"),
+            (kb::KVM_EXIT_RISCV_CSR, "riscv_csr"),
+            (kb::KVM_EXIT_NOTIFY, "notify"),
+            (kb::KVM_EXIT_LOONGARCH_IOCSR, "loongarch_iocsr"),
+            (kb::KVM_EXIT_MEMORY_FAULT, "memory_fault"),
+        ];
+        assert_eq!(EXIT_REASONS, bindings);
     }
 
     #[test]

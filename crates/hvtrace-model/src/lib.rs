@@ -21,6 +21,9 @@
 //!
 //! Times are the records' timestamps: a model event has no clock of its own.
 //!
+//! Names a hypervisor's two halves share live here too, so neither half
+//! depends on the other: [`kvm::EXIT_REASONS`] for KVM's `KVM_EXIT_*` numbers.
+//!
 //! ## How an event set declares its mapping
 //!
 //! Next to its event set (the `events!` module, or an importer's tables),
@@ -76,6 +79,7 @@
 #![forbid(unsafe_code)]
 
 mod event;
+pub mod kvm;
 mod map;
 
 pub use event::{Access, Event, Exit, ExitDetail, Runstate, Vcpu};
