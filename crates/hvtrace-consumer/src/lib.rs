@@ -194,6 +194,7 @@ impl Mapper {
                 self.geo.data_len()
             )));
         }
+        require_shrink_seal(&data_fd, &format!("the data memfd of CPU {cpu}"))?;
         let data = SharedMapping::map_ro(&data_fd, len)
             .map_err(ConsumerError::io(format!("mapping the data memfd of CPU {cpu} read-only")))?;
         drop(data_fd);
@@ -240,6 +241,19 @@ impl Mapper {
 /// sub-buffer being written (the producer opens no sub-buffer a whole ring
 /// ahead of it). In overwrite mode it may be any distance behind: the
 /// reader skips the laps the producer overwrote.
+/// Refuses a memfd its owner could still shrink: a mapping of it would kill
+/// this process with `SIGBUS` at the first read past a truncation. The host
+/// seals every memfd it hands out; anything else is not the host's.
+pub(crate) fn require_shrink_seal(fd: &OwnedFd, what: &str) -> Result<(), ConsumerError> {
+    let sealed =
+        hvtrace_sys::memfd::shrink_is_sealed(fd).map_err(ConsumerError::io(format!("reading the seals of {what}")))?;
+    if sealed {
+        Ok(())
+    } else {
+        Err(ConsumerError::Protocol(format!("{what}: not sealed against shrinking")))
+    }
+}
+
 fn resume_position(consumed: u64, write: u64, geo: Geometry, mode: Mode) -> Result<u64, u64> {
     let oldest = write.next_multiple_of(geo.subbuf_size).saturating_sub(geo.buf_size());
     let aligned = consumed.is_multiple_of(geo.subbuf_size);
@@ -335,6 +349,7 @@ impl Consumer {
         let metadata = meta.text_from(0);
         let ctrl_len = usize::try_from(ctrl_len)
             .map_err(|_| ConsumerError::Protocol(format!("control length {ctrl_len} too large")))?;
+        require_shrink_seal(&ctrl_fd, "the control memfd")?;
         let ctrl = Arc::new(
             SharedMapping::map_rw(&ctrl_fd, ctrl_len)
                 .map_err(ConsumerError::io("mapping the control memfd read-write"))?,
@@ -733,6 +748,15 @@ impl Drop for Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memfd_its_owner_could_shrink_is_refused_before_it_is_mapped() {
+        let fd = hvtrace_sys::memfd::create_memfd("hvtrace-test-unsealed", 4096).unwrap();
+        let err = require_shrink_seal(&fd, "the data memfd of CPU 3").unwrap_err().to_string();
+        assert!(err.contains("CPU 3") && err.contains("not sealed"), "{err}");
+        hvtrace_sys::memfd::seal_size(&fd).unwrap();
+        assert!(require_shrink_seal(&fd, "the data memfd of CPU 3").is_ok());
+    }
 
     #[test]
     fn positions_left_in_the_control_page_are_checked_against_the_producer() {

@@ -87,9 +87,7 @@ impl MetadataLog {
             return Err(proto(format!("{len} bytes, more than the {MAX_METADATA_LEN} a consumer maps")));
         }
         // A log its owner could shrink would kill this process (SIGBUS).
-        if !hvtrace_sys::memfd::shrink_is_sealed(&fd).map_err(ConsumerError::io("reading the metadata log's seals"))? {
-            return Err(proto("not sealed against shrinking".into()));
-        }
+        crate::require_shrink_seal(&fd, "metadata log")?;
         let map = SharedMapping::map_ro_lazy(&fd, len as usize)
             .map_err(ConsumerError::io("mapping the metadata log read-only"))?;
         let log = MappedMetaLog::attach(map).map_err(ConsumerError::io("attaching to the metadata log"))?;
