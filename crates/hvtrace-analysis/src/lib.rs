@@ -86,7 +86,8 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Read(e) => e.fmt(f),
+            // The cause follows in the source chain (anyhow prints it).
+            Error::Read(_) => f.write_str("cannot read the trace"),
             Error::Window { from, to } => write!(f, "empty window: from {from} ns is not before to {to} ns"),
         }
     }

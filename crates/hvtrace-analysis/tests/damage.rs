@@ -101,5 +101,6 @@ fn garbage_everywhere_is_an_error_or_a_report_never_a_panic() {
     // A metadata file that is not TSDL is an error naming it.
     std::fs::write(tmp.path().join("metadata"), "garbage").unwrap();
     let e = analyze(tmp.path(), &[], &Options::default(), &mut |_| {}).unwrap_err();
-    assert!(e.to_string().contains("metadata"), "{e}");
+    let cause = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default();
+    assert!(e.to_string().contains("cannot read") && cause.contains("metadata"), "{e}: {cause}");
 }

@@ -141,15 +141,9 @@ impl fmt::Display for ReadError {
     }
 }
 
-impl std::error::Error for ReadError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ReadError::Io { source, .. } => Some(source),
-            ReadError::Metadata { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-}
+/// No `source()`: every variant's message already ends with its cause, and
+/// a report that walks the chain (`{:#}`) would print it twice.
+impl std::error::Error for ReadError {}
 
 pub(crate) fn io_err<'p>(path: &'p Path, what: &'static str) -> impl FnOnce(io::Error) -> ReadError + 'p {
     move |source| ReadError::Io { path: path.to_path_buf(), what, source }
