@@ -132,7 +132,8 @@ fn analyze_details_imported_exits_by_port_and_address() {
     let input = dir.path().join("gen.xentrace");
     std::fs::write(&input, &g.bytes).unwrap();
     let out = dir.path().join("trace");
-    let o = hvtrace().args(["import", "xentrace", "-o"]).arg(&out).arg(&input).output().unwrap();
+    let o =
+        hvtrace().args(["import", "xentrace", "--cpu-hz", "2400000000", "-o"]).arg(&out).arg(&input).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = hvtrace().arg("analyze").arg(&out).arg("--json").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -141,6 +142,7 @@ fn analyze_details_imported_exits_by_port_and_address() {
     // (domain, vCPU, reason, kind, target, access) -> exits
     type Cells = std::collections::BTreeMap<(u64, u64, u64, String, u64, String), u64>;
     let mut ours = Cells::new();
+    let mut ours_ns = std::collections::BTreeMap::new();
     for v in j["vcpus"].as_array().unwrap() {
         for x in v["exit_details"].as_array().unwrap() {
             let s = |k: &str| x[k].as_str().unwrap().to_string();
@@ -153,7 +155,8 @@ fn analyze_details_imported_exits_by_port_and_address() {
                 s("access"),
             );
             assert_eq!(x["size"].as_u64(), Some(0), "Xen records no access size: {x}");
-            *ours.entry(key).or_default() += x["count"].as_u64().unwrap();
+            *ours.entry(key.clone()).or_default() += x["count"].as_u64().unwrap();
+            ours_ns.insert(key, x["total_ns"].as_u64().unwrap());
         }
     }
     let mut truth = Cells::new();
@@ -172,4 +175,28 @@ fn analyze_details_imported_exits_by_port_and_address() {
     assert!(truth.keys().filter(|k| k.3 == "io").count() > 50, "{} cells", truth.len());
     assert!(truth.keys().any(|k| k.3 == "mmio"), "{} cells", truth.len());
     assert_eq!(ours, truth, "the exit details are the generator's handler records");
+
+    if Command::new("xenalyze").arg("--help").output().is_err() {
+        println!("SKIP: analyze_details_imported_exits_by_port_and_address: xenalyze not installed");
+        return;
+    }
+    let o = Command::new("xenalyze").arg("--summary").arg(&input).output().unwrap();
+    assert!(o.status.success(), "xenalyze failed: {}", String::from_utf8_lossy(&o.stderr));
+    let theirs = hvtrace_xen::xenalyze::io_ports(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    let ours_io: Vec<_> = ours.iter().filter(|(k, _)| k.3 == "io").collect();
+    assert_eq!(ours_io.len(), theirs.len(), "the same (domain, vCPU, port, direction) cells as xenalyze");
+    for (k, n) in ours_io {
+        let (xn, xcyc) = theirs[&(k.0 as u32, k.1 as u32, k.4 as u16, k.5.as_str())];
+        assert_eq!(*n, xn, "exits of d{}v{} port {:#x} {}", k.0, k.1, k.4, k.5);
+        // xenalyze prints the average rounded down: totals agree to count cycles.
+        let (ns, xns) = (ours_ns[k] as f64, xcyc as f64 / 2.4);
+        assert!(
+            (ns - xns).abs() <= 0.005 * xns,
+            "d{}v{} port {:#x} {}: {ns} ns against xenalyze's {xns}",
+            k.0,
+            k.1,
+            k.4,
+            k.5
+        );
+    }
 }
