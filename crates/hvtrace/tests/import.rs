@@ -69,12 +69,10 @@ fn damage_is_an_error_after_the_records_before_it_are_imported() {
     assert!(stdout.contains(&format!("imported {} records", g.records.len())), "{stdout}");
 }
 
-/// `hvtrace analyze --json` on an imported file against `xenalyze --summary`
-/// on the same file: per domain, vCPU and exit reason the same counts, and
-/// total exit times within 0.5 % (xenalyze's cycles at its 2.4 GHz).
-#[test]
-fn analyze_of_an_import_agrees_with_xenalyze() {
-    let test = "analyze_of_an_import_agrees_with_xenalyze";
+/// A generated file (3 pCPUs, 5 domains × 2 vCPUs, 300 rounds) written as
+/// `gen.xentrace` in a new directory, imported at xenalyze's 2.4 GHz, and
+/// `hvtrace analyze --json` of the import.
+fn import_and_analyze() -> (hvtrace_xen::gen::Generated, tempfile::TempDir, serde_json::Value) {
     let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, ..Scenario::default() }.generate();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("gen.xentrace");
@@ -85,7 +83,17 @@ fn analyze_of_an_import_agrees_with_xenalyze() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = hvtrace().arg("analyze").arg(&out).arg("--json").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    (g, dir, serde_json::from_slice(&o.stdout).unwrap())
+}
+
+/// `hvtrace analyze --json` on an imported file against `xenalyze --summary`
+/// on the same file: per domain, vCPU and exit reason the same counts, and
+/// total exit times within 0.5 % (xenalyze's cycles at its 2.4 GHz).
+#[test]
+fn analyze_of_an_import_agrees_with_xenalyze() {
+    let test = "analyze_of_an_import_agrees_with_xenalyze";
+    let (g, dir, j) = import_and_analyze();
+    let input = dir.path().join("gen.xentrace");
     assert_eq!(j["event_sets"], serde_json::json!(["xentrace"]));
     assert_eq!(j["events_discarded"].as_u64(), Some(g.lost.iter().sum()), "each lost record counted once");
     let mut ours = std::collections::BTreeMap::new();
@@ -127,17 +135,8 @@ fn analyze_of_an_import_agrees_with_xenalyze() {
 #[test]
 fn analyze_details_imported_exits_by_port_and_address() {
     use hvtrace_xen::ClassId;
-    let g = Scenario { pcpus: 3, domains: 5, vcpus: 2, rounds: 300, ..Scenario::default() }.generate();
-    let dir = tempfile::tempdir().unwrap();
+    let (g, dir, j) = import_and_analyze();
     let input = dir.path().join("gen.xentrace");
-    std::fs::write(&input, &g.bytes).unwrap();
-    let out = dir.path().join("trace");
-    let o =
-        hvtrace().args(["import", "xentrace", "--cpu-hz", "2400000000", "-o"]).arg(&out).arg(&input).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = hvtrace().arg("analyze").arg(&out).arg("--json").output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
 
     // (domain, vCPU, reason, kind, target, access) -> exits
     type Cells = std::collections::BTreeMap<(u64, u64, u64, String, u64, String), u64>;
