@@ -174,7 +174,7 @@ pub enum Event<'m> {
     },
     /// What the vCPU's open [`Event::Exit`] is about, said by a record of
     /// its own after the exit's (Xen's handler records: `TRC_HVM_IOPORT_*`,
-    /// `TRC_HVM_IOMEM_*`, `TRC_HVM_NPF`): it replaces that exit's detail.
+    /// `TRC_HVM_IOMEM_*`, `TRC_HVM_NPF`, `TRC_HVM_MSR_*`): it replaces that exit's detail.
     /// Without an open exit it says nothing.
     ExitDetail {
         /// Which vCPU.

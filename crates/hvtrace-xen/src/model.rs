@@ -12,12 +12,13 @@
 //! | `hvm_ioport_read`, `hvm_ioport_write` (and `…64`) | exit detail of the vCPU's open exit: I/O `port`, `in` / `out`, size 0 (Xen does not record it) |
 //! | `hvm_iomem_read`, `hvm_iomem_write` (and `…64`) | exit detail: MMIO at `addr`, load / store, size 0 |
 //! | `hvm_npf` | exit detail: MMIO at `gpa`, a store if bit 1 of `qualification` (the EPT qualification's and the NPF error code's write bit) is set |
+//! | `hvm_msr_read`, `hvm_msr_write` | exit detail: MSR `msr`, read / write |
 //!
 //! The idle domain's vCPUs are not vCPUs of the model (a pCPU running one is
 //! idle), nor is a record before the importer knew which vCPU ran
 //! (`DOMID_INVALID`). Not mapped: the scheduler's own records (`sched_*`,
 //! every state change has its `runstate_change`), the other HVM handler
-//! records (MSR, CR, CPUID: their exit's reason says enough), multicall
+//! records (CR, CPUID: the model has no detail for them), multicall
 //! entries (`pv_hypercall_subcall`: counted within their `multicall`), and
 //! `xen_raw`, and `lost_records`: its count is already in the next packet's
 //! `events_discarded`, which the reader reports (mapping it too would count
@@ -50,6 +51,7 @@ struct Bound {
     faults: Vec<(u32, [usize; 3])>,
     /// The handler records of port I/O and emulated memory: which, and its direction.
     accesses: Vec<(u32, [usize; 3], bool, Access)>,
+    msrs: Vec<(u32, [usize; 3], Access)>,
     npf: Option<(u32, [usize; 4])>,
 }
 
@@ -94,6 +96,10 @@ impl Mapping for XentraceMapping {
             .filter_map(|(n, at, io, access)| class(c, n, ["domid", "vcpu", at]).map(|(id, f)| (id, f, io, access)))
             .collect(),
             npf: class(c, "hvm_npf", ["domid", "vcpu", "gpa", "qualification"]),
+            msrs: [("hvm_msr_read", Access::Read), ("hvm_msr_write", Access::Write)]
+                .into_iter()
+                .filter_map(|(n, access)| class(c, n, ["domid", "vcpu", "msr"]).map(|(id, f)| (id, f, access)))
+                .collect(),
         }))
     }
 }
@@ -117,6 +123,7 @@ impl Mapper for Bound {
             || self.faults.iter().any(|c| c.0 == id)
             || self.accesses.iter().any(|c| c.0 == id)
             || self.npf.is_some_and(|c| c.0 == id)
+            || self.msrs.iter().any(|c| c.0 == id)
     }
 
     fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
@@ -158,6 +165,9 @@ impl Mapper for Bound {
             let (Some(vcpu), Some(gpa)) = (vcpu(f, d, v), f.uint(gpa)) else { return };
             let access = if f.uint(q).unwrap_or(0) & 2 != 0 { Access::Write } else { Access::Read };
             out(Event::ExitDetail { vcpu, detail: ExitDetail::Mmio { gpa, size: 0, access } });
+        } else if let Some(&(_, [d, v, msr], access)) = self.msrs.iter().find(|c| c.0 == id) {
+            let (Some(vcpu), Some(index)) = (vcpu(f, d, v), f.uint(msr)) else { return };
+            out(Event::ExitDetail { vcpu, detail: ExitDetail::Msr { index: index as u32, access } });
         }
     }
 }
@@ -256,6 +266,8 @@ mod tests {
         let npf = |q| map(ClassId::hvm_npf, &[Int(3), Int(1), Int(0xfee0_0030), Int(9), Int(q), Int(4)]);
         assert_eq!(npf(0x181), detail(ExitDetail::Mmio { gpa: 0xfee0_0030, size: 0, access: Access::Read }));
         assert_eq!(npf(0x182), detail(ExitDetail::Mmio { gpa: 0xfee0_0030, size: 0, access: Access::Write }));
+        let got = map(ClassId::hvm_msr_write, &[Int(3), Int(1), Int(0x6e0), Int(5)]);
+        assert_eq!(got, detail(ExitDetail::Msr { index: 0x6e0, access: Access::Write }));
     }
 
     #[test]

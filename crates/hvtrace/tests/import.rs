@@ -129,9 +129,9 @@ fn analyze_of_an_import_agrees_with_xenalyze() {
     }
 }
 
-/// The handler records after an exit (`hvm_ioport_*`, `hvm_npf`) give it its
-/// detail: `hvtrace analyze --json`'s exit sub-tables by port and direction,
-/// and by guest-physical address, count what the generator wrote.
+/// The handler records after an exit (`hvm_ioport_*`, `hvm_npf`, `hvm_msr_*`)
+/// give it its detail: `hvtrace analyze --json`'s exit sub-tables by port and
+/// direction, guest-physical address and MSR count what the generator wrote.
 #[test]
 fn analyze_details_imported_exits_by_port_and_address() {
     use hvtrace_xen::ClassId;
@@ -166,13 +166,15 @@ fn analyze_details_imported_exits_by_port_and_address() {
             ClassId::hvm_ioport_write => (30, "io", field("port"), "write"),
             // The generator's qualification 0x181 is a read.
             ClassId::hvm_npf => (48, "mmio", field("gpa"), "read"),
+            ClassId::hvm_msr_read => (31, "msr", field("msr"), "read"),
+            ClassId::hvm_msr_write => (32, "msr", field("msr"), "write"),
             _ => continue,
         };
         let key = (field("domid"), field("vcpu"), code, kind.to_string(), target, access.to_string());
         *truth.entry(key).or_default() += 1;
     }
     assert!(truth.keys().filter(|k| k.3 == "io").count() > 50, "{} cells", truth.len());
-    assert!(truth.keys().any(|k| k.3 == "mmio"), "{} cells", truth.len());
+    assert!(truth.keys().any(|k| k.3 == "mmio") && truth.keys().any(|k| k.3 == "msr"), "{} cells", truth.len());
     assert_eq!(ours, truth, "the exit details are the generator's handler records");
 
     if Command::new("xenalyze").arg("--help").output().is_err() {
