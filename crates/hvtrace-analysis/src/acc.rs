@@ -309,6 +309,11 @@ impl Acc {
                     }
                 }
             }
+            Event::ExitDetail { vcpu, detail } => {
+                if let Some(open) = &mut self.vcpu(vcpu, pcpu, t).open_exit {
+                    open.1 = detail;
+                }
+            }
             Event::Runstate { vcpu, new } => {
                 let v = self.vcpu(vcpu, pcpu, t);
                 let busy = set_state(v, w, t, State::Model(new), pcpu);

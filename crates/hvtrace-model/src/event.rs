@@ -172,6 +172,16 @@ pub enum Event<'m> {
         /// What, named as a reason (`pio`, `mmio`, `hypercall`) with its detail.
         exit: Exit<'m>,
     },
+    /// What the vCPU's open [`Event::Exit`] is about, said by a record of
+    /// its own after the exit's (Xen's handler records: `TRC_HVM_IOPORT_*`,
+    /// `TRC_HVM_IOMEM_*`, `TRC_HVM_NPF`, `TRC_HVM_MSR_*`): it replaces that exit's detail.
+    /// Without an open exit it says nothing.
+    ExitDetail {
+        /// Which vCPU.
+        vcpu: Vcpu,
+        /// What the exit was about.
+        detail: ExitDetail,
+    },
     /// The kernel hands the vCPU's exit to the VMM in user space (KVM's
     /// `kvm_userspace_exit`: KVM_RUN returns). Until the vCPU's next
     /// [`Event::Entry`] the exit is the VMM's.
@@ -259,6 +269,7 @@ impl Event<'_> {
             | Event::Entry { vcpu }
             | Event::KernelExit { vcpu, .. }
             | Event::KernelDetail { vcpu, .. }
+            | Event::ExitDetail { vcpu, .. }
             | Event::ToVmm { vcpu, .. }
             | Event::Runstate { vcpu, .. }
             | Event::HypercallEntry { vcpu, .. }

@@ -9,18 +9,22 @@
 //! | `pv_hypercall` | hypercall entry, named from `__HYPERVISOR_*` (xentrace records no hypercall return) |
 //! | `hvm_intr` | interrupt `vector` for the running vCPU |
 //! | `pv_page_fault`, `pv_page_fault64` | guest event `page_fault`, value the address |
+//! | `hvm_ioport_read`, `hvm_ioport_write` (and `…64`) | exit detail of the vCPU's open exit: I/O `port`, `in` / `out`, size 0 (Xen does not record it) |
+//! | `hvm_iomem_read`, `hvm_iomem_write` (and `…64`) | exit detail: MMIO at `addr`, load / store, size 0 |
+//! | `hvm_npf` | exit detail: MMIO at `gpa`, a store if bit 1 of `qualification` (the EPT qualification's and the NPF error code's write bit) is set |
+//! | `hvm_msr_read`, `hvm_msr_write` | exit detail: MSR `msr`, read / write |
 //!
 //! The idle domain's vCPUs are not vCPUs of the model (a pCPU running one is
 //! idle), nor is a record before the importer knew which vCPU ran
 //! (`DOMID_INVALID`). Not mapped: the scheduler's own records (`sched_*`,
-//! every state change has its `runstate_change`), the HVM handler records
-//! (their detail follows the exit in a record of its own), multicall
+//! every state change has its `runstate_change`), the other HVM handler
+//! records (CR, CPUID: the model has no detail for them), multicall
 //! entries (`pv_hypercall_subcall`: counted within their `multicall`), and
 //! `xen_raw`, and `lost_records`: its count is already in the next packet's
 //! `events_discarded`, which the reader reports (mapping it too would count
 //! each loss twice).
 
-use hvtrace_model::{class, hit, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
+use hvtrace_model::{class, hit, Access, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
 
 use crate::classes::{CLASSES, SVM_EXIT_LABELS};
 use hvtrace_core::field::{EnumLabel, FieldKind};
@@ -45,6 +49,10 @@ struct Bound {
     hypercall: Option<(u32, [usize; 3])>,
     intr: Option<(u32, [usize; 3])>,
     faults: Vec<(u32, [usize; 3])>,
+    /// The handler records of port I/O and emulated memory: which, and its direction.
+    accesses: Vec<(u32, [usize; 3], bool, Access)>,
+    msrs: Vec<(u32, [usize; 3], Access)>,
+    npf: Option<(u32, [usize; 4])>,
 }
 
 impl Mapping for XentraceMapping {
@@ -74,6 +82,24 @@ impl Mapping for XentraceMapping {
                 .into_iter()
                 .filter_map(|n| class(c, n, ["domid", "vcpu", "addr"]))
                 .collect(),
+            accesses: [
+                ("hvm_ioport_read", "port", true, Access::Read),
+                ("hvm_ioport_read64", "port", true, Access::Read),
+                ("hvm_ioport_write", "port", true, Access::Write),
+                ("hvm_ioport_write64", "port", true, Access::Write),
+                ("hvm_iomem_read", "addr", false, Access::Read),
+                ("hvm_iomem_read64", "addr", false, Access::Read),
+                ("hvm_iomem_write", "addr", false, Access::Write),
+                ("hvm_iomem_write64", "addr", false, Access::Write),
+            ]
+            .into_iter()
+            .filter_map(|(n, at, io, access)| class(c, n, ["domid", "vcpu", at]).map(|(id, f)| (id, f, io, access)))
+            .collect(),
+            npf: class(c, "hvm_npf", ["domid", "vcpu", "gpa", "qualification"]),
+            msrs: [("hvm_msr_read", Access::Read), ("hvm_msr_write", Access::Write)]
+                .into_iter()
+                .filter_map(|(n, access)| class(c, n, ["domid", "vcpu", "msr"]).map(|(id, f)| (id, f, access)))
+                .collect(),
         }))
     }
 }
@@ -95,6 +121,9 @@ impl Mapper for Bound {
             || id == self.runstate.0
             || [self.hypercall.map(|c| c.0), self.intr.map(|c| c.0)].contains(&Some(id))
             || self.faults.iter().any(|c| c.0 == id)
+            || self.accesses.iter().any(|c| c.0 == id)
+            || self.npf.is_some_and(|c| c.0 == id)
+            || self.msrs.iter().any(|c| c.0 == id)
     }
 
     fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
@@ -123,6 +152,22 @@ impl Mapper for Bound {
             if let Some(vcpu) = vcpu(f, d, v) {
                 out(Event::GuestEvent { vcpu, kind: id, name: "page_fault", value: f.uint(addr).unwrap_or(0) });
             }
+        } else if let Some(&(_, [d, v, at], io, access)) = self.accesses.iter().find(|c| c.0 == id) {
+            let (Some(vcpu), Some(at)) = (vcpu(f, d, v), f.uint(at)) else { return };
+            let detail = match u16::try_from(at) {
+                Ok(port) if io => ExitDetail::Io { port, size: 0, access },
+                // A port above 16 bits is no port: the record is damaged, say nothing.
+                Err(_) if io => return,
+                _ => ExitDetail::Mmio { gpa: at, size: 0, access },
+            };
+            out(Event::ExitDetail { vcpu, detail });
+        } else if let Some([d, v, gpa, q]) = hit(self.npf, id) {
+            let (Some(vcpu), Some(gpa)) = (vcpu(f, d, v), f.uint(gpa)) else { return };
+            let access = if f.uint(q).unwrap_or(0) & 2 != 0 { Access::Write } else { Access::Read };
+            out(Event::ExitDetail { vcpu, detail: ExitDetail::Mmio { gpa, size: 0, access } });
+        } else if let Some(&(_, [d, v, msr], access)) = self.msrs.iter().find(|c| c.0 == id) {
+            let (Some(vcpu), Some(index)) = (vcpu(f, d, v), f.uint(msr)) else { return };
+            out(Event::ExitDetail { vcpu, detail: ExitDetail::Msr { index: index as u32, access } });
         }
     }
 }
@@ -203,6 +248,26 @@ mod tests {
         // Its count is in the packet context already: not a second loss.
         assert!(map(ClassId::lost_records, &[Int(17), Int(0), Int(0), Int(0)]).is_empty());
         assert!(map(ClassId::sched_switch, &[Int(1), Int(0), Int(2), Int(0)]).is_empty());
+    }
+
+    #[test]
+    fn handler_records_detail_the_open_exit() {
+        use FieldValue::Int;
+        let detail = |detail| [format!("{:?}", Event::ExitDetail { vcpu: Vcpu::new(3, 1), detail })];
+        let got = map(ClassId::hvm_ioport_write, &[Int(3), Int(1), Int(0x3f8), Int(0x41)]);
+        assert_eq!(got, detail(ExitDetail::Io { port: 0x3f8, size: 0, access: Access::Write }));
+        let got = map(ClassId::hvm_ioport_read64, &[Int(3), Int(1), Int(0x70), Int(0)]);
+        assert_eq!(got, detail(ExitDetail::Io { port: 0x70, size: 0, access: Access::Read }));
+        // A port wider than 16 bits is a damaged record, not port 0.
+        assert!(map(ClassId::hvm_ioport_read64, &[Int(3), Int(1), Int(0x1_0070), Int(0)]).is_empty());
+        let got = map(ClassId::hvm_iomem_read64, &[Int(3), Int(1), Int(0xfed0_0000), Int(0)]);
+        assert_eq!(got, detail(ExitDetail::Mmio { gpa: 0xfed0_0000, size: 0, access: Access::Read }));
+        // hvm_npf(domid, vcpu, gpa, mfn, qualification, p2mt): bit 1 is a write.
+        let npf = |q| map(ClassId::hvm_npf, &[Int(3), Int(1), Int(0xfee0_0030), Int(9), Int(q), Int(4)]);
+        assert_eq!(npf(0x181), detail(ExitDetail::Mmio { gpa: 0xfee0_0030, size: 0, access: Access::Read }));
+        assert_eq!(npf(0x182), detail(ExitDetail::Mmio { gpa: 0xfee0_0030, size: 0, access: Access::Write }));
+        let got = map(ClassId::hvm_msr_write, &[Int(3), Int(1), Int(0x6e0), Int(5)]);
+        assert_eq!(got, detail(ExitDetail::Msr { index: 0x6e0, access: Access::Write }));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Reading `xenalyze --summary`'s text, to compare an import with the tool
 //! Xen users trust (tests, checks). Only what is compared is read: the
-//! per-vCPU `Exit reasons:` and `Runstates:` tables.
+//! per-vCPU `Exit reasons:`, `Runstates:` and `IO address summary:` tables.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +9,9 @@ pub type Exits = BTreeMap<(u32, u32, u32), (u64, u64)>;
 
 /// `(domid, vcpu, runstate name)` → `(intervals, total cycles)`.
 pub type Runstates = BTreeMap<(u32, u32, &'static str), (u64, u64)>;
+
+/// `(domid, vcpu, port, "read" | "write")` → `(exits, total cycles)`.
+pub type IoPorts = BTreeMap<(u32, u32, u16, &'static str), (u64, u64)>;
 
 /// The domain and vCPU a line of the summary is under.
 #[derive(Default)]
@@ -133,6 +136,41 @@ pub fn runstates(text: &str) -> Result<Runstates, SummaryError> {
     Ok(out)
 }
 
+/// The `IO address summary:` tables of the vCPUs in `xenalyze --summary`
+/// (the port I/O exits by port and direction): count, and count × average
+/// cycles.
+pub fn io_ports(text: &str) -> Result<IoPorts, SummaryError> {
+    let mut place = Place::default();
+    let mut in_table = false;
+    let mut out = IoPorts::new();
+    for (n, line) in text.lines().enumerate() {
+        let err = |what| SummaryError { line: n + 1, what, text: line.to_string() };
+        if place.heading(line) {
+            in_table = false;
+        } else if line == "IO address summary:" {
+            in_table = place.vcpu().is_some();
+        } else if in_table && line.starts_with(' ') {
+            // `    3f8:[w]   count  seconds  pct%  avg cyc {p5|p50|p95}`
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let (port, dir) = w[0].split_once(':').ok_or(err("`port:[r]` or `port:[w]`"))?;
+            let port = u16::from_str_radix(port, 16).map_err(|_| err("a port in hex"))?;
+            let access = match dir {
+                "[r]" => "read",
+                "[w]" => "write",
+                _ => return Err(err("`[r]` or `[w]`")),
+            };
+            if w.get(5) != Some(&"cyc") {
+                return Err(err("`port:[dir] count seconds percent average cyc`"));
+            }
+            let Some((d, v)) = place.vcpu() else { continue };
+            out.insert((d, v, port, access), row(&w, 1, 4).ok_or(err("a count and an average"))?);
+        } else {
+            in_table = false;
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +192,10 @@ Exit reasons:
  HLT                        40  0.00s  0.01% 38445 cyc { 7621|43241|59346}
    hlt       40  0.00s  0.01% 38445 cyc { 7621|43241|59346}
 Guest interrupt counts:
+IO address summary:
+      70:[r]        5  0.00s  0.00% 28933 cyc { 8719|32799|46493}
+     3f8:[w]        4  0.00s  0.00% 38184 cyc { 7828|53422|58855}
+-- v1 --
 ";
 
     #[test]
@@ -166,6 +208,9 @@ Guest interrupt counts:
         let want: Runstates =
             [((3, 0, "running"), (90, 90 * 65690894)), ((3, 0, "runnable"), (89, 89 * 119669893))].into();
         assert_eq!(r, want);
+        let io = io_ports(SUMMARY).unwrap();
+        let want: IoPorts = [((3, 0, 0x70, "read"), (5, 5 * 28933)), ((3, 0, 0x3f8, "write"), (4, 4 * 38184))].into();
+        assert_eq!(io, want);
     }
 
     #[test]
@@ -177,5 +222,7 @@ Guest interrupt counts:
         assert!(exits(&bad).unwrap_err().to_string().contains("an exit reason"));
         let bad = SUMMARY.replace("90  2.46s 65690894", "90  2.46s");
         assert_eq!(runstates(&bad).unwrap_err().line, 6);
+        let bad = SUMMARY.replace("3f8:[w]", "3f8:[x]");
+        assert_eq!(io_ports(&bad).unwrap_err().line, 19);
     }
 }
