@@ -42,7 +42,7 @@ pub use sync::hooks;
 pub use sync::HookPoint;
 /// What loom sees of the ring's bytes.
 #[cfg(loom)]
-pub use sync::Witness;
+pub use sync::{SeenPiece, Witness};
 
 pub use event::{EventDesc, EventSet, FieldDesc, OwnerSink, RingSink, Sink};
 pub use field::{Field, FieldKind};

@@ -546,7 +546,7 @@ impl<'a> Ring<'a> {
         fill(&mut enc);
         enc.finish();
         #[cfg(loom)]
-        self.w.witness.mark(at & (self.geo.buf_size() - 1), buf);
+        self.w.witness.mark(at & (self.geo.buf_size() - 1), self.geo.lap(at), buf);
     }
 
     /// Reserves the ring for one owning writer, which then records through
@@ -774,6 +774,13 @@ impl<'a> Ring<'a> {
     /// writes only that much: a session's last packets are usually flushed
     /// partial ones, and writing whole sub-buffers of padding bloats the trace.
     fn close_packet(&self, pos: u64, tsc: u64, lost: u64, trim: bool) -> bool {
+        // Seqlock writer, as after a reservation: the closer fields are
+        // stored after `write` moved past the packet. The closing CAS's
+        // Release orders what came before it, not these stores: without the
+        // fence a consumer copying the previous lap could see them and still
+        // load the old `write` (free on x86; found by the loom model
+        // `overwrite_seqlock_the_closer_of_the_reopened_packet`).
+        fence(Release);
         let off = self.geo.offset_in_subbuf(pos);
         let start = pos - off;
         let mut f = [0u8; packet::CLOSER_FIELDS.end - packet::CLOSER_FIELDS.start];
@@ -788,7 +795,11 @@ impl<'a> Ring<'a> {
         // packet's last byte, which this caller just did.
         unsafe { self.bytes_mut(start + packet::CLOSER_FIELDS.start as u64, f.len()) }.copy_from_slice(&f);
         #[cfg(loom)]
-        self.w.witness.mark((start + packet::CLOSER_FIELDS.start as u64) & (self.geo.buf_size() - 1), &f);
+        self.w.witness.mark(
+            (start + packet::CLOSER_FIELDS.start as u64) & (self.geo.buf_size() - 1),
+            self.geo.lap(start),
+            &f,
+        );
         self.commit(pos, self.geo.subbuf_size - off, false)
     }
 
@@ -804,7 +815,7 @@ impl<'a> Ring<'a> {
         // SAFETY: the opener reserved the packet header together with its record.
         unsafe { self.bytes_mut(start, f.len()) }.copy_from_slice(&f);
         #[cfg(loom)]
-        self.w.witness.mark(start & (self.geo.buf_size() - 1), &f);
+        self.w.witness.mark(start & (self.geo.buf_size() - 1), self.geo.lap(start), &f);
     }
 
     /// # Safety
@@ -1095,12 +1106,13 @@ impl<'a> RingReader<'a> {
         }
     }
 
-    /// loom only: what the witness words of the packet's sub-buffer held
-    /// when this thread read them, as (offset in the packet, hash of the
-    /// piece written there). Call it right after [`RingReader::copy_packet`]:
-    /// together they model the copy's loads (see `Witness`).
+    /// loom only: the pieces of the packet's sub-buffer as this thread's
+    /// loads of their witnesses found them. Call it right after
+    /// [`RingReader::copy_packet`]: together they model the copy's loads,
+    /// and in overwrite mode they, not the copy, are what a real copy may
+    /// have read (see `Witness`).
     #[cfg(loom)]
-    pub fn witnessed(&self, p: &PacketRef) -> std::vec::Vec<(u64, u64)> {
+    pub fn witnessed(&self, p: &PacketRef) -> std::vec::Vec<crate::sync::SeenPiece> {
         let tracked = self.mode == Mode::Discard;
         self.w.witness.snapshot(p.pos & (self.geo.buf_size() - 1), self.geo.subbuf_size, tracked)
     }

@@ -11,16 +11,23 @@ pub(crate) use core::sync::atomic::{fence, AtomicU64, Ordering};
 ///
 /// The bytes are plain memory, which loom does not model: a load there
 /// always returns the newest store, so no missing Release/Acquire on the
-/// protocol's words would ever show in them. So each piece a writer stores
-/// (a record, an opener's or a closer's header fields) also gets a witness
-/// at the piece's ring offset, with two parts:
+/// protocol's words would ever show in them, and a copy racing the next
+/// lap's writers (overwrite mode's seqlock) would always show their newest
+/// bytes, never what a real copy may have read. So each piece a writer
+/// stores (a record, an opener's or a closer's header fields) also gets a
+/// witness at the piece's ring offset, with two parts:
 ///
 /// * a modelled atomic, stored `Relaxed` right after the bytes with the
-///   piece's hash. The consumer loads the witnesses of a sub-buffer
-///   (`Relaxed`) right after its copy; loom may return any store the memory
-///   model allows, so when nothing orders the writer's stores before the
-///   consumer's loads, some execution shows a stale witness, and the model's
-///   check (hash of each piece decoded == its witness) fails;
+///   piece's *version*: an index into the witness's history, which keeps
+///   every piece ever written with its bytes and the lap that wrote it. The
+///   consumer loads the witnesses of a sub-buffer (`Relaxed`) right after
+///   its copy; loom may return any store the memory model allows, so the
+///   versions it loads are the copy a real consumer could have made, piece
+///   by piece: a stale piece where nothing orders the writer's stores
+///   before the consumer's loads, a piece of the next lap where a writer
+///   rewrote the sub-buffer during the copy. The models rebuild each packet
+///   the consumer keeps from these versions and check it (a kept packet
+///   must be whole and of its own lap);
 /// * a loom `UnsafeCell` standing for the piece's memory: the writer's
 ///   stores are a write access to it, and (discard mode, where no packet is
 ///   ever rewritten under the consumer) the consumer's copy a read access.
@@ -30,58 +37,96 @@ pub(crate) use core::sync::atomic::{fence, AtomicU64, Ordering};
 ///   lap's stores are published to its opener), the consumer reading a
 ///   piece whose stores are not published to it, or a writer rewriting a
 ///   piece the consumer read before the consumer's release is published to
-///   it (a write-after-read, which the hash alone cannot show: loom never
-///   lets a load return a store that comes later). Overwrite mode's copy
-///   races the next lap's writers by design (a seqlock, checked afterwards),
-///   so there it is no tracked access.
+///   it (a write-after-read, which the versions alone cannot show: loom
+///   never lets a load return a store that comes later). Overwrite mode's
+///   copy races the next lap's writers by design (a seqlock, checked
+///   afterwards), so there it is no tracked access.
 #[cfg(loom)]
 #[derive(Default)]
-pub struct Witness(std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<Piece>>>);
+pub struct Witness {
+    pieces: std::sync::Mutex<std::collections::BTreeMap<u64, std::sync::Arc<Piece>>>,
+    /// Every piece written, as (lap, bytes); a version is an index + 1.
+    history: std::sync::Mutex<std::vec::Vec<(u64, std::vec::Vec<u8>)>>,
+}
 
 /// loom only: one witness (see [`Witness`]).
 #[cfg(loom)]
 struct Piece {
-    hash: AtomicU64,
+    version: AtomicU64,
     memory: loom::cell::UnsafeCell<()>,
+}
+
+/// loom only: a piece of a packet as the consumer's copy saw it (see [`Witness`]).
+#[cfg(loom)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SeenPiece {
+    /// Offset in the packet.
+    pub offset: u64,
+    /// The lap whose writer stored it.
+    pub lap: u64,
+    /// Its bytes.
+    pub bytes: std::vec::Vec<u8>,
 }
 
 #[cfg(loom)]
 impl Witness {
-    /// FNV-1a of `bytes`, never 0 (0 = nothing written yet).
-    pub fn hash(bytes: &[u8]) -> u64 {
-        bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3)) | 1
-    }
-
     fn at(&self, off: u64) -> std::sync::Arc<Piece> {
-        // The lock is never held across a modelled operation (loom would
+        // The locks are never held across a modelled operation (loom would
         // switch threads there and the next thread would block for real).
-        let mut m = self.0.lock().unwrap();
+        let mut m = self.pieces.lock().unwrap();
         m.entry(off)
             .or_insert_with(|| {
-                std::sync::Arc::new(Piece { hash: AtomicU64::new(0), memory: loom::cell::UnsafeCell::new(()) })
+                std::sync::Arc::new(Piece { version: AtomicU64::new(0), memory: loom::cell::UnsafeCell::new(()) })
             })
             .clone()
     }
 
-    /// The writer stored `bytes` at ring offset `off`.
-    pub(crate) fn mark(&self, off: u64, bytes: &[u8]) {
-        let p = self.at(off);
-        p.memory.with_mut(|_| ());
-        p.hash.store(Self::hash(bytes), Ordering::Relaxed);
+    /// Creates the witnesses at ring offsets `offs` now. loom takes an
+    /// atomic's creation for a plain write, so a consumer loading a witness
+    /// that a concurrent writer created (a record at an offset no earlier lap
+    /// used) reports a causality violation the real memory does not have; a
+    /// model whose copy races the next lap's writers creates the witnesses
+    /// of their pieces before its threads start.
+    pub fn prepare(&self, offs: impl IntoIterator<Item = u64>) {
+        for off in offs {
+            self.at(off);
+        }
     }
 
-    /// The consumer copied `[from, from + len)`: the witnesses there, as
-    /// (offset from `from`, hash). `tracked`: the copy is a read access.
-    pub(crate) fn snapshot(&self, from: u64, len: u64, tracked: bool) -> std::vec::Vec<(u64, u64)> {
+    /// The writer of lap `lap` stored `bytes` at ring offset `off`.
+    pub(crate) fn mark(&self, off: u64, lap: u64, bytes: &[u8]) {
+        let p = self.at(off);
+        let version = {
+            let mut h = self.history.lock().unwrap();
+            h.push((lap, bytes.to_vec()));
+            h.len() as u64
+        };
+        p.memory.with_mut(|_| ());
+        p.version.store(version, Ordering::Relaxed);
+    }
+
+    /// The consumer copied `[from, from + len)`: the pieces there as its
+    /// loads of their versions found them (pieces never written left out).
+    /// `tracked`: the copy is a read access.
+    pub(crate) fn snapshot(&self, from: u64, len: u64, tracked: bool) -> std::vec::Vec<SeenPiece> {
         let pieces: std::vec::Vec<_> =
-            self.0.lock().unwrap().range(from..from + len).map(|(&k, v)| (k - from, v.clone())).collect();
-        pieces
+            self.pieces.lock().unwrap().range(from..from + len).map(|(&k, v)| (k - from, v.clone())).collect();
+        let versions: std::vec::Vec<_> = pieces
             .into_iter()
             .map(|(o, p)| {
                 if tracked {
                     p.memory.with(|_| ());
                 }
-                (o, p.hash.load(Ordering::Relaxed))
+                (o, p.version.load(Ordering::Relaxed))
+            })
+            .collect();
+        let h = self.history.lock().unwrap();
+        versions
+            .into_iter()
+            .filter(|&(_, v)| v != 0)
+            .map(|(offset, v)| {
+                let (lap, bytes) = h[v as usize - 1].clone();
+                SeenPiece { offset, lap, bytes }
             })
             .collect()
     }

@@ -12,9 +12,12 @@
 //! it does not see (a load there always returns the newest store). So every
 //! piece of data a writer stores (record, opener fields, closer fields) has
 //! a *witness* (`hvtrace_core::Witness`): a modelled atomic holding its
-//! hash, stored `Relaxed` after the bytes, which the consumer loads right
-//! after its copy and checks each packet it keeps against (a stale witness:
-//! the writer's stores were not visible to it); and a loom cell standing for
+//! version (the bytes and the lap that stored them), stored `Relaxed` after
+//! the bytes, which the consumer loads right after its copy; each packet it
+//! keeps is rebuilt from the versions its loads found, and must be whole
+//! and of its own lap (a stale version: the writer's stores were not
+//! visible to it; a later lap's: the copy raced a rewrite and was kept
+//! anyway); and a loom cell standing for
 //! the piece's memory, written by the writer and (discard mode) read by the
 //! consumer's copy, on which loom itself reports any two accesses that
 //! nothing orders (two writers on one place, a read of stores not published
@@ -34,7 +37,8 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering::SeqCst;
 
-use hvtrace_core::decode::records;
+use hvtrace_core::ctf::packet;
+use hvtrace_core::decode::{records, Value};
 use hvtrace_core::layout::claim;
 use hvtrace_core::{Encoder, EventSet, Mode, OwnerSink, RecordError, RingCounters, Sink};
 use loom::sync::atomic::fence;
@@ -241,6 +245,90 @@ fn two_writers_closing_concurrently() {
         cov.hit("lost: busy", c.discarded_busy > 0);
         cov.hit("lost: full", c.discarded_full > 0);
     });
+}
+
+/// (j) Overwrite mode, the seqlock: the model's thread copies packet 0
+/// while sub-buffer 0 is reopened (lap 1) by writer 1 and written by writer
+/// 2, in the same packet. Packets 0 and 1 are written and delivered first,
+/// so the next record opens lap 1 of sub-buffer 0.
+///
+/// The opener's own stores come after its claim `swap`, so a copy that saw
+/// one of them fails its claim CAS whatever the fences say; the other
+/// writer's stores (its record, or the closer fields when its record does
+/// not fit) may land before the opener's swap, and only the seqlock (each
+/// writer's `fence(Release)` after moving `write`, the consumer's
+/// `fence(Acquire)` after its copy, and the `write` check) refuses a copy
+/// that saw them. The consumer's copy is the versions its loads found (see
+/// `hvtrace_core::Witness`), so a kept packet holding a piece of lap 1 fails
+/// the model. The schedule: the consumer finds packet 0 ready, writer 1
+/// reserves, writer 2 writes, the consumer copies: two preemptions.
+/// `lead`: writer 2's clock runs that far ahead, so its record needs the
+/// extended header and takes the out-of-line reservation (`reserve_shared`).
+fn seqlock_model(other: &'static [usize], lead: u64, reach: &'static str) {
+    const FIRST: &[usize] = &[2500, 2500];
+    const OPENER: &[usize] = &[100];
+    explore(2, &["torn copy thrown away", "packet 0 kept", reach], move |cov| {
+        let sh = Shared::new(Mode::Overwrite);
+        // Where packet 2's records may start (either writer first, either
+        // header form: 4 or 13 bytes, and 12 bytes of fields before the pad).
+        let recs = [OPENER[0], other[0]].into_iter().flat_map(|p| [4 + 12 + p as u64, 13 + 12 + p as u64]);
+        sh.mem().witness.prepare(recs.map(|r| packet::LEN as u64 + r));
+        let first = write(&sh, 0, FIRST);
+        assert!(sh.ring.flush(&|| sh.now()));
+        let opener = spawn(&sh, |sh| write(sh, 1, OPENER));
+        let second = spawn(&sh, move |sh| write_ahead(sh, 2, other, lead));
+        let mut read = Read::default();
+        read.poll(&sh.reader());
+        let outcomes = [first, opener.join().unwrap(), second.join().unwrap()];
+        sh.ring.close();
+        assert!(sh.ring.is_quiescent(), "all writers joined, yet a record is uncommitted");
+        sh.ring.flush(&|| sh.now());
+        let kept_first = read.packets.len();
+        let Read { packets, torn } = read.drain(&sh.reader());
+        let f = check(&packets, &[FIRST, OPENER, other]);
+        let c = sh.ring.counters();
+        assert!(outcomes.iter().all(|o| o.lost == 0 && o.closed.is_empty()), "overwrite mode refused: {outcomes:?}");
+        let emitted = (FIRST.len() + OPENER.len() + other.len()) as u64;
+        assert_eq!(c.overwritten, emitted - f.records, "accepted but not read == overwritten ({c:?}, torn {torn})");
+        let seqs: Vec<u64> = packets.iter().map(|p| records(p, ev::Events::EVENTS).unwrap().0.seq).collect();
+        cov.hit("torn copy thrown away", torn > 0);
+        cov.hit("packet 0 kept", kept_first == 1 && seqs[0] == 0);
+        // Packet 2 (lap 1 of sub-buffer 0) holds the opener's record first.
+        let p2 = seqs.iter().position(|&s| s == 2).map(|i| writers_in(&packets[i]));
+        cov.hit("writer 2's record behind the opener's", p2.as_deref() == Some(&[1, 2]));
+        cov.hit("writer 2 closed the packet writer 1 opened", p2.as_deref() == Some(&[1]) && f.per_writer[2] == [0]);
+    });
+}
+
+/// The writer of each record of `packet`, in order.
+fn writers_in(packet: &[u8]) -> Vec<u64> {
+    let recs = records(packet, ev::Events::EVENTS).unwrap().1;
+    recs.map(|r| match r.unwrap().values(ev::Events::EVENTS).next() {
+        Some(Value::U(w)) => w,
+        v => panic!("bad first field {v:?}"),
+    })
+    .collect()
+}
+
+/// Writer 2's record behind the opener's: its reservation inline (`reserve_in_packet`).
+#[test]
+fn overwrite_seqlock_a_record_behind_the_opener() {
+    seqlock_model(&[100], 0, "writer 2's record behind the opener's");
+}
+
+/// The same, out of line (`reserve_shared`): more than the compact
+/// header's 2^27 ticks since the previous record.
+#[test]
+fn overwrite_seqlock_a_record_behind_the_opener_out_of_line() {
+    seqlock_model(&[100], 1 << 28, "writer 2's record behind the opener's");
+}
+
+/// Writer 2's record does not fit behind the opener's: it closes the packet
+/// (the closer fields are its stores) and opens the next one.
+#[test]
+fn overwrite_seqlock_the_closer_of_the_reopened_packet() {
+    // 84 + 116 + 3966 > 4096.
+    seqlock_model(&[3950], 0, "writer 2 closed the packet writer 1 opened");
 }
 
 /// (h) Overwrite mode, a writer lapping the ring races a stop: close, wait
