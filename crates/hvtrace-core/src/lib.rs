@@ -38,6 +38,9 @@ mod sync;
 /// Deterministic interleaving hooks for tests (feature `test-hooks`).
 #[cfg(all(feature = "test-hooks", not(loom)))]
 pub use sync::hooks;
+/// loom only: yield at a protocol point (see `sync::loom_yield`).
+#[cfg(loom)]
+pub use sync::loom_yield;
 #[cfg(any(feature = "test-hooks", loom))]
 pub use sync::HookPoint;
 /// What loom sees of the ring's bytes.

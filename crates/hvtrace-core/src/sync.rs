@@ -176,6 +176,41 @@ pub enum HookPoint {
 pub(crate) fn hook(_point: HookPoint) {
     #[cfg(all(feature = "test-hooks", not(loom)))]
     hooks::run(_point);
+    #[cfg(loom)]
+    loom_yield::run(_point);
+}
+
+/// loom only: a model may make every thread yield at one [`HookPoint`].
+///
+/// loom's DPOR remembers only the last access to each atomic, so a race
+/// between two accesses with a load of the same word between them (by a
+/// third party) is never reversed, at any preemption bound: the schedule
+/// "a closer stalls right after its CAS while others run" of issue 11's
+/// defect 3 is never tried. A yield there is a switch loom always explores
+/// and that costs no preemption.
+#[cfg(loom)]
+pub mod loom_yield {
+    extern crate std;
+    use super::HookPoint;
+    use std::cell::Cell;
+
+    std::thread_local! {
+        // loom runs a model's threads on the OS thread of the test that
+        // called it: set there, the point applies to that model only.
+        static AT: Cell<Option<HookPoint>> = const { Cell::new(None) };
+    }
+
+    /// From now on, threads of models run by this OS thread yield at
+    /// `point` (`None`: nowhere).
+    pub fn set(point: Option<HookPoint>) {
+        AT.with(|a| a.set(point));
+    }
+
+    pub(crate) fn run(point: HookPoint) {
+        if AT.with(|a| a.get()) == Some(point) {
+            loom::thread::yield_now();
+        }
+    }
 }
 
 /// Per-thread hooks for deterministic interleaving tests.

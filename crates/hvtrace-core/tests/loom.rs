@@ -40,7 +40,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use hvtrace_core::ctf::packet;
 use hvtrace_core::decode::{records, Value};
 use hvtrace_core::layout::claim;
-use hvtrace_core::{Encoder, EventSet, Mode, OwnerSink, RecordError, RingCounters, Sink};
+use hvtrace_core::{loom_yield, Encoder, EventSet, HookPoint, Mode, OwnerSink, RecordError, RingCounters, Sink};
 use loom::sync::atomic::fence;
 use loom::sync::Arc;
 use loom::thread;
@@ -225,13 +225,28 @@ fn overwrite_three_laps_consumer_polls_between() {
 /// (g) Two writers closing packets concurrently (each record fills a packet,
 /// so each writer's second record closes one), refused `Busy` or `Full`:
 /// `events_discarded` never decreases (`check` asserts it) and the records
-/// read are exactly those accepted. NB: with the snapshot moved back after
-/// the closing CAS (issue 11, defect 3) this model still passed (mutation
-/// table in docs/ring.md); `interleave.rs` pins that defect.
+/// read are exactly those accepted.
 #[test]
 fn two_writers_closing_concurrently() {
+    closing_model(None, &["lost: busy", "lost: full"]);
+}
+
+/// (g') The same, with every closer yielding right after its closing CAS:
+/// the schedule of issue 11's defect 3 (writer A closes packet 0 and
+/// stalls; B fills packet 1, closes it and is refused packet 2, `Busy`;
+/// A then writes its `events_discarded`). loom never tries it otherwise,
+/// at any preemption bound (see `hvtrace_core::loom_yield`); with the
+/// counters loaded after the closing CAS, packet 0 then carries 1 and
+/// packet 1 carries 0.
+#[test]
+fn two_writers_closing_concurrently_a_closer_stalls() {
+    closing_model(Some(HookPoint::PacketCloseCas), &["lost: busy", "lost: full"]);
+}
+
+fn closing_model(yield_at: Option<HookPoint>, reach: &'static [&'static str]) {
     const PADS: &[usize] = &[2500, 2500];
-    explore(2, &["lost: busy", "lost: full"], move |cov| {
+    loom_yield::set(yield_at);
+    explore(2, reach, move |cov| {
         let sh = Shared::new(Mode::Discard);
         let (outcomes, packets, _, _) = writers_and_consumer(&sh, &[PADS, PADS], 0);
         let f = check(&packets, &[PADS, PADS]);
@@ -245,6 +260,7 @@ fn two_writers_closing_concurrently() {
         cov.hit("lost: busy", c.discarded_busy > 0);
         cov.hit("lost: full", c.discarded_full > 0);
     });
+    loom_yield::set(None);
 }
 
 /// (j) Overwrite mode, the seqlock: the model's thread copies packet 0
