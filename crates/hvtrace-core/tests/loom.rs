@@ -480,12 +480,7 @@ fn write_owned(sh: &Shared, w: u32, pads: &[usize]) -> OwnerRun {
         if let (Ok(()), Some(&(t, true))) = (res, calls.last()) {
             run.fast.push((t, sink.filled.get()));
         }
-        match res {
-            Ok(()) => run.out.ok.push(n),
-            Err(RecordError::Closed) => run.out.closed.push(n),
-            Err(RecordError::TooBig) => panic!("model records must fit"),
-            Err(_) => run.out.lost += 1,
-        }
+        run.out.note(n, res);
     }
     run
 }
@@ -701,9 +696,7 @@ const PADS_HELD: &[usize] = &[1000, 1000, 500];
 /// How the owner's records went.
 #[derive(Debug, Default)]
 struct HeldRun {
-    ok: Vec<u32>,
-    closed: Vec<u32>,
-    lost: u64,
+    out: Outcome,
     /// Per record, the clock tick just before `record` was called.
     started: Vec<u64>,
 }
@@ -716,12 +709,7 @@ fn write_held(sh: &Shared) -> HeldRun {
     for (n, &len) in PADS_HELD.iter().enumerate() {
         let n = n as u32;
         run.started.push(sh.now());
-        match ev::rec(&sink, 0, n, &make_pad(0, n, len)) {
-            Ok(()) => run.ok.push(n),
-            Err(RecordError::Closed) => run.closed.push(n),
-            Err(RecordError::TooBig) => panic!("model records must fit"),
-            Err(_) => run.lost += 1,
-        }
+        run.out.note(n, ev::rec(&sink, 0, n, &make_pad(0, n, len)));
     }
     run
 }
@@ -797,19 +785,19 @@ fn owner_held_model(mode: Mode, bound: usize) {
         }
         let f = check(&Read::default().drain(&sh.reader()).packets, &[PADS_HELD]);
         let c = sh.ring.counters();
-        assert_eq!(f.per_writer[0], run.ok, "the records read are not those accepted ({run:?}, {st:?}, {c:?})");
+        assert_eq!(f.per_writer[0], run.out.ok, "the records read are not those accepted ({run:?}, {st:?}, {c:?})");
         assert!(
-            run.ok.iter().all(|&n| run.started[n as usize] < st.stopped_at),
+            run.out.ok.iter().all(|&n| run.started[n as usize] < st.stopped_at),
             "a record started after the stop was accepted ({run:?}, {st:?})"
         );
         assert!(c.closed, "the stopped ring is open again ({run:?}, {st:?}, {c:?})");
-        assert_eq!((run.lost, c.discarded), (0, 0), "a loss in a ring with room ({run:?}, {c:?})");
+        assert_eq!((run.out.lost, c.discarded), (0, 0), "a loss in a ring with room ({run:?}, {c:?})");
         cov.hit("stop found the owner busy", st.held);
         cov.hit("stop found the owner out", !st.held);
         cov.hit("flush found the held owner out", st.closed_by_flush);
         cov.hit("flush found the held owner busy", st.held && !st.closed_by_flush);
-        cov.hit("held owner refused after the stop", st.held && !run.closed.is_empty());
-        cov.hit("held owner's record accepted", st.held && run.ok.len() >= 2);
+        cov.hit("held owner refused after the stop", st.held && !run.out.closed.is_empty());
+        cov.hit("held owner's record accepted", st.held && run.out.ok.len() >= 2);
     });
 }
 

@@ -116,6 +116,18 @@ pub struct Outcome {
     pub closed: Vec<u32>,
 }
 
+impl Outcome {
+    /// Notes how record `n` ended.
+    pub fn note(&mut self, n: u32, res: Result<(), RecordError>) {
+        match res {
+            Ok(()) => self.ok.push(n),
+            Err(RecordError::Closed) => self.closed.push(n),
+            Err(RecordError::TooBig) => panic!("model records must fit"),
+            Err(_) => self.lost += 1,
+        }
+    }
+}
+
 /// Writer `w` records `pads.len()` events with those pad lengths.
 ///
 /// Writer `w`'s clock runs `w` × [`SKEW`] ticks behind: writers of one ring
@@ -134,12 +146,7 @@ pub fn write_ahead(sh: &Shared, w: u32, pads: &[usize], lead: u64) -> Outcome {
     let mut out = Outcome::default();
     for (n, &len) in pads.iter().enumerate() {
         let n = n as u32;
-        match ev::rec(&sink, w, n, &make_pad(w, n, len)) {
-            Ok(()) => out.ok.push(n),
-            Err(RecordError::Closed) => out.closed.push(n),
-            Err(RecordError::TooBig) => panic!("model records must fit"),
-            Err(_) => out.lost += 1,
-        }
+        out.note(n, ev::rec(&sink, w, n, &make_pad(w, n, len)));
     }
     out
 }
