@@ -516,17 +516,23 @@ fn revoke(sh: &Shared) -> bool {
 /// Flush while running (revoke, flush, restore), or stop (revoke, close,
 /// wait for quiescence, flush).
 fn control(sh: &Shared, stop: bool) -> Revoker {
+    // The controlling thread's clock lags the owner's (another CPU's TSC):
+    // the flush's `timestamp_end` is then right only if it loads the
+    // owner's last `max_tsc`, which the owner's Release store of
+    // `owner_busy = 0` publishes to the wait (its commit's Release reaches
+    // the flush only at its `fetch_add`, after that load).
+    let clock = || sh.now() - SKEW;
     let waited = revoke(sh);
     let begin = sh.now();
     if !stop {
-        let flushed = sh.ring.flush(&|| sh.now());
+        let flushed = sh.ring.flush(&clock);
         let end = sh.now();
         sh.ring.restore_owner();
         return Revoker { waited, section: (begin, end), flushed, at_quiescence: None };
     }
     close_and_quiesce(sh);
     let q = sh.ring.counters();
-    let flushed = sh.ring.flush(&|| sh.now());
+    let flushed = sh.ring.flush(&clock);
     Revoker { waited, section: (begin, u64::MAX), flushed, at_quiescence: Some(q) }
 }
 
