@@ -27,6 +27,12 @@
 //! backwards, and the loss accounting exact against what the writers were
 //! told. The harness is `tests/common/loom.rs`.
 //!
+//! loom's DPOR keeps only the last access to each atomic and so never
+//! reverses some races (a stalled closer's load of a counter and another
+//! writer's increment, with a third load between): a model may make every
+//! thread yield at one protocol point (`hvtrace_core::loom_yield`), a switch
+//! loom always explores at no preemption cost.
+//!
 //! The owned-ring models (`owner_*`) check the single-writer fast path
 //! against a thread that takes the ring back (revoke, heavy barrier, wait
 //! while the owner is busy). loom cannot model `membarrier`; the revoker's
