@@ -231,16 +231,6 @@ impl Mapper {
     }
 }
 
-/// Where to resume reading a ring whose producer has written up to
-/// `write`, given the `consumed` position found in the control page:
-/// `Ok(consumed)` if an honest consumer can have left it there, else
-/// `Err` with the oldest position that can still hold an unread packet.
-///
-/// An honest consumer's position is a sub-buffer boundary at or behind the
-/// write position, and in discard mode less than a ring behind the
-/// sub-buffer being written (the producer opens no sub-buffer a whole ring
-/// ahead of it). In overwrite mode it may be any distance behind: the
-/// reader skips the laps the producer overwrote.
 /// Refuses a memfd its owner could still shrink: a mapping of it would kill
 /// this process with `SIGBUS` at the first read past a truncation. The host
 /// seals every memfd it hands out; anything else is not the host's.
@@ -254,6 +244,16 @@ pub(crate) fn require_shrink_seal(fd: &OwnedFd, what: &str) -> Result<(), Consum
     }
 }
 
+/// Where to resume reading a ring whose producer has written up to
+/// `write`, given the `consumed` position found in the control page:
+/// `Ok(consumed)` if an honest consumer can have left it there, else
+/// `Err` with the oldest position that can still hold an unread packet.
+///
+/// An honest consumer's position is a sub-buffer boundary at or behind the
+/// write position, and in discard mode less than a ring behind the
+/// sub-buffer being written (the producer opens no sub-buffer a whole ring
+/// ahead of it). In overwrite mode it may be any distance behind: the
+/// reader skips the laps the producer overwrote.
 fn resume_position(consumed: u64, write: u64, geo: Geometry, mode: Mode) -> Result<u64, u64> {
     let oldest = write.next_multiple_of(geo.subbuf_size).saturating_sub(geo.buf_size());
     let aligned = consumed.is_multiple_of(geo.subbuf_size);
