@@ -317,7 +317,7 @@ impl Consumer {
     pub fn attach(cfg: &ConsumerConfig) -> Result<Consumer, ConsumerError> {
         let mut control = Control::connect(&cfg.socket)?;
         let started = std::time::Instant::now();
-        let (reply, fds) = loop {
+        let (reply, mut fds) = loop {
             match control.call_ok(&Request::Map) {
                 // One consumer at a time: a holder that just died is dropped
                 // by the host when it sees the connection close.
@@ -337,14 +337,12 @@ impl Consumer {
         if channel.is_empty() || channel.contains(['/', '\0']) || channel == "." || channel == ".." {
             return Err(ConsumerError::Protocol(format!("channel name {channel:?} cannot name stream files")));
         }
+        // The metadata log comes after the rings' descriptors.
+        let meta_fd = fds.remove(metadata_fd_index);
         let mut fds = fds.into_iter();
         let (Some(ctrl_fd), Some(changed_fd)) = (fds.next(), fds.next()) else {
             unreachable!("`Control::call` checked the descriptor count");
         };
-        let mut fds: Vec<OwnedFd> = fds.collect();
-        // The metadata log comes after the rings' descriptors.
-        let meta_fd = fds.remove(metadata_fd_index - 2);
-        let mut fds = fds.into_iter();
         let meta = Arc::new(MetadataLog::attach(meta_fd, metadata_len)?);
         let metadata = meta.text_from(0);
         let ctrl_len = usize::try_from(ctrl_len)
@@ -363,7 +361,7 @@ impl Consumer {
         // After the kernel's classes, a marker says that the VMM's (stream 0)
         // resume: those the host registers during the session are appended.
         let local_metadata = match cfg.metadata_suffix.as_str() {
-            "" => metadata.clone(),
+            "" => metadata,
             suffix => format!("{metadata}{suffix}\n{}\n", hvtrace_core::metadata::VMM_CLASSES_RESUME_MARKER),
         };
         let out = match &cfg.output {
