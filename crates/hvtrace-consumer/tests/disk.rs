@@ -73,14 +73,6 @@ impl Drop for Mount {
     }
 }
 
-fn wait_refcount_zero(c: &mut hvtrace_ctl::Client) {
-    let t = Instant::now();
-    while c.status().unwrap().refcount != 0 {
-        assert!(t.elapsed() < Duration::from_secs(3), "the failed consumer's reference was not dropped");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn disk_full_is_reported_counted_and_harmless_to_the_host() {
     let dir = TempDir::new("diskfull");
