@@ -174,6 +174,18 @@ struct Mapper {
     direct_min: Option<usize>,
 }
 
+/// A ring mapped and checked, its stream not open yet.
+struct MappedRing {
+    cpu: u32,
+    source: MappedReader,
+    wake: EventFd,
+    /// Where reading resumes.
+    expect: u64,
+    /// The consumed position in the control page must be put back to
+    /// `expect` (no honest consumer left it there).
+    reset: bool,
+}
+
 impl Mapper {
     /// Maps one ring and creates its stream file; says if the ring's
     /// consumed position had to be reset.
@@ -183,6 +195,18 @@ impl Mapper {
         data_fd: OwnedFd,
         wake_fd: OwnedFd,
     ) -> Result<(RingState, Option<String>), ConsumerError> {
+        let (mapped, note) = self.map(ring, data_fd, wake_fd)?;
+        Ok((self.open(mapped)?, note))
+    }
+
+    /// Maps one ring read-only and checks it, writing nothing anywhere; says
+    /// if its consumed position is to be reset.
+    fn map(
+        &self,
+        ring: &RingInfo,
+        data_fd: OwnedFd,
+        wake_fd: OwnedFd,
+    ) -> Result<(MappedRing, Option<String>), ConsumerError> {
         let cpu = ring.cpu;
         let len = usize::try_from(ring.data_len).map_err(|_| {
             ConsumerError::Protocol(format!("ring of CPU {cpu}: data length {} too large", ring.data_len))
@@ -216,7 +240,6 @@ impl Mapper {
         let (expect, note) = match resume_position(consumed, write, self.geo, r.mode()) {
             Ok(pos) => (pos, None),
             Err(pos) => {
-                r.set_consumed(pos);
                 let note = format!(
                     "CPU {cpu}: the consumed position left in the control page ({consumed}) cannot be one an honest \
                      consumer left (write position {write}); resumed at {pos}"
@@ -224,10 +247,19 @@ impl Mapper {
                 (pos, Some(note))
             }
         };
+        Ok((MappedRing { cpu, source, wake, expect, reset: note.is_some() }, note))
+    }
+
+    /// Opens the stream file (and the relay's stream) of a mapped ring.
+    fn open(&self, m: MappedRing) -> Result<RingState, ConsumerError> {
+        let MappedRing { cpu, source, wake, expect, reset } = m;
         let stream = self.out.as_ref().map(|o| o.create_stream(cpu, self.direct_min)).transpose()?;
+        if reset {
+            source.reader().set_consumed(expect);
+        }
         let relay = self.relay.as_ref().map(|r| r.ring(cpu));
         let state = RingState::new(cpu, self.uuid, Box::new(source), wake, stream, relay, expect);
-        Ok((state.following(self.meta.clone()), note))
+        Ok(state.following(self.meta.clone()))
     }
 }
 
@@ -357,6 +389,22 @@ impl Consumer {
         if cfg.output.is_none() && cfg.relay.is_none() {
             return Err(ConsumerError::Protocol("no sink: neither a trace directory nor a relay".into()));
         }
+        let mut mapper =
+            Mapper { ctrl, meta, geo, uuid: trace_uuid, out: None, relay: None, direct_min: cfg.direct_min };
+        // Every ring is mapped and checked before the trace directory is
+        // made, so a host refused here leaves nothing behind.
+        let mut ring_maps = Vec::with_capacity(rings.len());
+        let mut mapped = BTreeSet::new();
+        let mut notes = Vec::new();
+        for ring in &rings {
+            let (Some(data), Some(wake)) = (fds.next(), fds.next()) else { unreachable!("checked count") };
+            if !mapped.insert(ring.cpu) {
+                return Err(ConsumerError::Protocol(format!("CPU {} has two rings", ring.cpu)));
+            }
+            let (m, note) = mapper.map(ring, data, wake)?;
+            ring_maps.push(m);
+            notes.extend(note);
+        }
         let access = output::Access::new(cfg.group);
         // After the kernel's classes, a marker says that the VMM's (stream 0)
         // resume: those the host registers during the session are appended.
@@ -367,7 +415,7 @@ impl Consumer {
         let out = match &cfg.output {
             Some(o) => {
                 let (out, file) = OutputDir::prepare(o, &channel, &local_metadata, access)?;
-                meta.set_file(file, local_metadata.len() as u64);
+                mapper.meta.set_file(file, local_metadata.len() as u64);
                 Some(out)
             }
             None => None,
@@ -377,29 +425,25 @@ impl Consumer {
         // losses in the report.
         let account = out.as_ref().map(|o| o.create_account(&Account::header(overwrite))).transpose()?;
         let threads = cfg.threads.max(1);
-        let mut notes = Vec::new();
         let relay = match &cfg.relay {
             Some(r) => {
-                let (relay, note) =
-                    Relay::start(r, &channel, trace_uuid, meta.clone(), config.subbuf_size, threads, out.is_none())?;
+                let (relay, note) = Relay::start(
+                    r,
+                    &channel,
+                    trace_uuid,
+                    mapper.meta.clone(),
+                    config.subbuf_size,
+                    threads,
+                    out.is_none(),
+                )?;
                 notes.extend(note);
                 Some(relay)
             }
             None => None,
         };
         let live_timer = cfg.relay.as_ref().map(|r| r.live_timer.max(Duration::from_millis(1)));
-        let mapper = Mapper { ctrl, meta, geo, uuid: trace_uuid, out, relay, direct_min: cfg.direct_min };
-        let mut mapped_rings = Vec::with_capacity(rings.len());
-        let mut mapped = BTreeSet::new();
-        for ring in &rings {
-            let (Some(data), Some(wake)) = (fds.next(), fds.next()) else { unreachable!("checked count") };
-            if !mapped.insert(ring.cpu) {
-                return Err(ConsumerError::Protocol(format!("CPU {} has two rings", ring.cpu)));
-            }
-            let (state, note) = mapper.map_ring(ring, data, wake)?;
-            mapped_rings.push(state);
-            notes.extend(note);
-        }
+        (mapper.out, mapper.relay) = (out, relay);
+        let mapped_rings = ring_maps.into_iter().map(|m| mapper.open(m)).collect::<Result<Vec<_>, _>>()?;
         Ok(Consumer {
             control,
             channel,

@@ -110,12 +110,15 @@ fn an_unsealed_control_data_or_metadata_memfd_is_refused_at_attach_and_sealed_on
     for (k, (forge, what)) in cases.into_iter().enumerate() {
         let fake = dir.0.join(format!("impostor{k}.sock"));
         let (relay, swapped) = impostor(&fake, &sock, forge);
-        let e = Consumer::attach(&ConsumerConfig::new(&fake, dir.0.join(format!("trace{k}")))).unwrap_err();
+        let out = dir.0.join(format!("trace{k}"));
+        let e = Consumer::attach(&ConsumerConfig::new(&fake, &out)).unwrap_err();
         println!("{forge:?}: {e}");
         assert!(matches!(e, ConsumerError::Protocol(_)), "{forge:?}: {e:?}");
         assert!(e.to_string().ends_with(&format!("{what}: not sealed against shrinking")), "{forge:?}: {e}");
         relay.join().unwrap();
         assert_eq!(swapped.load(Ordering::Acquire), 1, "{forge:?}");
+        // Refused before the trace directory was made: a retry may use it.
+        assert!(!out.exists(), "{forge:?}: a refused host left {} behind", out.display());
         // The consumer that gave up holds nothing on the host.
         wait_refcount_zero(&mut ctl);
     }
