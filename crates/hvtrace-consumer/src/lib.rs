@@ -174,6 +174,18 @@ struct Mapper {
     direct_min: Option<usize>,
 }
 
+/// A ring mapped and checked, its stream not open yet.
+struct MappedRing {
+    cpu: u32,
+    source: MappedReader,
+    wake: EventFd,
+    /// Where reading resumes.
+    expect: u64,
+    /// The consumed position in the control page must be put back to
+    /// `expect` (no honest consumer left it there).
+    reset: bool,
+}
+
 impl Mapper {
     /// Maps one ring and creates its stream file; says if the ring's
     /// consumed position had to be reset.
@@ -183,6 +195,18 @@ impl Mapper {
         data_fd: OwnedFd,
         wake_fd: OwnedFd,
     ) -> Result<(RingState, Option<String>), ConsumerError> {
+        let (mapped, note) = self.map(ring, data_fd, wake_fd)?;
+        Ok((self.open(mapped)?, note))
+    }
+
+    /// Maps one ring read-only and checks it, writing nothing anywhere; says
+    /// if its consumed position is to be reset.
+    fn map(
+        &self,
+        ring: &RingInfo,
+        data_fd: OwnedFd,
+        wake_fd: OwnedFd,
+    ) -> Result<(MappedRing, Option<String>), ConsumerError> {
         let cpu = ring.cpu;
         let len = usize::try_from(ring.data_len).map_err(|_| {
             ConsumerError::Protocol(format!("ring of CPU {cpu}: data length {} too large", ring.data_len))
@@ -216,7 +240,6 @@ impl Mapper {
         let (expect, note) = match resume_position(consumed, write, self.geo, r.mode()) {
             Ok(pos) => (pos, None),
             Err(pos) => {
-                r.set_consumed(pos);
                 let note = format!(
                     "CPU {cpu}: the consumed position left in the control page ({consumed}) cannot be one an honest \
                      consumer left (write position {write}); resumed at {pos}"
@@ -224,23 +247,22 @@ impl Mapper {
                 (pos, Some(note))
             }
         };
+        Ok((MappedRing { cpu, source, wake, expect, reset: note.is_some() }, note))
+    }
+
+    /// Opens the stream file (and the relay's stream) of a mapped ring.
+    fn open(&self, m: MappedRing) -> Result<RingState, ConsumerError> {
+        let MappedRing { cpu, source, wake, expect, reset } = m;
         let stream = self.out.as_ref().map(|o| o.create_stream(cpu, self.direct_min)).transpose()?;
+        if reset {
+            source.reader().set_consumed(expect);
+        }
         let relay = self.relay.as_ref().map(|r| r.ring(cpu));
         let state = RingState::new(cpu, self.uuid, Box::new(source), wake, stream, relay, expect);
-        Ok((state.following(self.meta.clone()), note))
+        Ok(state.following(self.meta.clone()))
     }
 }
 
-/// Where to resume reading a ring whose producer has written up to
-/// `write`, given the `consumed` position found in the control page:
-/// `Ok(consumed)` if an honest consumer can have left it there, else
-/// `Err` with the oldest position that can still hold an unread packet.
-///
-/// An honest consumer's position is a sub-buffer boundary at or behind the
-/// write position, and in discard mode less than a ring behind the
-/// sub-buffer being written (the producer opens no sub-buffer a whole ring
-/// ahead of it). In overwrite mode it may be any distance behind: the
-/// reader skips the laps the producer overwrote.
 /// Refuses a memfd its owner could still shrink: a mapping of it would kill
 /// this process with `SIGBUS` at the first read past a truncation. The host
 /// seals every memfd it hands out; anything else is not the host's.
@@ -254,6 +276,16 @@ pub(crate) fn require_shrink_seal(fd: &OwnedFd, what: &str) -> Result<(), Consum
     }
 }
 
+/// Where to resume reading a ring whose producer has written up to
+/// `write`, given the `consumed` position found in the control page:
+/// `Ok(consumed)` if an honest consumer can have left it there, else
+/// `Err` with the oldest position that can still hold an unread packet.
+///
+/// An honest consumer's position is a sub-buffer boundary at or behind the
+/// write position, and in discard mode less than a ring behind the
+/// sub-buffer being written (the producer opens no sub-buffer a whole ring
+/// ahead of it). In overwrite mode it may be any distance behind: the
+/// reader skips the laps the producer overwrote.
 fn resume_position(consumed: u64, write: u64, geo: Geometry, mode: Mode) -> Result<u64, u64> {
     let oldest = write.next_multiple_of(geo.subbuf_size).saturating_sub(geo.buf_size());
     let aligned = consumed.is_multiple_of(geo.subbuf_size);
@@ -317,7 +349,7 @@ impl Consumer {
     pub fn attach(cfg: &ConsumerConfig) -> Result<Consumer, ConsumerError> {
         let mut control = Control::connect(&cfg.socket)?;
         let started = std::time::Instant::now();
-        let (reply, fds) = loop {
+        let (reply, mut fds) = loop {
             match control.call_ok(&Request::Map) {
                 // One consumer at a time: a holder that just died is dropped
                 // by the host when it sees the connection close.
@@ -337,14 +369,12 @@ impl Consumer {
         if channel.is_empty() || channel.contains(['/', '\0']) || channel == "." || channel == ".." {
             return Err(ConsumerError::Protocol(format!("channel name {channel:?} cannot name stream files")));
         }
+        // The metadata log comes after the rings' descriptors.
+        let meta_fd = fds.remove(metadata_fd_index);
         let mut fds = fds.into_iter();
         let (Some(ctrl_fd), Some(changed_fd)) = (fds.next(), fds.next()) else {
             unreachable!("`Control::call` checked the descriptor count");
         };
-        let mut fds: Vec<OwnedFd> = fds.collect();
-        // The metadata log comes after the rings' descriptors.
-        let meta_fd = fds.remove(metadata_fd_index - 2);
-        let mut fds = fds.into_iter();
         let meta = Arc::new(MetadataLog::attach(meta_fd, metadata_len)?);
         let metadata = meta.text_from(0);
         let ctrl_len = usize::try_from(ctrl_len)
@@ -359,17 +389,33 @@ impl Consumer {
         if cfg.output.is_none() && cfg.relay.is_none() {
             return Err(ConsumerError::Protocol("no sink: neither a trace directory nor a relay".into()));
         }
+        let mut mapper =
+            Mapper { ctrl, meta, geo, uuid: trace_uuid, out: None, relay: None, direct_min: cfg.direct_min };
+        // Every ring is mapped and checked before the trace directory is
+        // made, so a host refused here leaves nothing behind.
+        let mut ring_maps = Vec::with_capacity(rings.len());
+        let mut mapped = BTreeSet::new();
+        let mut notes = Vec::new();
+        for ring in &rings {
+            let (Some(data), Some(wake)) = (fds.next(), fds.next()) else { unreachable!("checked count") };
+            if !mapped.insert(ring.cpu) {
+                return Err(ConsumerError::Protocol(format!("CPU {} has two rings", ring.cpu)));
+            }
+            let (m, note) = mapper.map(ring, data, wake)?;
+            ring_maps.push(m);
+            notes.extend(note);
+        }
         let access = output::Access::new(cfg.group);
         // After the kernel's classes, a marker says that the VMM's (stream 0)
         // resume: those the host registers during the session are appended.
         let local_metadata = match cfg.metadata_suffix.as_str() {
-            "" => metadata.clone(),
+            "" => metadata,
             suffix => format!("{metadata}{suffix}\n{}\n", hvtrace_core::metadata::VMM_CLASSES_RESUME_MARKER),
         };
         let out = match &cfg.output {
             Some(o) => {
                 let (out, file) = OutputDir::prepare(o, &channel, &local_metadata, access)?;
-                meta.set_file(file, local_metadata.len() as u64);
+                mapper.meta.set_file(file, local_metadata.len() as u64);
                 Some(out)
             }
             None => None,
@@ -379,29 +425,25 @@ impl Consumer {
         // losses in the report.
         let account = out.as_ref().map(|o| o.create_account(&Account::header(overwrite))).transpose()?;
         let threads = cfg.threads.max(1);
-        let mut notes = Vec::new();
         let relay = match &cfg.relay {
             Some(r) => {
-                let (relay, note) =
-                    Relay::start(r, &channel, trace_uuid, meta.clone(), config.subbuf_size, threads, out.is_none())?;
+                let (relay, note) = Relay::start(
+                    r,
+                    &channel,
+                    trace_uuid,
+                    mapper.meta.clone(),
+                    config.subbuf_size,
+                    threads,
+                    out.is_none(),
+                )?;
                 notes.extend(note);
                 Some(relay)
             }
             None => None,
         };
         let live_timer = cfg.relay.as_ref().map(|r| r.live_timer.max(Duration::from_millis(1)));
-        let mapper = Mapper { ctrl, meta, geo, uuid: trace_uuid, out, relay, direct_min: cfg.direct_min };
-        let mut mapped_rings = Vec::with_capacity(rings.len());
-        let mut mapped = BTreeSet::new();
-        for ring in &rings {
-            let (Some(data), Some(wake)) = (fds.next(), fds.next()) else { unreachable!("checked count") };
-            if !mapped.insert(ring.cpu) {
-                return Err(ConsumerError::Protocol(format!("CPU {} has two rings", ring.cpu)));
-            }
-            let (state, note) = mapper.map_ring(ring, data, wake)?;
-            mapped_rings.push(state);
-            notes.extend(note);
-        }
+        (mapper.out, mapper.relay) = (out, relay);
+        let mapped_rings = ring_maps.into_iter().map(|m| mapper.open(m)).collect::<Result<Vec<_>, _>>()?;
         Ok(Consumer {
             control,
             channel,

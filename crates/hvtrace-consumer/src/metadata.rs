@@ -21,11 +21,13 @@
 //! `;`). A value that fails is counted once and reported
 //! ([`MetadataReport`]); text that fails is skipped, never written, so the
 //! trace's `metadata` is valid TSDL at every point the consumer may stop.
-//! A local write that fails is cut back to the last whole block.
+//! A local write that fails is cut back to the last whole block, and no
+//! later class is appended after the gap (hvtrace's reader wants event ids
+//! dense, so one class missing would make every later one unreadable).
 
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -49,8 +51,9 @@ pub struct MetadataReport {
     pub refused: u64,
     /// Bytes of text skipped with those refusals.
     pub refused_bytes: u64,
-    /// Failed writes of the local `metadata` (cut back to the last whole
-    /// block; the classes they held are missing from the trace).
+    /// Appends of the local `metadata` that failed (cut back to the last
+    /// whole block) or came after one that failed (not tried): the classes
+    /// they held are missing from the trace.
     pub write_errors: u64,
     /// The first refusal or write error, if any.
     pub first_error: Option<String>,
@@ -71,8 +74,11 @@ pub(crate) struct MetadataLog {
 }
 
 struct Inner {
-    /// The local `metadata`, open for appending, and its whole length.
+    /// The local `metadata`, open for writing, and its whole length.
     file: Option<(File, u64)>,
+    /// An append to `file` failed: later ones are not tried (see the
+    /// module docs).
+    file_failed: bool,
     /// Every byte of host TSDL taken so far, for the relay thread.
     text: String,
     report: MetadataReport,
@@ -96,7 +102,12 @@ impl MetadataLog {
             seen: AtomicU64::new(0),
             refused: AtomicU64::new(u64::MAX),
             text_len: AtomicU64::new(0),
-            inner: Mutex::new(Inner { file: None, text: String::new(), report: MetadataReport::default() }),
+            inner: Mutex::new(Inner {
+                file: None,
+                file_failed: false,
+                text: String::new(),
+                report: MetadataReport::default(),
+            }),
         };
         let published = me.log.reader().published();
         let text = me.read(0, published).map_err(proto)?;
@@ -172,18 +183,23 @@ impl MetadataLog {
             }
         };
         let inner = &mut *inner;
-        if let Some((file, len)) = &mut inner.file {
-            match file.write_all(chunk.as_bytes()) {
+        match &mut inner.file {
+            Some(_) if inner.file_failed => inner.report.write_errors += 1,
+            // At the length kept, never through the file offset, which a
+            // failed write leaves past the cut.
+            Some((file, len)) => match file.write_all_at(chunk.as_bytes(), *len) {
                 Ok(()) => *len += chunk.len() as u64,
                 Err(e) => {
                     // Cut a partial block off: the file stays valid TSDL.
                     let cut = file.set_len(*len);
+                    inner.file_failed = true;
                     inner.report.write_errors += 1;
                     inner.report.first_error.get_or_insert_with(|| {
                         format!("appending {} bytes to metadata: {e} (cut back: {cut:?})", chunk.len())
                     });
                 }
-            }
+            },
+            None => {}
         }
         inner.report.appends += 1;
         inner.report.appended_bytes += chunk.len() as u64;
@@ -329,7 +345,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metadata");
         std::fs::write(&path, START).unwrap();
-        log.set_file(File::options().append(true).open(&path).unwrap(), START.len() as u64);
+        // Not `O_APPEND`, as the consumer's own `metadata`.
+        log.set_file(File::options().write(true).open(&path).unwrap(), START.len() as u64);
         let mut end = START.len() as u64;
         let trace = || std::fs::read_to_string(&path).unwrap();
 

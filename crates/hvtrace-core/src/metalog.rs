@@ -125,21 +125,6 @@ impl<'a> MetaLog<'a> {
         self.hdr.published.store(self.len as u64, Ordering::Release);
         Ok(self.len as u64)
     }
-
-    /// Bytes published so far.
-    pub fn len(&self) -> u64 {
-        self.len as u64
-    }
-
-    /// Whether nothing is published yet.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Bytes of text the log can hold.
-    pub fn capacity(&self) -> u64 {
-        self.capacity as u64
-    }
 }
 
 /// The reading side of a metadata log (a consumer's), over a mapping it

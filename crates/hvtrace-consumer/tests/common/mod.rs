@@ -60,6 +60,16 @@ pub fn create_and_start(sock: &Path, cfg: ChannelConfig) -> Client {
     c
 }
 
+/// Waits until the host holds no consumer reference (one that gave up
+/// has dropped its own).
+pub fn wait_refcount_zero(c: &mut Client) {
+    let t = std::time::Instant::now();
+    while c.status().unwrap().refcount != 0 {
+        assert!(t.elapsed() < Duration::from_secs(3), "the failed consumer's reference was not dropped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Where a child host (this test binary re-executed) serves: the child
 /// process sees its socket path in this variable.
 pub const CHILD_HOST_SOCKET: &str = "HVTRACE_CONSUMER_TEST_HOST_SOCKET";
