@@ -205,7 +205,7 @@ fn bt2_events(dir: &Path) -> Result<Vec<Value>, String> {
 
 /// `hvtrace check` and `check --repair` (hvtrace-reader) take a kernel
 /// stream as any other: its damage found and named, its intact packets
-/// kept.
+/// kept; and the walk `analyze` shares reads on past the damage.
 #[test]
 fn a_damaged_kernel_stream_is_found_by_check_and_repaired_for_babeltrace2() {
     use hvtrace_core::ctf::packet;
@@ -233,6 +233,12 @@ fn a_damaged_kernel_stream_is_found_by_check_and_repaired_for_babeltrace2() {
         "{c:?}"
     );
     assert_eq!(c.records(), 1, "the second packet's kvm_exit");
+
+    // The walk skips the damage and reads the packets after it.
+    let r = hvtrace_analysis::analyze(damaged.path(), &[&hvtrace_ftrace::MAPPING], &Default::default(), &mut |_| {})
+        .unwrap();
+    assert_eq!((r.events, r.events_discarded), (1, 9));
+    assert!(r.warnings.iter().any(|w| w.starts_with("kernel_3: skipped bytes 0..")), "{:?}", r.warnings);
 
     // A cut last packet is found too.
     let cut = trace_dir(&t, 2_000_000_000, "kernel_3", &bytes[..bytes.len() - 10]);
