@@ -327,3 +327,37 @@ fn analyze_splits_kvm_exits_between_kernel_and_vmm_from_kvm_exit_and_kvm_entry()
     assert_eq!(in_kernel, [("EPT_VIOLATION", 1, 250, 1)]);
     assert_eq!(k.exits_in_kernel, 1);
 }
+
+/// A thread's KVM events before it is known as a vCPU (here: before its
+/// first `kvm_entry`, which names it) are in no vCPU's figures, and
+/// `analyze` counts them in text and JSON: none is dropped silently.
+#[test]
+fn events_of_a_thread_not_yet_known_as_a_vcpu_are_counted() {
+    let t = table();
+    let page = PageBuilder::new(T0)
+        .record(T0, &kvm_userspace_exit(300, 2), false)
+        .record(T0 + 100, &kvm_userspace_exit(300, 2), false)
+        .record(T0 + 200, &kvm_entry(300, 1, 0x1000), false)
+        .record(T0 + 300, &kvm_exit(300, 30, 0x1002, 1), false)
+        .record(T0 + 400, &kvm_userspace_exit(300, 2), false)
+        .record(T0 + 900, &kvm_entry(300, 1, 0x1004), false)
+        // Never named: no kvm_entry, no vCPU thread name.
+        .record(T0 + 1000, &kvm_userspace_exit(301, 6), false)
+        .build(4096);
+    let mut s = KernelStream::new(0, [9; 16]);
+    let mut bytes = Vec::new();
+    s.page(&t, &page, 0, &mut bytes);
+    let dir = trace_dir(&t, 1_000_000_000, "kernel_0", &bytes);
+    let r =
+        hvtrace_analysis::analyze(dir.path(), &[&hvtrace_ftrace::MAPPING], &Default::default(), &mut |_| {}).unwrap();
+    assert_eq!((r.events, r.events_unattributed), (7, 3));
+    let [v] = &r.vcpus[..] else { panic!("{:?}", r.vcpus) };
+    let handed: Vec<_> = v.kernel_split.as_ref().unwrap().to_vmm.iter().map(|x| (x.count, x.vmm_ns)).collect();
+    assert_eq!(handed, [(1, 500)], "only the hand-over after the thread was known");
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["events_unattributed"], 3);
+    let mut text = Vec::new();
+    hvtrace_analysis::write_text(&r, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("3 events of threads not yet known as vCPUs"), "{text}");
+}
