@@ -332,13 +332,14 @@ impl Instance {
     /// CPU `cpu`'s loss counters.
     pub fn cpu_stats(&self, cpu: u32) -> Result<CpuStats, FtraceError> {
         let file = format!("per_cpu/cpu{cpu}/stats");
-        let text = File::open(self.dir.join(&file))
+        File::open(self.dir.join(&file))
             .and_then(|mut f| read_in_one_call(&mut f))
-            .map_err(self.io_err("reading", &file))?;
-        CpuStats::parse(&text).ok_or_else(|| FtraceError::Io {
-            what: format!("reading {}", self.dir.join(&file).display()),
-            source: io::Error::new(io::ErrorKind::InvalidData, format!("no overrun/dropped counts in {text:?}")),
-        })
+            .and_then(|text| {
+                CpuStats::parse(&text).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("no overrun/dropped counts in {text:?}"))
+                })
+            })
+            .map_err(self.io_err("reading", &file))
     }
 
     /// Removes the instance now (its files must be closed), reporting failure.
