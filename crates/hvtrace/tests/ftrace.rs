@@ -519,3 +519,68 @@ fn an_unknown_event_or_an_absent_process_is_a_clear_error_and_leaves_nothing() {
         assert!(orphan_instances().is_empty(), "{:?}", orphan_instances());
     }
 }
+
+/// `record-kernel` attached to a VMM whose vCPU threads already run, named
+/// before the recording began: a thread's KVM events before something
+/// names it (its first `sched_switch`; never, without `sched_switch`) are
+/// `events_unattributed`, so every `kvm_userspace_exit` babeltrace2 reads
+/// is either a vCPU's hand-over in `analyze`'s split or unattributed: none
+/// is dropped uncounted.
+#[test]
+fn record_kernel_attached_to_a_running_vmm_counts_every_exit_once() {
+    require_kernel!();
+    for names in [",sched:sched_switch", ""] {
+        let (handed, unattributed, seen) = attach_to_a_running_vmm(&format!("kvm:kvm_userspace_exit{names}"));
+        assert!(seen > 0, "nothing recorded");
+        assert_eq!(handed + unattributed, seen, "{handed} handed over + {unattributed} unattributed");
+        if names.is_empty() {
+            assert_eq!(unattributed, seen, "nothing says which thread is which vCPU");
+        }
+        eprintln!(
+            "NOTE: {seen} exits to user space: {handed} attributed, {unattributed} before their thread was known"
+        );
+    }
+}
+
+/// Records `events` of a running VMM; returns the exits handed to the VMM
+/// in `analyze`'s split, its `events_unattributed`, and the
+/// `kvm_userspace_exit` records babeltrace2 reads.
+fn attach_to_a_running_vmm(events: &str) -> (u64, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let vmm = Command::new(EXE)
+        .args(["kvm", "--no-trace", "--vcpus", "2", "--iterations", "2000", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let named = |pid: u32| -> usize {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+        let comm = |e: std::fs::DirEntry| std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        tasks.flatten().map(comm).filter(|c| c.starts_with("vcpu")).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while named(vmm.id()) < 2 {
+        assert!(Instant::now() < deadline, "the VMM's vCPU threads did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let trace = dir.path().join("t");
+    let rec = record_kernel(vmm.id(), &trace, &["--events", events]);
+    let vmm = vmm.wait_with_output().unwrap();
+    assert!(vmm.status.success(), "hvtrace kvm failed: {}", stderr(&vmm));
+    let rec = wait_for_exit(rec);
+    assert!(rec.status.success(), "record-kernel failed: {}", stderr(&rec));
+
+    let out = Command::new(EXE).args(["analyze", "--json"]).arg(&trace).output().unwrap();
+    assert!(out.status.success(), "hvtrace analyze failed: {}", stderr(&out));
+    let r = last_json(&out);
+    let handed: u64 = r["vcpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["kernel_split"]["to_vmm"].as_array())
+        .flatten()
+        .map(|x| num(&x["count"]))
+        .sum();
+    let seen = bt2_events(&trace).iter().filter(|e| e["name"] == "kvm_userspace_exit").count() as u64;
+    (handed, num(&r["events_unattributed"]), seen)
+}
