@@ -412,9 +412,12 @@ mod tests {
 
     #[test]
     fn a_file_rendered_anew_on_each_read_is_read_in_one_call() {
-        // std's read_to_string reads in small steps: it splices renderings.
-        let mut spliced = String::new();
-        Regenerated { calls: 0, offset: 0 }.read_to_string(&mut spliced).unwrap();
+        // Read in 32-byte steps (as std's read_to_string began): renderings spliced.
+        let (mut file, mut spliced, mut step) = (Regenerated { calls: 0, offset: 0 }, Vec::new(), [0; 32]);
+        while let n @ 1.. = file.read(&mut step).unwrap() {
+            spliced.extend_from_slice(&step[..n]);
+        }
+        let spliced = String::from_utf8(spliced).unwrap();
         assert_ne!(CpuStats::parse(&spliced).map(|s| s.dropped), Some(33589), "{spliced:?}");
         let one = read_in_one_call(&mut Regenerated { calls: 0, offset: 0 }).unwrap();
         assert_eq!(CpuStats::parse(&one).unwrap().dropped, 33589, "{one:?}");
