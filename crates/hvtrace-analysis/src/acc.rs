@@ -165,6 +165,8 @@ pub(crate) struct Acc {
     pub interrupts: BTreeMap<(Option<u32>, u32), u64>,
     /// In-band loss records (`Event::Lost`).
     pub lost_in_band: u64,
+    /// Records in the window about a vCPU their source could not name (`Event::Unattributed`).
+    pub unattributed: u64,
 }
 
 impl Acc {
@@ -179,6 +181,7 @@ impl Acc {
             pcpus: BTreeMap::new(),
             interrupts: BTreeMap::new(),
             lost_in_band: 0,
+            unattributed: 0,
         }
     }
 
@@ -352,6 +355,7 @@ impl Acc {
                 }
             }
             Event::DomainGone { domain } => self.domain_gone(domain, t),
+            Event::Unattributed if w.holds(t) => self.unattributed += 1,
             // The walker handles these: it knows the pCPU's previous record
             // (where a loss starts) and what follows from the same record.
             Event::Lost { .. } | Event::OnPcpu { .. } => {}

@@ -94,6 +94,9 @@ pub fn write_text(r: &Report, w: &mut dyn Write) -> io::Result<()> {
     for warn in &r.warnings {
         writeln!(w, "warning: {warn}")?;
     }
+    if r.events_unattributed > 0 {
+        writeln!(w, "{} events of threads not yet known as vCPUs: in no vCPU's figures", r.events_unattributed)?;
+    }
 
     writeln!(w, "\nPer CPU:")?;
     let mut t = Table::new(&["CPU", "Stream", "Events", "Events/s", "Discarded", "Packets"]);

@@ -21,6 +21,9 @@ pub struct Report {
     pub events: u64,
     /// Events the tracer counted as lost (packet contexts and in-band loss records).
     pub events_discarded: u64,
+    /// Records about a vCPU their source could not name (KVM's kernel events
+    /// of a thread not yet known as a vCPU): in no vCPU's figures.
+    pub events_unattributed: u64,
     /// The window, in ns from the first record of the trace.
     pub from_ns: u64,
     /// End of the window (the last record's time when not limited).
@@ -518,6 +521,7 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, war
         duration_ns,
         events,
         events_discarded,
+        events_unattributed: acc.unattributed,
         from_ns: clk.ns(w.from.saturating_sub(begin)),
         to_ns: clk.ns(win_end.saturating_sub(begin)),
         clock_freq: freq,

@@ -80,17 +80,18 @@ impl SplitAcc {
                 self.open = Some((t, row(&mut self.in_kernel, exit)));
             }
             Event::ToVmm { exit, .. } => {
+                // Hand-overs are counted, and both halves timed, by the
+                // hand-over's time, so none is counted out of the window
+                // and timed in it.
                 let i = row(&mut self.to_vmm, exit);
-                let r = &mut self.to_vmm[i];
-                match self.open.take() {
-                    Some((t0, _)) if w.holds(t0) => {
-                        r.count += 1;
+                let began = self.open.take();
+                if w.holds(t) {
+                    let r = &mut self.to_vmm[i];
+                    r.count += 1;
+                    if let Some((t0, _)) = began {
                         r.kernel.0 += 1;
                         r.kernel.1 += t.saturating_sub(t0);
                     }
-                    Some(_) => {}
-                    None if w.holds(t) => r.count += 1,
-                    None => {}
                 }
                 self.at_vmm = Some((t, i));
             }

@@ -18,8 +18,11 @@
 //! otherwise from vCPU thread names (`vcpu0` for `hvtrace kvm`, `CPU 0/KVM`
 //! for QEMU, `fc_vcpu 0` for Firecracker) in `task_rename` (the VMM names
 //! a thread it started: recorded by default) or `sched_switch` (threads
-//! named before the recording began). A thread's events before it is known
-//! are not mapped.
+//! named before the recording began). A KVM event of a thread not yet
+//! known (a VMM whose vCPU threads were named before the recording, until
+//! each is switched) maps to [`Event::Unattributed`]: counted, not
+//! attributed. A `sched_switch` of an unknown thread maps to nothing: the
+//! VMM's other threads switch too.
 //!
 //! The catalog must present each kernel event's context fields (`common_pid`)
 //! by name beside its payload fields, as `hvtrace-reader` does for stream
@@ -160,56 +163,51 @@ impl Mapper for KernelMapper {
     }
 
     fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
-        if let Some((_, [pid, reason, isa, vcpu])) = self.exit.filter(|c| c.0 == id) {
-            let (Some(v), Some(code)) = (self.vcpu(f.uint(pid), f.uint(vcpu)), f.uint(reason)) else { return };
+        // A KVM event's thread not (yet) known as a vCPU: counted, not attributed.
+        let unattributed = |out: &mut dyn FnMut(Event<'m>)| out(Event::Unattributed);
+        if let Some([pid, reason, isa, vcpu]) = hit(self.exit, id) {
+            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return unattributed(out) };
+            let Some(code) = f.uint(reason) else { return };
             // isa 1 is VMX (basic reason in the low 16 bits), else SVM.
             let (code, table) = if f.uint(isa) == Some(1) { (code & 0xffff, VMX_REASONS) } else { (code, SVM_REASONS) };
             let name = table.iter().find(|(c, _)| u64::from(*c) == code).map_or("other", |(_, n)| n);
             let exit = Exit { code: code as u32, name, detail: ExitDetail::None };
             out(Event::Exit { vcpu: v, exit });
             out(Event::KernelExit { vcpu: v, exit });
-        } else if let Some((_, [pid, vcpu])) = self.entry.filter(|c| c.0 == id) {
-            if let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) {
-                out(Event::Entry { vcpu: v });
-            }
-        } else if let Some((_, [pid, nr])) = self.hypercall.filter(|c| c.0 == id) {
-            if let (Some(v), Some(nr)) = (self.vcpu(f.uint(pid), None), f.uint(nr)) {
-                out(Event::HypercallEntry { vcpu: v, nr: nr as u32, name: "kvm" });
-                let exit = Exit { code: 0, name: "hypercall", detail: ExitDetail::Hypercall(nr as u32) };
-                out(Event::KernelDetail { vcpu: v, exit });
-            }
+        } else if let Some([pid, vcpu]) = hit(self.entry, id) {
+            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return unattributed(out) };
+            out(Event::Entry { vcpu: v });
+        } else if let Some([pid, nr]) = hit(self.hypercall, id) {
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let Some(nr) = f.uint(nr) else { return };
+            out(Event::HypercallEntry { vcpu: v, nr: nr as u32, name: "kvm" });
+            let exit = Exit { code: 0, name: "hypercall", detail: ExitDetail::Hypercall(nr as u32) };
+            out(Event::KernelDetail { vcpu: v, exit });
         } else if let Some([pid, reason]) = hit(self.user, id) {
-            if let (Some(v), Some(code)) = (self.vcpu(f.uint(pid), None), f.uint(reason)) {
-                let exit = Exit { code: code as u32, name: kvm::exit_name(code), detail: ExitDetail::None };
-                out(Event::ToVmm { vcpu: v, exit });
-            }
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let Some(code) = f.uint(reason) else { return };
+            let exit = Exit { code: code as u32, name: kvm::exit_name(code), detail: ExitDetail::None };
+            out(Event::ToVmm { vcpu: v, exit });
         } else if let Some([pid]) = hit(self.emulate, id) {
-            if let Some(v) = self.vcpu(f.uint(pid), None) {
-                out(Event::KernelExit {
-                    vcpu: v,
-                    exit: Exit { code: 0, name: "emulate_insn", detail: ExitDetail::None },
-                });
-            }
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let exit = Exit { code: 0, name: "emulate_insn", detail: ExitDetail::None };
+            out(Event::KernelExit { vcpu: v, exit });
         } else if let Some([pid, rw, port, size]) = hit(self.pio, id) {
-            if let Some(v) = self.vcpu(f.uint(pid), None) {
-                let access = if f.uint(rw) == Some(0) { Access::Read } else { Access::Write };
-                let (port, size) = (f.uint(port).unwrap_or(0) as u16, f.uint(size).unwrap_or(0) as u8);
-                let exit = Exit { code: 0, name: "pio", detail: ExitDetail::Io { port, size, access } };
-                out(Event::KernelDetail { vcpu: v, exit });
-            }
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let access = if f.uint(rw) == Some(0) { Access::Read } else { Access::Write };
+            let (port, size) = (f.uint(port).unwrap_or(0) as u16, f.uint(size).unwrap_or(0) as u8);
+            let exit = Exit { code: 0, name: "pio", detail: ExitDetail::Io { port, size, access } };
+            out(Event::KernelDetail { vcpu: v, exit });
+        } else if let Some([pid, ty, len, gpa]) = hit(self.mmio, id) {
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let access = if f.uint(ty) == Some(MMIO_WRITE) { Access::Write } else { Access::Read };
+            let (gpa, size) = (f.uint(gpa).unwrap_or(0), f.uint(len).unwrap_or(0) as u8);
+            let exit = Exit { code: 0, name: "mmio", detail: ExitDetail::Mmio { gpa, size, access } };
+            out(Event::KernelDetail { vcpu: v, exit });
         } else if let Some([pid, name]) = hit(self.rename, id) {
             // Only learnt: a name says which vCPU a thread is.
             self.switched(f.uint(pid), f.bytes(name));
-        } else if let Some([pid, ty, len, gpa]) = hit(self.mmio, id) {
-            if let Some(v) = self.vcpu(f.uint(pid), None) {
-                let access = if f.uint(ty) == Some(MMIO_WRITE) { Access::Write } else { Access::Read };
-                let (gpa, size) = (f.uint(gpa).unwrap_or(0), f.uint(len).unwrap_or(0) as u8);
-                let exit = Exit { code: 0, name: "mmio", detail: ExitDetail::Mmio { gpa, size, access } };
-                out(Event::KernelDetail { vcpu: v, exit });
-            }
-        } else if let Some((_, [prev_comm, prev_pid, prev_state, next_comm, next_pid])) =
-            self.switch.filter(|c| c.0 == id)
-        {
+        } else if let Some([prev_comm, prev_pid, prev_state, next_comm, next_pid]) = hit(self.switch, id) {
             if let Some(v) = self.switched(f.uint(prev_pid), f.bytes(prev_comm)) {
                 // Only the task-state bits: 0 is TASK_RUNNING (preempted).
                 let preempted = f.uint(prev_state).is_some_and(|s| s & 0xff == 0);
@@ -342,9 +340,11 @@ mod tests {
             map(&b, &t, "kvm_userspace_exit", &user),
             [format!("ToVmm {{ {v}, exit: Exit {{ code: 2, name: \"io\", detail: None }} }}")]
         );
-        // A thread not known to be a vCPU maps to nothing.
+        // A thread not known to be a vCPU: counted as unattributed.
         let other = [Int(0), Int(0), Int(501), Int(2), Int(0)];
-        assert!(map(&b, &t, "kvm_userspace_exit", &other).is_empty());
+        assert_eq!(map(&b, &t, "kvm_userspace_exit", &other), ["Unattributed"]);
+        let other = [Int(0), Int(0), Int(501), Int(0), Int(0x60), Int(1), Int(1), Int(0)];
+        assert_eq!(map(&b, &t, "kvm_pio", &other), ["Unattributed"]);
     }
 
     #[test]

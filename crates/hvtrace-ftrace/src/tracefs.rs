@@ -332,13 +332,14 @@ impl Instance {
     /// CPU `cpu`'s loss counters.
     pub fn cpu_stats(&self, cpu: u32) -> Result<CpuStats, FtraceError> {
         let file = format!("per_cpu/cpu{cpu}/stats");
-        let text = File::open(self.dir.join(&file))
+        File::open(self.dir.join(&file))
             .and_then(|mut f| read_in_one_call(&mut f))
-            .map_err(self.io_err("reading", &file))?;
-        CpuStats::parse(&text).ok_or_else(|| FtraceError::Io {
-            what: format!("reading {}", self.dir.join(&file).display()),
-            source: io::Error::new(io::ErrorKind::InvalidData, format!("no overrun/dropped counts in {text:?}")),
-        })
+            .and_then(|text| {
+                CpuStats::parse(&text).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("no overrun/dropped counts in {text:?}"))
+                })
+            })
+            .map_err(self.io_err("reading", &file))
     }
 
     /// Removes the instance now (its files must be closed), reporting failure.
@@ -411,9 +412,12 @@ mod tests {
 
     #[test]
     fn a_file_rendered_anew_on_each_read_is_read_in_one_call() {
-        // std's read_to_string reads in small steps: it splices renderings.
-        let mut spliced = String::new();
-        Regenerated { calls: 0, offset: 0 }.read_to_string(&mut spliced).unwrap();
+        // Read in 32-byte steps (as std's read_to_string began): renderings spliced.
+        let (mut file, mut spliced, mut step) = (Regenerated { calls: 0, offset: 0 }, Vec::new(), [0; 32]);
+        while let n @ 1.. = file.read(&mut step).unwrap() {
+            spliced.extend_from_slice(&step[..n]);
+        }
+        let spliced = String::from_utf8(spliced).unwrap();
         assert_ne!(CpuStats::parse(&spliced).map(|s| s.dropped), Some(33589), "{spliced:?}");
         let one = read_in_one_call(&mut Regenerated { calls: 0, offset: 0 }).unwrap();
         assert_eq!(CpuStats::parse(&one).unwrap().dropped, 33589, "{one:?}");

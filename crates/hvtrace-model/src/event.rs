@@ -252,6 +252,10 @@ pub enum Event<'m> {
         /// The domain.
         domain: u32,
     },
+    /// A record about a vCPU its source cannot name yet (KVM's kernel
+    /// events of a thread not yet known as a vCPU): attributed to none,
+    /// and counted, so that no event is dropped silently.
+    Unattributed,
     /// The record's source names the pCPU it happened on, which is not the
     /// stream's CPU (merged or re-homed streams): the events that follow
     /// from the same record happened on `pcpu`.
@@ -276,7 +280,11 @@ impl Event<'_> {
             | Event::HypercallExit { vcpu, .. }
             | Event::GuestEvent { vcpu, .. } => Some(vcpu),
             Event::Interrupt { domain: Some(d), vcpu: Some(v), .. } => Some(Vcpu::new(d, v)),
-            Event::Interrupt { .. } | Event::Lost { .. } | Event::OnPcpu { .. } | Event::DomainGone { .. } => None,
+            Event::Interrupt { .. }
+            | Event::Lost { .. }
+            | Event::Unattributed
+            | Event::OnPcpu { .. }
+            | Event::DomainGone { .. } => None,
         }
     }
 }

@@ -17,6 +17,7 @@
 //! | [`Event::Interrupt`] | an interrupt injected into a domain, or taken by the hypervisor |
 //! | [`Event::GuestEvent`] | something the guest itself reported |
 //! | [`Event::Lost`] | an in-band loss record (packet-context losses come from the reader) |
+//! | [`Event::Unattributed`] | a record about a vCPU the source cannot name yet: counted, not dropped |
 //! | [`Event::DomainGone`] | a domain was destroyed: its vCPUs end |
 //!
 //! Times are the records' timestamps: a model event has no clock of its own.

@@ -7,6 +7,11 @@
 //! with its byte offset: a damaged region is skipped by scanning forward for
 //! the next valid packet header (magic, trace UUID, stream class and the
 //! stream's packet size), so one bad packet costs only itself.
+//!
+//! The kernel's streams (`kernel_<cpu>`, stream class 1, written by
+//! `hvtrace-ftrace`: one packet per tracefs page) are checked alike
+//! ([`check_kernel_stream`]), against the kernel's event classes; their
+//! packets have no common size, each is exactly its content.
 
 use std::fmt;
 use std::io::Write;
@@ -77,10 +82,12 @@ pub enum ProblemKind {
     BadMagic,
     /// A packet whose UUID is not the trace's.
     UuidMismatch,
-    /// A packet of a stream class the metadata does not declare.
+    /// A packet of another stream class than the stream file's.
     WrongStreamClass {
         /// The `stream_id` read.
         stream_id: u32,
+        /// The stream file's class: 0 a ring's, 1 the kernel's.
+        expected: u32,
     },
     /// A packet of another CPU than the stream's.
     WrongCpu {
@@ -92,7 +99,7 @@ pub enum ProblemKind {
         expected: u32,
     },
     /// `content_size` / `packet_size` are not byte multiples, inverted, or
-    /// smaller than the header.
+    /// smaller than the header; or, in a kernel stream, not equal.
     BadSizes {
         /// `content_size` in bits.
         content_bits: u64,
@@ -194,8 +201,8 @@ impl fmt::Display for ProblemKind {
         match self {
             ProblemKind::BadMagic => write!(f, "bad packet magic"),
             ProblemKind::UuidMismatch => write!(f, "packet UUID differs from the metadata's"),
-            ProblemKind::WrongStreamClass { stream_id } => {
-                write!(f, "stream_id {stream_id}, but the metadata declares only stream 0")
+            ProblemKind::WrongStreamClass { stream_id, expected } => {
+                write!(f, "stream_id {stream_id}, but this stream file's packets are of stream {expected}")
             }
             ProblemKind::WrongCpu { stream_instance_id, cpu_id, expected } => write!(
                 f,
@@ -416,11 +423,18 @@ enum Found {
     Nothing,
 }
 
+/// The kernel's stream class (`hvtrace-ftrace`'s `KERNEL_STREAM_ID`).
+const KERNEL_CLASS: u32 = 1;
+
 struct Walker<'b, 's, S: ?Sized> {
     b: &'b [u8],
     schema: &'s S,
     uuid: Option<[u8; 16]>,
     cpu: Option<u32>,
+    /// The stream class every packet must have.
+    class: u32,
+    /// The size every packet has (a ring's sub-buffer); never known for a
+    /// kernel stream, whose packets are each exactly their content.
     packet_size: Option<u64>,
 }
 
@@ -445,11 +459,12 @@ impl<S: Schema + ?Sized> Walker<'_, '_, S> {
         if self.uuid.is_some_and(|u| u != r.uuid) {
             return Err(ProblemKind::UuidMismatch);
         }
-        if r.stream_id != 0 {
-            return Err(ProblemKind::WrongStreamClass { stream_id: r.stream_id });
+        if r.stream_id != self.class {
+            return Err(ProblemKind::WrongStreamClass { stream_id: r.stream_id, expected: self.class });
         }
         let (c, p) = (r.content_bits, r.packet_bits);
-        if c % 8 != 0 || p % 8 != 0 || c > p || c < packet::LEN as u64 * 8 {
+        let unpadded = self.class != KERNEL_CLASS || c == p;
+        if c % 8 != 0 || p % 8 != 0 || c > p || c < packet::LEN as u64 * 8 || !unpadded {
             return Err(ProblemKind::BadSizes { content_bits: c, packet_bits: p });
         }
         let empty = p == packet::LEN as u64 * 8 && c == p;
@@ -576,13 +591,25 @@ impl<S: Schema + ?Sized> Walker<'_, '_, S> {
                 }
             }
         }
-        self.packet_size = sizes.iter().max_by_key(|&&(len, n)| (n, len)).map(|s| s.0);
+        if self.class != KERNEL_CLASS {
+            self.packet_size = sizes.iter().max_by_key(|&&(len, n)| (n, len)).map(|s| s.0);
+        }
     }
 }
 
 /// Checks one stream file's bytes against `schema` (see the module doc).
 pub fn check_stream<S: Schema + ?Sized>(bytes: &[u8], schema: &S, expect: &Expect) -> StreamReport {
-    let mut w = Walker { b: bytes, schema, uuid: expect.uuid, cpu: expect.cpu, packet_size: None };
+    walk(bytes, schema, expect, 0)
+}
+
+/// Checks one kernel stream file's bytes (`kernel_<cpu>`, stream class 1)
+/// against the kernel's event classes `schema` ([`crate::Metadata::kernel`]).
+pub fn check_kernel_stream<S: Schema + ?Sized>(bytes: &[u8], schema: &S, expect: &Expect) -> StreamReport {
+    walk(bytes, schema, expect, KERNEL_CLASS)
+}
+
+fn walk<S: Schema + ?Sized>(bytes: &[u8], schema: &S, expect: &Expect, class: u32) -> StreamReport {
+    let mut w = Walker { b: bytes, schema, uuid: expect.uuid, cpu: expect.cpu, class, packet_size: None };
     w.learn();
     let mut rep = StreamReport { len: bytes.len() as u64, packet_size: w.packet_size, ..Default::default() };
     let n = bytes.len();
@@ -760,6 +787,9 @@ pub enum DirNote {
     /// A non-empty file that is neither the metadata nor a stream file:
     /// babeltrace2 takes it for a stream file and fails.
     Foreign(String),
+    /// A kernel stream file (`kernel_<cpu>`) in a trace whose metadata
+    /// does not describe the kernel's streams: babeltrace2 fails on it.
+    Undeclared(String),
     /// A stream file's name on something that is not a regular file (a
     /// directory, FIFO, symbolic link, socket or device): the stream it
     /// should hold is gone.
@@ -787,9 +817,11 @@ impl DirNote {
     pub fn in_the_way(&self) -> bool {
         match self {
             DirNote::Incomplete(text) => !text.is_empty(),
-            DirNote::Foreign(_) | DirNote::NotAFile { .. } | DirNote::MissingStream { .. } | DirNote::BadAccount(_) => {
-                true
-            }
+            DirNote::Foreign(_)
+            | DirNote::Undeclared(_)
+            | DirNote::NotAFile { .. }
+            | DirNote::MissingStream { .. }
+            | DirNote::BadAccount(_) => true,
             DirNote::Unfinished => false,
         }
     }
@@ -798,7 +830,7 @@ impl DirNote {
     pub fn file(&self) -> &str {
         match self {
             DirNote::Incomplete(_) => INCOMPLETE,
-            DirNote::Foreign(name) | DirNote::NotAFile { name, .. } => name,
+            DirNote::Foreign(name) | DirNote::Undeclared(name) | DirNote::NotAFile { name, .. } => name,
             DirNote::MissingStream { .. } | DirNote::BadAccount(_) | DirNote::Unfinished => ACCOUNT,
         }
     }
@@ -817,6 +849,10 @@ impl fmt::Display for DirNote {
             DirNote::Foreign(name) => {
                 write!(f, "{name}: not a stream file; babeltrace2 takes it for one and fails")
             }
+            DirNote::Undeclared(name) => write!(
+                f,
+                "{name}: a kernel stream, but the metadata does not describe the kernel's streams; babeltrace2 fails on it"
+            ),
             DirNote::NotAFile { name, kind } => {
                 write!(f, "{name}: a {kind} where a stream file should be; the stream's packets are gone")
             }
@@ -851,7 +887,8 @@ pub struct StreamCheck {
 pub struct CheckReport {
     /// The directory.
     pub dir: PathBuf,
-    /// Every stream file.
+    /// Every stream file: the rings', then the kernel's (when the metadata
+    /// describes them).
     pub streams: Vec<StreamCheck>,
     /// Other files: the `INCOMPLETE` marker, files in the way of CTF readers.
     pub notes: Vec<DirNote>,
@@ -888,20 +925,33 @@ fn check_dir(t: &TraceDir) -> Result<(CheckReport, Vec<Vec<u8>>), ReadError> {
         }
         None => None,
     };
-    for s in &t.streams {
+    // The kernel's streams after the rings': the consumer's account is not
+    // theirs (every gap between their packets is damage), and without the
+    // kernel's classes in the metadata they are in the way of CTF readers.
+    let kernel = t.metadata.kernel.as_ref();
+    let rings = t.streams.iter().map(|s| (s, None));
+    let kernel_streams = kernel.into_iter().flat_map(|k| t.kernel_streams.iter().map(move |s| (s, Some(k))));
+    for (s, kernel_classes) in rings.chain(kernel_streams) {
         let bytes = s.read()?;
-        let mut report = check_stream(&bytes, t.schema(), &Expect { uuid: Some(t.metadata.uuid), cpu: Some(s.cpu) });
-        let acc = account.and_then(|a| a.stream(s.cpu).map(|st| (st, a.overwrite)));
+        let expect = Expect { uuid: Some(t.metadata.uuid), cpu: Some(s.cpu) };
+        let (mut report, acc) = match kernel_classes {
+            Some(k) => (check_kernel_stream(&bytes, k, &expect), None),
+            None => (check_stream(&bytes, t.schema(), &expect), account),
+        };
+        let of_stream = acc.and_then(|a| a.stream(s.cpu).map(|st| (st, a.overwrite)));
         // A killed consumer's account names no stream: the mode still says
         // whether gaps between packets are the flight recorder's.
-        let gaps = match (acc, account) {
+        let gaps = match (of_stream, acc) {
             (None, Some(a)) if a.overwrite => Vec::new(),
-            _ => sequence_gaps(&report, acc),
+            _ => sequence_gaps(&report, of_stream),
         };
         report.problems.extend(gaps);
         report.problems.sort_by_key(|p| p.offset);
         streams.push(StreamCheck { name: s.name.clone(), path: s.path.clone(), cpu: s.cpu, report });
         contents.push(bytes);
+    }
+    if kernel.is_none() {
+        notes.extend(t.kernel_streams.iter().map(|s| DirNote::Undeclared(s.name.clone())));
     }
     notes.extend(t.foreign.iter().cloned().map(DirNote::Foreign));
     notes.extend(t.not_files.iter().map(|(name, kind)| DirNote::NotAFile { name: name.clone(), kind }));
@@ -939,7 +989,8 @@ pub struct RepairReport {
 /// a copy holding its metadata and only its intact packets, in order, an
 /// empty `INCOMPLETE` marker if the source had one, and the consumer's
 /// account if it had a readable one (so a check of the copy still knows
-/// which packets are missing). Foreign files are not copied: CTF readers
+/// which packets are missing). Foreign files, and kernel streams the
+/// metadata does not describe, are not copied: CTF readers
 /// fail on them.
 ///
 /// Every file is created in the directory opened once (`O_NOFOLLOW`),

@@ -193,7 +193,7 @@ pub struct TraceDir {
     pub incomplete: Option<String>,
     /// The kernel's stream files (`kernel_<cpu>`, stream class 1, written by
     /// `hvtrace-ftrace`), whose event classes are [`Metadata::kernel`]:
-    /// `hvtrace analyze` reads them; `check` and `repair` do not.
+    /// `analyze`, `check` and `repair` read them.
     pub kernel_streams: Vec<StreamFile>,
     /// Other non-empty regular, non-hidden files: CTF readers (babeltrace2)
     /// take every such file for a stream and fail on it (empty ones they skip).

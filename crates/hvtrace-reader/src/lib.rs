@@ -33,8 +33,8 @@ pub mod tsdl;
 
 pub use account::{Account, ACCOUNT};
 pub use check::{
-    check, check_stream, repair, sequence_gaps, CheckReport, DirNote, Expect, OrderField, PacketSummary, Problem,
-    ProblemKind, RepairReport, StreamCheck, StreamReport,
+    check, check_kernel_stream, check_stream, repair, sequence_gaps, CheckReport, DirNote, Expect, OrderField,
+    PacketSummary, Problem, ProblemKind, RepairReport, StreamCheck, StreamReport,
 };
 pub use dir::{
     packets, stream_cpu, Packet, PacketError, Packets, ReadError, StreamFile, TraceDir, INCOMPLETE, MAX_METADATA,

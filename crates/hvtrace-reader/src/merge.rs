@@ -27,13 +27,13 @@
 //! **The kernel's streams.** [`Merge::with_kernel`] also walks the
 //! `kernel_<cpu>` streams (stream class 1, [`crate::Metadata::kernel`]):
 //! their records have ids of their own ([`Rec::class`] 1), mapped with
-//! bindings made from the kernel's classes. Damage in a kernel stream ends
-//! that stream's walk (named in the warnings): `check` does not read them.
+//! bindings made from the kernel's classes; damage in them is skipped as
+//! in any stream ([`crate::check_kernel_stream`]).
 
 use hvtrace_core::decode::Record;
 use hvtrace_model::{Bindings, Event};
 
-use crate::check::{check_stream, Expect};
+use crate::check::{check_kernel_stream, check_stream, Expect};
 use crate::dir::{PacketError, ReadError, StreamFile, TraceDir};
 use crate::model::{Layouts, RecordFields};
 use crate::stream::PacketReader;
@@ -251,13 +251,6 @@ impl Cursor {
                         what: format!("passed the check but does not decode: {}", bad.what),
                     });
                 }
-                Some(Err(bad)) if self.class == 1 => {
-                    warnings.push(format!(
-                        "{}: damage at byte {} ({}); the rest of this kernel stream is not read",
-                        self.file.name, bad.offset, bad.what
-                    ));
-                    self.reader = PacketReader::open(&self.file.path)?.only(Vec::new());
-                }
                 Some(Err(bad)) => self.recheck(bad, m, warnings)?,
             }
         }
@@ -269,7 +262,11 @@ impl Cursor {
         warnings.push(format!("{name}: damage at byte {} ({}); reading the intact packets only", bad.offset, bad.what));
         let bytes = self.file.read()?;
         let expect = Expect { uuid: Some(m.uuid), cpu: Some(self.file.cpu) };
-        let report = check_stream(&bytes, &m.schema, &expect);
+        let report = if self.class == 1 {
+            check_kernel_stream(&bytes, &m.kernel_schema, &expect)
+        } else {
+            check_stream(&bytes, &m.schema, &expect)
+        };
         for p in &report.problems {
             if p.offset + p.len > bad.offset {
                 warnings.push(format!("{name}: skipped {p}"));
@@ -296,6 +293,7 @@ struct Shared {
     /// The kernel's classes' (empty without them).
     kernel_layouts: Layouts,
     schema: TraceSchema,
+    kernel_schema: TraceSchema,
     uuid: [u8; 16],
 }
 
@@ -335,14 +333,16 @@ impl Merge {
 
     fn open(trace: &TraceDir, order: Order, kernel: bool) -> Result<Merge, ReadError> {
         let schema = trace.schema().clone();
-        let kernel_schema = trace.metadata.kernel.as_ref().filter(|_| kernel);
+        let kernel_schema = trace.metadata.kernel.clone().filter(|_| kernel);
+        let kernel_streams = if kernel_schema.is_some() { &trace.kernel_streams[..] } else { &[] };
+        let kernel_schema = kernel_schema.unwrap_or_default();
         let shared = Shared {
             layouts: Layouts::new(&schema),
-            kernel_layouts: Layouts::new(kernel_schema.unwrap_or(&TraceSchema::default())),
+            kernel_layouts: Layouts::new(&kernel_schema),
             schema,
+            kernel_schema,
             uuid: trace.metadata.uuid,
         };
-        let kernel_streams = if kernel_schema.is_some() { &trace.kernel_streams[..] } else { &[] };
         let mut warnings = Vec::new();
         if let Some(note) = &trace.incomplete {
             warnings.push(if note.is_empty() {

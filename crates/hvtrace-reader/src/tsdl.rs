@@ -243,7 +243,7 @@ pub fn parse(text: &str) -> Result<Metadata, MetadataError> {
 /// The kernel's part: its stream class (the event context: integer
 /// fields) and its event classes.
 fn parse_kernel(text: &str, first_line: usize) -> Result<TraceSchema, MetadataError> {
-    let mut lines = Lines { it: text.lines().enumerate().peekable(), first: first_line, last: first_line };
+    let mut lines = Lines::new(text, first_line);
     lines.expect(metadata::KERNEL_STREAMS_MARKER)?;
     for want in [
         "stream {",
@@ -269,8 +269,7 @@ fn parse_kernel(text: &str, first_line: usize) -> Result<TraceSchema, MetadataEr
         return err(lines.last, format!("event context field `{}` is not an integer", f.name));
     }
     lines.expect("};")?;
-    let rest: String = lines.it.map(|(_, l)| format!("{l}\n")).collect();
-    parse_events(&rest, lines.last + 1, 0, 1, &context)
+    parse_events(lines, 0, 1, &context)
 }
 
 /// Parses the VMM's part (stream class 0), then its classes `registered`
@@ -336,9 +335,9 @@ fn parse_vmm(text: &str, registered: Option<(&str, usize)>) -> Result<Metadata, 
     }
 
     let first_line = preamble.lines().count() + 1;
-    let mut schema = parse_events(events, first_line, 0, 0, &[])?;
+    let mut schema = parse_events(Lines::new(events, first_line), 0, 0, &[])?;
     if let Some((more, line)) = registered {
-        schema.events.extend(parse_events(more, line, schema.events.len(), 0, &[])?.events);
+        schema.events.extend(parse_events(Lines::new(more, line), schema.events.len(), 0, &[])?.events);
     }
     Ok(Metadata { schema, ..md })
 }
@@ -371,6 +370,11 @@ struct Lines<'t> {
 }
 
 impl<'t> Lines<'t> {
+    /// The lines of `text`, the first numbered `first`.
+    fn new(text: &'t str, first: usize) -> Lines<'t> {
+        Lines { it: text.lines().enumerate().peekable(), first, last: first }
+    }
+
     fn next(&mut self) -> Option<(usize, &'t str)> {
         let (i, l) = self.it.next()?;
         self.last = self.first + i;
@@ -398,17 +402,15 @@ impl<'t> Lines<'t> {
     }
 }
 
-/// The event blocks of stream class `stream`, their ids from `first_id`,
-/// each event's fields after `context` (stream 1 only: fixed integer
-/// arrays allowed).
+/// The event blocks of stream class `stream` (the rest of `lines`), their
+/// ids from `first_id`, each event's fields after `context` (stream 1
+/// only: fixed integer arrays allowed).
 fn parse_events(
-    text: &str,
-    first_line: usize,
+    mut lines: Lines<'_>,
     first_id: usize,
     stream: u32,
     context: &[FieldClass],
 ) -> Result<TraceSchema, MetadataError> {
-    let mut lines = Lines { it: text.lines().enumerate().peekable(), first: first_line, last: first_line };
     let mut events = Vec::new();
     while let Some((n, l)) = lines.next() {
         if l.is_empty() {

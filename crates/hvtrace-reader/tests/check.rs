@@ -116,7 +116,7 @@ fn flipped_bytes_cost_only_their_packet() {
     let cases: Vec<Case> = vec![
         (packet::MAGIC, 0x55, |k| *k == ProblemKind::BadMagic),
         (packet::UUID + 3, 0x01, |k| *k == ProblemKind::UuidMismatch),
-        (packet::STREAM_ID, 0x01, |k| matches!(k, ProblemKind::WrongStreamClass { stream_id: 1 })),
+        (packet::STREAM_ID, 0x01, |k| matches!(k, ProblemKind::WrongStreamClass { stream_id: 1, expected: 0 })),
         (packet::STREAM_INSTANCE_ID, 0x04, |k| matches!(k, ProblemKind::WrongCpu { .. })),
         (packet::CONTENT_SIZE + 1, 0x40, |k| matches!(k, ProblemKind::BadSizes { .. })),
         (packet::PACKET_SIZE + 1, 0x01, |k| matches!(k, ProblemKind::SizeMismatch { .. })),

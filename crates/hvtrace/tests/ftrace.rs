@@ -118,6 +118,7 @@ fn each_vcpus_kernel_exits_match_its_kvm_run_returns_and_precede_its_vm_exits() 
     let lost = num(&s["kernel"]["events_discarded"]);
     let gaps: u64 = events.iter().filter_map(|e| e.get("discarded")).map(num).sum();
     assert_eq!(gaps, lost, "babeltrace2 reports the losses the kernel counted");
+    check_finds_and_repairs_a_cut_kernel_stream(&trace, dir.path());
     if lost > 0 {
         // A loaded machine (the whole test suite on 2 CPUs) can starve the
         // reader: then what is missing must be within what is counted lost.
@@ -158,6 +159,47 @@ fn each_vcpus_kernel_exits_match_its_kvm_run_returns_and_precede_its_vm_exits() 
     assert_modes(&trace, 0o700, 0o600);
     analyze_splits_each_exit_between_kernel_and_vmm(&trace, &s, &events);
     assert_eq!(orphan_instances(), Vec::<String>::new(), "a tracefs instance was left behind");
+}
+
+/// `hvtrace check` finds a real trace's kernel streams intact; with the
+/// largest one cut short it names that file, and `--repair` writes a copy
+/// babeltrace2 reads, holding every record of the intact packets.
+fn check_finds_and_repairs_a_cut_kernel_stream(trace: &Path, scratch: &Path) {
+    let check = |dir: &Path, extra: &[&str]| {
+        let out = Command::new(EXE).args(["check", "--json"]).args(extra).arg(dir).output().unwrap();
+        (out.status.code(), last_json(&out))
+    };
+    let (status, r) = check(trace, &[]);
+    assert_eq!(status, Some(0), "{r}");
+    let kernel: Vec<&Value> = r["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["file"].as_str().unwrap().starts_with("kernel_"))
+        .collect();
+    let largest = kernel.iter().max_by_key(|s| num(&s["bytes"])).expect("kernel streams checked");
+    assert!(num(&largest["packets_intact"]) > 1, "{largest}");
+    let name = largest["file"].as_str().unwrap();
+
+    let cut = scratch.join("cut");
+    std::fs::create_dir(&cut).unwrap();
+    for e in std::fs::read_dir(trace).unwrap().flatten() {
+        std::fs::copy(e.path(), cut.join(e.file_name())).unwrap();
+    }
+    let f = std::fs::OpenOptions::new().write(true).open(cut.join(name)).unwrap();
+    f.set_len(num(&largest["bytes"]) - 10).unwrap();
+    let (status, r) = check(&cut, &[]);
+    assert_eq!(status, Some(1), "{r}");
+    let s = r["streams"].as_array().unwrap().iter().find(|s| s["file"] == name).unwrap();
+    let kinds: Vec<_> = s["problems"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["cut-packet"], "{s}");
+
+    let out = scratch.join("repaired");
+    let (status, r) = check(&cut, &["--repair", out.to_str().unwrap()]);
+    assert_eq!(status, Some(1), "the source is still damaged: {r}");
+    let recorded = bt2_events(&out).iter().filter(|e| e.get("name").is_some()).count() as u64;
+    assert_eq!(recorded, num(&r["repair"]["records"]), "{r}");
+    assert_eq!(recorded, num(&r["records"]));
 }
 
 /// One vCPU's kernel/VMM split as `docs/analysis.md` defines it, computed
@@ -215,6 +257,8 @@ fn analyze_splits_each_exit_between_kernel_and_vmm(trace: &Path, summary: &Value
     assert!(out.status.success(), "hvtrace analyze failed: {}", stderr(&out));
     let r = last_json(&out);
     assert!(r["event_sets"].as_array().unwrap().iter().any(|s| s == "kvm-kernel"), "{}", r["event_sets"]);
+    // Named by task_rename as the VMM started them, before their first KVM event.
+    assert_eq!(num(&r["events_unattributed"]), 0, "every vCPU thread known in time");
     let freq = u128::from(num(&r["clock_freq"]));
     let ns = |ticks: u64| (u128::from(ticks) * 1_000_000_000 / freq) as u64;
     for v in summary["per_vcpu"].as_array().unwrap() {
@@ -474,4 +518,69 @@ fn an_unknown_event_or_an_absent_process_is_a_clear_error_and_leaves_nothing() {
         assert!(!trace.exists());
         assert!(orphan_instances().is_empty(), "{:?}", orphan_instances());
     }
+}
+
+/// `record-kernel` attached to a VMM whose vCPU threads already run, named
+/// before the recording began: a thread's KVM events before something
+/// names it (its first `sched_switch`; never, without `sched_switch`) are
+/// `events_unattributed`, so every `kvm_userspace_exit` babeltrace2 reads
+/// is either a vCPU's hand-over in `analyze`'s split or unattributed: none
+/// is dropped uncounted.
+#[test]
+fn record_kernel_attached_to_a_running_vmm_counts_every_exit_once() {
+    require_kernel!();
+    for names in [",sched:sched_switch", ""] {
+        let (handed, unattributed, seen) = attach_to_a_running_vmm(&format!("kvm:kvm_userspace_exit{names}"));
+        assert!(seen > 0, "nothing recorded");
+        assert_eq!(handed + unattributed, seen, "{handed} handed over + {unattributed} unattributed");
+        if names.is_empty() {
+            assert_eq!(unattributed, seen, "nothing says which thread is which vCPU");
+        }
+        eprintln!(
+            "NOTE: {seen} exits to user space: {handed} attributed, {unattributed} before their thread was known"
+        );
+    }
+}
+
+/// Records `events` of a running VMM; returns the exits handed to the VMM
+/// in `analyze`'s split, its `events_unattributed`, and the
+/// `kvm_userspace_exit` records babeltrace2 reads.
+fn attach_to_a_running_vmm(events: &str) -> (u64, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let vmm = Command::new(EXE)
+        .args(["kvm", "--no-trace", "--vcpus", "2", "--iterations", "2000", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let named = |pid: u32| -> usize {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+        let comm = |e: std::fs::DirEntry| std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        tasks.flatten().map(comm).filter(|c| c.starts_with("vcpu")).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while named(vmm.id()) < 2 {
+        assert!(Instant::now() < deadline, "the VMM's vCPU threads did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let trace = dir.path().join("t");
+    let rec = record_kernel(vmm.id(), &trace, &["--events", events]);
+    let vmm = vmm.wait_with_output().unwrap();
+    assert!(vmm.status.success(), "hvtrace kvm failed: {}", stderr(&vmm));
+    let rec = wait_for_exit(rec);
+    assert!(rec.status.success(), "record-kernel failed: {}", stderr(&rec));
+
+    let out = Command::new(EXE).args(["analyze", "--json"]).arg(&trace).output().unwrap();
+    assert!(out.status.success(), "hvtrace analyze failed: {}", stderr(&out));
+    let r = last_json(&out);
+    let handed: u64 = r["vcpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["kernel_split"]["to_vmm"].as_array())
+        .flatten()
+        .map(|x| num(&x["count"]))
+        .sum();
+    let seen = bt2_events(&trace).iter().filter(|e| e["name"] == "kvm_userspace_exit").count() as u64;
+    (handed, num(&r["events_unattributed"]), seen)
 }
