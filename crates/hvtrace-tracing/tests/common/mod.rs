@@ -162,6 +162,24 @@ pub fn read_bt2(trace: &Path) -> Option<Vec<serde_json::Value>> {
     Some(String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect())
 }
 
+/// The events babeltrace2 reports discarded (its discarded-events messages).
+pub fn bt_discarded(bt: &[serde_json::Value]) -> u64 {
+    bt.iter().filter_map(|b| b.get("discarded")).map(|d| d.as_u64().unwrap_or_else(|| panic!("{bt:?}"))).sum()
+}
+
+/// Pins the calling thread to its CPU, so that every event and loss it
+/// counts lands in one ring; false (and a note) if that fails.
+pub fn pin_to_one_cpu() -> bool {
+    let cpu = hvtrace_sys::cpu::current_cpu();
+    match hvtrace_sys::cpu::pin_current_thread(cpu) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("SKIP (part): cannot pin to CPU {cpu} ({e}): babeltrace2's loss count not compared");
+            false
+        }
+    }
+}
+
 /// babeltrace2's text output, or `None` after printing `SKIP`.
 pub fn babeltrace2_text(trace: &Path) -> Option<String> {
     match Command::new("babeltrace2").arg(trace).output() {
