@@ -33,10 +33,7 @@ impl std::error::Error for Refused {}
 
 #[test]
 fn every_field_type_round_trips_through_the_reader_and_babeltrace2() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, ()) = traced(false, || {
         for i in 0..3i64 {
             let err: &(dyn std::error::Error + 'static) = &Refused;
             let maybe = if i == 0 { None } else { Some(i * 10) };
@@ -59,7 +56,6 @@ fn every_field_type_round_trips_through_the_reader_and_babeltrace2() {
             );
         }
     });
-    let (_dir, trace) = s.finish();
     assert_eq!(counters.lost(), 0);
     assert_eq!(counters.truncated.load(Relaxed), 0);
 
@@ -127,13 +123,10 @@ impl fmt::Debug for Huge<'_> {
 
 #[test]
 fn thirty_fields_of_a_mebibyte_each_are_cut_to_their_bound_and_counted() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
     let mib = "x".repeat(1 << 20);
     let m = mib.as_str();
     let pieces = std::cell::Cell::new(0);
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, ()) = traced(false, || {
         info!(
             f0 = m, f1 = m, f2 = m, f3 = m, f4 = m, f5 = m, f6 = m, f7 = m, f8 = m, f9 = m,
             f10 = m, f11 = m, f12 = m, f13 = m, f14 = m, f15 = m, f16 = m, f17 = m, f18 = m, f19 = m,
@@ -141,7 +134,6 @@ fn thirty_fields_of_a_mebibyte_each_are_cut_to_their_bound_and_counted() {
             huge = ?Huge(&pieces)
         );
     });
-    let (_dir, trace) = s.finish();
     assert_eq!(counters.truncated.load(Relaxed), 29, "28 strings and the Debug value");
     assert_eq!(counters.lost(), 0);
     assert_eq!(pieces.get(), 0, "the Debug formatting stopped at its first piece, past the bound");
@@ -163,10 +155,7 @@ fn thirty_fields_of_a_mebibyte_each_are_cut_to_their_bound_and_counted() {
 
 #[test]
 fn span_events_pair_up_with_their_ids_and_parents() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone()).with_spans(true);
-    let counters = layer.counters();
-    let (outer_id, inner_id) = tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, (outer_id, inner_id)) = traced(true, || {
         let outer = info_span!("vcpu_run", vcpu = 3u32, exits = tracing::field::Empty);
         let inner_id = outer.in_scope(|| {
             let inner = debug_span!("exit_handler", reason = "io");
@@ -177,7 +166,6 @@ fn span_events_pair_up_with_their_ids_and_parents() {
         outer.in_scope(|| {});
         (outer.id().unwrap(), inner_id)
     });
-    let (_dir, trace) = s.finish();
     assert_eq!(counters.lost(), 0);
     let (evs, _) = read(&trace);
     let (o, i) = (outer_id.into_u64(), inner_id.into_u64());
@@ -416,16 +404,12 @@ mod shifty {
 
 #[test]
 fn a_value_its_class_cannot_hold_is_written_absent_and_counted() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, ()) = traced(false, || {
         shifty::emit(&-1i64); // the class: x is an i64, encoded straight into the slot
         shifty::emit(&"text"); // cannot be an i64
         shifty::emit(&u64::MAX); // neither
         shifty::emit(&7u64); // can
     });
-    let (_dir, trace) = s.finish();
     assert_eq!(counters.mismatched.load(Relaxed), 2);
     assert_eq!(counters.lost(), 0, "the events are recorded");
     let (evs, _) = read(&trace);
@@ -435,16 +419,12 @@ fn a_value_its_class_cannot_hold_is_written_absent_and_counted() {
 
 #[test]
 fn a_string_field_takes_later_values_of_any_type_as_text() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, ()) = traced(false, || {
         shifty::emit(&"text"); // the class: x is a string
         shifty::emit(&-1i64); // written as its text
         shifty::emit(&true);
         shifty::emit(&"more");
     });
-    let (_dir, trace) = s.finish();
     assert_eq!((counters.lost(), counters.mismatched.load(Relaxed)), (0, 0));
     let (evs, _) = read(&trace);
     let xs: Vec<&Val> = evs.iter().map(|e| e.get("x")).collect();
@@ -464,13 +444,9 @@ impl fmt::Debug for Loud {
 
 #[test]
 fn an_event_emitted_while_encoding_another_is_no_panic_and_the_outer_one_is_recorded() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, ()) = traced(false, || {
         info!(v = ?Loud, "outer");
     });
-    let (_dir, trace) = s.finish();
     let (evs, _) = read(&trace);
     // `tracing` itself hands an event emitted inside a dispatch to no
     // subscriber (its dispatcher is not re-entered), so the layer never
@@ -569,12 +545,9 @@ mod wide {
 
 #[test]
 fn a_payload_past_the_threads_buffer_is_lost_counted_in_the_trace() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
     let mib = "z".repeat(1 << 20);
     let pinned = pin_to_one_cpu();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, ()) = traced(false, || {
         // The class: 200 strings. More than a packet first (see above).
         for _ in 0..200 {
             wide::emit(0, &"short");
@@ -582,7 +555,6 @@ fn a_payload_past_the_threads_buffer_is_lost_counted_in_the_trace() {
         wide::emit(100, &mib); // 32 of 1023 bytes and 168 absent: past the buffer
         wide::emit(0, &"short");
     });
-    let (_dir, trace) = s.finish();
     assert_eq!(counters.overflow.load(Relaxed), 1);
     assert_eq!(counters.lost(), 1);
     let (evs, discarded) = read(&trace);

@@ -16,6 +16,7 @@ use hvtrace_ctl::Client;
 use hvtrace_host::{Host, HostConfig};
 use hvtrace_proto::{ChannelConfig, Mode, Request};
 use hvtrace_reader::{packets, TraceDir};
+use hvtrace_tracing::{Counters, HvtraceLayer};
 
 /// A host serving a started channel (64 KiB × 8 sub-buffers per CPU, room
 /// for the largest record the layer makes), and its trace directory.
@@ -67,6 +68,20 @@ impl Session {
         let t = self.trace();
         (self.dir, t)
     }
+}
+
+/// Runs `emit` on this thread with an [`HvtraceLayer`] (recording spans
+/// too if `spans`) on a fresh [`Session`] as the default subscriber, then
+/// ends the session: the trace (with the directory that holds it), the
+/// layer's counters and what `emit` returned.
+pub fn traced<R>(spans: bool, emit: impl FnOnce() -> R) -> (tempfile::TempDir, PathBuf, Arc<Counters>, R) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone()).with_spans(spans);
+    let counters = layer.counters();
+    let out = tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);
+    let (dir, trace) = s.finish();
+    (dir, trace, counters, out)
 }
 
 /// A decoded field value, owned.
