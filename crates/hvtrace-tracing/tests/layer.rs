@@ -400,6 +400,13 @@ mod shifty {
         let f = fs.field("x").unwrap();
         Event::dispatch(&META, &fs.value_set(&[(&f, Some(v))]));
     }
+
+    /// The same event handed straight to `sub`, past `tracing`'s dispatcher.
+    pub fn emit_to(sub: &dyn tracing_core::Subscriber, v: &dyn Value) {
+        let fs = META.fields();
+        let f = fs.field("x").unwrap();
+        sub.event(&Event::new(&META, &fs.value_set(&[(&f, Some(v))])));
+    }
 }
 
 #[test]
@@ -454,6 +461,40 @@ fn an_event_emitted_while_encoding_another_is_no_panic_and_the_outer_one_is_reco
     assert_eq!(counters.lost(), 0);
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].get("v"), &Val::S("loud".into()));
+}
+
+/// A value whose `Debug` hands an event straight to a subscriber, as a
+/// subscriber that calls itself would: the layer is re-entered while it
+/// encodes the outer event on this thread.
+struct Reenter<'a>(&'a dyn tracing_core::Subscriber);
+impl fmt::Debug for Reenter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        shifty::emit_to(self.0, &"inner");
+        f.write_str("outer")
+    }
+}
+
+#[test]
+fn an_event_that_reenters_the_layer_is_lost_counted_in_the_trace() {
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone());
+    let counters = layer.counters();
+    let sub = tracing_subscriber::registry().with(layer);
+    let pinned = pin_to_one_cpu();
+    for _ in 0..20_000 {
+        shifty::emit_to(&sub, &"fill"); // more than a packet (see above)
+    }
+    shifty::emit_to(&sub, &tracing::field::debug(Reenter(&sub)));
+    shifty::emit_to(&sub, &"after");
+    let (_dir, trace) = s.finish();
+    assert_eq!((counters.reentrant.load(Relaxed), counters.lost()), (1, 1));
+    let (evs, discarded) = read(&trace);
+    assert_eq!((evs.len(), discarded), (20_002, 1));
+    assert_eq!(evs[20_000].get("x"), &Val::S("outer".into()));
+    let Some(bt) = read_bt2(&trace) else { return };
+    if pinned {
+        assert_eq!(bt_discarded(&bt), 1);
+    }
 }
 
 /// Two callsites on one line: one target, one name (`event FILE:LINE`),
