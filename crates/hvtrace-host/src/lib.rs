@@ -367,6 +367,27 @@ pub struct Writer {
     cpu: Option<u32>,
 }
 
+impl Writer {
+    /// Counts one event its caller could not record — refused before the
+    /// ring (a layer above it had no class for it, or could not encode it)
+    /// — as a loss of the ring this writer records into, so the trace's
+    /// `events_discarded` holds it like the ring's own losses. It is
+    /// counted as `discarded_too_big` (the ring's refusal of a record it
+    /// cannot take; on a ring owned by an [`ExclusiveWriter`], as
+    /// `discarded_busy`, like any record of this writer there): the ring's
+    /// counters have no cause for losses above it, and the caller keeps its
+    /// own breakdown. `Ok` once counted; [`RecordError::Closed`] while no
+    /// channel is started, when nothing is a loss.
+    pub fn count_lost(&self) -> Result<(), RecordError> {
+        // A record no sub-buffer can hold: the ring refuses it before it
+        // reads the clock or reserves anything, and counts it.
+        match self.record(0, usize::MAX, |_| {}) {
+            Err(RecordError::Closed) => Err(RecordError::Closed),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Sink for Writer {
     #[inline]
     fn record<F: FnOnce(&mut Encoder<'_>)>(&self, id: u32, len: usize, fill: F) -> Result<(), RecordError> {

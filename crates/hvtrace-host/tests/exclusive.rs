@@ -328,3 +328,23 @@ fn a_writer_on_a_stopped_owned_ring_is_refused_not_lost() {
     assert_eq!((ring.discarded_busy, ring.events_discarded), (1, 1), "only the refusal while recording is a loss");
     drop(owner);
 }
+
+#[test]
+fn count_lost_counts_in_the_writers_ring_only_while_recording() {
+    let (host, sock, _dir) = common::serve("countlost", ev::Events::EVENTS, 2);
+    let owner = host.exclusive_writer(1).unwrap();
+    let (w0, w1) = (host.writer_for_cpu(0), host.writer_for_cpu(1));
+    assert_eq!(w0.count_lost(), Err(RecordError::Closed), "no channel: not a loss");
+    let (mut c, _readers) = common::started_session(&sock);
+    assert_eq!(w0.count_lost(), Ok(()));
+    assert_eq!(w0.count_lost(), Ok(()));
+    assert_eq!(w1.count_lost(), Ok(()), "on the owned ring, as any record of this writer there");
+    let ring = |cpu: u32| host.status().rings.into_iter().find(|r| r.cpu == cpu).unwrap();
+    let (r0, r1) = (ring(0), ring(1));
+    assert_eq!((r0.discarded_too_big, r0.events_discarded, r0.produced_bytes), (2, 2, 0), "{r0:?}");
+    assert_eq!((r1.discarded_busy, r1.events_discarded), (1, 1), "{r1:?}");
+    c.simple(&Request::Stop).unwrap();
+    assert_eq!(w0.count_lost(), Err(RecordError::Closed), "stopped: not a loss");
+    assert_eq!(ring(0).events_discarded, 2);
+    drop(owner);
+}

@@ -6,10 +6,13 @@
 //! any thread with one Acquire load per probe. A callsite's class is set
 //! once ([`OnceLock`]) when the host has given it an id.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use crate::encode::Ty;
+use hvtrace_core::field::FieldKind;
+
+use crate::encode::{Shape, Ty};
 
 /// Slots in the table: twice the host's bound on event classes
 /// ([`hvtrace_host::MAX_EVENT_CLASSES`]), so probes stay short while every
@@ -23,6 +26,8 @@ pub(crate) struct Class {
     pub(crate) id: Option<u32>,
     /// Types of the callsite's fields, in `FieldSet` order.
     pub(crate) types: Box<[Ty]>,
+    /// How its events are encoded.
+    pub(crate) shape: Shape,
 }
 
 /// One callsite's entry.
@@ -36,8 +41,42 @@ pub(crate) struct Slot {
 /// The table.
 pub(crate) struct Callsites {
     slots: Box<[Slot]>,
-    /// Held to insert a slot or register a class (cold).
-    lock: Mutex<()>,
+    /// Held to insert a slot or register a class (cold); holds the class
+    /// names taken.
+    lock: Mutex<Names>,
+}
+
+/// The class names a layer has taken, each with its fields.
+#[derive(Default)]
+pub(crate) struct Names(HashMap<String, Vec<(String, FieldKind)>>);
+
+impl Names {
+    /// A class name for `base` and `fields`: `base` if it is free or taken
+    /// by a class of the same fields (names and types), else `base#2`,
+    /// `base#3`, … Two callsites share a name when the user gave it to both
+    /// (`event!(name: "vm_exit", ...)` at four places): one kind of event,
+    /// which a reader groups by name. Two callsites whose fields differ
+    /// never do, though they may share a target, a name and so `tracing`'s
+    /// default name `event FILE:LINE` (two events on one line): a name has
+    /// one layout in a trace.
+    pub(crate) fn unique(&mut self, base: String, fields: &[(&str, FieldKind)]) -> String {
+        let same =
+            |have: &Vec<(String, FieldKind)>| have.iter().map(|(n, k)| (n.as_str(), *k)).eq(fields.iter().copied());
+        let mut name = base.clone();
+        let mut n = 2;
+        loop {
+            match self.0.get(&name) {
+                Some(have) if same(have) => return name,
+                Some(_) => {
+                    name = format!("{base}#{n}");
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        self.0.insert(name.clone(), fields.iter().map(|(n, k)| (n.to_string(), *k)).collect());
+        name
+    }
 }
 
 /// A pointer's address spread over the table's index bits (Fibonacci hashing).
@@ -49,7 +88,7 @@ fn home(key: usize) -> usize {
 impl Callsites {
     pub(crate) fn new() -> Callsites {
         let slots = (0..SLOTS).map(|_| Slot { key: AtomicUsize::new(0), class: OnceLock::new() }).collect();
-        Callsites { slots, lock: Mutex::new(()) }
+        Callsites { slots, lock: Mutex::new(Names::default()) }
     }
 
     /// The slot of `key` (nonzero), if it has one. Lock-free.
@@ -70,13 +109,13 @@ impl Callsites {
 
     /// Takes the registration lock (a poisoned lock is taken all the same:
     /// the table is never left half-written, a slot is published last).
-    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Names> {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The slot of `key`, inserted if new; `None` when the table is full.
     /// Call with the lock held.
-    pub(crate) fn insert(&self, _held: &MutexGuard<'_, ()>, key: usize) -> Option<&Slot> {
+    pub(crate) fn insert(&self, _held: &MutexGuard<'_, Names>, key: usize) -> Option<&Slot> {
         let mut i = home(key);
         for _ in 0..SLOTS {
             let s = &self.slots[i];

@@ -3,7 +3,9 @@
 //! A callsite's field types are fixed by the `Visit` method each value
 //! arrives through at its first event ([`Typing`]); every later event is
 //! encoded by [`Payload`] in the class's field order, with hvtrace-core's
-//! own field encoders (`Field::encode`), into the thread's payload buffer.
+//! own field encoders (`Field::encode`), into an [`Out`]: the reserved slot
+//! itself when every field has a fixed size ([`Shape`]), else the thread's
+//! payload buffer.
 
 use std::fmt::{self, Write as _};
 
@@ -44,9 +46,20 @@ impl Ty {
         }
     }
 
+    /// Bytes of every value of the type, if they are all the same size.
+    fn size(self) -> Option<usize> {
+        match self {
+            Ty::I64 | Ty::U64 | Ty::F64 => Some(8),
+            Ty::Bool => Some(1),
+            Ty::Str | Ty::Bytes => None,
+        }
+    }
+
     /// Bytes of the value written for a field absent from an event (a
-    /// `None`, a `field::Empty`): zero, false, the empty string.
-    fn absent(self, out: &mut Buf<'_>) {
+    /// `None`, a `field::Empty`) or whose value its type cannot hold:
+    /// zero, false, the empty string. As long as a value of the type when
+    /// the type has a fixed size, so an event's length never depends on it.
+    fn absent(self, out: &mut impl Out) {
         match self {
             Ty::I64 | Ty::U64 | Ty::F64 => out.put(&[0; 8]),
             Ty::Bool | Ty::Str => out.put(&[0]),
@@ -55,19 +68,52 @@ impl Ty {
     }
 }
 
+/// Where an event's values go, and so how the layer knows the payload's
+/// length before it reserves the record (a reservation needs it first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// Every field has a fixed size (integers, floats, bools): the
+    /// payload's length is the class's, and the values go straight into
+    /// the reserved slot in one `Visit` pass (none at all while no channel
+    /// is started: the ring refuses before the slot is filled).
+    Fixed(usize),
+    /// Some field is a string or a byte array: its length is known only
+    /// once the value is visited (and, for `Debug` values, formatted).
+    /// Encoded once into the thread's buffer, then copied into the slot. A
+    /// first `Visit` pass to count the bytes, then a second into the slot,
+    /// measured slower for `a = 1i32, b = 2u64, s = "hello"` (62–104 ns
+    /// against 44–69 ns for the buffer, the same runs): the `Visit` pass
+    /// costs more than the copy it saves (see docs/benchmarks.md).
+    Buffered,
+}
+
 /// Most bytes a `Bytes` field keeps: the bound of a string, so that a
 /// callsite's payload stays bounded by its field count.
 pub(crate) const MAX_FIELD_BYTES: usize = MAX_STRING;
 
 /// Records the type of every field present in the first event of a
 /// callsite; absent fields stay `None` (then [`Ty::Str`]).
-pub(crate) struct Typing(pub(crate) Vec<Option<Ty>>);
+pub(crate) struct Typing(Vec<Option<Ty>>);
 
 impl Typing {
+    pub(crate) fn new(fields: usize) -> Typing {
+        Typing(vec![None; fields])
+    }
+
     fn set(&mut self, f: &TracingField, ty: Ty) {
         if let Some(slot) = self.0.get_mut(f.index()) {
             *slot = Some(ty);
         }
+    }
+
+    /// The fields' types (absent ones as strings) and the class's shape.
+    pub(crate) fn finish(self) -> (Box<[Ty]>, Shape) {
+        let types: Box<[Ty]> = self.0.into_iter().map(|t| t.unwrap_or(Ty::Str)).collect();
+        let shape = match types.iter().map(|t| t.size()).sum::<Option<usize>>() {
+            Some(n) => Shape::Fixed(n),
+            None => Shape::Buffered,
+        };
+        (types, shape)
     }
 }
 
@@ -92,17 +138,37 @@ impl Visit for Typing {
     }
 }
 
-/// A bounded byte buffer: the thread's payload buffer, or whatever part of
-/// it is left. Never writes past its end; `overflow` says it had to cut.
+/// What a [`Payload`] writes into: the reserved slot (an [`Encoder`]) or
+/// the thread's buffer ([`Buf`]).
+pub(crate) trait Out {
+    /// Appends `b`.
+    fn put(&mut self, b: &[u8]);
+    /// Appends `v` with hvtrace-core's encoder for its type.
+    fn field<T: Field>(&mut self, v: T);
+}
+
+impl Out for Encoder<'_> {
+    #[inline]
+    fn put(&mut self, b: &[u8]) {
+        Encoder::put(self, b)
+    }
+    #[inline]
+    fn field<T: Field>(&mut self, v: T) {
+        v.encode(self)
+    }
+}
+
+/// A bounded byte buffer: the thread's payload buffer. Never writes past
+/// its end; `overflow` says it had to cut.
 pub(crate) struct Buf<'a> {
     pub(crate) bytes: &'a mut [u8],
     pub(crate) len: usize,
     pub(crate) overflow: bool,
 }
 
-impl Buf<'_> {
+impl Out for Buf<'_> {
     #[inline]
-    pub(crate) fn put(&mut self, b: &[u8]) {
+    fn put(&mut self, b: &[u8]) {
         match self.bytes.get_mut(self.len..self.len + b.len()) {
             Some(dst) => {
                 // The core encoder's copy: inline moves for short lengths,
@@ -114,8 +180,7 @@ impl Buf<'_> {
         }
     }
 
-    /// Writes `v` with hvtrace-core's encoder for its type, or nothing (and
-    /// `overflow`) if it does not fit.
+    /// Writes `v`, or nothing (and `overflow`) if it does not fit.
     #[inline]
     fn field<T: Field>(&mut self, v: T) {
         let n = v.encoded_len();
@@ -133,13 +198,13 @@ impl Buf<'_> {
 /// value and stops the formatting (with `fmt::Error`) once it has them, so
 /// a 1 MiB `Debug` value costs 1 KiB of work, not 1 MiB. A NUL byte ends the
 /// string, as in hvtrace-core's `&str` encoder (the CTF string's end).
-struct Text<'b, 'a> {
-    out: &'b mut Buf<'a>,
+struct Text<'b, O> {
+    out: &'b mut O,
     kept: usize,
     cut: bool,
 }
 
-impl fmt::Write for Text<'_, '_> {
+impl<O: Out> fmt::Write for Text<'_, O> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         if self.cut {
             // A `Debug` impl that ignored the error: nothing more is kept.
@@ -167,31 +232,33 @@ impl fmt::Write for Text<'_, '_> {
 
 /// Encodes an event's values in the order of its class's fields.
 ///
-/// A field that does not arrive is written as absent ([`Ty::absent`]); a
-/// value whose type its class cannot hold without loss marks the event
-/// `mismatch` (the caller drops and counts it).
-pub(crate) struct Payload<'b, 'a> {
-    pub(crate) out: &'b mut Buf<'a>,
-    pub(crate) types: &'b [Ty],
+/// A field that does not arrive is written as absent ([`Ty::absent`]); so
+/// is a value whose type its field cannot hold without loss, counted in
+/// `mismatched` (as is a value for a field written already or unknown to
+/// the class, which is not written).
+pub(crate) struct Payload<'b, O> {
+    out: &'b mut O,
+    types: &'b [Ty],
     /// The next field index expected.
-    pub(crate) next: usize,
-    pub(crate) mismatch: bool,
+    next: usize,
+    /// Values not written: not of their field's type, or out of order.
+    pub(crate) mismatched: u32,
     /// Values cut to their bound (strings, byte arrays).
     pub(crate) truncated: u32,
 }
 
-impl<'b, 'a> Payload<'b, 'a> {
-    pub(crate) fn new(out: &'b mut Buf<'a>, types: &'b [Ty]) -> Self {
-        Payload { out, types, next: 0, mismatch: false, truncated: 0 }
+impl<'b, O: Out> Payload<'b, O> {
+    pub(crate) fn new(out: &'b mut O, types: &'b [Ty]) -> Self {
+        Payload { out, types, next: 0, mismatched: 0, truncated: 0 }
     }
 
     /// The type of field `f`, once the fields before it are written;
-    /// `None` if `f` comes out of order (then the event is a mismatch).
+    /// `None` if `f` comes out of order or is not the class's.
     #[inline]
     fn at(&mut self, f: &TracingField) -> Option<Ty> {
         let i = f.index();
         if i < self.next || i >= self.types.len() {
-            self.mismatch = true;
+            self.mismatched += 1;
             return None;
         }
         while self.next < i {
@@ -200,6 +267,13 @@ impl<'b, 'a> Payload<'b, 'a> {
         }
         self.next = i + 1;
         Some(self.types[i])
+    }
+
+    /// A value field `ty` cannot hold: written as absent, counted.
+    #[cold]
+    fn reject(&mut self, ty: Ty) {
+        ty.absent(self.out);
+        self.mismatched += 1;
     }
 
     /// Writes the fields that did not arrive; call once every value was visited.
@@ -212,7 +286,7 @@ impl<'b, 'a> Payload<'b, 'a> {
 
     /// Writes a value as text into a `Str` field.
     fn text(&mut self, v: fmt::Arguments<'_>) {
-        let mut t = Text { out: self.out, kept: 0, cut: false };
+        let mut t = Text { out: &mut *self.out, kept: 0, cut: false };
         let _ = t.write_fmt(v);
         let cut = t.cut;
         self.out.put(&[0]);
@@ -225,13 +299,13 @@ impl<'b, 'a> Payload<'b, 'a> {
             Some(Ty::Str) => self.text(format_args!("{v}")),
             Some(Ty::I64) => match TryInto::<i64>::try_into(v) {
                 Ok(x) => self.out.field(x),
-                Err(_) => self.mismatch = true,
+                Err(_) => self.reject(Ty::I64),
             },
             Some(Ty::U64) => match TryInto::<u64>::try_into(v) {
                 Ok(x) => self.out.field(x),
-                Err(_) => self.mismatch = true,
+                Err(_) => self.reject(Ty::U64),
             },
-            Some(_) => self.mismatch = true,
+            Some(t) => self.reject(t),
             None => {}
         }
     }
@@ -246,14 +320,14 @@ impl<'b, 'a> Payload<'b, 'a> {
     }
 }
 
-impl Visit for Payload<'_, '_> {
+impl<O: Out> Visit for Payload<'_, O> {
     #[inline]
     fn record_i64(&mut self, f: &TracingField, v: i64) {
         match self.at(f) {
             Some(Ty::I64) => self.out.field(v),
             Some(Ty::U64) if v >= 0 => self.out.field(v as u64),
             Some(Ty::Str) => self.text(format_args!("{v}")),
-            Some(_) => self.mismatch = true,
+            Some(t) => self.reject(t),
             None => {}
         }
     }
@@ -264,7 +338,7 @@ impl Visit for Payload<'_, '_> {
             Some(Ty::U64) => self.out.field(v),
             Some(Ty::I64) if v <= i64::MAX as u64 => self.out.field(v as i64),
             Some(Ty::Str) => self.text(format_args!("{v}")),
-            Some(_) => self.mismatch = true,
+            Some(t) => self.reject(t),
             None => {}
         }
     }
@@ -282,7 +356,7 @@ impl Visit for Payload<'_, '_> {
         match self.at(f) {
             Some(Ty::F64) => self.out.field(v),
             Some(Ty::Str) => self.text(format_args!("{v}")),
-            Some(_) => self.mismatch = true,
+            Some(t) => self.reject(t),
             None => {}
         }
     }
@@ -292,7 +366,7 @@ impl Visit for Payload<'_, '_> {
         match self.at(f) {
             Some(Ty::Bool) => self.out.field(v),
             Some(Ty::Str) => self.str(if v { "true" } else { "false" }),
-            Some(_) => self.mismatch = true,
+            Some(t) => self.reject(t),
             None => {}
         }
     }
@@ -301,7 +375,7 @@ impl Visit for Payload<'_, '_> {
     fn record_str(&mut self, f: &TracingField, v: &str) {
         match self.at(f) {
             Some(Ty::Str) => self.str(v),
-            Some(_) => self.mismatch = true,
+            Some(t) => self.reject(t),
             None => {}
         }
     }
@@ -314,7 +388,7 @@ impl Visit for Payload<'_, '_> {
                 self.out.field(&v[..n]);
             }
             Some(Ty::Str) => self.text(format_args!("{v:02x?}")),
-            Some(_) => self.mismatch = true,
+            Some(t) => self.reject(t),
             None => {}
         }
     }
@@ -322,7 +396,7 @@ impl Visit for Payload<'_, '_> {
     fn record_error(&mut self, f: &TracingField, v: &(dyn std::error::Error + 'static)) {
         match self.at(f) {
             Some(Ty::Str) => self.text(format_args!("{v}")),
-            Some(_) => self.mismatch = true,
+            Some(t) => self.reject(t),
             None => {}
         }
     }
@@ -330,7 +404,7 @@ impl Visit for Payload<'_, '_> {
     fn record_debug(&mut self, f: &TracingField, v: &dyn fmt::Debug) {
         match self.at(f) {
             Some(Ty::Str) => self.text(format_args!("{v:?}")),
-            Some(_) => self.mismatch = true,
+            Some(t) => self.reject(t),
             None => {}
         }
     }
@@ -381,6 +455,58 @@ mod tests {
         let _ = t.write_str(&s);
         assert_eq!(out.len, MAX_STRING - 1, "1023 would split a character");
         assert!(std::str::from_utf8(&out.bytes[..out.len]).is_ok());
+    }
+
+    /// Visits the values of an event of fields `a`, `b`, `c`, `d`, `e`.
+    struct Values<'a>(&'a str, i64, &'a [u8], bool);
+    fn visit(v: &Values<'_>, to: &mut dyn Visit) {
+        use tracing_core::callsite::DefaultCallsite;
+        use tracing_core::field::{FieldSet, Value};
+        use tracing_core::{Kind, Level, Metadata};
+        static CS: DefaultCallsite = DefaultCallsite::new(&META);
+        static META: Metadata<'static> = Metadata::new(
+            "values",
+            "test",
+            Level::INFO,
+            None,
+            None,
+            None,
+            FieldSet::new(&["a", "b", "c", "d", "e"], tracing_core::identify_callsite!(&CS)),
+            Kind::EVENT,
+        );
+        let fs = META.fields();
+        let f = |n| fs.field(n).unwrap();
+        let (a, b, c, e) = (f("a"), f("b"), f("c"), f("e"));
+        let vals: [(&TracingField, Option<&dyn Value>); 4] =
+            [(&a, Some(&v.0)), (&b, Some(&v.1)), (&c, Some(&v.2)), (&e, Some(&v.3))];
+        fs.value_set(&vals).record(to);
+    }
+
+    #[test]
+    fn the_slot_and_the_buffer_get_the_same_bytes() {
+        let types = [Ty::Str, Ty::U64, Ty::Bytes, Ty::F64, Ty::Bool];
+        let long = "é".repeat(700);
+        let big = vec![7u8; 2000];
+        for v in [Values("", 0, b"", false), Values("hello", 5, b"\x01\x02", true), Values(&long, -1, &big, true)] {
+            let mut buf = [0u8; 4096];
+            let mut out = Buf { bytes: &mut buf, len: 0, overflow: false };
+            let mut p = Payload::new(&mut out, &types);
+            visit(&v, &mut p);
+            p.finish();
+            let counts = (p.mismatched, p.truncated);
+            let len = out.len;
+            // -1 does not fit the u64 field: written as 0, counted; the long
+            // string and bytes are cut.
+            assert_eq!(counts, ((v.1 < 0) as u32, 2 * (v.0.len() > MAX_STRING) as u32));
+            let mut slot = vec![0xaau8; len];
+            let mut e = Encoder::new(&mut slot);
+            let mut p = Payload::new(&mut e, &types);
+            visit(&v, &mut p);
+            p.finish();
+            assert_eq!((p.mismatched, p.truncated), counts);
+            assert_eq!(e.written(), len);
+            assert_eq!(&buf[..len], &slot[..], "the buffer and the slot get the same bytes");
+        }
     }
 
     #[test]

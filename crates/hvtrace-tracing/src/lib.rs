@@ -35,8 +35,15 @@
 //!   zero / false / the empty string; absent from the *first* event, it is
 //!   registered as a string, which holds any later value as its text;
 //! * a value that its class's type cannot hold without loss (only a
-//!   `&dyn Value` field can change type) loses the event, counted in
-//!   [`Counters::mismatched`].
+//!   `&dyn Value` field can change type) is written as absent too, and
+//!   counted in [`Counters::mismatched`]; the event is recorded.
+//!
+//! Two callsites whose target and name are the same (`tracing`'s default
+//! name is `event FILE:LINE`: two events on one line share it) but whose
+//! fields differ get two names, `NAME` and `NAME#2`: a name has one layout
+//! in a trace. Callsites the user named alike with the same fields (one
+//! `vm_exit` event written at four places) share their name, so a reader
+//! that groups by name sees one kind of event.
 //!
 //! Types: `i64`/`u64` (all smaller integers widen, as in `tracing`'s own
 //! `Visit`), `f64`, `bool` (a CTF enumeration), strings, byte arrays;
@@ -47,30 +54,36 @@
 //!
 //! ## The record path: no lock, no allocation
 //!
-//! An event: the callsite's class from the table; the thread's writer and
-//! payload buffer ([`thread_local::ThreadLocal`], allocated at the
-//! thread's first event); the values encoded by hvtrace-core's field
-//! encoders from the `Visit` calls into that buffer; one
-//! [`hvtrace_core::Sink::record`] of the buffer into the ring. The copy
-//! through a buffer is a choice: a ring reservation needs the payload's
-//! length first, and a `Debug` value's length is known only once it is
-//! formatted; formatting twice (once to measure) would double the most
-//! expensive part and can give two different lengths for a value whose
-//! `Debug` output changes. The copy is of the payload (tens of bytes, in
-//! 16-byte pieces that compile to inline moves).
+//! An event: the callsite's class from the table; the thread's writer (a
+//! plain `thread_local!`, made at the thread's first event); then one of
+//! two ways, decided per class:
+//! * every field of fixed size (integers, floats, bools): the payload's
+//!   length is the class's, so the record is reserved first and the
+//!   values are encoded by hvtrace-core's field encoders from the `Visit`
+//!   calls straight into the reserved slot (and not visited at all while
+//!   no channel is started);
+//! * a string, byte array or formatted value: its length is known only
+//!   once it is visited (a `Debug` value's once it is formatted), and a
+//!   ring reservation needs the length first. The values are encoded into
+//!   the thread's payload buffer (allocated at the first such event), then
+//!   copied into the slot (tens of bytes, in 16-byte pieces that compile
+//!   to inline moves). A first `Visit` pass to measure, then a second into
+//!   the slot, was measured slower: visiting costs more than the copy.
 //!
 //! ## Losses
-//! Every event the layer does not record is counted in [`Counters`] (the
-//! ring's own losses — full, busy, too big — are also in the trace's
-//! `events_discarded`). An event recorded while no channel is started is
-//! not a loss, as for every hvtrace writer. A callsite may appear at any
-//! time, with a consumer attached or not: the host publishes its class in
-//! the channel's metadata log before the layer records with it. The host
-//! refuses a class only past its bounds (`MAX_EVENT_CLASSES`, 4096 classes;
-//! `MAX_REGISTERED_TSDL`, 2 MiB of TSDL: a callsite of three fields is about
-//! 450 bytes) or for a name it cannot take; the refusal is final, and the
-//! callsite's events are counted in [`Counters::unregistered`], found
-//! without a lock.
+//! Every event the layer does not record is counted in [`Counters`], and
+//! in the ring the thread would have recorded into, so the trace's
+//! `events_discarded` (which babeltrace2 reports) holds it: the ring's own
+//! losses (full, busy, too big) as the ring counts them, the layer's
+//! through [`hvtrace_host::Writer::count_lost`]. An event recorded while no
+//! channel is started is not a loss, as for every hvtrace writer. A
+//! callsite may appear at any time, with a consumer attached or not: the
+//! host publishes its class in the channel's metadata log before the layer
+//! records with it. The host refuses a class only past its bounds
+//! (`MAX_EVENT_CLASSES`, 4096 classes; `MAX_REGISTERED_TSDL`, 2 MiB of
+//! TSDL: a callsite of three fields is about 450 bytes) or for a name it
+//! cannot take; the refusal is final, and the callsite's events are
+//! counted in [`Counters::unregistered`], found without a lock.
 
 #![forbid(unsafe_code)]
 
@@ -80,12 +93,11 @@ mod encode;
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use hvtrace_core::field::{EnumLabel, Field, FieldKind};
 use hvtrace_core::{RecordError, Sink};
 use hvtrace_host::{Host, RegisterError, Writer};
-use thread_local::ThreadLocal;
 use tracing_core::field::Visit;
 use tracing_core::span::{Attributes, Id, Record};
 use tracing_core::{Event, Level, Metadata, Subscriber};
@@ -93,7 +105,7 @@ use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
 use classes::{Callsites, Class};
-use encode::{Buf, Payload, Ty, Typing};
+use encode::{Buf, Out, Payload, Shape, Typing};
 
 /// Labels of the `level` field, least to most severe.
 pub const LEVEL_LABELS: &[EnumLabel] = &[
@@ -193,28 +205,38 @@ fn field_name(raw: &str, taken: &[String]) -> String {
     name
 }
 
-/// Events the layer did not record, by cause, and values it cut. Shared by
-/// every thread: each counter moves only on its (rare) path, never for an
-/// event recorded whole.
+/// Events the layer did not record, by cause, and values it changed.
+/// Shared by every thread: each counter moves only on its (rare) path,
+/// never for an event recorded whole.
+///
+/// Every event counted in [`Counters::lost`] is also counted by the ring
+/// the thread would have recorded into (the layer's own losses as
+/// `discarded_too_big`, see [`hvtrace_host::Writer::count_lost`]), so the
+/// trace's `events_discarded`, which babeltrace2 reports, holds them —
+/// except while no channel is started, when nothing is a loss.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Events lost because their class is not registered: the host refused
     /// it (its id space or TSDL budget is exhausted, or a name it cannot
     /// take), or the callsite table is full.
     pub unregistered: AtomicU64,
-    /// Events lost because a value's type differs from its class's field
-    /// and cannot be converted without loss.
-    pub mismatched: AtomicU64,
     /// Events lost because they reached the layer while the same thread was
-    /// encoding another one. (A `Debug` impl that logs through the `tracing`
-    /// macros never gets here: `tracing` does not re-enter a dispatcher and
-    /// drops such an event before any layer sees it.)
+    /// encoding another one, or after the thread's state was torn down (an
+    /// event from a thread-local destructor at thread exit). (A `Debug`
+    /// impl that logs through the `tracing` macros never gets here:
+    /// `tracing` does not re-enter a dispatcher and drops such an event
+    /// before any layer sees it.)
     pub reentrant: AtomicU64,
     /// Events lost because their payload passed the thread's buffer.
     pub overflow: AtomicU64,
-    /// Events the ring refused (full, busy, too big), also counted by the
-    /// ring and in the trace's `events_discarded`.
+    /// Events the ring refused (full, busy, too big), counted by the ring
+    /// itself.
     pub ring_lost: AtomicU64,
+    /// Values written as absent (zero, false, empty) because their field's
+    /// type cannot hold them without loss (only a `&dyn Value` field can
+    /// change type), or not written because their field came twice; the
+    /// event itself is recorded.
+    pub mismatched: AtomicU64,
     /// Values (strings, `Debug` text, byte arrays) cut to their bound; the
     /// event itself is recorded.
     pub truncated: AtomicU64,
@@ -226,7 +248,6 @@ impl Counters {
     /// Events lost by the layer, all causes together.
     pub fn lost(&self) -> u64 {
         self.unregistered.load(Relaxed)
-            + self.mismatched.load(Relaxed)
             + self.reentrant.load(Relaxed)
             + self.overflow.load(Relaxed)
             + self.ring_lost.load(Relaxed)
@@ -236,12 +257,35 @@ impl Counters {
     pub fn last_refusal(&self) -> Option<RegisterError> {
         self.last_refusal.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Adds a payload's value counts.
+    #[inline]
+    fn values<O>(&self, p: &Payload<'_, O>) {
+        if p.mismatched != 0 {
+            self.mismatched.fetch_add(p.mismatched as u64, Relaxed);
+        }
+        if p.truncated != 0 {
+            self.truncated.fetch_add(p.truncated as u64, Relaxed);
+        }
+    }
 }
 
-/// A thread's writer (it caches the live channel) and payload buffer.
+/// A thread's state for one layer: the writer (it caches the live channel)
+/// and, once a payload needed it, the payload buffer.
 struct Local {
+    /// The layer's [`HvtraceLayer::token`]: says whose this is, and whether
+    /// that layer still lives.
+    layer: Weak<()>,
     writer: Writer,
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
+}
+
+thread_local! {
+    /// This thread's state for every layer that recorded on it, the one
+    /// used last first. A plain `thread_local!` (a `RefCell`, no lock) is
+    /// the cheapest way to a thread's writer; the layer's token tells two
+    /// layers apart.
+    static LOCALS: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Records `tracing` events (and optionally spans) into a [`Host`]'s rings.
@@ -250,7 +294,9 @@ pub struct HvtraceLayer {
     host: Arc<Host>,
     spans: bool,
     callsites: Callsites,
-    threads: ThreadLocal<RefCell<Local>>,
+    /// Identifies the layer in its threads' [`LOCALS`]; their `Weak`s see
+    /// when it is gone.
+    token: Arc<()>,
     counters: Arc<Counters>,
 }
 
@@ -263,13 +309,7 @@ impl fmt::Debug for HvtraceLayer {
 impl HvtraceLayer {
     /// A layer recording events (not spans) into `host`'s channel.
     pub fn new(host: Arc<Host>) -> HvtraceLayer {
-        HvtraceLayer {
-            host,
-            spans: false,
-            callsites: Callsites::new(),
-            threads: ThreadLocal::new(),
-            counters: Arc::default(),
-        }
+        HvtraceLayer { host, spans: false, callsites: Callsites::new(), token: Arc::new(()), counters: Arc::default() }
     }
 
     /// Also records spans: `span target:name` when one is created (its id,
@@ -286,30 +326,74 @@ impl HvtraceLayer {
         self.counters.clone()
     }
 
-    /// The class of `kind` for `meta`: from the table, or registered now.
-    /// `None` (the event is lost, counted) while the host refuses it.
+    /// Records a `kind` record of `meta`'s callsite: the `fixed` fields'
+    /// bytes, then the values `values` visits; or counts it lost.
     #[inline]
-    fn class(
+    fn record(
         &self,
         kind: Kind,
         meta: Option<&'static Metadata<'static>>,
-        values: &dyn Fn(&mut dyn Visit),
-    ) -> Option<(u32, &Class)> {
-        let found = self.callsites.find(kind.key(meta)).and_then(|s| s.class.get());
-        let class = match found {
-            Some(c) => c,
-            None => self.register(kind, meta, values)?,
+        fixed: &[u8],
+        values: impl Fn(&mut dyn Visit),
+    ) {
+        let class = match self.callsites.find(kind.key(meta)).and_then(|s| s.class.get()) {
+            Some(c) => Some(c),
+            None => self.register(kind, meta, &values),
         };
-        match class.id {
-            Some(id) => Some((id, class)),
-            None => {
-                self.counters.unregistered.fetch_add(1, Relaxed);
-                None
+        let done = LOCALS.try_with(|locals| {
+            let Ok(mut locals) = locals.try_borrow_mut() else { return false };
+            let local = self.local(&mut locals);
+            match class.and_then(|c| Some((c.id?, c))) {
+                Some((id, class)) => self.emit(local, id, class, fixed, values),
+                None => self.lose(&local.writer, &self.counters.unregistered),
             }
+            true
+        });
+        if done != Ok(true) {
+            // The thread's state is in use or gone: a writer for the count.
+            self.lose(&self.host.writer(), &self.counters.reentrant);
         }
     }
 
-    /// The slow path of [`Self::class`]: a callsite's first event.
+    /// This layer's state in `locals`, moved to the front (made if new).
+    #[inline]
+    fn local<'l>(&self, locals: &'l mut Vec<Local>) -> &'l mut Local {
+        match locals.first() {
+            Some(l) if std::ptr::eq(l.layer.as_ptr(), Arc::as_ptr(&self.token)) => {}
+            _ => self.find_local(locals),
+        }
+        &mut locals[0]
+    }
+
+    /// The slow path of [`Self::local`]: another layer recorded on this
+    /// thread last, or this is the layer's first record here. State of
+    /// layers that are gone is dropped on the way.
+    #[cold]
+    #[inline(never)]
+    fn find_local(&self, locals: &mut Vec<Local>) {
+        locals.retain(|l| l.layer.strong_count() > 0);
+        let at = match locals.iter().position(|l| std::ptr::eq(l.layer.as_ptr(), Arc::as_ptr(&self.token))) {
+            Some(at) => at,
+            None => {
+                locals.push(Local { layer: Arc::downgrade(&self.token), writer: self.host.writer(), buf: Vec::new() });
+                locals.len() - 1
+            }
+        };
+        locals.swap(0, at);
+    }
+
+    /// Counts an event lost under `cause`, and in the ring the thread would
+    /// have recorded into (so in the trace's `events_discarded`); nothing
+    /// while no channel is started.
+    #[cold]
+    fn lose(&self, writer: &Writer, cause: &AtomicU64) {
+        if writer.count_lost() != Err(RecordError::Closed) {
+            cause.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The slow path of [`Self::record`]: a callsite's first event, which
+    /// decides its fields' types. `None` if the callsite table is full.
     #[cold]
     #[inline(never)]
     fn register(
@@ -318,12 +402,8 @@ impl HvtraceLayer {
         meta: Option<&'static Metadata<'static>>,
         values: &dyn Fn(&mut dyn Visit),
     ) -> Option<&Class> {
-        let held = self.callsites.lock();
-        let lost = || {
-            self.counters.unregistered.fetch_add(1, Relaxed);
-            None
-        };
-        let Some(slot) = self.callsites.insert(&held, kind.key(meta)) else { return lost() };
+        let mut taken = self.callsites.lock();
+        let slot = self.callsites.insert(&taken, kind.key(meta))?;
         if let Some(c) = slot.class.get() {
             return Some(c);
         }
@@ -331,60 +411,61 @@ impl HvtraceLayer {
             Kind::Event | Kind::SpanNew | Kind::SpanRecord => meta.map_or(0, |m| m.fields().len()),
             _ => 0,
         };
-        let mut typing = Typing(vec![None; n]);
+        let mut typing = Typing::new(n);
         values(&mut typing);
-        let types: Box<[Ty]> = typing.0.iter().map(|t| t.unwrap_or(Ty::Str)).collect();
+        let (types, shape) = typing.finish();
         let mut names: Vec<String> = kind.fixed_fields().iter().map(|(n, _)| n.to_string()).collect();
-        let fixed = names.len();
         for f in meta.iter().flat_map(|m| m.fields().iter()).take(n) {
             let name = field_name(f.name(), &names);
             names.push(name);
         }
         let kinds = kind.fixed_fields().iter().map(|f| f.1).chain(types.iter().map(|t| t.kind()));
         let fields: Vec<(&str, FieldKind)> = names.iter().map(String::as_str).zip(kinds).collect();
-        debug_assert_eq!(fields.len(), fixed + n);
-        match self.host.register_event(&kind.class_name(meta), &fields) {
-            Ok(id) => Some(slot.class.get_or_init(|| Class { id: Some(id), types })),
+        let name = taken.unique(kind.class_name(meta), &fields);
+        let id = match self.host.register_event(&name, &fields) {
+            Ok(id) => Some(id),
             Err(e) => {
                 *self.counters.last_refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                Some(slot.class.get_or_init(|| Class { id: None, types }))
+                None
             }
-        }
+        };
+        Some(slot.class.get_or_init(|| Class { id, types, shape }))
     }
 
     /// Encodes `fixed` then the values `values` visits, in the order of
-    /// `class`'s fields, and records them as event `id`.
+    /// `class`'s fields, and records them as event `id`: straight into the
+    /// reserved slot when every field has a fixed size, else through the
+    /// thread's buffer (see [`Shape`]).
     #[inline]
-    fn emit(&self, id: u32, class: &Class, fixed: &[u8], values: impl Fn(&mut dyn Visit)) {
-        let local = self.threads.get_or(|| {
-            RefCell::new(Local { writer: self.host.writer(), buf: vec![0; PAYLOAD_BUF].into_boxed_slice() })
-        });
-        let Ok(mut local) = local.try_borrow_mut() else {
-            self.counters.reentrant.fetch_add(1, Relaxed);
-            return;
+    fn emit(&self, local: &mut Local, id: u32, class: &Class, fixed: &[u8], values: impl Fn(&mut dyn Visit)) {
+        let r = match class.shape {
+            Shape::Fixed(n) => local.writer.record(id, fixed.len() + n, |e| {
+                e.put(fixed);
+                let mut p = Payload::new(e, &class.types);
+                values(&mut p);
+                p.finish();
+                self.counters.values(&p);
+            }),
+            Shape::Buffered => {
+                if local.buf.is_empty() {
+                    local.buf = vec![0; PAYLOAD_BUF];
+                }
+                let mut out = Buf { bytes: &mut local.buf, len: 0, overflow: false };
+                out.put(fixed);
+                let mut p = Payload::new(&mut out, &class.types);
+                values(&mut p);
+                p.finish();
+                self.counters.values(&p);
+                if out.overflow {
+                    return self.lose(&local.writer, &self.counters.overflow);
+                }
+                let payload = &out.bytes[..out.len];
+                // In pieces of 16 bytes: the encoder copies up to 16 with
+                // inline moves, where a longer slice would cost a `memcpy` call.
+                local.writer.record(id, payload.len(), |e| payload.chunks(16).for_each(|c| e.put(c)))
+            }
         };
-        let Local { writer, buf } = &mut *local;
-        let mut out = Buf { bytes: buf, len: 0, overflow: false };
-        out.put(fixed);
-        let mut p = Payload::new(&mut out, &class.types);
-        values(&mut p);
-        p.finish();
-        let (mismatch, truncated) = (p.mismatch, p.truncated);
-        if truncated != 0 {
-            self.counters.truncated.fetch_add(truncated as u64, Relaxed);
-        }
-        if mismatch {
-            self.counters.mismatched.fetch_add(1, Relaxed);
-            return;
-        }
-        if out.overflow {
-            self.counters.overflow.fetch_add(1, Relaxed);
-            return;
-        }
-        let payload = &out.bytes[..out.len];
-        // In pieces of 16 bytes: the encoder copies up to 16 with inline
-        // moves, where a longer slice would cost a `memcpy` call.
-        match writer.record(id, payload.len(), |e| payload.chunks(16).for_each(|c| e.put(c))) {
+        match r {
             Ok(()) | Err(RecordError::Closed) => {}
             Err(_) => {
                 self.counters.ring_lost.fetch_add(1, Relaxed);
@@ -394,20 +475,14 @@ impl HvtraceLayer {
 
     /// Records one of the three span classes that carry only the span's id.
     fn span_only(&self, kind: Kind, id: &Id) {
-        let none = |_: &mut dyn Visit| {};
-        if let Some((class_id, class)) = self.class(kind, None, &none) {
-            self.emit(class_id, class, &id.into_u64().to_le_bytes(), none);
-        }
+        self.record(kind, None, &id.into_u64().to_le_bytes(), |_| {});
     }
 }
 
 impl<S: Subscriber + for<'l> LookupSpan<'l>> Layer<S> for HvtraceLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
-        let values = |v: &mut dyn Visit| event.record(v);
-        if let Some((id, class)) = self.class(Kind::Event, Some(meta), &values) {
-            self.emit(id, class, &[level_byte(meta.level())], values);
-        }
+        self.record(Kind::Event, Some(meta), &[level_byte(meta.level())], |v| event.record(v));
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
@@ -415,8 +490,6 @@ impl<S: Subscriber + for<'l> LookupSpan<'l>> Layer<S> for HvtraceLayer {
             return;
         }
         let meta = attrs.metadata();
-        let values = |v: &mut dyn Visit| attrs.record(v);
-        let Some((class_id, class)) = self.class(Kind::SpanNew, Some(meta), &values) else { return };
         let parent = match attrs.parent() {
             Some(p) => Some(p.clone()),
             None if attrs.is_contextual() => ctx.current_span().id().cloned(),
@@ -426,7 +499,7 @@ impl<S: Subscriber + for<'l> LookupSpan<'l>> Layer<S> for HvtraceLayer {
         fixed[..8].copy_from_slice(&id.into_u64().to_le_bytes());
         fixed[8..16].copy_from_slice(&parent.map_or(0, |p| p.into_u64()).to_le_bytes());
         fixed[16] = level_byte(meta.level());
-        self.emit(class_id, class, &fixed, values);
+        self.record(Kind::SpanNew, Some(meta), &fixed, |v| attrs.record(v));
     }
 
     fn on_record(&self, span: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
@@ -434,10 +507,7 @@ impl<S: Subscriber + for<'l> LookupSpan<'l>> Layer<S> for HvtraceLayer {
             return;
         }
         let Some(meta) = ctx.metadata(span) else { return };
-        let visit = |v: &mut dyn Visit| values.record(v);
-        if let Some((class_id, class)) = self.class(Kind::SpanRecord, Some(meta), &visit) {
-            self.emit(class_id, class, &span.into_u64().to_le_bytes(), visit);
-        }
+        self.record(Kind::SpanRecord, Some(meta), &span.into_u64().to_le_bytes(), |v| values.record(v));
     }
 
     fn on_enter(&self, id: &Id, _ctx: Context<'_, S>) {

@@ -33,10 +33,7 @@ impl std::error::Error for Refused {}
 
 #[test]
 fn every_field_type_round_trips_through_the_reader_and_babeltrace2() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, ()) = traced(false, || {
         for i in 0..3i64 {
             let err: &(dyn std::error::Error + 'static) = &Refused;
             let maybe = if i == 0 { None } else { Some(i * 10) };
@@ -59,7 +56,6 @@ fn every_field_type_round_trips_through_the_reader_and_babeltrace2() {
             );
         }
     });
-    let (_dir, trace) = s.finish();
     assert_eq!(counters.lost(), 0);
     assert_eq!(counters.truncated.load(Relaxed), 0);
 
@@ -127,13 +123,10 @@ impl fmt::Debug for Huge<'_> {
 
 #[test]
 fn thirty_fields_of_a_mebibyte_each_are_cut_to_their_bound_and_counted() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
     let mib = "x".repeat(1 << 20);
     let m = mib.as_str();
     let pieces = std::cell::Cell::new(0);
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, ()) = traced(false, || {
         info!(
             f0 = m, f1 = m, f2 = m, f3 = m, f4 = m, f5 = m, f6 = m, f7 = m, f8 = m, f9 = m,
             f10 = m, f11 = m, f12 = m, f13 = m, f14 = m, f15 = m, f16 = m, f17 = m, f18 = m, f19 = m,
@@ -141,7 +134,6 @@ fn thirty_fields_of_a_mebibyte_each_are_cut_to_their_bound_and_counted() {
             huge = ?Huge(&pieces)
         );
     });
-    let (_dir, trace) = s.finish();
     assert_eq!(counters.truncated.load(Relaxed), 29, "28 strings and the Debug value");
     assert_eq!(counters.lost(), 0);
     assert_eq!(pieces.get(), 0, "the Debug formatting stopped at its first piece, past the bound");
@@ -163,10 +155,7 @@ fn thirty_fields_of_a_mebibyte_each_are_cut_to_their_bound_and_counted() {
 
 #[test]
 fn span_events_pair_up_with_their_ids_and_parents() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone()).with_spans(true);
-    let counters = layer.counters();
-    let (outer_id, inner_id) = tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, (outer_id, inner_id)) = traced(true, || {
         let outer = info_span!("vcpu_run", vcpu = 3u32, exits = tracing::field::Empty);
         let inner_id = outer.in_scope(|| {
             let inner = debug_span!("exit_handler", reason = "io");
@@ -177,7 +166,6 @@ fn span_events_pair_up_with_their_ids_and_parents() {
         outer.in_scope(|| {});
         (outer.id().unwrap(), inner_id)
     });
-    let (_dir, trace) = s.finish();
     assert_eq!(counters.lost(), 0);
     let (evs, _) = read(&trace);
     let (o, i) = (outer_id.into_u64(), inner_id.into_u64());
@@ -355,23 +343,36 @@ fn callsites_first_seen_after_the_consumer_attached_are_recorded_and_decoded() {
 #[test]
 fn a_class_the_host_refuses_loses_its_events_counted_not_a_panic() {
     let s = Session::start();
-    // Take every id the host has.
-    let mut taken = 0;
-    while s.host.register_event("filler", &[]).is_ok() {
+    // Take every id the host has but one.
+    let mut taken = 1;
+    while taken < hvtrace_host::MAX_EVENT_CLASSES && s.host.register_event("filler", &[]).is_ok() {
         taken += 1;
     }
-    assert_eq!(taken, hvtrace_host::MAX_EVENT_CLASSES);
     let layer = HvtraceLayer::new(s.host.clone());
     let counters = layer.counters();
+    let pinned = pin_to_one_cpu();
+    let fits = |n: u64| info!(n, "fits"); // the one class left
     tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        // More than a packet first, so babeltrace2 can tell how many were
+        // lost after it (for a stream's first packet it says "may have").
+        (0..5000).for_each(fits);
         for n in 0..10u64 {
             info!(n, "no room");
         }
+        fits(5000);
     });
-    let _ = s.finish();
+    let (_dir, trace) = s.finish();
     assert_eq!(counters.unregistered.load(Relaxed), 10);
     assert_eq!(counters.lost(), 10);
     assert_eq!(counters.last_refusal(), Some(RegisterError::Full { max: hvtrace_host::MAX_EVENT_CLASSES }));
+    // The trace says so too: the layer counted them into its ring.
+    let (evs, discarded) = read(&trace);
+    assert_eq!((evs.len(), discarded), (5001, 10));
+    let Some(bt) = read_bt2(&trace) else { return };
+    assert_eq!(bt.len(), 5002, "5001 events and one discarded-events message");
+    if pinned {
+        assert_eq!(bt_discarded(&bt), 10, "babeltrace2 reports the layer's losses");
+    }
 }
 
 /// A callsite built by hand, whose one field takes values of any type (as
@@ -399,25 +400,43 @@ mod shifty {
         let f = fs.field("x").unwrap();
         Event::dispatch(&META, &fs.value_set(&[(&f, Some(v))]));
     }
+
+    /// The same event handed straight to `sub`, past `tracing`'s dispatcher.
+    pub fn emit_to(sub: &dyn tracing_core::Subscriber, v: &dyn Value) {
+        let fs = META.fields();
+        let f = fs.field("x").unwrap();
+        sub.event(&Event::new(&META, &fs.value_set(&[(&f, Some(v))])));
+    }
 }
 
 #[test]
-fn a_value_its_class_cannot_hold_loses_the_event_counted() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
-        shifty::emit(&-1i64); // the class: x is an i64
+fn a_value_its_class_cannot_hold_is_written_absent_and_counted() {
+    let (_dir, trace, counters, ()) = traced(false, || {
+        shifty::emit(&-1i64); // the class: x is an i64, encoded straight into the slot
         shifty::emit(&"text"); // cannot be an i64
         shifty::emit(&u64::MAX); // neither
         shifty::emit(&7u64); // can
     });
-    let (_dir, trace) = s.finish();
     assert_eq!(counters.mismatched.load(Relaxed), 2);
-    assert_eq!(counters.lost(), 2);
+    assert_eq!(counters.lost(), 0, "the events are recorded");
     let (evs, _) = read(&trace);
     let xs: Vec<&Val> = evs.iter().map(|e| e.get("x")).collect();
-    assert_eq!(xs, [&Val::I(-1), &Val::I(7)]);
+    assert_eq!(xs, [&Val::I(-1), &Val::I(0), &Val::I(0), &Val::I(7)]);
+}
+
+#[test]
+fn a_string_field_takes_later_values_of_any_type_as_text() {
+    let (_dir, trace, counters, ()) = traced(false, || {
+        shifty::emit(&"text"); // the class: x is a string
+        shifty::emit(&-1i64); // written as its text
+        shifty::emit(&true);
+        shifty::emit(&"more");
+    });
+    assert_eq!((counters.lost(), counters.mismatched.load(Relaxed)), (0, 0));
+    let (evs, _) = read(&trace);
+    let xs: Vec<&Val> = evs.iter().map(|e| e.get("x")).collect();
+    let want = ["text", "-1", "true", "more"].map(|x| Val::S(x.into()));
+    assert_eq!(xs, want.iter().collect::<Vec<_>>());
 }
 
 /// A value whose `Debug` logs: the event it logs is emitted while the
@@ -432,13 +451,9 @@ impl fmt::Debug for Loud {
 
 #[test]
 fn an_event_emitted_while_encoding_another_is_no_panic_and_the_outer_one_is_recorded() {
-    let s = Session::start();
-    let layer = HvtraceLayer::new(s.host.clone());
-    let counters = layer.counters();
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+    let (_dir, trace, counters, ()) = traced(false, || {
         info!(v = ?Loud, "outer");
     });
-    let (_dir, trace) = s.finish();
     let (evs, _) = read(&trace);
     // `tracing` itself hands an event emitted inside a dispatch to no
     // subscriber (its dispatcher is not re-entered), so the layer never
@@ -446,4 +461,149 @@ fn an_event_emitted_while_encoding_another_is_no_panic_and_the_outer_one_is_reco
     assert_eq!(counters.lost(), 0);
     assert_eq!(evs.len(), 1, "{evs:?}");
     assert_eq!(evs[0].get("v"), &Val::S("loud".into()));
+}
+
+/// A value whose `Debug` hands an event straight to a subscriber, as a
+/// subscriber that calls itself would: the layer is re-entered while it
+/// encodes the outer event on this thread.
+struct Reenter<'a>(&'a dyn tracing_core::Subscriber);
+impl fmt::Debug for Reenter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        shifty::emit_to(self.0, &"inner");
+        f.write_str("outer")
+    }
+}
+
+#[test]
+fn an_event_that_reenters_the_layer_is_lost_counted_in_the_trace() {
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone());
+    let counters = layer.counters();
+    let sub = tracing_subscriber::registry().with(layer);
+    let pinned = pin_to_one_cpu();
+    for _ in 0..20_000 {
+        shifty::emit_to(&sub, &"fill"); // more than a packet (see above)
+    }
+    shifty::emit_to(&sub, &tracing::field::debug(Reenter(&sub)));
+    shifty::emit_to(&sub, &"after");
+    let (_dir, trace) = s.finish();
+    assert_eq!((counters.reentrant.load(Relaxed), counters.lost()), (1, 1));
+    let (evs, discarded) = read(&trace);
+    assert_eq!((evs.len(), discarded), (20_002, 1));
+    assert_eq!(evs[20_000].get("x"), &Val::S("outer".into()));
+    let Some(bt) = read_bt2(&trace) else { return };
+    if pinned {
+        assert_eq!(bt_discarded(&bt), 1);
+    }
+}
+
+/// Two callsites on one line: one target, one name (`event FILE:LINE`),
+/// other fields; and two more, named alike by the user, with one layout.
+#[rustfmt::skip]
+fn twins(i: u64) { info!(target: "twin", i, "first"); info!(target: "twin", i, s = "x", "second"); }
+fn named(i: u64) {
+    if i.is_multiple_of(2) {
+        info!(name: "exit", target: "twin", i, "even");
+    } else {
+        info!(name: "exit", target: "twin", i, "odd");
+    }
+}
+
+#[test]
+fn two_callsites_with_the_same_name_and_other_fields_get_two_class_names() {
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone());
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), || {
+        for i in 0..2 {
+            twins(i);
+            named(i);
+        }
+    });
+    let (_dir, trace) = s.finish();
+    let md = std::fs::read_to_string(trace.join("metadata")).unwrap();
+    assert_eq!(md.matches("\tname = \"twin:exit\";").count(), 2, "two classes, one name:\n{md}");
+    let (evs, _) = read(&trace);
+    assert_eq!(evs.len(), 6);
+    assert_eq!(evs.iter().filter(|e| e.name == "twin:exit").count(), 2);
+    let evs: Vec<Ev> = evs.into_iter().filter(|e| e.name != "twin:exit").collect();
+    let name = |msg: &str| {
+        let names: Vec<&str> =
+            evs.iter().filter(|e| e.get("message") == &Val::S(msg.into())).map(|e| e.name.as_str()).collect();
+        assert_eq!(names.len(), 2);
+        assert_eq!(names[0], names[1], "one class per callsite");
+        names[0].to_string()
+    };
+    let (first, second) = (name("first"), name("second"));
+    assert!(first.starts_with("twin:event crates/hvtrace-tracing/tests/layer.rs:"), "{first}");
+    assert_eq!(second, format!("{first}#2"));
+    if let Some(bt) = read_bt2(&trace) {
+        let names: Vec<&str> = bt.iter().map(|b| b["name"].as_str().unwrap()).collect();
+        assert_eq!(names, [&first, &second, "twin:exit", &first, &second, "twin:exit"]);
+    }
+}
+
+/// A callsite built by hand with more fields than a payload buffer holds
+/// at their bound (the macros stop at 32; an event still carries 32 values
+/// at most, the others are written absent, a byte each).
+mod wide {
+    use std::sync::OnceLock;
+
+    use tracing_core::callsite::Callsite;
+    use tracing_core::field::{FieldSet, Value};
+    use tracing_core::metadata::Kind;
+    use tracing_core::subscriber::Interest;
+    use tracing_core::{Event, Level, Metadata};
+
+    pub const FIELDS: usize = 200;
+
+    struct Cs(OnceLock<&'static Metadata<'static>>);
+    impl Callsite for Cs {
+        fn set_interest(&self, _: Interest) {}
+        fn metadata(&self) -> &Metadata<'_> {
+            self.0.get().unwrap()
+        }
+    }
+    static CS: Cs = Cs(OnceLock::new());
+
+    fn meta() -> &'static Metadata<'static> {
+        CS.0.get_or_init(|| {
+            let names: Vec<&'static str> = (0..FIELDS).map(|i| &*format!("f{i}").leak()).collect();
+            let fields = FieldSet::new(names.leak(), tracing_core::identify_callsite!(&CS));
+            Box::leak(Box::new(Metadata::new("wide", "test", Level::INFO, None, None, None, fields, Kind::EVENT)))
+        })
+    }
+
+    /// Fields `first..first + 32` get `v` (as `Debug`: a string field).
+    pub fn emit(first: usize, v: &dyn std::fmt::Debug) {
+        let fs = meta().fields();
+        let f: Vec<_> = (first..first + 32).map(|i| fs.field(&format!("f{i}")).unwrap()).collect();
+        let d = tracing_core::field::debug(v);
+        let v: [(&tracing_core::Field, Option<&dyn Value>); 32] =
+            std::array::from_fn(|k| (&f[k], Some(&d as &dyn Value)));
+        Event::dispatch(meta(), &fs.value_set(&v));
+    }
+}
+
+#[test]
+fn a_payload_past_the_threads_buffer_is_lost_counted_in_the_trace() {
+    let mib = "z".repeat(1 << 20);
+    let pinned = pin_to_one_cpu();
+    let (_dir, trace, counters, ()) = traced(false, || {
+        // The class: 200 strings. More than a packet first (see above).
+        for _ in 0..200 {
+            wide::emit(0, &"short");
+        }
+        wide::emit(100, &mib); // 32 of 1023 bytes and 168 absent: past the buffer
+        wide::emit(0, &"short");
+    });
+    assert_eq!(counters.overflow.load(Relaxed), 1);
+    assert_eq!(counters.lost(), 1);
+    let (evs, discarded) = read(&trace);
+    assert_eq!((evs.len(), discarded), (201, 1));
+    assert_eq!(evs[200].get("f31"), &Val::S("\"short\"".into()));
+    let Some(bt) = read_bt2(&trace) else { return };
+    assert_eq!(bt.len(), 202, "201 events and one discarded-events message");
+    if pinned {
+        assert_eq!(bt_discarded(&bt), 1);
+    }
 }

@@ -16,6 +16,7 @@ use hvtrace_ctl::Client;
 use hvtrace_host::{Host, HostConfig};
 use hvtrace_proto::{ChannelConfig, Mode, Request};
 use hvtrace_reader::{packets, TraceDir};
+use hvtrace_tracing::{Counters, HvtraceLayer};
 
 /// A host serving a started channel (64 KiB × 8 sub-buffers per CPU, room
 /// for the largest record the layer makes), and its trace directory.
@@ -67,6 +68,20 @@ impl Session {
         let t = self.trace();
         (self.dir, t)
     }
+}
+
+/// Runs `emit` on this thread with an [`HvtraceLayer`] (recording spans
+/// too if `spans`) on a fresh [`Session`] as the default subscriber, then
+/// ends the session: the trace (with the directory that holds it), the
+/// layer's counters and what `emit` returned.
+pub fn traced<R>(spans: bool, emit: impl FnOnce() -> R) -> (tempfile::TempDir, PathBuf, Arc<Counters>, R) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let s = Session::start();
+    let layer = HvtraceLayer::new(s.host.clone()).with_spans(spans);
+    let counters = layer.counters();
+    let out = tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), emit);
+    let (dir, trace) = s.finish();
+    (dir, trace, counters, out)
 }
 
 /// A decoded field value, owned.
@@ -160,6 +175,27 @@ pub fn read_bt2(trace: &Path) -> Option<Vec<serde_json::Value>> {
     let out = Command::new("/usr/bin/python3").arg(script).arg(trace).output().unwrap();
     assert!(out.status.success(), "bt2: {}", String::from_utf8_lossy(&out.stderr));
     Some(String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect())
+}
+
+/// The events babeltrace2 reports discarded (its discarded-events messages).
+pub fn bt_discarded(bt: &[serde_json::Value]) -> u64 {
+    let counts: Vec<&serde_json::Value> = bt.iter().filter_map(|b| b.get("discarded")).collect();
+    // babeltrace2 gives no count ("may have discarded") for losses it sees
+    // in a stream's first packet: a test records more than a packet first.
+    counts.iter().map(|d| d.as_u64().unwrap_or_else(|| panic!("a count babeltrace2 does not know: {counts:?}"))).sum()
+}
+
+/// Pins the calling thread to its CPU, so that every event and loss it
+/// counts lands in one ring; false (and a note) if that fails.
+pub fn pin_to_one_cpu() -> bool {
+    let cpu = hvtrace_sys::cpu::current_cpu();
+    match hvtrace_sys::cpu::pin_current_thread(cpu) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("SKIP (part): cannot pin to CPU {cpu} ({e}): babeltrace2's loss count not compared");
+            false
+        }
+    }
 }
 
 /// babeltrace2's text output, or `None` after printing `SKIP`.
