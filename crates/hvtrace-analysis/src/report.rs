@@ -450,9 +450,10 @@ pub(crate) fn vcpu_report(v: &VcpuAcc, clk: Clock, w: Window, end: u64) -> VcpuR
 }
 
 /// Builds the report of a pass.
-pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, warnings: Vec<String>) -> Report {
+pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>) -> Report {
     let clk = Clock(freq);
-    let Pass { acc, begin, end, events, by_class, streams, .. } = pass;
+    let Pass { acc, begin, end, by_class, streams, warnings } = pass;
+    let events = streams.iter().map(|s| s.events).sum();
     let w = acc.window;
     let win_end = end.min(w.to);
     let span = win_end.saturating_sub(w.from.max(begin));
