@@ -517,3 +517,74 @@ fn set_state(v: &mut VcpuAcc, w: Window, t: u64, new: State, pcpu: u32) {
     v.known_since.get_or_insert(v.since);
     v.state_pcpu = pcpu;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Intervals spread over many buckets and magnitudes (1 tick to ~10 s at 1 GHz).
+    fn values() -> impl Iterator<Item = u64> {
+        (0..5000u64).map(|i| (i * 7919 % 4999 + 1) * (1 << (i % 24)))
+    }
+
+    fn direct(vs: impl Iterator<Item = u64>) -> Histogram<u32> {
+        let mut h = Histogram::new(2).unwrap();
+        vs.for_each(|d| record(&mut h, d));
+        h
+    }
+
+    const QUANTILES: [f64; 6] = [0.0, 0.25, 0.5, 0.95, 0.99, 1.0];
+
+    #[test]
+    fn values_held_back_answer_as_if_recorded_at_once() {
+        let mut d = Durations::new();
+        // 5000 is not a multiple of PENDING: some are still held at the end.
+        values().for_each(|v| d.add(v));
+        assert_ne!(d.held, 0);
+        let h = direct(values());
+        for q in QUANTILES {
+            assert_eq!(d.quantile(q), h.value_at_quantile(q), "q {q} before the flush");
+        }
+        d.flush();
+        assert_eq!(d.held, 0);
+        assert_eq!(d.hist.len(), 5000);
+        for q in QUANTILES {
+            assert_eq!(d.quantile(q), h.value_at_quantile(q), "q {q} after the flush");
+        }
+    }
+
+    #[test]
+    fn the_runnable_row_is_its_split_rows_added_up() {
+        // As close() spreads runnable intervals over wake / preempt / other.
+        let mut rows = [Durations::new(), Durations::new(), Durations::new()];
+        for (i, v) in values().enumerate() {
+            rows[i * 31 % 3].add(v);
+        }
+        rows[1].flush();
+        let all = Durations::merged(&[&rows[0], &rows[1], &rows[2]]);
+        let h = direct(values());
+        assert_eq!(all.count, 5000);
+        assert_eq!(all.total, values().sum::<u64>());
+        assert_eq!(all.min, values().min().unwrap());
+        assert_eq!(all.max, values().max().unwrap());
+        for q in QUANTILES {
+            assert_eq!(all.quantile(q), h.value_at_quantile(q), "q {q}");
+        }
+    }
+
+    #[test]
+    fn a_vcpu_is_found_again_after_others_share_its_slot_and_not_after_its_domain_ends() {
+        let mut acc = Acc::new(Window { from: 0, to: u64::MAX }, Clock(1_000_000_000));
+        let ids: Vec<Vcpu> = (0..2000).map(|i| Vcpu::new(i / 4, i % 4)).collect();
+        let first: Vec<usize> = ids.iter().map(|&id| acc.vcpu(id, 0, 1)).collect();
+        assert_eq!(first, (0..2000).collect::<Vec<_>>(), "one VcpuAcc per id, in order");
+        // 2000 ids in 256 slots: most were evicted; each is still the same vCPU.
+        for (&id, &i) in ids.iter().zip(&first).rev() {
+            assert_eq!(acc.vcpu(id, 0, 2), i);
+        }
+        acc.event(0, 3, Event::DomainGone { domain: 7 });
+        let again = acc.vcpu(Vcpu::new(7, 1), 0, 4);
+        assert_eq!(again, 2000, "a domain's vCPU after its end is a new one");
+        assert_eq!(acc.vcpu(Vcpu::new(8, 1), 0, 4), 33);
+    }
+}
