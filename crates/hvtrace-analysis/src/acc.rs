@@ -113,7 +113,8 @@ pub(crate) enum State {
 /// Table rows: running, runnable, blocked, offline, lost, then runnable's
 /// split: wake (from blocked or offline), preempt (from running), other
 /// (from an unknown or lost state). A runnable interval is recorded in its
-/// split row only; the runnable row is their sum, made by the report.
+/// split row only; row 1 (runnable) stays empty, and the report makes the
+/// runnable row as the sum of the three.
 pub(crate) const ROWS: usize = 8;
 pub(crate) const LOST: usize = 4;
 pub(crate) const WAKE: usize = 5;
