@@ -132,10 +132,9 @@ pub fn analyze(
     let kernel = trace.metadata.kernel.as_ref().unwrap_or(&no_kernel);
     let bindings = [Bindings::bind(mappings, trace.schema()), Bindings::bind(mappings, kernel)];
     let mut report_progress = |done, total| progress(Progress { done, total });
-    let mut pass = walk::pass(&trace, &bindings, range, &mut report_progress).map_err(Error::Read)?;
-    let warnings = std::mem::take(&mut pass.warnings);
+    let pass = walk::pass(&trace, &bindings, range, &mut report_progress).map_err(Error::Read)?;
     let sets = bindings.iter().flat_map(|b| b.names()).map(|s| s.to_string()).collect();
-    let mut report = report::build(dir.display().to_string(), pass, freq, sets, warnings);
+    let mut report = report::build(dir.display().to_string(), pass, freq, sets);
     for c in &mut report.event_classes {
         let schema = if c.stream == 1 { kernel } else { trace.schema() };
         c.name = schema.event(c.id).map_or_else(String::new, |e| e.name.clone());

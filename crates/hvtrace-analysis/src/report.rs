@@ -328,7 +328,7 @@ fn pct(part: u64, whole: u64) -> f64 {
 fn state_row(d: &Durations, clk: Clock, tracked: u64) -> StateRow {
     // hdrhistogram answers with its bucket's highest equivalent value, which
     // may pass the true extremes: keep percentiles within [min, max].
-    let q = |p: f64| if d.count == 0 { 0 } else { clk.ns(d.hist.value_at_quantile(p).clamp(d.min, d.max)) };
+    let q = |p: f64| if d.count == 0 { 0 } else { clk.ns(d.quantile(p).clamp(d.min, d.max)) };
     StateRow {
         count: d.count,
         total_ns: clk.ns(d.total),
@@ -404,9 +404,10 @@ pub(crate) fn vcpu_report(v: &VcpuAcc, clk: Clock, w: Window, end: u64) -> VcpuR
         .collect();
     exit_details.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)).then(a.target.cmp(&b.target)));
     let st = |i: usize| state_row(&v.states[i], clk, tracked);
+    let runnable = Durations::merged(&[&v.states[WAKE], &v.states[PREEMPT], &v.states[OTHER]]);
     let runstates = Runstates {
         running: st(0),
-        runnable: st(1),
+        runnable: state_row(&runnable, clk, tracked),
         blocked: st(2),
         offline: st(3),
         lost: st(LOST),
@@ -452,9 +453,10 @@ pub(crate) fn vcpu_report(v: &VcpuAcc, clk: Clock, w: Window, end: u64) -> VcpuR
 }
 
 /// Builds the report of a pass.
-pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, warnings: Vec<String>) -> Report {
+pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>) -> Report {
     let clk = Clock(freq);
-    let Pass { acc, begin, end, events, by_class, streams, .. } = pass;
+    let Pass { acc, begin, end, by_class, streams, warnings } = pass;
+    let events = streams.iter().map(|s| s.events).sum();
     let w = acc.window;
     let win_end = end.min(w.to);
     let span = win_end.saturating_sub(w.from.max(begin));
@@ -483,14 +485,16 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>, war
         acc.vcpus.iter().map(|v| v.gone.clone().unwrap_or_else(|| vcpu_report(v, clk, w, win_end))).collect();
     vcpus.sort_by_key(|v| (v.domain, v.vcpu));
 
-    let mut pcpu_ids: Vec<u32> = streams.iter().map(|s| s.cpu).chain(acc.pcpus.keys().copied()).collect();
+    let ran_on = acc.vcpus.iter().flat_map(|v| v.on_pcpu.keys().copied());
+    let mut pcpu_ids: Vec<u32> = streams.iter().map(|s| s.cpu).chain(acc.pcpus.keys().copied()).chain(ran_on).collect();
     pcpu_ids.sort();
     pcpu_ids.dedup();
     let pcpus = pcpu_ids
         .into_iter()
         .map(|cpu| {
             let p = acc.pcpus.get(&cpu);
-            let busy_ns = clk.ns(p.map_or(0, |p| p.busy));
+            let busy = acc.vcpus.iter().filter_map(|v| v.on_pcpu.get(&cpu)).sum();
+            let busy_ns = clk.ns(busy);
             let missing_ns = clk.ns(p.map_or(0, |p| p.missing));
             let mut on: Vec<VcpuTime> = acc
                 .vcpus

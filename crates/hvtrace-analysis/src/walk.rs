@@ -24,7 +24,6 @@ pub(crate) struct Pass {
     pub acc: Acc,
     pub begin: u64,
     pub end: u64,
-    pub events: u64,
     /// Records per event id, per stream class (0 the VMM's, 1 the kernel's).
     pub by_class: [Vec<u64>; 2],
     pub streams: Vec<StreamCounts>,
@@ -62,7 +61,7 @@ pub(crate) fn pass(
     let kernel_classes = trace.metadata.kernel.as_ref().map_or(0, |k| k.events.len());
     let mut by_class = [vec![0u64; trace.schema().events.len()], vec![0u64; kernel_classes]];
     let mut per_stream = vec![0u64; merge.streams().len()];
-    let (mut events, mut end) = (0u64, begin);
+    let mut end = begin;
     let mut trailing = Vec::new();
     let mut tick = 0u32;
     while let Some(item) = merge.next_item() {
@@ -80,7 +79,6 @@ pub(crate) fn pass(
         };
         let (ts, id) = (r.record.timestamp, r.record.id);
         if window.holds(ts) {
-            events += 1;
             per_stream[r.stream] += 1;
             if let Some(n) = by_class[r.class as usize].get_mut(id as usize) {
                 *n += 1;
@@ -116,5 +114,5 @@ pub(crate) fn pass(
             discarded: s.events_discarded,
         })
         .collect();
-    Ok(Pass { acc, begin, end, events, by_class, streams, warnings: merge.warnings().to_vec() })
+    Ok(Pass { acc, begin, end, by_class, streams, warnings: merge.warnings().to_vec() })
 }

@@ -378,11 +378,6 @@ impl Merge {
         self.cursors.iter().filter_map(Cursor::head).min()
     }
 
-    /// The event layouts records are decoded with.
-    pub fn layouts(&self) -> &Layouts {
-        &self.shared.layouts
-    }
-
     /// What each stream's walk has seen so far, in [`TraceDir::streams`] order.
     pub fn streams(&self) -> impl ExactSizeIterator<Item = &StreamWalk> {
         self.cursors.iter().map(|c| &c.walk)

@@ -89,8 +89,9 @@ fn progress_bar() -> impl FnMut(Progress) {
     }
 }
 
-/// Runs `hvtrace analyze`: an error (a trace that cannot be read at all) is
-/// exit status 1; a damaged trace is analysed, with warnings, and is 0.
+/// Runs `hvtrace analyze`: a trace that cannot be read at all is exit
+/// status 2 (a `ReadError`, as for `check`), any other error 1; a damaged
+/// trace is analysed, with warnings, and is 0.
 pub fn run(a: Args) -> Result<Status> {
     let opts = Options { from_ns: a.from, to_ns: a.to };
     let mut progress = progress_bar();
