@@ -348,6 +348,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let load = Load { threads: a.threads, events: a.events, warmup: a.warmup, rate: a.rate };
     let la0 = util::loadavg();
     let c0 = util::schedstat_ns(cpid);
+    let r0 = relay.as_ref().map(|r| util::schedstat_ns(r.pid()));
     let kind = a.event;
     let rs = util::run_threads(load, |i| match owners.get(i) {
         Some(slot) => {
@@ -364,8 +365,25 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let drained = util::wait_for(Duration::from_secs(60), Duration::from_micros(500), || {
         Ok(ctl.status()?.rings.iter().all(|r| r.consumed_bytes >= r.produced_bytes))
     })?;
-    let c1 = util::schedstat_ns(cpid);
     let status = ctl.status()?;
+    // Relay runs: the consumer's queue may still hold packets once the rings
+    // are drained, so both processes' CPU is read once the relay has indexed
+    // every packet delivered (an index entry is written once both the data
+    // and the index of a packet are in), or the consumer gave up on the relay
+    // (it exits: the run is then lossy, its trace short).
+    let relay_indexed = match &relay {
+        Some(r) => {
+            let index = r.trace_dir(&hvtrace_sys::hostname(), RELAY_SESSION).join("index");
+            let want: u64 = status.rings.iter().map(|x| x.delivered_subbufs).sum();
+            util::wait_for(Duration::from_secs(60), Duration::from_millis(1), || {
+                Ok(util::relay_index_entries(&index) >= want || consumer.0.try_wait()?.is_some())
+            })?;
+            Some(util::relay_index_entries(&index))
+        }
+        None => None,
+    };
+    let c1 = util::schedstat_ns(cpid);
+    let r1 = relay.as_ref().map(|r| util::schedstat_ns(r.pid()));
     ctl.simple(&Request::Destroy)?;
     let exit = match a.consumer {
         // Exits by itself once the session is destroyed.
@@ -394,6 +412,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let discarded: u64 = status.rings.iter().map(|r| r.events_discarded).sum();
     let overwritten: u64 = status.rings.iter().map(|r| r.overwritten).sum();
     let consumer_ns = c1.saturating_sub(c0);
+    let relayd_ns = r0.zip(r1).map(|(r0, r1)| r1.saturating_sub(r0));
     let mut j = util::thread_summary(load, &rs);
     let o = j.as_object_mut().unwrap();
     let rec = tc.events_recorded.max(1) as f64;
@@ -424,6 +443,11 @@ pub(crate) fn run(a: Args) -> Result<()> {
         "consumer_cpu_s": consumer_ns as f64 / 1e9,
         "consumer_ns_per_event": util::round2(consumer_ns as f64 / rec),
         "consumer_cpu_s_per_million_events": consumer_ns as f64 / 1e3 / rec,
+        // lttng-relayd's CPU over the same window (all its threads).
+        "relayd_cpu_s": relayd_ns.map(|n| n as f64 / 1e9),
+        "relayd_ns_per_event": relayd_ns.map(|n| util::round2(n as f64 / rec)),
+        "relayd_indexed_packets": relay_indexed,
+        "delivered_packets": status.rings.iter().map(|x| x.delivered_subbufs).sum::<u64>(),
         "loadavg": la0,
     });
     o.extend(extra.as_object().unwrap().clone());

@@ -258,6 +258,19 @@ pub(crate) struct TraceCount {
     pub metadata_bytes: u64,
 }
 
+/// Packets an lttng-relayd has indexed under `index_dir` (`*.idx`: a
+/// 16-byte header, then 72 bytes an entry, protocol 2.8 and later); 0 while
+/// it does not exist.
+pub(crate) fn relay_index_entries(index_dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(index_dir) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "idx"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len().saturating_sub(16) / 72)
+        .sum()
+}
+
 /// Decodes every stream file `<channel>_<cpu>` of `dir`.
 pub(crate) fn count_trace(dir: &Path, channel: &str) -> Result<TraceCount> {
     let mut c = TraceCount::default();

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use hvtrace_consumer::{Consumer, ConsumerConfig, ConsumerError, ExitReason, RelayConfig, Report};
+use hvtrace_ctl::Client;
+use hvtrace_host::Host;
 use hvtrace_proto::{ChannelConfig, Mode, Request};
 use hvtrace_relayd::{LocalRelayd, RelaydUrl};
 
@@ -37,6 +39,25 @@ fn relay_cfg(url: RelaydUrl, session: &str) -> RelayConfig {
         live_timer: Duration::from_millis(100),
         ..RelayConfig::new(url)
     }
+}
+
+/// A relay, and a host with rings for CPUs 0 and 1 (room for `max_cpus`)
+/// whose channel `ch` is created and started; `None` after a SKIP line.
+fn relay_and_host(name: &str, max_cpus: u32, ch: ChannelConfig) -> Option<(TempDir, LocalRelayd, Arc<Host>, Client)> {
+    let dir = TempDir::new(name);
+    let relay = relayd(&dir.0)?;
+    let (host, sock) = host(&dir.0, &[0, 1], max_cpus);
+    let ctl = create_and_start(&sock, ch);
+    Some((dir, relay, host, ctl))
+}
+
+/// The consumer of [`relay_and_host`]'s channel, writing a local trace to
+/// `DIR/local` and streaming to session `session`, with no live ticks (so no
+/// empty packets for idle streams): the two traces compare byte for byte.
+fn local_and_relay(dir: &TempDir, relay: &LocalRelayd, session: &str) -> ConsumerConfig {
+    let mut rc = relay_cfg(relay.url.clone(), session);
+    rc.live_timer = Duration::from_secs(3600);
+    ConsumerConfig { relay: Some(rc), ..ConsumerConfig::new(dir.0.join("ctl.sock"), dir.0.join("local")) }
 }
 
 fn run_in_thread(consumer: Consumer) -> std::thread::JoinHandle<Result<Report, ConsumerError>> {
@@ -66,19 +87,16 @@ fn babeltrace2(dir: &Path) -> Option<(u64, u64)> {
 
 #[test]
 fn the_relay_gets_the_local_trace_byte_for_byte_hotplugged_cpu_included() {
-    let dir = TempDir::new("relay-both");
-    let Some(relay) = relayd(&dir.0) else { return };
-    let (host, sock) = host(&dir.0, &[0, 1], 4);
     // Tiny sub-buffers, and CPU 0 records before any consumer drains them:
     // losses to count, however fast the consumer is on this machine.
-    let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard });
+    let ch = ChannelConfig { subbuf_size: 4096, num_subbuf: 4, mode: Mode::Discard };
+    let Some((dir, relay, host, mut ctl)) = relay_and_host("relay-both", 4, ch) else { return };
     let early = write_events(&host, 0, 0, 5_000);
     assert!(early.lost > 0, "16 KiB of ring cannot hold 5,000 records: {early:?}");
-    let out = dir.0.join("local");
-    let mut rc = relay_cfg(relay.url.clone(), "both");
-    rc.queue = 1 << 30; // room for every packet: this test wants no miss
-    rc.live_timer = Duration::from_secs(3600); // no empty packets for idle streams
-    let cfg = ConsumerConfig { threads: 2, relay: Some(rc), ..ConsumerConfig::new(&sock, &out) };
+    let mut cfg = local_and_relay(&dir, &relay, "both");
+    cfg.threads = 2;
+    cfg.relay.as_mut().unwrap().queue = 1 << 30; // room for every packet: this test wants no miss
+    let out = cfg.output.clone().unwrap();
     let run = run_in_thread(Consumer::attach(&cfg).unwrap());
     let host = &*host;
     std::thread::scope(|s| {
@@ -124,14 +142,10 @@ fn the_relay_gets_the_local_trace_byte_for_byte_hotplugged_cpu_included() {
 #[test]
 fn classes_registered_mid_session_reach_the_relay_trace() {
     use hvtrace_core::{Field, Sink};
-    let dir = TempDir::new("relay-classes");
-    let Some(relay) = relayd(&dir.0) else { return };
-    let (host, sock) = host(&dir.0, &[0, 1], 2);
-    let mut ctl = create_and_start(&sock, ChannelConfig { subbuf_size: 4096, num_subbuf: 8, mode: Mode::Discard });
-    let out = dir.0.join("local");
-    let mut rc = relay_cfg(relay.url.clone(), "classes");
-    rc.live_timer = Duration::from_secs(3600); // no empty packets for idle streams
-    let cfg = ConsumerConfig { relay: Some(rc), ..ConsumerConfig::new(&sock, &out) };
+    let ch = ChannelConfig { subbuf_size: 4096, num_subbuf: 8, mode: Mode::Discard };
+    let Some((dir, relay, host, mut ctl)) = relay_and_host("relay-classes", 2, ch) else { return };
+    let cfg = local_and_relay(&dir, &relay, "classes");
+    let out = cfg.output.clone().unwrap();
     let run = run_in_thread(Consumer::attach(&cfg).unwrap());
     let mut recorded = 0;
     let remote = relay.trace_dir(HOST, "classes");
@@ -385,8 +399,9 @@ fn a_relay_that_goes_away_ends_a_relay_only_session() {
     // Kill it only once it indexed two packets: killed during the
     // session's set-up (a loaded machine) it would test a refusal, not a
     // relay gone, and a stream file holding bytes is not enough (the kill
-    // can still fall before the first SEND_INDEX reply); packets go one at
-    // a time, so a second index entry means the first was acknowledged.
+    // can still fall before the first SEND_INDEX reply); the relay answers
+    // an index once it has both halves of its packet, so two index entries
+    // mean the first packet's reply was sent.
     let index = relay.trace_dir(HOST, "gone").join("index").join("channel0_0.idx");
     let t = Instant::now();
     while std::fs::metadata(&index).map_or(0, |m| m.len()) < 16 + 2 * 72 {
