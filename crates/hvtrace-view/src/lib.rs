@@ -531,9 +531,11 @@ impl Sink for Exporter<'_> {
         let total = t.lost;
         // What happened on the pCPU between its last record and `ns` is
         // unknown: a slice says so where the counter cannot (a gap of
-        // damaged packets has no count).
-        let begin = since.unwrap_or(ns).clamp(t.missing_until, ns);
-        t.missing_until = ns;
+        // damaged packets has no count). Not `clamp`: in a trace whose
+        // packets are out of order, time runs backwards (`ns` before
+        // `since`, or before the last slice's end), and `clamp` panics.
+        let begin = since.unwrap_or(ns).max(t.missing_until).min(ns);
+        t.missing_until = t.missing_until.max(ns);
         if count > 0 {
             self.counter(ns, lost_uuid(pcpu), total as i64)?;
         }
@@ -638,6 +640,33 @@ mod tests {
             .filter_map(|p| p.track_event.as_ref().filter(|e| e.track_uuid == Some(lost_uuid(0)))?.counter_value)
             .collect();
         assert_eq!(lost, [4, 6]);
+    }
+
+    #[test]
+    fn a_loss_back_in_time_is_an_empty_slice_not_a_panic() {
+        let mut bytes = Vec::new();
+        {
+            let mut x = Exporter::new(&mut bytes);
+            x.lost(Some(500), 600, 0, 1).unwrap();
+            x.lost(Some(600), 300, 0, 1).unwrap(); // packets out of order: since after ns
+            x.lost(None, 400, 0, 1).unwrap(); // before the last slice's end
+            x.lost(Some(650), 700, 0, 1).unwrap();
+            x.out.flush().unwrap();
+        }
+        let p = Trace::decode(&bytes[..]).expect("a Trace").packet;
+        assert_eq!(
+            on(&p, missing_uuid(0)),
+            [
+                (500, TYPE_SLICE_BEGIN),
+                (600, TYPE_SLICE_END),
+                (300, TYPE_SLICE_BEGIN),
+                (300, TYPE_SLICE_END),
+                (400, TYPE_SLICE_BEGIN),
+                (400, TYPE_SLICE_END),
+                (650, TYPE_SLICE_BEGIN),
+                (700, TYPE_SLICE_END)
+            ]
+        );
     }
 
     #[test]

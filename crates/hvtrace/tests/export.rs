@@ -198,3 +198,31 @@ fn a_missing_trace_is_a_clear_error_and_leaves_no_output_file() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Two packets of a stream swapped: time runs backwards in it, and a loss's
+/// last record before it comes after it. Both views still write their file
+/// (they panicked on it: `clamp` and a reversed column range).
+#[test]
+fn packets_out_of_order_are_exported_and_reported_without_a_panic() {
+    let tmp = tempdir("swapped");
+    let dir = tmp.join("trace");
+    let d = dir.to_str().unwrap();
+    let demo = ["demo", "--output", d, "--cpus", "1", "--events-per-cpu", "20000", "--subbuf-size", "16384"];
+    let out = hvtrace(&demo);
+    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
+    let f = dir.join("channel0_0");
+    let mut b = std::fs::read(&f).unwrap();
+    assert!(b.len() >= 6 * 16384, "{} bytes", b.len());
+    let (head, tail) = b.split_at_mut(5 * 16384);
+    head[3 * 16384..4 * 16384].swap_with_slice(&mut tail[..16384]);
+    std::fs::write(&f, &b).unwrap();
+    for (cmd, file) in [("export", "x.pftrace"), ("report", "x.html")] {
+        let file = tmp.join(file);
+        let out = hvtrace(&[cmd, d, "--output", file.to_str().unwrap()]);
+        let log = stderr(&out);
+        assert!(!log.contains("panicked"), "{cmd}: {log}");
+        assert_eq!(out.status.code(), Some(0), "{cmd}: {log}");
+        assert!(std::fs::metadata(&file).unwrap().len() > 0, "{cmd} wrote nothing");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
