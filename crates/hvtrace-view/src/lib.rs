@@ -68,15 +68,9 @@ const SEQUENCE: u32 = 1;
 pub enum Error {
     /// The directory or a stream cannot be read.
     Read(ReadError),
-    /// A packet or record does not decode (`hvtrace check` says more).
-    Damage {
-        /// Stream file name.
-        stream: String,
-        /// Byte offset of the packet.
-        offset: u64,
-        /// What is wrong.
-        what: String,
-    },
+    /// The report's analysis failed otherwise (damage is no error: the
+    /// walk skips damaged packets and says so in the warnings).
+    Analysis(hvtrace_analysis::Error),
     /// The output cannot be written.
     Write(io::Error),
 }
@@ -86,10 +80,7 @@ impl fmt::Display for Error {
         match self {
             // The cause follows in the source chain (anyhow prints it).
             Error::Read(_) => f.write_str("cannot read the trace"),
-            Error::Damage { stream, offset, what } => write!(
-                f,
-                "{stream}: damage at byte {offset} ({what}); run `hvtrace check` to see which packets are intact"
-            ),
+            Error::Analysis(e) => e.fmt(f),
             Error::Write(e) => write!(f, "cannot write the export: {e}"),
         }
     }
@@ -100,7 +91,7 @@ impl std::error::Error for Error {
         match self {
             Error::Read(e) => Some(e),
             Error::Write(e) => Some(e),
-            Error::Damage { .. } => None,
+            Error::Analysis(e) => std::error::Error::source(e),
         }
     }
 }

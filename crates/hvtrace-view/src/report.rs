@@ -168,7 +168,7 @@ fn time(ns: u64) -> String {
 pub fn write_report(dir: &Path, mappings: &[&dyn Mapping], out: &mut dyn Write) -> Result<ReportSummary, Error> {
     let report = hvtrace_analysis::analyze(dir, mappings, &Options::default(), &mut |_| {}).map_err(|e| match e {
         hvtrace_analysis::Error::Read(r) => Error::Read(r),
-        e => Error::Damage { stream: dir.display().to_string(), offset: 0, what: e.to_string() },
+        e => Error::Analysis(e),
     })?;
     let mut tl = Timeline { begin: None, span: report.duration_ns.max(1), lanes: BTreeMap::new() };
     let end = walk::walk(dir, mappings, &mut tl)?.end;
