@@ -78,10 +78,10 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            // The cause follows in the source chain (anyhow prints it).
+            // The causes follow in the source chain (anyhow prints them).
             Error::Read(_) => f.write_str("cannot read the trace"),
             Error::Analysis(e) => e.fmt(f),
-            Error::Write(e) => write!(f, "cannot write the export: {e}"),
+            Error::Write(_) => f.write_str("cannot write the output"),
         }
     }
 }

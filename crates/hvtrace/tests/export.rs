@@ -226,3 +226,21 @@ fn packets_out_of_order_are_exported_and_reported_without_a_panic() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A full disk is a clear error, status 1, saying its cause once.
+#[test]
+fn an_output_that_cannot_be_written_says_why_once() {
+    let tmp = tempdir("full");
+    let dir = tmp.join("trace");
+    let d = dir.to_str().unwrap();
+    let out = hvtrace(&["demo", "--output", d, "--cpus", "1", "--events-per-cpu", "2000"]);
+    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
+    for cmd in ["export", "report"] {
+        let out = hvtrace(&[cmd, d, "--output", "/dev/full"]);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {log}");
+        assert!(log.contains("cannot write the output"), "{cmd}: {log}");
+        assert_eq!(log.matches("No space left on device").count(), 1, "{cmd}: {log}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
