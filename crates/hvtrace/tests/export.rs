@@ -13,7 +13,7 @@ use std::process::Command;
 use serde_json::Value;
 
 mod views;
-use views::{babeltrace_count, babeltrace_exits, damaged_demo, hvtrace, imported_xentrace, stderr, vmx_reason};
+use views::{babeltrace_count, babeltrace_exits, damaged_demo, demo, hvtrace, imported_xentrace, stderr, vmx_reason};
 
 fn tempdir(what: &str) -> PathBuf {
     views::tempdir("export", what)
@@ -96,9 +96,7 @@ fn a_kvm_export_has_one_slice_per_vm_exit_record_named_by_its_reason() {
 #[test]
 fn a_simulated_xen_export_decodes_balanced_with_exits_hypercalls_and_pcpus() {
     let tmp = tempdir("sim");
-    let dir = tmp.join("trace");
-    let out = hvtrace(&["demo", "--output", dir.to_str().unwrap(), "--cpus", "2", "--events-per-cpu", "20000"]);
-    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
+    let dir = demo(&tmp, &["--cpus", "2", "--events-per-cpu", "20000"]);
     let Some(check) = export_and_check(&dir) else { return };
     let slices = check["slices"].as_object().unwrap();
     let count =
@@ -205,11 +203,8 @@ fn a_missing_trace_is_a_clear_error_and_leaves_no_output_file() {
 #[test]
 fn packets_out_of_order_are_exported_and_reported_without_a_panic() {
     let tmp = tempdir("swapped");
-    let dir = tmp.join("trace");
+    let dir = demo(&tmp, &["--cpus", "1", "--events-per-cpu", "20000", "--subbuf-size", "16384"]);
     let d = dir.to_str().unwrap();
-    let demo = ["demo", "--output", d, "--cpus", "1", "--events-per-cpu", "20000", "--subbuf-size", "16384"];
-    let out = hvtrace(&demo);
-    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
     let f = dir.join("channel0_0");
     let mut b = std::fs::read(&f).unwrap();
     assert!(b.len() >= 6 * 16384, "{} bytes", b.len());
@@ -231,10 +226,8 @@ fn packets_out_of_order_are_exported_and_reported_without_a_panic() {
 #[test]
 fn an_output_that_cannot_be_written_says_why_once() {
     let tmp = tempdir("full");
-    let dir = tmp.join("trace");
+    let dir = demo(&tmp, &["--cpus", "1", "--events-per-cpu", "2000"]);
     let d = dir.to_str().unwrap();
-    let out = hvtrace(&["demo", "--output", d, "--cpus", "1", "--events-per-cpu", "2000"]);
-    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
     for cmd in ["export", "report"] {
         let out = hvtrace(&[cmd, d, "--output", "/dev/full"]);
         let log = stderr(&out);
