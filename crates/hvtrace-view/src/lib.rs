@@ -551,12 +551,12 @@ mod tests {
     }
 
     /// Feeds `events` (ns, pCPU, event) to an exporter; the decoded packets.
-    fn export(events: &[(u64, u32, Event<'_>)], losses: &[(u64, u32, u64)]) -> Vec<TracePacket> {
+    fn export(events: &[(u64, u32, Event<'_>)], losses: &[(Option<u64>, u64, u32, u64)]) -> Vec<TracePacket> {
         let mut bytes = Vec::new();
         {
             let mut x = Exporter::new(&mut bytes);
-            for &(ns, c, n) in losses {
-                x.lost(None, ns, c, n).unwrap();
+            for &(since, ns, c, n) in losses {
+                x.lost(since, ns, c, n).unwrap();
             }
             for &(ns, c, e) in events {
                 x.model(ns, c, e).unwrap();
@@ -574,6 +574,14 @@ mod tests {
             .filter_map(|p| {
                 Some((p.timestamp?, p.track_event.as_ref().filter(|e| e.track_uuid == Some(track))?.r#type?))
             })
+            .collect()
+    }
+
+    /// The values of counter `track`.
+    fn counter(packets: &[TracePacket], track: u64) -> Vec<i64> {
+        packets
+            .iter()
+            .filter_map(|p| p.track_event.as_ref().filter(|e| e.track_uuid == Some(track))?.counter_value)
             .collect()
     }
 
@@ -605,15 +613,14 @@ mod tests {
 
     #[test]
     fn missing_data_is_a_slice_from_the_last_record_and_slices_never_overlap() {
-        let mut bytes = Vec::new();
-        {
-            let mut x = Exporter::new(&mut bytes);
-            x.lost(Some(100), 200, 0, 0).unwrap(); // a gap of damaged packets
-            x.lost(Some(150), 300, 0, 4).unwrap(); // another stream of pCPU 0, overlapping
-            x.lost(None, 400, 0, 2).unwrap(); // an in-band loss: no known start
-            x.out.flush().unwrap();
-        }
-        let p = Trace::decode(&bytes[..]).expect("a Trace").packet;
+        let p = export(
+            &[],
+            &[
+                (Some(100), 200, 0, 0), // a gap of damaged packets
+                (Some(150), 300, 0, 4), // another stream of pCPU 0, overlapping
+                (None, 400, 0, 2),      // an in-band loss: no known start
+            ],
+        );
         assert_eq!(
             on(&p, missing_uuid(0)),
             [
@@ -626,25 +633,20 @@ mod tests {
             ]
         );
         // The counter moves only with counted losses.
-        let lost: Vec<_> = p
-            .iter()
-            .filter_map(|p| p.track_event.as_ref().filter(|e| e.track_uuid == Some(lost_uuid(0)))?.counter_value)
-            .collect();
-        assert_eq!(lost, [4, 6]);
+        assert_eq!(counter(&p, lost_uuid(0)), [4, 6]);
     }
 
     #[test]
     fn a_loss_back_in_time_is_an_empty_slice_not_a_panic() {
-        let mut bytes = Vec::new();
-        {
-            let mut x = Exporter::new(&mut bytes);
-            x.lost(Some(500), 600, 0, 1).unwrap();
-            x.lost(Some(600), 300, 0, 1).unwrap(); // packets out of order: since after ns
-            x.lost(None, 400, 0, 1).unwrap(); // before the last slice's end
-            x.lost(Some(650), 700, 0, 1).unwrap();
-            x.out.flush().unwrap();
-        }
-        let p = Trace::decode(&bytes[..]).expect("a Trace").packet;
+        let p = export(
+            &[],
+            &[
+                (Some(500), 600, 0, 1),
+                (Some(600), 300, 0, 1), // packets out of order: since after ns
+                (None, 400, 0, 1),      // before the last slice's end
+                (Some(650), 700, 0, 1),
+            ],
+        );
         assert_eq!(
             on(&p, missing_uuid(0)),
             [
@@ -669,7 +671,7 @@ mod tests {
             (12, 0, exit(v, "io")),
             (13, 0, Event::Entry { vcpu: v }),
         ];
-        let p = export(&evs, &[(5, 0, 3), (8, 0, 4)]);
+        let p = export(&evs, &[(None, 5, 0, 3), (None, 8, 0, 4)]);
         let interned: Vec<_> = p
             .iter()
             .filter_map(|p| p.interned_data.as_ref())
@@ -677,11 +679,7 @@ mod tests {
             .filter(|n| n.name.as_deref() == Some("io"))
             .collect();
         assert_eq!(interned.len(), 1);
-        let lost: Vec<_> = p
-            .iter()
-            .filter_map(|p| p.track_event.as_ref().filter(|e| e.track_uuid == Some(lost_uuid(0)))?.counter_value)
-            .collect();
-        assert_eq!(lost, [3, 7]);
+        assert_eq!(counter(&p, lost_uuid(0)), [3, 7]);
         assert_eq!(p[0].sequence_flags, Some(SEQ_INCREMENTAL_STATE_CLEARED));
     }
 }
