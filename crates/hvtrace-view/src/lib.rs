@@ -162,7 +162,8 @@ struct PcpuTrack {
     running: Option<Vcpu>,
     lost: u64,
     /// End of the last missing-data slice (they must not overlap: two
-    /// streams, e.g. the VMM's and the kernel's, may share a pCPU).
+    /// streams, `<channel>_<cpu>` of two channels, may share a pCPU; the
+    /// views do not read the kernel's streams).
     missing_until: u64,
 }
 
