@@ -307,6 +307,7 @@ pub fn write_csv(r: &Report, dir: &Path) -> io::Result<()> {
     let mut states = Vec::new();
     let mut calls = Vec::new();
     let mut guest = Vec::new();
+    let mut split = Vec::new();
     for v in &r.vcpus {
         let id = [n(v.domain.into()), n(v.vcpu.into())];
         for x in &v.exits {
@@ -378,6 +379,21 @@ pub fn write_csv(r: &Report, dir: &Path) -> io::Result<()> {
             row.extend([n(g.kind.into()), g.name.clone(), n(g.count)]);
             guest.push(row);
         }
+        // One row per reason: `to_vmm` (handed to the VMM) or `in_kernel` (never reached user space).
+        if let Some(k) = &v.kernel_split {
+            for x in &k.to_vmm {
+                let mut row = id.to_vec();
+                row.extend(["to_vmm".into(), x.reason.clone(), n(x.code.into()), n(x.count)]);
+                row.extend([n(x.kernel_ns), n(x.kernel_timed), n(x.vmm_ns), n(x.vmm_timed)]);
+                split.push(row);
+            }
+            for x in &k.in_kernel {
+                let mut row = id.to_vec();
+                row.extend(["in_kernel".into(), x.reason.clone(), n(x.code.into()), n(x.count)]);
+                row.extend([n(x.total_ns), n(x.timed), n(0), n(0)]);
+                split.push(row);
+            }
+        }
     }
     let ex_head = [
         "domain",
@@ -407,24 +423,6 @@ pub fn write_csv(r: &Report, dir: &Path) -> io::Result<()> {
     let hc_head = ["domain", "vcpu", "nr", "name", "count", "total_ns", "avg_ns", "p95_ns", "max_ns", "timed"];
     csv_file(dir, "hypercalls.csv", &hc_head, calls)?;
     csv_file(dir, "guest_events.csv", &["domain", "vcpu", "kind", "name", "count"], guest)?;
-    // One row per reason: `to_vmm` (handed to the VMM) or `in_kernel` (never reached user space).
-    let mut split = Vec::new();
-    for v in &r.vcpus {
-        let Some(k) = &v.kernel_split else { continue };
-        let id = [n(v.domain.into()), n(v.vcpu.into())];
-        for x in &k.to_vmm {
-            let mut row = id.to_vec();
-            row.extend(["to_vmm".into(), x.reason.clone(), n(x.code.into()), n(x.count)]);
-            row.extend([n(x.kernel_ns), n(x.kernel_timed), n(x.vmm_ns), n(x.vmm_timed)]);
-            split.push(row);
-        }
-        for x in &k.in_kernel {
-            let mut row = id.to_vec();
-            row.extend(["in_kernel".into(), x.reason.clone(), n(x.code.into()), n(x.count)]);
-            row.extend([n(x.total_ns), n(x.timed), n(0), n(0)]);
-            split.push(row);
-        }
-    }
     let split_head =
         ["domain", "vcpu", "side", "reason", "code", "count", "kernel_ns", "kernel_timed", "vmm_ns", "vmm_timed"];
     csv_file(dir, "kernel_split.csv", &split_head, split)?;

@@ -68,15 +68,9 @@ const SEQUENCE: u32 = 1;
 pub enum Error {
     /// The directory or a stream cannot be read.
     Read(ReadError),
-    /// A packet or record does not decode (`hvtrace check` says more).
-    Damage {
-        /// Stream file name.
-        stream: String,
-        /// Byte offset of the packet.
-        offset: u64,
-        /// What is wrong.
-        what: String,
-    },
+    /// The report's analysis failed otherwise (damage is no error: the
+    /// walk skips damaged packets and says so in the warnings).
+    Analysis(hvtrace_analysis::Error),
     /// The output cannot be written.
     Write(io::Error),
 }
@@ -84,13 +78,10 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            // The cause follows in the source chain (anyhow prints it).
+            // The causes follow in the source chain (anyhow prints them).
             Error::Read(_) => f.write_str("cannot read the trace"),
-            Error::Damage { stream, offset, what } => write!(
-                f,
-                "{stream}: damage at byte {offset} ({what}); run `hvtrace check` to see which packets are intact"
-            ),
-            Error::Write(e) => write!(f, "cannot write the export: {e}"),
+            Error::Analysis(e) => e.fmt(f),
+            Error::Write(_) => f.write_str("cannot write the output"),
         }
     }
 }
@@ -100,7 +91,7 @@ impl std::error::Error for Error {
         match self {
             Error::Read(e) => Some(e),
             Error::Write(e) => Some(e),
-            Error::Damage { .. } => None,
+            Error::Analysis(e) => std::error::Error::source(e),
         }
     }
 }
@@ -171,7 +162,8 @@ struct PcpuTrack {
     running: Option<Vcpu>,
     lost: u64,
     /// End of the last missing-data slice (they must not overlap: two
-    /// streams, e.g. the VMM's and the kernel's, may share a pCPU).
+    /// streams, `<channel>_<cpu>` of two channels, may share a pCPU; the
+    /// views do not read the kernel's streams).
     missing_until: u64,
 }
 
@@ -531,9 +523,11 @@ impl Sink for Exporter<'_> {
         let total = t.lost;
         // What happened on the pCPU between its last record and `ns` is
         // unknown: a slice says so where the counter cannot (a gap of
-        // damaged packets has no count).
-        let begin = since.unwrap_or(ns).clamp(t.missing_until, ns);
-        t.missing_until = ns;
+        // damaged packets has no count). Not `clamp`: in a trace whose
+        // packets are out of order, time runs backwards (`ns` before
+        // `since`, or before the last slice's end), and `clamp` panics.
+        let begin = since.unwrap_or(ns).max(t.missing_until).min(ns);
+        t.missing_until = t.missing_until.max(ns);
         if count > 0 {
             self.counter(ns, lost_uuid(pcpu), total as i64)?;
         }
@@ -558,12 +552,12 @@ mod tests {
     }
 
     /// Feeds `events` (ns, pCPU, event) to an exporter; the decoded packets.
-    fn export(events: &[(u64, u32, Event<'_>)], losses: &[(u64, u32, u64)]) -> Vec<TracePacket> {
+    fn export(events: &[(u64, u32, Event<'_>)], losses: &[(Option<u64>, u64, u32, u64)]) -> Vec<TracePacket> {
         let mut bytes = Vec::new();
         {
             let mut x = Exporter::new(&mut bytes);
-            for &(ns, c, n) in losses {
-                x.lost(None, ns, c, n).unwrap();
+            for &(since, ns, c, n) in losses {
+                x.lost(since, ns, c, n).unwrap();
             }
             for &(ns, c, e) in events {
                 x.model(ns, c, e).unwrap();
@@ -581,6 +575,14 @@ mod tests {
             .filter_map(|p| {
                 Some((p.timestamp?, p.track_event.as_ref().filter(|e| e.track_uuid == Some(track))?.r#type?))
             })
+            .collect()
+    }
+
+    /// The values of counter `track`.
+    fn counter(packets: &[TracePacket], track: u64) -> Vec<i64> {
+        packets
+            .iter()
+            .filter_map(|p| p.track_event.as_ref().filter(|e| e.track_uuid == Some(track))?.counter_value)
             .collect()
     }
 
@@ -612,15 +614,14 @@ mod tests {
 
     #[test]
     fn missing_data_is_a_slice_from_the_last_record_and_slices_never_overlap() {
-        let mut bytes = Vec::new();
-        {
-            let mut x = Exporter::new(&mut bytes);
-            x.lost(Some(100), 200, 0, 0).unwrap(); // a gap of damaged packets
-            x.lost(Some(150), 300, 0, 4).unwrap(); // another stream of pCPU 0, overlapping
-            x.lost(None, 400, 0, 2).unwrap(); // an in-band loss: no known start
-            x.out.flush().unwrap();
-        }
-        let p = Trace::decode(&bytes[..]).expect("a Trace").packet;
+        let p = export(
+            &[],
+            &[
+                (Some(100), 200, 0, 0), // a gap of damaged packets
+                (Some(150), 300, 0, 4), // another stream of pCPU 0, overlapping
+                (None, 400, 0, 2),      // an in-band loss: no known start
+            ],
+        );
         assert_eq!(
             on(&p, missing_uuid(0)),
             [
@@ -633,11 +634,33 @@ mod tests {
             ]
         );
         // The counter moves only with counted losses.
-        let lost: Vec<_> = p
-            .iter()
-            .filter_map(|p| p.track_event.as_ref().filter(|e| e.track_uuid == Some(lost_uuid(0)))?.counter_value)
-            .collect();
-        assert_eq!(lost, [4, 6]);
+        assert_eq!(counter(&p, lost_uuid(0)), [4, 6]);
+    }
+
+    #[test]
+    fn a_loss_back_in_time_is_an_empty_slice_not_a_panic() {
+        let p = export(
+            &[],
+            &[
+                (Some(500), 600, 0, 1),
+                (Some(600), 300, 0, 1), // packets out of order: since after ns
+                (None, 400, 0, 1),      // before the last slice's end
+                (Some(650), 700, 0, 1),
+            ],
+        );
+        assert_eq!(
+            on(&p, missing_uuid(0)),
+            [
+                (500, TYPE_SLICE_BEGIN),
+                (600, TYPE_SLICE_END),
+                (300, TYPE_SLICE_BEGIN),
+                (300, TYPE_SLICE_END),
+                (400, TYPE_SLICE_BEGIN),
+                (400, TYPE_SLICE_END),
+                (650, TYPE_SLICE_BEGIN),
+                (700, TYPE_SLICE_END)
+            ]
+        );
     }
 
     #[test]
@@ -649,7 +672,7 @@ mod tests {
             (12, 0, exit(v, "io")),
             (13, 0, Event::Entry { vcpu: v }),
         ];
-        let p = export(&evs, &[(5, 0, 3), (8, 0, 4)]);
+        let p = export(&evs, &[(None, 5, 0, 3), (None, 8, 0, 4)]);
         let interned: Vec<_> = p
             .iter()
             .filter_map(|p| p.interned_data.as_ref())
@@ -657,11 +680,7 @@ mod tests {
             .filter(|n| n.name.as_deref() == Some("io"))
             .collect();
         assert_eq!(interned.len(), 1);
-        let lost: Vec<_> = p
-            .iter()
-            .filter_map(|p| p.track_event.as_ref().filter(|e| e.track_uuid == Some(lost_uuid(0)))?.counter_value)
-            .collect();
-        assert_eq!(lost, [3, 7]);
+        assert_eq!(counter(&p, lost_uuid(0)), [3, 7]);
         assert_eq!(p[0].sequence_flags, Some(SEQ_INCREMENTAL_STATE_CLEARED));
     }
 }

@@ -133,7 +133,9 @@ impl Sink for Timeline {
 
     fn lost(&mut self, since: Option<u64>, ns: u64, pcpu: u32, _count: u64) -> io::Result<()> {
         let last = self.lane(ns, pcpu).last;
-        let since = since.or(last).unwrap_or(ns);
+        // At most `ns`: in a trace whose packets are out of order, the
+        // record before a loss can come after it.
+        let since = since.or(last).unwrap_or(ns).min(ns);
         let (c0, c1) = (self.col(since), self.col(ns));
         let lane = self.lanes.get_mut(&pcpu).expect("lane");
         for m in &mut lane.missing[c0..=c1] {
@@ -166,7 +168,7 @@ fn time(ns: u64) -> String {
 pub fn write_report(dir: &Path, mappings: &[&dyn Mapping], out: &mut dyn Write) -> Result<ReportSummary, Error> {
     let report = hvtrace_analysis::analyze(dir, mappings, &Options::default(), &mut |_| {}).map_err(|e| match e {
         hvtrace_analysis::Error::Read(r) => Error::Read(r),
-        e => Error::Damage { stream: dir.display().to_string(), offset: 0, what: e.to_string() },
+        e => Error::Analysis(e),
     })?;
     let mut tl = Timeline { begin: None, span: report.duration_ns.max(1), lanes: BTreeMap::new() };
     let end = walk::walk(dir, mappings, &mut tl)?.end;
@@ -419,6 +421,13 @@ mod tests {
         tl.lost(None, 3000, 0, 5).unwrap();
         let missing: Vec<usize> = (0..COLUMNS).filter(|&c| tl.lanes[&0].missing[c]).collect();
         assert_eq!(missing, (100..=300).collect::<Vec<_>>());
+        // Out of order (the record before the loss after it): only the
+        // loss's own column, no panic.
+        tl.lost(Some(6000), 5000, 0, 1).unwrap();
+        tl.model(7000, 0, Event::Entry { vcpu: v }).unwrap();
+        tl.lost(None, 6500, 0, 1).unwrap();
+        let missing: Vec<usize> = (0..COLUMNS).filter(|&c| tl.lanes[&0].missing[c]).collect();
+        assert_eq!(missing, (100..=300).chain([500, 650]).collect::<Vec<_>>());
     }
 
     #[test]

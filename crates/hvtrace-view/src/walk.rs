@@ -27,16 +27,13 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
     let write = |e: std::io::Error| Error::Write(e);
     let mut merge = Merge::new(&trace, Order::Time).map_err(Error::Read)?;
     let mut end = 0;
-    let mut trailing = Vec::new();
     while let Some(item) = merge.next_item() {
         let r = match item.map_err(Error::Read)? {
-            Item::Lost { cpu, since, at: Some(at), count, .. } => {
-                sink.lost(since.map(ns), ns(at), cpu, count).map_err(write)?;
-                continue;
-            }
-            // Losses after a stream's last record still count, at the end.
-            Item::Lost { cpu, since, at: None, count, .. } => {
-                trailing.push((since.map(ns), cpu, count));
+            // A loss after its stream's last record (`at: None`) still
+            // counts, at the end: Merge hands those out after every
+            // record, so `end` is the trace's last timestamp by then.
+            Item::Lost { cpu, since, at, count, .. } => {
+                sink.lost(since.map(ns), at.map_or(end, ns), cpu, count).map_err(write)?;
                 continue;
             }
             Item::Record(r) => r,
@@ -69,9 +66,6 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
             fields_out.push((f.name.as_str(), v));
         }
         sink.unmapped(t, r.cpu, &class.name, &fields_out).map_err(write)?;
-    }
-    for (since, cpu, count) in trailing {
-        sink.lost(since, end, cpu, count).map_err(write)?;
     }
     Ok(Walked { end, warnings: merge.warnings().to_vec() })
 }

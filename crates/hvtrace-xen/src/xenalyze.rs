@@ -63,41 +63,81 @@ fn exit_code(name: &str) -> Option<u32> {
         .or_else(|| hvtrace_sim::VmxExitReason::LABELS.iter().find(|l| l.label == name).map(|l| l.value as u32))
 }
 
-/// `count` and the average cycles of a summary row whose count is word
-/// `at` and whose average is word `at + avg_at` (`PRINT_SUMMARY`'s forms).
+/// `count` and `count` × the average cycles of a summary row whose count
+/// is word `count_at` and whose average is word `avg_at`.
 fn row(w: &[&str], count_at: usize, avg_at: usize) -> Option<(u64, u64)> {
     let count: u64 = w.get(count_at)?.parse().ok()?;
     let avg: u64 = w.get(avg_at)?.parse().ok()?;
     Some((count, count.checked_mul(avg)?))
 }
 
+/// A `NAME count seconds percent% average cyc {p5|p50|p95}` row
+/// (`PRINT_SUMMARY`'s form with cycles).
+fn cycles_row(w: &[&str]) -> Result<(u64, u64), &'static str> {
+    if w.get(5) != Some(&"cyc") {
+        return Err("`NAME count seconds percent average cyc`");
+    }
+    row(w, 1, 4).ok_or("a count and an average")
+}
+
+/// How a table reads a line under its title.
+enum Line<K> {
+    /// A row: its key, and `(count, total cycles)`.
+    Row(K, (u64, u64)),
+    /// A line of the table that is not read (a sub-row).
+    Skip,
+    /// Not the table's: it has ended.
+    End,
+}
+
+/// The tables titled `title` (a line starting so) under each vCPU of
+/// `xenalyze --summary`: each line after the title, with its words and
+/// the vCPU's `(domid, vcpu)`, goes through `read` until it says
+/// [`Line::End`], a blank line or a heading comes. The domains' own
+/// tables are left out.
+fn vcpu_tables<K: Ord>(
+    text: &str,
+    title: &str,
+    read: impl Fn((u32, u32), &str, &[&str]) -> Result<Line<K>, &'static str>,
+) -> Result<BTreeMap<K, (u64, u64)>, SummaryError> {
+    let mut place = Place::default();
+    let mut in_table = false;
+    let mut out = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if place.heading(line) {
+            in_table = false;
+        } else if line.starts_with(title) {
+            in_table = place.vcpu().is_some();
+        } else if let (true, Some(vcpu)) = (in_table, place.vcpu()) {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let read = if w.is_empty() { Ok(Line::End) } else { read(vcpu, line, &w) };
+            match read.map_err(|what| SummaryError { line: n + 1, what, text: line.to_string() })? {
+                Line::Row(k, v) => {
+                    out.insert(k, v);
+                }
+                Line::Skip => {}
+                Line::End => in_table = false,
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The `Exit reasons:` tables of `xenalyze --summary` (VMX names), per
 /// domain and vCPU: count, and count × average cycles (xenalyze prints the
 /// average rounded down).
 pub fn exits(text: &str) -> Result<Exits, SummaryError> {
-    let mut place = Place::default();
-    let mut in_table = false;
-    let mut out = Exits::new();
-    for (n, line) in text.lines().enumerate() {
-        let err = |what| SummaryError { line: n + 1, what, text: line.to_string() };
-        if place.heading(line) {
-            in_table = false;
-        } else if line.starts_with("Exit reasons:") {
-            in_table = true;
-        } else if in_table && line.starts_with(' ') && !line.starts_with("  ") {
-            // ` NAME  count  secs  pct%  avg cyc {p5|p50|p95}`; sub-handler rows are indented further.
-            let w: Vec<&str> = line.split_whitespace().collect();
-            let Some((d, v)) = place.vcpu() else { continue };
-            let code = exit_code(w[0]).ok_or(err("an exit reason xenalyze names and VMX has"))?;
-            if w.get(5) != Some(&"cyc") {
-                return Err(err("`NAME count seconds percent average cyc`"));
-            }
-            out.insert((d, v, code), row(&w, 1, 4).ok_or(err("a count and an average"))?);
-        } else if !line.starts_with(' ') {
-            in_table = false;
+    vcpu_tables(text, "Exit reasons:", |(d, v), line, w| {
+        // ` NAME  count  secs  pct%  avg cyc {p5|p50|p95}`; sub-handler rows are indented further.
+        if !line.starts_with(' ') {
+            return Ok(Line::End);
         }
-    }
-    Ok(out)
+        if line.starts_with("  ") {
+            return Ok(Line::Skip);
+        }
+        let code = exit_code(w[0]).ok_or("an exit reason xenalyze names and VMX has")?;
+        Ok(Line::Row((d, v, code), cycles_row(w)?))
+    })
 }
 
 /// The `Runstates:` tables of the vCPUs in `xenalyze --summary`:
@@ -105,70 +145,39 @@ pub fn exits(text: &str) -> Result<Exits, SummaryError> {
 /// `runnable`, `blocked`, `offline`, `lost`; the `runnable` split into
 /// wake / preempt / other is left out).
 pub fn runstates(text: &str) -> Result<Runstates, SummaryError> {
-    let mut place = Place::default();
-    let mut in_table = false;
-    let mut out = Runstates::new();
-    for (n, line) in text.lines().enumerate() {
-        let err = |what| SummaryError { line: n + 1, what, text: line.to_string() };
-        if place.heading(line) {
-            in_table = false;
-        } else if line == " Runstates:" {
-            in_table = place.vcpu().is_some();
-        } else if in_table {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            let state = match w.first().copied() {
-                Some("running:") => "running",
-                Some("runnable:") => "runnable",
-                Some("blocked:") => "blocked",
-                Some("offline:") => "offline",
-                Some("lost:") => "lost",
-                Some("wake:" | "preempt:" | "other:" | "init:" | "queued:") => continue,
-                _ => {
-                    in_table = false;
-                    continue;
-                }
-            };
-            let Some((d, v)) = place.vcpu() else { continue };
-            // `state:  count  seconds  average {p5|p50|p95}`
-            out.insert((d, v, state), row(&w, 1, 3).ok_or(err("`state: count seconds average`"))?);
-        }
-    }
-    Ok(out)
+    vcpu_tables(text, " Runstates:", |(d, v), _, w| {
+        let state = match w[0] {
+            "running:" => "running",
+            "runnable:" => "runnable",
+            "blocked:" => "blocked",
+            "offline:" => "offline",
+            "lost:" => "lost",
+            "wake:" | "preempt:" | "other:" | "init:" | "queued:" => return Ok(Line::Skip),
+            _ => return Ok(Line::End),
+        };
+        // `state:  count  seconds  average {p5|p50|p95}`
+        Ok(Line::Row((d, v, state), row(w, 1, 3).ok_or("`state: count seconds average`")?))
+    })
 }
 
 /// The `IO address summary:` tables of the vCPUs in `xenalyze --summary`
 /// (the port I/O exits by port and direction): count, and count × average
 /// cycles.
 pub fn io_ports(text: &str) -> Result<IoPorts, SummaryError> {
-    let mut place = Place::default();
-    let mut in_table = false;
-    let mut out = IoPorts::new();
-    for (n, line) in text.lines().enumerate() {
-        let err = |what| SummaryError { line: n + 1, what, text: line.to_string() };
-        if place.heading(line) {
-            in_table = false;
-        } else if line == "IO address summary:" {
-            in_table = place.vcpu().is_some();
-        } else if in_table && line.starts_with(' ') {
-            // `    3f8:[w]   count  seconds  pct%  avg cyc {p5|p50|p95}`
-            let w: Vec<&str> = line.split_whitespace().collect();
-            let (port, dir) = w[0].split_once(':').ok_or(err("`port:[r]` or `port:[w]`"))?;
-            let port = u16::from_str_radix(port, 16).map_err(|_| err("a port in hex"))?;
-            let access = match dir {
-                "[r]" => "read",
-                "[w]" => "write",
-                _ => return Err(err("`[r]` or `[w]`")),
-            };
-            if w.get(5) != Some(&"cyc") {
-                return Err(err("`port:[dir] count seconds percent average cyc`"));
-            }
-            let Some((d, v)) = place.vcpu() else { continue };
-            out.insert((d, v, port, access), row(&w, 1, 4).ok_or(err("a count and an average"))?);
-        } else {
-            in_table = false;
+    vcpu_tables(text, "IO address summary:", |(d, v), line, w| {
+        if !line.starts_with(' ') {
+            return Ok(Line::End);
         }
-    }
-    Ok(out)
+        // `    3f8:[w]   count  seconds  pct%  avg cyc {p5|p50|p95}`
+        let (port, dir) = w[0].split_once(':').ok_or("`port:[r]` or `port:[w]`")?;
+        let port = u16::from_str_radix(port, 16).map_err(|_| "a port in hex")?;
+        let access = match dir {
+            "[r]" => "read",
+            "[w]" => "write",
+            _ => return Err("`[r]` or `[w]`"),
+        };
+        Ok(Line::Row((d, v, port, access), cycles_row(w)?))
+    })
 }
 
 #[cfg(test)]
@@ -224,5 +233,8 @@ IO address summary:
         assert_eq!(runstates(&bad).unwrap_err().line, 6);
         let bad = SUMMARY.replace("3f8:[w]", "3f8:[x]");
         assert_eq!(io_ports(&bad).unwrap_err().line, 19);
+        // A blank line ends a table (its first word was read unchecked).
+        let blank = SUMMARY.replace("Exit reasons:\n", "Exit reasons:\n \n");
+        assert_eq!(exits(&blank).unwrap(), Exits::new());
     }
 }

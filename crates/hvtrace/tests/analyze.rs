@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 mod views;
-use views::{babeltrace_exits, hvtrace, last_json, stderr};
+use views::{babeltrace_exits, demo, hvtrace, last_json, stderr};
 
 fn tempdir(what: &str) -> PathBuf {
     views::tempdir("analyze", what)
@@ -63,10 +63,8 @@ fn kvm_exits_per_vcpu_and_reason_match_the_vmm_and_babeltrace2() {
 #[test]
 fn a_sim_trace_gives_tables_json_and_csv() {
     let tmp = tempdir("sim");
-    let dir = tmp.join("trace");
+    let dir = demo(&tmp, &["--cpus", "2", "--events-per-cpu", "20000"]);
     let d = dir.to_str().unwrap();
-    let out = hvtrace(&["demo", "--output", d, "--cpus", "2", "--events-per-cpu", "20000"]);
-    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
 
     let csv = tmp.join("csv");
     let out = hvtrace(&["analyze", d, "--csv", csv.to_str().unwrap()]);

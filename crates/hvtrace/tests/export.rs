@@ -13,7 +13,7 @@ use std::process::Command;
 use serde_json::Value;
 
 mod views;
-use views::{babeltrace_count, babeltrace_exits, damaged_demo, hvtrace, imported_xentrace, stderr, vmx_reason};
+use views::{babeltrace_count, babeltrace_exits, damaged_demo, demo, hvtrace, imported_xentrace, stderr, vmx_reason};
 
 fn tempdir(what: &str) -> PathBuf {
     views::tempdir("export", what)
@@ -96,9 +96,7 @@ fn a_kvm_export_has_one_slice_per_vm_exit_record_named_by_its_reason() {
 #[test]
 fn a_simulated_xen_export_decodes_balanced_with_exits_hypercalls_and_pcpus() {
     let tmp = tempdir("sim");
-    let dir = tmp.join("trace");
-    let out = hvtrace(&["demo", "--output", dir.to_str().unwrap(), "--cpus", "2", "--events-per-cpu", "20000"]);
-    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
+    let dir = demo(&tmp, &["--cpus", "2", "--events-per-cpu", "20000"]);
     let Some(check) = export_and_check(&dir) else { return };
     let slices = check["slices"].as_object().unwrap();
     let count =
@@ -195,6 +193,47 @@ fn a_missing_trace_is_a_clear_error_and_leaves_no_output_file() {
         assert_eq!(out.status.code(), Some(2), "{cmd}: a trace that cannot be read is status 2: {log}");
         assert!(log.contains("nothing") && !log.contains("panicked"), "{cmd}: {log}");
         assert!(!file.exists(), "{cmd} left an output file behind");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Two packets of a stream swapped: time runs backwards in it, and a loss's
+/// last record before it comes after it. Both views still write their file
+/// (they panicked on it: `clamp` and a reversed column range).
+#[test]
+fn packets_out_of_order_are_exported_and_reported_without_a_panic() {
+    let tmp = tempdir("swapped");
+    let dir = demo(&tmp, &["--cpus", "1", "--events-per-cpu", "20000", "--subbuf-size", "16384"]);
+    let d = dir.to_str().unwrap();
+    let f = dir.join("channel0_0");
+    let mut b = std::fs::read(&f).unwrap();
+    assert!(b.len() >= 6 * 16384, "{} bytes", b.len());
+    let (head, tail) = b.split_at_mut(5 * 16384);
+    head[3 * 16384..4 * 16384].swap_with_slice(&mut tail[..16384]);
+    std::fs::write(&f, &b).unwrap();
+    for (cmd, file) in [("export", "x.pftrace"), ("report", "x.html")] {
+        let file = tmp.join(file);
+        let out = hvtrace(&[cmd, d, "--output", file.to_str().unwrap()]);
+        let log = stderr(&out);
+        assert!(!log.contains("panicked"), "{cmd}: {log}");
+        assert_eq!(out.status.code(), Some(0), "{cmd}: {log}");
+        assert!(std::fs::metadata(&file).unwrap().len() > 0, "{cmd} wrote nothing");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A full disk is a clear error, status 1, saying its cause once.
+#[test]
+fn an_output_that_cannot_be_written_says_why_once() {
+    let tmp = tempdir("full");
+    let dir = demo(&tmp, &["--cpus", "1", "--events-per-cpu", "2000"]);
+    let d = dir.to_str().unwrap();
+    for cmd in ["export", "report"] {
+        let out = hvtrace(&[cmd, d, "--output", "/dev/full"]);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{cmd}: {log}");
+        assert!(log.contains("cannot write the output"), "{cmd}: {log}");
+        assert_eq!(log.matches("No space left on device").count(), 1, "{cmd}: {log}");
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -9,17 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod views;
-use views::{babeltrace_count, damaged_demo, hvtrace, imported_xentrace, stderr, vmx_reason};
+use views::{babeltrace_count, damaged_demo, demo, hvtrace, imported_xentrace, stderr, vmx_reason};
 
 fn tempdir(what: &str) -> PathBuf {
     views::tempdir("report", what)
 }
 
 fn demo_report(tmp: &Path, events_per_cpu: u32) -> String {
-    let dir = tmp.join("trace");
-    let n = events_per_cpu.to_string();
-    let out = hvtrace(&["demo", "--output", dir.to_str().unwrap(), "--cpus", "2", "--events-per-cpu", &n]);
-    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
+    let dir = demo(tmp, &["--cpus", "2", "--events-per-cpu", &events_per_cpu.to_string()]);
     let html = tmp.join("report.html");
     let out = hvtrace(&["report", dir.to_str().unwrap(), "--output", html.to_str().unwrap()]);
     assert!(out.status.success(), "hvtrace report failed: {}", stderr(&out));

@@ -1,7 +1,6 @@
 //! `hvtrace report`: one HTML page of a trace (the work is
 //! `hvtrace_view::write_report`; this parses and writes the file).
 
-use std::io::BufWriter;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -30,7 +29,7 @@ pub struct Args {
 
 /// Runs `hvtrace report`.
 pub fn run(a: Args) -> Result<Status> {
-    let s = to_file(&a.output, |f| Ok(hvtrace_view::write_report(&a.dir, MAPPINGS, &mut BufWriter::new(f))?))?;
+    let s = to_file(&a.output, |f| Ok(hvtrace_view::write_report(&a.dir, MAPPINGS, f)?))?;
     note(format_args!(
         "hvtrace report: {} bytes, {} pCPUs, {} vCPUs to {}",
         s.bytes,

@@ -31,6 +31,14 @@ pub fn tempdir(suite: &str, what: &str) -> PathBuf {
     d
 }
 
+/// `hvtrace demo --output tmp/trace ARGS`, which must succeed; the trace.
+pub fn demo(tmp: &Path, args: &[&str]) -> PathBuf {
+    let dir = tmp.join("trace");
+    let out = hvtrace(&[&["demo", "--output", dir.to_str().unwrap()], args].concat());
+    assert!(out.status.success(), "hvtrace demo failed: {}", stderr(&out));
+    dir
+}
+
 /// The last line of a command's stdout, as JSON.
 pub fn last_json(out: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
