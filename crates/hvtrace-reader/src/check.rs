@@ -375,12 +375,13 @@ fn raw(b: &[u8]) -> Raw {
 
 /// The order of packets in a stream: `packet_seq_num` increases, time does
 /// not go back, the cumulative loss count does not shrink.
+/// The merge walk holds its packets to the same order.
 #[derive(Clone, Copy, Debug)]
-struct Order {
-    seq: u64,
-    begin: u64,
-    end: u64,
-    discarded: u64,
+pub(crate) struct Order {
+    pub(crate) seq: u64,
+    pub(crate) begin: u64,
+    pub(crate) end: u64,
+    pub(crate) discarded: u64,
 }
 
 impl Order {
@@ -389,7 +390,7 @@ impl Order {
     }
 
     /// The first field in which `next` cannot follow `self`.
-    fn breaks(&self, next: &Order) -> Option<OrderField> {
+    pub(crate) fn breaks(&self, next: &Order) -> Option<OrderField> {
         if next.seq <= self.seq {
             Some(OrderField::Seq)
         } else if next.begin < self.end {
@@ -401,7 +402,7 @@ impl Order {
         }
     }
 
-    fn value(&self, f: OrderField, as_prev: bool) -> u64 {
+    pub(crate) fn value(&self, f: OrderField, as_prev: bool) -> u64 {
         match f {
             OrderField::Seq => self.seq,
             OrderField::Time if as_prev => self.end,

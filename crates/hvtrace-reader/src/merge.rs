@@ -33,7 +33,7 @@
 use hvtrace_core::decode::Record;
 use hvtrace_model::{Bindings, Event};
 
-use crate::check::{check_kernel_stream, check_stream, Expect};
+use crate::check::{check_kernel_stream, check_stream, Expect, Order as PacketOrder, ProblemKind};
 use crate::dir::{PacketError, ReadError, StreamFile, TraceDir};
 use crate::model::{Layouts, RecordFields};
 use crate::stream::PacketReader;
@@ -138,10 +138,15 @@ pub struct StreamWalk {
     pub events_discarded: u64,
 }
 
-/// Why a packet is not read: it does not decode, or is not this stream's.
+/// Why a packet is not read: it does not decode, is not this stream's, or
+/// cannot follow the packet read before it.
 struct Bad {
     offset: u64,
     what: String,
+    /// Out of order: `check` may still find the packet intact (it may find
+    /// the one read before it the odd one out), but its records would go
+    /// back in time behind records already handed out.
+    order: bool,
 }
 
 /// One stream's walk.
@@ -156,7 +161,8 @@ struct Cursor {
     /// A loss before the next record: since when (the last record), how many.
     pending: Option<(Option<u64>, u64)>,
     last_ts: Option<u64>,
-    last_seq: Option<u64>,
+    /// The order fields of the last packet read.
+    last: Option<PacketOrder>,
     /// Whether the stream is being walked over `check`'s intact packets.
     checked: bool,
 }
@@ -170,12 +176,12 @@ impl Cursor {
             None => return Ok(None),
             Some(Err(source)) => return Err(ReadError::Io { path: self.file.path.clone(), what: "read", source }),
             Some(Ok(Err(PacketError { offset, error }))) => {
-                return Ok(Some(Err(Bad { offset: offset as u64, what: error.to_string() })))
+                return Ok(Some(Err(Bad { offset: offset as u64, what: error.to_string(), order: false })))
             }
             Some(Ok(Ok(p))) => p,
         };
         let offset = p.offset as u64;
-        let bad = |what: String| Ok(Some(Err(Bad { offset, what })));
+        let bad = |what: String| Ok(Some(Err(Bad { offset, what, order: false })));
         let i = &p.info;
         // What `check` asks of a packet's header, cheaply, so that the fast
         // walk takes no packet the check would not.
@@ -190,6 +196,20 @@ impl Cursor {
         }
         if i.timestamp_begin > i.timestamp_end {
             return bad(format!("timestamp_begin {} after timestamp_end {}", i.timestamp_begin, i.timestamp_end));
+        }
+        // The order `check` asks of a stream's packets, against the last one read.
+        let order =
+            PacketOrder { seq: i.seq, begin: i.timestamp_begin, end: i.timestamp_end, discarded: i.events_discarded };
+        if let Some(prev) = self.last {
+            if let Some(field) = prev.breaks(&order) {
+                let kind = ProblemKind::OutOfOrder {
+                    field,
+                    value: order.value(field, false),
+                    prev: Some(prev.value(field, true)),
+                    next: None,
+                };
+                return Ok(Some(Err(Bad { offset, what: kind.to_string(), order: true })));
+            }
         }
         self.slots.clear();
         self.next = 0;
@@ -218,8 +238,8 @@ impl Cursor {
         self.walk.packets += 1;
         // A packet that does not follow the previous one (the ones between
         // were damaged and skipped) is a gap of unknown size.
-        let skipped = self.last_seq.is_some_and(|s| i.seq != s.wrapping_add(1));
-        self.last_seq = Some(i.seq);
+        let skipped = self.last.is_some_and(|l| i.seq != l.seq.wrapping_add(1));
+        self.last = Some(order);
         let lost = i.events_discarded.saturating_sub(self.walk.events_discarded);
         self.walk.events_discarded = self.walk.events_discarded.max(i.events_discarded);
         if lost > 0 || skipped {
@@ -242,6 +262,13 @@ impl Cursor {
                 }
                 Some(Ok(())) if self.slots.is_empty() => {}
                 Some(Ok(())) => return Ok(true),
+                Some(Err(bad)) if self.checked && bad.order => {
+                    // Skipped; the next packet read shows the gap as a loss.
+                    warnings.push(format!(
+                        "{}: skipped the packet at byte {} ({}): it cannot follow the packet read before it",
+                        self.file.name, bad.offset, bad.what
+                    ));
+                }
                 Some(Err(bad)) if self.checked => {
                     // The checker vouched for this packet: a disagreement
                     // is an error, not hidden.
@@ -363,7 +390,7 @@ impl Merge {
                 next: 0,
                 pending: None,
                 last_ts: None,
-                last_seq: None,
+                last: None,
                 checked: false,
             };
             c.load(&shared, &mut warnings)?;

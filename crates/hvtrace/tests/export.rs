@@ -199,7 +199,8 @@ fn a_missing_trace_is_a_clear_error_and_leaves_no_output_file() {
 
 /// Two packets of a stream swapped: time runs backwards in it, and a loss's
 /// last record before it comes after it. Both views still write their file
-/// (they panicked on it: `clamp` and a reversed column range).
+/// (they panicked on it: `clamp` and a reversed column range), and the
+/// export is sound.
 #[test]
 fn packets_out_of_order_are_exported_and_reported_without_a_panic() {
     let tmp = tempdir("swapped");
@@ -218,7 +219,12 @@ fn packets_out_of_order_are_exported_and_reported_without_a_panic() {
         assert!(!log.contains("panicked"), "{cmd}: {log}");
         assert_eq!(out.status.code(), Some(0), "{cmd}: {log}");
         assert!(std::fs::metadata(&file).unwrap().len() > 0, "{cmd} wrote nothing");
+        // The walk reads no packet that cannot follow the one before it.
+        assert!(log.contains("cannot follow the packet read before it"), "{cmd}: {log}");
     }
+    // So time never goes back on a track (check-perfetto found 12 places
+    // where it did while the walk read the packets as they lay).
+    check(&tmp.join("x.pftrace"));
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
