@@ -206,6 +206,8 @@ fn a_live_viewer_moves_past_a_silent_cpu_and_reads_every_event() {
     rc.linger = Some(Duration::from_secs(3));
     let cfg = ConsumerConfig { output: None, relay: Some(rc), ..ConsumerConfig::new(&sock, "") };
     let run = run_in_thread(Consumer::attach(&cfg).unwrap());
+    // A viewer asks for the session once; it must exist by then.
+    relay.wait_for_session("live", Duration::from_secs(60)).unwrap();
     let mut viewer = Command::new("babeltrace2")
         .arg(relay.live_url(HOST, "live"))
         .arg("--params=session-not-found-action=\"end\"")

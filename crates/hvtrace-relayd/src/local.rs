@@ -102,11 +102,24 @@ impl LocalRelayd {
         self.output.join(hostname).join(session)
     }
 
+    /// Waits (at most `limit`) until the relay lists `session`: a viewer
+    /// started before that, told to end when the session is not found (as
+    /// tests tell it, so that it cannot hang), ends at once.
+    pub fn wait_for_session(&self, session: &str, limit: Duration) -> io::Result<()> {
+        self.wait_listed(session, limit, "no session", |_| true)
+    }
+
     /// Waits (at most `limit`) until the relay lists a viewer attached to
-    /// `session`, asking it with `babeltrace2 -i lttng-live` (which must be
-    /// installed). A viewer attaches "at the last index": one that must see
+    /// `session`. A viewer attaches "at the last index": one that must see
     /// a session from its start has to be attached before it records.
     pub fn wait_for_viewer(&self, session: &str, limit: Duration) -> io::Result<()> {
+        self.wait_listed(session, limit, "no viewer on", |l| !l.contains(" 0 client(s)"))
+    }
+
+    /// Waits until the relay's session list, asked with `babeltrace2 -i
+    /// lttng-live` (which must be installed), has a line for `session` that
+    /// `ok` accepts.
+    fn wait_listed(&self, session: &str, limit: Duration, what: &str, ok: impl Fn(&str) -> bool) -> io::Result<()> {
         let t = Instant::now();
         loop {
             let o = Command::new("babeltrace2")
@@ -115,11 +128,11 @@ impl LocalRelayd {
                 .output()?;
             let list = String::from_utf8_lossy(&o.stdout);
             // "net://…/host/H/SESSION (timer = …, N stream(s), 1 client(s) connected)"
-            if list.lines().any(|l| l.contains(&format!("/{session} ")) && !l.contains(" 0 client(s)")) {
+            if list.lines().any(|l| l.contains(&format!("/{session} ")) && ok(l)) {
                 return Ok(());
             }
             if t.elapsed() > limit {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no viewer on {session}: {list}")));
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{what} {session}: {list}")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -191,6 +191,8 @@ fn a_live_viewer_attached_before_start_reads_events_while_recording_and_all_of_t
     let consumer = consume(&sock, &["--relayd", &url, "--session", "live", "--live-timer", "200", "--linger", "3000"]);
     wait_mapped(&sock);
     let hostname = host_name();
+    // A viewer asks for the session once; it must exist by then.
+    relay.wait_for_session("live", Duration::from_secs(60)).unwrap();
     let mut viewer = Kid(Command::new("babeltrace2")
         .arg(relay.live_url(&hostname, "live"))
         .arg("--params=session-not-found-action=\"end\"")
