@@ -326,6 +326,28 @@ fn analyze_splits_kvm_exits_between_kernel_and_vmm_from_kvm_exit_and_kvm_entry()
     let in_kernel: Vec<_> = k.in_kernel.iter().map(|x| (x.reason.as_str(), x.count, x.total_ns, x.timed)).collect();
     assert_eq!(in_kernel, [("EPT_VIOLATION", 1, 250, 1)]);
     assert_eq!(k.exits_in_kernel, 1);
+    // The same figures in the text tables and in kernel_split.csv.
+    let mut text = Vec::new();
+    hvtrace_analysis::write_text(&r, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    let row = |first: &str| rows.iter().find(|r| r.first() == Some(&first)).cloned();
+    assert_eq!(row("io"), Some(vec!["io", "2", "2", "0.70", "2", "6.00", "2", "10.45%"]), "{text}");
+    assert_eq!(row("EPT_VIOLATION").map(|r| r.len()), Some(11), "the exits table's row: {text}");
+    assert!(text.contains("Exits that never reached user space: 1"), "{text}");
+    let in_kernel_row = rows.iter().rfind(|r| r.first() == Some(&"EPT_VIOLATION")).cloned();
+    assert_eq!(in_kernel_row, Some(vec!["EPT_VIOLATION", "48", "1", "0.25", "1"]), "{text}");
+    let csv = tempfile::tempdir().unwrap();
+    hvtrace_analysis::write_csv(&r, csv.path()).unwrap();
+    let split = std::fs::read_to_string(csv.path().join("kernel_split.csv")).unwrap();
+    assert_eq!(
+        split.lines().collect::<Vec<_>>(),
+        [
+            "domain,vcpu,side,reason,code,count,kernel_ns,kernel_timed,vmm_ns,vmm_timed",
+            "0,0,to_vmm,io,2,2,700,2,6000,2",
+            "0,0,in_kernel,EPT_VIOLATION,48,1,250,1,0,0",
+        ]
+    );
     // From inside the first exit's kernel half: both hand-overs are in the
     // window, so both are counted and timed whole (counted out and timed
     // in, the first one made vmm_timed exceed count).
