@@ -30,7 +30,7 @@ pub mod tracefs;
 pub use convert::{EventTable, KernelStream, StreamCounts, KERNEL_STREAM_ID, METADATA_MARKER};
 pub use model::MAPPING;
 pub use record::{stream_file_name, CpuReport, KernelRecorder, KernelReport, KernelSource, STREAM_PREFIX};
-pub use tracefs::{CpuStats, Instance, InstanceConfig, TraceClock, DEFAULT_EVENTS, DEFAULT_EVENT_LIST};
+pub use tracefs::{CpuStats, Instance, InstanceConfig, TraceClock, DEFAULT_EVENTS};
 
 /// Why the kernel's events cannot be recorded.
 #[derive(Debug, thiserror::Error)]

@@ -73,9 +73,6 @@ impl InstanceConfig {
 /// is which vCPU, named as the VMM starts it).
 pub const DEFAULT_EVENTS: &[&str] = &["kvm:*", "sched:sched_switch", "task:task_rename"];
 
-/// [`DEFAULT_EVENTS`] as one comma-separated list (a command line's default).
-pub const DEFAULT_EVENT_LIST: &str = "kvm:*,sched:sched_switch,task:task_rename";
-
 /// A CPU's loss counters from `per_cpu/cpuN/stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuStats {
@@ -388,11 +385,6 @@ mod tests {
             self.offset += n;
             Ok(n)
         }
-    }
-
-    #[test]
-    fn the_default_event_list_is_the_default_events() {
-        assert_eq!(DEFAULT_EVENTS.join(","), DEFAULT_EVENT_LIST);
     }
 
     #[test]

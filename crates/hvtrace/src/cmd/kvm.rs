@@ -71,12 +71,13 @@ pub struct Args {
     /// Also record the kernel's half: KVM's tracepoints (and the scheduler's)
     /// of this VMM's threads, read by the consumer from a private tracefs
     /// instance into the same trace (`kernel_<cpu>` streams, same metadata,
-    /// same clock). Optionally the events, comma-separated (default
-    /// `kvm:*,sched:sched_switch,task:task_rename`, as `record-kernel`). Then, per vCPU, the kernel's
+    /// same clock). Optionally the events, comma-separated (by default
+    /// those of `record-kernel --events`). Then, per vCPU, the kernel's
     /// `kvm_userspace_exit` and `kvm_pio` counts must equal the VMM's KVM_RUN
     /// returns and port-I/O exits. Needs root.
-    #[arg(long, num_args = 0..=1, default_missing_value = hvtrace_ftrace::DEFAULT_EVENT_LIST, value_name = "EVENTS")]
-    pub kernel_events: Option<String>,
+    #[arg(long, num_args = 0..=1, value_delimiter = ',', value_name = "EVENTS",
+          default_missing_values = hvtrace_ftrace::DEFAULT_EVENTS.iter().copied())]
+    pub kernel_events: Option<Vec<String>>,
     /// Record through shared per-CPU writers instead of pinning each vCPU
     /// thread to its own CPU and giving it that CPU's ring (the default when
     /// there are no more vCPUs than online CPUs).
@@ -244,9 +245,8 @@ pub fn run(a: Args) -> Result<Status> {
         Some(events) => {
             // Fails here, with the reason, if tracefs or root is missing
             // (the consumer's stderr is not shown with --json).
-            let events: Vec<String> = events.split(',').map(str::to_string).collect();
             let clock = hvtrace_host::ClockSource::detect();
-            drop(KernelSource::open(&instance_config(std::process::id(), &events, 1024, clock))?);
+            drop(KernelSource::open(&instance_config(std::process::id(), events, 1024, clock))?);
             vec!["--kernel-pid".into(), std::process::id().to_string(), "--kernel-events".into(), events.join(",")]
         }
         None => Vec::new(),
@@ -539,4 +539,27 @@ fn print_summary(out: &mut impl Write, s: &Summary, rings: &[RingCount], json: b
         session::print_open_hints(out, trace)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        kvm: super::Args,
+    }
+
+    fn kernel_events(args: &[&str]) -> Option<Vec<String>> {
+        Cli::try_parse_from(["kvm", "--output", "t"].iter().chain(args)).unwrap().kvm.kernel_events
+    }
+
+    #[test]
+    fn kernel_events_alone_are_the_libraries_default_events() {
+        assert_eq!(kernel_events(&[]), None);
+        assert_eq!(kernel_events(&["--kernel-events"]).unwrap(), hvtrace_ftrace::DEFAULT_EVENTS);
+        assert_eq!(kernel_events(&["--kernel-events", "--vcpus", "1"]).unwrap(), hvtrace_ftrace::DEFAULT_EVENTS);
+        assert_eq!(kernel_events(&["--kernel-events", "kvm:kvm_pio,sched:*"]).unwrap(), ["kvm:kvm_pio", "sched:*"]);
+    }
 }
