@@ -24,8 +24,9 @@ pub fn stream_file_name(cpu: u32) -> String {
     format!("{STREAM_PREFIX}_{cpu}")
 }
 
-/// A configured instance, not recording yet: its event classes are known,
-/// so its metadata can be written before the first page.
+/// A configured instance, recording into the kernel's per-CPU buffers
+/// until [`KernelSource::start`]'s reader drains them: its event classes
+/// are known, so its metadata can be written before the first page.
 #[derive(Debug)]
 pub struct KernelSource {
     instance: Instance,
@@ -76,12 +77,19 @@ impl KernelReport {
 }
 
 impl KernelSource {
-    /// Creates the instance for `cfg` and reads its events' formats.
-    /// Nothing is recorded until [`KernelSource::start`].
+    /// Creates the instance for `cfg`, reads its events' formats and turns
+    /// recording on: the one place that does. Every caller wants the
+    /// kernel's events from before the trace says it has begun (its
+    /// metadata, a consumer's attach after which the VMM may run), and
+    /// the kernel's buffers hold them until [`KernelSource::start`]'s
+    /// reader drains them (what they cannot hold is counted in `stats`,
+    /// and so in the trace). Recording ends with [`KernelRecorder::stop`],
+    /// or when the source is dropped (the instance is removed).
     pub fn open(cfg: &InstanceConfig) -> Result<KernelSource, FtraceError> {
         let instance = Instance::create(cfg)?;
         let table = EventTable::new(instance.event_formats()?)?;
         let cpus = hvtrace_sys::cpu::online_cpus().into_iter().map(|c| c as u32).collect();
+        instance.set_tracing(true)?;
         Ok(KernelSource { instance, table, cpus })
     }
 
@@ -108,9 +116,9 @@ impl KernelSource {
 
     /// Creates the stream file `kernel_<cpu>` of every CPU with `create`
     /// (the trace directory's owner creates its files: the consumer's under
-    /// its directory descriptor, with the trace's mode and group), turns
-    /// recording on and starts the reader thread. `uuid` is the trace's
-    /// (packet headers).
+    /// its directory descriptor, with the trace's mode and group) and
+    /// starts the reader thread, which drains what was recorded since
+    /// [`KernelSource::open`]. `uuid` is the trace's (packet headers).
     pub fn start(
         self,
         create: &mut dyn FnMut(&str) -> io::Result<File>,
@@ -132,7 +140,6 @@ impl KernelSource {
                 lost: 0,
             });
         }
-        self.instance.set_tracing(true)?;
         let page = vec![0u8; self.instance.page_size()];
         let reader = Reader { cpus, source: self, stop: Arc::clone(&stop), page, errors: Vec::new() };
         let thread = std::thread::Builder::new()

@@ -298,7 +298,8 @@ impl Instance {
         fs::read_to_string(self.dir.join(file)).map_err(self.io_err("reading", file))
     }
 
-    /// Turns recording on or off (`tracing_on`).
+    /// Turns recording on or off (`tracing_on`). A `KernelSource` turns it
+    /// on when it opens and off when its recording stops.
     pub fn set_tracing(&self, on: bool) -> Result<(), FtraceError> {
         self.write("tracing_on", if on { "1" } else { "0" })
     }

@@ -192,9 +192,10 @@ fn decoded_records_equal_the_kernels_own_text_rendering() {
     };
     std::fs::write(dir.path().join("metadata"), source.table().standalone_metadata(&desc)).unwrap();
 
-    source.instance().set_tracing(true).unwrap();
+    assert_eq!(source.instance().read("tracing_on").unwrap().trim(), "1", "open records");
     let cfg = VmmConfig { vcpus: 1, iterations: 20, workload: Workload::default() };
     Vmm::run(&cfg, &NullObserver).unwrap();
+    // Paused, so that the kernel's text and the reader see the same events.
     source.instance().set_tracing(false).unwrap();
     let text = source.instance().read("trace").unwrap();
     let report = source.start(&mut |n| std::fs::File::create_new(dir.path().join(n)), uuid).unwrap().stop().unwrap();

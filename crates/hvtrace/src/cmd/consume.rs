@@ -119,8 +119,10 @@ pub fn run(a: Args) -> Result<Status> {
         r
     });
     // The kernel source first: its event classes go into the metadata the
-    // consumer writes, and a missing tracefs or root fails before anything
-    // is written.
+    // consumer writes, a missing tracefs or root fails before anything is
+    // written, and it records from now on, before the attach after which
+    // the host may start the VMM (the kernel's buffers hold the events
+    // until the reader runs; what they cannot hold is counted).
     let kernel = match a.kernel_pid {
         Some(_) if a.output.is_none() => anyhow::bail!("--kernel-pid writes kernel streams: it needs --output"),
         Some(pid) => {
@@ -139,12 +141,6 @@ pub fn run(a: Args) -> Result<Status> {
         group: a.group,
         metadata_suffix,
     };
-    // The kernel records from before the attach: the host may start the VMM
-    // as soon as we are attached, before the reader runs (the kernel's
-    // buffer holds the events meanwhile; what it cannot hold is counted).
-    if let Some(k) = &kernel {
-        k.instance().set_tracing(true)?;
-    }
     let consumer = Consumer::attach(&cfg)?;
     let output = consumer.output().map(Path::to_path_buf);
     let kernel = match (kernel, &output) {

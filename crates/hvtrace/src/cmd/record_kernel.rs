@@ -142,6 +142,7 @@ pub fn run(a: Args) -> Result<Status> {
     }
     let exited = hvtrace_sys::proc::exit_fd(a.pid).with_context(|| format!("no process {} to trace", a.pid))?;
     let clock = HostClock::detect(Duration::from_millis(50));
+    // Recording from here on, before `metadata` appears (which says it has begun).
     let source = KernelSource::open(&instance_config(a.pid, &a.events, a.buffer_kb, clock.source()))?;
     let removed_stale = source.removed_stale().to_vec();
     for s in &removed_stale {
@@ -157,8 +158,6 @@ pub fn run(a: Args) -> Result<Status> {
         clock: clock.desc(),
     };
     let metadata = source.table().standalone_metadata(&desc);
-    // Recording from before `metadata` appears (which says it has begun).
-    source.instance().set_tracing(true)?;
     // Created as the consumer creates its traces: one directory descriptor,
     // O_CREAT | O_EXCL | O_NOFOLLOW, the trace's mode and group.
     let (dir, _metadata) =
