@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use hvtrace_consumer::{MappedMetaLog, MappedReader};
 use hvtrace_core::decode::packet_info;
 use hvtrace_core::{Geometry, Poll};
 use hvtrace_ctl::Client;
 use hvtrace_proto::{Reply, Request};
-use hvtrace_sys::{MappedMetaLog, MappedReader, SharedMapping};
+use hvtrace_sys::SharedMapping;
 
 /// Arguments of `hvtrace-bench poll-consume`.
 #[derive(clap::Args, Debug)]

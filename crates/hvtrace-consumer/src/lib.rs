@@ -65,10 +65,13 @@
 //! there is no account, no `INCOMPLETE` marker, and what is lost is only
 //! counted in the [`Report`]. The after-write check above covers both sinks
 //! (the relay's copy is taken before the packet is released).
-#![forbid(unsafe_code)]
+// No `unsafe` but in `mapped` (the core's readers over the mappings).
+#![deny(unsafe_code)]
 
 mod control;
 mod error;
+#[allow(unsafe_code)]
+mod mapped;
 mod metadata;
 mod output;
 mod relay;
@@ -88,11 +91,12 @@ use std::time::{Duration, Instant};
 use hvtrace_core::{Geometry, Mode};
 use hvtrace_proto::{ChannelState, ErrorCode, MapInfo, Reply, Request, RingInfo, StatusInfo};
 use hvtrace_reader::account::Account;
-use hvtrace_sys::{EventFd, MappedReader, Poller, SharedMapping};
+use hvtrace_sys::{EventFd, Poller, SharedMapping};
 
 use control::Control;
 pub use error::ConsumerError;
 pub use hvtrace_relayd::RelaydUrl;
+pub use mapped::{MappedMetaLog, MappedReader};
 use metadata::MetadataLog;
 pub use metadata::MetadataReport;
 pub use output::{Access, OutputDir, ACCOUNT, INCOMPLETE};

@@ -32,10 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use hvtrace_proto::MAX_METADATA_LEN;
-use hvtrace_sys::{MappedMetaLog, SharedMapping};
+use hvtrace_sys::SharedMapping;
 use serde::Serialize;
 
-use crate::ConsumerError;
+use crate::{ConsumerError, MappedMetaLog};
 
 /// What happened to the metadata the host published after attach.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -14,13 +14,13 @@ use hvtrace_core::ring::PacketRef;
 use hvtrace_core::ring::Poll;
 use hvtrace_core::{Mode, RingReader};
 use hvtrace_reader::account::StreamAccount;
-use hvtrace_sys::{EventFd, MappedReader, Poller};
+use hvtrace_sys::{EventFd, Poller};
 
 use crate::metadata::MetadataLog;
 use crate::relay::RingRelay;
 use crate::report::RingReport;
 use crate::stream::StreamFile;
-use crate::ConsumerError;
+use crate::{ConsumerError, MappedReader};
 
 /// Something that lends a [`RingReader`]: a ring mapped from a host
 /// ([`MappedReader`]), or a heap ring in tests.

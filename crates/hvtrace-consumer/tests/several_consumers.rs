@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use hvtrace_consumer::MappedReader;
 use hvtrace_consumer::{Consumer, ConsumerConfig, ConsumerError};
 use hvtrace_core::Geometry;
 use hvtrace_proto::{ChannelConfig, ErrorCode, Mode, Reply, Request};
-use hvtrace_sys::{MappedReader, SharedMapping};
+use hvtrace_sys::SharedMapping;
 
 /// A consumer that mapped the channel and let go of it, keeping the
 /// control memfd: returns it, each ring's consumer-words offset, and a

@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use hvtrace_consumer::MappedMetaLog;
 use hvtrace_core::decode::records;
 use hvtrace_core::{EventSet, Poll, RingReader};
 use hvtrace_ctl::{Client, CtlError};
 use hvtrace_host::Host;
 use hvtrace_proto::{ChannelConfig, ChannelState, ErrorCode, Mode, Reply, Request};
 use hvtrace_sys::mmap::SharedMapping;
-use hvtrace_sys::MappedMetaLog;
 
 mod common;
 

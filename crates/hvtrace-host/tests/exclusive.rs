@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use hvtrace_consumer::MappedReader;
 use hvtrace_core::decode::Value;
 use hvtrace_core::{EventSet, RecordError, Sink};
 use hvtrace_host::ExclusiveWriter;
 use hvtrace_proto::{ChannelConfig, Mode, Request};
-use hvtrace_sys::MappedReader;
 
 mod common;
 

@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hvtrace_consumer::MappedReader;
 use hvtrace_core::decode::{packet_info, records, Value};
 use hvtrace_core::layout::{claim, RingCtrl, RingHeader, SubbufState, CLOSED};
 use hvtrace_core::ring::heap::HeapRing;
 use hvtrace_core::{EventSet, Geometry, Mode, Poll, RecordError, RingCounters, RingReader, Sink, StreamId};
 use hvtrace_ctl::Client;
 use hvtrace_proto::{ChannelConfig, ChannelState, Reply, Request};
-use hvtrace_sys::{MappedReader, SharedMapping};
+use hvtrace_sys::SharedMapping;
 
 mod common;
 

@@ -7,11 +7,11 @@
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
+use hvtrace_consumer::MappedReader;
 use hvtrace_core::decode::Value;
 use hvtrace_core::field::Field;
 use hvtrace_core::{Encoder, EventSet, RecordError, Sink};
 use hvtrace_proto::{ChannelState, Request};
-use hvtrace_sys::MappedReader;
 
 mod common;
 

@@ -14,8 +14,6 @@
 //! | [`seqpacket`] | the Unix `SOCK_SEQPACKET` control socket, with fd passing and peer credentials |
 //! | [`cpu`] | current CPU, pinning, online / possible CPU lists |
 //! | [`membarrier`] | the heavy half of the asymmetric fence that takes an owned ring back |
-//! | [`metalog`] | [`MappedMetaLog`]: a consumer's reader of a channel's metadata log (no `unsafe` for the caller) |
-//! | [`ring`] | [`MappedReader`]: a consumer's ring reader over mappings it owns (no `unsafe` for the caller) |
 //! | [`fs`] | files created relative to an open directory (`O_EXCL \| O_NOFOLLOW`), their `O_DIRECT` twin, group lookup |
 //! | [`direct`] | `O_DIRECT` descriptors on files and the alignment they need ([`DioAlign`]) |
 //! | [`proc`] | context-switch counts and CPU time from `/proc` (for tests and benchmarks), SIGTERM, `PR_SET_DUMPABLE`, pipes |
@@ -31,23 +29,32 @@ pub mod eventfd;
 pub mod fs;
 pub mod membarrier;
 pub mod memfd;
-pub mod metalog;
 pub mod mmap;
 pub mod proc;
-pub mod ring;
 pub mod seqpacket;
 pub mod tracefs;
 
 pub use direct::DioAlign;
 pub use epoll::{PollEvent, Poller};
 pub use eventfd::EventFd;
-pub use metalog::MappedMetaLog;
 pub use mmap::SharedMapping;
-pub use ring::MappedReader;
 pub use seqpacket::{Conn, Listener, PeerCred};
 
 /// This machine's host name (`uname`'s node name), as trace metadata and the
 /// relay daemon name the host.
 pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Low layers stay low: the syscall wrappers know nothing of rings or
+    /// logs (their readers over mappings are the consumer's `mapped`).
+    #[test]
+    fn depends_on_no_other_hvtrace_crate() {
+        let manifest = include_str!("../Cargo.toml");
+        let deps = manifest.split("\n[dependencies]").nth(1).expect("a [dependencies] table");
+        let deps = deps.split("\n[").next().unwrap_or(deps);
+        assert!(!deps.contains("hvtrace-"), "hvtrace-sys depends on: {deps}");
+    }
 }

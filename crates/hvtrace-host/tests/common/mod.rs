@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hvtrace_consumer::MappedReader;
 use hvtrace_core::decode::{records, Value};
 use hvtrace_core::{EventDesc, Geometry, Poll};
 use hvtrace_ctl::Client;
 use hvtrace_host::{Host, HostConfig};
 use hvtrace_proto::{ChannelConfig, Mode, Reply, Request};
-use hvtrace_sys::{MappedReader, SharedMapping};
+use hvtrace_sys::SharedMapping;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct Scratch(pub PathBuf);

@@ -1,12 +1,19 @@
-//! [`MappedReader`]: a consumer's [`RingReader`] over shared mappings it
-//! owns, so consumers can attach to a ring without `unsafe`.
+//! Readers over mappings the consumer owns: [`MappedReader`], a ring's
+//! [`RingReader`], and [`MappedMetaLog`], the channel's metadata log's
+//! [`MetaLogReader`]. The one module of the consumer with `unsafe`: the
+//! core's readers borrow raw memory, and these tie that borrow to a
+//! [`SharedMapping`] (`hvtrace-sys`, which knows nothing of rings) kept
+//! alive beside them, so the rest of the consumer, the benchmarks and the
+//! host's tests attach without `unsafe`.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::io;
 use std::sync::Arc;
 
+use hvtrace_core::metalog::MetaLogReader;
+use hvtrace_core::ring::PacketRef;
 use hvtrace_core::RingReader;
-
-use crate::SharedMapping;
+use hvtrace_sys::SharedMapping;
 
 /// A [`RingReader`] attached to a ring's data mapping (usually read-only)
 /// and its part of a channel's control mapping (read-write, shared by all
@@ -64,7 +71,7 @@ impl MappedReader {
     /// The bytes of a packet [`MappedReader::reader`] found ready, to be
     /// written out as they are; [`RingReader::release`] then says whether
     /// they were intact (overwrite mode).
-    pub fn packet_bytes(&self, p: &hvtrace_core::ring::PacketRef) -> &[u8] {
+    pub fn packet_bytes(&self, p: &PacketRef) -> &[u8] {
         // SAFETY: this mapping is read-only (`attach` got a read-only
         // descriptor): the ring's writer stores through another mapping,
         // normally in another process, so no Rust reference of this process
@@ -85,12 +92,43 @@ impl std::fmt::Debug for MappedReader {
     }
 }
 
+/// A [`MetaLogReader`] over a read-only mapping of the metadata memfd,
+/// which it keeps alive.
+pub struct MappedMetaLog {
+    // Declared first: dropped before the mapping it points into.
+    reader: MetaLogReader<'static>,
+    _map: SharedMapping,
+}
+
+impl MappedMetaLog {
+    /// Attaches to the log in `map` (the whole memfd, mapped read-only);
+    /// fails with `InvalidData` if it is not a metadata log.
+    pub fn attach(map: SharedMapping) -> io::Result<Self> {
+        if map.is_writable() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the metadata log must be mapped read-only"));
+        }
+        // SAFETY: `map` is readable for `map.len()` bytes and owned by the
+        // returned value (moving a `SharedMapping` does not move the mapped
+        // memory), which lends the reader out only borrowed from itself and
+        // drops it first. The writer stores through another mapping;
+        // `MetaLogReader` reads only through atomics and volatile loads.
+        let reader = unsafe { MetaLogReader::attach(map.as_ptr(), map.len()) }
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        Ok(Self { reader, _map: map })
+    }
+
+    /// The reader, borrowed from the mapping it reads.
+    pub fn reader(&self) -> &MetaLogReader<'_> {
+        &self.reader
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memfd::{create_memfd, reopen_read_only};
     use hvtrace_core::ring::{Poll, Ring, StreamId};
     use hvtrace_core::{Geometry, Mode};
+    use hvtrace_sys::memfd::{create_memfd, reopen_read_only};
 
     #[test]
     fn attaches_read_only_and_reads_packets() {
