@@ -379,8 +379,8 @@ impl Consumer {
         let (Some(ctrl_fd), Some(changed_fd)) = (fds.next(), fds.next()) else {
             unreachable!("`Control::call` checked the descriptor count");
         };
-        let meta = Arc::new(MetadataLog::attach(meta_fd, metadata_len)?);
-        let metadata = meta.text_from(0);
+        let (meta, metadata) = MetadataLog::attach(meta_fd, metadata_len, cfg.relay.is_some())?;
+        let meta = Arc::new(meta);
         let ctrl_len = usize::try_from(ctrl_len)
             .map_err(|_| ConsumerError::Protocol(format!("control length {ctrl_len} too large")))?;
         require_shrink_seal(&ctrl_fd, "the control memfd")?;

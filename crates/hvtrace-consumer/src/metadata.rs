@@ -79,15 +79,18 @@ struct Inner {
     /// An append to `file` failed: later ones are not tried (see the
     /// module docs).
     file_failed: bool,
-    /// Every byte of host TSDL taken so far, for the relay thread.
-    text: String,
+    /// Every byte of host TSDL taken so far, for the relay thread; `None`
+    /// without a relay (the log may hold up to `MAX_METADATA_LEN`, and only
+    /// a relay's metadata stream needs it again).
+    text: Option<String>,
     report: MetadataReport,
 }
 
 impl MetadataLog {
-    /// Maps the log (`len` bytes of `fd`, read-only) and reads the text
-    /// published so far, which must start the trace's metadata.
-    pub(crate) fn attach(fd: OwnedFd, len: u64) -> Result<MetadataLog, ConsumerError> {
+    /// Maps the log (`len` bytes of `fd`, read-only) and returns it with
+    /// the text published so far, which must start the trace's metadata.
+    /// `for_relay`: keep a copy of all text taken, for [`Self::text_from`].
+    pub(crate) fn attach(fd: OwnedFd, len: u64, for_relay: bool) -> Result<(MetadataLog, String), ConsumerError> {
         let proto = |m: String| ConsumerError::Protocol(format!("metadata log: {m}"));
         if len > MAX_METADATA_LEN {
             return Err(proto(format!("{len} bytes, more than the {MAX_METADATA_LEN} a consumer maps")));
@@ -102,12 +105,7 @@ impl MetadataLog {
             seen: AtomicU64::new(0),
             refused: AtomicU64::new(u64::MAX),
             text_len: AtomicU64::new(0),
-            inner: Mutex::new(Inner {
-                file: None,
-                file_failed: false,
-                text: String::new(),
-                report: MetadataReport::default(),
-            }),
+            inner: Mutex::new(Inner { file: None, file_failed: false, text: None, report: MetadataReport::default() }),
         };
         let published = me.log.reader().published();
         let text = me.read(0, published).map_err(proto)?;
@@ -116,19 +114,21 @@ impl MetadataLog {
         }
         let mut inner = me.inner.lock().unwrap();
         inner.report.initial_bytes = text.len() as u64;
-        inner.text = text;
+        inner.text = for_relay.then(|| text.clone());
         drop(inner);
         me.seen.store(published, Ordering::Relaxed);
         me.text_len.store(published, Ordering::Relaxed);
-        Ok(me)
+        Ok((me, text))
     }
 
-    /// The host TSDL taken so far, from byte `from` on (empty if none).
+    /// The host TSDL taken so far, from byte `from` on (empty if none, or
+    /// if it was attached without `for_relay`).
     pub(crate) fn text_from(&self, from: usize) -> String {
         if self.text_len.load(Ordering::Acquire) <= from as u64 {
             return String::new();
         }
-        self.inner.lock().unwrap().text.get(from..).unwrap_or_default().to_string()
+        let inner = self.inner.lock().unwrap();
+        inner.text.as_deref().and_then(|t| t.get(from..)).unwrap_or_default().to_string()
     }
 
     /// Appends from now on to the local `metadata`, which holds `len` bytes.
@@ -203,9 +203,11 @@ impl MetadataLog {
         }
         inner.report.appends += 1;
         inner.report.appended_bytes += chunk.len() as u64;
-        inner.text.push_str(&chunk);
-        // The relay thread reads `text` after a packet queued behind this.
-        self.text_len.store(inner.text.len() as u64, Ordering::Release);
+        if let Some(text) = &mut inner.text {
+            text.push_str(&chunk);
+            // The relay thread reads `text` after a packet queued behind this.
+            self.text_len.store(text.len() as u64, Ordering::Release);
+        }
         self.seen.store(published, Ordering::Release);
     }
 
@@ -340,8 +342,8 @@ mod tests {
     #[test]
     fn a_hostile_published_length_is_counted_once_and_never_reaches_the_trace() {
         let (host, fd) = Forger::new(START, true);
-        let log = MetadataLog::attach(fd, LEN).unwrap();
-        assert_eq!(log.text_from(0), START);
+        let (log, initial) = MetadataLog::attach(fd, LEN, true).unwrap();
+        assert_eq!((log.text_from(0).as_str(), initial.as_str()), (START, START));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metadata");
         std::fs::write(&path, START).unwrap();
@@ -397,22 +399,40 @@ mod tests {
     }
 
     #[test]
+    fn without_a_relay_the_text_goes_to_the_file_and_no_copy_is_kept() {
+        let (host, fd) = Forger::new(START, true);
+        let (log, initial) = MetadataLog::attach(fd, LEN, false).unwrap();
+        assert_eq!(initial, START);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata");
+        std::fs::write(&path, START).unwrap();
+        log.set_file(File::options().write(true).open(&path).unwrap(), START.len() as u64);
+        host.put(START.len() as u64, BLOCK);
+        host.publish((START.len() + BLOCK.len()) as u64);
+        log.catch_up();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{START}{BLOCK}"));
+        assert_eq!(log.report().appended_bytes, BLOCK.len() as u64);
+        assert_eq!(log.text_from(0), "", "the text is kept only for a relay");
+        assert!(log.inner.lock().unwrap().text.is_none());
+    }
+
+    #[test]
     fn a_log_that_is_unsealed_forged_or_too_big_is_refused_at_attach() {
-        let err = |r: Result<MetadataLog, ConsumerError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        let err = |r: Result<(MetadataLog, String), ConsumerError>| r.err().map(|e| e.to_string()).unwrap_or_default();
         let (_h, fd) = Forger::new(START, false);
-        assert!(err(MetadataLog::attach(fd, LEN)).contains("not sealed"));
+        assert!(err(MetadataLog::attach(fd, LEN, false)).contains("not sealed"));
         let (h, fd) = Forger::new(START, true);
         h.0.write_at(b"NOTMETA!", 0).unwrap();
-        assert!(err(MetadataLog::attach(fd, LEN)).contains("magic"));
+        assert!(err(MetadataLog::attach(fd, LEN, false)).contains("magic"));
         let (_h, fd) = Forger::new("trace { };", true);
-        assert!(err(MetadataLog::attach(fd, LEN)).contains("CTF 1.8"));
+        assert!(err(MetadataLog::attach(fd, LEN, false)).contains("CTF 1.8"));
         let (h, fd) = Forger::new(START, true);
         h.publish(LEN);
-        assert!(err(MetadataLog::attach(fd, LEN)).contains("beyond"));
+        assert!(err(MetadataLog::attach(fd, LEN, false)).contains("beyond"));
         let (_h, fd) = Forger::new(START, true);
-        assert!(err(MetadataLog::attach(fd, MAX_METADATA_LEN + 1)).contains("more than"));
+        assert!(err(MetadataLog::attach(fd, MAX_METADATA_LEN + 1, false)).contains("more than"));
         let (_h, fd) = Forger::new(START, true);
-        assert!(err(MetadataLog::attach(fd, LEN + 4096)).contains("mapping"), "longer than the memfd");
+        assert!(err(MetadataLog::attach(fd, LEN + 4096, false)).contains("mapping"), "longer than the memfd");
     }
 
     #[test]
