@@ -146,8 +146,6 @@ enum Msg {
     Packet { cpu: u32, bytes: Vec<u8>, info: PacketInfo },
     /// The worker drained its rings for live tick `tick`.
     Drained { tick: u64 },
-    /// A worker could not queue this many packets of `cpu`.
-    Missed { cpu: u32, packets: u64, bytes: u64 },
     /// The stream's final loss-count packet.
     Trailer { cpu: u32, bytes: Vec<u8>, info: PacketInfo },
     /// Close every stream and the session.
@@ -164,6 +162,10 @@ struct Shared {
     failed: AtomicBool,
     /// Signalled once when the relay fails (the main thread watches it).
     failed_fd: EventFd,
+    /// Per CPU, packets and bytes its worker could not queue, left here at
+    /// the ring's end rather than queued: a worker must not wait for room
+    /// behind a slow relay when there is a local trace.
+    missed: Mutex<BTreeMap<u32, (u64, u64)>>,
 }
 
 /// The sending end, one per ring (cheap to clone).
@@ -314,6 +316,10 @@ impl RingRelay {
 
     /// Ends the stream as [`StreamFile::finish`] does: the trailer if events
     /// were lost after the last packet, and the count of missed packets.
+    /// With a local trace it never waits (the trailer is offered as any
+    /// packet, the count left in [`Shared`]); relay-only, it waits for room
+    /// for the trailer as for every packet, until the relay thread takes
+    /// it or fails (each send bounded by [`RelayConfig::timeout`]).
     pub(crate) fn finish(mut self, uuid: &[u8; 16], counters: RingCounters) -> Option<RingReport> {
         let written = self.last.map_or(0, |l| l.events_discarded);
         let lost = counters.events_discarded(); // overwritten packets: sequence gaps
@@ -332,7 +338,9 @@ impl RingRelay {
             }
         }
         if self.missed.0 > 0 {
-            let _ = self.tx.tx.send(Msg::Missed { cpu: self.cpu, packets: self.missed.0, bytes: self.missed.1 });
+            let mut all = self.tx.shared.missed.lock().unwrap_or_else(|e| e.into_inner());
+            let m = all.entry(self.cpu).or_default();
+            (m.0, m.1) = (m.0 + self.missed.0, m.1 + self.missed.1);
         }
         let mut r = self.report.take()?;
         r.counters = counters;
@@ -391,6 +399,7 @@ impl Relay {
             pool_max: packets + workers,
             failed: AtomicBool::new(false),
             failed_fd: EventFd::new().map_err(ConsumerError::io("creating the relay's eventfd"))?,
+            missed: Mutex::new(BTreeMap::new()),
         });
         let (tx, rx) = mpsc::sync_channel(packets);
         let note = error.as_ref().map(|e| format!("{e}; recording locally only, counting what the relay misses"));
@@ -543,13 +552,15 @@ impl Thread {
                 }
                 Msg::Trailer { cpu, bytes, info } => self.packet(cpu, &bytes, &info, true),
                 Msg::Drained { tick } => self.drained(tick),
-                Msg::Missed { cpu, packets, bytes } => {
-                    if let Some(s) = self.stream(cpu) {
-                        s.report.missed_packets += packets;
-                        s.report.missed_bytes += bytes;
-                    }
-                }
                 Msg::Finish => break,
+            }
+        }
+        // Every ring ended before `Finish` was sent.
+        let missed = std::mem::take(&mut *self.shared.missed.lock().unwrap_or_else(|e| e.into_inner()));
+        for (cpu, (packets, bytes)) in missed {
+            if let Some(s) = self.stream(cpu) {
+                s.report.missed_packets += packets;
+                s.report.missed_bytes += bytes;
             }
         }
         self.close();
@@ -782,5 +793,43 @@ fn index_of(info: &PacketInfo) -> PacketIndex {
         stream_id: u64::from(info.stream_id),
         stream_instance_id: info.stream_instance_id,
         packet_seq_num: info.seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay sender whose queue (one message) is full and never read,
+    /// as behind a stalled relay.
+    fn stalled(lossless: bool) -> (RelayTx, Receiver<Msg>) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        tx.send(Msg::Drained { tick: 0 }).unwrap();
+        let shared = Arc::new(Shared {
+            pool: Mutex::new(Vec::new()),
+            pool_max: 0,
+            failed: AtomicBool::new(false),
+            failed_fd: EventFd::new().unwrap(),
+            missed: Mutex::new(BTreeMap::new()),
+        });
+        (RelayTx { tx, shared, lossless }, rx)
+    }
+
+    #[test]
+    fn with_a_local_trace_ending_a_ring_never_waits_for_a_stalled_relay() {
+        let (tx, _rx) = stalled(false);
+        let shared = tx.shared.clone();
+        let ring = RingRelay { cpu: 3, tx, last: None, handed_next: 5, missed: (2, 8192), report: None };
+        // Events lost after the last packet: a trailer to offer too.
+        let counters = RingCounters { discarded: 7, ..RingCounters::default() };
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || done_tx.send(ring.finish(&[1; 16], counters).is_none()).unwrap());
+        let ended = done.recv_timeout(Duration::from_secs(20));
+        assert_eq!(ended, Ok(true), "RingRelay::finish waited for room in a full queue");
+        // Nothing lost uncounted: the two missed packets and the trailer
+        // that did not fit are left for the relay thread's report.
+        let missed = shared.missed.lock().unwrap().get(&3).copied().unwrap();
+        assert_eq!(missed.0, 3, "{missed:?}");
+        assert!(missed.1 > 8192, "{missed:?}");
     }
 }

@@ -66,6 +66,13 @@ pub struct Args {
     /// timers, 1 to 5 s].
     #[arg(long, value_name = "MS", requires = "relayd")]
     pub linger: Option<u64>,
+    /// Longest, in milliseconds, any connect, send or reply to the relay may
+    /// take before the relay counts as gone (from then on its packets are
+    /// counted as missed). Also what a stalled relay can add to the end of a
+    /// session, Ctrl-C included: about one timeout (docs/architecture.md).
+    #[arg(long, value_name = "MS", default_value_t = hvtrace_consumer::RELAY_TIMEOUT.as_millis() as u64,
+          requires = "relayd", value_parser = clap::value_parser!(u64).range(1..))]
+    pub relay_timeout: u64,
     /// Worker threads, 1 to 1024; rings are spread over them (any number of CPUs).
     #[arg(long, default_value_t = 1, value_parser = consumer_threads())]
     pub threads: u32,
@@ -107,17 +114,22 @@ pub(crate) fn parse_group(s: &str) -> Result<u32, String> {
     }
 }
 
+/// The relay sink `a` asks for, if any.
+fn relay_config(a: &Args) -> Option<RelayConfig> {
+    let url = a.relayd.clone()?;
+    let mut r = RelayConfig::new(url);
+    if let Some(s) = &a.session {
+        r.session = s.clone();
+    }
+    r.live_timer = std::time::Duration::from_millis(a.live_timer);
+    r.linger = a.linger.map(std::time::Duration::from_millis);
+    r.timeout = std::time::Duration::from_millis(a.relay_timeout);
+    Some(r)
+}
+
 pub fn run(a: Args) -> Result<Status> {
     let direct_min = (!a.buffered).then(|| usize::try_from(a.direct_min).unwrap_or(usize::MAX));
-    let relay = a.relayd.map(|url| {
-        let mut r = RelayConfig::new(url);
-        if let Some(s) = a.session {
-            r.session = s;
-        }
-        r.live_timer = std::time::Duration::from_millis(a.live_timer);
-        r.linger = a.linger.map(std::time::Duration::from_millis);
-        r
-    });
+    let relay = relay_config(&a);
     // The kernel source first: its event classes go into the metadata the
     // consumer writes, a missing tracefs or root fails before anything is
     // written, and it records from now on, before the attach after which
@@ -215,4 +227,34 @@ pub const MAX_THREADS: u32 = 1024;
 /// `--threads` / `--consumer-threads`: 1 to [`MAX_THREADS`], checked at parse time.
 pub fn consumer_threads() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..=i64::from(MAX_THREADS))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use std::time::Duration;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        consume: super::Args,
+    }
+
+    fn relay_timeout(args: &[&str]) -> Option<Duration> {
+        let cli = Cli::try_parse_from(["consume", "--socket", "s", "--relayd", "net://127.0.0.1"].iter().chain(args));
+        super::relay_config(&cli.unwrap().consume).map(|r| r.timeout)
+    }
+
+    #[test]
+    fn the_relay_timeout_is_the_users_to_set() {
+        assert_eq!(relay_timeout(&[]), Some(hvtrace_consumer::RELAY_TIMEOUT));
+        assert_eq!(relay_timeout(&["--relay-timeout", "1500"]), Some(Duration::from_millis(1500)));
+        assert!(
+            Cli::try_parse_from(["consume", "--socket", "s", "--relay-timeout", "5", "-o", "d"]).is_err(),
+            "needs --relayd"
+        );
+        assert!(
+            Cli::try_parse_from(["consume", "--socket", "s", "--relayd", "net://h", "--relay-timeout", "0"]).is_err()
+        );
+    }
 }
