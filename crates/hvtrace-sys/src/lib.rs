@@ -45,16 +45,3 @@ pub use seqpacket::{Conn, Listener, PeerCred};
 pub fn hostname() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }
-
-#[cfg(test)]
-mod tests {
-    /// Low layers stay low: the syscall wrappers know nothing of rings or
-    /// logs (their readers over mappings are the consumer's `mapped`).
-    #[test]
-    fn depends_on_no_other_hvtrace_crate() {
-        let manifest = include_str!("../Cargo.toml");
-        let deps = manifest.split("\n[dependencies]").nth(1).expect("a [dependencies] table");
-        let deps = deps.split("\n[").next().unwrap_or(deps);
-        assert!(!deps.contains("hvtrace-"), "hvtrace-sys depends on: {deps}");
-    }
-}
