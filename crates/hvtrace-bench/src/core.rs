@@ -29,15 +29,9 @@ pub(crate) struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value = "core")]
     what: What,
-    /// Producer threads (thread i pinned to CPU i, ring i).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Timed events per thread.
-    #[arg(long, default_value_t = 1_000_000)]
-    events: u64,
-    /// Untimed events per thread first.
-    #[arg(long, default_value_t = 10_000)]
-    warmup: u64,
+    // Thread i records into ring i.
+    #[command(flatten)]
+    load: Load,
     /// Event recorded.
     #[arg(long, value_enum, default_value = "full")]
     event: EventKind,
@@ -55,7 +49,7 @@ pub(crate) struct Args {
 const FLOOR_BUF: usize = 4 << 20;
 
 pub(crate) fn run(a: Args) -> Result<()> {
-    let load = Load { threads: a.threads, events: a.events, warmup: a.warmup, rate: 0.0 };
+    let load = a.load;
     let geo = Geometry::new(a.subbuf_size, a.num_subbuf).map_err(|e| anyhow::anyhow!("geometry: {e}"))?;
     let mode = match a.mode {
         hvtrace_proto::Mode::Discard => Mode::Discard,
@@ -87,7 +81,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
             (rs, 0)
         }
         What::Core | What::CoreFull => {
-            let heaps: Vec<HeapRing> = (0..a.threads).map(|_| HeapRing::new(geo)).collect();
+            let heaps: Vec<HeapRing> = (0..a.load.threads).map(|_| HeapRing::new(geo)).collect();
             let rings: Vec<_> = heaps
                 .iter()
                 .enumerate()

@@ -42,18 +42,8 @@ pub(crate) enum WriterKind {
 /// Arguments of `hvtrace-bench host`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Producer threads (thread i pinned to CPU i).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Timed events per thread.
-    #[arg(long, default_value_t = 1_000_000)]
-    events: u64,
-    /// Untimed (but recorded) events per thread before the start barrier.
-    #[arg(long, default_value_t = 10_000)]
-    warmup: u64,
-    /// Events per second per thread (0 = as fast as possible).
-    #[arg(long, default_value_t = 0.0)]
-    rate: f64,
+    #[command(flatten)]
+    load: Load,
     /// Event recorded.
     #[arg(long, value_enum, default_value = "full")]
     event: EventKind,
@@ -320,7 +310,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let cpus = hvtrace_sys::cpu::online_cpus();
     let owners: Vec<std::sync::Mutex<Option<hvtrace_host::ExclusiveWriter>>> = match a.writer {
         WriterKind::Shared => Vec::new(),
-        WriterKind::Exclusive => (0..a.threads)
+        WriterKind::Exclusive => (0..a.load.threads)
             .map(|i| Ok(std::sync::Mutex::new(Some(host.exclusive_writer(cpus[i % cpus.len()] as u32)?))))
             .collect::<Result<_>>()?,
     };
@@ -345,7 +335,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         spawn_consumer(a.consumer, a.hvtrace.as_deref(), a.poll_ms, &sock, &out, relay_url.as_ref(), &mut ctl)?;
     let cpid = consumer.0.id();
     ctl.simple(&Request::Start)?;
-    let load = Load { threads: a.threads, events: a.events, warmup: a.warmup, rate: a.rate };
+    let load = a.load;
     let la0 = util::loadavg();
     let c0 = util::schedstat_ns(cpid);
     let r0 = relay.as_ref().map(|r| util::schedstat_ns(r.pid()));
@@ -408,7 +398,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     // Relay runs: the relay's copy of the trace is what counts.
     let trace_dir = relay.as_ref().map_or(out.clone(), |r| r.trace_dir(&hvtrace_sys::hostname(), RELAY_SESSION));
     let tc = util::count_trace(&trace_dir, "hvbench")?;
-    let emitted = (a.events + a.warmup) * a.threads as u64;
+    let emitted = (a.load.events + a.load.warmup) * a.load.threads as u64;
     let discarded: u64 = status.rings.iter().map(|r| r.events_discarded).sum();
     let overwritten: u64 = status.rings.iter().map(|r| r.overwritten).sum();
     let consumer_ns = c1.saturating_sub(c0);

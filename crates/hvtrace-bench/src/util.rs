@@ -119,13 +119,20 @@ pub(crate) struct ThreadResult {
     pub refused: u64,
 }
 
-/// How producers run.
-#[derive(Clone, Copy, Debug)]
+/// How producers run (the options of every producer benchmark).
+#[derive(clap::Args, Clone, Copy, Debug)]
 pub(crate) struct Load {
+    /// Producer threads (thread i pinned to online CPU i, mod their count).
+    #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Timed events per thread.
+    #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// Untimed (but recorded) events per thread before the start barrier.
+    #[arg(long, default_value_t = 10_000)]
     pub warmup: u64,
-    /// Events per second per thread; 0 = unpaced.
+    /// Events per second per thread (0 = as fast as possible).
+    #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
 }
 
