@@ -26,9 +26,9 @@ hvtrace_core::events! {
 
 const CPUS: u32 = 256;
 
-fn big_host(name: &str) -> (Arc<Host>, std::path::PathBuf, Scratch, Arc<Mutex<Vec<Notice>>>) {
-    let dir = Scratch::new(name);
-    let sock = dir.0.join("ctl.sock");
+fn big_host(name: &str) -> (Arc<Host>, std::path::PathBuf, TempDir, Arc<Mutex<Vec<Notice>>>) {
+    let dir = scratch(name);
+    let sock = dir.path().join("ctl.sock");
     let mut cfg = HostConfig::new(&sock, "test");
     cfg.cpus = (0..CPUS).collect();
     cfg.max_cpus = CPUS;

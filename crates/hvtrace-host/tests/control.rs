@@ -25,7 +25,7 @@ hvtrace_core::events! {
     }
 }
 
-fn host(name: &str) -> (std::sync::Arc<Host>, PathBuf, Scratch) {
+fn host(name: &str) -> (std::sync::Arc<Host>, PathBuf, TempDir) {
     common::serve(name, ev::Events::EVENTS, 4)
 }
 

@@ -14,29 +14,17 @@ use hvtrace_ctl::Client;
 use hvtrace_host::{Host, HostConfig};
 use hvtrace_proto::{ChannelConfig, Mode, Reply, Request};
 use hvtrace_sys::SharedMapping;
+pub use tempfile::TempDir;
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct Scratch(pub PathBuf);
-
-impl Scratch {
-    /// `hvtrace-host-<name>-<pid>`, emptied.
-    pub fn new(name: &str) -> Scratch {
-        let p = std::env::temp_dir().join(format!("hvtrace-host-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Scratch(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory `hvtrace-host-<name>-*` under the system temp dir,
+/// removed on drop.
+pub fn scratch(name: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("hvtrace-host-{name}-")).tempdir().unwrap()
 }
 
 /// A host with rings for CPUs 0 and 1 (room for `max_cpus`) serving
 /// `events` on `<scratch>/ctl.sock`.
-pub fn serve(name: &str, events: &'static [EventDesc], max_cpus: u32) -> (Arc<Host>, PathBuf, Scratch) {
+pub fn serve(name: &str, events: &'static [EventDesc], max_cpus: u32) -> (Arc<Host>, PathBuf, TempDir) {
     serve_with(name, events, max_cpus, |_| {})
 }
 
@@ -46,9 +34,9 @@ pub fn serve_with(
     events: &'static [EventDesc],
     max_cpus: u32,
     tune: impl FnOnce(&mut HostConfig),
-) -> (Arc<Host>, PathBuf, Scratch) {
-    let dir = Scratch::new(name);
-    let sock = dir.0.join("ctl.sock");
+) -> (Arc<Host>, PathBuf, TempDir) {
+    let dir = scratch(name);
+    let sock = dir.path().join("ctl.sock");
     let mut cfg = HostConfig::new(&sock, "test");
     cfg.cpus = vec![0, 1];
     cfg.max_cpus = max_cpus;
