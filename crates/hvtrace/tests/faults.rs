@@ -23,22 +23,10 @@ const SUBBUF: usize = 4096;
 
 /// A temporary directory (mode 0755, so another uid can reach a socket in
 /// it), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("hvtrace-faults-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn scratch(name: &str) -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix(&format!("hvtrace-faults-{name}-")).tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
 }
 
 /// A child process killed (SIGKILL) on drop if still running.
@@ -209,13 +197,13 @@ fn packets_written(trace: &std::collections::BTreeMap<u32, Vec<PacketInfo>>) -> 
 
 #[test]
 fn consumer_killed_host_counts_losses_and_a_new_consumer_continues() {
-    let dir = TempDir::new("consumer-killed");
-    let (mut sim, sock) = start_sim(&dir.0, &["--rate", "20000"]);
+    let dir = scratch("consumer-killed");
+    let (mut sim, sock) = start_sim(dir.path(), &["--rate", "20000"]);
     ctl("create", &sock, &["--subbuf-size", "4k", "--num-subbuf", "8"]);
-    let d1 = dir.0.join("first");
+    let d1 = dir.path().join("first");
     let mut c1 = Proc::spawn(
         "consume1",
-        &dir.0,
+        dir.path(),
         &["consume", "--socket", sock.to_str().unwrap(), "--output", d1.to_str().unwrap()],
     );
     wait_status(&sock, Duration::from_secs(5), "first consumer mapped", |s| refcount(s) == 1);
@@ -254,10 +242,10 @@ fn consumer_killed_host_counts_losses_and_a_new_consumer_continues() {
 
     // A new consumer attaches to the same session and continues where the
     // first one left off (the consumed position in the control page).
-    let d2 = dir.0.join("second");
+    let d2 = dir.path().join("second");
     let c2 = Proc::spawn(
         "consume2",
-        &dir.0,
+        dir.path(),
         &["consume", "--socket", sock.to_str().unwrap(), "--output", d2.to_str().unwrap(), "--json"],
     );
     wait_status(&sock, Duration::from_secs(5), "second consumer mapped", |s| refcount(s) == 1);
@@ -291,13 +279,13 @@ fn consumer_killed_host_counts_losses_and_a_new_consumer_continues() {
 
 #[test]
 fn host_killed_consumer_keeps_what_was_delivered_and_says_incomplete() {
-    let dir = TempDir::new("host-killed");
-    let (mut sim, sock) = start_sim(&dir.0, &["--rate", "20000"]);
+    let dir = scratch("host-killed");
+    let (mut sim, sock) = start_sim(dir.path(), &["--rate", "20000"]);
     ctl("create", &sock, &["--subbuf-size", "4k", "--num-subbuf", "8"]);
-    let out_dir = dir.0.join("trace");
+    let out_dir = dir.path().join("trace");
     let c = Proc::spawn(
         "consume",
-        &dir.0,
+        dir.path(),
         &["consume", "--socket", sock.to_str().unwrap(), "--output", out_dir.to_str().unwrap(), "--json"],
     );
     wait_status(&sock, Duration::from_secs(5), "consumer mapped", |s| refcount(s) == 1);
@@ -351,12 +339,12 @@ fn peer_of_another_uid_is_refused() {
         println!("SKIP: peer_of_another_uid_is_refused needs root (to run a client as uid 65534)");
         return;
     }
-    let dir = TempDir::new("access");
+    let dir = scratch("access");
     // The binary where uid 65534 may execute it.
-    let bin = dir.0.join("hvtrace");
+    let bin = dir.path().join("hvtrace");
     std::fs::copy(BIN, &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (sim, sock) = start_sim(&dir.0, &["--rate", "0"]);
+    let (sim, sock) = start_sim(dir.path(), &["--rate", "0"]);
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "control socket mode");
     let as_nobody = || {
@@ -430,16 +418,16 @@ impl Drop for Tmpfs {
 
 #[test]
 fn consumer_exits_1_when_packets_it_was_handed_are_lost_and_check_names_them() {
-    let dir = TempDir::new("consumer-lost");
-    let Some(mnt) = Tmpfs::mount(&dir.0.join("mnt"), "160k", "consumer_exits_1_when_packets_are_lost") else {
+    let dir = scratch("consumer-lost");
+    let Some(mnt) = Tmpfs::mount(&dir.path().join("mnt"), "160k", "consumer_exits_1_when_packets_are_lost") else {
         return;
     };
-    let (_sim, sock) = start_sim(&dir.0, &["--rate", "50000"]);
+    let (_sim, sock) = start_sim(dir.path(), &["--rate", "50000"]);
     ctl("create", &sock, &["--subbuf-size", "4k", "--num-subbuf", "8"]);
     let out = mnt.0.join("trace");
     let c = Proc::spawn(
         "consume",
-        &dir.0,
+        dir.path(),
         &["consume", "--socket", sock.to_str().unwrap(), "--output", out.to_str().unwrap()],
     );
     wait_status(&sock, Duration::from_secs(5), "consumer mapped", |s| refcount(s) == 1);
@@ -459,14 +447,14 @@ fn consumer_exits_1_when_packets_it_was_handed_are_lost_and_check_names_them() {
 #[test]
 fn traces_are_private_unless_a_group_may_read_them() {
     use std::os::unix::fs::MetadataExt;
-    let dir = TempDir::new("trace-modes");
-    let (_sim, sock) = start_sim(&dir.0, &["--rate", "1000"]);
+    let dir = scratch("trace-modes");
+    let (_sim, sock) = start_sim(dir.path(), &["--rate", "1000"]);
     for (name, group) in [("private", None), ("group", Some("65534"))] {
         ctl("create", &sock, &["--subbuf-size", "4k", "--num-subbuf", "4"]);
-        let out = dir.0.join(name);
+        let out = dir.path().join(name);
         let mut args = vec!["consume", "--socket", sock.to_str().unwrap(), "--output", out.to_str().unwrap()];
         args.extend(group.iter().flat_map(|g| ["--group", *g]));
-        let c = Proc::spawn("consume", &dir.0, &args);
+        let c = Proc::spawn("consume", dir.path(), &args);
         wait_status(&sock, Duration::from_secs(5), "consumer mapped", |s| refcount(s) == 1);
         ctl("destroy", &sock, &[]);
         let (st, _, stderr) = c.wait(Duration::from_secs(10));
