@@ -50,7 +50,7 @@ mod walk;
 use std::fmt;
 use std::path::Path;
 
-use hvtrace_model::{Bindings, Mapping};
+use hvtrace_model::{Bindings, Event, Mapping};
 use hvtrace_reader::{ReadError, TraceDir};
 
 pub use output::{write_csv, write_text};
@@ -111,6 +111,35 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// What a view sees of [`analyze_with`]'s pass, as it goes: the model
+/// events, the records that map to none, and the losses, in the pass's
+/// order (timestamp order when some mapping binds), times in ns, over the
+/// whole trace whatever the window. `class` is the stream class (0 the
+/// VMM's rings, 1 the kernel's events); `cpu` the stream's, `pcpu` the one
+/// a mapping names. So a view that needs the whole trace (`hvtrace report`'s
+/// timeline) needs no second pass.
+pub trait Observer {
+    /// Before anything else: the trace's first record's time (ns), if any.
+    fn begin(&mut self, _ns: Option<u64>) {}
+    /// A model event of a record at `ns`.
+    fn event(&mut self, class: u32, ns: u64, pcpu: u32, e: Event<'_>);
+    /// A record at `ns` that maps to no model event.
+    fn unmapped(&mut self, class: u32, ns: u64, cpu: u32);
+    /// `count` events (0: unknown) of a stream lost between its record at
+    /// `since` and `at` (the trace's last time, for a loss after the
+    /// stream's last record).
+    fn lost(&mut self, class: u32, since: Option<u64>, at: u64, cpu: u32, count: u64);
+}
+
+/// An [`Observer`] that looks at nothing.
+struct Blind;
+
+impl Observer for Blind {
+    fn event(&mut self, _: u32, _: u64, _: u32, _: Event<'_>) {}
+    fn unmapped(&mut self, _: u32, _: u64, _: u32) {}
+    fn lost(&mut self, _: u32, _: Option<u64>, _: u64, _: u32, _: u64) {}
+}
+
 /// Analyses the trace at `dir` over the hypervisor model, with the event
 /// sets' `mappings`; `progress` is called after each packet.
 pub fn analyze(
@@ -118,6 +147,17 @@ pub fn analyze(
     mappings: &[&dyn Mapping],
     opts: &Options,
     progress: &mut dyn FnMut(Progress),
+) -> Result<Report, Error> {
+    analyze_with(dir, mappings, opts, progress, &mut Blind)
+}
+
+/// [`analyze`], showing `observer` what the pass sees (see [`Observer`]).
+pub fn analyze_with(
+    dir: &Path,
+    mappings: &[&dyn Mapping],
+    opts: &Options,
+    progress: &mut dyn FnMut(Progress),
+    observer: &mut dyn Observer,
 ) -> Result<Report, Error> {
     if let (Some(from), Some(to)) = (opts.from_ns, opts.to_ns) {
         if from >= to {
@@ -132,7 +172,7 @@ pub fn analyze(
     let kernel = trace.metadata.kernel.as_ref().unwrap_or(&no_kernel);
     let bindings = [Bindings::bind(mappings, trace.schema()), Bindings::bind(mappings, kernel)];
     let mut report_progress = |done, total| progress(Progress { done, total });
-    let pass = walk::pass(&trace, &bindings, range, &mut report_progress).map_err(Error::Read)?;
+    let pass = walk::pass(&trace, &bindings, range, &mut report_progress, observer).map_err(Error::Read)?;
     let sets = bindings.iter().flat_map(|b| b.names()).map(|s| s.to_string()).collect();
     let mut report = report::build(dir.display().to_string(), pass, freq, sets);
     for c in &mut report.event_classes {

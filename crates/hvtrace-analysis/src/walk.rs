@@ -9,6 +9,7 @@ use hvtrace_reader::{Item, Merge, Order, ReadError, TraceDir};
 
 use crate::acc::{Acc, Window};
 use crate::report::Clock;
+use crate::Observer;
 
 /// Per stream, what the generic analyses count.
 pub(crate) struct StreamCounts {
@@ -48,6 +49,7 @@ pub(crate) fn pass(
     bindings: &[Bindings; 2],
     range: Range,
     progress: &mut dyn FnMut(u64, u64),
+    observer: &mut dyn Observer,
 ) -> Result<Pass, ReadError> {
     // Cross-CPU order only matters to the model; counting does not need it.
     let order = if bindings.iter().all(Bindings::is_empty) { Order::Streams } else { Order::Time };
@@ -57,7 +59,11 @@ pub(crate) fn pass(
         from: begin.saturating_add(range.from.unwrap_or(0)),
         to: range.to.map_or(u64::MAX, |t| begin.saturating_add(t)),
     };
-    let mut acc = Acc::new(window, Clock(trace.metadata.clock.freq.max(1)));
+    let clock = Clock(trace.metadata.clock.freq.max(1));
+    let mut acc = Acc::new(window, clock);
+    observer.begin(merge.first_timestamp().map(|t| clock.ns(t)));
+    let vmm_streams = trace.streams.len();
+    let class_of = |stream: usize| u32::from(stream >= vmm_streams);
     let kernel_classes = trace.metadata.kernel.as_ref().map_or(0, |k| k.events.len());
     let mut by_class = [vec![0u64; trace.schema().events.len()], vec![0u64; kernel_classes]];
     let mut per_stream = vec![0u64; merge.streams().len()];
@@ -66,13 +72,14 @@ pub(crate) fn pass(
     let mut tick = 0u32;
     while let Some(item) = merge.next_item() {
         let r = match item? {
-            Item::Lost { cpu, since, at: Some(at), count, .. } => {
+            Item::Lost { stream, cpu, since, at: Some(at), count } => {
                 acc.loss(cpu, since.unwrap_or(at), at, count);
+                observer.lost(class_of(stream), since.map(|t| clock.ns(t)), clock.ns(at), cpu, count);
                 continue;
             }
             // After every record: the end is known once they are all read.
-            Item::Lost { cpu, since, at: None, count, .. } => {
-                trailing.push((cpu, since, count));
+            Item::Lost { stream, cpu, since, at: None, count } => {
+                trailing.push((class_of(stream), cpu, since, count));
                 continue;
             }
             Item::Record(r) => r,
@@ -85,13 +92,20 @@ pub(crate) fn pass(
             }
         }
         end = end.max(ts);
-        r.map(&bindings[r.class as usize], |pcpu, e| match e {
-            Event::Lost { count } => {
-                acc.lost_in_band += count;
-                acc.loss(pcpu, r.previous.unwrap_or(ts), ts, count);
+        let ns = clock.ns(ts);
+        let mapped = r.map(&bindings[r.class as usize], |pcpu, e| {
+            observer.event(r.class, ns, pcpu, e);
+            match e {
+                Event::Lost { count } => {
+                    acc.lost_in_band += count;
+                    acc.loss(pcpu, r.previous.unwrap_or(ts), ts, count);
+                }
+                e => acc.event(pcpu, ts, e),
             }
-            e => acc.event(pcpu, ts, e),
         });
+        if !mapped {
+            observer.unmapped(r.class, ns, r.cpu);
+        }
         tick += 1;
         if tick == PROGRESS_EVERY {
             tick = 0;
@@ -99,8 +113,9 @@ pub(crate) fn pass(
         }
     }
     progress(merge.bytes_read(), merge.total_bytes());
-    for (cpu, since, count) in trailing {
+    for (class, cpu, since, count) in trailing {
         acc.loss(cpu, since.unwrap_or(end), end, count);
+        observer.lost(class, since.map(|t| clock.ns(t)), clock.ns(end), cpu, count);
     }
     acc.finish(end.min(window.to));
     let streams = merge

@@ -9,16 +9,24 @@
 //! record before a loss and the first after it is unknown). The page's
 //! size depends on the numbers of pCPUs, vCPUs and reasons, not on the
 //! number of events.
+//!
+//! One pass: the timeline is an [`hvtrace_analysis::Observer`] of the
+//! analysis's own walk, so the trace is read once. Its length is known
+//! only at the end, so the pass bins into twice as many columns over a
+//! span that doubles as the trace grows (neighbours merged), and the page's
+//! columns are then made of whole ones of those: no time is split, and a
+//! column's edge is off by less than a column. It draws the VMM's streams
+//! (stream class 0); the kernel's are in the tables.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::{self, Write};
+use std::io::Write;
 use std::path::Path;
 
 use hvtrace_analysis::{Options, Report};
 use hvtrace_model::{Event, Mapping, Runstate, Vcpu};
 
-use crate::{walk, Error, FieldOut, Sink};
+use crate::Error;
 
 /// Columns of the timeline (one SVG rectangle each at most, per pCPU).
 pub const COLUMNS: usize = 800;
@@ -37,6 +45,10 @@ pub struct ReportSummary {
     pub warnings: Vec<String>,
 }
 
+/// Columns the pass bins into: twice the page's, because the trace's end
+/// is known only after the pass (see [`Timeline::fit`]).
+const FINE: usize = 2 * COLUMNS;
+
 /// One pCPU's lane: per column, time per vCPU (few vCPUs per column, so a
 /// short list), exits, and whether data is missing.
 struct Lane {
@@ -47,34 +59,79 @@ struct Lane {
     last: Option<u64>,
 }
 
+/// Adds `t` ns of `v` to a column's times.
+fn add(times: &mut Vec<(Vcpu, u64)>, v: Vcpu, t: u64) {
+    match times.iter_mut().find(|(x, _)| *x == v) {
+        Some((_, n)) => *n += t,
+        None => times.push((v, t)),
+    }
+}
+
 impl Lane {
-    fn new() -> Lane {
+    fn new(columns: usize) -> Lane {
         Lane {
-            time: vec![Vec::new(); COLUMNS],
-            exits: vec![0; COLUMNS],
-            missing: vec![false; COLUMNS],
+            time: vec![Vec::new(); columns],
+            exits: vec![0; columns],
+            missing: vec![false; columns],
             running: None,
             last: None,
         }
     }
+
+    /// Folds column `from` into column `to`.
+    fn fold(&mut self, from: usize, to: usize, into: &mut Lane) {
+        for (v, t) in std::mem::take(&mut self.time[from]) {
+            add(&mut into.time[to], v, t);
+        }
+        into.exits[to] = into.exits[to].saturating_add(std::mem::take(&mut self.exits[from]));
+        into.missing[to] |= std::mem::take(&mut self.missing[from]);
+    }
+
+    /// Twice as wide columns: neighbours merged into the first half.
+    fn halve(&mut self) {
+        let mut merged = Lane::new(self.time.len());
+        for c in 0..self.time.len() {
+            self.fold(c, c / 2, &mut merged);
+        }
+        (self.time, self.exits, self.missing) = (merged.time, merged.exits, merged.missing);
+    }
 }
 
-/// Bins the walk into lanes.
+/// Bins the analysis's pass into lanes of [`FINE`] columns over `span` ns
+/// from `begin`, doubled whenever a later time comes.
 struct Timeline {
     begin: Option<u64>,
     span: u64,
+    /// The VMM's last record.
+    end: u64,
     lanes: BTreeMap<u32, Lane>,
 }
 
 impl Timeline {
+    fn new() -> Timeline {
+        Timeline { begin: None, span: FINE as u64, end: 0, lanes: BTreeMap::new() }
+    }
+
     fn col(&self, ns: u64) -> usize {
         let rel = ns.saturating_sub(self.begin.unwrap_or(ns));
-        ((u128::from(rel) * COLUMNS as u128 / u128::from(self.span.max(1))) as usize).min(COLUMNS - 1)
+        ((u128::from(rel) * FINE as u128 / u128::from(self.span.max(1))) as usize).min(FINE - 1)
+    }
+
+    /// Makes the columns cover `ns`: the span doubles (neighbouring columns
+    /// merged) until it does. A trace's span thus ends below twice its
+    /// duration, so each of the page's columns is at least one of these
+    /// ([`Timeline::page`]), and memory does not grow with the trace.
+    fn fit(&mut self, ns: u64) {
+        let begin = *self.begin.get_or_insert(ns);
+        while ns.saturating_sub(begin) >= self.span && self.span < u64::MAX / 2 {
+            self.lanes.values_mut().for_each(Lane::halve);
+            self.span *= 2;
+        }
     }
 
     fn lane(&mut self, ns: u64, pcpu: u32) -> &mut Lane {
-        self.begin.get_or_insert(ns);
-        self.lanes.entry(pcpu).or_insert_with(Lane::new)
+        self.fit(ns);
+        self.lanes.entry(pcpu).or_insert_with(|| Lane::new(FINE))
     }
 
     /// Credits the time from the running vCPU's start to `ns` to its columns.
@@ -85,13 +142,9 @@ impl Timeline {
         let width = self.span.max(1) as u128;
         let lane = self.lanes.get_mut(&pcpu).expect("lane");
         for c in c0..=c1 {
-            let start = begin + (width * c as u128 / COLUMNS as u128) as u64;
-            let stop = begin + (width * (c as u128 + 1) / COLUMNS as u128) as u64;
-            let t = ns.min(stop).saturating_sub(since.max(start));
-            match lane.time[c].iter_mut().find(|(x, _)| *x == v) {
-                Some((_, n)) => *n += t,
-                None => lane.time[c].push((v, t)),
-            }
+            let start = begin + (width * c as u128 / FINE as u128) as u64;
+            let stop = begin + (width * (c as u128 + 1) / FINE as u128) as u64;
+            add(&mut lane.time[c], v, ns.min(stop).saturating_sub(since.max(start)));
         }
         lane.running = Some((v, ns));
     }
@@ -100,10 +153,44 @@ impl Timeline {
         self.credit(pcpu, ns);
         self.lanes.get_mut(&pcpu).expect("lane").running = v.map(|v| (v, ns));
     }
+
+    /// The lanes in [`COLUMNS`] columns over `duration` ns from the first
+    /// record, after crediting every running vCPU up to the VMM's last
+    /// record: each column gathers the fine columns that start in it
+    /// (whole, so no time is split or lost; a boundary moves by less
+    /// than a column).
+    fn page(mut self, duration: u64) -> BTreeMap<u32, Lane> {
+        let (end, pcpus): (u64, Vec<u32>) = (self.end, self.lanes.keys().copied().collect());
+        self.fit(end);
+        for c in pcpus {
+            self.runs(end, c, None);
+        }
+        let width = |c: usize| u128::from(self.span) * c as u128 / FINE as u128;
+        let duration = u128::from(duration.max(1));
+        let to = |c: usize| ((width(c) * COLUMNS as u128 / duration) as usize).min(COLUMNS - 1);
+        let mut page = BTreeMap::new();
+        for (cpu, mut lane) in std::mem::take(&mut self.lanes) {
+            let mut out = Lane::new(COLUMNS);
+            for c in 0..FINE {
+                lane.fold(c, to(c), &mut out);
+            }
+            page.insert(cpu, out);
+        }
+        page
+    }
 }
 
-impl Sink for Timeline {
-    fn model(&mut self, ns: u64, pcpu: u32, e: Event<'_>) -> io::Result<()> {
+impl hvtrace_analysis::Observer for Timeline {
+    fn begin(&mut self, ns: Option<u64>) {
+        self.begin = ns;
+    }
+
+    fn event(&mut self, class: u32, ns: u64, pcpu: u32, e: Event<'_>) {
+        // The VMM's streams: the kernel's half of each exit is in the tables.
+        if class != 0 {
+            return;
+        }
+        self.end = self.end.max(ns);
         self.lane(ns, pcpu).last = Some(ns);
         let running = self.lanes[&pcpu].running.map(|(v, _)| v);
         match e {
@@ -120,18 +207,22 @@ impl Sink for Timeline {
                 self.runs(ns, pcpu, Some(vcpu))
             }
             Event::Runstate { vcpu, .. } if running == Some(vcpu) => self.runs(ns, pcpu, None),
-            Event::Lost { count } => self.lost(None, ns, pcpu, count)?,
+            Event::Lost { count } => self.lost(class, None, ns, pcpu, count),
             _ => {}
         }
-        Ok(())
     }
 
-    fn unmapped(&mut self, ns: u64, pcpu: u32, _: &str, _: &[(&str, FieldOut<'_>)]) -> io::Result<()> {
-        self.lane(ns, pcpu).last = Some(ns);
-        Ok(())
+    fn unmapped(&mut self, class: u32, ns: u64, cpu: u32) {
+        if class == 0 {
+            self.end = self.end.max(ns);
+            self.lane(ns, cpu).last = Some(ns);
+        }
     }
 
-    fn lost(&mut self, since: Option<u64>, ns: u64, pcpu: u32, _count: u64) -> io::Result<()> {
+    fn lost(&mut self, class: u32, since: Option<u64>, ns: u64, pcpu: u32, _count: u64) {
+        if class != 0 {
+            return;
+        }
         let last = self.lane(ns, pcpu).last;
         // At most `ns`: in a trace whose packets are out of order, the
         // record before a loss can come after it.
@@ -141,7 +232,6 @@ impl Sink for Timeline {
         for m in &mut lane.missing[c0..=c1] {
             *m = true;
         }
-        Ok(())
     }
 }
 
@@ -164,30 +254,30 @@ fn time(ns: u64) -> String {
     }
 }
 
-/// Analyses the trace at `dir` and writes the report page to `out`.
+/// Analyses the trace at `dir` and writes the report page to `out`, in
+/// one pass: the timeline watches the analysis's
+/// ([`hvtrace_analysis::analyze_with`]).
 pub fn write_report(dir: &Path, mappings: &[&dyn Mapping], out: &mut dyn Write) -> Result<ReportSummary, Error> {
-    let report = hvtrace_analysis::analyze(dir, mappings, &Options::default(), &mut |_| {}).map_err(|e| match e {
-        hvtrace_analysis::Error::Read(r) => Error::Read(r),
-        e => Error::Analysis(e),
-    })?;
-    let mut tl = Timeline { begin: None, span: report.duration_ns.max(1), lanes: BTreeMap::new() };
-    let end = walk::walk(dir, mappings, &mut tl)?.end;
-    let pcpus: Vec<u32> = tl.lanes.keys().copied().collect();
-    for c in pcpus {
-        tl.runs(end, c, None);
-    }
-    let html = render(&report, &tl);
+    let mut tl = Timeline::new();
+    let report = hvtrace_analysis::analyze_with(dir, mappings, &Options::default(), &mut |_| {}, &mut tl).map_err(
+        |e| match e {
+            hvtrace_analysis::Error::Read(r) => Error::Read(r),
+            e => Error::Analysis(e),
+        },
+    )?;
+    let lanes = tl.page(report.duration_ns);
+    let html = render(&report, &lanes);
     out.write_all(html.as_bytes()).map_err(Error::Write)?;
     out.flush().map_err(Error::Write)?;
     Ok(ReportSummary {
         bytes: html.len() as u64,
-        pcpus: tl.lanes.len(),
+        pcpus: lanes.len(),
         vcpus: report.vcpus.len(),
         warnings: report.warnings,
     })
 }
 
-fn render(r: &Report, tl: &Timeline) -> String {
+fn render(r: &Report, lanes: &BTreeMap<u32, Lane>) -> String {
     let mut h = String::with_capacity(1 << 20);
     let vcpus: Vec<Vcpu> = r.vcpus.iter().map(|v| Vcpu::new(v.domain, v.vcpu)).collect();
     let colours: HashMap<Vcpu, String> = vcpus.iter().enumerate().map(|(i, v)| (*v, colour(i))).collect();
@@ -215,16 +305,16 @@ th{{background:#f4f4f4}}td:first-child,th:first-child{{text-align:left}}h2{{marg
     for w in &r.warnings {
         let _ = write!(h, "<p class=\"warn\">Warning: {}</p>", esc(w));
     }
-    timeline(&mut h, r, tl, &vcpus, &colours);
+    timeline(&mut h, r, lanes, &vcpus, &colours);
     exit_charts(&mut h, r);
     tables(&mut h, r);
     h.push_str("</body></html>\n");
     h
 }
 
-fn timeline(h: &mut String, r: &Report, tl: &Timeline, vcpus: &[Vcpu], colours: &HashMap<Vcpu, String>) {
+fn timeline(h: &mut String, r: &Report, tl: &BTreeMap<u32, Lane>, vcpus: &[Vcpu], colours: &HashMap<Vcpu, String>) {
     let (left, lane_h, gap, w) = (70usize, 22usize, 6usize, COLUMNS);
-    let lanes = tl.lanes.len().max(1);
+    let lanes = tl.len().max(1);
     let height = 20 + lanes * (lane_h + gap) + 40;
     let _ = write!(h, "<h2>Timeline</h2><p>A lane per pCPU, coloured by the vCPU that ran longest in each of {COLUMNS} columns of {}; black marks: VM exits (taller: more); hatched: events lost, state unknown.</p>", time(r.duration_ns / COLUMNS as u64));
     let _ = write!(
@@ -234,8 +324,8 @@ fn timeline(h: &mut String, r: &Report, tl: &Timeline, vcpus: &[Vcpu], colours: 
 <rect width=\"6\" height=\"6\" fill=\"#fff\"/><line x1=\"0\" y1=\"0\" x2=\"0\" y2=\"6\" stroke=\"#c00\" stroke-width=\"3\"/></pattern></defs>",
         left + w + 50
     );
-    let max_exits = tl.lanes.values().flat_map(|l| l.exits.iter()).copied().max().unwrap_or(0).max(1);
-    for (i, (cpu, lane)) in tl.lanes.iter().enumerate() {
+    let max_exits = tl.values().flat_map(|l| l.exits.iter()).copied().max().unwrap_or(0).max(1);
+    for (i, (cpu, lane)) in tl.iter().enumerate() {
         let y = 20 + i * (lane_h + gap);
         let _ = write!(
             h,
@@ -411,36 +501,67 @@ fn tables(h: &mut String, r: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hvtrace_analysis::Observer;
 
     #[test]
     fn lost_events_hatch_the_time_since_the_pcpus_last_record_and_no_more() {
-        let mut tl = Timeline { begin: None, span: COLUMNS as u64 * 10, lanes: BTreeMap::new() };
+        let mut tl = Timeline::new();
+        tl.begin(Some(0));
         let v = Vcpu::new(1, 0);
-        tl.model(0, 0, Event::Entry { vcpu: v }).unwrap();
-        tl.model(1000, 0, Event::Entry { vcpu: v }).unwrap();
-        tl.lost(None, 3000, 0, 5).unwrap();
-        let missing: Vec<usize> = (0..COLUMNS).filter(|&c| tl.lanes[&0].missing[c]).collect();
-        assert_eq!(missing, (100..=300).collect::<Vec<_>>());
+        tl.event(0, 0, 0, Event::Entry { vcpu: v });
+        tl.event(0, 1600, 0, Event::Entry { vcpu: v });
+        tl.lost(0, None, 4800, 0, 5);
         // Out of order (the record before the loss after it): only the
         // loss's own column, no panic.
-        tl.lost(Some(6000), 5000, 0, 1).unwrap();
-        tl.model(7000, 0, Event::Entry { vcpu: v }).unwrap();
-        tl.lost(None, 6500, 0, 1).unwrap();
-        let missing: Vec<usize> = (0..COLUMNS).filter(|&c| tl.lanes[&0].missing[c]).collect();
+        tl.lost(0, Some(9600), 8000, 0, 1);
+        tl.event(0, 11200, 0, Event::Entry { vcpu: v });
+        tl.lost(0, None, 10400, 0, 1);
+        // The kernel's streams are not drawn.
+        tl.lost(1, None, 12000, 0, 1);
+        // 16 ns per column.
+        let page = tl.page(COLUMNS as u64 * 16);
+        let missing: Vec<usize> = (0..COLUMNS).filter(|&c| page[&0].missing[c]).collect();
         assert_eq!(missing, (100..=300).chain([500, 650]).collect::<Vec<_>>());
     }
 
     #[test]
     fn a_column_is_credited_to_the_vcpu_that_ran_in_it() {
-        let mut tl = Timeline { begin: None, span: COLUMNS as u64 * 10, lanes: BTreeMap::new() };
+        let mut tl = Timeline::new();
+        tl.begin(Some(0));
         let (a, b) = (Vcpu::new(0, 0), Vcpu::new(0, 1));
-        tl.model(0, 3, Event::Runstate { vcpu: a, new: Runstate::Running }).unwrap();
-        tl.model(14, 3, Event::Runstate { vcpu: b, new: Runstate::Running }).unwrap();
-        tl.model(30, 3, Event::Runstate { vcpu: b, new: Runstate::Blocked }).unwrap();
-        let lane = &tl.lanes[&3];
+        tl.event(0, 0, 3, Event::Runstate { vcpu: a, new: Runstate::Running });
+        tl.event(0, 14, 3, Event::Runstate { vcpu: b, new: Runstate::Running });
+        tl.event(0, 30, 3, Event::Runstate { vcpu: b, new: Runstate::Blocked });
+        // 10 ns per column.
+        let page = tl.page(COLUMNS as u64 * 10);
+        let lane = &page[&3];
         assert_eq!(lane.time[0], [(a, 10)]);
         assert_eq!(lane.time[1], [(a, 4), (b, 6)]);
         assert_eq!(lane.time[2], [(b, 10)]);
-        assert!(lane.time[3].iter().all(|(_, t)| *t == 0) && lane.running.is_none());
+        assert!(lane.time[3..].iter().flatten().all(|(_, t)| *t == 0));
+    }
+
+    #[test]
+    fn widening_the_columns_as_the_trace_grows_keeps_every_ns_and_exit() {
+        let mut tl = Timeline::new();
+        tl.begin(Some(1_000));
+        let (a, b) = (Vcpu::new(0, 0), Vcpu::new(0, 1));
+        let exit = |vcpu| Event::Exit {
+            vcpu,
+            exit: hvtrace_model::Exit { code: 1, name: "x", detail: hvtrace_model::ExitDetail::None },
+        };
+        // a runs 1 µs, b 1 ms, a 1 s, with an exit at each switch: the
+        // span doubles some 20 times on the way.
+        tl.event(0, 1_000, 0, exit(a));
+        tl.event(0, 2_000, 0, exit(b));
+        tl.event(0, 1_002_000, 0, exit(a));
+        tl.event(0, 1_001_002_000, 0, Event::Runstate { vcpu: a, new: Runstate::Offline });
+        let page = tl.page(1_001_001_000);
+        let lane = &page[&0];
+        let total = |v| lane.time.iter().flatten().filter(|(x, _)| *x == v).map(|(_, t)| t).sum::<u64>();
+        assert_eq!((total(a), total(b)), (1_000 + 1_000_000_000, 1_000_000));
+        assert_eq!(lane.exits.iter().sum::<u32>(), 3);
+        // The last second is a's, in the last columns.
+        assert_eq!(lane.time[COLUMNS - 1].iter().map(|(v, _)| *v).collect::<Vec<_>>(), [a]);
     }
 }
