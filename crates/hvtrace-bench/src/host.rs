@@ -109,26 +109,12 @@ impl Drop for Reaped {
     }
 }
 
-/// A private temporary directory, removed on drop.
-pub(crate) struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> Result<TempDir> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "hvtrace-bench-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A private temporary directory `hvtrace-bench-<tag>-*`, removed on drop.
+pub(crate) fn temp_dir(tag: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("hvtrace-bench-{tag}-"))
+        .tempdir()
+        .context("creating a temporary directory")
 }
 
 /// The `hvtrace` executable: `explicit`, else the one beside this binary.
@@ -298,9 +284,9 @@ impl LatencyWatch {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
-    let tmp = TempDir::new("host")?;
-    let sock = tmp.0.join("ctl.sock");
-    let out = a.keep.clone().unwrap_or_else(|| tmp.0.join("trace"));
+    let tmp = temp_dir("host")?;
+    let sock = tmp.path().join("ctl.sock");
+    let out = a.keep.clone().unwrap_or_else(|| tmp.path().join("trace"));
     std::fs::create_dir_all(&out)?;
     let mut cfg = HostConfig::new(&sock, "bench");
     cfg.channel = "hvbench".into();
@@ -326,7 +312,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         if a.consumer != ConsumerKind::Hvtrace {
             bail!("--relayd needs --consumer hvtrace");
         }
-        Some(hvtrace_relayd::LocalRelayd::spawn(&tmp.0.join("relay"))?.context("lttng-relayd is not installed")?)
+        Some(hvtrace_relayd::LocalRelayd::spawn(&tmp.path().join("relay"))?.context("lttng-relayd is not installed")?)
     } else {
         None
     };

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use hvtrace_ctl::Client;
 use hvtrace_proto::{ChannelConfig, Mode, Request};
 
-use crate::host::{hvtrace_exe, spawn_consumer, ConsumerKind, Reaped, TempDir};
+use crate::host::{hvtrace_exe, spawn_consumer, temp_dir, ConsumerKind, Reaped};
 use crate::util;
 
 /// Arguments of `hvtrace-bench idle`.
@@ -31,9 +31,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
-    let tmp = TempDir::new("idle")?;
-    let sock = tmp.0.join("ctl.sock");
-    let out = tmp.0.join("trace");
+    let tmp = temp_dir("idle")?;
+    let sock = tmp.path().join("ctl.sock");
+    let out = tmp.path().join("trace");
     let exe = hvtrace_exe(a.hvtrace.as_deref())?;
     let mut sim = Reaped(
         Command::new(&exe)

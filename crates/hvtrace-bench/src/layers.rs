@@ -21,7 +21,7 @@ use hvtrace_proto::{ChannelConfig, Mode, Request};
 use tracing::Dispatch;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 
-use crate::host::TempDir;
+use crate::host::temp_dir;
 use crate::util::{self, median, round2};
 
 /// Arguments of `hvtrace-bench tracing`.
@@ -68,17 +68,17 @@ pub(crate) fn run(a: Args) -> Result<()> {
     if a.events == 0 || a.rounds == 0 {
         bail!("--events and --rounds must be at least 1");
     }
-    let tmp = TempDir::new("tracing")?;
+    let tmp = temp_dir("tracing")?;
     let la = util::loadavg();
 
     // hvtrace: a host with a started channel, drained by a consumer from
     // the start; the callsite's class is registered at its first event.
-    let sock = tmp.0.join("ctl.sock");
+    let sock = tmp.path().join("ctl.sock");
     let host: Arc<Host> = Host::serve(HostConfig::new(&sock, "tracing-bench"), &[]).context("host")?;
     let mut ctl = Client::connect(&sock, Some(Duration::from_secs(20)))?;
     ctl.simple(&Request::Create(ChannelConfig { subbuf_size: 4 << 20, num_subbuf: 8, mode: Mode::Discard }))?;
     ctl.simple(&Request::Start)?;
-    let trace = tmp.0.join("trace");
+    let trace = tmp.path().join("trace");
     let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &trace))?;
     let consumer = std::thread::spawn(move || consumer.run());
     let layer = hvtrace_tracing::HvtraceLayer::new(host.clone());
@@ -89,19 +89,19 @@ pub(crate) fn run(a: Args) -> Result<()> {
 
     // The hvtrace layer on a host with no channel: everything but the ring
     // record (the writer finds no channel and returns), for the breakdown.
-    let idle_host = Host::serve(HostConfig::new(tmp.0.join("idle.sock"), "tracing-bench"), &[]).context("host")?;
+    let idle_host = Host::serve(HostConfig::new(tmp.path().join("idle.sock"), "tracing-bench"), &[]).context("host")?;
     let no_ring = Dispatch::new(tracing_subscriber::registry().with(hvtrace_tracing::HvtraceLayer::new(idle_host)));
 
     // fmt through the non-blocking writer, not lossy: every line written,
     // as hvtrace records every event (lossy, a full queue drops lines).
-    let log = std::fs::File::create(tmp.0.join("fmt.log"))?;
+    let log = std::fs::File::create(tmp.path().join("fmt.log"))?;
     let (nb, fmt_guard) = tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(log);
     let fmt = Dispatch::new(
         tracing_subscriber::registry().with(tracing_subscriber::fmt::layer().with_writer(nb).with_ansi(false)),
     );
 
     let (chrome_layer, chrome_guard) =
-        tracing_chrome::ChromeLayerBuilder::new().file(tmp.0.join("chrome.json")).build();
+        tracing_chrome::ChromeLayerBuilder::new().file(tmp.path().join("chrome.json")).build();
     let chrome = Dispatch::new(tracing_subscriber::registry().with(chrome_layer));
 
     let subs: [(&str, &Dispatch); 5] =
@@ -138,7 +138,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     }
     let (recorded, discarded) =
         (check.records(), check.streams.iter().map(|s| s.report.events_discarded()).sum::<u64>());
-    let fmt_lines = std::fs::read_to_string(tmp.0.join("fmt.log"))?.lines().count() as u64;
+    let fmt_lines = std::fs::read_to_string(tmp.path().join("fmt.log"))?.lines().count() as u64;
 
     let fig = |i: usize| round2(median(&cpu_ns[i]));
     let (noop_ns, hv_ns, fmt_ns, chrome_ns) = (fig(0), fig(1), fig(2), fig(3));

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use hvtrace_xen::gen::Scenario;
 
-use crate::host::{hvtrace_exe, TempDir};
+use crate::host::{hvtrace_exe, temp_dir};
 use crate::util::{children_cpu_ns, median, round2};
 
 /// Arguments of `hvtrace-bench xentrace`.
@@ -49,8 +49,8 @@ pub(crate) fn run(a: Args) -> Result<()> {
     if Command::new(&a.xenalyze).arg("--help").output().is_err() {
         bail!("{} not found (apt install xen-utils-4.17)", a.xenalyze.display());
     }
-    let tmp = TempDir::new("xentrace")?;
-    let file = tmp.0.join("bench.xentrace");
+    let tmp = temp_dir("xentrace")?;
+    let file = tmp.path().join("bench.xentrace");
     let sc = Scenario {
         pcpus: 4,
         domains: 6,
@@ -71,19 +71,19 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let mut records = 0u64;
     for rep in 0..a.reps {
         xa.push(timed(Command::new(&a.xenalyze).arg("--summary").arg(&file), "xenalyze --summary")?);
-        let out = tmp.0.join(format!("trace{rep}"));
+        let out = tmp.path().join(format!("trace{rep}"));
         let mut cmd = Command::new(&exe);
         cmd.args(["import", "xentrace", "--cpu-hz", "2400000000", "--json", "-o"]).arg(&out).arg(&file);
         hv.push(timed(&mut cmd, "hvtrace import xentrace")?);
         if rep == 0 {
             let o = Command::new(&exe)
                 .args(["import", "xentrace", "--json", "-o"])
-                .arg(tmp.0.join("count"))
+                .arg(tmp.path().join("count"))
                 .arg(&file)
                 .output()?;
             let j: serde_json::Value = serde_json::from_slice(&o.stdout).context("import --json")?;
             records = j["records"].as_u64().unwrap_or(0);
-            std::fs::remove_dir_all(tmp.0.join("count"))?;
+            std::fs::remove_dir_all(tmp.path().join("count"))?;
         }
         std::fs::remove_dir_all(&out)?;
     }
