@@ -258,9 +258,9 @@ impl<O: Out> fmt::Write for Text<'_, O> {
 /// the class, which is not written).
 ///
 /// Each `Visit` method has a fast path for the common case — the field
-/// expected next, of its class's type ([`Payload::next_is`]), a string
-/// under its bound without a NUL — that calls nothing, so it compiles to
-/// a leaf function without a stack frame; everything else goes out of line
+/// expected next, of its class's type ([`Payload::next_is`]) — that calls
+/// nothing (but `memcpy` for a long string), so it compiles to a leaf
+/// function without a stack frame; everything else goes out of line
 /// (`*_other`). The output is held by value (the thread's [`Buf`], or
 /// `&mut Encoder` for the slot): one pointer fewer to follow per value.
 pub(crate) struct Payload<'b, O> {
@@ -348,12 +348,13 @@ impl<'b, O: Out> Payload<'b, O> {
         }
     }
 
-    /// A string: its kept part (cut at the bound or a NUL, counted) and the NUL.
+    /// A string: its kept part (cut at the bound, counted, or at a NUL) and
+    /// the NUL.
+    #[inline]
     fn str(&mut self, s: &str) {
         let kept = kept(s);
         self.truncated += (s.len() > MAX_STRING) as u32;
-        self.out.put(kept);
-        self.out.put(&[0]);
+        self.out.put_str(kept);
     }
 
     #[inline(never)]
@@ -398,13 +399,8 @@ impl<'b, O: Out> Payload<'b, O> {
         }
     }
 
-    /// A string off the fast path: out of order, or longer than its bound,
-    /// or holding a NUL (the value of a field already taken: `next` moved).
     #[inline(never)]
-    fn str_other(&mut self, f: &TracingField, v: &str, taken: bool) {
-        if taken {
-            return self.str(v);
-        }
+    fn str_other(&mut self, f: &TracingField, v: &str) {
         match self.at(f) {
             Some(Ty::Str) => self.str(v),
             Some(t) => self.reject(t),
@@ -456,14 +452,10 @@ impl<O: Out> Visit for Payload<'_, O> {
 
     #[inline]
     fn record_str(&mut self, f: &TracingField, v: &str) {
-        let taken = self.next_is(f, Ty::Str);
-        // Under the bound and without a NUL, the string is kept whole
-        // (`kept` would return it all): no character boundary to look for.
-        let b = v.as_bytes();
-        if taken && b.len() <= MAX_STRING && !b.contains(&0) {
-            return self.out.put_str(b);
+        if self.next_is(f, Ty::Str) {
+            return self.str(v);
         }
-        self.str_other(f, v, taken)
+        self.str_other(f, v)
     }
 
     fn record_bytes(&mut self, f: &TracingField, v: &[u8]) {
