@@ -102,6 +102,46 @@ fn rdtsc_alone(n: u64) -> (f64, f64) {
     ((c1 - c0) as f64 / n as f64, (t1 - t0) as f64 / n as f64)
 }
 
+/// The benchmark's event without `tracing`: a [`hvtrace_host::Writer`]'s
+/// record of the payload the layer records for it (level, `a` as i64, `b`
+/// as u64, `s`) into the same channel, its class registered as the
+/// layer's is.
+struct Direct {
+    writer: hvtrace_host::Writer,
+    id: u32,
+}
+
+impl Direct {
+    fn new(host: &Host) -> Result<Direct> {
+        use hvtrace_core::field::{Field, FieldKind};
+        let level = FieldKind::Enum { bits: 8, signed: false, labels: hvtrace_tracing::LEVEL_LABELS };
+        let fields = [("level", level), ("a", i64::KIND), ("b", u64::KIND), ("s", FieldKind::Str)];
+        let id = host.register_event("bench:direct", &fields).context("registering the direct class")?;
+        Ok(Direct { writer: host.writer(), id })
+    }
+
+    /// `n` records: thread CPU and wall ns per record (a record the ring
+    /// refuses is counted by it as discarded).
+    #[inline(never)]
+    fn record(&self, n: u64) -> (f64, f64) {
+        use hvtrace_core::field::Field;
+        use hvtrace_core::Sink;
+        let (c0, t0) = (util::thread_cpu_ns(), util::now_ns());
+        for _ in 0..n {
+            let (a, b, s) = std::hint::black_box((1i64, 2u64, "hello"));
+            let len = 1 + a.encoded_len() + b.encoded_len() + s.encoded_len();
+            let _ = self.writer.record(self.id, len, |e| {
+                e.put(&[2]);
+                a.encode(e);
+                b.encode(e);
+                s.encode(e);
+            });
+        }
+        let (c1, t1) = (util::thread_cpu_ns(), util::now_ns());
+        ((c1 - c0) as f64 / n as f64, (t1 - t0) as f64 / n as f64)
+    }
+}
+
 /// What a subscriber needs at the end to flush and account for its events.
 enum Finish {
     Nothing,
@@ -112,6 +152,7 @@ enum Finish {
         consumer: std::thread::JoinHandle<Result<hvtrace_consumer::Report, hvtrace_consumer::ConsumerError>>,
         trace: PathBuf,
         counters: Arc<hvtrace_tracing::Counters>,
+        host: Arc<Host>,
     },
     /// The file must hold one line per event.
     Fmt {
@@ -128,6 +169,8 @@ struct Sub {
     name: &'static str,
     dispatch: Dispatch,
     finish: Finish,
+    /// Records written into its channel without `tracing` ([`Direct`]).
+    direct: u64,
 }
 
 fn build(name: &'static str, dir: &Path) -> Result<Sub> {
@@ -144,12 +187,10 @@ fn build(name: &'static str, dir: &Path) -> Result<Sub> {
             let trace = dir.join("trace");
             let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &trace))?;
             let consumer = std::thread::spawn(move || consumer.run());
-            let layer = hvtrace_tracing::HvtraceLayer::new(host);
+            let layer = hvtrace_tracing::HvtraceLayer::new(host.clone());
             let counters = layer.counters();
-            (
-                Dispatch::new(tracing_subscriber::registry().with(layer)),
-                Finish::Hvtrace { ctl, consumer, trace, counters },
-            )
+            let finish = Finish::Hvtrace { ctl, consumer, trace, counters, host };
+            (Dispatch::new(tracing_subscriber::registry().with(layer)), finish)
         }
         // The layer on a host with no channel: everything but the ring
         // record (the writer finds no channel and returns), for the breakdown.
@@ -176,7 +217,7 @@ fn build(name: &'static str, dir: &Path) -> Result<Sub> {
         }
         other => bail!("no subscriber {other:?} (one of {})", NAMES.join(", ")),
     };
-    Ok(Sub { name, dispatch, finish })
+    Ok(Sub { name, dispatch, finish, direct: 0 })
 }
 
 /// What a subscriber's output holds after `emitted` events, as JSON
@@ -184,6 +225,8 @@ fn build(name: &'static str, dir: &Path) -> Result<Sub> {
 type Account = (serde_json::Map<String, serde_json::Value>, Option<String>);
 
 fn finish(sub: Sub, emitted: u64) -> Result<Account> {
+    // The direct records share the hvtrace layer's channel.
+    let emitted = emitted + sub.direct;
     let mut o = serde_json::Map::new();
     let mut wrong = None;
     match sub.finish {
@@ -197,7 +240,7 @@ fn finish(sub: Sub, emitted: u64) -> Result<Account> {
                 wrong = Some(format!("fmt: {lines} lines of {emitted} events"));
             }
         }
-        Finish::Hvtrace { mut ctl, consumer, trace, counters } => {
+        Finish::Hvtrace { mut ctl, consumer, trace, counters, .. } => {
             ctl.simple(&Request::Stop)?;
             ctl.simple(&Request::Destroy)?;
             consumer.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))??;
@@ -207,7 +250,9 @@ fn finish(sub: Sub, emitted: u64) -> Result<Account> {
             }
             let recorded = check.records();
             let discarded = check.streams.iter().map(|s| s.report.events_discarded()).sum::<u64>();
+            // Emitted: through the layer, and `hvtrace_direct_records` of them directly.
             o.insert("hvtrace_events_emitted".into(), emitted.into());
+            o.insert("hvtrace_direct_records".into(), sub.direct.into());
             o.insert("hvtrace_events_recorded".into(), recorded.into());
             o.insert("hvtrace_events_discarded".into(), discarded.into());
             o.insert("hvtrace_layer_lost".into(), counters.lost().into());
@@ -268,14 +313,22 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let subs = NAMES.iter().map(|n| build(n, &tmp.0)).collect::<Result<Vec<_>>>()?;
     let timed = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
 
+    let mut subs = subs;
+    let hv = subs.iter().position(|s| s.name == "hvtrace").expect("the hvtrace subscriber");
+    let Finish::Hvtrace { host, .. } = &subs[hv].finish else { unreachable!("hvtrace is built with its host") };
+    let direct = Direct::new(host)?;
+
     let pinned = pin();
     for s in &subs {
         emit(Some(&s.dispatch), a.warmup);
     }
+    direct.record(a.warmup);
+    subs[hv].direct += a.warmup;
     let n = subs.len();
     let (mut cpu_ns, mut wall_ns) = (vec![Vec::new(); n], vec![Vec::new(); n]);
     let (mut global_cpu, mut global_wall) = (vec![Vec::new(); n], vec![Vec::new(); n]);
     let (mut tsc_cpu, mut tsc_wall) = (Vec::new(), Vec::new());
+    let (mut direct_cpu, mut direct_wall) = (Vec::new(), Vec::new());
     for _ in 0..a.rounds {
         for (i, s) in subs.iter().enumerate().filter(|(_, s)| timed(s.name)) {
             let (c, w) = emit(Some(&s.dispatch), a.events);
@@ -285,6 +338,12 @@ pub(crate) fn run(a: Args) -> Result<()> {
         let (c, w) = rdtsc_alone(a.events);
         tsc_cpu.push(c);
         tsc_wall.push(w);
+        if timed("hvtrace") {
+            let (c, w) = direct.record(a.events);
+            direct_cpu.push(c);
+            direct_wall.push(w);
+            subs[hv].direct += a.events;
+        }
         if !a.no_global {
             for (i, s) in subs.iter().enumerate().filter(|(_, s)| timed(s.name)) {
                 let (c, w) = spawn_global(&a, s.name)?;
@@ -296,6 +355,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
 
     // Everything written and accounted for: every subscriber got the
     // warm-up and its timed events.
+    drop(direct);
     let mut j = serde_json::Map::new();
     let mut wrong = Vec::new();
     for (i, s) in subs.into_iter().enumerate() {
@@ -318,6 +378,9 @@ pub(crate) fn run(a: Args) -> Result<()> {
         j.insert(format!("tracing_global_{name}_wall_ns_per_event"), fig(&global_wall[i]));
         j.insert(format!("tracing_global_{name}_cpu_ns_per_round"), global_cpu[i].iter().map(|x| round2(*x)).collect());
     }
+    j.insert("tracing_hvtrace_direct_ns_per_event".into(), fig(&direct_cpu));
+    j.insert("tracing_hvtrace_direct_wall_ns_per_event".into(), fig(&direct_wall));
+    j.insert("tracing_hvtrace_direct_cpu_ns_per_round".into(), direct_cpu.iter().map(|x| round2(*x)).collect());
     j.insert("tracing_rdtsc_ns".into(), fig(&tsc_cpu));
     j.insert("tracing_rdtsc_wall_ns".into(), fig(&tsc_wall));
     j.insert("tracing_rdtsc_cpu_ns_per_round".into(), tsc_cpu.iter().map(|x| round2(*x)).collect());
