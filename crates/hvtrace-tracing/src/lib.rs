@@ -66,7 +66,7 @@
 //!   once it is visited (a `Debug` value's once it is formatted), and a
 //!   ring reservation needs the length first. The values are encoded into
 //!   the thread's payload buffer (allocated at the first such event), then
-//!   copied into the slot (tens of bytes, in 16-byte pieces that compile
+//!   copied into the slot (tens of bytes, in 32-byte pieces that compile
 //!   to inline moves). A first `Visit` pass to measure, then a second into
 //!   the slot, was measured slower: visiting costs more than the copy.
 //!
