@@ -125,6 +125,53 @@ impl Field for bool {
 /// that measure a string once and write it themselves (hvtrace-tracing).
 #[inline]
 pub fn kept(s: &str) -> &[u8] {
+    let b = s.as_bytes();
+    // The common case, a short string without a NUL, in a few word tests
+    // (a byte loop or `memchr` costs more than the rest of the record).
+    if b.len() <= 32 && !short_has_nul(b) {
+        return b;
+    }
+    kept_long(s)
+}
+
+/// Whether `b` (at most 32 bytes) holds a NUL: a test of up to four
+/// 8-byte words (overlapping, from both ends), or two 4-byte ones.
+#[inline(always)]
+fn short_has_nul(b: &[u8]) -> bool {
+    // Nonzero exactly when some byte of `x` is zero (the borrow of a zero
+    // byte sets its top bit, which `!x` keeps only for bytes below 0x80).
+    const fn zero64(x: u64) -> bool {
+        x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080 != 0
+    }
+    const fn zero32(x: u32) -> bool {
+        x.wrapping_sub(0x0101_0101) & !x & 0x8080_8080 != 0
+    }
+    let n = b.len();
+    match n {
+        0 => false,
+        1..=3 => b[0] == 0 || b[n / 2] == 0 || b[n - 1] == 0,
+        4..=7 => zero32(word32(b, 0)) | zero32(word32(b, n - 4)),
+        8..=16 => zero64(word64(b, 0)) | zero64(word64(b, n - 8)),
+        _ => zero64(word64(b, 0)) | zero64(word64(b, 8)) | zero64(word64(b, n - 16)) | zero64(word64(b, n - 8)),
+    }
+}
+
+#[inline(always)]
+fn word64(b: &[u8], at: usize) -> u64 {
+    let mut w = [0; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+#[inline(always)]
+fn word32(b: &[u8], at: usize) -> u32 {
+    let mut w = [0; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+/// [`kept`] of a string that is long or holds a NUL.
+fn kept_long(s: &str) -> &[u8] {
     let mut n = s.len().min(MAX_STRING);
     while !s.is_char_boundary(n) {
         n -= 1;
@@ -216,6 +263,33 @@ impl FieldKind {
                 Some(*bits as usize / 8)
             }
             FieldKind::Str | FieldKind::Bytes => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::string::String;
+
+    #[test]
+    fn kept_finds_every_nul_of_a_short_string_and_keeps_the_rest_whole() {
+        // Every length the word tests cover and past them, a NUL at every
+        // place (or none), bytes either side of it at 0x01 and 0x80 and
+        // 0xff, where a word test could be fooled by a borrow or a sign.
+        for n in 0..=40usize {
+            for nul in (0..n).map(Some).chain([None]) {
+                for fill in ['\u{1}', 'a', '\u{7f}'] {
+                    let s: String = (0..n).map(|i| if Some(i) == nul { '\0' } else { fill }).collect();
+                    let want = &s.as_bytes()[..nul.unwrap_or(n)];
+                    assert_eq!(kept(&s), want, "length {n}, NUL at {nul:?}, fill {fill:?}");
+                }
+            }
+        }
+        // Multi-byte characters (bytes >= 0x80) beside a NUL.
+        for s in ["é\0", "\0é", "aé\0bcdefghij", "ééééé\0", "éééééééééééééééé\0"] {
+            assert_eq!(kept(s), s.split('\0').next().unwrap().as_bytes(), "{s:?}");
         }
     }
 }

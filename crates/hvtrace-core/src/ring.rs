@@ -123,9 +123,10 @@ impl<'a> Encoder<'a> {
 }
 
 /// `dst.copy_from_slice(src)`, without a `memcpy` call for the short,
-/// variable lengths of typical string fields (names, short messages): the
-/// call costs more than the copy there. Overlapping fixed-size moves cover
-/// every length from 4 to 16.
+/// variable lengths of typical string fields (names, short messages) and
+/// of small payloads encoded elsewhere first (hvtrace-tracing's): the call
+/// costs more than the copy there. Overlapping fixed-size moves cover
+/// every length from 4 to 32.
 #[inline(always)]
 fn copy(dst: &mut [u8], src: &[u8]) {
     let n = src.len();
@@ -133,6 +134,9 @@ fn copy(dst: &mut [u8], src: &[u8]) {
     if (8..=16).contains(&n) {
         dst[..8].copy_from_slice(&src[..8]);
         dst[n - 8..].copy_from_slice(&src[n - 8..]);
+    } else if (17..=32).contains(&n) {
+        dst[..16].copy_from_slice(&src[..16]);
+        dst[n - 16..].copy_from_slice(&src[n - 16..]);
     } else if (4..8).contains(&n) {
         dst[..4].copy_from_slice(&src[..4]);
         dst[n - 4..].copy_from_slice(&src[n - 4..]);
@@ -1222,6 +1226,35 @@ pub mod heap {
         pub fn reader(&self) -> RingReader<'_> {
             // SAFETY: as above.
             unsafe { RingReader::from_parts(self.words(), self.data_ptr()) }.unwrap()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::{vec, vec::Vec};
+
+    #[test]
+    fn the_encoder_copies_every_length_whole_at_its_place() {
+        // Every branch of `copy` (below 4, 4–7, 8–16, 17–32, above), after
+        // an odd offset, and the cut at the end of the reservation.
+        for n in 0..=70usize {
+            let src: Vec<u8> = (0..n as u8).map(|b| b.wrapping_mul(7).wrapping_add(1)).collect();
+            let mut buf = vec![0xeeu8; 3 + n + 5];
+            let mut e = Encoder::new(&mut buf[..3 + n]);
+            e.put(&[1, 2, 3]);
+            e.put(&src);
+            assert_eq!(e.written(), 3 + n);
+            assert_eq!(&buf[..3], &[1, 2, 3]);
+            assert_eq!(&buf[3..3 + n], &src[..], "length {n}");
+            assert!(buf[3 + n..].iter().all(|&b| b == 0xee), "length {n}: written past the slice");
+            let mut short = vec![0u8; n / 2];
+            let mut e = Encoder::new(&mut short);
+            e.put(&src);
+            assert_eq!(e.written(), n / 2);
+            assert_eq!(&short[..], &src[..n / 2], "length {n}, cut");
         }
     }
 }

@@ -66,7 +66,7 @@
 //!   once it is visited (a `Debug` value's once it is formatted), and a
 //!   ring reservation needs the length first. The values are encoded into
 //!   the thread's payload buffer (allocated at the first such event), then
-//!   copied into the slot (tens of bytes, in 16-byte pieces that compile
+//!   copied into the slot (tens of bytes, in 32-byte pieces that compile
 //!   to inline moves). A first `Visit` pass to measure, then a second into
 //!   the slot, was measured slower: visiting costs more than the copy.
 //!
@@ -261,12 +261,16 @@ impl Counters {
     /// Adds a payload's value counts.
     #[inline]
     fn values<O>(&self, p: &Payload<'_, O>) {
-        if p.mismatched != 0 {
-            self.mismatched.fetch_add(p.mismatched as u64, Relaxed);
+        // One test on the common path (nothing to count).
+        if p.mismatched | p.truncated != 0 {
+            self.count_values(p.mismatched, p.truncated);
         }
-        if p.truncated != 0 {
-            self.truncated.fetch_add(p.truncated as u64, Relaxed);
-        }
+    }
+
+    #[cold]
+    fn count_values(&self, mismatched: u32, truncated: u32) {
+        self.mismatched.fetch_add(mismatched as u64, Relaxed);
+        self.truncated.fetch_add(truncated as u64, Relaxed);
     }
 }
 
@@ -452,17 +456,18 @@ impl HvtraceLayer {
                 }
                 let mut out = Buf { bytes: &mut local.buf, len: 0, overflow: false };
                 out.put(fixed);
-                let mut p = Payload::new(&mut out, &class.types);
+                let mut p = Payload::new(out, &class.types);
                 values(&mut p);
                 p.finish();
                 self.counters.values(&p);
+                let out = p.out;
                 if out.overflow {
                     return self.lose(&local.writer, &self.counters.overflow);
                 }
                 let payload = &out.bytes[..out.len];
-                // In pieces of 16 bytes: the encoder copies up to 16 with
+                // In pieces of 32 bytes: the encoder copies up to 32 with
                 // inline moves, where a longer slice would cost a `memcpy` call.
-                local.writer.record(id, payload.len(), |e| payload.chunks(16).for_each(|c| e.put(c)))
+                local.writer.record(id, payload.len(), |e| payload.chunks(32).for_each(|c| e.put(c)))
             }
         };
         match r {
