@@ -323,7 +323,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     ctl.simple(&Request::Start)?;
     let load = a.load;
     let la0 = util::loadavg();
-    let c0 = util::schedstat_ns(cpid);
+    let c0 = util::schedstat_by_thread(cpid);
     let r0 = relay.as_ref().map(|r| util::schedstat_ns(r.pid()));
     let kind = a.event;
     let rs = util::run_threads(load, |i| match owners.get(i) {
@@ -358,7 +358,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let c1 = util::schedstat_ns(cpid);
+    let c1 = util::schedstat_by_thread(cpid);
     let r1 = relay.as_ref().map(|r| util::schedstat_ns(r.pid()));
     ctl.simple(&Request::Destroy)?;
     let exit = match a.consumer {
@@ -387,7 +387,13 @@ pub(crate) fn run(a: Args) -> Result<()> {
     let emitted = (a.load.events + a.load.warmup) * a.load.threads as u64;
     let discarded: u64 = status.rings.iter().map(|r| r.events_discarded).sum();
     let overwritten: u64 = status.rings.iter().map(|r| r.overwritten).sum();
-    let consumer_ns = c1.saturating_sub(c0);
+    let by_thread: serde_json::Map<String, serde_json::Value> = c1
+        .iter()
+        .map(|(name, ns)| (name.clone(), ns.saturating_sub(c0.get(name).copied().unwrap_or(0))))
+        .filter(|&(_, ns)| ns > 0)
+        .map(|(name, ns)| (name, serde_json::json!(util::round2(ns as f64 / tc.events_recorded.max(1) as f64))))
+        .collect();
+    let consumer_ns = c1.values().sum::<u64>().saturating_sub(c0.values().sum::<u64>());
     let relayd_ns = r0.zip(r1).map(|(r0, r1)| r1.saturating_sub(r0));
     let mut j = util::thread_summary(load, &rs);
     let o = j.as_object_mut().unwrap();
@@ -419,6 +425,9 @@ pub(crate) fn run(a: Args) -> Result<()> {
         "consumer_cpu_s": consumer_ns as f64 / 1e9,
         "consumer_ns_per_event": util::round2(consumer_ns as f64 / rec),
         "consumer_cpu_s_per_million_events": consumer_ns as f64 / 1e3 / rec,
+        // The same by thread: `hvtrace` (main: control, live timer), the
+        // workers (`hvtrace-consume`), the relay's sender (`hvtrace-relay`).
+        "consumer_ns_per_event_by_thread": by_thread,
         // lttng-relayd's CPU over the same window (all its threads).
         "relayd_cpu_s": relayd_ns.map(|n| n as f64 / 1e9),
         "relayd_ns_per_event": relayd_ns.map(|n| util::round2(n as f64 / rec)),

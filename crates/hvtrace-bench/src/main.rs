@@ -8,6 +8,8 @@
 //! * `idle` — wake-ups of a consumer on a started, idle `hvtrace sim --rate 0`.
 //! * `poll-consume` — the xentrace-style 100 ms polling baseline consumer.
 //! * `tracing` — one `tracing` event through the hvtrace layer, a do-nothing layer, `fmt`, tracing-chrome.
+//! * `relay-replay` — recorded packets sent to a local lttng-relayd as fast as
+//!   it takes them: the relay's ingest ceiling and CPU per event.
 //! * `xentrace` — `hvtrace import xentrace` against `xenalyze --summary` on one generated file.
 
 mod core;
@@ -15,6 +17,7 @@ mod host;
 mod idle;
 mod layers;
 mod poll;
+mod replay;
 mod util;
 mod xentrace;
 
@@ -38,6 +41,8 @@ enum Cmd {
     Idle(idle::Args),
     /// The 100 ms polling baseline consumer.
     PollConsume(poll::Args),
+    /// Recorded packets to a local lttng-relayd, as fast as it takes them.
+    RelayReplay(replay::Args),
     /// xentrace import against xenalyze --summary, same file.
     Xentrace(xentrace::Args),
     /// One `tracing` event through the hvtrace layer and three others, side by side.
@@ -50,6 +55,7 @@ fn main() {
         Cmd::Core(a) => core::run(a),
         Cmd::Idle(a) => idle::run(a),
         Cmd::PollConsume(a) => poll::run(a),
+        Cmd::RelayReplay(a) => replay::run(a),
         Cmd::Xentrace(a) => xentrace::run(a),
         Cmd::Tracing(a) => layers::run(a),
     };

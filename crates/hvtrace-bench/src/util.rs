@@ -244,11 +244,31 @@ pub(crate) fn round2(x: f64) -> f64 {
 
 /// On-CPU ns of every live thread of `pid` (`/proc/PID/task/*/schedstat`, ns resolution).
 pub(crate) fn schedstat_ns(pid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
-        .sum()
+    schedstat_by_thread(pid).values().sum()
+}
+
+/// On-CPU ns of the live threads of `pid`, summed by thread name, a trailing
+/// `-N` index dropped (`comm` holds at most 15 bytes, so the consumer's
+/// workers are all `hvtrace-consume`).
+pub(crate) fn schedstat_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut by = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by };
+    for e in dir.flatten() {
+        let Some(ns) = std::fs::read_to_string(e.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse::<u64>().ok()))
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim_end();
+        let name = match comm.rsplit_once('-') {
+            Some((head, idx)) if !idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit()) => head,
+            _ => comm,
+        };
+        *by.entry(name.to_string()).or_insert(0) += ns;
+    }
+    by
 }
 
 /// What a trace directory holds.

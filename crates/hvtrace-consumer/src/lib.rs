@@ -101,7 +101,7 @@ use metadata::MetadataLog;
 pub use metadata::MetadataReport;
 pub use output::{Access, OutputDir, ACCOUNT, INCOMPLETE};
 use relay::Relay;
-pub use relay::{RelayConfig, RelayReport, RelayStreamReport, RELAY_QUEUE, RELAY_TIMEOUT};
+pub use relay::{index_of as relay_index_of, RelayConfig, RelayReport, RelayStreamReport, RELAY_QUEUE, RELAY_TIMEOUT};
 pub use report::{ExitReason, Report, RingReport};
 use stream::StreamFile;
 use worker::{RingState, Worker};

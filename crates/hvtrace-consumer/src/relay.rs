@@ -783,7 +783,8 @@ impl Thread {
     }
 }
 
-fn index_of(info: &PacketInfo) -> PacketIndex {
+/// The relay's index entry of a packet, from its header and context.
+pub fn index_of(info: &PacketInfo) -> PacketIndex {
     PacketIndex {
         packet_size_bits: info.packet_len as u64 * 8,
         content_size_bits: info.content_len as u64 * 8,
