@@ -79,6 +79,9 @@ pub(crate) struct Args {
     /// what reached the relay's trace is counted.
     #[arg(long, conflicts_with_all = ["latency", "keep"])]
     relayd: bool,
+    /// With `--relayd`: the consumer's live timer, ms (its default: 1000).
+    #[arg(long, requires = "relayd")]
+    live_timer_ms: Option<u64>,
 }
 
 /// Kills a child on drop.
@@ -146,7 +149,7 @@ pub(crate) fn spawn_consumer(
     poll_ms: u64,
     sock: &Path,
     out: &Path,
-    relayd: Option<&hvtrace_relayd::RelaydUrl>,
+    relayd: Option<(&hvtrace_relayd::RelaydUrl, Option<u64>)>,
     ctl: &mut Client,
 ) -> Result<Reaped> {
     let mut cmd = match kind {
@@ -164,7 +167,12 @@ pub(crate) fn spawn_consumer(
     cmd.arg("--socket").arg(sock);
     match relayd {
         // The relay as the only sink.
-        Some(url) => cmd.arg("--relayd").arg(url.to_string()).args(["--session", RELAY_SESSION]),
+        Some((url, live_timer_ms)) => {
+            if let Some(ms) = live_timer_ms {
+                cmd.arg("--live-timer").arg(ms.to_string());
+            }
+            cmd.arg("--relayd").arg(url.to_string()).args(["--session", RELAY_SESSION])
+        }
         None => cmd.arg("--output").arg(out),
     };
     let mut child = Reaped(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("spawning the consumer")?);
@@ -317,8 +325,15 @@ pub(crate) fn run(a: Args) -> Result<()> {
         None
     };
     let relay_url = relay.as_ref().map(|r| r.url.clone());
-    let mut consumer =
-        spawn_consumer(a.consumer, a.hvtrace.as_deref(), a.poll_ms, &sock, &out, relay_url.as_ref(), &mut ctl)?;
+    let mut consumer = spawn_consumer(
+        a.consumer,
+        a.hvtrace.as_deref(),
+        a.poll_ms,
+        &sock,
+        &out,
+        relay_url.as_ref().map(|u| (u, a.live_timer_ms)),
+        &mut ctl,
+    )?;
     let cpid = consumer.0.id();
     ctl.simple(&Request::Start)?;
     let load = a.load;
@@ -407,6 +422,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         "num_subbuf": a.num_subbuf,
         "consumer": format!("{:?}", a.consumer).to_lowercase(),
         "sink": if a.relayd { "relayd" } else { "local" },
+        "live_timer_ms": a.live_timer_ms,
         "consumer_pid": cpid,
         "consumer_exit_ok": exit.is_some_and(|s| s.success()),
         "drained": drained,
