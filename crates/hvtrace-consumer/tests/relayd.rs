@@ -471,3 +471,40 @@ fn relay_only_streams_whole_packets_in_both_modes() {
         }
     }
 }
+
+/// Relay only, discard mode, a relay that stalls for less than the timeout:
+/// the workers, which send from the ring themselves, wait for it while the
+/// host goes on; the rings discard and count what does not fit, and the
+/// relay's trace then holds every other event, nothing counted twice.
+#[test]
+fn a_slow_relay_costs_a_relay_only_session_counted_discards_only() {
+    let ch = ChannelConfig { subbuf_size: 16 * 1024, num_subbuf: 4, mode: Mode::Discard };
+    let Some((dir, relay, host, mut ctl)) = relay_and_host("relay-only-slow", 2, ch) else { return };
+    let mut rc = relay_cfg(relay.url.clone(), "slow");
+    rc.live_timer = Duration::from_secs(3600);
+    rc.timeout = Duration::from_secs(10);
+    let cfg = ConsumerConfig { output: None, relay: Some(rc), ..ConsumerConfig::new(dir.0.join("ctl.sock"), "") };
+    let run = run_in_thread(Consumer::attach(&cfg).unwrap());
+    let emitted = write_some(&host, 30, |i| {
+        if i == 3 {
+            hvtrace_sys::proc::pause(relay.pid()).unwrap();
+        } else if i == 20 {
+            hvtrace_sys::proc::resume(relay.pid()).unwrap();
+        }
+    });
+    ctl.simple(&Request::Stop).unwrap();
+    ctl.simple(&Request::Destroy).unwrap();
+    let report = run.join().unwrap().unwrap();
+    println!("{report}");
+    assert_eq!(report.exit, ExitReason::Destroyed);
+    let r = report.relay.as_ref().unwrap();
+    assert_eq!((r.missed_packets(), &r.error), (0, &None), "{r:?}");
+    assert!(report.events_discarded() > 0, "a 64 KiB ring cannot hold 17 rounds of 2,000 records: {report}");
+    let remote = relay.trace_dir(HOST, "slow");
+    for ring in &report.per_ring {
+        let s = check_stream(&remote.join(format!("{}_{}", report.channel, ring.cpu)), ring.cpu);
+        let want: u64 = emitted.iter().filter(|e| e.cpu == ring.cpu).map(Emitted::emitted).sum();
+        assert_eq!(s.records + ring.counters.discarded, want, "CPU {}: {ring:?}", ring.cpu);
+        assert_eq!((ring.lost_packets, ring.torn), (0, 0), "CPU {}", ring.cpu);
+    }
+}
