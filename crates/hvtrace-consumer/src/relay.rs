@@ -1,17 +1,13 @@
 //! The second sink: every packet, with its index, to an lttng-relayd.
 //!
-//! Relay I/O happens on one thread of its own ([`Relay`]), fed by a bounded
-//! queue, except for the packets of a relay-only channel in discard mode.
-//! With a local trace directory, workers copy each delivered packet into
-//! the queue and go on: they never wait for the relay (a full queue, or a
-//! relay that failed, means the packet is *missed* by the relay and
-//! counted, while the local file still gets it). With the relay as the only
-//! sink they wait for it, so a slow relay holds sub-buffers back and the
-//! host's rings discard (and count) what does not fit, exactly as a slow
-//! disk would; there a worker sends each packet itself, straight from the
-//! ring, under the lock of the relay thread's state (in overwrite mode it
-//! copies and queues it, see [`RingRelay::take_packet`]). The host never
-//! waits on any of them.
+//! All relay I/O happens on one thread of its own ([`Relay`]), fed by a
+//! bounded queue. Workers copy each delivered packet into the queue and go
+//! on: with a local trace directory they never wait for the relay (a full
+//! queue, or a relay that failed, means the packet is *missed* by the relay
+//! and counted, while the local file still gets it); with the relay as the
+//! only sink they wait for room in the queue, so a slow relay holds
+//! sub-buffers back and the host's rings discard (and count) what does not
+//! fit, exactly as a slow disk would. The host never waits on either.
 //!
 //! Live viewing: the main thread's live timer asks the host to flush partial
 //! sub-buffers, then has every worker drain its rings and post a `Drained`
@@ -179,10 +175,6 @@ pub(crate) struct RelayTx {
     shared: Arc<Shared>,
     /// No local trace: wait for room rather than miss packets.
     lossless: bool,
-    /// Relay-only: the relay thread's state (which it locks for each
-    /// message it handles), for workers in discard mode to send packets
-    /// themselves.
-    direct: Option<Arc<Mutex<Thread>>>,
 }
 
 impl RelayTx {
@@ -198,12 +190,6 @@ impl RelayTx {
     pub(crate) fn drained(&self, tick: u64) {
         // A marker that does not fit only costs that tick its beacons.
         let _ = self.tx.try_send(Msg::Drained { tick });
-    }
-
-    /// Relay-only: the relay thread's state, locked.
-    fn direct(&self) -> Option<std::sync::MutexGuard<'_, Thread>> {
-        // A panic under the lock ends the relay thread: its report says so.
-        Some(self.direct.as_ref()?.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 }
 
@@ -226,18 +212,7 @@ impl RingRelay {
     /// Takes packet `seq` as [`StreamFile::take_packet`] does: to the file
     /// (if any) and the relay queue. The relay's copy is taken before the
     /// file is written and both before `release`, so its after-write check
-    /// vouches for both, and a packet torn under the consumer never reaches
-    /// the relay.
-    ///
-    /// Except relay-only in discard mode: there the packet goes from the
-    /// ring straight into the socket, without the copy (a third of the
-    /// consumer's CPU on the relay path, see `docs/benchmarks.md`, row 6b).
-    /// In discard mode the producer never writes a sub-buffer the consumer
-    /// holds, so a packet can tear only if someone moved the consumed
-    /// position under the consumer: a host that can do that can as well
-    /// commit garbage, which reaches the relay either way. Such a packet is
-    /// counted torn and named in the ring's first error, as before; the
-    /// relay's copy of it may be damaged (TCP cannot take bytes back).
+    /// vouches for both.
     pub(crate) fn take_packet(
         &mut self,
         seq: u64,
@@ -278,20 +253,6 @@ impl RingRelay {
                 }
                 return;
             }
-        }
-        if self.tx.direct.is_some() && !overwrite {
-            if let Some(mut t) = self.tx.direct() {
-                t.packet(self.cpu, &bytes[..info.packet_len], &info, false);
-            }
-            let r = self.report.as_mut().expect("relay-only ring");
-            if release() {
-                r.packets += 1;
-                r.bytes += info.packet_len as u64;
-            } else {
-                self.torn(false);
-            }
-            self.last = Some(info);
-            return;
         }
         // Copied before release: afterwards the producer may reuse it.
         let mut copy = self.tx.shared.pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
@@ -453,7 +414,7 @@ impl Relay {
             shared.failed.store(true, Ordering::Relaxed);
         }
         let place = format!("{}{}", cfg.url, report.live_path());
-        let t = Thread {
+        let mut t = Thread {
             conn,
             channel: channel.to_string(),
             uuid,
@@ -470,15 +431,12 @@ impl Relay {
             meta,
             meta_sent: metadata.len(),
         };
-        // The thread gets only the state: a sender it held would keep its
-        // queue open.
-        let thread = Arc::new(Mutex::new(t));
-        let tx = RelayTx { tx, shared, lossless, direct: lossless.then(|| thread.clone()) };
         let join = std::thread::Builder::new()
             .name("hvtrace-relay".into())
-            .spawn(move || Thread::run(&thread, rx))
+            .spawn(move || t.run(rx))
             .map_err(ConsumerError::io("starting the relay thread"))?;
-        let relay = Relay { tx, channel: channel.to_string(), place, join: Some(join) };
+        let relay =
+            Relay { tx: RelayTx { tx, shared, lossless }, channel: channel.to_string(), place, join: Some(join) };
         Ok((relay, note))
     }
 
@@ -578,48 +536,37 @@ enum SentKind {
 }
 
 impl Thread {
-    /// The relay thread: handles queued messages, each under the lock.
-    fn run(thread: &Mutex<Thread>, rx: Receiver<Msg>) -> RelayReport {
+    fn run(&mut self, rx: Receiver<Msg>) -> RelayReport {
         for msg in rx.iter() {
-            let mut t = thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !t.handle(msg) {
-                break;
+            match msg {
+                Msg::Stream { cpu } => {
+                    self.stream(cpu);
+                }
+                Msg::Packet { cpu, bytes, info } => {
+                    self.packet(cpu, &bytes, &info, false);
+                    if let Ok(mut pool) = self.shared.pool.lock() {
+                        if pool.len() < self.shared.pool_max {
+                            pool.push(bytes);
+                        }
+                    }
+                }
+                Msg::Trailer { cpu, bytes, info } => self.packet(cpu, &bytes, &info, true),
+                Msg::Drained { tick } => self.drained(tick),
+                Msg::Finish => break,
             }
         }
-        let mut t = thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Every ring ended before `Finish` was sent.
-        let missed = std::mem::take(&mut *t.shared.missed.lock().unwrap_or_else(|e| e.into_inner()));
+        let missed = std::mem::take(&mut *self.shared.missed.lock().unwrap_or_else(|e| e.into_inner()));
         for (cpu, (packets, bytes)) in missed {
-            if let Some(s) = t.stream(cpu) {
+            if let Some(s) = self.stream(cpu) {
                 s.report.missed_packets += packets;
                 s.report.missed_bytes += bytes;
             }
         }
-        t.close();
-        let mut r = t.report.clone();
-        r.per_stream = t.streams.values().map(|s| s.report.clone()).collect();
+        self.close();
+        let mut r = self.report.clone();
+        r.per_stream = self.streams.values().map(|s| s.report.clone()).collect();
         r
-    }
-
-    /// One queued message; false at the end.
-    fn handle(&mut self, msg: Msg) -> bool {
-        match msg {
-            Msg::Stream { cpu } => {
-                self.stream(cpu);
-            }
-            Msg::Packet { cpu, bytes, info } => {
-                self.packet(cpu, &bytes, &info, false);
-                if let Ok(mut pool) = self.shared.pool.lock() {
-                    if pool.len() < self.shared.pool_max {
-                        pool.push(bytes);
-                    }
-                }
-            }
-            Msg::Trailer { cpu, bytes, info } => self.packet(cpu, &bytes, &info, true),
-            Msg::Drained { tick } => self.drained(tick),
-            Msg::Finish => return false,
-        }
-        true
     }
 
     /// The stream of `cpu`, opened on first use.
@@ -866,7 +813,7 @@ mod tests {
             failed_fd: EventFd::new().unwrap(),
             missed: Mutex::new(BTreeMap::new()),
         });
-        (RelayTx { tx, shared, lossless, direct: None }, rx)
+        (RelayTx { tx, shared, lossless }, rx)
     }
 
     #[test]
