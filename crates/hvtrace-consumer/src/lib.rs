@@ -64,9 +64,8 @@
 //! directory ([`ConsumerConfig::output`] `None`) the relay is the only sink:
 //! there is no account, no `INCOMPLETE` marker, and what is lost is only
 //! counted in the [`Report`]. The after-write check above covers both sinks
-//! (the relay's copy is taken before the packet is released), except for a
-//! relay-only channel in discard mode, whose workers send packets straight
-//! from the ring and check them after (see the `relay` module).
+//! (the relay's copy is taken, and checked, before the packet is released:
+//! a torn packet never reaches the relay).
 // No `unsafe` but in `mapped` (the core's readers over the mappings).
 #![deny(unsafe_code)]
 

@@ -425,3 +425,48 @@ fn a_relay_that_goes_away_ends_a_relay_only_session() {
     let r = report.relay.unwrap();
     assert!(r.error.is_some() && r.packets() > 0, "{r:?}");
 }
+
+/// Relay only, both ring modes: workers copy each packet before they
+/// release it, so a packet the producer takes back while it is read is
+/// counted torn and never relayed. The relay's trace decodes whole and
+/// accounts for every event emitted (recorded, or counted lost by the ring).
+#[test]
+fn relay_only_streams_whole_packets_in_both_modes() {
+    for mode in [Mode::Discard, Mode::Overwrite] {
+        let ch = ChannelConfig { subbuf_size: 4096, num_subbuf: 2, mode };
+        let name = format!("relay-only-{mode}");
+        let Some((dir, relay, host, mut ctl)) = relay_and_host(&name, 2, ch) else { return };
+        let mut rc = relay_cfg(relay.url.clone(), &name);
+        rc.live_timer = Duration::from_secs(3600); // no empty packets for idle streams
+        let cfg = ConsumerConfig { output: None, relay: Some(rc), ..ConsumerConfig::new(dir.0.join("ctl.sock"), "") };
+        let run = run_in_thread(Consumer::attach(&cfg).unwrap());
+        let host = &*host;
+        // Three writers on a ring of two 4 KiB sub-buffers: the producers lap
+        // the consumer (overwrite) or fill the ring (discard) all the time.
+        let emitted: Vec<Emitted> = std::thread::scope(|s| {
+            let hs: Vec<_> =
+                [(0, 0), (1, 0), (2, 1)].map(|(w, cpu)| s.spawn(move || write_events(host, w, cpu, 50_000))).into();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        ctl.simple(&Request::Stop).unwrap();
+        ctl.simple(&Request::Destroy).unwrap();
+        let report = run.join().unwrap().unwrap();
+        println!("{mode}: {report}");
+        assert_eq!(report.exit, ExitReason::Destroyed, "{mode}");
+        let r = report.relay.as_ref().unwrap();
+        assert_eq!((r.missed_packets(), &r.error), (0, &None), "{mode}: {r:?}");
+        let remote = relay.trace_dir(HOST, &name);
+        for ring in &report.per_ring {
+            assert_eq!(ring.lost_packets, 0, "{mode}: {ring:?}");
+            let s = check_stream(&remote.join(format!("{}_{}", report.channel, ring.cpu)), ring.cpu);
+            let want: u64 = emitted.iter().filter(|e| e.cpu == ring.cpu).map(Emitted::emitted).sum();
+            assert_eq!(s.records + ring.counters.discarded, want, "{mode}: CPU {}: {ring:?}", ring.cpu);
+            let sent = r.per_stream.iter().find(|x| x.cpu == ring.cpu).unwrap();
+            assert_eq!(sent.packets, ring.packets + u64::from(ring.trailer), "{mode}: CPU {}", ring.cpu);
+            assert_eq!(s.packets.len() as u64, sent.packets, "{mode}: CPU {}", ring.cpu);
+            if mode == Mode::Discard {
+                assert_eq!(ring.torn, 0, "discard mode: nothing takes a packet back");
+            }
+        }
+    }
+}
