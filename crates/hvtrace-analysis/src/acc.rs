@@ -30,6 +30,9 @@ pub(crate) struct Durations {
     /// `add` touches anyway.
     pending: [u64; PENDING],
     held: usize,
+    /// Once compacted ([`Durations::compact`]): `hist`'s non-zero buckets
+    /// (a value of each, and its count); `hist` is then an empty stand-in.
+    sparse: Option<Box<[(u64, u32)]>>,
 }
 
 impl Durations {
@@ -44,7 +47,19 @@ impl Durations {
             hist: Histogram::new(2).expect("2 sigfig is valid"),
             pending: [0; PENDING],
             held: 0,
+            sparse: None,
         }
+    }
+
+    /// Keeps only the non-zero buckets, until [`Durations::absorb`] adds
+    /// them elsewhere: a histogram grown to long intervals is ~10 KiB of
+    /// mostly zeros, and a later time window keeps every vCPU whose domain
+    /// ended in it until the merge.
+    pub fn compact(&mut self) {
+        self.flush();
+        let buckets = self.hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+        self.sparse = Some(buckets);
+        self.hist = Histogram::new_with_bounds(1, 2, 1).expect("valid bounds");
     }
 
     #[inline]
@@ -71,6 +86,7 @@ impl Durations {
     /// The value at quantile `q` (hdrhistogram's: its bucket's highest
     /// equivalent value); exact also with values held back, faster without.
     pub fn quantile(&self, q: f64) -> u64 {
+        debug_assert!(self.sparse.is_none(), "a compacted histogram is only added elsewhere");
         if self.held == 0 {
             return self.hist.value_at_quantile(q);
         }
@@ -86,7 +102,13 @@ impl Durations {
         self.total += other.total;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
-        self.hist.add(&other.hist).expect("auto-resizing histograms of one configuration add");
+        match &other.sparse {
+            // A value of each bucket lands in the same bucket here (same configuration).
+            Some(buckets) => buckets.iter().for_each(|&(v, n)| {
+                self.hist.record_n(v, n).expect("auto-resizing histograms grow");
+            }),
+            None => self.hist.add(&other.hist).expect("auto-resizing histograms of one configuration add"),
+        }
         other.pending[..other.held].iter().for_each(|&d| record(&mut self.hist, d));
     }
 
@@ -374,6 +396,13 @@ impl VcpuAcc {
         if self.open_exit.take().is_some() {
             self.exits_unmatched += 1;
         }
+    }
+
+    /// Compacts its histograms ([`Durations::compact`]) while it waits for the merge.
+    pub fn compact(&mut self) {
+        self.states.iter_mut().for_each(Durations::compact);
+        self.exits.iter_mut().for_each(|x| x.times.compact());
+        self.calls.iter_mut().for_each(|c| c.1.times.compact());
     }
 
     /// Adds the figures of a later stretch of the same vCPU (`later`, read

@@ -33,6 +33,10 @@
 //! pCPUs); otherwise they are counted one after the other. Memory grows
 //! with the number of vCPUs, reasons and streams, not with the trace.
 //!
+//! With [`Options::threads`] above 1, the trace is cut into as many time
+//! windows, read at once and merged into exactly the report of one thread
+//! (`docs/analysis.md` § "Threads").
+//!
 //! ## Damage
 //!
 //! The walk ([`hvtrace_reader::Merge`]) goes on past a packet or record

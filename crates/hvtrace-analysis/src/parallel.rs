@@ -144,7 +144,7 @@ impl<'m> Later<'m> {
                 self.log.push(Op::GoneExit { r });
             }
             v.open_call = None;
-            v.flush();
+            v.compact();
             s.gone = Some(t);
         }
         self.acc.forget(domain);
@@ -344,8 +344,9 @@ impl Acc {
 }
 
 /// The pass in time windows on up to `threads` threads; `None` when the
-/// trace cannot be cut (damage, too few packets) or a window meets damage
-/// or an error: the caller then reads it whole.
+/// trace cannot be cut (damage, too few packets, a mapping that learns from
+/// earlier records) or a window meets damage or an error: the caller then
+/// reads it whole.
 pub(crate) fn pass(
     trace: &TraceDir,
     bindings: &[Bindings; 2],
@@ -353,6 +354,11 @@ pub(crate) fn pass(
     threads: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Option<Pass> {
+    // A mapping that learns from earlier records (the kernel's, of threads
+    // it learns to be vCPUs) must see them all in order.
+    if bindings.iter().any(Bindings::learns) {
+        return None;
+    }
     let splitter = Splitter::new(trace, true).ok()??;
     let marks: Vec<Mark> =
         splitter.times(threads).into_iter().map(|t| splitter.mark(t).ok().flatten()).collect::<Option<_>>()?;

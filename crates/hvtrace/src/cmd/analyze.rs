@@ -44,7 +44,8 @@ pub struct Args {
     /// Threads to read with (default: one per available core). The trace is
     /// cut into as many time windows at packet boundaries, read at once and
     /// merged into exactly the report of `--threads 1`, which reads it
-    /// whole on one thread (as does a damaged trace, whatever this says).
+    /// whole on one thread (as are, whatever this says, a damaged trace and
+    /// one with the kernel's events).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 }
@@ -114,6 +115,11 @@ pub fn run(a: Args) -> Result<Status> {
     }
     for w in &report.warnings {
         note(format_args!("hvtrace analyze: warning: {w}"));
+    }
+    if opts.threads > 1 && report.windows == 1 {
+        note(format_args!(
+            "hvtrace analyze: note: read on one thread: the trace cannot be cut into time windows (damage, too few packets, or the kernel's events, whose mapping learns which threads are vCPUs as it goes)"
+        ));
     }
     Ok(Status::Ok)
 }
