@@ -81,6 +81,14 @@ fn rebuilt_guests_give_the_same_report_in_any_number_of_windows() {
     // Guests shut down and were rebuilt under new domain ids.
     assert!(r.vcpus.iter().any(|v| v.domain >= cfg.domains), "no rebuilt guest");
     assert_eq!(same_on_every_thread_count(tmp.path(), Options::default()), [2, 3, 4, 7]);
+    // Progress is the sum over the windows: it never goes back, and ends at the total.
+    let mut seen = Vec::new();
+    let r =
+        analyze(tmp.path(), MAPPINGS, &Options { threads: 3, ..Options::default() }, &mut |p| seen.push(p)).unwrap();
+    assert_eq!(r.windows, 3);
+    let total = seen[0].total;
+    assert!(seen.windows(2).all(|w| w[0].done <= w[1].done && w[1].total == total), "{seen:?}");
+    assert_eq!(seen.last().map(|p| p.done), Some(total));
 }
 
 #[test]
