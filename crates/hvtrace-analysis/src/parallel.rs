@@ -435,3 +435,77 @@ pub(crate) fn pass(
     progress(total, total);
     Some(walk::finish(acc, all, begin, marks.len() + 1, &mut crate::Blind))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::vcpu_report;
+
+    const V: Vcpu = Vcpu::new(1, 0);
+    const W: Window = Window { from: 0, to: u64::MAX };
+
+    fn rs(new: Runstate) -> Event<'static> {
+        Event::Runstate { vcpu: V, new }
+    }
+
+    /// The vCPU's rows from `events` read whole, and read as two windows cut before event `cut` at time `at`.
+    fn whole_and_cut(events: &[(u64, Event<'static>)], cut: usize, at: u64) -> (String, String) {
+        let clk = Clock(1_000_000_000);
+        let end = events.iter().map(|e| e.0).max().unwrap() + 1;
+        let rows = |mut acc: Acc| {
+            acc.finish(end);
+            serde_json::to_string(&vcpu_report(&acc.vcpus[0], clk, W, end)).unwrap()
+        };
+        let mut whole = Acc::new(W, clk);
+        events.iter().for_each(|&(t, e)| whole.event(0, t, e));
+        let mut first = Acc::new(W, clk);
+        events[..cut].iter().for_each(|&(t, e)| first.event(0, t, e));
+        let mut later = Later::new(W, clk, at);
+        events[cut..].iter().for_each(|&(t, e)| Feed::event(&mut later, 0, t, e));
+        first.absorb(later);
+        (rows(whole), rows(first))
+    }
+
+    #[test]
+    fn a_change_back_in_time_does_not_settle_the_runstate() {
+        use Runstate::*;
+        // Blocked at 300, then runnable at 250 (a record that goes back in
+        // time): the runnable interval starts at 300, not 250.
+        let events =
+            [(100, rs(Running)), (300, rs(Blocked)), (250, rs(Runnable)), (400, rs(Running)), (500, rs(Blocked))];
+        let (whole, cut) = whole_and_cut(&events, 1, 200);
+        assert_eq!(whole, cut);
+        assert!(whole.contains(r#""runnable":{"count":1,"total_ns":100,"#), "{whole}");
+    }
+
+    #[test]
+    fn every_cut_of_a_short_history_gives_the_rows_read_whole() {
+        use Runstate::*;
+        let x = |code| Event::Exit {
+            vcpu: V,
+            exit: hvtrace_model::Exit { code, name: "x", detail: hvtrace_model::ExitDetail::None },
+        };
+        let entry = Event::Entry { vcpu: V };
+        let call = |nr| Event::HypercallEntry { vcpu: V, nr, name: "c" };
+        let ret = |nr| Event::HypercallExit { vcpu: V, nr, name: "c" };
+        let events = [
+            (10, rs(Runnable)),
+            (20, rs(Running)),
+            (30, x(1)),
+            (40, call(3)),
+            (45, entry),
+            (50, x(2)),
+            (60, ret(3)),
+            (70, rs(Blocked)),
+            (80, entry),
+            (90, rs(Runnable)),
+            (95, rs(Running)),
+            (99, x(1)),
+            (120, entry),
+        ];
+        for cut in 1..events.len() {
+            let (whole, parts) = whole_and_cut(&events, cut, events[cut].0);
+            assert_eq!(whole, parts, "cut before event {cut}");
+        }
+    }
+}
