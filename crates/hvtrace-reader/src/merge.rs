@@ -378,13 +378,13 @@ impl Merge {
     /// Starts a walk over `trace`'s streams (reading each one's first
     /// packet). A trace cut short (`INCOMPLETE`) is the first warning.
     pub fn new(trace: &TraceDir, order: Order) -> Result<Merge, ReadError> {
-        Merge::open(trace, order, false)
+        Merge::between(trace, order, false, None, None)
     }
 
     /// As [`Merge::new`], and the kernel's streams too (after the VMM's),
     /// if the trace's metadata describes them.
     pub fn with_kernel(trace: &TraceDir, order: Order) -> Result<Merge, ReadError> {
-        Merge::open(trace, order, true)
+        Merge::between(trace, order, true, None, None)
     }
 
     /// As [`Merge::with_kernel`] (`kernel`: or [`Merge::new`]), over a time
@@ -397,20 +397,6 @@ impl Merge {
     /// window counts the packets it loads; a packet split between two
     /// windows counts in the first.
     pub fn between(
-        trace: &TraceDir,
-        order: Order,
-        kernel: bool,
-        from: Option<&Mark>,
-        to: Option<&Mark>,
-    ) -> Result<Merge, ReadError> {
-        Merge::open_at(trace, order, kernel, from, to)
-    }
-
-    fn open(trace: &TraceDir, order: Order, kernel: bool) -> Result<Merge, ReadError> {
-        Merge::open_at(trace, order, kernel, None, None)
-    }
-
-    fn open_at(
         trace: &TraceDir,
         order: Order,
         kernel: bool,
