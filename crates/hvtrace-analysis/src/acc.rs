@@ -30,6 +30,9 @@ pub(crate) struct Durations {
     /// `add` touches anyway.
     pending: [u64; PENDING],
     held: usize,
+    /// Once compacted ([`Durations::compact`]): `hist`'s non-zero buckets
+    /// (a value of each, and its count); `hist` is then an empty stand-in.
+    sparse: Option<Box<[(u64, u32)]>>,
 }
 
 impl Durations {
@@ -44,7 +47,19 @@ impl Durations {
             hist: Histogram::new(2).expect("2 sigfig is valid"),
             pending: [0; PENDING],
             held: 0,
+            sparse: None,
         }
+    }
+
+    /// Keeps only the non-zero buckets, until [`Durations::absorb`] adds
+    /// them elsewhere: a histogram grown to long intervals is ~10 KiB of
+    /// mostly zeros, and a later time window keeps every vCPU whose domain
+    /// ended in it until the merge.
+    pub fn compact(&mut self) {
+        self.flush();
+        let buckets = self.hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+        self.sparse = Some(buckets);
+        self.hist = Histogram::new_with_bounds(1, 2, 1).expect("valid bounds");
     }
 
     #[inline]
@@ -71,6 +86,7 @@ impl Durations {
     /// The value at quantile `q` (hdrhistogram's: its bucket's highest
     /// equivalent value); exact also with values held back, faster without.
     pub fn quantile(&self, q: f64) -> u64 {
+        debug_assert!(self.sparse.is_none(), "a compacted histogram is only added elsewhere");
         if self.held == 0 {
             return self.hist.value_at_quantile(q);
         }
@@ -79,18 +95,27 @@ impl Durations {
         h.value_at_quantile(q)
     }
 
+    /// Adds the intervals of `other`, as if each had been added here
+    /// (histograms add bucket by bucket: the quantiles are exact).
+    pub fn absorb(&mut self, other: &Durations) {
+        self.count += other.count;
+        self.total += other.total;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        match &other.sparse {
+            // A value of each bucket lands in the same bucket here (same configuration).
+            Some(buckets) => buckets.iter().for_each(|&(v, n)| {
+                self.hist.record_n(v, n).expect("auto-resizing histograms grow");
+            }),
+            None => self.hist.add(&other.hist).expect("auto-resizing histograms of one configuration add"),
+        }
+        other.pending[..other.held].iter().for_each(|&d| record(&mut self.hist, d));
+    }
+
     /// The intervals of all `parts` together, as if each had been added here.
     pub fn merged(parts: &[&Durations]) -> Durations {
         let mut all = Durations::new();
-        for p in parts {
-            all.count += p.count;
-            all.total += p.total;
-            all.min = all.min.min(p.min);
-            all.max = all.max.max(p.max);
-            // Same configuration (2 sigfig, auto-resize): bucket by bucket.
-            all.hist.add(&p.hist).expect("auto-resizing histograms of one configuration add");
-            p.pending[..p.held].iter().for_each(|&d| record(&mut all.hist, d));
-        }
+        parts.iter().for_each(|p| all.absorb(p));
         all
     }
 }
@@ -190,12 +215,270 @@ pub(crate) struct VcpuAcc {
     pub gone: Option<VcpuReport>,
 }
 
+/// Which pieces of a vCPU's state a stretch of the trace read on its own knows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Known {
+    /// State, since, pCPU and runnable row.
+    pub runstate: bool,
+    /// Open exit and kernel/VMM split.
+    pub exit: bool,
+    /// Open hypercall.
+    pub call: bool,
+}
+
+/// A vCPU's figures change with its own events (and losses and its
+/// domain's end) through the parts below, one per piece of the state it
+/// carries from event to event: its runstate (state, since, pCPU, runnable
+/// row), its open exit with the kernel/VMM split, its open hypercall. A
+/// time window of the trace read on its own (`crate::parallel`) runs each
+/// part where that piece is known and leaves the others to the merge.
 impl VcpuAcc {
     /// Records every value its figures hold back (before its rows are made).
-    fn flush(&mut self) {
+    pub fn flush(&mut self) {
         self.states.iter_mut().for_each(Durations::flush);
         self.exits.iter_mut().for_each(|x| x.times.flush());
         self.calls.iter_mut().for_each(|c| c.1.times.flush());
+    }
+
+    /// The runstate part of any event of the vCPU (`new`: of a runstate change).
+    #[inline]
+    pub fn runstate_part(&mut self, w: Window, t: u64, pcpu: u32, e: &Event<'_>) {
+        let new = match *e {
+            Event::Runstate { new, .. } => Some(new),
+            _ => None,
+        };
+        self.runstate_change(w, t, pcpu, new);
+    }
+
+    /// As [`VcpuAcc::runstate_part`], for an event that changes the runstate to `new` (or not).
+    #[inline]
+    pub fn runstate_change(&mut self, w: Window, t: u64, pcpu: u32, new: Option<Runstate>) {
+        if self.state == Some(State::Lost) {
+            // Whatever the vCPU does next ends the gap: a runstate
+            // change says its state, anything else that it runs.
+            set_state(self, w, t, State::Model(new.unwrap_or(Runstate::Running)), pcpu);
+        } else if let Some(new) = new {
+            set_state(self, w, t, State::Model(new), pcpu);
+        }
+    }
+
+    /// The exit part: exits, entries, exit details and the kernel/VMM split.
+    #[inline]
+    pub fn exit_part(&mut self, w: Window, t: u64, e: &Event<'_>) {
+        let v = self;
+        if let Event::KernelExit { .. } | Event::KernelDetail { .. } | Event::ToVmm { .. } | Event::Entry { .. } = e {
+            v.split.event(w, t, e);
+        }
+        match *e {
+            Event::Exit { exit, .. } => {
+                // The VMM's record of an exit the kernel began and handed
+                // over (both halves traced): the same exit, counted once.
+                if v.split.at_vmm() && v.open_exit.is_some() {
+                    return;
+                }
+                if v.open_exit.take().is_some() {
+                    v.exits_unmatched += 1;
+                }
+                let i = match v.exits.iter().position(|x| x.code == exit.code) {
+                    Some(i) => i,
+                    None => {
+                        v.exits.push(ExitAcc {
+                            code: exit.code,
+                            name: exit.name.to_string(),
+                            count: 0,
+                            times: Durations::new(),
+                        });
+                        v.exits.len() - 1
+                    }
+                };
+                if w.holds(t) {
+                    v.exits[i].count += 1;
+                }
+                v.open_exit = Some((i, exit.detail, t));
+            }
+            Event::Entry { .. } => {
+                if let Some((i, detail, t0)) = v.open_exit.take() {
+                    if w.holds(t0) {
+                        let d = t.saturating_sub(t0);
+                        let x = &mut v.exits[i];
+                        x.times.add(d);
+                        if detail != ExitDetail::None {
+                            let k = v.details.entry((x.code, detail)).or_default();
+                            k.count += 1;
+                            k.total += d;
+                            k.max = k.max.max(d);
+                        }
+                    }
+                }
+            }
+            Event::ExitDetail { detail, .. } => {
+                if let Some(open) = &mut v.open_exit {
+                    open.1 = detail;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The hypercall part.
+    #[inline]
+    pub fn call_part(&mut self, w: Window, t: u64, e: &Event<'_>) {
+        let v = self;
+        match *e {
+            Event::HypercallEntry { nr, name, .. } => {
+                let i = match v.calls.iter().position(|c| c.0 == nr) {
+                    Some(i) => i,
+                    None => {
+                        let c = CallAcc { name: name.to_string(), count: 0, times: Durations::new() };
+                        v.calls.push((nr, c));
+                        v.calls.len() - 1
+                    }
+                };
+                if w.holds(t) {
+                    v.calls[i].1.count += 1;
+                }
+                v.open_call = Some((i, t));
+            }
+            Event::HypercallExit { nr, .. } => {
+                if let Some((i, t0)) = v.open_call.take() {
+                    if v.calls[i].0 == nr && w.holds(t0) {
+                        v.calls[i].1.times.add(t.saturating_sub(t0));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Guest events (they carry no state).
+    #[inline]
+    pub fn guest_part(&mut self, w: Window, t: u64, e: &Event<'_>) {
+        if let Event::GuestEvent { kind, name, .. } = *e {
+            if w.holds(t) {
+                self.guest.entry(kind).or_insert_with(|| (name.to_string(), 0)).1 += 1;
+            }
+        }
+    }
+
+    /// Events of its pCPU were lost from `from` on: its state is unknown
+    /// (nothing changes if it is already).
+    pub fn lose(&mut self, w: Window, from: u64, pcpu: u32) {
+        if self.state == Some(State::Lost) {
+            return;
+        }
+        self.lose_exit(w);
+        self.open_call = None;
+        self.lose_runstate(w, from, pcpu);
+    }
+
+    /// The exit part of [`VcpuAcc::lose`]: no exit is timed across a gap.
+    pub fn lose_exit(&mut self, w: Window) {
+        if self.open_exit.take().is_some() {
+            self.exits_unmatched += 1;
+        }
+        self.split.interrupt(w);
+    }
+
+    /// The runstate part of [`VcpuAcc::lose`].
+    pub fn lose_runstate(&mut self, w: Window, from: u64, pcpu: u32) {
+        set_state(self, w, from.max(self.since), State::Lost, pcpu);
+    }
+
+    /// The runstate part of its domain's end at `t`.
+    pub fn gone_runstate(&mut self, w: Window, t: u64) {
+        if let Some(s) = self.state.take() {
+            close(self, w, t, s);
+        }
+    }
+
+    /// The exit part of its domain's end.
+    pub fn gone_exit(&mut self) {
+        if self.open_exit.take().is_some() {
+            self.exits_unmatched += 1;
+        }
+    }
+
+    /// Compacts its histograms ([`Durations::compact`]) while it waits for the merge.
+    pub fn compact(&mut self) {
+        self.states.iter_mut().for_each(Durations::compact);
+        self.exits.iter_mut().for_each(|x| x.times.compact());
+        self.calls.iter_mut().for_each(|c| c.1.times.compact());
+    }
+
+    /// Adds the figures of a later stretch of the same vCPU (`later`, read
+    /// apart from this one); the pieces of state `known` in it replace these.
+    pub fn absorb(&mut self, later: &VcpuAcc, known: Known) {
+        self.home = later.home;
+        if known.runstate {
+            self.state = later.state;
+            self.since = later.since;
+            self.state_pcpu = later.state_pcpu;
+            self.runnable_row = later.runnable_row;
+            self.known_since = self.known_since.or(later.known_since);
+        }
+        for (a, b) in self.states.iter_mut().zip(&later.states) {
+            a.absorb(b);
+        }
+        let exits: Vec<usize> = later
+            .exits
+            .iter()
+            .map(|x| {
+                let i = self.exits.iter().position(|y| y.code == x.code).unwrap_or_else(|| {
+                    let times = Durations::new();
+                    self.exits.push(ExitAcc { code: x.code, name: x.name.clone(), count: 0, times });
+                    self.exits.len() - 1
+                });
+                self.exits[i].count += x.count;
+                self.exits[i].times.absorb(&x.times);
+                i
+            })
+            .collect();
+        for (k, d) in &later.details {
+            let e = self.details.entry(*k).or_default();
+            e.count += d.count;
+            e.total += d.total;
+            e.max = e.max.max(d.max);
+        }
+        self.exits_unmatched += later.exits_unmatched;
+        let calls: Vec<usize> = later
+            .calls
+            .iter()
+            .map(|(nr, c)| {
+                let i = self.calls.iter().position(|d| d.0 == *nr).unwrap_or_else(|| {
+                    let times = Durations::new();
+                    self.calls.push((*nr, CallAcc { name: c.name.clone(), count: 0, times }));
+                    self.calls.len() - 1
+                });
+                self.calls[i].1.count += c.count;
+                self.calls[i].1.times.absorb(&c.times);
+                i
+            })
+            .collect();
+        for (kind, (name, n)) in &later.guest {
+            self.guest.entry(*kind).or_insert_with(|| (name.clone(), 0)).1 += n;
+        }
+        for (cpu, t) in &later.on_pcpu {
+            *self.on_pcpu.entry(*cpu).or_default() += t;
+        }
+        self.split.absorb(&later.split, known.exit);
+        if known.exit {
+            self.open_exit = later.open_exit.map(|(i, d, t)| (exits[i], d, t));
+        }
+        if known.call {
+            self.open_call = later.open_call.map(|(i, t)| (calls[i], t));
+        }
+    }
+
+    /// Its domain ended at `t`: its rows are made and its figures freed.
+    pub fn end(&mut self, clk: Clock, w: Window, t: u64) {
+        self.open_call = None;
+        self.flush();
+        self.gone = Some(vcpu_report(self, clk, w, t.min(w.to)));
+        self.states = Vec::new();
+        self.exits = Vec::new();
+        self.details = BTreeMap::new();
+        self.calls = Vec::new();
+        self.guest = BTreeMap::new();
     }
 }
 
@@ -229,7 +512,7 @@ const SLOTS: usize = 256;
 
 pub(crate) struct Acc {
     pub window: Window,
-    clk: Clock,
+    pub clk: Clock,
     pub vcpus: Vec<VcpuAcc>,
     /// The vCPUs whose domain is not gone, by id.
     index: HashMap<Vcpu, usize>,
@@ -274,7 +557,7 @@ impl Acc {
 
     /// The index in `vcpus` of the live vCPU `id`, made at `t` on `pcpu` if new.
     #[inline]
-    fn vcpu(&mut self, id: Vcpu, pcpu: u32, t: u64) -> usize {
+    pub fn vcpu(&mut self, id: Vcpu, pcpu: u32, t: u64) -> usize {
         let s = slot(id);
         match self.slots[s] {
             Some((v, i)) if v == id => i,
@@ -334,94 +617,12 @@ impl Acc {
         let i = self.vcpu(id, pcpu, t);
         let v = &mut self.vcpus[i];
         v.home = pcpu;
-        if v.state == Some(State::Lost) {
-            // Whatever the vCPU does next ends the gap: a runstate
-            // change says its state, anything else that it runs.
-            let new = match e {
-                Event::Runstate { new, .. } => new,
-                _ => Runstate::Running,
-            };
-            set_state(v, w, t, State::Model(new), pcpu);
-            if matches!(e, Event::Runstate { .. }) {
-                return;
-            }
-        }
-        if let Event::KernelExit { .. } | Event::KernelDetail { .. } | Event::ToVmm { .. } | Event::Entry { .. } = e {
-            v.split.event(w, t, &e);
-        }
+        v.runstate_part(w, t, pcpu, &e);
         match e {
-            Event::Exit { exit, .. } => {
-                // The VMM's record of an exit the kernel began and handed
-                // over (both halves traced): the same exit, counted once.
-                if v.split.at_vmm() && v.open_exit.is_some() {
-                    return;
-                }
-                if v.open_exit.take().is_some() {
-                    v.exits_unmatched += 1;
-                }
-                let i = match v.exits.iter().position(|x| x.code == exit.code) {
-                    Some(i) => i,
-                    None => {
-                        v.exits.push(ExitAcc {
-                            code: exit.code,
-                            name: exit.name.to_string(),
-                            count: 0,
-                            times: Durations::new(),
-                        });
-                        v.exits.len() - 1
-                    }
-                };
-                if w.holds(t) {
-                    v.exits[i].count += 1;
-                }
-                v.open_exit = Some((i, exit.detail, t));
-            }
-            Event::Entry { .. } => {
-                if let Some((i, detail, t0)) = v.open_exit.take() {
-                    if w.holds(t0) {
-                        let d = t.saturating_sub(t0);
-                        let x = &mut v.exits[i];
-                        x.times.add(d);
-                        if detail != ExitDetail::None {
-                            let k = v.details.entry((x.code, detail)).or_default();
-                            k.count += 1;
-                            k.total += d;
-                            k.max = k.max.max(d);
-                        }
-                    }
-                }
-            }
-            Event::ExitDetail { detail, .. } => {
-                if let Some(open) = &mut v.open_exit {
-                    open.1 = detail;
-                }
-            }
-            Event::Runstate { new, .. } => set_state(v, w, t, State::Model(new), pcpu),
-            Event::HypercallEntry { nr, name, .. } => {
-                let i = match v.calls.iter().position(|c| c.0 == nr) {
-                    Some(i) => i,
-                    None => {
-                        let c = CallAcc { name: name.to_string(), count: 0, times: Durations::new() };
-                        v.calls.push((nr, c));
-                        v.calls.len() - 1
-                    }
-                };
-                if w.holds(t) {
-                    v.calls[i].1.count += 1;
-                }
-                v.open_call = Some((i, t));
-            }
-            Event::HypercallExit { nr, .. } => {
-                if let Some((i, t0)) = v.open_call.take() {
-                    if v.calls[i].0 == nr && w.holds(t0) {
-                        v.calls[i].1.times.add(t.saturating_sub(t0));
-                    }
-                }
-            }
-            Event::GuestEvent { kind, name, .. } if w.holds(t) => {
-                v.guest.entry(kind).or_insert_with(|| (name.to_string(), 0)).1 += 1;
-            }
-            _ => {}
+            Event::Runstate { .. } => {}
+            Event::HypercallEntry { .. } | Event::HypercallExit { .. } => v.call_part(w, t, &e),
+            Event::GuestEvent { .. } => v.guest_part(w, t, &e),
+            e => v.exit_part(w, t, &e),
         }
     }
 
@@ -430,22 +631,17 @@ impl Acc {
     fn domain_gone(&mut self, domain: u32, t: u64) {
         let (w, clk) = (self.window, self.clk);
         for v in self.vcpus.iter_mut().filter(|v| v.id.domain == domain && v.gone.is_none()) {
-            if let Some(s) = v.state.take() {
-                close(v, w, t, s);
-            }
-            if v.open_exit.take().is_some() {
-                v.exits_unmatched += 1;
-            }
-            v.open_call = None;
-            v.flush();
-            v.gone = Some(vcpu_report(v, clk, w, t.min(w.to)));
-            v.states = Vec::new();
-            v.exits = Vec::new();
-            v.details = BTreeMap::new();
-            v.calls = Vec::new();
-            v.guest = BTreeMap::new();
-            self.index.remove(&v.id);
+            v.gone_runstate(w, t);
+            v.gone_exit();
+            v.end(clk, w, t);
         }
+        self.forget(domain);
+    }
+
+    /// The vCPUs of `domain` are no longer found by id (a later event of the
+    /// same id is a new vCPU).
+    pub fn forget(&mut self, domain: u32) {
+        self.index.retain(|id, _| id.domain != domain);
         self.slots.iter_mut().filter(|s| s.is_some_and(|(v, _)| v.domain == domain)).for_each(|s| *s = None);
     }
 
@@ -458,15 +654,7 @@ impl Acc {
         p.discarded += count;
         p.missing += w.clip(from, to);
         for v in self.vcpus.iter_mut().filter(|v| v.home == pcpu && v.gone.is_none()) {
-            if v.state == Some(State::Lost) {
-                continue;
-            }
-            if v.open_exit.take().is_some() {
-                v.exits_unmatched += 1;
-            }
-            v.open_call = None;
-            v.split.interrupt(w);
-            set_state(v, w, from.max(v.since), State::Lost, pcpu);
+            v.lose(w, from, pcpu);
         }
     }
 
@@ -483,6 +671,15 @@ impl Acc {
             v.split.interrupt(w);
             v.flush();
         }
+    }
+}
+
+/// The split row (wake / preempt / other) of a runnable interval after `old`.
+pub(crate) fn runnable_row(old: Option<State>) -> usize {
+    match old {
+        Some(State::Model(Runstate::Blocked | Runstate::Offline)) => WAKE,
+        Some(State::Model(Runstate::Running)) => PREEMPT,
+        _ => OTHER,
     }
 }
 
@@ -511,11 +708,7 @@ fn set_state(v: &mut VcpuAcc, w: Window, t: u64, new: State, pcpu: u32) {
         close(v, w, t, s);
     }
     if new == State::Model(Runstate::Runnable) {
-        v.runnable_row = match old {
-            Some(State::Model(Runstate::Blocked | Runstate::Offline)) => WAKE,
-            Some(State::Model(Runstate::Running)) => PREEMPT,
-            _ => OTHER,
-        };
+        v.runnable_row = runnable_row(old);
     }
     v.state = Some(new);
     v.since = t.max(v.since);

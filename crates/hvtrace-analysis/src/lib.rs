@@ -33,6 +33,10 @@
 //! pCPUs); otherwise they are counted one after the other. Memory grows
 //! with the number of vCPUs, reasons and streams, not with the trace.
 //!
+//! With [`Options::threads`] above 1, the trace is cut into as many time
+//! windows, read at once and merged into exactly the report of one thread
+//! (`docs/analysis.md` § "Threads").
+//!
 //! ## Damage
 //!
 //! The walk ([`hvtrace_reader::Merge`]) goes on past a packet or record
@@ -43,6 +47,7 @@
 
 mod acc;
 mod output;
+mod parallel;
 mod report;
 mod split;
 mod walk;
@@ -67,6 +72,10 @@ pub struct Options {
     pub from_ns: Option<u64>,
     /// End of the window, in ns after the trace's first record.
     pub to_ns: Option<u64>,
+    /// Threads to read with (0: one per available core). With more than
+    /// one, the trace is read in as many time windows, merged into exactly
+    /// the report one thread makes.
+    pub threads: usize,
 }
 
 /// Why a trace cannot be analysed.
@@ -148,16 +157,27 @@ pub fn analyze(
     opts: &Options,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Report, Error> {
-    analyze_with(dir, mappings, opts, progress, &mut Blind)
+    pass(dir, mappings, opts, progress, None)
 }
 
-/// [`analyze`], showing `observer` what the pass sees (see [`Observer`]).
+/// [`analyze`], showing `observer` what the pass sees (see [`Observer`]):
+/// on one thread, whatever [`Options::threads`] says.
 pub fn analyze_with(
     dir: &Path,
     mappings: &[&dyn Mapping],
     opts: &Options,
     progress: &mut dyn FnMut(Progress),
     observer: &mut dyn Observer,
+) -> Result<Report, Error> {
+    pass(dir, mappings, opts, progress, Some(observer))
+}
+
+fn pass(
+    dir: &Path,
+    mappings: &[&dyn Mapping],
+    opts: &Options,
+    progress: &mut dyn FnMut(Progress),
+    observer: Option<&mut dyn Observer>,
 ) -> Result<Report, Error> {
     if let (Some(from), Some(to)) = (opts.from_ns, opts.to_ns) {
         if from >= to {
@@ -172,7 +192,15 @@ pub fn analyze_with(
     let kernel = trace.metadata.kernel.as_ref().unwrap_or(&no_kernel);
     let bindings = [Bindings::bind(mappings, trace.schema()), Bindings::bind(mappings, kernel)];
     let mut report_progress = |done, total| progress(Progress { done, total });
-    let pass = walk::pass(&trace, &bindings, range, &mut report_progress, observer).map_err(Error::Read)?;
+    // An observer sees the pass in order: one walk.
+    let threads = match opts.threads {
+        _ if observer.is_some() => 1,
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut blind = Blind;
+    let observer = observer.unwrap_or(&mut blind);
+    let pass = walk::pass(&trace, &bindings, range, threads, &mut report_progress, observer).map_err(Error::Read)?;
     let sets = bindings.iter().flat_map(|b| b.names()).map(|s| s.to_string()).collect();
     let mut report = report::build(dir.display().to_string(), pass, freq, sets);
     for c in &mut report.event_classes {

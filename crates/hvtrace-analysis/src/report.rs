@@ -44,6 +44,10 @@ pub struct Report {
     pub pcpus: Vec<PcpuReport>,
     /// Interrupts by target domain and vector.
     pub interrupts: Vec<InterruptReport>,
+    /// Time windows the trace was read in (1: whole, on one thread). Not
+    /// part of the output, which is the same however it was read.
+    #[serde(skip)]
+    pub windows: usize,
 }
 
 /// One stream's generic counts.
@@ -455,7 +459,7 @@ pub(crate) fn vcpu_report(v: &VcpuAcc, clk: Clock, w: Window, end: u64) -> VcpuR
 /// Builds the report of a pass.
 pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>) -> Report {
     let clk = Clock(freq);
-    let Pass { acc, begin, end, by_class, streams, warnings } = pass;
+    let Pass { acc, begin, end, by_class, streams, warnings, windows } = pass;
     let events = streams.iter().map(|s| s.events).sum();
     let w = acc.window;
     let win_end = end.min(w.to);
@@ -536,5 +540,6 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>) -> 
         vcpus,
         pcpus,
         interrupts,
+        windows,
     }
 }

@@ -45,7 +45,31 @@ fn row(rows: &mut Vec<Row>, exit: &Exit<'_>) -> usize {
     })
 }
 
+/// Adds `r`'s figures to the row of its reason in `rows` (made if new); returns its index.
+fn add_row(rows: &mut Vec<Row>, r: &Row) -> usize {
+    let i = rows.iter().position(|x| x.name == r.name).unwrap_or_else(|| {
+        rows.push(Row { code: r.code, name: r.name.clone(), count: 0, kernel: (0, 0), vmm: (0, 0) });
+        rows.len() - 1
+    });
+    let x = &mut rows[i];
+    x.count += r.count;
+    x.kernel = (x.kernel.0 + r.kernel.0, x.kernel.1 + r.kernel.1);
+    x.vmm = (x.vmm.0 + r.vmm.0, x.vmm.1 + r.vmm.1);
+    i
+}
+
 impl SplitAcc {
+    /// Adds the figures of a later stretch of the same vCPU; with `state`,
+    /// what that stretch has open (kernel exit, hand-over) replaces this.
+    pub fn absorb(&mut self, later: &SplitAcc, state: bool) {
+        let kernel: Vec<usize> = later.in_kernel.iter().map(|r| add_row(&mut self.in_kernel, r)).collect();
+        let vmm: Vec<usize> = later.to_vmm.iter().map(|r| add_row(&mut self.to_vmm, r)).collect();
+        if state {
+            self.open = later.open.map(|(t, i)| (t, kernel[i]));
+            self.at_vmm = later.at_vmm.map(|(t, i)| (t, vmm[i]));
+        }
+    }
+
     /// Whether the vCPU's exit is the VMM's now (handed over, not yet re-entered).
     pub fn at_vmm(&self) -> bool {
         self.at_vmm.is_some()

@@ -2,10 +2,12 @@
 //! order when the model needs cross-CPU order (a vCPU may move between
 //! pCPUs), fed to the accumulators. The kernel's streams (stream class 1,
 //! `hvtrace-ftrace`) are walked beside the VMM's, with their own ids and
-//! bindings.
+//! bindings. With several threads, the pass is cut into time windows read
+//! apart and merged ([`crate::parallel`]); one thread, or a trace that
+//! cannot be cut, is read whole here.
 
 use hvtrace_model::{Bindings, Event};
-use hvtrace_reader::{Item, Merge, Order, ReadError, TraceDir};
+use hvtrace_reader::{Item, Merge, Order, ReadError, StreamWalk, TraceDir};
 
 use crate::acc::{Acc, Window};
 use crate::report::Clock;
@@ -30,6 +32,8 @@ pub(crate) struct Pass {
     pub streams: Vec<StreamCounts>,
     /// What the walk skipped (damage) or found wanting (a trace cut short).
     pub warnings: Vec<String>,
+    /// Time windows read apart (1: the whole trace at once).
+    pub windows: usize,
 }
 
 /// Where the window starts and ends, relative to the first record, in ticks.
@@ -42,26 +46,75 @@ pub(crate) struct Range {
 /// Records between two progress reports.
 const PROGRESS_EVERY: u32 = 1 << 16;
 
-/// Walks the trace once, with the bindings of the VMM's and of the
-/// kernel's event classes. `progress(done, total)` gets bytes.
-pub(crate) fn pass(
-    trace: &TraceDir,
-    bindings: &[Bindings; 2],
-    range: Range,
-    progress: &mut dyn FnMut(u64, u64),
-    observer: &mut dyn Observer,
-) -> Result<Pass, ReadError> {
-    // Cross-CPU order only matters to the model; counting does not need it.
-    let order = if bindings.iter().all(Bindings::is_empty) { Order::Streams } else { Order::Time };
-    let mut merge = Merge::with_kernel(trace, order)?;
-    let begin = merge.first_timestamp().unwrap_or(0);
-    let window = Window {
+/// What the accumulators take from the walk.
+pub(crate) trait Feed<'m> {
+    /// A model event at `t` on `pcpu`.
+    fn event(&mut self, pcpu: u32, t: u64, e: Event<'m>);
+    /// `count` events of `pcpu` lost between `from` and `to`.
+    fn loss(&mut self, pcpu: u32, from: u64, to: u64, count: u64);
+    /// In-band loss records' counts.
+    fn lost_in_band(&mut self, count: u64);
+}
+
+impl<'m> Feed<'m> for Acc {
+    #[inline]
+    fn event(&mut self, pcpu: u32, t: u64, e: Event<'m>) {
+        Acc::event(self, pcpu, t, e);
+    }
+    fn loss(&mut self, pcpu: u32, from: u64, to: u64, count: u64) {
+        Acc::loss(self, pcpu, from, to, count);
+    }
+    fn lost_in_band(&mut self, count: u64) {
+        self.lost_in_band += count;
+    }
+}
+
+/// What a walk (of the whole trace or of a time window) counted, beside
+/// what it fed the accumulators.
+pub(crate) struct Walked {
+    /// The last record's time (at least the trace's first).
+    pub end: u64,
+    pub by_class: [Vec<u64>; 2],
+    /// Records in the window, per stream.
+    pub per_stream: Vec<u64>,
+    pub streams: Vec<StreamWalk>,
+    pub warnings: Vec<String>,
+    /// Losses after the streams' last records: `(class, cpu, since,
+    /// count)`, placed once the end is known.
+    pub trailing: Vec<(u32, u32, Option<u64>, u64)>,
+}
+
+/// The order the model needs: cross-CPU order only matters to it; counting does not need it.
+pub(crate) fn order(bindings: &[Bindings; 2]) -> Order {
+    if bindings.iter().all(Bindings::is_empty) {
+        Order::Streams
+    } else {
+        Order::Time
+    }
+}
+
+/// The window `range` of a trace whose first record is at `begin`.
+pub(crate) fn window(range: Range, begin: u64) -> Window {
+    Window {
         from: begin.saturating_add(range.from.unwrap_or(0)),
         to: range.to.map_or(u64::MAX, |t| begin.saturating_add(t)),
-    };
+    }
+}
+
+/// Feeds `merge`'s records and losses to `feed` (and shows them to
+/// `observer`, times in ns by `clock`); `progress(bytes)` now and then.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn walk<'m, F: Feed<'m>>(
+    trace: &TraceDir,
+    merge: &mut Merge,
+    bindings: &'m [Bindings; 2],
+    window: Window,
+    begin: u64,
+    feed: &mut F,
+    progress: &mut dyn FnMut(u64),
+    observer: &mut dyn Observer,
+) -> Result<Walked, ReadError> {
     let clock = Clock(trace.metadata.clock.freq.max(1));
-    let mut acc = Acc::new(window, clock);
-    observer.begin(merge.first_timestamp().map(|t| clock.ns(t)));
     let vmm_streams = trace.streams.len();
     let class_of = |stream: usize| u32::from(stream >= vmm_streams);
     let kernel_classes = trace.metadata.kernel.as_ref().map_or(0, |k| k.events.len());
@@ -73,7 +126,7 @@ pub(crate) fn pass(
     while let Some(item) = merge.next_item() {
         let r = match item? {
             Item::Lost { stream, cpu, since, at: Some(at), count } => {
-                acc.loss(cpu, since.unwrap_or(at), at, count);
+                feed.loss(cpu, since.unwrap_or(at), at, count);
                 observer.lost(class_of(stream), since.map(|t| clock.ns(t)), clock.ns(at), cpu, count);
                 continue;
             }
@@ -97,10 +150,10 @@ pub(crate) fn pass(
             observer.event(r.class, ns, pcpu, e);
             match e {
                 Event::Lost { count } => {
-                    acc.lost_in_band += count;
-                    acc.loss(pcpu, r.previous.unwrap_or(ts), ts, count);
+                    feed.lost_in_band(count);
+                    feed.loss(pcpu, r.previous.unwrap_or(ts), ts, count);
                 }
-                e => acc.event(pcpu, ts, e),
+                e => feed.event(pcpu, ts, e),
             }
         });
         if !mapped {
@@ -109,25 +162,68 @@ pub(crate) fn pass(
         tick += 1;
         if tick == PROGRESS_EVERY {
             tick = 0;
-            progress(merge.bytes_read(), merge.total_bytes());
+            progress(merge.bytes_read());
         }
     }
-    progress(merge.bytes_read(), merge.total_bytes());
-    for (class, cpu, since, count) in trailing {
-        acc.loss(cpu, since.unwrap_or(end), end, count);
-        observer.lost(class, since.map(|t| clock.ns(t)), clock.ns(end), cpu, count);
+    progress(merge.bytes_read());
+    Ok(Walked {
+        end,
+        by_class,
+        per_stream,
+        streams: merge.streams().cloned().collect(),
+        warnings: merge.warnings().to_vec(),
+        trailing,
+    })
+}
+
+/// Places the trailing losses (showing them to `observer`), closes what
+/// is open and makes the pass.
+pub(crate) fn finish(mut acc: Acc, w: Walked, begin: u64, windows: usize, observer: &mut dyn Observer) -> Pass {
+    let clock = acc.clk;
+    for &(class, cpu, since, count) in &w.trailing {
+        acc.loss(cpu, since.unwrap_or(w.end), w.end, count);
+        observer.lost(class, since.map(|t| clock.ns(t)), clock.ns(w.end), cpu, count);
     }
-    acc.finish(end.min(window.to));
-    let streams = merge
-        .streams()
-        .zip(per_stream)
+    acc.finish(w.end.min(acc.window.to));
+    let streams = w
+        .streams
+        .into_iter()
+        .zip(w.per_stream)
         .map(|(s, events)| StreamCounts {
-            name: s.name.clone(),
+            name: s.name,
             cpu: s.cpu,
             events,
             packets: s.packets,
             discarded: s.events_discarded,
         })
         .collect();
-    Ok(Pass { acc, begin, end, by_class, streams, warnings: merge.warnings().to_vec() })
+    Pass { acc, begin, end: w.end, by_class: w.by_class, streams, warnings: w.warnings, windows }
+}
+
+/// Walks the trace once, with the bindings of the VMM's and of the
+/// kernel's event classes, on up to `threads` threads (then `observer`
+/// sees nothing: pass it only with one). `progress(done, total)` gets bytes.
+pub(crate) fn pass(
+    trace: &TraceDir,
+    bindings: &[Bindings; 2],
+    range: Range,
+    threads: usize,
+    progress: &mut dyn FnMut(u64, u64),
+    observer: &mut dyn Observer,
+) -> Result<Pass, ReadError> {
+    if threads > 1 {
+        if let Some(p) = crate::parallel::pass(trace, bindings, range, threads, progress) {
+            return Ok(p);
+        }
+    }
+    let mut merge = Merge::with_kernel(trace, order(bindings))?;
+    let begin = merge.first_timestamp().unwrap_or(0);
+    let window = window(range, begin);
+    let clock = Clock(trace.metadata.clock.freq.max(1));
+    let mut acc = Acc::new(window, clock);
+    observer.begin(merge.first_timestamp().map(|t| clock.ns(t)));
+    let total = merge.total_bytes();
+    let walked =
+        walk(trace, &mut merge, bindings, window, begin, &mut acc, &mut |done| progress(done, total), observer)?;
+    Ok(finish(acc, walked, begin, 1, observer))
 }

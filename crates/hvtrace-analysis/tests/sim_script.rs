@@ -154,7 +154,7 @@ fn a_window_counts_what_starts_in_it_and_clips_intervals_to_it() {
     let tmp = tempfile::tempdir().unwrap();
     script(tmp.path());
     // ns after the first record (t = 1000): the window is t = 3000 .. 6000.
-    let r = run(tmp.path(), Options { from_ns: Some(2000), to_ns: Some(5000) });
+    let r = run(tmp.path(), Options { from_ns: Some(2000), to_ns: Some(5000), ..Options::default() });
     assert_eq!((r.from_ns, r.to_ns, r.duration_ns), (2000, 5000, 3000));
     let v = vcpu(&r, 1, 0);
     let exits: Vec<_> = v.exits.iter().map(|x| (x.reason.as_str(), x.count, x.total_ns)).collect();

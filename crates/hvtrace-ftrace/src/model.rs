@@ -162,6 +162,11 @@ impl Mapper for KernelMapper {
         self.ids().contains(&Some(id))
     }
 
+    /// Threads are learnt to be vCPUs from earlier records.
+    fn learns(&self) -> bool {
+        true
+    }
+
     fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
         // A KVM event's thread not (yet) known as a vCPU: counted, not attributed.
         let unattributed = |out: &mut dyn FnMut(Event<'m>)| out(Event::Unattributed);

@@ -351,7 +351,7 @@ fn analyze_splits_kvm_exits_between_kernel_and_vmm_from_kvm_exit_and_kvm_entry()
     // From inside the first exit's kernel half: both hand-overs are in the
     // window, so both are counted and timed whole (counted out and timed
     // in, the first one made vmm_timed exceed count).
-    let opts = hvtrace_analysis::Options { from_ns: Some(1200), to_ns: None };
+    let opts = hvtrace_analysis::Options { from_ns: Some(1200), to_ns: None, ..Default::default() };
     let r = hvtrace_analysis::analyze(dir.path(), &[&hvtrace_ftrace::MAPPING], &opts, &mut |_| {}).unwrap();
     let x = &r.vcpus[0].kernel_split.as_ref().unwrap().to_vmm[0];
     assert_eq!((x.count, x.kernel_ns, x.kernel_timed, x.vmm_ns, x.vmm_timed), (2, 700, 2, 6000, 2));

@@ -160,6 +160,12 @@ pub trait Mapper: Send + Sync {
     /// Calls `out` with the model events of one record of event `id`
     /// (none, one, or several: a switch is two runstate changes).
     fn map<'m>(&'m self, id: u32, fields: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>));
+    /// Whether what a record maps to depends on records before it (a
+    /// thread learnt to be a vCPU): then the trace must be mapped in order,
+    /// by one walk, not in time windows read apart.
+    fn learns(&self) -> bool {
+        false
+    }
 }
 
 /// The mappings bound to one trace: for each event id, the first mapper
@@ -183,6 +189,11 @@ impl Bindings {
     /// Names of the event sets that bound.
     pub fn names(&self) -> Vec<&'static str> {
         self.mappers.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Whether a mapper learns from the records it maps ([`Mapper::learns`]).
+    pub fn learns(&self) -> bool {
+        self.mappers.iter().any(|(_, m)| m.learns())
     }
 
     /// Whether any record maps to anything.

@@ -15,7 +15,8 @@
 //!   memory it needs does not grow with the file; [`Merge`] walks all the
 //!   streams with it, records in timestamp order, losses reported and
 //!   damage skipped with `check`'s walker: the one pass `hvtrace analyze`,
-//!   `export` and `report` share.
+//!   `export` and `report` share; a [`Splitter`] cuts that walk into time
+//!   windows to walk on several threads ([`Merge::between`]).
 //! * The trace's [`TraceSchema`] is a `hvtrace_model::Catalog`, and
 //!   [`RecordFields`] a record's `hvtrace_model::Fields`: what an event
 //!   set's mapping onto the hypervisor model reads.
@@ -30,6 +31,7 @@ mod merge;
 mod model;
 mod stream;
 pub mod tsdl;
+mod window;
 
 pub use account::{Account, ACCOUNT};
 pub use check::{
@@ -43,3 +45,4 @@ pub use merge::{Item, Merge, Order, Rec, StreamWalk};
 pub use model::{Layouts, RecordFields};
 pub use stream::PacketReader;
 pub use tsdl::{EventClass, FieldClass, Label, Metadata, MetadataError, TraceSchema};
+pub use window::{Mark, Splitter};

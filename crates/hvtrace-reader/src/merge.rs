@@ -38,6 +38,7 @@ use crate::dir::{PacketError, ReadError, StreamFile, TraceDir};
 use crate::model::{Layouts, RecordFields};
 use crate::stream::PacketReader;
 use crate::tsdl::TraceSchema;
+use crate::window::Mark;
 
 /// The order in which [`Merge`] hands out records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,6 +166,15 @@ struct Cursor {
     last: Option<PacketOrder>,
     /// Whether the stream is being walked over `check`'s intact packets.
     checked: bool,
+    /// Records of the first packet an earlier window handed out: that
+    /// window loaded it (its loss, order and count are its), this walk
+    /// resumes after them ([`Merge::between`]).
+    resume: usize,
+    /// Where the walk ends ([`Merge::between`]): before the packet at this
+    /// offset, or, with records to take, after its first `n` records.
+    stop: Option<(u64, usize)>,
+    /// File offset the walk started at (progress counts from there).
+    base: u64,
 }
 
 impl Cursor {
@@ -172,6 +182,10 @@ impl Cursor {
     fn packet(&mut self, layouts: &Layouts, uuid: &[u8; 16]) -> Result<Option<Result<(), Bad>>, ReadError> {
         let class = u64::from(self.class);
         let cpu = self.file.cpu;
+        let stop = self.stop.filter(|s| self.reader.position() >= s.0);
+        if stop.is_some_and(|s| s.1 == 0 || self.reader.position() > s.0) {
+            return Ok(None);
+        }
         let p = match self.reader.next_packet() {
             None => return Ok(None),
             Some(Err(source)) => return Err(ReadError::Io { path: self.file.path.clone(), what: "read", source }),
@@ -200,7 +214,8 @@ impl Cursor {
         // The order `check` asks of a stream's packets, against the last one read.
         let order =
             PacketOrder { seq: i.seq, begin: i.timestamp_begin, end: i.timestamp_end, discarded: i.events_discarded };
-        if let Some(prev) = self.last {
+        let resume = std::mem::take(&mut self.resume);
+        if let Some(prev) = self.last.filter(|_| resume == 0) {
             if let Some(field) = prev.breaks(&order) {
                 let kind = ProblemKind::OutOfOrder {
                     field,
@@ -235,6 +250,20 @@ impl Cursor {
                 len: r.payload.len() as u32,
             });
         }
+        if let Some((_, n)) = stop {
+            // The next window's records start here.
+            self.slots.truncate(n);
+        }
+        if resume > 0 {
+            // An earlier window loaded this packet and handed out its first
+            // `resume` records: go on from there as it would have.
+            self.last = Some(order);
+            self.walk.events_discarded = self.walk.events_discarded.max(i.events_discarded);
+            self.next = resume.min(self.slots.len());
+            self.last_ts = resume.checked_sub(1).and_then(|k| self.slots.get(k)).map(|s| s.ts).or(self.last_ts);
+            self.base = self.reader.position();
+            return Ok(Some(Ok(())));
+        }
         self.walk.packets += 1;
         // A packet that does not follow the previous one (the ones between
         // were damaged and skipped) is a gap of unknown size.
@@ -260,7 +289,7 @@ impl Cursor {
                     self.next = 0;
                     return Ok(false);
                 }
-                Some(Ok(())) if self.slots.is_empty() => {}
+                Some(Ok(())) if self.next >= self.slots.len() => {}
                 Some(Ok(())) => return Ok(true),
                 Some(Err(bad)) if self.checked && bad.order => {
                     // Skipped; the next packet read shows the gap as a loss.
@@ -349,16 +378,31 @@ impl Merge {
     /// Starts a walk over `trace`'s streams (reading each one's first
     /// packet). A trace cut short (`INCOMPLETE`) is the first warning.
     pub fn new(trace: &TraceDir, order: Order) -> Result<Merge, ReadError> {
-        Merge::open(trace, order, false)
+        Merge::between(trace, order, false, None, None)
     }
 
     /// As [`Merge::new`], and the kernel's streams too (after the VMM's),
     /// if the trace's metadata describes them.
     pub fn with_kernel(trace: &TraceDir, order: Order) -> Result<Merge, ReadError> {
-        Merge::open(trace, order, true)
+        Merge::between(trace, order, true, None, None)
     }
 
-    fn open(trace: &TraceDir, order: Order, kernel: bool) -> Result<Merge, ReadError> {
+    /// As [`Merge::with_kernel`] (`kernel`: or [`Merge::new`]), over a time
+    /// window of the trace: from the records at `from` on (the start when
+    /// `None`) to those before `to` (the end). Marks come from one
+    /// [`crate::Splitter`] of the same trace: walks between successive marks
+    /// hand out, one after the other, exactly the items of the whole walk
+    /// (in [`Order::Time`]; the same records and losses in [`Order::Streams`]),
+    /// losses after the streams' last records in the last window only. Each
+    /// window counts the packets it loads; a packet split between two
+    /// windows counts in the first.
+    pub fn between(
+        trace: &TraceDir,
+        order: Order,
+        kernel: bool,
+        from: Option<&Mark>,
+        to: Option<&Mark>,
+    ) -> Result<Merge, ReadError> {
         let schema = trace.schema().clone();
         let kernel_schema = trace.metadata.kernel.clone().filter(|_| kernel);
         let kernel_streams = if kernel_schema.is_some() { &trace.kernel_streams[..] } else { &[] };
@@ -379,8 +423,10 @@ impl Merge {
             });
         }
         let mut cursors = Vec::with_capacity(trace.streams.len() + kernel_streams.len());
-        for (class, s) in trace.streams.iter().map(|s| (0, s)).chain(kernel_streams.iter().map(|s| (1, s))) {
-            let reader = PacketReader::open(&s.path)?;
+        let streams = trace.streams.iter().map(|s| (0, s)).chain(kernel_streams.iter().map(|s| (1, s)));
+        for (k, (class, s)) in streams.enumerate() {
+            let start = from.and_then(|m| m.streams.get(k)).cloned().unwrap_or_default();
+            let reader = PacketReader::open(&s.path)?.starting_at(start.offset);
             let mut c = Cursor {
                 walk: StreamWalk { name: s.name.clone(), cpu: s.cpu, packets: 0, events_discarded: 0 },
                 file: s.clone(),
@@ -389,10 +435,14 @@ impl Merge {
                 slots: Vec::new(),
                 next: 0,
                 pending: None,
-                last_ts: None,
-                last: None,
+                last_ts: start.last_ts,
+                last: start.last,
                 checked: false,
+                resume: start.skip,
+                stop: to.and_then(|m| m.streams.get(k)).map(|m| (m.offset, m.skip)),
+                base: start.offset,
             };
+            c.walk.events_discarded = start.discarded;
             c.load(&shared, &mut warnings)?;
             cursors.push(c);
         }
@@ -418,7 +468,7 @@ impl Merge {
 
     /// Bytes of stream files read so far (for progress), of [`Merge::total_bytes`].
     pub fn bytes_read(&self) -> u64 {
-        self.cursors.iter().map(|c| c.reader.position()).sum()
+        self.cursors.iter().map(|c| c.reader.position().saturating_sub(c.base)).sum()
     }
 
     /// Bytes of all stream files.

@@ -62,6 +62,13 @@ impl PacketReader {
         self
     }
 
+    /// Walks from the packet at byte `offset` on (a walk from the middle of
+    /// the file: [`crate::Merge::between`]).
+    pub fn starting_at(mut self, offset: u64) -> PacketReader {
+        self.at = offset;
+        self
+    }
+
     /// The file's size.
     pub fn len(&self) -> u64 {
         self.len

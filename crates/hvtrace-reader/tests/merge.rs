@@ -204,3 +204,86 @@ fn a_stream_of_garbage_gives_the_other_streams_and_warnings() {
     assert_eq!(w.records.len(), 120);
     assert!(w.warnings.iter().any(|x| x.starts_with("channel0_0: damage at byte 0")), "{:?}", w.warnings);
 }
+
+/// Every item of a walk, in order, with where it came from: records as
+/// (ts, stream, payload word, previous ts), losses with their fields.
+fn items(m: &mut Merge) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(item) = m.next_item() {
+        out.push(match item.unwrap() {
+            Item::Record(r) => {
+                let word = u32::from_le_bytes(r.record.payload.try_into().unwrap());
+                format!("rec {} {} {word:#x} prev {:?}", r.record.timestamp, r.stream, r.previous)
+            }
+            Item::Lost { stream, since, at, count, .. } => format!("lost {stream} {since:?} {at:?} {count}"),
+        });
+    }
+    out
+}
+
+/// The first place two walks differ.
+fn diff(a: &[String], b: &[String]) -> String {
+    let i = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    format!("item {i}: {:?} against {:?} ({} and {} items)", a.get(i), b.get(i), a.len(), b.len())
+}
+
+#[test]
+fn windows_between_marks_hand_out_the_whole_walk_in_turn() {
+    let tmp = tempfile::tempdir().unwrap();
+    trace(tmp.path());
+    let t = TraceDir::open(tmp.path()).unwrap();
+    let whole = items(&mut Merge::new(&t, Order::Time).unwrap());
+    let (whole_packets, whole_lost): (Vec<u64>, Vec<u64>) = {
+        let mut m = Merge::new(&t, Order::Time).unwrap();
+        while m.next_item().is_some() {}
+        m.streams().map(|s| (s.packets, s.events_discarded)).unzip()
+    };
+    let split = hvtrace_reader::Splitter::new(&t, true).unwrap().expect("an intact trace can be cut");
+    // Cuts inside packets, at their first records, between packets, before
+    // and after every record: each pair, and three windows.
+    let mut cuts: Vec<u64> = (0..1000).step_by(3).chain([0, 1, 3, 200, 203, 843, 999, 5000]).collect();
+    cuts.sort();
+    cuts.dedup();
+    for (i, &a) in cuts.iter().enumerate() {
+        for &b in cuts[i..].iter().step_by(7) {
+            let (ma, mb) = (split.mark(a).unwrap().unwrap(), split.mark(b).unwrap().unwrap());
+            let mut parts = Vec::new();
+            let mut packets = vec![0; 2];
+            let mut lost = vec![0; 2];
+            for (from, to) in [(None, Some(&ma)), (Some(&ma), Some(&mb)), (Some(&mb), None)] {
+                let mut m = Merge::between(&t, Order::Time, true, from, to).unwrap();
+                parts.extend(items(&mut m));
+                assert!(m.warnings().is_empty(), "{:?}", m.warnings());
+                for (k, s) in m.streams().enumerate() {
+                    packets[k] += s.packets;
+                    lost[k] = lost[k].max(s.events_discarded);
+                }
+            }
+            assert!(parts == whole, "cut at {a} and {b}: {}", diff(&parts, &whole));
+            assert_eq!((&packets, &lost), (&whole_packets, &whole_lost), "cut at {a} and {b}");
+        }
+    }
+    // Even shares of the bytes: increasing times inside the trace.
+    let times = split.times(3);
+    assert_eq!(times.len(), 2, "{times:?}");
+    assert!(times[0] > 0 && times[0] < times[1] && times[1] < 843, "{times:?}");
+}
+
+#[test]
+fn a_trace_with_a_damaged_header_is_not_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    trace(tmp.path());
+    let f = tmp.path().join("channel0_1");
+    let mut b = std::fs::read(&f).unwrap();
+    b[2 * P + packet::MAGIC] ^= 0xff;
+    std::fs::write(&f, &b).unwrap();
+    let t = TraceDir::open(tmp.path()).unwrap();
+    assert!(hvtrace_reader::Splitter::new(&t, true).unwrap().is_none());
+    // Nor one whose packets are swapped.
+    trace(tmp.path());
+    let mut b = std::fs::read(&f).unwrap();
+    let (a, c) = b.split_at_mut(2 * P);
+    a[P..].swap_with_slice(&mut c[..P]);
+    std::fs::write(&f, &b).unwrap();
+    assert!(hvtrace_reader::Splitter::new(&t, true).unwrap().is_none());
+}

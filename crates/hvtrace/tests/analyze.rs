@@ -22,7 +22,9 @@ fn kvm_exits_per_vcpu_and_reason_match_the_vmm_and_babeltrace2() {
     let tmp = tempdir("kvm");
     let dir = tmp.join("trace");
     let d = dir.to_str().unwrap();
-    let out = hvtrace(&["kvm", "--output", d, "--vcpus", "2", "--iterations", "300", "--json"]);
+    // Small sub-buffers: packets enough to read in time windows.
+    let out =
+        hvtrace(&["kvm", "--output", d, "--vcpus", "2", "--iterations", "300", "--subbuf-size", "4096", "--json"]);
     assert!(out.status.success(), "hvtrace kvm failed: {}", stderr(&out));
     let vmm = last_json(&out);
     assert_eq!(vmm["events_discarded"].as_u64(), Some(0), "the comparison needs a lossless trace");
@@ -57,6 +59,7 @@ fn kvm_exits_per_vcpu_and_reason_match_the_vmm_and_babeltrace2() {
         let by_name: BTreeMap<_, _> = analyzed.iter().map(|((v, _), (name, n))| ((*v, name.clone()), *n)).collect();
         assert_eq!(by_name, bt, "analyze vs babeltrace2's vm_exit records");
     }
+    views::same_on_every_thread_count(&dir, &[], true);
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

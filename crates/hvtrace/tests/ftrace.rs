@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod views;
+
 const EXE: &str = env!("CARGO_BIN_EXE_hvtrace");
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -257,6 +259,9 @@ fn analyze_splits_each_exit_between_kernel_and_vmm(trace: &Path, summary: &Value
     assert!(out.status.success(), "hvtrace analyze failed: {}", stderr(&out));
     let r = last_json(&out);
     assert!(r["event_sets"].as_array().unwrap().iter().any(|s| s == "kvm-kernel"), "{}", r["event_sets"]);
+    // Read on one thread whatever `--threads` says (the kernel's mapping
+    // learns which threads are vCPUs as it goes), and it says so.
+    views::same_on_every_thread_count(trace, &[], false);
     // Named by task_rename as the VMM started them, before their first KVM event.
     assert_eq!(num(&r["events_unattributed"]), 0, "every vCPU thread known in time");
     let freq = u128::from(num(&r["clock_freq"]));

@@ -5,6 +5,8 @@ use std::process::Command;
 
 use hvtrace_xen::gen::{put_window, Scenario};
 
+mod views;
+
 fn hvtrace() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hvtrace"))
 }
@@ -83,6 +85,7 @@ fn import_and_analyze() -> (hvtrace_xen::gen::Generated, tempfile::TempDir, serd
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = hvtrace().arg("analyze").arg(&out).arg("--json").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    views::same_on_every_thread_count(&out, &[], true);
     (g, dir, serde_json::from_slice(&o.stdout).unwrap())
 }
 

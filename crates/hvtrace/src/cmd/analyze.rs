@@ -41,6 +41,13 @@ pub struct Args {
     /// Also write one CSV file per table into this directory.
     #[arg(long, value_name = "DIR")]
     pub csv: Option<PathBuf>,
+    /// Threads to read with (default: one per available core). The trace is
+    /// cut into as many time windows at packet boundaries, read at once and
+    /// merged into exactly the report of `--threads 1`, which reads it
+    /// whole on one thread (as are, whatever this says, a damaged trace and
+    /// one with the kernel's events).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
 }
 
 /// A time after the trace's first record, in ns: a number with a unit
@@ -93,7 +100,7 @@ fn progress_bar() -> impl FnMut(Progress) {
 /// status 2 (a `ReadError`, as for `check`), any other error 1; a damaged
 /// trace is analysed, with warnings, and is 0.
 pub fn run(a: Args) -> Result<Status> {
-    let opts = Options { from_ns: a.from, to_ns: a.to };
+    let opts = Options { from_ns: a.from, to_ns: a.to, threads: a.threads.map_or(0, |n| n as usize) };
     let mut progress = progress_bar();
     let report = analyze(&a.dir, MAPPINGS, &opts, &mut progress)?;
     if let Some(dir) = &a.csv {
@@ -108,6 +115,11 @@ pub fn run(a: Args) -> Result<Status> {
     }
     for w in &report.warnings {
         note(format_args!("hvtrace analyze: warning: {w}"));
+    }
+    if opts.threads > 1 && report.windows == 1 {
+        note(format_args!(
+            "hvtrace analyze: note: read on one thread: the trace cannot be cut into time windows (damage, too few packets, or the kernel's events, whose mapping learns which threads are vCPUs as it goes)"
+        ));
     }
     Ok(Status::Ok)
 }

@@ -142,3 +142,29 @@ pub fn imported_xentrace(tmp: &Path) -> (PathBuf, PathBuf, Generated) {
 pub fn vmx_reason(code: u32) -> &'static str {
     VmxExitReason::LABELS.iter().find(|l| l.value == i64::from(code)).expect("a VMX reason").label
 }
+
+/// `hvtrace analyze DIR ARGS` (JSON, then text) on 2, 3 and 4 threads
+/// prints exactly what it prints on one; with `cut`, each read in time
+/// windows (no note that it fell back to one thread).
+pub fn same_on_every_thread_count(dir: &Path, args: &[&str], cut: bool) {
+    let d = dir.to_str().unwrap();
+    for json in [true, false] {
+        let run = |threads: &str| {
+            let mut a = vec!["analyze", d, "--threads", threads];
+            a.extend_from_slice(args);
+            if json {
+                a.push("--json");
+            }
+            let out = hvtrace(&a);
+            assert!(out.status.success(), "hvtrace {a:?}: {}", stderr(&out));
+            out
+        };
+        let one = run("1");
+        for n in ["2", "3", "4"] {
+            let out = run(n);
+            assert!(out.stdout == one.stdout, "{d} {args:?} json {json}: {n} threads print another report than one");
+            let fell_back = stderr(&out).contains("read on one thread");
+            assert_eq!(fell_back, !cut, "{d}, {n} threads: {}", stderr(&out));
+        }
+    }
+}
