@@ -65,6 +65,12 @@ pub use report::{
 };
 pub use split::{InKernelRow, KernelSplit, ToVmmRow};
 
+/// The most threads `analyze` takes by itself: each window holds its own
+/// read buffers and the vCPUs whose domain ended in it until the merge
+/// (about 55 MB at two on a 1 GiB sim trace, 87 MB at four), against a
+/// bound of 64 MiB (docs/analysis.md); `--threads N` asks for more.
+pub const DEFAULT_MAX_THREADS: usize = 2;
+
 /// What to analyse.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
@@ -72,7 +78,8 @@ pub struct Options {
     pub from_ns: Option<u64>,
     /// End of the window, in ns after the trace's first record.
     pub to_ns: Option<u64>,
-    /// Threads to read with (0: one per available core). With more than
+    /// Threads to read with (0: one per available core, at most
+    /// [`DEFAULT_MAX_THREADS`]). With more than
     /// one, the trace is read in as many time windows, merged into exactly
     /// the report one thread makes.
     pub threads: usize,
@@ -195,7 +202,7 @@ fn pass(
     // An observer sees the pass in order: one walk.
     let threads = match opts.threads {
         _ if observer.is_some() => 1,
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(DEFAULT_MAX_THREADS)),
         n => n,
     };
     let mut blind = Blind;

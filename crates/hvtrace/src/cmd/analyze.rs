@@ -41,7 +41,8 @@ pub struct Args {
     /// Also write one CSV file per table into this directory.
     #[arg(long, value_name = "DIR")]
     pub csv: Option<PathBuf>,
-    /// Threads to read with (default: one per available core). The trace is
+    /// Threads to read with (default: one per available core, at most 2,
+    /// which keeps a 1 GiB trace under 64 MiB of memory). The trace is
     /// cut into as many time windows at packet boundaries, read at once and
     /// merged into exactly the report of `--threads 1`, which reads it
     /// whole on one thread (as are, whatever this says, a damaged trace and
