@@ -740,9 +740,10 @@ impl<'a> Ring<'a> {
         // loaded with Acquire before the reservation.
         let n = self.w.sb[idx].lap_records.load(Relaxed);
         hook(HookPoint::OpenClaim);
-        // AcqRel: pairs with the consumer's `release` CAS (Release), so a
-        // lap it claimed was read before this writer's bytes land.
-        if self.w.claims[idx].swap(claim::producer(lap - 1), AcqRel) != claim::consumer(lap - 1) {
+        // Relaxed: who counts the lap needs only the word's one modification
+        // order; a kept copy is guarded by the seqlock on `write`, not by
+        // this word (docs/ring.md, "Why some orderings are Relaxed").
+        if self.w.claims[idx].swap(claim::producer(lap - 1), Relaxed) != claim::consumer(lap - 1) {
             self.w.hdr.overwritten.fetch_add(n, Relaxed);
         }
     }
@@ -907,9 +908,11 @@ impl RingOwner<'_, '_> {
                 }
                 // Cannot complete the lap (the record ends before the
                 // sub-buffer does): the closing padding, committed on the
-                // shared path, delivers. Release: whoever completes the lap
-                // sees the bytes.
-                s.commit.store(s.commit.load(Relaxed) + rec, Release);
+                // shared path, delivers. Relaxed: any other thread reading
+                // `commit` first acquires `owner_busy = 0` (next line) or
+                // `excl` after `disown`, both after this store (docs/ring.md,
+                // "Why some orderings are Relaxed").
+                s.commit.store(s.commit.load(Relaxed) + rec, Relaxed);
                 hdr.owner_busy.store(0, Release);
                 return Ok(false);
             }
@@ -1042,7 +1045,9 @@ impl<'a> RingReader<'a> {
             }
             let claim = match self.mode {
                 Mode::Discard => 0,
-                Mode::Overwrite => self.w.claims[idx].load(Acquire),
+                // Relaxed: only compared, never a guard for the bytes (the
+                // `delivered` load above is; docs/ring.md, "Why some orderings are Relaxed").
+                Mode::Overwrite => self.w.claims[idx].load(Relaxed),
             };
             // Skipped: a later lap was delivered, or the claim names this lap
             // or a later one (`claim >> 1` is lap + 1): a producer took it,
@@ -1143,9 +1148,10 @@ impl<'a> RingReader<'a> {
                 } else {
                     let idx = self.geo.index(p.pos) as usize;
                     let lap = self.geo.lap(p.pos);
-                    // Release: pairs with the opener's `swap` (AcqRel); the
-                    // one of the two first on the claim word owns the lap.
-                    self.w.claims[idx].compare_exchange(p.claim, claim::consumer(lap), AcqRel, Acquire).is_ok()
+                    // The first of this CAS and the opener's `swap` on the
+                    // word owns the lap. Relaxed: the copy is judged by the
+                    // `write` check above (docs/ring.md, "Why some orderings are Relaxed").
+                    self.w.claims[idx].compare_exchange(p.claim, claim::consumer(lap), Relaxed, Relaxed).is_ok()
                 }
             }
         };

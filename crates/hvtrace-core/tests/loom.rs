@@ -274,8 +274,9 @@ fn closing_model(yield_at: Option<HookPoint>, reach: &'static [&'static str]) {
 /// 2, in the same packet. Packets 0 and 1 are written and delivered first,
 /// so the next record opens lap 1 of sub-buffer 0.
 ///
-/// The opener's own stores come after its claim `swap`, so a copy that saw
-/// one of them fails its claim CAS whatever the fences say; the other
+/// The opener's own stores come after its claim `swap`, so in loom (one
+/// thread at a time, no load buffering) a copy that saw one of them fails
+/// its claim CAS whatever the fences say; the other
 /// writer's stores (its record, or the closer fields when its record does
 /// not fit) may land before the opener's swap, and only the seqlock (each
 /// writer's `fence(Release)` after moving `write`, the consumer's
