@@ -33,6 +33,12 @@ fn demo(out: &Path, args: &[&str]) -> Value {
 /// babeltrace2's view of a trace: (events, discarded events it reports).
 /// `None` after a loud SKIP line when babeltrace2 is not installed.
 fn babeltrace2(dir: &Path) -> Option<(u64, u64)> {
+    babeltrace2_losses(dir).map(|(events, discarded, _)| (events, discarded))
+}
+
+/// [`babeltrace2`], with the packets it reports discarded (sequence-number
+/// gaps) apart from the events.
+fn babeltrace2_losses(dir: &Path) -> Option<(u64, u64, u64)> {
     let o: Output = match Command::new("babeltrace2").arg(dir).output() {
         Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -43,13 +49,18 @@ fn babeltrace2(dir: &Path) -> Option<(u64, u64)> {
     };
     assert!(o.status.success(), "babeltrace2 cannot read {}: {}", dir.display(), text(&o.stderr));
     let events = o.stdout.iter().filter(|&&b| b == b'\n').count() as u64;
-    // "WARNING: Tracer discarded 623 events between [...]"
-    let discarded = text(&o.stderr)
-        .lines()
-        .filter_map(|l| l.split("Tracer discarded ").nth(1))
-        .map(|rest| rest.split_whitespace().next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    Some((events, discarded))
+    // "WARNING: Tracer discarded 623 events between [...]", "... 3 packets ..."
+    let (mut discarded, mut packets) = (0, 0);
+    for rest in text(&o.stderr).lines().filter_map(|l| l.split("Tracer discarded ").nth(1)) {
+        let mut w = rest.split_whitespace();
+        let n = w.next().unwrap().parse::<u64>().unwrap();
+        match w.next() {
+            Some(u) if u.starts_with("event") => discarded += n,
+            Some(u) if u.starts_with("packet") => packets += n,
+            u => panic!("babeltrace2 discarded {n} {u:?}?"),
+        }
+    }
+    Some((events, discarded, packets))
 }
 
 fn u(v: &Value, k: &str) -> u64 {
@@ -105,8 +116,19 @@ fn demo_with_tiny_buffers_in_overwrite_mode_accounts_for_overwritten_events() {
     let (rec, disc) = (u(&s, "events_recorded"), u(&s, "events_discarded"));
     assert_eq!(rec + disc, u(&s, "events_emitted"));
     assert_eq!(s["mode"], "overwrite");
-    if let Some((events, _)) = babeltrace2(&dir) {
+    // Each loss is reported once: an overwritten packet as a sequence gap
+    // (babeltrace2's "discarded N packets"), every other loss in
+    // `events_discarded` ("discarded N events"); the summary says which.
+    // (A gap shows only between packets read: packets overwritten before
+    // the first one in the file show in no babeltrace2 warning.)
+    assert!(u(&s, "events_overwritten") > 0, "tiny buffers overwrite: {s}");
+    if let Some((events, bt_events, bt_packets)) = babeltrace2_losses(&dir) {
         assert_eq!(events, rec, "babeltrace2 reads every recorded event");
+        assert_eq!(bt_events, u(&s, "trace_events_discarded"), "babeltrace2's discarded events: {s}");
+        // Against the host's own counts: an overwritten event is not also
+        // among the events babeltrace2 says were discarded.
+        assert_eq!(bt_events, disc - u(&s, "events_overwritten"), "an overwritten event reported twice: {s}");
+        assert_eq!(bt_packets, u(&s, "packets_missing"), "babeltrace2's discarded packets: {s}");
     }
 }
 
