@@ -97,6 +97,7 @@ pub mod header {
 
     /// A decoded header: `(id, timestamp bits, header length, compact?)`.
     /// For a compact header the timestamp holds only the low 27 bits.
+    #[inline]
     pub fn decode(b: &[u8]) -> Option<(u32, u64, usize, bool)> {
         let first = u32::from_le_bytes(b.get(..4)?.try_into().ok()?);
         let id = first & 0x1f;
@@ -110,6 +111,7 @@ pub mod header {
 
     /// Rebuilds a full timestamp from the previous one and 27 low bits, as a
     /// CTF reader does: the clock moved forward by less than 2^27 cycles.
+    #[inline]
     pub fn expand(prev: u64, low: u64) -> u64 {
         let mut ts = (prev & !COMPACT_TS_MASK) | low;
         if ts < prev {

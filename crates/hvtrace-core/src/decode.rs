@@ -127,8 +127,9 @@ pub trait Schema {
     /// Kind of field `i` of event `id` (`i < field_count`).
     fn field_kind(&self, id: u32, i: usize) -> FieldKind;
     /// The payload length of event `id` when all its fields have a fixed
-    /// size: the decoder then skips the payload without a field walk. The
-    /// default says nothing (every record's fields are walked).
+    /// size: the decoder then skips the payload without a field walk (and
+    /// without a look at [`Schema::field_count`]). `None` for an unknown
+    /// event. The default says nothing (every record's fields are walked).
     #[inline]
     fn fixed_payload_len(&self, _id: u32) -> Option<usize> {
         None
@@ -250,12 +251,12 @@ impl<'p, S: Schema + ?Sized> Iterator for Values<'p, '_, S> {
 
 /// Iterator over the records of one packet.
 pub struct Records<'p, 's, S: ?Sized> {
-    b: &'p [u8],
+    /// The packet up to the end of its content.
+    content: &'p [u8],
+    /// The next record's offset; past the content after an error.
     at: usize,
-    end: usize,
     ts: u64,
     schema: &'s S,
-    failed: bool,
 }
 
 /// Iterates the records of the packet `b` (which starts with its header).
@@ -264,50 +265,69 @@ pub fn records<'p, 's, S: Schema + ?Sized>(
     schema: &'s S,
 ) -> Result<(PacketInfo, Records<'p, 's, S>), DecodeError> {
     let info = packet_info(b)?;
-    let it = Records { b, at: packet::LEN, end: info.content_len, ts: info.timestamp_begin, schema, failed: false };
+    let it = Records { content: &b[..info.content_len], at: packet::LEN, ts: info.timestamp_begin, schema };
     Ok((info, it))
 }
 
 impl<'p, S: Schema + ?Sized> Iterator for Records<'p, '_, S> {
     type Item = Result<Record<'p>, DecodeError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.at >= self.end {
+        if self.at >= self.content.len() {
             return None;
         }
         let r = self.decode_one();
-        self.failed = r.is_err();
+        if r.is_err() {
+            self.at = usize::MAX;
+        }
         Some(r)
     }
 }
 
 impl<'p, S: Schema + ?Sized> Records<'p, '_, S> {
+    // Inlined into the caller's loop: this is every reader's per-record
+    // path (`hvtrace analyze` decodes each packet whole before its records
+    // are merged), so one table lookup for a fixed-size payload, no more.
+    #[inline]
     fn decode_one(&mut self) -> Result<Record<'p>, DecodeError> {
-        let at = self.at;
-        let content = &self.b[..self.end];
-        let (id, ts_bits, hlen, compact) = header::decode(&content[at..]).ok_or(DecodeError::Truncated { at })?;
-        let count = self.schema.field_count(id).ok_or(DecodeError::UnknownEvent { at, id })?;
+        let (at, content) = (self.at, self.content);
+        let (id, ts_bits, hlen, compact) =
+            content.get(at..).and_then(header::decode).ok_or(DecodeError::Truncated { at })?;
         let start = at + hlen;
         let p = match self.schema.fixed_payload_len(id) {
             Some(n) if start + n <= content.len() => start + n,
             Some(_) => return Err(DecodeError::Truncated { at }),
-            None => {
-                let mut p = start;
-                for i in 0..count {
-                    let kind = self.schema.field_kind(id, i);
-                    let rest = &content[p.min(content.len())..];
-                    match decode_field(&kind, rest) {
-                        Some((_, n)) => p += n,
-                        None if kind.fixed_len().is_some() => return Err(DecodeError::Truncated { at }),
-                        None => return Err(DecodeError::BadField { at }),
-                    }
-                }
-                p
-            }
+            None => walk_fields(self.schema, content, id, at, start)?,
         };
         let ts = if compact { header::expand(self.ts, ts_bits) } else { ts_bits };
         self.ts = ts;
         self.at = p;
         Ok(Record { offset: at, id, timestamp: ts, compact, payload: &content[start..p] })
     }
+}
+
+/// The end of the payload of event `id` at `start` of `content` (its
+/// record at `at`), found field by field. Out of line, and not a method:
+/// a borrow of the iterator would keep its state out of registers.
+#[inline(never)]
+fn walk_fields<S: Schema + ?Sized>(
+    schema: &S,
+    content: &[u8],
+    id: u32,
+    at: usize,
+    start: usize,
+) -> Result<usize, DecodeError> {
+    let count = schema.field_count(id).ok_or(DecodeError::UnknownEvent { at, id })?;
+    let mut p = start;
+    for i in 0..count {
+        let kind = schema.field_kind(id, i);
+        let rest = &content[p.min(content.len())..];
+        match decode_field(&kind, rest) {
+            Some((_, n)) => p += n,
+            None if kind.fixed_len().is_some() => return Err(DecodeError::Truncated { at }),
+            None => return Err(DecodeError::BadField { at }),
+        }
+    }
+    Ok(p)
 }

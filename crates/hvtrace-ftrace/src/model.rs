@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use hvtrace_model::{
-    class, hit, kvm, Access, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu,
+    class, hit, kvm, Access, Catalog, Event, Exit, ExitDetail, Mapper, Mapping, Payload, Runstate, Vcpu,
 };
 
 /// The kernel's KVM events' [`Mapping`].
@@ -167,7 +167,7 @@ impl Mapper for KernelMapper {
         true
     }
 
-    fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
         // A KVM event's thread not (yet) known as a vCPU: counted, not attributed.
         let unattributed = |out: &mut dyn FnMut(Event<'m>)| out(Event::Unattributed);
         if let Some([pid, reason, isa, vcpu]) = hit(self.exit, id) {

@@ -10,7 +10,9 @@
 //! The VMM runs one VM, so the domain is always 0; the pCPU is the host CPU
 //! whose stream holds the record (the vCPU thread's CPU at that moment).
 
-use hvtrace_model::{class, Access, Catalog, Event, Exit, ExitDetail, Fields, Labels, Mapper, Mapping, Runstate, Vcpu};
+use hvtrace_model::{
+    class, Access, Catalog, Event, Exit, ExitDetail, Labels, Mapper, Mapping, Payload, Runstate, Vcpu,
+};
 
 /// The `kvm` set's [`Mapping`].
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,7 +63,7 @@ impl Mapper for Bound {
             || self.guest.is_some_and(|g| g.0 == id)
     }
 
-    fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
         let vcpu = |i: usize| f.uint(i).map(|v| Vcpu::new(0, v as u32));
         if id == self.exit.0 {
             let [v, reason, dir, size, port, addr] = self.exit.1;

@@ -39,7 +39,7 @@
 //! analyses (counts per CPU and event class, losses, duration).
 //!
 //! ```
-//! use hvtrace_model::{class, Bindings, Catalog, Event, Exit, ExitDetail, FieldValue, Fields, Mapper, Mapping, Vcpu};
+//! use hvtrace_model::{class, Bindings, Catalog, Event, Exit, ExitDetail, FieldValue, Mapper, Mapping, Payload, Vcpu};
 //!
 //! /// A set with one event: `exit(vcpu: u32, reason: u32)`.
 //! struct Toy;
@@ -55,7 +55,7 @@
 //!
 //! impl Mapper for ToyMapper {
 //!     fn maps(&self, id: u32) -> bool { id == self.exit }
-//!     fn map<'m>(&'m self, _id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
+//!     fn map<'m>(&'m self, _id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
 //!         let (Some(v), Some(code)) = (f.uint(self.vcpu), f.uint(self.reason)) else { return };
 //!         let name = if code == 12 { "HLT" } else { "other" };
 //!         let exit = Exit { code: code as u32, name, detail: ExitDetail::None };
@@ -84,4 +84,4 @@ pub mod kvm;
 mod map;
 
 pub use event::{Access, Event, Exit, ExitDetail, Runstate, Vcpu};
-pub use map::{class, hit, Bindings, Catalog, FieldValue, Fields, Labels, Mapper, Mapping};
+pub use map::{class, hit, Bindings, Catalog, FieldValue, Fields, FixedInt, Labels, Mapper, Mapping, Payload};

@@ -142,6 +142,117 @@ impl<'r> Fields<'r> for [FieldValue<'r>] {
     }
 }
 
+/// Where an integer (or enumeration) field lies in a record's payload when
+/// every field before it has a fixed size, so that it is read without a
+/// look at the others. The CTF reader makes one per field from the trace's
+/// metadata; [`FixedInt::NONE`] stands for any other field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedInt {
+    /// Byte offset in the payload.
+    at: u32,
+    /// Width in bytes (1, 2, 4, 8; 0 for [`FixedInt::NONE`]).
+    len: u8,
+    /// 64 less the width in bits: the shifts that drop the bytes read past it.
+    shift: u8,
+    signed: bool,
+}
+
+impl FixedInt {
+    /// Not a fixed-offset integer: reads nothing.
+    pub const NONE: FixedInt = FixedInt { at: u32::MAX, len: 0, shift: 0, signed: false };
+
+    /// An integer of `bits` (8, 16, 32 or 64; [`FixedInt::NONE`] for any
+    /// other width), little-endian, at byte `at` of the payload.
+    pub const fn new(at: u32, bits: u8, signed: bool) -> FixedInt {
+        match bits {
+            8 | 16 | 32 | 64 => FixedInt { at, len: bits / 8, shift: 64 - bits, signed },
+            _ => FixedInt::NONE,
+        }
+    }
+
+    /// The field's value (two's complement bits if signed) in a payload of
+    /// `len` bytes at the start of `bytes`; `None` if it does not fit in
+    /// `len`. `bytes` may run on past the payload (to its packet's end):
+    /// then the read is one 8-byte load and two shifts, where a payload's
+    /// own end would cut most loads of its last fields short.
+    #[inline(always)]
+    pub fn read(self, bytes: &[u8], len: usize) -> Option<u64> {
+        let at = self.at as usize;
+        if at + self.len as usize > len {
+            return None;
+        }
+        let raw = match bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+            Some(b) => u64::from_le_bytes(*b),
+            None => {
+                let mut b = [0; 8];
+                let n = self.len as usize;
+                b[..n].copy_from_slice(bytes.get(at..at + n)?);
+                u64::from_le_bytes(b)
+            }
+        };
+        let v = raw << self.shift;
+        Some(if self.signed { ((v as i64) >> self.shift) as u64 } else { v >> self.shift })
+    }
+}
+
+/// One record's payload as a [`Mapper`] reads it: integers at a fixed
+/// offset ([`FixedInt`]) straight from the bytes, in the mapper's own code
+/// (a call through [`Fields`] per field read was a seventh of `hvtrace
+/// analyze`'s instructions), anything else through the source's
+/// [`Fields`]. A source with its values at hand passes those alone
+/// ([`Payload::of`]).
+#[derive(Clone, Copy)]
+pub struct Payload<'r, 'a> {
+    /// The payload, and what follows it in its packet.
+    bytes: &'r [u8],
+    /// The payload's length.
+    len: usize,
+    ints: &'a [FixedInt],
+    rest: &'a dyn Fields<'r>,
+}
+
+impl<'r, 'a> Payload<'r, 'a> {
+    /// A payload of `len` bytes at the start of `bytes` (which may run on
+    /// to the end of its packet), whose fixed-offset integers are `ints`
+    /// (by field index), its other fields read from `rest`.
+    #[inline]
+    pub fn new(bytes: &'r [u8], len: usize, ints: &'a [FixedInt], rest: &'a dyn Fields<'r>) -> Payload<'r, 'a> {
+        Payload { bytes, len, ints, rest }
+    }
+
+    /// A payload whose every field is read from `fields`.
+    pub fn of(fields: &'a dyn Fields<'r>) -> Payload<'r, 'a> {
+        Payload { bytes: &[], len: 0, ints: &[], rest: fields }
+    }
+
+    /// Field `i` as [`Fields::uint`] reads it.
+    #[inline(always)]
+    pub fn uint(&self, i: usize) -> Option<u64> {
+        match self.ints.get(i).and_then(|f| f.read(self.bytes, self.len)) {
+            Some(v) => Some(v),
+            None => self.rest.uint(i),
+        }
+    }
+
+    /// Field `i` as [`Fields::int`] reads it.
+    #[inline]
+    pub fn int(&self, i: usize) -> Option<i64> {
+        self.uint(i).map(|u| u as i64)
+    }
+
+    /// Field `i` as [`Fields::bytes`] reads it.
+    #[inline]
+    pub fn bytes(&self, i: usize) -> Option<&'r [u8]> {
+        self.rest.bytes(i)
+    }
+}
+
+impl core::fmt::Debug for Payload<'_, '_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Payload").field("bytes", &&self.bytes[..self.len.min(self.bytes.len())]).finish_non_exhaustive()
+    }
+}
+
 /// An event set's mapping onto the model, declared next to the event set.
 pub trait Mapping: Sync {
     /// The event set's name (`kvm`, `xen`, …), for messages.
@@ -159,7 +270,7 @@ pub trait Mapper: Send + Sync {
     fn maps(&self, id: u32) -> bool;
     /// Calls `out` with the model events of one record of event `id`
     /// (none, one, or several: a switch is two runstate changes).
-    fn map<'m>(&'m self, id: u32, fields: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>));
+    fn map<'m>(&'m self, id: u32, fields: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>));
     /// Whether what a record maps to depends on records before it (a
     /// thread learnt to be a vCPU): then the trace must be mapped in order,
     /// by one walk, not in time windows read apart.
@@ -207,11 +318,21 @@ impl Bindings {
         matches!(self.by_id.get(id as usize), Some(Some(_)))
     }
 
-    /// Maps one record of event `id` (nothing if no mapper takes it).
-    #[inline]
+    /// Maps one record of event `id` whose fields are at hand (nothing if
+    /// no mapper takes it).
     pub fn map<'m>(&'m self, id: u32, fields: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
-        if let Some(Some(i)) = self.by_id.get(id as usize) {
-            self.mappers[*i as usize].1.map(id, fields, out);
+        self.map_payload(id, &Payload::of(fields), out);
+    }
+
+    /// Maps one record of event `id`; returns whether a mapper took it.
+    #[inline]
+    pub fn map_payload<'m>(&'m self, id: u32, payload: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) -> bool {
+        match self.by_id.get(id as usize) {
+            Some(Some(i)) => {
+                self.mappers[*i as usize].1.map(id, payload, out);
+                true
+            }
+            _ => false,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Binding several event sets to one trace: each record goes to the first
 //! set that maps its event, sets that do not recognise the trace stay out.
 
-use hvtrace_model::{class, Bindings, Catalog, Event, FieldValue, Fields, Mapper, Mapping, Runstate, Vcpu};
+use hvtrace_model::{class, Bindings, Catalog, Event, FieldValue, Fields, Mapper, Mapping, Payload, Runstate, Vcpu};
 
 /// A trace whose events are `(name, fields)`.
 struct Trace(&'static [(&'static str, &'static [&'static str])]);
@@ -51,7 +51,7 @@ impl Mapper for SetMapper {
     fn maps(&self, id: u32) -> bool {
         id == self.id
     }
-    fn map<'m>(&'m self, _: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, _: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
         if let Some(v) = f.uint(self.vcpu) {
             out(Event::Runstate { vcpu: Vcpu::new(self.domain, v as u32), new: Runstate::Blocked });
         }

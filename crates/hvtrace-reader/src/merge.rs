@@ -31,7 +31,7 @@
 //! in any stream ([`crate::check_kernel_stream`]).
 
 use hvtrace_core::decode::Record;
-use hvtrace_model::{Bindings, Event};
+use hvtrace_model::{Bindings, Event, Fields, Payload};
 
 use crate::check::{check_kernel_stream, check_stream, Expect, Order as PacketOrder, ProblemKind};
 use crate::dir::{PacketError, ReadError, StreamFile, TraceDir};
@@ -87,6 +87,8 @@ pub struct Rec<'a> {
     /// The timestamp of the stream's previous record (`None` for its first).
     pub previous: Option<u64>,
     layouts: &'a Layouts,
+    /// The payload and the rest of its packet, for [`Payload`]'s reads.
+    tail: &'a [u8],
 }
 
 impl<'a> Rec<'a> {
@@ -103,15 +105,24 @@ impl<'a> Rec<'a> {
     /// Returns whether a mapping took it.
     #[inline]
     pub fn map<'m>(&self, bindings: &'m Bindings, mut out: impl FnMut(u32, Event<'m>)) -> bool {
-        if !bindings.maps(self.record.id) {
-            return false;
-        }
+        let ints = self.layouts.fixed_ints(self.record.id);
+        let payload = Payload::new(self.tail, self.record.payload.len(), ints, self);
         let mut pcpu = self.cpu;
-        bindings.map(self.record.id, &self.fields(), &mut |e| match e {
+        bindings.map_payload(self.record.id, &payload, &mut |e| match e {
             Event::OnPcpu { pcpu: p } => pcpu = p,
             e => out(pcpu, e),
-        });
-        true
+        })
+    }
+}
+
+/// What a [`Payload`] reads when a field is not an integer at a fixed
+/// offset (the rare case: the field is found by walking to it).
+impl<'a> Fields<'a> for Rec<'a> {
+    fn uint(&self, i: usize) -> Option<u64> {
+        self.fields().uint(i)
+    }
+    fn bytes(&self, i: usize) -> Option<&'a [u8]> {
+        self.fields().bytes(i)
     }
 }
 
@@ -124,6 +135,36 @@ struct Slot {
     compact: bool,
     start: u32,
     len: u32,
+}
+
+/// Decodes the records of `packet` (whole: header, context, records) into
+/// `slots`, or says why it cannot be read. Out of line so that its loop,
+/// the reader's per-record cost, keeps its state in registers.
+#[inline(never)]
+fn decode_slots(packet: &[u8], layouts: &Layouts, slots: &mut Vec<Slot>) -> Result<(), String> {
+    slots.clear();
+    let (i, records) = hvtrace_core::decode::records(packet, layouts).map_err(|e| e.to_string())?;
+    let base = packet.as_ptr() as usize;
+    for r in records {
+        let r = r.map_err(|e| e.to_string())?;
+        if r.timestamp < i.timestamp_begin || r.timestamp > i.timestamp_end {
+            return Err(outside(r.offset));
+        }
+        slots.push(Slot {
+            ts: r.timestamp,
+            id: r.id,
+            offset: r.offset as u32,
+            compact: r.compact,
+            start: (r.payload.as_ptr() as usize - base) as u32,
+            len: r.payload.len() as u32,
+        });
+    }
+    Ok(())
+}
+
+#[cold]
+fn outside(offset: usize) -> String {
+    format!("record at {offset} outside the packet's time range")
 }
 
 /// What a stream's walk has seen so far.
@@ -226,29 +267,10 @@ impl Cursor {
                 return Ok(Some(Err(Bad { offset, what: kind.to_string(), order: true })));
             }
         }
-        self.slots.clear();
         self.next = 0;
-        let base = p.bytes.as_ptr() as usize;
-        let records = match hvtrace_core::decode::records(p.bytes, layouts) {
-            Ok((_, it)) => it,
-            Err(e) => return bad(e.to_string()),
-        };
-        for r in records {
-            let r = match r {
-                Ok(r) => r,
-                Err(e) => return bad(e.to_string()),
-            };
-            if r.timestamp < i.timestamp_begin || r.timestamp > i.timestamp_end {
-                return bad(format!("record at {} outside the packet's time range", r.offset));
-            }
-            self.slots.push(Slot {
-                ts: r.timestamp,
-                id: r.id,
-                offset: r.offset as u32,
-                compact: r.compact,
-                start: (r.payload.as_ptr() as usize - base) as u32,
-                len: r.payload.len() as u32,
-            });
+        if let Err(what) = decode_slots(p.bytes, layouts, &mut self.slots) {
+            self.slots.clear();
+            return bad(what);
         }
         if let Some((_, n)) = stop {
             // The next window's records start here.
@@ -554,6 +576,7 @@ impl Merge {
         let previous = c.last_ts.replace(s.ts);
         self.advance = Some(i);
         let bytes = c.reader.current();
+        let tail = &bytes[s.start as usize..];
         Item::Record(Rec {
             stream: i,
             class: c.class,
@@ -563,9 +586,10 @@ impl Merge {
                 id: s.id,
                 timestamp: s.ts,
                 compact: s.compact,
-                payload: &bytes[s.start as usize..(s.start + s.len) as usize],
+                payload: &tail[..s.len as usize],
             },
             previous,
+            tail,
             layouts: if c.class == 1 { &self.shared.kernel_layouts } else { &self.shared.layouts },
         })
     }

@@ -3,7 +3,7 @@
 
 use hvtrace_core::decode::{decode_field, Record, Schema, Value};
 use hvtrace_core::FieldKind;
-use hvtrace_model::{Catalog, Fields};
+use hvtrace_model::{Catalog, Fields, FixedInt};
 
 use crate::tsdl::TraceSchema;
 
@@ -39,17 +39,13 @@ pub struct Layouts {
     /// Per event, per field: the compact form of an integer at a fixed
     /// offset, the per-record fast path (8 bytes, no `FieldKind` copy).
     ints: Vec<Vec<FixedInt>>,
-    fixed: Vec<Option<usize>>,
+    /// Per event, its payload's length if fixed, else [`VARIABLE`]: a
+    /// table of 4-byte entries for the decoder's one lookup per record.
+    fixed: Vec<u32>,
 }
 
-/// An integer (or enumeration) field at a fixed payload offset; `bits` 0:
-/// any other field.
-#[derive(Clone, Copy, Debug, Default)]
-struct FixedInt {
-    at: u32,
-    bits: u8,
-    signed: bool,
-}
+/// A payload whose length is not fixed.
+const VARIABLE: u32 = u32::MAX;
 
 impl Schema for Layouts {
     #[inline]
@@ -62,11 +58,18 @@ impl Schema for Layouts {
     }
     #[inline]
     fn fixed_payload_len(&self, id: u32) -> Option<usize> {
-        *self.fixed.get(id as usize)?
+        self.fixed.get(id as usize).filter(|&&n| n != VARIABLE).map(|&n| n as usize)
     }
 }
 
 impl Layouts {
+    /// Event `id`'s fixed-offset integers, by field index (none for an
+    /// unknown event), for a [`hvtrace_model::Payload`].
+    #[inline]
+    pub fn fixed_ints(&self, id: u32) -> &[FixedInt] {
+        self.ints.get(id as usize).map_or(&[], |f| &f[..])
+    }
+
     /// The layouts of `schema`'s events.
     pub fn new(schema: &TraceSchema) -> Layouts {
         let events: Vec<Vec<(FieldKind, Option<u32>)>> = schema
@@ -84,8 +87,12 @@ impl Layouts {
                     .collect()
             })
             .collect();
-        let fixed =
-            schema.events.iter().map(|e| e.fields.iter().map(|f| f.kind.fixed_len()).sum::<Option<usize>>()).collect();
+        let fixed = schema
+            .events
+            .iter()
+            .map(|e| e.fields.iter().map(|f| f.kind.fixed_len()).sum::<Option<usize>>())
+            .map(|n| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(VARIABLE))
+            .collect();
         let ints = events
             .iter()
             .map(|fields| {
@@ -93,9 +100,9 @@ impl Layouts {
                     .iter()
                     .map(|(kind, at)| match (kind, at) {
                         (FieldKind::Int { bits, signed, .. } | FieldKind::Enum { bits, signed, .. }, Some(at)) => {
-                            FixedInt { at: *at, bits: *bits, signed: *signed }
+                            FixedInt::new(*at, *bits, *signed)
                         }
-                        _ => FixedInt::default(),
+                        _ => FixedInt::NONE,
                     })
                     .collect()
             })
@@ -146,20 +153,8 @@ impl<'p> Fields<'p> for RecordFields<'p, '_> {
     #[inline]
     fn uint(&self, i: usize) -> Option<u64> {
         // The common case, an integer at a fixed offset, read directly.
-        if let Some(&FixedInt { at, bits, signed }) = self.ints.get(i).filter(|f| f.bits != 0) {
-            let (at, p) = (at as usize, self.payload);
-            let u = match bits {
-                8 => u64::from(*p.get(at)?),
-                16 => u64::from(u16::from_le_bytes(p.get(at..at + 2)?.try_into().ok()?)),
-                32 => u64::from(u32::from_le_bytes(p.get(at..at + 4)?.try_into().ok()?)),
-                _ => u64::from_le_bytes(p.get(at..at + 8)?.try_into().ok()?),
-            };
-            return Some(if signed && bits < 64 {
-                let shift = 64 - u32::from(bits);
-                (((u << shift) as i64) >> shift) as u64
-            } else {
-                u
-            });
+        if let Some(v) = self.ints.get(i).and_then(|f| f.read(self.payload, self.payload.len())) {
+            return Some(v);
         }
         match self.value(i)? {
             Value::U(u) => Some(u),

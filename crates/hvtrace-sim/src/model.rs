@@ -19,7 +19,7 @@
 //! domain's vCPUs are not vCPUs of the model: a pCPU running one is idle.
 
 use hvtrace_model::{
-    class, hit, Access, Catalog, Event, Exit, ExitDetail, Fields, Labels, Mapper, Mapping, Runstate, Vcpu,
+    class, hit, Access, Catalog, Event, Exit, ExitDetail, Labels, Mapper, Mapping, Payload, Runstate, Vcpu,
 };
 
 use crate::{DOMID_IDLE, DOMID_XEN};
@@ -94,7 +94,7 @@ impl Bound {
 }
 
 /// The vCPU named by fields `d` and `v`, unless it is an idle vCPU.
-fn vcpu(f: &dyn Fields<'_>, d: usize, v: usize) -> Option<Vcpu> {
+fn vcpu(f: &Payload<'_, '_>, d: usize, v: usize) -> Option<Vcpu> {
     let domid = f.uint(d)?;
     (domid != u64::from(DOMID_IDLE)).then_some(Vcpu::new(domid as u32, f.uint(v)? as u32))
 }
@@ -104,7 +104,7 @@ impl Mapper for Bound {
         self.ids().any(|i| i == id)
     }
 
-    fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
         if id == self.exit.0 {
             let [d, v, reason, qual] = self.exit.1;
             let (Some(vcpu), Some(code)) = (vcpu(f, d, v), f.uint(reason)) else { return };

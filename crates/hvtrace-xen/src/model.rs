@@ -24,7 +24,7 @@
 //! `events_discarded`, which the reader reports (mapping it too would count
 //! each loss twice).
 
-use hvtrace_model::{class, hit, Access, Catalog, Event, Exit, ExitDetail, Fields, Mapper, Mapping, Runstate, Vcpu};
+use hvtrace_model::{class, hit, Access, Catalog, Event, Exit, ExitDetail, Mapper, Mapping, Payload, Runstate, Vcpu};
 
 use crate::classes::{CLASSES, SVM_EXIT_LABELS};
 use hvtrace_core::field::{EnumLabel, FieldKind};
@@ -105,7 +105,7 @@ impl Mapping for XentraceMapping {
 }
 
 /// The vCPU named by fields `d` and `v`, unless it is idle or unknown.
-fn vcpu(f: &dyn Fields<'_>, d: usize, v: usize) -> Option<Vcpu> {
+fn vcpu(f: &Payload<'_, '_>, d: usize, v: usize) -> Option<Vcpu> {
     let domid = f.uint(d)?;
     (domid != u64::from(DOMID_IDLE) && domid != DOMID_INVALID).then_some(Vcpu::new(domid as u32, f.uint(v)? as u32))
 }
@@ -126,7 +126,7 @@ impl Mapper for Bound {
             || self.msrs.iter().any(|c| c.0 == id)
     }
 
-    fn map<'m>(&'m self, id: u32, f: &dyn Fields<'_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
         if let Some(&(_, [d, v, reason], labels)) = self.exits.iter().find(|e| e.0 == id) {
             let (Some(vcpu), Some(code)) = (vcpu(f, d, v), f.uint(reason)) else { return };
             let name = label(labels, code).unwrap_or("other");
