@@ -137,27 +137,27 @@ pub(crate) fn walk<'m, F: Feed<'m>>(
             }
             Item::Record(r) => r,
         };
-        let (ts, id) = (r.record.timestamp, r.record.id);
+        let (ts, id) = (r.timestamp(), r.id());
         if window.holds(ts) {
-            per_stream[r.stream] += 1;
-            if let Some(n) = by_class[r.class as usize].get_mut(id as usize) {
+            per_stream[r.stream()] += 1;
+            if let Some(n) = by_class[r.class() as usize].get_mut(id as usize) {
                 *n += 1;
             }
         }
         end = end.max(ts);
         let ns = clock.ns(ts);
-        let mapped = r.map(&bindings[r.class as usize], |pcpu, e| {
-            observer.event(r.class, ns, pcpu, e);
+        let mapped = r.map(&bindings[r.class() as usize], |pcpu, e| {
+            observer.event(r.class(), ns, pcpu, e);
             match e {
                 Event::Lost { count } => {
                     feed.lost_in_band(count);
-                    feed.loss(pcpu, r.previous.unwrap_or(ts), ts, count);
+                    feed.loss(pcpu, r.previous().unwrap_or(ts), ts, count);
                 }
                 e => feed.event(pcpu, ts, e),
             }
         });
         if !mapped {
-            observer.unmapped(r.class, ns, r.cpu);
+            observer.unmapped(r.class(), ns, r.cpu());
         }
         tick += 1;
         if tick == PROGRESS_EVERY {

@@ -72,30 +72,79 @@ pub enum Item<'a> {
     },
 }
 
-/// A record, with where it comes from.
-#[derive(Clone, Copy, Debug)]
+/// A record, with where it comes from: a handle on the packet its
+/// stream's walk has loaded. Its accessors read the decoded slot; the
+/// handle is four pointers, so handing it out costs four stores (a struct
+/// of the record's fields, copied from the merge to its caller, cost a
+/// store-forwarding stall per record).
+#[derive(Clone, Copy)]
 pub struct Rec<'a> {
-    /// Index of the stream in [`TraceDir::streams`] (then, with
-    /// [`Merge::with_kernel`], in [`TraceDir::kernel_streams`]).
-    pub stream: usize,
-    /// Its stream class: 0 the VMM's rings, 1 the kernel's events.
-    pub class: u32,
-    /// The stream's CPU.
-    pub cpu: u32,
-    /// The record.
-    pub record: Record<'a>,
-    /// The timestamp of the stream's previous record (`None` for its first).
-    pub previous: Option<u64>,
+    cursor: &'a Cursor,
+    slot: &'a Slot,
     layouts: &'a Layouts,
-    /// The payload and the rest of its packet, for [`Payload`]'s reads.
-    tail: &'a [u8],
+    stream: usize,
 }
 
 impl<'a> Rec<'a> {
+    /// Index of the stream in [`TraceDir::streams`] (then, with
+    /// [`Merge::with_kernel`], in [`TraceDir::kernel_streams`]).
+    #[inline]
+    pub fn stream(&self) -> usize {
+        self.stream
+    }
+
+    /// Its stream class: 0 the VMM's rings, 1 the kernel's events.
+    #[inline]
+    pub fn class(&self) -> u32 {
+        self.cursor.class
+    }
+
+    /// The stream's CPU.
+    #[inline]
+    pub fn cpu(&self) -> u32 {
+        self.cursor.walk.cpu
+    }
+
+    /// Its timestamp (ticks).
+    #[inline]
+    pub fn timestamp(&self) -> u64 {
+        self.slot.ts
+    }
+
+    /// Its event id (in its stream class's metadata).
+    #[inline]
+    pub fn id(&self) -> u32 {
+        self.slot.id
+    }
+
+    /// The timestamp of the stream's previous record (`None` for its first).
+    #[inline]
+    pub fn previous(&self) -> Option<u64> {
+        self.cursor.previous
+    }
+
+    /// Its payload bytes.
+    #[inline]
+    pub fn payload(&self) -> &'a [u8] {
+        &self.tail()[..self.slot.len as usize]
+    }
+
+    /// The record as the decoder gives it.
+    pub fn record(&self) -> Record<'a> {
+        let s = self.slot;
+        Record { offset: s.offset as usize, id: s.id, timestamp: s.ts, compact: s.compact, payload: self.payload() }
+    }
+
+    /// The payload and the rest of its packet, for [`Payload`]'s reads.
+    #[inline]
+    fn tail(&self) -> &'a [u8] {
+        &self.cursor.reader.current()[self.slot.start as usize..]
+    }
+
     /// Its payload fields, decoded as they are read.
     #[inline]
     pub fn fields(&self) -> RecordFields<'a, 'a> {
-        RecordFields::new(self.layouts, &self.record)
+        RecordFields::new(self.layouts, self.slot.id, self.payload())
     }
 
     /// Its model events, if a mapping in `bindings` (bound to the classes
@@ -105,13 +154,24 @@ impl<'a> Rec<'a> {
     /// Returns whether a mapping took it.
     #[inline]
     pub fn map<'m>(&self, bindings: &'m Bindings, mut out: impl FnMut(u32, Event<'m>)) -> bool {
-        let ints = self.layouts.fixed_ints(self.record.id);
-        let payload = Payload::new(self.tail, self.record.payload.len(), ints, self);
-        let mut pcpu = self.cpu;
-        bindings.map_payload(self.record.id, &payload, &mut |e| match e {
+        let id = self.slot.id;
+        let payload = Payload::new(self.tail(), self.slot.len as usize, self.layouts.fixed_ints(id), self);
+        let mut pcpu = self.cpu();
+        bindings.map_payload(id, &payload, &mut |e| match e {
             Event::OnPcpu { pcpu: p } => pcpu = p,
             e => out(pcpu, e),
         })
+    }
+}
+
+impl core::fmt::Debug for Rec<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Rec")
+            .field("stream", &self.stream)
+            .field("cpu", &self.cpu())
+            .field("record", &self.record())
+            .field("previous", &self.previous())
+            .finish()
     }
 }
 
@@ -203,6 +263,8 @@ struct Cursor {
     /// A loss before the next record: since when (the last record), how many.
     pending: Option<(Option<u64>, u64)>,
     last_ts: Option<u64>,
+    /// The timestamp of the record before the one handed out last.
+    previous: Option<u64>,
     /// The order fields of the last packet read.
     last: Option<PacketOrder>,
     /// Whether the stream is being walked over `check`'s intact packets.
@@ -458,6 +520,7 @@ impl Merge {
                 next: 0,
                 pending: None,
                 last_ts: start.last_ts,
+                previous: None,
                 last: start.last,
                 checked: false,
                 resume: start.skip,
@@ -569,28 +632,14 @@ impl Merge {
     #[inline]
     fn step(&mut self, i: usize) -> Item<'_> {
         let c = &mut self.cursors[i];
-        let s = c.slots[c.next];
+        let ts = c.slots[c.next].ts;
         if let Some((since, count)) = c.pending.take() {
-            return Item::Lost { stream: i, cpu: c.walk.cpu, since, at: Some(s.ts), count };
+            return Item::Lost { stream: i, cpu: c.walk.cpu, since, at: Some(ts), count };
         }
-        let previous = c.last_ts.replace(s.ts);
+        c.previous = c.last_ts.replace(ts);
         self.advance = Some(i);
-        let bytes = c.reader.current();
-        let tail = &bytes[s.start as usize..];
-        Item::Record(Rec {
-            stream: i,
-            class: c.class,
-            cpu: c.walk.cpu,
-            record: Record {
-                offset: s.offset as usize,
-                id: s.id,
-                timestamp: s.ts,
-                compact: s.compact,
-                payload: &tail[..s.len as usize],
-            },
-            previous,
-            tail,
-            layouts: if c.class == 1 { &self.shared.kernel_layouts } else { &self.shared.layouts },
-        })
+        let c = &self.cursors[i];
+        let layouts = if c.class == 1 { &self.shared.kernel_layouts } else { &self.shared.layouts };
+        Item::Record(Rec { cursor: c, slot: &c.slots[c.next], layouts, stream: i })
     }
 }

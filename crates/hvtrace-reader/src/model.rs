@@ -1,7 +1,7 @@
 //! The reader's side of the hypervisor model's mapping interface: a trace's
 //! event classes as a [`Catalog`], a record's payload as [`Fields`].
 
-use hvtrace_core::decode::{decode_field, Record, Schema, Value};
+use hvtrace_core::decode::{decode_field, Schema, Value};
 use hvtrace_core::FieldKind;
 use hvtrace_model::{Catalog, Fields, FixedInt};
 
@@ -121,13 +121,14 @@ pub struct RecordFields<'p, 's> {
 }
 
 impl<'p, 's> RecordFields<'p, 's> {
-    /// The fields of `record` (of an event `layouts` knows; others have none).
+    /// The fields of a record of event `id` whose payload is `payload` (of
+    /// an event `layouts` knows; others have none).
     #[inline]
-    pub fn new(layouts: &'s Layouts, record: &Record<'p>) -> RecordFields<'p, 's> {
-        let id = record.id as usize;
+    pub fn new(layouts: &'s Layouts, id: u32, payload: &'p [u8]) -> RecordFields<'p, 's> {
+        let id = id as usize;
         let fields = layouts.events.get(id).map_or(&[][..], |f| &f[..]);
         let ints = layouts.ints.get(id).map_or(&[][..], |f| &f[..]);
-        RecordFields { fields, ints, payload: record.payload }
+        RecordFields { fields, ints, payload }
     }
 
     /// Field `i`'s value.

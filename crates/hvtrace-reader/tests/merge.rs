@@ -71,8 +71,8 @@ fn walk(dir: &Path, order: Order) -> Walk {
     while let Some(item) = m.next_item() {
         match item.unwrap() {
             Item::Record(r) => {
-                let word = u32::from_le_bytes(r.record.payload.try_into().unwrap());
-                w.records.push((r.record.timestamp, r.stream, word));
+                let word = u32::from_le_bytes(r.payload().try_into().unwrap());
+                w.records.push((r.timestamp(), r.stream(), word));
             }
             Item::Lost { stream, since, at, count, .. } => w.losses.push((since, at, stream, count)),
         }
@@ -212,8 +212,8 @@ fn items(m: &mut Merge) -> Vec<String> {
     while let Some(item) = m.next_item() {
         out.push(match item.unwrap() {
             Item::Record(r) => {
-                let word = u32::from_le_bytes(r.record.payload.try_into().unwrap());
-                format!("rec {} {} {word:#x} prev {:?}", r.record.timestamp, r.stream, r.previous)
+                let word = u32::from_le_bytes(r.payload().try_into().unwrap());
+                format!("rec {} {} {word:#x} prev {:?}", r.timestamp(), r.stream(), r.previous())
             }
             Item::Lost { stream, since, at, count, .. } => format!("lost {stream} {since:?} {at:?} {count}"),
         });

@@ -38,7 +38,7 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
             }
             Item::Record(r) => r,
         };
-        let t = ns(r.record.timestamp);
+        let t = ns(r.timestamp());
         end = end.max(t);
         let mut failed = None;
         let mapped = r.map(&bindings, |pcpu, e| {
@@ -52,7 +52,7 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
         if mapped {
             continue;
         }
-        let Some(class) = schema.events.get(r.record.id as usize) else { continue };
+        let Some(class) = schema.events.get(r.id() as usize) else { continue };
         let fields = r.fields();
         let mut fields_out = Vec::with_capacity(class.fields.len());
         for (k, f) in class.fields.iter().enumerate() {
@@ -65,7 +65,7 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
             };
             fields_out.push((f.name.as_str(), v));
         }
-        sink.unmapped(t, r.cpu, &class.name, &fields_out).map_err(write)?;
+        sink.unmapped(t, r.cpu(), &class.name, &fields_out).map_err(write)?;
     }
     Ok(Walked { end, warnings: merge.warnings().to_vec() })
 }

@@ -35,7 +35,7 @@ fn walk(dir: &Path) -> (Exits, Runstates) {
     let mut merge = Merge::new(&trace, Order::Time).unwrap();
     while let Some(item) = merge.next_item() {
         let Item::Record(r) = item.unwrap() else { continue };
-        let (si, t) = (r.stream, r.record.timestamp);
+        let (si, t) = (r.stream(), r.timestamp());
         last_ts[si] = t;
         r.map(&bindings, |_, e| match e {
             Event::Exit { vcpu, exit } => {
