@@ -94,6 +94,8 @@ impl Bound {
 }
 
 /// The vCPU named by fields `d` and `v`, unless it is an idle vCPU.
+/// Inlined: nearly every record reads one, and the call cost as much as its two reads.
+#[inline(always)]
 fn vcpu(f: &Payload<'_, '_>, d: usize, v: usize) -> Option<Vcpu> {
     let domid = f.uint(d)?;
     (domid != u64::from(DOMID_IDLE)).then_some(Vcpu::new(domid as u32, f.uint(v)? as u32))
