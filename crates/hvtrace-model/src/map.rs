@@ -148,24 +148,32 @@ impl<'r> Fields<'r> for [FieldValue<'r>] {
 /// metadata; [`FixedInt::NONE`] stands for any other field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FixedInt {
+    /// The bits of the field in the 8 bytes loaded from its offset (0 for
+    /// [`FixedInt::NONE`]).
+    mask: u64,
+    /// Its sign bit if signed, else 0: `((x ^ sign) - sign)` sign-extends
+    /// `x` or leaves it as it is, without a branch.
+    sign: u64,
     /// Byte offset in the payload.
     at: u32,
-    /// Width in bytes (1, 2, 4, 8; 0 for [`FixedInt::NONE`]).
-    len: u8,
-    /// 64 less the width in bits: the shifts that drop the bytes read past it.
-    shift: u8,
-    signed: bool,
+    /// Offset of its last byte + 1.
+    end: u32,
 }
 
 impl FixedInt {
     /// Not a fixed-offset integer: reads nothing.
-    pub const NONE: FixedInt = FixedInt { at: u32::MAX, len: 0, shift: 0, signed: false };
+    pub const NONE: FixedInt = FixedInt { mask: 0, sign: 0, at: 0, end: u32::MAX };
 
     /// An integer of `bits` (8, 16, 32 or 64; [`FixedInt::NONE`] for any
     /// other width), little-endian, at byte `at` of the payload.
     pub const fn new(at: u32, bits: u8, signed: bool) -> FixedInt {
         match bits {
-            8 | 16 | 32 | 64 => FixedInt { at, len: bits / 8, shift: 64 - bits, signed },
+            8 | 16 | 32 | 64 => FixedInt {
+                mask: u64::MAX >> (64 - bits as u32),
+                sign: if signed { 1 << (bits - 1) } else { 0 },
+                at,
+                end: at.saturating_add(bits as u32 / 8),
+            },
             _ => FixedInt::NONE,
         }
     }
@@ -173,25 +181,25 @@ impl FixedInt {
     /// The field's value (two's complement bits if signed) in a payload of
     /// `len` bytes at the start of `bytes`; `None` if it does not fit in
     /// `len`. `bytes` may run on past the payload (to its packet's end):
-    /// then the read is one 8-byte load and two shifts, where a payload's
-    /// own end would cut most loads of its last fields short.
+    /// then the read is one 8-byte load, a mask and a sign extension,
+    /// where a payload's own end would cut most loads of its last fields
+    /// short.
     #[inline(always)]
     pub fn read(self, bytes: &[u8], len: usize) -> Option<u64> {
-        let at = self.at as usize;
-        if at + self.len as usize > len {
+        if self.end as usize > len || self.mask == 0 {
             return None;
         }
-        let raw = match bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
-            Some(b) => u64::from_le_bytes(*b),
+        let at = self.at as usize;
+        let raw = match bytes.get(at..at + 8) {
+            Some(b) => u64::from_le_bytes(b.try_into().ok()?),
             None => {
                 let mut b = [0; 8];
-                let n = self.len as usize;
+                let n = (self.end - self.at) as usize;
                 b[..n].copy_from_slice(bytes.get(at..at + n)?);
                 u64::from_le_bytes(b)
             }
         };
-        let v = raw << self.shift;
-        Some(if self.signed { ((v as i64) >> self.shift) as u64 } else { v >> self.shift })
+        Some(((raw & self.mask) ^ self.sign).wrapping_sub(self.sign))
     }
 }
 
