@@ -294,13 +294,13 @@ impl<'p, S: Schema + ?Sized> Records<'p, '_, S> {
         let (at, content) = (self.at, self.content);
         let (id, ts_bits, hlen, compact) =
             content.get(at..).and_then(header::decode).ok_or(DecodeError::Truncated { at })?;
+        let ts = if compact { header::expand(self.ts, ts_bits) } else { ts_bits };
         let start = at + hlen;
         let p = match self.schema.fixed_payload_len(id) {
             Some(n) if start + n <= content.len() => start + n,
             Some(_) => return Err(DecodeError::Truncated { at }),
             None => walk_fields(self.schema, content, id, at, start)?,
         };
-        let ts = if compact { header::expand(self.ts, ts_bits) } else { ts_bits };
         self.ts = ts;
         self.at = p;
         Ok(Record { offset: at, id, timestamp: ts, compact, payload: &content[start..p] })
@@ -310,6 +310,7 @@ impl<'p, S: Schema + ?Sized> Records<'p, '_, S> {
 /// The end of the payload of event `id` at `start` of `content` (its
 /// record at `at`), found field by field. Out of line, and not a method:
 /// a borrow of the iterator would keep its state out of registers.
+#[cold]
 #[inline(never)]
 fn walk_fields<S: Schema + ?Sized>(
     schema: &S,
