@@ -32,8 +32,9 @@
 //! up by name in the trace's [`Catalog`] ([`class`] does it in one call) and,
 //! if they are all there, returns a [`Mapper`] that holds the resolved ids,
 //! field indices and name tables. Per record, [`Mapper::map`] reads the
-//! fields it needs through [`Fields`] (by index, decoded in place, no
-//! allocation) and emits zero or more [`Event`]s. [`Bindings`] binds a list
+//! fields it needs from its [`Payload`] (by index, decoded in place, no
+//! allocation: an integer at a fixed offset inline, any other field
+//! through the source's [`Fields`]) and emits zero or more [`Event`]s. [`Bindings`] binds a list
 //! of mappings to one trace and dispatches each record to the mapper of
 //! its event id; a trace none of them recognises still gets the generic
 //! analyses (counts per CPU and event class, losses, duration).
