@@ -205,7 +205,7 @@ impl FixedInt {
 
 /// One record's payload as a [`Mapper`] reads it: integers at a fixed
 /// offset ([`FixedInt`]) straight from the bytes, in the mapper's own code
-/// (a call through [`Fields`] per field read was a seventh of `hvtrace
+/// (a call through [`Fields`] per field read was 15 % of `hvtrace
 /// analyze`'s instructions), anything else through the source's
 /// [`Fields`]. A source with its values at hand passes those alone
 /// ([`Payload::of`]).
