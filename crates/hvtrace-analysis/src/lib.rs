@@ -205,9 +205,11 @@ fn pass(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(DEFAULT_MAX_THREADS)),
         n => n,
     };
-    let mut blind = Blind;
-    let observer = observer.unwrap_or(&mut blind);
-    let pass = walk::pass(&trace, &bindings, range, threads, &mut report_progress, observer).map_err(Error::Read)?;
+    let pass = match observer {
+        Some(o) => walk::pass(&trace, &bindings, range, threads, &mut report_progress, o),
+        None => walk::pass(&trace, &bindings, range, threads, &mut report_progress, &mut Blind),
+    }
+    .map_err(Error::Read)?;
     let sets = bindings.iter().flat_map(|b| b.names()).map(|s| s.to_string()).collect();
     let mut report = report::build(dir.display().to_string(), pass, freq, sets);
     for c in &mut report.event_classes {

@@ -103,8 +103,10 @@ pub(crate) fn window(range: Range, begin: u64) -> Window {
 
 /// Feeds `merge`'s records and losses to `feed` (and shows them to
 /// `observer`, times in ns by `clock`); `progress(bytes)` now and then.
+/// Generic over the observer so that, for one that looks at nothing, the
+/// times it would be shown are not computed (a 128-bit division a record).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn walk<'m, F: Feed<'m>>(
+pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
     trace: &TraceDir,
     merge: &mut Merge,
     bindings: &'m [Bindings; 2],
@@ -112,7 +114,7 @@ pub(crate) fn walk<'m, F: Feed<'m>>(
     begin: u64,
     feed: &mut F,
     progress: &mut dyn FnMut(u64),
-    observer: &mut dyn Observer,
+    observer: &mut O,
 ) -> Result<Walked, ReadError> {
     let clock = Clock(trace.metadata.clock.freq.max(1));
     let vmm_streams = trace.streams.len();
@@ -178,7 +180,13 @@ pub(crate) fn walk<'m, F: Feed<'m>>(
 
 /// Places the trailing losses (showing them to `observer`), closes what
 /// is open and makes the pass.
-pub(crate) fn finish(mut acc: Acc, w: Walked, begin: u64, windows: usize, observer: &mut dyn Observer) -> Pass {
+pub(crate) fn finish<O: Observer + ?Sized>(
+    mut acc: Acc,
+    w: Walked,
+    begin: u64,
+    windows: usize,
+    observer: &mut O,
+) -> Pass {
     let clock = acc.clk;
     for &(class, cpu, since, count) in &w.trailing {
         acc.loss(cpu, since.unwrap_or(w.end), w.end, count);
@@ -203,13 +211,13 @@ pub(crate) fn finish(mut acc: Acc, w: Walked, begin: u64, windows: usize, observ
 /// Walks the trace once, with the bindings of the VMM's and of the
 /// kernel's event classes, on up to `threads` threads (then `observer`
 /// sees nothing: pass it only with one). `progress(done, total)` gets bytes.
-pub(crate) fn pass(
+pub(crate) fn pass<O: Observer + ?Sized>(
     trace: &TraceDir,
     bindings: &[Bindings; 2],
     range: Range,
     threads: usize,
     progress: &mut dyn FnMut(u64, u64),
-    observer: &mut dyn Observer,
+    observer: &mut O,
 ) -> Result<Pass, ReadError> {
     if threads > 1 {
         if let Some(p) = crate::parallel::pass(trace, bindings, range, threads, progress) {
