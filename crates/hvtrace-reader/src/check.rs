@@ -341,21 +341,21 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 
 /// Header fields read without any check (`b` holds at least a header).
 #[derive(Clone, Copy, Debug)]
-struct Raw {
-    magic: u32,
-    uuid: [u8; 16],
-    stream_id: u32,
-    instance: u64,
-    begin: u64,
-    seq: u64,
-    end: u64,
-    content_bits: u64,
-    packet_bits: u64,
-    discarded: u64,
-    cpu_id: u32,
+pub(crate) struct Raw {
+    pub magic: u32,
+    pub uuid: [u8; 16],
+    pub stream_id: u32,
+    pub instance: u64,
+    pub begin: u64,
+    pub seq: u64,
+    pub end: u64,
+    pub content_bits: u64,
+    pub packet_bits: u64,
+    pub discarded: u64,
+    pub cpu_id: u32,
 }
 
-fn raw(b: &[u8]) -> Raw {
+pub(crate) fn raw(b: &[u8]) -> Raw {
     let mut uuid = [0; 16];
     uuid.copy_from_slice(&b[packet::UUID..packet::UUID + 16]);
     Raw {

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use hvtrace_core::ctf::{packet, CTF_MAGIC};
 use hvtrace_core::decode::records;
 
-use crate::check::Order as PacketOrder;
+use crate::check::{raw, Order as PacketOrder};
 use crate::dir::{io_err, ReadError, TraceDir};
 use crate::model::Layouts;
 
@@ -82,14 +82,6 @@ pub struct Splitter {
     kernel_layouts: Layouts,
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
-
 impl Splitter {
     /// Reads the packet headers of `trace`'s streams (and of the kernel's,
     /// with `kernel`, in [`crate::Merge::with_kernel`]'s order). `None` if a
@@ -111,23 +103,19 @@ impl Splitter {
                     return Ok(None);
                 }
                 file.read_exact_at(&mut h, at).map_err(io_err(&s.path, "read"))?;
-                let (content, size) = (u64_at(&h, packet::CONTENT_SIZE), u64_at(&h, packet::PACKET_SIZE));
-                let sound = u32_at(&h, packet::MAGIC) == CTF_MAGIC
-                    && h[packet::UUID..packet::UUID + 16] == trace.metadata.uuid
-                    && u32_at(&h, packet::STREAM_ID) == class
-                    && u64_at(&h, packet::STREAM_INSTANCE_ID) == u64::from(s.cpu)
-                    && u32_at(&h, packet::CPU_ID) == s.cpu
+                let r = raw(&h);
+                let (content, size) = (r.content_bits, r.packet_bits);
+                let sound = r.magic == CTF_MAGIC
+                    && r.uuid == trace.metadata.uuid
+                    && r.stream_id == class
+                    && r.instance == u64::from(s.cpu)
+                    && r.cpu_id == s.cpu
                     && content % 8 == 0
                     && size % 8 == 0
                     && content <= size
                     && content >= packet::LEN as u64 * 8
                     && size / 8 <= len - at;
-                let order = PacketOrder {
-                    seq: u64_at(&h, packet::PACKET_SEQ_NUM),
-                    begin: u64_at(&h, packet::TIMESTAMP_BEGIN),
-                    end: u64_at(&h, packet::TIMESTAMP_END),
-                    discarded: u64_at(&h, packet::EVENTS_DISCARDED),
-                };
+                let order = PacketOrder { seq: r.seq, begin: r.begin, end: r.end, discarded: r.discarded };
                 if !sound || order.begin > order.end || packets.last().is_some_and(|p| p.order.breaks(&order).is_some())
                 {
                     return Ok(None);
