@@ -55,6 +55,15 @@ fn trace(dir: &Path) {
     std::fs::write(dir.join("channel0_1"), s1).unwrap();
 }
 
+/// Rewrites stream file `name` of the trace in `dir` with `f`; gives the new bytes.
+fn edit(dir: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let path = dir.join(name);
+    let mut b = std::fs::read(&path).unwrap();
+    f(&mut b);
+    std::fs::write(&path, &b).unwrap();
+    b
+}
+
 /// What a walk hands out: records as (ts, stream, payload word), losses as
 /// (ts or MAX, stream, count + 1_000_000).
 #[derive(Debug, Default)]
@@ -122,12 +131,11 @@ fn records_come_in_time_order_with_each_loss_before_its_record() {
 fn a_damaged_packet_costs_itself_a_gap_and_a_warning() {
     let tmp = tempfile::tempdir().unwrap();
     trace(tmp.path());
-    let f = tmp.path().join("channel0_0");
-    let mut b = std::fs::read(&f).unwrap();
-    b[2 * P + packet::MAGIC] ^= 0xff;
-    // A record header that names no event, in packet 4.
-    b[4 * P + packet::LEN + 8] = 0x1f;
-    std::fs::write(&f, &b).unwrap();
+    edit(tmp.path(), "channel0_0", |b| {
+        b[2 * P + packet::MAGIC] ^= 0xff;
+        // A record header that names no event, in packet 4.
+        b[4 * P + packet::LEN + 8] = 0x1f;
+    });
     let w = walk(tmp.path(), Order::Time);
     assert_eq!(w.records, oracle(tmp.path()));
     assert_eq!(w.records.len(), 240 - 40);
@@ -148,11 +156,10 @@ fn a_damaged_packet_costs_itself_a_gap_and_a_warning() {
 fn packets_out_of_order_are_skipped_and_time_never_goes_back() {
     let tmp = tempfile::tempdir().unwrap();
     trace(tmp.path());
-    let f = tmp.path().join("channel0_0");
-    let mut b = std::fs::read(&f).unwrap();
-    let (head, tail) = b.split_at_mut(4 * P);
-    head[2 * P..3 * P].swap_with_slice(&mut tail[..P]);
-    std::fs::write(&f, &b).unwrap();
+    edit(tmp.path(), "channel0_0", |b| {
+        let (head, tail) = b.split_at_mut(4 * P);
+        head[2 * P..3 * P].swap_with_slice(&mut tail[..P]);
+    });
     let w = walk(tmp.path(), Order::Time);
     assert!(w.records.windows(2).all(|r| r[0].0 <= r[1].0), "time goes back: {:?}", w.records);
     // Stream 0 holds packets 0, 1, 4, 5 (the payload word carries the seq).
@@ -176,14 +183,9 @@ fn packets_out_of_order_are_skipped_and_time_never_goes_back() {
 fn a_cut_stream_and_trailing_garbage_keep_every_intact_packet() {
     let tmp = tempfile::tempdir().unwrap();
     trace(tmp.path());
-    let f1 = tmp.path().join("channel0_1");
-    let b = std::fs::read(&f1).unwrap();
     // Cut inside packet 5 (the trailer goes too).
-    std::fs::write(&f1, &b[..5 * P + 100]).unwrap();
-    let f0 = tmp.path().join("channel0_0");
-    let mut b = std::fs::read(&f0).unwrap();
-    b.extend_from_slice(&[0xa5; 50]);
-    std::fs::write(&f0, &b).unwrap();
+    edit(tmp.path(), "channel0_1", |b| b.truncate(5 * P + 100));
+    let b = edit(tmp.path(), "channel0_0", |b| b.extend_from_slice(&[0xa5; 50]));
     let w = walk(tmp.path(), Order::Time);
     assert_eq!(w.records, oracle(tmp.path()));
     assert_eq!(w.records.len(), 240 - 20);
@@ -273,17 +275,14 @@ fn windows_between_marks_hand_out_the_whole_walk_in_turn() {
 fn a_trace_with_a_damaged_header_is_not_cut() {
     let tmp = tempfile::tempdir().unwrap();
     trace(tmp.path());
-    let f = tmp.path().join("channel0_1");
-    let mut b = std::fs::read(&f).unwrap();
-    b[2 * P + packet::MAGIC] ^= 0xff;
-    std::fs::write(&f, &b).unwrap();
+    edit(tmp.path(), "channel0_1", |b| b[2 * P + packet::MAGIC] ^= 0xff);
     let t = TraceDir::open(tmp.path()).unwrap();
     assert!(hvtrace_reader::Splitter::new(&t, true).unwrap().is_none());
     // Nor one whose packets are swapped.
     trace(tmp.path());
-    let mut b = std::fs::read(&f).unwrap();
-    let (a, c) = b.split_at_mut(2 * P);
-    a[P..].swap_with_slice(&mut c[..P]);
-    std::fs::write(&f, &b).unwrap();
+    edit(tmp.path(), "channel0_1", |b| {
+        let (a, c) = b.split_at_mut(2 * P);
+        a[P..].swap_with_slice(&mut c[..P]);
+    });
     assert!(hvtrace_reader::Splitter::new(&t, true).unwrap().is_none());
 }
