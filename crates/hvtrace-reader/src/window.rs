@@ -201,7 +201,14 @@ impl Splitter {
                     match (0..upto.min(n)).rev().find(|&i| s.packets[i].records) {
                         None => StreamMark::default(),
                         Some(l) => {
-                            let Some(ts) = self.times_of(s, l)? else { return Ok(None) };
+                            // Packet `j` read above is not read again.
+                            let ts = match in_j.take().filter(|_| l == j) {
+                                Some(ts) => ts,
+                                None => match self.times_of(s, l)? {
+                                    Some(ts) => ts,
+                                    None => return Ok(None),
+                                },
+                            };
                             let next = s.packets.get(l + 1).map_or_else(|| s.file_len(), |p| p.offset);
                             StreamMark {
                                 offset: next,
