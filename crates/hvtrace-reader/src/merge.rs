@@ -188,8 +188,8 @@ impl<'a> Fields<'a> for Rec<'a> {
 
 /// A record of the loaded packet: where its payload is in the packet.
 #[derive(Clone, Copy)]
-struct Slot {
-    ts: u64,
+pub(crate) struct Slot {
+    pub(crate) ts: u64,
     id: u32,
     offset: u32,
     compact: bool,
@@ -201,7 +201,7 @@ struct Slot {
 /// `slots`, or says why it cannot be read. Out of line so that its loop,
 /// the reader's per-record cost, keeps its state in registers.
 #[inline(never)]
-fn decode_slots(packet: &[u8], layouts: &Layouts, slots: &mut Vec<Slot>) -> Result<(), String> {
+pub(crate) fn decode_slots(packet: &[u8], layouts: &Layouts, slots: &mut Vec<Slot>) -> Result<(), String> {
     slots.clear();
     let (i, records) = hvtrace_core::decode::records(packet, layouts).map_err(|e| e.to_string())?;
     let base = packet.as_ptr() as usize;

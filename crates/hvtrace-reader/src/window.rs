@@ -23,10 +23,10 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use hvtrace_core::ctf::{packet, CTF_MAGIC};
-use hvtrace_core::decode::records;
 
 use crate::check::{raw, Order as PacketOrder};
 use crate::dir::{io_err, ReadError, TraceDir};
+use crate::merge::decode_slots;
 use crate::model::Layouts;
 
 /// A stream's place at a cut, and what its walk carries there.
@@ -162,15 +162,9 @@ impl Splitter {
         let mut bytes = vec![0u8; p.len as usize];
         s.file.read_exact_at(&mut bytes, p.offset).map_err(io_err(&s.path, "read"))?;
         let layouts = if s.class == 1 { &self.kernel_layouts } else { &self.layouts };
-        let Ok((_, it)) = records(&bytes, layouts) else { return Ok(None) };
-        let mut ts = Vec::new();
-        for r in it {
-            match r {
-                Ok(r) if (p.order.begin..=p.order.end).contains(&r.timestamp) => ts.push(r.timestamp),
-                _ => return Ok(None),
-            }
-        }
-        Ok(Some(ts))
+        // As the walk decodes it, so the cut and the walk agree on its records.
+        let mut slots = Vec::new();
+        Ok(decode_slots(&bytes, layouts, &mut slots).ok().map(|()| slots.iter().map(|s| s.ts).collect()))
     }
 
     /// The cut at `t`; `None` if a packet it reads does not decode.
