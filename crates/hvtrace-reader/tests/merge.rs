@@ -234,12 +234,10 @@ fn windows_between_marks_hand_out_the_whole_walk_in_turn() {
     let tmp = tempfile::tempdir().unwrap();
     trace(tmp.path());
     let t = TraceDir::open(tmp.path()).unwrap();
-    let whole = items(&mut Merge::new(&t, Order::Time).unwrap());
-    let (whole_packets, whole_lost): (Vec<u64>, Vec<u64>) = {
-        let mut m = Merge::new(&t, Order::Time).unwrap();
-        while m.next_item().is_some() {}
-        m.streams().map(|s| (s.packets, s.events_discarded)).unzip()
-    };
+    let mut m = Merge::new(&t, Order::Time).unwrap();
+    let whole = items(&mut m);
+    let (whole_packets, whole_lost): (Vec<u64>, Vec<u64>) =
+        m.streams().map(|s| (s.packets, s.events_discarded)).unzip();
     let split = hvtrace_reader::Splitter::new(&t, true).unwrap().expect("an intact trace can be cut");
     // Cuts inside packets, at their first records, between packets, before
     // and after every record: each pair, and three windows.
