@@ -365,6 +365,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         wrong.extend(w);
     }
 
+    let per_round = |v: &[f64]| -> serde_json::Value { v.iter().map(|x| round2(*x)).collect() };
     let fig = |v: &[f64]| if v.is_empty() { serde_json::Value::Null } else { round2(median(v)).into() };
     let ratio = |x: &serde_json::Value, y: &serde_json::Value| match (x.as_f64(), y.as_f64()) {
         (Some(x), Some(y)) => round2(x / y).into(),
@@ -373,17 +374,17 @@ pub(crate) fn run(a: Args) -> Result<()> {
     for (i, name) in NAMES.iter().enumerate() {
         j.insert(format!("tracing_{name}_ns_per_event"), fig(&cpu_ns[i]));
         j.insert(format!("tracing_{name}_wall_ns_per_event"), fig(&wall_ns[i]));
-        j.insert(format!("tracing_{name}_cpu_ns_per_round"), cpu_ns[i].iter().map(|x| round2(*x)).collect());
+        j.insert(format!("tracing_{name}_cpu_ns_per_round"), per_round(&cpu_ns[i]));
         j.insert(format!("tracing_global_{name}_ns_per_event"), fig(&global_cpu[i]));
         j.insert(format!("tracing_global_{name}_wall_ns_per_event"), fig(&global_wall[i]));
-        j.insert(format!("tracing_global_{name}_cpu_ns_per_round"), global_cpu[i].iter().map(|x| round2(*x)).collect());
+        j.insert(format!("tracing_global_{name}_cpu_ns_per_round"), per_round(&global_cpu[i]));
     }
     j.insert("tracing_hvtrace_direct_ns_per_event".into(), fig(&direct_cpu));
     j.insert("tracing_hvtrace_direct_wall_ns_per_event".into(), fig(&direct_wall));
-    j.insert("tracing_hvtrace_direct_cpu_ns_per_round".into(), direct_cpu.iter().map(|x| round2(*x)).collect());
+    j.insert("tracing_hvtrace_direct_cpu_ns_per_round".into(), per_round(&direct_cpu));
     j.insert("tracing_rdtsc_ns".into(), fig(&tsc_cpu));
     j.insert("tracing_rdtsc_wall_ns".into(), fig(&tsc_wall));
-    j.insert("tracing_rdtsc_cpu_ns_per_round".into(), tsc_cpu.iter().map(|x| round2(*x)).collect());
+    j.insert("tracing_rdtsc_cpu_ns_per_round".into(), per_round(&tsc_cpu));
     // The verdicts use the scoped figures (the keys the issue names).
     for (key, x, y) in [
         ("tracing_hvtrace_over_noop", "tracing_hvtrace_ns_per_event", "tracing_noop_ns_per_event"),

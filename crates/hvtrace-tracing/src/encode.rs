@@ -307,6 +307,16 @@ impl<'b, O: Out> Payload<'b, O> {
         Some(self.types[i])
     }
 
+    /// A fixed-size value: the fast path when `f` is the field expected
+    /// next and of type `ty`, else `other` (out of line).
+    #[inline(always)]
+    fn value<T: Field>(&mut self, f: &TracingField, ty: Ty, v: T, other: impl FnOnce(&mut Self, &TracingField, T)) {
+        if self.next_is(f, ty) {
+            return self.out.field(v);
+        }
+        other(self, f, v)
+    }
+
     /// A value field `ty` cannot hold: written as absent, counted.
     #[cold]
     fn reject(&mut self, ty: Ty) {
@@ -412,18 +422,12 @@ impl<'b, O: Out> Payload<'b, O> {
 impl<O: Out> Visit for Payload<'_, O> {
     #[inline]
     fn record_i64(&mut self, f: &TracingField, v: i64) {
-        if self.next_is(f, Ty::I64) {
-            return self.out.field(v);
-        }
-        self.i64_other(f, v)
+        self.value(f, Ty::I64, v, Self::i64_other)
     }
 
     #[inline]
     fn record_u64(&mut self, f: &TracingField, v: u64) {
-        if self.next_is(f, Ty::U64) {
-            return self.out.field(v);
-        }
-        self.u64_other(f, v)
+        self.value(f, Ty::U64, v, Self::u64_other)
     }
 
     fn record_i128(&mut self, f: &TracingField, v: i128) {
@@ -436,18 +440,12 @@ impl<O: Out> Visit for Payload<'_, O> {
 
     #[inline]
     fn record_f64(&mut self, f: &TracingField, v: f64) {
-        if self.next_is(f, Ty::F64) {
-            return self.out.field(v);
-        }
-        self.f64_other(f, v)
+        self.value(f, Ty::F64, v, Self::f64_other)
     }
 
     #[inline]
     fn record_bool(&mut self, f: &TracingField, v: bool) {
-        if self.next_is(f, Ty::Bool) {
-            return self.out.field(v);
-        }
-        self.bool_other(f, v)
+        self.value(f, Ty::Bool, v, Self::bool_other)
     }
 
     #[inline]

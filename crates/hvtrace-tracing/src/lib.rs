@@ -284,6 +284,14 @@ struct Local {
     buf: Vec<u8>,
 }
 
+impl Local {
+    /// Whether this is the state of the layer whose token is `token`.
+    #[inline]
+    fn of(&self, token: &Arc<()>) -> bool {
+        std::ptr::eq(self.layer.as_ptr(), Arc::as_ptr(token))
+    }
+}
+
 thread_local! {
     /// This thread's state for every layer that recorded on it, the one
     /// used last first. A plain `thread_local!` (a `RefCell`, no lock) is
@@ -363,7 +371,7 @@ impl HvtraceLayer {
     #[inline]
     fn local<'l>(&self, locals: &'l mut Vec<Local>) -> &'l mut Local {
         match locals.first() {
-            Some(l) if std::ptr::eq(l.layer.as_ptr(), Arc::as_ptr(&self.token)) => {}
+            Some(l) if l.of(&self.token) => {}
             _ => self.find_local(locals),
         }
         &mut locals[0]
@@ -376,7 +384,7 @@ impl HvtraceLayer {
     #[inline(never)]
     fn find_local(&self, locals: &mut Vec<Local>) {
         locals.retain(|l| l.layer.strong_count() > 0);
-        let at = match locals.iter().position(|l| std::ptr::eq(l.layer.as_ptr(), Arc::as_ptr(&self.token))) {
+        let at = match locals.iter().position(|l| l.of(&self.token)) {
             Some(at) => at,
             None => {
                 locals.push(Local { layer: Arc::downgrade(&self.token), writer: self.host.writer(), buf: Vec::new() });

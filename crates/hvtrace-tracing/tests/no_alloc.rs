@@ -48,9 +48,9 @@ struct Exit {
     reason: u32,
 }
 
-/// One callsite of each shape: formatted values (through the thread's
-/// buffer), strings (measured, then straight into the slot), fixed-size
-/// values only (straight into the slot).
+/// One callsite of each kind: formatted values and strings (both through
+/// the thread's buffer, `Shape::Buffered`), fixed-size values only
+/// (straight into the slot, `Shape::Fixed`).
 fn events(n: u64) {
     for i in 0..n {
         info!(a = 1i32, b = i, s = "hello", f = 0.5f64, ok = true, d = ?Exit { reason: 30 }, "exit {}", i);
