@@ -168,10 +168,10 @@ impl Mapper for KernelMapper {
     }
 
     fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
-        // A KVM event's thread not (yet) known as a vCPU: counted, not attributed.
-        let unattributed = |out: &mut dyn FnMut(Event<'m>)| out(Event::Unattributed);
+        // A KVM event's thread not (yet) known as a vCPU: counted, not
+        // attributed (`Event::Unattributed`).
         if let Some([pid, reason, isa, vcpu]) = hit(self.exit, id) {
-            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return unattributed(out) };
+            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return out(Event::Unattributed) };
             let Some(code) = f.uint(reason) else { return };
             // isa 1 is VMX (basic reason in the low 16 bits), else SVM.
             let (code, table) = if f.uint(isa) == Some(1) { (code & 0xffff, VMX_REASONS) } else { (code, SVM_REASONS) };
@@ -180,31 +180,31 @@ impl Mapper for KernelMapper {
             out(Event::Exit { vcpu: v, exit });
             out(Event::KernelExit { vcpu: v, exit });
         } else if let Some([pid, vcpu]) = hit(self.entry, id) {
-            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return unattributed(out) };
+            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return out(Event::Unattributed) };
             out(Event::Entry { vcpu: v });
         } else if let Some([pid, nr]) = hit(self.hypercall, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
             let Some(nr) = f.uint(nr) else { return };
             out(Event::HypercallEntry { vcpu: v, nr: nr as u32, name: "kvm" });
             let exit = Exit { code: 0, name: "hypercall", detail: ExitDetail::Hypercall(nr as u32) };
             out(Event::KernelDetail { vcpu: v, exit });
         } else if let Some([pid, reason]) = hit(self.user, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
             let Some(code) = f.uint(reason) else { return };
             let exit = Exit { code: code as u32, name: kvm::exit_name(code), detail: ExitDetail::None };
             out(Event::ToVmm { vcpu: v, exit });
         } else if let Some([pid]) = hit(self.emulate, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
             let exit = Exit { code: 0, name: "emulate_insn", detail: ExitDetail::None };
             out(Event::KernelExit { vcpu: v, exit });
         } else if let Some([pid, rw, port, size]) = hit(self.pio, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
             let access = if f.uint(rw) == Some(0) { Access::Read } else { Access::Write };
             let (port, size) = (f.uint(port).unwrap_or(0) as u16, f.uint(size).unwrap_or(0) as u8);
             let exit = Exit { code: 0, name: "pio", detail: ExitDetail::Io { port, size, access } };
             out(Event::KernelDetail { vcpu: v, exit });
         } else if let Some([pid, ty, len, gpa]) = hit(self.mmio, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return unattributed(out) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
             let access = if f.uint(ty) == Some(MMIO_WRITE) { Access::Write } else { Access::Read };
             let (gpa, size) = (f.uint(gpa).unwrap_or(0), f.uint(len).unwrap_or(0) as u8);
             let exit = Exit { code: 0, name: "mmio", detail: ExitDetail::Mmio { gpa, size, access } };

@@ -45,20 +45,22 @@ fn a_field_past_the_payloads_end_is_absent_even_if_the_packet_goes_on() {
 #[test]
 fn a_payload_reads_other_fields_from_its_source() {
     let p = payload();
-    // The source: the same four integers, then a string the layout does not place.
+    // The source: four integers unlike the bytes' (so each read shows
+    // where it came from), then a string the layout does not place.
     let rest = [
-        FieldValue::Int(0x81),
-        FieldValue::Int((-2i64) as u64),
-        FieldValue::Int(0xdead_beef),
-        FieldValue::Int((-5i64) as u64),
+        FieldValue::Int(1),
+        FieldValue::Int((-3i64) as u64),
+        FieldValue::Int(2),
+        FieldValue::Int((-6i64) as u64),
         FieldValue::Bytes(b"vm0"),
     ];
     let ints = [FIELDS[0], FixedInt::NONE, FIELDS[2], FIELDS[3], FixedInt::NONE];
     let f = Payload::new(&p, p.len(), &ints, &rest);
-    assert_eq!((f.uint(0), f.int(1), f.uint(2), f.int(3)), (Some(0x81), Some(-2), Some(0xdead_beef), Some(-5)));
+    // Fields 0, 2 and 3 from the bytes, field 1 (not placed) from the source.
+    assert_eq!((f.uint(0), f.int(1), f.uint(2), f.int(3)), (Some(0x81), Some(-3), Some(0xdead_beef), Some(-5)));
     assert_eq!((f.bytes(4), f.uint(4), f.uint(5)), (Some(&b"vm0"[..]), None, None));
     // Values at hand only.
     let f = Payload::of(&rest);
-    assert_eq!((f.int(1), f.bytes(4)), (Some(-2), Some(&b"vm0"[..])));
-    assert_eq!(rest.int(3), Some(-5));
+    assert_eq!((f.int(1), f.bytes(4)), (Some(-3), Some(&b"vm0"[..])));
+    assert_eq!(rest.int(3), Some(-6));
 }
