@@ -55,20 +55,18 @@ pub(crate) fn run(a: Args) -> Result<()> {
     ensure!(a.repeat > 0, "--repeat must be at least 1");
     let metadata = std::fs::read_to_string(a.trace.join("metadata"))
         .with_context(|| format!("reading {}/metadata", a.trace.display()))?;
-    let count = util::count_trace(&a.trace, &a.channel)?;
-    ensure!(count.bad_packets == 0, "{}: {} bad packets", a.trace.display(), count.bad_packets);
     // Stream files in CPU order, whole in memory: the sender reads nothing.
     let mut files: Vec<(u32, Vec<u8>)> = Vec::new();
     for e in std::fs::read_dir(&a.trace)? {
         let e = e?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(cpu) = name.strip_prefix(&a.channel).and_then(|r| r.strip_prefix('_')).and_then(|r| r.parse().ok())
-        else {
-            continue;
-        };
+        let Some(cpu) = util::stream_cpu(&e.file_name().to_string_lossy(), &a.channel) else { continue };
         files.push((cpu, std::fs::read(e.path())?));
     }
     files.sort_by_key(|f| f.0);
+    // Counted from the bytes loaded, not read again.
+    let mut count = util::TraceCount::default();
+    files.iter().for_each(|(_, bytes)| count.count_stream(bytes));
+    ensure!(count.bad_packets == 0, "{}: {} bad packets", a.trace.display(), count.bad_packets);
     // Packets interleaved across streams, as the consumer's workers queue them.
     let mut per_stream: Vec<Vec<Packet>> = Vec::new();
     for (i, (_, bytes)) in files.iter().enumerate() {

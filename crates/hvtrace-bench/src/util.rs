@@ -298,6 +298,11 @@ pub(crate) fn relay_index_entries(index_dir: &Path) -> u64 {
         .sum()
 }
 
+/// The CPU of stream file `name` of `channel` (`<channel>_<cpu>`), if it is one.
+pub(crate) fn stream_cpu(name: &str, channel: &str) -> Option<u32> {
+    name.strip_prefix(channel)?.strip_prefix('_')?.parse().ok()
+}
+
 /// Decodes every stream file `<channel>_<cpu>` of `dir`.
 pub(crate) fn count_trace(dir: &Path, channel: &str) -> Result<TraceCount> {
     let mut c = TraceCount::default();
@@ -308,11 +313,18 @@ pub(crate) fn count_trace(dir: &Path, channel: &str) -> Result<TraceCount> {
             c.metadata_bytes += e.metadata()?.len();
             continue;
         }
-        if name.strip_prefix(channel).and_then(|r| r.strip_prefix('_')).is_none_or(|r| r.parse::<u32>().is_err()) {
-            continue;
+        if stream_cpu(&name, channel).is_some() {
+            c.count_stream(&std::fs::read(e.path())?);
         }
+    }
+    Ok(c)
+}
+
+impl TraceCount {
+    /// Adds the packets of one stream file's bytes.
+    pub(crate) fn count_stream(&mut self, bytes: &[u8]) {
+        let c = self;
         c.streams += 1;
-        let bytes = std::fs::read(e.path())?;
         c.trace_bytes += bytes.len() as u64;
         let mut at = 0;
         while at < bytes.len() {
@@ -337,7 +349,6 @@ pub(crate) fn count_trace(dir: &Path, channel: &str) -> Result<TraceCount> {
             at += info.packet_len;
         }
     }
-    Ok(c)
 }
 
 /// Polls `f` every `step` until it returns true or `timeout` passes.

@@ -443,11 +443,7 @@ fn relay_only_streams_whole_packets_in_both_modes() {
         let host = &*host;
         // Three writers on a ring of two 4 KiB sub-buffers: the producers lap
         // the consumer (overwrite) or fill the ring (discard) all the time.
-        let emitted: Vec<Emitted> = std::thread::scope(|s| {
-            let hs: Vec<_> =
-                [(0, 0), (1, 0), (2, 1)].map(|(w, cpu)| s.spawn(move || write_events(host, w, cpu, 50_000))).into();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let emitted: Vec<Emitted> = write_concurrently(host, &[(0, 0), (1, 0), (2, 1)], 50_000);
         ctl.simple(&Request::Stop).unwrap();
         ctl.simple(&Request::Destroy).unwrap();
         let report = run.join().unwrap().unwrap();

@@ -97,11 +97,7 @@ fn overwrite_session_keeps_whole_packets_and_accounts_for_every_event() {
     let consumer = Consumer::attach(&ConsumerConfig::new(&sock, &out)).unwrap();
     let run = run_in_thread(consumer);
     let host = &*host;
-    let emitted: Vec<Emitted> = std::thread::scope(|s| {
-        let hs: Vec<_> =
-            [(0, 0), (1, 0), (2, 1)].map(|(w, cpu)| s.spawn(move || write_events(host, w, cpu, 50_000))).into();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let emitted: Vec<Emitted> = write_concurrently(host, &[(0, 0), (1, 0), (2, 1)], 50_000);
     ctl.simple(&Request::Destroy).unwrap();
     let report = run.join().unwrap().unwrap();
     println!("{report}");

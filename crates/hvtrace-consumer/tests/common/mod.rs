@@ -156,6 +156,15 @@ pub fn write_events(host: &Host, writer: u32, cpu: u32, n: u64) -> Emitted {
     e
 }
 
+/// Runs one [`write_events`] thread per `(writer, cpu)` pair, `n` events
+/// each, and returns what each emitted, in `plan`'s order.
+pub fn write_concurrently(host: &Host, plan: &[(u32, u32)], n: u64) -> Vec<Emitted> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = plan.iter().map(|&(w, cpu)| s.spawn(move || write_events(host, w, cpu, n))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 /// What a stream file holds.
 #[derive(Debug, Default)]
 pub struct StreamCheck {
