@@ -135,6 +135,11 @@ pub struct Progress {
 /// a mapping names. So a view that needs the whole trace (`hvtrace report`'s
 /// timeline) needs no second pass.
 pub trait Observer {
+    /// Whether it looks at all: one that does not is not handed times (a
+    /// 128-bit division a record, which the optimiser does not drop).
+    fn sees(&self) -> bool {
+        true
+    }
     /// Before anything else: the trace's first record's time (ns), if any.
     fn begin(&mut self, _ns: Option<u64>) {}
     /// A model event of a record at `ns`.
@@ -151,6 +156,9 @@ pub trait Observer {
 struct Blind;
 
 impl Observer for Blind {
+    fn sees(&self) -> bool {
+        false
+    }
     fn event(&mut self, _: u32, _: u64, _: u32, _: Event<'_>) {}
     fn unmapped(&mut self, _: u32, _: u64, _: u32) {}
     fn lost(&mut self, _: u32, _: Option<u64>, _: u64, _: u32, _: u64) {}

@@ -125,6 +125,7 @@ pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
     let mut end = begin;
     let mut trailing = Vec::new();
     let mut tick = 0u32;
+    let sees = observer.sees();
     while let Some(item) = merge.next_item() {
         let r = match item? {
             Item::Lost { stream, cpu, since, at: Some(at), count } => {
@@ -147,7 +148,7 @@ pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
             }
         }
         end = end.max(ts);
-        let ns = clock.ns(ts);
+        let ns = if sees { clock.ns(ts) } else { 0 };
         let mapped = r.map(&bindings[r.class() as usize], |pcpu, e| {
             observer.event(r.class(), ns, pcpu, e);
             match e {
