@@ -5,6 +5,11 @@
 //! counts in the process's resident set until the kernel reclaims it, so a
 //! map of a 1 GiB stream reads as ~1 GiB RSS; the copy from the page cache
 //! costs far less than decoding the records.
+//!
+//! Why a small window: records are decoded right after the read, and then
+//! read again as the merge hands them out; a window that fits in L2 beside
+//! its slots is still there (a 4 MiB one had left it by then), and each
+//! stream's buffer costs its size in resident memory per reader.
 
 use std::fs::File;
 use std::io;
@@ -16,8 +21,6 @@ use hvtrace_core::decode::{packet_info, DecodeError};
 
 use crate::dir::{io_err, Packet, PacketError, ReadError};
 
-/// Bytes read at a time (more when one packet is larger).
-const WINDOW: usize = 4 << 20;
 
 /// A stream file's packets, read a window at a time (see the module doc).
 /// Like [`crate::packets`], it stops after the first packet that does not
@@ -39,6 +42,10 @@ pub struct PacketReader {
 }
 
 impl PacketReader {
+    /// Bytes read at a time (more when one packet is larger): one 256 KiB
+    /// sub-buffer, the default packet, or many small ones.
+    pub const WINDOW: usize = 256 << 10;
+
     /// Opens `path` to walk its packets from the start.
     pub fn open(path: &Path) -> Result<PacketReader, ReadError> {
         let file = File::open(path).map_err(io_err(path, "open"))?;
@@ -98,11 +105,18 @@ impl PacketReader {
         if at >= self.buf_at && at + n as u64 <= have {
             return Ok(n);
         }
-        let want = n.max(WINDOW.min(self.len.saturating_sub(at) as usize));
+        let want = n.max(Self::WINDOW.min(self.len.saturating_sub(at) as usize));
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         }
+        // Bytes from `at` already read (a packet cut by the window's end, or
+        // longer than it) move to the front rather than being read again.
         let mut got = 0;
+        if at >= self.buf_at && at < have {
+            let from = (at - self.buf_at) as usize;
+            self.buf.copy_within(from..self.filled, 0);
+            got = self.filled - from;
+        }
         while got < want {
             match self.file.read_at(&mut self.buf[got..want], at + got as u64) {
                 Ok(0) => break,

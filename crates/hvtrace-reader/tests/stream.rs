@@ -1,7 +1,7 @@
 //! `PacketReader` walks a stream file a window at a time and sees exactly
 //! what the in-memory walk (`packets`) sees, across window boundaries.
 
-use hvtrace_core::ctf::empty_packet;
+use hvtrace_core::ctf::{empty_packet, packet};
 use hvtrace_reader::{packets, PacketReader};
 
 /// `n` header-only packets of 84 bytes, seq 0..n.
@@ -26,14 +26,45 @@ fn walk(r: &mut PacketReader) -> (Vec<(usize, u64)>, Option<String>) {
 
 #[test]
 fn the_windowed_walk_is_the_in_memory_walk() {
-    // 5.4 MB: more than one 4 MiB window, and a packet straddles the boundary.
+    // 5.4 MB: many windows, and packets straddle their boundaries.
     let bytes = stream(64_000);
+    assert!(bytes.len() > 4 * PacketReader::WINDOW && PacketReader::WINDOW % 84 != 0);
     let tmp = tempfile::tempdir().unwrap();
     let f = tmp.path().join("channel0_1");
     std::fs::write(&f, &bytes).unwrap();
     let want: Vec<_> = packets(&bytes).map(|p| p.unwrap()).map(|p| (p.offset, p.info.seq)).collect();
     let mut r = PacketReader::open(&f).unwrap();
     assert_eq!(walk(&mut r), (want, None));
+    assert_eq!(r.position(), bytes.len() as u64);
+}
+
+/// A header-only packet of `len` bytes (zero padding after its context).
+fn padded(seq: u64, len: usize) -> Vec<u8> {
+    let mut p = empty_packet(&[3; 16], 1, seq, seq * 10, 0).to_vec();
+    p[packet::PACKET_SIZE..packet::PACKET_SIZE + 8].copy_from_slice(&(len as u64 * 8).to_le_bytes());
+    p.resize(len, 0);
+    p
+}
+
+#[test]
+fn packets_larger_than_the_window_are_read_whole() {
+    // Small, larger than a window, small, then one that ends past the
+    // window the one before it began.
+    let w = PacketReader::WINDOW;
+    let lens = [84, 2 * w + 100, 84, w - 50, w + 84, 84];
+    let bytes: Vec<u8> = lens.iter().enumerate().flat_map(|(seq, &len)| padded(seq as u64, len)).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("channel0_1");
+    std::fs::write(&f, &bytes).unwrap();
+    let mut r = PacketReader::open(&f).unwrap();
+    let mut at = 0;
+    for (seq, &len) in lens.iter().enumerate() {
+        let p = r.next_packet().unwrap().unwrap().unwrap();
+        assert_eq!((p.offset, p.info.seq, p.bytes.len()), (at, seq as u64, len));
+        assert_eq!(p.bytes, &bytes[at..at + len]);
+        at += len;
+    }
+    assert!(r.next_packet().is_none());
     assert_eq!(r.position(), bytes.len() as u64);
 }
 
