@@ -120,7 +120,7 @@ impl<'a> Rec<'a> {
     /// The timestamp of the stream's previous record (`None` for its first).
     #[inline]
     pub fn previous(&self) -> Option<u64> {
-        self.cursor.previous
+        self.cursor.before_next()
     }
 
     /// Its payload bytes.
@@ -262,9 +262,10 @@ struct Cursor {
     next: usize,
     /// A loss before the next record: since when (the last record), how many.
     pending: Option<(Option<u64>, u64)>,
-    last_ts: Option<u64>,
-    /// The timestamp of the record before the one handed out last.
-    previous: Option<u64>,
+    /// The timestamp of the stream's last record before `slots[0]` (set
+    /// as a packet is loaded: the merge's per-record path writes nothing
+    /// for [`Rec::previous`], which reads `slots[next - 1]` when it can).
+    before: Option<u64>,
     /// The order fields of the last packet read.
     last: Option<PacketOrder>,
     /// Whether the stream is being walked over `check`'s intact packets.
@@ -283,6 +284,9 @@ struct Cursor {
 impl Cursor {
     /// Decodes the next packet into `slots`; `Ok(None)` at the end.
     fn packet(&mut self, layouts: &Layouts, uuid: &[u8; 16]) -> Result<Option<Result<(), Bad>>, ReadError> {
+        // Every record loaded before has been handed out (or, resumed,
+        // belongs to an earlier window): the last one comes before `slots`.
+        self.before = self.before_next();
         let class = u64::from(self.class);
         let cpu = self.file.cpu;
         let stop = self.stop.filter(|s| self.reader.position() >= s.0);
@@ -344,7 +348,6 @@ impl Cursor {
             self.last = Some(order);
             self.walk.events_discarded = self.walk.events_discarded.max(i.events_discarded);
             self.next = resume.min(self.slots.len());
-            self.last_ts = resume.checked_sub(1).and_then(|k| self.slots.get(k)).map(|s| s.ts).or(self.last_ts);
             self.base = self.reader.position();
             return Ok(Some(Ok(())));
         }
@@ -356,7 +359,7 @@ impl Cursor {
         let lost = i.events_discarded.saturating_sub(self.walk.events_discarded);
         self.walk.events_discarded = self.walk.events_discarded.max(i.events_discarded);
         if lost > 0 || skipped {
-            let (since, n) = self.pending.unwrap_or((self.last_ts, 0));
+            let (since, n) = self.pending.unwrap_or((self.before, 0));
             self.pending = Some((since, n + lost));
         }
         Ok(Some(Ok(())))
@@ -425,6 +428,15 @@ impl Cursor {
     fn head(&self) -> Option<u64> {
         self.slots.get(self.next).map(|r| r.ts)
     }
+
+    /// The timestamp of the record before `slots[next]`.
+    #[inline]
+    fn before_next(&self) -> Option<u64> {
+        match self.next.checked_sub(1).and_then(|k| self.slots.get(k)) {
+            Some(s) => Some(s.ts),
+            None => self.before,
+        }
+    }
 }
 
 /// What every cursor reads with.
@@ -448,10 +460,12 @@ pub struct Merge {
     current: usize,
     /// The cursor whose record was handed out last (advanced on the next call).
     advance: Option<usize>,
-    /// In [`Order::Time`], the least `(timestamp, index)` of the other
-    /// cursors' heads when `advance` was chosen: `advance` goes on while
-    /// its head is below it, without a look at the others.
-    bound: (u64, usize),
+    /// `advance` goes on while its head's timestamp is below this, without
+    /// a look at the others: in [`Order::Time`], below the least
+    /// `(timestamp, index)` of the other cursors' heads when it was chosen
+    /// (one compare a record, not a tuple's two; `u64::MAX` itself always
+    /// takes the slow path, which orders it right).
+    limit: u64,
     /// Trailing losses are being handed out.
     draining: bool,
     warnings: Vec<String>,
@@ -519,8 +533,7 @@ impl Merge {
                 slots: Vec::new(),
                 next: 0,
                 pending: None,
-                last_ts: start.last_ts,
-                previous: None,
+                before: start.last_ts,
                 last: start.last,
                 checked: false,
                 resume: start.skip,
@@ -532,7 +545,7 @@ impl Merge {
             cursors.push(c);
         }
         let total = cursors.iter().map(|c| c.reader.len()).sum();
-        Ok(Merge { shared, cursors, order, current: 0, advance: None, bound: (0, 0), draining: false, warnings, total })
+        Ok(Merge { shared, cursors, order, current: 0, advance: None, limit: 0, draining: false, warnings, total })
     }
 
     /// The timestamp of the trace's first record (ticks), if it has one.
@@ -565,15 +578,15 @@ impl Merge {
     #[inline]
     pub fn next_item(&mut self) -> Option<Result<Item<'_>, ReadError>> {
         // The common case: the same stream's next record of the same packet,
-        // still before every other stream's head.
+        // still before every other stream's head. A loss is only ever
+        // pending before a packet's first record, never here.
         if let Some(i) = self.advance {
             let c = &mut self.cursors[i];
-            if c.next + 1 < c.slots.len() {
-                let ts = c.slots[c.next + 1].ts;
-                if self.order == Order::Streams || (ts, i) < self.bound {
-                    c.next += 1;
-                    return Some(Ok(self.step(i)));
-                }
+            let n = c.next + 1;
+            if c.slots.get(n).is_some_and(|s| s.ts < self.limit) {
+                debug_assert!(c.pending.is_none());
+                c.next = n;
+                return Some(Ok(self.record(i)));
             }
         }
         self.next_slow()
@@ -607,13 +620,17 @@ impl Merge {
                             None => best = Some((ts, i)),
                         }
                     }
-                    self.bound = second;
+                    if let Some((_, i)) = best {
+                        // (ts, i) < second: ts below second's, or equal with a lower index.
+                        self.limit = if i < second.1 { second.0.saturating_add(1) } else { second.0 };
+                    }
                     best.map(|b| b.1)
                 }
                 Order::Streams => {
                     while self.current < self.cursors.len() && self.cursors[self.current].head().is_none() {
                         self.current += 1;
                     }
+                    self.limit = u64::MAX;
                     (self.current < self.cursors.len()).then_some(self.current)
                 }
             };
@@ -632,11 +649,16 @@ impl Merge {
     #[inline]
     fn step(&mut self, i: usize) -> Item<'_> {
         let c = &mut self.cursors[i];
-        let ts = c.slots[c.next].ts;
         if let Some((since, count)) = c.pending.take() {
-            return Item::Lost { stream: i, cpu: c.walk.cpu, since, at: Some(ts), count };
+            let at = Some(c.slots[c.next].ts);
+            return Item::Lost { stream: i, cpu: c.walk.cpu, since, at, count };
         }
-        c.previous = c.last_ts.replace(ts);
+        self.record(i)
+    }
+
+    /// Cursor `i`'s next record, `slots[next]`.
+    #[inline]
+    fn record(&mut self, i: usize) -> Item<'_> {
         self.advance = Some(i);
         let c = &self.cursors[i];
         let layouts = if c.class == 1 { &self.shared.kernel_layouts } else { &self.shared.layouts };

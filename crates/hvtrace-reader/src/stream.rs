@@ -21,7 +21,6 @@ use hvtrace_core::decode::{packet_info, DecodeError};
 
 use crate::dir::{io_err, Packet, PacketError, ReadError};
 
-
 /// A stream file's packets, read a window at a time (see the module doc).
 /// Like [`crate::packets`], it stops after the first packet that does not
 /// decode; given the intact packets `check` found ([`PacketReader::only`]),

@@ -284,3 +284,24 @@ fn a_trace_with_a_damaged_header_is_not_cut() {
     });
     assert!(hvtrace_reader::Splitter::new(&t, true).unwrap().is_none());
 }
+
+#[test]
+fn each_record_names_its_streams_previous_record() {
+    // Across packets and across switches between streams, in both orders.
+    let tmp = tempfile::tempdir().unwrap();
+    trace(tmp.path());
+    let t = TraceDir::open(tmp.path()).unwrap();
+    for order in [Order::Time, Order::Streams] {
+        let mut m = Merge::new(&t, order).unwrap();
+        let mut last = vec![None; t.streams.len()];
+        let mut n = 0;
+        while let Some(item) = m.next_item() {
+            if let Item::Record(r) = item.unwrap() {
+                assert_eq!(r.previous(), last[r.stream()], "{order:?} record {n} at {}", r.timestamp());
+                last[r.stream()] = Some(r.timestamp());
+                n += 1;
+            }
+        }
+        assert_eq!(n, 240);
+    }
+}
