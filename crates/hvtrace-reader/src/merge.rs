@@ -575,7 +575,7 @@ impl Merge {
     }
 
     /// The next record or loss; `None` at the end of the trace.
-    #[inline]
+    #[inline(always)]
     pub fn next_item(&mut self) -> Option<Result<Item<'_>, ReadError>> {
         // The common case: the same stream's next record of the same packet,
         // still before every other stream's head. A loss is only ever
