@@ -1,6 +1,7 @@
 //! The reader's side of the hypervisor model's mapping interface: a trace's
 //! event classes as a [`Catalog`], a record's payload as [`Fields`].
 
+use hvtrace_core::ctf::header;
 use hvtrace_core::decode::{decode_field, Schema, Value};
 use hvtrace_core::FieldKind;
 use hvtrace_model::{Catalog, Fields, FixedInt};
@@ -42,10 +43,14 @@ pub struct Layouts {
     /// Per event, its payload's length if fixed, else [`VARIABLE`]: a
     /// table of 4-byte entries for the decoder's one lookup per record.
     fixed: Vec<u32>,
+    /// `fixed` by a compact header's 5-bit id, [`VARIABLE`] for the id
+    /// that announces an extended header and for ids no event has: the
+    /// reader's fast path indexes it without a bounds check.
+    compact: [u32; 32],
 }
 
 /// A payload whose length is not fixed.
-const VARIABLE: u32 = u32::MAX;
+pub(crate) const VARIABLE: u32 = u32::MAX;
 
 impl Schema for Layouts {
     #[inline]
@@ -70,6 +75,12 @@ impl Layouts {
         self.ints.get(id as usize).map_or(&[], |f| &f[..])
     }
 
+    /// Payload lengths by compact header id (see the field `compact`).
+    #[inline]
+    pub(crate) fn compact_lens(&self) -> &[u32; 32] {
+        &self.compact
+    }
+
     /// The layouts of `schema`'s events.
     pub fn new(schema: &TraceSchema) -> Layouts {
         let events: Vec<Vec<(FieldKind, Option<u32>)>> = schema
@@ -87,7 +98,7 @@ impl Layouts {
                     .collect()
             })
             .collect();
-        let fixed = schema
+        let fixed: Vec<u32> = schema
             .events
             .iter()
             .map(|e| e.fields.iter().map(|f| f.kind.fixed_len()).sum::<Option<usize>>())
@@ -107,7 +118,11 @@ impl Layouts {
                     .collect()
             })
             .collect();
-        Layouts { events, ints, fixed }
+        let mut compact = [VARIABLE; 32];
+        for (id, n) in compact.iter_mut().enumerate().take(header::MAX_COMPACT_ID as usize + 1) {
+            *n = fixed.get(id).copied().unwrap_or(VARIABLE);
+        }
+        Layouts { events, ints, fixed, compact }
     }
 }
 
