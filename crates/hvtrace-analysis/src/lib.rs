@@ -67,7 +67,7 @@ pub use split::{InKernelRow, KernelSplit, ToVmmRow};
 
 /// The most threads `analyze` takes by itself: each window holds its own
 /// read buffers and the vCPUs whose domain ended in it until the merge
-/// (about 55 MB at two on a 1 GiB sim trace, 87 MB at four), against a
+/// (about 44 MB at two on a 1 GiB sim trace, 58 MB at four), against a
 /// bound of 64 MiB (docs/analysis.md); `--threads N` asks for more.
 pub const DEFAULT_MAX_THREADS: usize = 2;
 
