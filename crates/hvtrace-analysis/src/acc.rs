@@ -593,16 +593,16 @@ impl Acc {
     }
 
     /// One model event at time `t` on `pcpu`.
-    pub fn event(&mut self, pcpu: u32, t: u64, e: Event<'_>) {
+    pub fn event(&mut self, pcpu: u32, t: u64, e: &Event<'_>) {
         let w = self.window;
         // An interrupt names its target, but happens where it is taken: it
         // says nothing of where the target runs or what state it is in.
-        let actor = match e {
+        let actor = match *e {
             Event::Interrupt { .. } => None,
             _ => e.vcpu(),
         };
         let Some(id) = actor else {
-            match e {
+            match *e {
                 Event::Interrupt { vector, domain, .. } if w.holds(t) => {
                     *self.interrupts.entry((domain, vector)).or_default() += 1;
                 }
@@ -617,12 +617,12 @@ impl Acc {
         let i = self.vcpu(id, pcpu, t);
         let v = &mut self.vcpus[i];
         v.home = pcpu;
-        v.runstate_part(w, t, pcpu, &e);
+        v.runstate_part(w, t, pcpu, e);
         match e {
             Event::Runstate { .. } => {}
-            Event::HypercallEntry { .. } | Event::HypercallExit { .. } => v.call_part(w, t, &e),
-            Event::GuestEvent { .. } => v.guest_part(w, t, &e),
-            e => v.exit_part(w, t, &e),
+            Event::HypercallEntry { .. } | Event::HypercallExit { .. } => v.call_part(w, t, e),
+            Event::GuestEvent { .. } => v.guest_part(w, t, e),
+            e => v.exit_part(w, t, e),
         }
     }
 
@@ -780,7 +780,7 @@ mod tests {
         for (&id, &i) in ids.iter().zip(&first).rev() {
             assert_eq!(acc.vcpu(id, 0, 2), i);
         }
-        acc.event(0, 3, Event::DomainGone { domain: 7 });
+        acc.event(0, 3, &Event::DomainGone { domain: 7 });
         let again = acc.vcpu(Vcpu::new(7, 1), 0, 4);
         assert_eq!(again, 2000, "a domain's vCPU after its end is a new one");
         assert_eq!(acc.vcpu(Vcpu::new(8, 1), 0, 4), 33);

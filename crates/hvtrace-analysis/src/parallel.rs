@@ -152,18 +152,18 @@ impl<'m> Later<'m> {
 }
 
 impl<'m> Feed<'m> for Later<'m> {
-    fn event(&mut self, pcpu: u32, t: u64, e: Event<'m>) {
+    fn event(&mut self, pcpu: u32, t: u64, e: &Event<'m>) {
         let hi = self.hi;
         self.hi = hi.max(t);
-        let actor = match e {
+        let actor = match *e {
             Event::Interrupt { .. } => None,
             _ => e.vcpu(),
         };
         let Some(id) = actor else {
-            match e {
+            match *e {
                 Event::DomainGone { domain } => self.domain_gone(domain, t),
                 // Interrupts, unattributed records: counts that add up.
-                e => self.acc.event(pcpu, t, e),
+                _ => self.acc.event(pcpu, t, e),
             }
             return;
         };
@@ -177,9 +177,9 @@ impl<'m> Feed<'m> for Later<'m> {
         let (s, v) = (&mut self.shadows[r], &mut self.acc.vcpus[r]);
         v.home = pcpu;
         if s.runstate == Runstates::Known {
-            v.runstate_part(w, t, pcpu, &e);
+            v.runstate_part(w, t, pcpu, e);
         } else {
-            let new = match e {
+            let new = match *e {
                 Event::Runstate { new, .. } => Some(new),
                 _ => None,
             };
@@ -219,18 +219,18 @@ impl<'m> Feed<'m> for Later<'m> {
         match e {
             Event::Runstate { .. } => {}
             Event::HypercallEntry { .. } => {
-                v.call_part(w, t, &e);
+                v.call_part(w, t, e);
                 s.call = true;
             }
-            Event::HypercallExit { .. } if s.call => v.call_part(w, t, &e),
+            Event::HypercallExit { .. } if s.call => v.call_part(w, t, e),
             Event::HypercallExit { .. } => {
-                self.log.push(Op::Call { r, t, e });
+                self.log.push(Op::Call { r, t, e: *e });
                 s.call = true;
             }
-            Event::GuestEvent { .. } => v.guest_part(w, t, &e),
-            _ if s.exit => v.exit_part(w, t, &e),
+            Event::GuestEvent { .. } => v.guest_part(w, t, e),
+            _ if s.exit => v.exit_part(w, t, e),
             _ => {
-                self.log.push(Op::Exit { r, t, e });
+                self.log.push(Op::Exit { r, t, e: *e });
                 s.exit = matches!(e, Event::Entry { .. });
             }
         }
@@ -457,11 +457,11 @@ mod tests {
             serde_json::to_string(&vcpu_report(&acc.vcpus[0], clk, W, end)).unwrap()
         };
         let mut whole = Acc::new(W, clk);
-        events.iter().for_each(|&(t, e)| whole.event(0, t, e));
+        events.iter().for_each(|&(t, e)| whole.event(0, t, &e));
         let mut first = Acc::new(W, clk);
-        events[..cut].iter().for_each(|&(t, e)| first.event(0, t, e));
+        events[..cut].iter().for_each(|&(t, e)| first.event(0, t, &e));
         let mut later = Later::new(W, clk, at);
-        events[cut..].iter().for_each(|&(t, e)| Feed::event(&mut later, 0, t, e));
+        events[cut..].iter().for_each(|&(t, e)| Feed::event(&mut later, 0, t, &e));
         first.absorb(later);
         (rows(whole), rows(first))
     }

@@ -48,8 +48,8 @@ const PROGRESS_EVERY: u32 = 1 << 16;
 
 /// What the accumulators take from the walk.
 pub(crate) trait Feed<'m> {
-    /// A model event at `t` on `pcpu`.
-    fn event(&mut self, pcpu: u32, t: u64, e: Event<'m>);
+    /// A model event at `t` on `pcpu` (borrowed where the mapping built it: see [`hvtrace_reader::Rec::map`]).
+    fn event(&mut self, pcpu: u32, t: u64, e: &Event<'m>);
     /// `count` events of `pcpu` lost between `from` and `to`.
     fn loss(&mut self, pcpu: u32, from: u64, to: u64, count: u64);
     /// In-band loss records' counts.
@@ -58,7 +58,7 @@ pub(crate) trait Feed<'m> {
 
 impl<'m> Feed<'m> for Acc {
     #[inline]
-    fn event(&mut self, pcpu: u32, t: u64, e: Event<'m>) {
+    fn event(&mut self, pcpu: u32, t: u64, e: &Event<'m>) {
         Acc::event(self, pcpu, t, e);
     }
     fn loss(&mut self, pcpu: u32, from: u64, to: u64, count: u64) {
@@ -150,13 +150,13 @@ pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
         end = end.max(ts);
         let ns = if sees { clock.ns(ts) } else { 0 };
         let mapped = r.map(&bindings[r.class() as usize], |pcpu, e| {
-            observer.event(r.class(), ns, pcpu, e);
-            match e {
+            observer.event(r.class(), ns, pcpu, *e);
+            match *e {
                 Event::Lost { count } => {
                     feed.lost_in_band(count);
                     feed.loss(pcpu, r.previous().unwrap_or(ts), ts, count);
                 }
-                e => feed.event(pcpu, ts, e),
+                _ => feed.event(pcpu, ts, e),
             }
         });
         if !mapped {

@@ -43,7 +43,7 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
         let mut failed = None;
         let mapped = r.map(&bindings, |pcpu, e| {
             if failed.is_none() {
-                failed = sink.model(t, pcpu, e).err();
+                failed = sink.model(t, pcpu, *e).err();
             }
         });
         if let Some(e) = failed {

@@ -37,7 +37,7 @@ fn walk(dir: &Path) -> (Exits, Runstates) {
         let Item::Record(r) = item.unwrap() else { continue };
         let (si, t) = (r.stream(), r.timestamp());
         last_ts[si] = t;
-        r.map(&bindings, |_, e| match e {
+        r.map(&bindings, |_, e| match *e {
             Event::Exit { vcpu, exit } => {
                 open[si].insert(vcpu, (exit.code, t));
             }
