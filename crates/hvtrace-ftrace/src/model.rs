@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use hvtrace_model::{
-    class, hit, kvm, Access, Catalog, Event, Exit, ExitDetail, Mapper, Mapping, Payload, Runstate, Vcpu,
+    class, hit, kvm, Access, Catalog, Event, Exit, ExitDetail, Field, Mapper, Mapping, Payload, Runstate, Vcpu,
 };
 
 /// The kernel's KVM events' [`Mapping`].
@@ -109,15 +109,15 @@ impl Mapping for KernelMapping {
 }
 
 struct KernelMapper {
-    exit: Option<(u32, [usize; 4])>,
-    entry: Option<(u32, [usize; 2])>,
-    hypercall: Option<(u32, [usize; 2])>,
-    switch: Option<(u32, [usize; 5])>,
-    user: Option<(u32, [usize; 2])>,
-    emulate: Option<(u32, [usize; 1])>,
-    pio: Option<(u32, [usize; 4])>,
-    mmio: Option<(u32, [usize; 4])>,
-    rename: Option<(u32, [usize; 2])>,
+    exit: Option<(u32, [Field; 4])>,
+    entry: Option<(u32, [Field; 2])>,
+    hypercall: Option<(u32, [Field; 2])>,
+    switch: Option<(u32, [Field; 5])>,
+    user: Option<(u32, [Field; 2])>,
+    emulate: Option<(u32, [Field; 1])>,
+    pio: Option<(u32, [Field; 4])>,
+    mmio: Option<(u32, [Field; 4])>,
+    rename: Option<(u32, [Field; 2])>,
     /// Thread id → vCPU index, as learned.
     threads: Mutex<HashMap<u32, u32>>,
 }

@@ -11,7 +11,7 @@
 //! whose stream holds the record (the vCPU thread's CPU at that moment).
 
 use hvtrace_model::{
-    class, Access, Catalog, Event, Exit, ExitDetail, Labels, Mapper, Mapping, Payload, Runstate, Vcpu,
+    class, Access, Catalog, Event, Exit, ExitDetail, Field, Labels, Mapper, Mapping, Payload, Runstate, Vcpu,
 };
 
 /// The `kvm` set's [`Mapping`].
@@ -27,11 +27,11 @@ const HLT: u64 = 5;
 const MMIO: u64 = 6;
 
 struct Bound {
-    run: (u32, [usize; 1]),
-    exit: (u32, [usize; 6]),
-    hc_entry: (u32, [usize; 2]),
-    hc_exit: (u32, [usize; 2]),
-    guest: Option<(u32, [usize; 3])>,
+    run: (u32, [Field; 1]),
+    exit: (u32, [Field; 6]),
+    hc_entry: (u32, [Field; 2]),
+    hc_exit: (u32, [Field; 2]),
+    guest: Option<(u32, [Field; 3])>,
     /// Names of the exit reasons and hypercalls, from the trace's metadata.
     reasons: Labels,
     hypercalls: Labels,
@@ -64,7 +64,7 @@ impl Mapper for Bound {
     }
 
     fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
-        let vcpu = |i: usize| f.uint(i).map(|v| Vcpu::new(0, v as u32));
+        let vcpu = |i: Field| f.uint(i).map(|v| Vcpu::new(0, v as u32));
         if id == self.exit.0 {
             let [v, reason, dir, size, port, addr] = self.exit.1;
             let (Some(vcpu), Some(code)) = (vcpu(v), f.uint(reason)) else { return };

@@ -31,8 +31,8 @@
 //! a source implements [`Mapping`]: `bind` looks the set's events and fields
 //! up by name in the trace's [`Catalog`] ([`class`] does it in one call) and,
 //! if they are all there, returns a [`Mapper`] that holds the resolved ids,
-//! field indices and name tables. Per record, [`Mapper::map`] reads the
-//! fields it needs from its [`Payload`] (by index, decoded in place, no
+//! [`Field`]s and name tables. Per record, [`Mapper::map`] reads the
+//! fields it needs from its [`Payload`] (decoded in place, no
 //! allocation: an integer at a fixed offset inline, any other field
 //! through the source's [`Fields`]) and emits zero or more [`Event`]s. [`Bindings`] binds a list
 //! of mappings to one trace and dispatches each record to the mapper of
@@ -40,11 +40,11 @@
 //! analyses (counts per CPU and event class, losses, duration).
 //!
 //! ```
-//! use hvtrace_model::{class, Bindings, Catalog, Event, Exit, ExitDetail, FieldValue, Mapper, Mapping, Payload, Vcpu};
+//! use hvtrace_model::{class, Bindings, Catalog, Event, Exit, ExitDetail, Field, FieldValue, Mapper, Mapping, Payload, Vcpu};
 //!
 //! /// A set with one event: `exit(vcpu: u32, reason: u32)`.
 //! struct Toy;
-//! struct ToyMapper { exit: u32, vcpu: usize, reason: usize }
+//! struct ToyMapper { exit: u32, vcpu: Field, reason: Field }
 //!
 //! impl Mapping for Toy {
 //!     fn name(&self) -> &'static str { "toy" }
@@ -85,4 +85,4 @@ pub mod kvm;
 mod map;
 
 pub use event::{Access, Event, Exit, ExitDetail, Runstate, Vcpu};
-pub use map::{class, hit, Bindings, Catalog, FieldValue, Fields, FixedInt, Labels, Mapper, Mapping, Payload};
+pub use map::{class, hit, Bindings, Catalog, Field, FieldValue, Fields, FixedInt, Labels, Mapper, Mapping, Payload};

@@ -17,6 +17,13 @@ pub trait Catalog {
     /// The `(value, label)` pairs of field `i` of event `id` if it is an
     /// enumeration (empty otherwise).
     fn enum_labels(&self, id: u32, i: usize) -> Vec<(i64, String)>;
+    /// Where field `i` of event `id` lies in a record's payload if it is an
+    /// integer at a fixed offset ([`FixedInt`]), so that a [`Payload`]
+    /// reads it from the bytes; [`FixedInt::NONE`] (the default) for any
+    /// other field, read through the source's [`Fields`].
+    fn fixed_int(&self, _id: u32, _i: usize) -> FixedInt {
+        FixedInt::NONE
+    }
 
     /// The id of the event named `name`.
     fn event_id(&self, name: &str) -> Option<u32> {
@@ -28,11 +35,34 @@ pub trait Catalog {
     }
 }
 
-/// Looks up event `event` and the indices of its fields `fields` (by name,
-/// so a source may add or reorder fields): `None` unless all are there.
+/// One payload field of one event, as a mapper reads it ([`Payload::uint`]):
+/// its index, and where it lies if it is an integer at a fixed offset.
+/// Resolved once per trace ([`class`]), so that a record's read is a
+/// load from the bytes, not a look-up of the field's place first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    fixed: FixedInt,
+    index: u32,
+}
+
+impl Field {
+    /// Field `index`, placed as `fixed` says ([`FixedInt::NONE`]: read
+    /// through the source's [`Fields`] only).
+    pub const fn new(index: usize, fixed: FixedInt) -> Field {
+        Field { fixed, index: index as u32 }
+    }
+
+    /// Its index in the event's payload.
+    pub const fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+/// Looks up event `event` and its fields `fields` (by name, so a source
+/// may add or reorder fields): `None` unless all are there.
 ///
 /// ```
-/// # use hvtrace_model::{class, Catalog};
+/// # use hvtrace_model::{class, Catalog, Field, FixedInt};
 /// # struct C;
 /// # impl Catalog for C {
 /// #     fn event_count(&self) -> u32 { 1 }
@@ -41,14 +71,16 @@ pub trait Catalog {
 /// #     fn field_name(&self, _: u32, i: usize) -> Option<&str> { ["vcpu", "reason"].get(i).copied() }
 /// #     fn enum_labels(&self, _: u32, _: usize) -> Vec<(i64, String)> { vec![] }
 /// # }
-/// assert_eq!(class(&C, "vm_exit", ["reason", "vcpu"]), Some((0, [1, 0])));
+/// let unplaced = |i| Field::new(i, FixedInt::NONE);
+/// assert_eq!(class(&C, "vm_exit", ["reason", "vcpu"]), Some((0, [unplaced(1), unplaced(0)])));
 /// assert_eq!(class(&C, "vm_exit", ["rip"]), None);
 /// ```
-pub fn class<const N: usize>(catalog: &dyn Catalog, event: &str, fields: [&str; N]) -> Option<(u32, [usize; N])> {
+pub fn class<const N: usize>(catalog: &dyn Catalog, event: &str, fields: [&str; N]) -> Option<(u32, [Field; N])> {
     let id = catalog.event_id(event)?;
-    let mut at = [0; N];
+    let mut at = [Field::new(0, FixedInt::NONE); N];
     for (slot, name) in at.iter_mut().zip(fields) {
-        *slot = catalog.field_index(id, name)?;
+        let i = catalog.field_index(id, name)?;
+        *slot = Field::new(i, catalog.fixed_int(id, i));
     }
     Some((id, at))
 }
@@ -67,9 +99,9 @@ pub struct Labels {
 const DENSE: i64 = 4096;
 
 impl Labels {
-    /// The labels of field `i` of event `id` (none if it is not an enumeration).
-    pub fn of(catalog: &dyn Catalog, id: u32, i: usize) -> Labels {
-        let mut sorted = catalog.enum_labels(id, i);
+    /// The labels of field `field` of event `id` (none if it is not an enumeration).
+    pub fn of(catalog: &dyn Catalog, id: u32, field: Field) -> Labels {
+        let mut sorted = catalog.enum_labels(id, field.index());
         sorted.sort();
         let top = sorted.iter().map(|(v, _)| *v).filter(|v| (0..DENSE).contains(v)).max();
         let mut dense = vec![0; top.map_or(0, |t| t as usize + 1)];
@@ -154,15 +186,16 @@ pub struct FixedInt {
     /// Its sign bit if signed, else 0: `((x ^ sign) - sign)` sign-extends
     /// `x` or leaves it as it is, without a branch.
     sign: u64,
+    /// Offset of its last byte + 1 (`u64::MAX` for [`FixedInt::NONE`]:
+    /// longer than any payload, so that one test rules it out).
+    end: u64,
     /// Byte offset in the payload.
     at: u32,
-    /// Offset of its last byte + 1.
-    end: u32,
 }
 
 impl FixedInt {
     /// Not a fixed-offset integer: reads nothing.
-    pub const NONE: FixedInt = FixedInt { mask: 0, sign: 0, at: 0, end: u32::MAX };
+    pub const NONE: FixedInt = FixedInt { mask: 0, sign: 0, end: u64::MAX, at: 0 };
 
     /// An integer of `bits` (8, 16, 32 or 64; [`FixedInt::NONE`] for any
     /// other width), little-endian, at byte `at` of the payload.
@@ -171,8 +204,8 @@ impl FixedInt {
             8 | 16 | 32 | 64 => FixedInt {
                 mask: u64::MAX >> (64 - bits as u32),
                 sign: if signed { 1 << (bits - 1) } else { 0 },
+                end: at as u64 + bits as u64 / 8,
                 at,
-                end: at.saturating_add(bits as u32 / 8),
             },
             _ => FixedInt::NONE,
         }
@@ -186,7 +219,7 @@ impl FixedInt {
     /// short.
     #[inline(always)]
     pub fn read(self, bytes: &[u8], len: usize) -> Option<u64> {
-        if self.end as usize > len || self.mask == 0 {
+        if self.end > len as u64 {
             return None;
         }
         let at = self.at as usize;
@@ -194,7 +227,7 @@ impl FixedInt {
             Some(b) => u64::from_le_bytes(b.try_into().ok()?),
             None => {
                 let mut b = [0; 8];
-                let n = (self.end - self.at) as usize;
+                let n = (self.end - self.at as u64) as usize;
                 b[..n].copy_from_slice(bytes.get(at..at + n)?);
                 u64::from_le_bytes(b)
             }
@@ -204,7 +237,7 @@ impl FixedInt {
 }
 
 /// One record's payload as a [`Mapper`] reads it: integers at a fixed
-/// offset ([`FixedInt`]) straight from the bytes, in the mapper's own code
+/// offset ([`Field`]) straight from the bytes, in the mapper's own code
 /// (a call through [`Fields`] per field read was 15 % of `hvtrace
 /// analyze`'s instructions), anything else through the source's
 /// [`Fields`]. A source with its values at hand passes those alone
@@ -215,43 +248,43 @@ pub struct Payload<'r, 'a> {
     bytes: &'r [u8],
     /// The payload's length.
     len: usize,
-    ints: &'a [FixedInt],
     rest: &'a dyn Fields<'r>,
 }
 
 impl<'r, 'a> Payload<'r, 'a> {
     /// A payload of `len` bytes at the start of `bytes` (which may run on
-    /// to the end of its packet), whose fixed-offset integers are `ints`
-    /// (by field index), its other fields read from `rest`.
+    /// to the end of its packet), its fields placed as the [`Catalog`]
+    /// the mapper was bound with says ([`Catalog::fixed_int`]), the others
+    /// read from `rest`.
     #[inline]
-    pub fn new(bytes: &'r [u8], len: usize, ints: &'a [FixedInt], rest: &'a dyn Fields<'r>) -> Payload<'r, 'a> {
-        Payload { bytes, len, ints, rest }
+    pub fn new(bytes: &'r [u8], len: usize, rest: &'a dyn Fields<'r>) -> Payload<'r, 'a> {
+        Payload { bytes, len, rest }
     }
 
     /// A payload whose every field is read from `fields`.
     pub fn of(fields: &'a dyn Fields<'r>) -> Payload<'r, 'a> {
-        Payload { bytes: &[], len: 0, ints: &[], rest: fields }
+        Payload { bytes: &[], len: 0, rest: fields }
     }
 
-    /// Field `i` as [`Fields::uint`] reads it.
+    /// Field `f` as [`Fields::uint`] reads it.
     #[inline(always)]
-    pub fn uint(&self, i: usize) -> Option<u64> {
-        match self.ints.get(i).and_then(|f| f.read(self.bytes, self.len)) {
+    pub fn uint(&self, f: Field) -> Option<u64> {
+        match f.fixed.read(self.bytes, self.len) {
             Some(v) => Some(v),
-            None => self.rest.uint(i),
+            None => self.rest.uint(f.index()),
         }
     }
 
-    /// Field `i` as [`Fields::int`] reads it.
+    /// Field `f` as [`Fields::int`] reads it.
     #[inline]
-    pub fn int(&self, i: usize) -> Option<i64> {
-        self.uint(i).map(|u| u as i64)
+    pub fn int(&self, f: Field) -> Option<i64> {
+        self.uint(f).map(|u| u as i64)
     }
 
-    /// Field `i` as [`Fields::bytes`] reads it.
+    /// Field `f` as [`Fields::bytes`] reads it.
     #[inline]
-    pub fn bytes(&self, i: usize) -> Option<&'r [u8]> {
-        self.rest.bytes(i)
+    pub fn bytes(&self, f: Field) -> Option<&'r [u8]> {
+        self.rest.bytes(f.index())
     }
 }
 
@@ -345,8 +378,8 @@ impl Bindings {
     }
 }
 
-/// The field indices of an optional class (as [`class`] returns it for an
+/// The fields of an optional class (as [`class`] returns it for an
 /// event a set may lack), if record id `id` is that class.
-pub fn hit<const N: usize>(class: Option<(u32, [usize; N])>, id: u32) -> Option<[usize; N]> {
+pub fn hit<const N: usize>(class: Option<(u32, [Field; N])>, id: u32) -> Option<[Field; N]> {
     class.filter(|c| c.0 == id).map(|c| c.1)
 }

@@ -1,7 +1,9 @@
 //! Binding several event sets to one trace: each record goes to the first
 //! set that maps its event, sets that do not recognise the trace stay out.
 
-use hvtrace_model::{class, Bindings, Catalog, Event, FieldValue, Fields, Mapper, Mapping, Payload, Runstate, Vcpu};
+use hvtrace_model::{
+    class, Bindings, Catalog, Event, Field, FieldValue, Fields, Mapper, Mapping, Payload, Runstate, Vcpu,
+};
 
 /// A trace whose events are `(name, fields)`.
 struct Trace(&'static [(&'static str, &'static [&'static str])]);
@@ -33,7 +35,7 @@ struct Set {
 
 struct SetMapper {
     id: u32,
-    vcpu: usize,
+    vcpu: Field,
     domain: u32,
 }
 

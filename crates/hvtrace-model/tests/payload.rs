@@ -2,7 +2,7 @@
 //! bytes (one 8-byte load when the packet runs on past the payload, an
 //! exact-width copy when it does not), anything else from the source.
 
-use hvtrace_model::{FieldValue, Fields, FixedInt, Payload};
+use hvtrace_model::{Field, FieldValue, Fields, FixedInt, Payload};
 
 /// `u8 0x81 | i16 -2 | u32 0xdead_beef | i64 -5`: 15 bytes.
 fn payload() -> Vec<u8> {
@@ -54,13 +54,14 @@ fn a_payload_reads_other_fields_from_its_source() {
         FieldValue::Int((-6i64) as u64),
         FieldValue::Bytes(b"vm0"),
     ];
-    let ints = [FIELDS[0], FixedInt::NONE, FIELDS[2], FIELDS[3], FixedInt::NONE];
-    let f = Payload::new(&p, p.len(), &ints, &rest);
+    let fields = [FIELDS[0], FixedInt::NONE, FIELDS[2], FIELDS[3], FixedInt::NONE, FixedInt::NONE];
+    let [a, b, c, d, text, none] = std::array::from_fn(|i| Field::new(i, fields[i]));
+    let f = Payload::new(&p, p.len(), &rest);
     // Fields 0, 2 and 3 from the bytes, field 1 (not placed) from the source.
-    assert_eq!((f.uint(0), f.int(1), f.uint(2), f.int(3)), (Some(0x81), Some(-3), Some(0xdead_beef), Some(-5)));
-    assert_eq!((f.bytes(4), f.uint(4), f.uint(5)), (Some(&b"vm0"[..]), None, None));
-    // Values at hand only.
+    assert_eq!((f.uint(a), f.int(b), f.uint(c), f.int(d)), (Some(0x81), Some(-3), Some(0xdead_beef), Some(-5)));
+    assert_eq!((f.bytes(text), f.uint(text), f.uint(none)), (Some(&b"vm0"[..]), None, None));
+    // Values at hand only: a placed field is read from them too.
     let f = Payload::of(&rest);
-    assert_eq!((f.int(1), f.bytes(4)), (Some(-3), Some(&b"vm0"[..])));
+    assert_eq!((f.int(b), f.int(d), f.bytes(text)), (Some(-3), Some(-6), Some(&b"vm0"[..])));
     assert_eq!(rest.int(3), Some(-6));
 }

@@ -162,7 +162,7 @@ impl<'a> Rec<'a> {
     #[inline]
     pub fn map<'m>(&self, bindings: &'m Bindings, mut out: impl FnMut(u32, &Event<'m>)) -> bool {
         let id = self.slot.id;
-        let payload = Payload::new(self.tail(), self.slot.len as usize, self.layouts.fixed_ints(id), self);
+        let payload = Payload::new(self.tail(), self.slot.len as usize, self);
         let mut pcpu = self.cpu();
         bindings.map_payload(id, &payload, &mut |e: Event<'m>| match e {
             Event::OnPcpu { pcpu: p } => pcpu = p,

@@ -27,6 +27,31 @@ impl Catalog for TraceSchema {
             .map(|f| f.labels.iter().map(|l| (l.value, l.label.clone())).collect())
             .unwrap_or_default()
     }
+    fn fixed_int(&self, id: u32, i: usize) -> FixedInt {
+        let Some(e) = self.event(id) else { return FixedInt::NONE };
+        placed(e.fields.iter().map(|f| f.kind)).nth(i).map_or(FixedInt::NONE, |(kind, at)| fixed_int(kind, at))
+    }
+}
+
+/// Each field's kind and, while every field before it has a fixed size,
+/// its offset in the payload.
+fn placed(kinds: impl Iterator<Item = FieldKind>) -> impl Iterator<Item = (FieldKind, Option<u32>)> {
+    let mut at = Some(0u32);
+    kinds.map(move |kind| {
+        let here = at;
+        at = at.zip(kind.fixed_len()).map(|(a, n)| a + n as u32);
+        (kind, here)
+    })
+}
+
+/// A field of `kind` at `at`, as a [`FixedInt`] if it is one.
+fn fixed_int(kind: FieldKind, at: Option<u32>) -> FixedInt {
+    match (kind, at) {
+        (FieldKind::Int { bits, signed, .. } | FieldKind::Enum { bits, signed, .. }, Some(at)) => {
+            FixedInt::new(at, bits, signed)
+        }
+        _ => FixedInt::NONE,
+    }
 }
 
 /// The trace's event layouts, for reading fast: per event, each payload
@@ -68,13 +93,6 @@ impl Schema for Layouts {
 }
 
 impl Layouts {
-    /// Event `id`'s fixed-offset integers, by field index (none for an
-    /// unknown event), for a [`hvtrace_model::Payload`].
-    #[inline]
-    pub fn fixed_ints(&self, id: u32) -> &[FixedInt] {
-        self.ints.get(id as usize).map_or(&[], |f| &f[..])
-    }
-
     /// Payload lengths by compact header id (see the field `compact`).
     #[inline]
     pub(crate) fn compact_lens(&self) -> &[u32; 32] {
@@ -83,41 +101,15 @@ impl Layouts {
 
     /// The layouts of `schema`'s events.
     pub fn new(schema: &TraceSchema) -> Layouts {
-        let events: Vec<Vec<(FieldKind, Option<u32>)>> = schema
-            .events
-            .iter()
-            .map(|e| {
-                let mut at = Some(0u32);
-                e.fields
-                    .iter()
-                    .map(|f| {
-                        let here = at;
-                        at = at.zip(f.kind.fixed_len()).map(|(a, n)| a + n as u32);
-                        (f.kind, here)
-                    })
-                    .collect()
-            })
-            .collect();
+        let events: Vec<Vec<(FieldKind, Option<u32>)>> =
+            schema.events.iter().map(|e| placed(e.fields.iter().map(|f| f.kind)).collect()).collect();
         let fixed: Vec<u32> = schema
             .events
             .iter()
             .map(|e| e.fields.iter().map(|f| f.kind.fixed_len()).sum::<Option<usize>>())
             .map(|n| n.and_then(|n| u32::try_from(n).ok()).unwrap_or(VARIABLE))
             .collect();
-        let ints = events
-            .iter()
-            .map(|fields| {
-                fields
-                    .iter()
-                    .map(|(kind, at)| match (kind, at) {
-                        (FieldKind::Int { bits, signed, .. } | FieldKind::Enum { bits, signed, .. }, Some(at)) => {
-                            FixedInt::new(*at, *bits, *signed)
-                        }
-                        _ => FixedInt::NONE,
-                    })
-                    .collect()
-            })
-            .collect();
+        let ints = events.iter().map(|fields| fields.iter().map(|&(kind, at)| fixed_int(kind, at)).collect()).collect();
         let mut compact = [VARIABLE; 32];
         for (id, n) in compact.iter_mut().enumerate().take(header::MAX_COMPACT_ID as usize + 1) {
             *n = fixed.get(id).copied().unwrap_or(VARIABLE);

@@ -19,7 +19,7 @@
 //! domain's vCPUs are not vCPUs of the model: a pCPU running one is idle.
 
 use hvtrace_model::{
-    class, hit, Access, Catalog, Event, Exit, ExitDetail, Labels, Mapper, Mapping, Payload, Runstate, Vcpu,
+    class, Access, Catalog, Event, Exit, ExitDetail, Field, Labels, Mapper, Mapping, Payload, Runstate, Vcpu,
 };
 
 use crate::{DOMID_IDLE, DOMID_XEN};
@@ -36,18 +36,29 @@ const IO_INSTRUCTION: u64 = 30;
 /// More vCPUs than a domain can have: a `domain_create` claiming more is damaged.
 const MAX_DOMAIN_VCPUS: u64 = 4096;
 
-/// `(event id, field indices)` of each mapped event.
+/// What records of one event id map to, with the indices of the fields
+/// read: resolved once at bind, so a record finds its case in one load
+/// and one jump, where a chain of id tests cost a compare and a
+/// mispredicted branch per case passed.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// Not mapped.
+    None,
+    Exit([Field; 4]),
+    Entry([Field; 2]),
+    Runstate([Field; 3]),
+    HypercallEntry([Field; 3]),
+    HypercallExit([Field; 3]),
+    Interrupt([Field; 2]),
+    Fault([Field; 3]),
+    Console([Field; 2]),
+    Create([Field; 2]),
+    Destroy([Field; 1]),
+}
+
+/// The mapping bound to one trace: by event id, its [`Kind`].
 struct Bound {
-    exit: (u32, [usize; 4]),
-    entry: (u32, [usize; 2]),
-    runstate: (u32, [usize; 3]),
-    hc_entry: (u32, [usize; 3]),
-    hc_exit: (u32, [usize; 3]),
-    interrupt: Option<(u32, [usize; 2])>,
-    fault: Option<(u32, [usize; 3])>,
-    console: Option<(u32, [usize; 2])>,
-    create: Option<(u32, [usize; 2])>,
-    destroy: Option<(u32, [usize; 1])>,
+    kinds: Vec<Kind>,
     reasons: Labels,
     hypercalls: Labels,
 }
@@ -60,106 +71,115 @@ impl Mapping for XenMapping {
     fn bind(&self, c: &dyn Catalog) -> Option<Box<dyn Mapper>> {
         let exit = class(c, "vm_exit", ["domid", "vcpu", "reason", "qualification"])?;
         let hc_entry = class(c, "hypercall_entry", ["domid", "vcpu", "nr"])?;
+        let required = [
+            (exit.0, Kind::Exit(exit.1)),
+            (hc_entry.0, Kind::HypercallEntry(hc_entry.1)),
+            class(c, "vm_entry", ["domid", "vcpu"]).map(|(id, f)| (id, Kind::Entry(f)))?,
+            class(c, "runstate_change", ["domid", "vcpu", "new"]).map(|(id, f)| (id, Kind::Runstate(f)))?,
+            class(c, "hypercall_exit", ["domid", "vcpu", "nr"]).map(|(id, f)| (id, Kind::HypercallExit(f)))?,
+        ];
+        let optional = [
+            class(c, "interrupt", ["vector", "domid"]).map(|(id, f)| (id, Kind::Interrupt(f))),
+            class(c, "page_fault", ["domid", "vcpu", "addr"]).map(|(id, f)| (id, Kind::Fault(f))),
+            class(c, "console_write", ["domid", "text"]).map(|(id, f)| (id, Kind::Console(f))),
+            class(c, "domain_create", ["domid", "vcpus"]).map(|(id, f)| (id, Kind::Create(f))),
+            class(c, "domain_destroy", ["domid"]).map(|(id, f)| (id, Kind::Destroy(f))),
+        ];
+        let mut kinds = vec![Kind::None; c.event_count() as usize];
+        for (id, kind) in required.into_iter().chain(optional.into_iter().flatten()) {
+            kinds[id as usize] = kind;
+        }
         Some(Box::new(Bound {
-            entry: class(c, "vm_entry", ["domid", "vcpu"])?,
-            runstate: class(c, "runstate_change", ["domid", "vcpu", "new"])?,
-            hc_exit: class(c, "hypercall_exit", ["domid", "vcpu", "nr"])?,
-            interrupt: class(c, "interrupt", ["vector", "domid"]),
-            fault: class(c, "page_fault", ["domid", "vcpu", "addr"]),
-            console: class(c, "console_write", ["domid", "text"]),
-            create: class(c, "domain_create", ["domid", "vcpus"]),
-            destroy: class(c, "domain_destroy", ["domid"]),
+            kinds,
             reasons: Labels::of(c, exit.0, exit.1[2]),
             hypercalls: Labels::of(c, hc_entry.0, hc_entry.1[2]),
-            exit,
-            hc_entry,
         }))
-    }
-}
-
-impl Bound {
-    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
-        [self.exit.0, self.entry.0, self.runstate.0, self.hc_entry.0, self.hc_exit.0].into_iter().chain(
-            [
-                self.interrupt.map(|c| c.0),
-                self.fault.map(|c| c.0),
-                self.console.map(|c| c.0),
-                self.create.map(|c| c.0),
-                self.destroy.map(|c| c.0),
-            ]
-            .into_iter()
-            .flatten(),
-        )
     }
 }
 
 /// The vCPU named by fields `d` and `v`, unless it is an idle vCPU.
 /// Inlined: nearly every record reads one, and the call cost as much as its two reads.
 #[inline(always)]
-fn vcpu(f: &Payload<'_, '_>, d: usize, v: usize) -> Option<Vcpu> {
+fn vcpu(f: &Payload<'_, '_>, d: Field, v: Field) -> Option<Vcpu> {
     let domid = f.uint(d)?;
     (domid != u64::from(DOMID_IDLE)).then_some(Vcpu::new(domid as u32, f.uint(v)? as u32))
 }
 
 impl Mapper for Bound {
     fn maps(&self, id: u32) -> bool {
-        self.ids().any(|i| i == id)
+        !matches!(self.kinds.get(id as usize), None | Some(Kind::None))
     }
 
     fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
-        if id == self.exit.0 {
-            let [d, v, reason, qual] = self.exit.1;
-            let (Some(vcpu), Some(code)) = (vcpu(f, d, v), f.uint(reason)) else { return };
-            let detail = match (code, f.uint(qual)) {
-                (IO_INSTRUCTION, Some(q)) => ExitDetail::Io {
-                    port: (q >> 16) as u16,
-                    size: (q & 7) as u8 + 1,
-                    access: if q & 8 != 0 { Access::Read } else { Access::Write },
-                },
-                _ => ExitDetail::None,
-            };
-            let name = self.reasons.get(code as i64).unwrap_or("other");
-            out(Event::Exit { vcpu, exit: Exit { code: code as u32, name, detail } });
-        } else if id == self.entry.0 {
-            if let Some(vcpu) = vcpu(f, self.entry.1[0], self.entry.1[1]) {
-                out(Event::Entry { vcpu });
+        // Fields bound by reference: loaded where read, not all copied out first.
+        let Some(kind) = self.kinds.get(id as usize) else { return };
+        match kind {
+            Kind::Exit([d, v, reason, qual]) => {
+                let (Some(vcpu), Some(code)) = (vcpu(f, *d, *v), f.uint(*reason)) else { return };
+                let detail = match (code, f.uint(*qual)) {
+                    (IO_INSTRUCTION, Some(q)) => ExitDetail::Io {
+                        port: (q >> 16) as u16,
+                        size: (q & 7) as u8 + 1,
+                        access: if q & 8 != 0 { Access::Read } else { Access::Write },
+                    },
+                    _ => ExitDetail::None,
+                };
+                let name = self.reasons.get(code as i64).unwrap_or("other");
+                out(Event::Exit { vcpu, exit: Exit { code: code as u32, name, detail } });
             }
-        } else if id == self.runstate.0 {
-            let [d, v, new] = self.runstate.1;
-            let Some(new) = f.uint(new).and_then(Runstate::from_xen) else { return };
-            if let Some(vcpu) = vcpu(f, d, v) {
-                out(Event::Runstate { vcpu, new });
+            Kind::Entry([d, v]) => {
+                if let Some(vcpu) = vcpu(f, *d, *v) {
+                    out(Event::Entry { vcpu });
+                }
             }
-        } else if id == self.hc_entry.0 || id == self.hc_exit.0 {
-            let [d, v, nr] = if id == self.hc_entry.0 { self.hc_entry.1 } else { self.hc_exit.1 };
-            let (Some(vcpu), Some(nr)) = (vcpu(f, d, v), f.uint(nr)) else { return };
-            let name = self.hypercalls.get(nr as i64).unwrap_or("unknown");
-            out(if id == self.hc_entry.0 {
-                Event::HypercallEntry { vcpu, nr: nr as u32, name }
-            } else {
-                Event::HypercallExit { vcpu, nr: nr as u32, name }
-            });
-        } else if let Some([vector, d]) = hit(self.interrupt, id) {
-            let (Some(vector), Some(domid)) = (f.uint(vector), f.uint(d)) else { return };
-            let domain = (domid != u64::from(DOMID_XEN)).then_some(domid as u32);
-            out(Event::Interrupt { vector: vector as u32, domain, vcpu: None });
-        } else if let Some([d, v, addr]) = hit(self.fault, id) {
-            if let Some(vcpu) = vcpu(f, d, v) {
-                out(Event::GuestEvent { vcpu, kind: id, name: "page_fault", value: f.uint(addr).unwrap_or(0) });
+            Kind::Runstate([d, v, new]) => {
+                let Some(new) = f.uint(*new).and_then(Runstate::from_xen) else { return };
+                if let Some(vcpu) = vcpu(f, *d, *v) {
+                    out(Event::Runstate { vcpu, new });
+                }
             }
-        } else if let Some([d, text]) = hit(self.console, id) {
-            let Some(domid) = f.uint(d) else { return };
-            let len = f.bytes(text).map_or(0, |t| t.len() as u64);
-            out(Event::GuestEvent { vcpu: Vcpu::new(domid as u32, 0), kind: id, name: "console_write", value: len });
-        } else if let Some([d, n]) = hit(self.create, id) {
-            let (Some(domid), Some(n)) = (f.uint(d), f.uint(n)) else { return };
-            for v in 0..n.min(MAX_DOMAIN_VCPUS) {
-                out(Event::Runstate { vcpu: Vcpu::new(domid as u32, v as u32), new: Runstate::Offline });
+            Kind::HypercallEntry([d, v, nr]) => {
+                let (Some(vcpu), Some(nr)) = (vcpu(f, *d, *v), f.uint(*nr)) else { return };
+                let name = self.hypercalls.get(nr as i64).unwrap_or("unknown");
+                out(Event::HypercallEntry { vcpu, nr: nr as u32, name });
             }
-        } else if let Some([d]) = hit(self.destroy, id) {
-            if let Some(domid) = f.uint(d) {
-                out(Event::DomainGone { domain: domid as u32 });
+            Kind::HypercallExit([d, v, nr]) => {
+                let (Some(vcpu), Some(nr)) = (vcpu(f, *d, *v), f.uint(*nr)) else { return };
+                let name = self.hypercalls.get(nr as i64).unwrap_or("unknown");
+                out(Event::HypercallExit { vcpu, nr: nr as u32, name });
             }
+            Kind::Interrupt([vector, d]) => {
+                let (Some(vector), Some(domid)) = (f.uint(*vector), f.uint(*d)) else { return };
+                let domain = (domid != u64::from(DOMID_XEN)).then_some(domid as u32);
+                out(Event::Interrupt { vector: vector as u32, domain, vcpu: None });
+            }
+            Kind::Fault([d, v, addr]) => {
+                if let Some(vcpu) = vcpu(f, *d, *v) {
+                    out(Event::GuestEvent { vcpu, kind: id, name: "page_fault", value: f.uint(*addr).unwrap_or(0) });
+                }
+            }
+            Kind::Console([d, text]) => {
+                let Some(domid) = f.uint(*d) else { return };
+                let len = f.bytes(*text).map_or(0, |t| t.len() as u64);
+                out(Event::GuestEvent {
+                    vcpu: Vcpu::new(domid as u32, 0),
+                    kind: id,
+                    name: "console_write",
+                    value: len,
+                });
+            }
+            Kind::Create([d, n]) => {
+                let (Some(domid), Some(n)) = (f.uint(*d), f.uint(*n)) else { return };
+                for v in 0..n.min(MAX_DOMAIN_VCPUS) {
+                    out(Event::Runstate { vcpu: Vcpu::new(domid as u32, v as u32), new: Runstate::Offline });
+                }
+            }
+            Kind::Destroy([d]) => {
+                if let Some(domid) = f.uint(*d) {
+                    out(Event::DomainGone { domain: domid as u32 });
+                }
+            }
+            Kind::None => {}
         }
     }
 }

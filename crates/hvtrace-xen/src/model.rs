@@ -24,7 +24,9 @@
 //! `events_discarded`, which the reader reports (mapping it too would count
 //! each loss twice).
 
-use hvtrace_model::{class, hit, Access, Catalog, Event, Exit, ExitDetail, Mapper, Mapping, Payload, Runstate, Vcpu};
+use hvtrace_model::{
+    class, hit, Access, Catalog, Event, Exit, ExitDetail, Field, Mapper, Mapping, Payload, Runstate, Vcpu,
+};
 
 use crate::classes::{CLASSES, SVM_EXIT_LABELS};
 use hvtrace_core::field::{EnumLabel, FieldKind};
@@ -40,19 +42,19 @@ pub struct XentraceMapping;
 /// The xentrace classes' mapping, for a list of `&dyn Mapping`.
 pub static MAPPING: XentraceMapping = XentraceMapping;
 
-/// `(event id, field indices)` of each mapped class.
+/// `(event id, fields)` of each mapped class.
 struct Bound {
     /// The exit classes present, with their reason names.
-    exits: Vec<(u32, [usize; 3], &'static [EnumLabel])>,
-    entry: (u32, [usize; 2]),
-    runstate: (u32, [usize; 3]),
-    hypercall: Option<(u32, [usize; 3])>,
-    intr: Option<(u32, [usize; 3])>,
-    faults: Vec<(u32, [usize; 3])>,
+    exits: Vec<(u32, [Field; 3], &'static [EnumLabel])>,
+    entry: (u32, [Field; 2]),
+    runstate: (u32, [Field; 3]),
+    hypercall: Option<(u32, [Field; 3])>,
+    intr: Option<(u32, [Field; 3])>,
+    faults: Vec<(u32, [Field; 3])>,
     /// The handler records of port I/O and emulated memory: which, and its direction.
-    accesses: Vec<(u32, [usize; 3], bool, Access)>,
-    msrs: Vec<(u32, [usize; 3], Access)>,
-    npf: Option<(u32, [usize; 4])>,
+    accesses: Vec<(u32, [Field; 3], bool, Access)>,
+    msrs: Vec<(u32, [Field; 3], Access)>,
+    npf: Option<(u32, [Field; 4])>,
 }
 
 impl Mapping for XentraceMapping {
@@ -107,7 +109,7 @@ impl Mapping for XentraceMapping {
 /// The vCPU named by fields `d` and `v`, unless it is idle or unknown.
 /// Inlined: nearly every record reads one, and the call cost as much as its two reads.
 #[inline(always)]
-fn vcpu(f: &Payload<'_, '_>, d: usize, v: usize) -> Option<Vcpu> {
+fn vcpu(f: &Payload<'_, '_>, d: Field, v: Field) -> Option<Vcpu> {
     let domid = f.uint(d)?;
     (domid != u64::from(DOMID_IDLE) && domid != DOMID_INVALID).then_some(Vcpu::new(domid as u32, f.uint(v)? as u32))
 }
