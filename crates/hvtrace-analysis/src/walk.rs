@@ -126,6 +126,7 @@ pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
     let mut trailing = Vec::new();
     let mut tick = 0u32;
     let sees = observer.sees();
+    let mut events = Vec::new();
     while let Some(item) = merge.next_item() {
         let r = match item? {
             Item::Lost { stream, cpu, since, at: Some(at), count } => {
@@ -149,7 +150,7 @@ pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
         }
         end = end.max(ts);
         let ns = if sees { clock.ns(ts) } else { 0 };
-        let mapped = r.map(&bindings[r.class() as usize], |pcpu, e| {
+        let mapped = r.map(&bindings[r.class() as usize], &mut events, |pcpu, e| {
             observer.event(r.class(), ns, pcpu, *e);
             match *e {
                 Event::Lost { count } => {

@@ -167,48 +167,48 @@ impl Mapper for KernelMapper {
         true
     }
 
-    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut Vec<Event<'m>>) {
         // A KVM event's thread not (yet) known as a vCPU: counted, not
         // attributed (`Event::Unattributed`).
         if let Some([pid, reason, isa, vcpu]) = hit(self.exit, id) {
-            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return out(Event::Unattributed) };
+            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return out.push(Event::Unattributed) };
             let Some(code) = f.uint(reason) else { return };
             // isa 1 is VMX (basic reason in the low 16 bits), else SVM.
             let (code, table) = if f.uint(isa) == Some(1) { (code & 0xffff, VMX_REASONS) } else { (code, SVM_REASONS) };
             let name = table.iter().find(|(c, _)| u64::from(*c) == code).map_or("other", |(_, n)| n);
             let exit = Exit { code: code as u32, name, detail: ExitDetail::None };
-            out(Event::Exit { vcpu: v, exit });
-            out(Event::KernelExit { vcpu: v, exit });
+            out.push(Event::Exit { vcpu: v, exit });
+            out.push(Event::KernelExit { vcpu: v, exit });
         } else if let Some([pid, vcpu]) = hit(self.entry, id) {
-            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return out(Event::Unattributed) };
-            out(Event::Entry { vcpu: v });
+            let Some(v) = self.vcpu(f.uint(pid), f.uint(vcpu)) else { return out.push(Event::Unattributed) };
+            out.push(Event::Entry { vcpu: v });
         } else if let Some([pid, nr]) = hit(self.hypercall, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out.push(Event::Unattributed) };
             let Some(nr) = f.uint(nr) else { return };
-            out(Event::HypercallEntry { vcpu: v, nr: nr as u32, name: "kvm" });
+            out.push(Event::HypercallEntry { vcpu: v, nr: nr as u32, name: "kvm" });
             let exit = Exit { code: 0, name: "hypercall", detail: ExitDetail::Hypercall(nr as u32) };
-            out(Event::KernelDetail { vcpu: v, exit });
+            out.push(Event::KernelDetail { vcpu: v, exit });
         } else if let Some([pid, reason]) = hit(self.user, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out.push(Event::Unattributed) };
             let Some(code) = f.uint(reason) else { return };
             let exit = Exit { code: code as u32, name: kvm::exit_name(code), detail: ExitDetail::None };
-            out(Event::ToVmm { vcpu: v, exit });
+            out.push(Event::ToVmm { vcpu: v, exit });
         } else if let Some([pid]) = hit(self.emulate, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out.push(Event::Unattributed) };
             let exit = Exit { code: 0, name: "emulate_insn", detail: ExitDetail::None };
-            out(Event::KernelExit { vcpu: v, exit });
+            out.push(Event::KernelExit { vcpu: v, exit });
         } else if let Some([pid, rw, port, size]) = hit(self.pio, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out.push(Event::Unattributed) };
             let access = if f.uint(rw) == Some(0) { Access::Read } else { Access::Write };
             let (port, size) = (f.uint(port).unwrap_or(0) as u16, f.uint(size).unwrap_or(0) as u8);
             let exit = Exit { code: 0, name: "pio", detail: ExitDetail::Io { port, size, access } };
-            out(Event::KernelDetail { vcpu: v, exit });
+            out.push(Event::KernelDetail { vcpu: v, exit });
         } else if let Some([pid, ty, len, gpa]) = hit(self.mmio, id) {
-            let Some(v) = self.vcpu(f.uint(pid), None) else { return out(Event::Unattributed) };
+            let Some(v) = self.vcpu(f.uint(pid), None) else { return out.push(Event::Unattributed) };
             let access = if f.uint(ty) == Some(MMIO_WRITE) { Access::Write } else { Access::Read };
             let (gpa, size) = (f.uint(gpa).unwrap_or(0), f.uint(len).unwrap_or(0) as u8);
             let exit = Exit { code: 0, name: "mmio", detail: ExitDetail::Mmio { gpa, size, access } };
-            out(Event::KernelDetail { vcpu: v, exit });
+            out.push(Event::KernelDetail { vcpu: v, exit });
         } else if let Some([pid, name]) = hit(self.rename, id) {
             // Only learnt: a name says which vCPU a thread is.
             self.switched(f.uint(pid), f.bytes(name));
@@ -216,10 +216,13 @@ impl Mapper for KernelMapper {
             if let Some(v) = self.switched(f.uint(prev_pid), f.bytes(prev_comm)) {
                 // Only the task-state bits: 0 is TASK_RUNNING (preempted).
                 let preempted = f.uint(prev_state).is_some_and(|s| s & 0xff == 0);
-                out(Event::Runstate { vcpu: v, new: if preempted { Runstate::Runnable } else { Runstate::Blocked } });
+                out.push(Event::Runstate {
+                    vcpu: v,
+                    new: if preempted { Runstate::Runnable } else { Runstate::Blocked },
+                });
             }
             if let Some(v) = self.switched(f.uint(next_pid), f.bytes(next_comm)) {
-                out(Event::Runstate { vcpu: v, new: Runstate::Running });
+                out.push(Event::Runstate { vcpu: v, new: Runstate::Running });
             }
         }
     }
@@ -268,8 +271,8 @@ mod tests {
 
     fn map<const N: usize>(b: &Bindings, t: &EventTable, name: &str, fields: &[FieldValue<'_>; N]) -> Vec<String> {
         let mut got = Vec::new();
-        b.map(t.id_of(name).unwrap(), fields, &mut |e| got.push(format!("{e:?}")));
-        got
+        b.map(t.id_of(name).unwrap(), fields, &mut got);
+        got.iter().map(|e| format!("{e:?}")).collect()
     }
 
     #[test]

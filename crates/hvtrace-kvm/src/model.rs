@@ -63,7 +63,7 @@ impl Mapper for Bound {
             || self.guest.is_some_and(|g| g.0 == id)
     }
 
-    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut Vec<Event<'m>>) {
         let vcpu = |i: Field| f.uint(i).map(|v| Vcpu::new(0, v as u32));
         if id == self.exit.0 {
             let [v, reason, dir, size, port, addr] = self.exit.1;
@@ -80,19 +80,19 @@ impl Mapper for Bound {
                 _ => ExitDetail::None,
             };
             let exit = Exit { code: code as u32, name: self.reasons.get(code as i64).unwrap_or("other"), detail };
-            out(Event::Exit { vcpu, exit });
+            out.push(Event::Exit { vcpu, exit });
             if code == HLT {
-                out(Event::Runstate { vcpu, new: Runstate::Blocked });
+                out.push(Event::Runstate { vcpu, new: Runstate::Blocked });
             }
         } else if id == self.run.0 {
             let Some(vcpu) = vcpu(self.run.1[0]) else { return };
-            out(Event::Runstate { vcpu, new: Runstate::Running });
-            out(Event::Entry { vcpu });
+            out.push(Event::Runstate { vcpu, new: Runstate::Running });
+            out.push(Event::Entry { vcpu });
         } else if id == self.hc_entry.0 || id == self.hc_exit.0 {
             let [v, nr] = if id == self.hc_entry.0 { self.hc_entry.1 } else { self.hc_exit.1 };
             let (Some(vcpu), Some(nr)) = (vcpu(v), f.uint(nr)) else { return };
             let name = self.hypercalls.get(nr as i64).unwrap_or("unknown");
-            out(if id == self.hc_entry.0 {
+            out.push(if id == self.hc_entry.0 {
                 Event::HypercallEntry { vcpu, nr: nr as u32, name }
             } else {
                 Event::HypercallExit { vcpu, nr: nr as u32, name }
@@ -100,7 +100,7 @@ impl Mapper for Bound {
         } else if let Some((_, [v, kind, value])) = self.guest.filter(|g| g.0 == id) {
             let (Some(vcpu), Some(kind)) = (vcpu(v), f.uint(kind)) else { return };
             let value = f.uint(value).unwrap_or(0);
-            out(Event::GuestEvent { vcpu, kind: kind as u32, name: "guest_event", value });
+            out.push(Event::GuestEvent { vcpu, kind: kind as u32, name: "guest_event", value });
         }
     }
 }

@@ -34,7 +34,7 @@
 //! [`Field`]s and name tables. Per record, [`Mapper::map`] reads the
 //! fields it needs from its [`Payload`] (decoded in place, no
 //! allocation: an integer at a fixed offset inline, any other field
-//! through the source's [`Fields`]) and emits zero or more [`Event`]s. [`Bindings`] binds a list
+//! through the source's [`Fields`]) and pushes zero or more [`Event`]s onto a buffer. [`Bindings`] binds a list
 //! of mappings to one trace and dispatches each record to the mapper of
 //! its event id; a trace none of them recognises still gets the generic
 //! analyses (counts per CPU and event class, losses, duration).
@@ -56,11 +56,11 @@
 //!
 //! impl Mapper for ToyMapper {
 //!     fn maps(&self, id: u32) -> bool { id == self.exit }
-//!     fn map<'m>(&'m self, _id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
+//!     fn map<'m>(&'m self, _id: u32, f: &Payload<'_, '_>, out: &mut Vec<Event<'m>>) {
 //!         let (Some(v), Some(code)) = (f.uint(self.vcpu), f.uint(self.reason)) else { return };
 //!         let name = if code == 12 { "HLT" } else { "other" };
 //!         let exit = Exit { code: code as u32, name, detail: ExitDetail::None };
-//!         out(Event::Exit { vcpu: Vcpu::new(0, v as u32), exit });
+//!         out.push(Event::Exit { vcpu: Vcpu::new(0, v as u32), exit });
 //!     }
 //! }
 //!
@@ -75,7 +75,7 @@
 //! let b = Bindings::bind(&[&Toy], &C);
 //! assert!(!b.maps(0) && b.maps(1));
 //! let mut got = vec![];
-//! b.map(1, &[FieldValue::Int(3), FieldValue::Int(12)], &mut |e| got.push(e));
+//! b.map(1, &[FieldValue::Int(3), FieldValue::Int(12)], &mut got);
 //! assert_eq!(got, [Event::Exit { vcpu: Vcpu::new(0, 3), exit: Exit { code: 12, name: "HLT", detail: ExitDetail::None } }]);
 //! ```
 #![forbid(unsafe_code)]

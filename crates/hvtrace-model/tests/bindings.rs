@@ -53,9 +53,9 @@ impl Mapper for SetMapper {
     fn maps(&self, id: u32) -> bool {
         id == self.id
     }
-    fn map<'m>(&'m self, _: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, _: u32, f: &Payload<'_, '_>, out: &mut Vec<Event<'m>>) {
         if let Some(v) = f.uint(self.vcpu) {
-            out(Event::Runstate { vcpu: Vcpu::new(self.domain, v as u32), new: Runstate::Blocked });
+            out.push(Event::Runstate { vcpu: Vcpu::new(self.domain, v as u32), new: Runstate::Blocked });
         }
     }
 }
@@ -71,11 +71,11 @@ fn each_record_goes_to_the_set_that_maps_its_event() {
     assert_eq!((b.maps(0), b.maps(1), b.maps(2), b.maps(3)), (false, true, true, false));
 
     let mut got = Vec::new();
-    b.map(0, &[FieldValue::Int(9)], &mut |e| got.push(e));
-    b.map(1, &[FieldValue::Int(4)], &mut |e| got.push(e));
+    b.map(0, &[FieldValue::Int(9)], &mut got);
+    b.map(1, &[FieldValue::Int(4)], &mut got);
     // `sleep` has `vcpu` second: looked up by name, not position.
-    b.map(2, &[FieldValue::Int(7), FieldValue::Int(5)], &mut |e| got.push(e));
-    b.map(99, &[FieldValue::Int(1)], &mut |e| got.push(e));
+    b.map(2, &[FieldValue::Int(7), FieldValue::Int(5)], &mut got);
+    b.map(99, &[FieldValue::Int(1)], &mut got);
     let vcpus: Vec<_> = got.iter().map(|e| e.vcpu().unwrap()).collect();
     assert_eq!(vcpus, [Vcpu::new(1, 4), Vcpu::new(2, 5)]);
 }

@@ -110,7 +110,7 @@ impl Mapper for Bound {
         !matches!(self.kinds.get(id as usize), None | Some(Kind::None))
     }
 
-    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut Vec<Event<'m>>) {
         // Fields bound by reference: loaded where read, not all copied out first.
         let Some(kind) = self.kinds.get(id as usize) else { return };
         match kind {
@@ -125,43 +125,48 @@ impl Mapper for Bound {
                     _ => ExitDetail::None,
                 };
                 let name = self.reasons.get(code as i64).unwrap_or("other");
-                out(Event::Exit { vcpu, exit: Exit { code: code as u32, name, detail } });
+                out.push(Event::Exit { vcpu, exit: Exit { code: code as u32, name, detail } });
             }
             Kind::Entry([d, v]) => {
                 if let Some(vcpu) = vcpu(f, *d, *v) {
-                    out(Event::Entry { vcpu });
+                    out.push(Event::Entry { vcpu });
                 }
             }
             Kind::Runstate([d, v, new]) => {
                 let Some(new) = f.uint(*new).and_then(Runstate::from_xen) else { return };
                 if let Some(vcpu) = vcpu(f, *d, *v) {
-                    out(Event::Runstate { vcpu, new });
+                    out.push(Event::Runstate { vcpu, new });
                 }
             }
             Kind::HypercallEntry([d, v, nr]) => {
                 let (Some(vcpu), Some(nr)) = (vcpu(f, *d, *v), f.uint(*nr)) else { return };
                 let name = self.hypercalls.get(nr as i64).unwrap_or("unknown");
-                out(Event::HypercallEntry { vcpu, nr: nr as u32, name });
+                out.push(Event::HypercallEntry { vcpu, nr: nr as u32, name });
             }
             Kind::HypercallExit([d, v, nr]) => {
                 let (Some(vcpu), Some(nr)) = (vcpu(f, *d, *v), f.uint(*nr)) else { return };
                 let name = self.hypercalls.get(nr as i64).unwrap_or("unknown");
-                out(Event::HypercallExit { vcpu, nr: nr as u32, name });
+                out.push(Event::HypercallExit { vcpu, nr: nr as u32, name });
             }
             Kind::Interrupt([vector, d]) => {
                 let (Some(vector), Some(domid)) = (f.uint(*vector), f.uint(*d)) else { return };
                 let domain = (domid != u64::from(DOMID_XEN)).then_some(domid as u32);
-                out(Event::Interrupt { vector: vector as u32, domain, vcpu: None });
+                out.push(Event::Interrupt { vector: vector as u32, domain, vcpu: None });
             }
             Kind::Fault([d, v, addr]) => {
                 if let Some(vcpu) = vcpu(f, *d, *v) {
-                    out(Event::GuestEvent { vcpu, kind: id, name: "page_fault", value: f.uint(*addr).unwrap_or(0) });
+                    out.push(Event::GuestEvent {
+                        vcpu,
+                        kind: id,
+                        name: "page_fault",
+                        value: f.uint(*addr).unwrap_or(0),
+                    });
                 }
             }
             Kind::Console([d, text]) => {
                 let Some(domid) = f.uint(*d) else { return };
                 let len = f.bytes(*text).map_or(0, |t| t.len() as u64);
-                out(Event::GuestEvent {
+                out.push(Event::GuestEvent {
                     vcpu: Vcpu::new(domid as u32, 0),
                     kind: id,
                     name: "console_write",
@@ -171,12 +176,12 @@ impl Mapper for Bound {
             Kind::Create([d, n]) => {
                 let (Some(domid), Some(n)) = (f.uint(*d), f.uint(*n)) else { return };
                 for v in 0..n.min(MAX_DOMAIN_VCPUS) {
-                    out(Event::Runstate { vcpu: Vcpu::new(domid as u32, v as u32), new: Runstate::Offline });
+                    out.push(Event::Runstate { vcpu: Vcpu::new(domid as u32, v as u32), new: Runstate::Offline });
                 }
             }
             Kind::Destroy([d]) => {
                 if let Some(domid) = f.uint(*d) {
-                    out(Event::DomainGone { domain: domid as u32 });
+                    out.push(Event::DomainGone { domain: domid as u32 });
                 }
             }
             Kind::None => {}

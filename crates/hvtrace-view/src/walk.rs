@@ -27,6 +27,7 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
     let write = |e: std::io::Error| Error::Write(e);
     let mut merge = Merge::new(&trace, Order::Time).map_err(Error::Read)?;
     let mut end = 0;
+    let mut events = Vec::new();
     while let Some(item) = merge.next_item() {
         let r = match item.map_err(Error::Read)? {
             // A loss after its stream's last record (`at: None`) still
@@ -41,7 +42,7 @@ pub(crate) fn walk(dir: &Path, mappings: &[&dyn Mapping], sink: &mut dyn Sink) -
         let t = ns(r.timestamp());
         end = end.max(t);
         let mut failed = None;
-        let mapped = r.map(&bindings, |pcpu, e| {
+        let mapped = r.map(&bindings, &mut events, |pcpu, e| {
             if failed.is_none() {
                 failed = sink.model(t, pcpu, *e).err();
             }

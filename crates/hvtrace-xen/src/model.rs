@@ -130,31 +130,31 @@ impl Mapper for Bound {
             || self.msrs.iter().any(|c| c.0 == id)
     }
 
-    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut dyn FnMut(Event<'m>)) {
+    fn map<'m>(&'m self, id: u32, f: &Payload<'_, '_>, out: &mut Vec<Event<'m>>) {
         if let Some(&(_, [d, v, reason], labels)) = self.exits.iter().find(|e| e.0 == id) {
             let (Some(vcpu), Some(code)) = (vcpu(f, d, v), f.uint(reason)) else { return };
             let name = label(labels, code).unwrap_or("other");
-            out(Event::Exit { vcpu, exit: Exit { code: code as u32, name, detail: ExitDetail::None } });
+            out.push(Event::Exit { vcpu, exit: Exit { code: code as u32, name, detail: ExitDetail::None } });
         } else if id == self.entry.0 {
             if let Some(vcpu) = vcpu(f, self.entry.1[0], self.entry.1[1]) {
-                out(Event::Entry { vcpu });
+                out.push(Event::Entry { vcpu });
             }
         } else if id == self.runstate.0 {
             let [d, v, new] = self.runstate.1;
             let Some(new) = f.uint(new).and_then(Runstate::from_xen) else { return };
             if let Some(vcpu) = vcpu(f, d, v) {
-                out(Event::Runstate { vcpu, new });
+                out.push(Event::Runstate { vcpu, new });
             }
         } else if let Some([d, v, op]) = hit(self.hypercall, id) {
             let (Some(vcpu), Some(nr)) = (vcpu(f, d, v), f.uint(op)) else { return };
             let name = label(Hypercall::LABELS, nr).unwrap_or("unknown");
-            out(Event::HypercallEntry { vcpu, nr: nr as u32, name });
+            out.push(Event::HypercallEntry { vcpu, nr: nr as u32, name });
         } else if let Some([d, v, vector]) = hit(self.intr, id) {
             let (Some(vcpu), Some(vector)) = (vcpu(f, d, v), f.uint(vector)) else { return };
-            out(Event::Interrupt { vector: vector as u32, domain: Some(vcpu.domain), vcpu: Some(vcpu.vcpu) });
+            out.push(Event::Interrupt { vector: vector as u32, domain: Some(vcpu.domain), vcpu: Some(vcpu.vcpu) });
         } else if let Some(&(_, [d, v, addr])) = self.faults.iter().find(|c| c.0 == id) {
             if let Some(vcpu) = vcpu(f, d, v) {
-                out(Event::GuestEvent { vcpu, kind: id, name: "page_fault", value: f.uint(addr).unwrap_or(0) });
+                out.push(Event::GuestEvent { vcpu, kind: id, name: "page_fault", value: f.uint(addr).unwrap_or(0) });
             }
         } else if let Some(&(_, [d, v, at], io, access)) = self.accesses.iter().find(|c| c.0 == id) {
             let (Some(vcpu), Some(at)) = (vcpu(f, d, v), f.uint(at)) else { return };
@@ -164,14 +164,14 @@ impl Mapper for Bound {
                 Err(_) if io => return,
                 _ => ExitDetail::Mmio { gpa: at, size: 0, access },
             };
-            out(Event::ExitDetail { vcpu, detail });
+            out.push(Event::ExitDetail { vcpu, detail });
         } else if let Some([d, v, gpa, q]) = hit(self.npf, id) {
             let (Some(vcpu), Some(gpa)) = (vcpu(f, d, v), f.uint(gpa)) else { return };
             let access = if f.uint(q).unwrap_or(0) & 2 != 0 { Access::Write } else { Access::Read };
-            out(Event::ExitDetail { vcpu, detail: ExitDetail::Mmio { gpa, size: 0, access } });
+            out.push(Event::ExitDetail { vcpu, detail: ExitDetail::Mmio { gpa, size: 0, access } });
         } else if let Some(&(_, [d, v, msr], access)) = self.msrs.iter().find(|c| c.0 == id) {
             let (Some(vcpu), Some(index)) = (vcpu(f, d, v), f.uint(msr)) else { return };
-            out(Event::ExitDetail { vcpu, detail: ExitDetail::Msr { index: index as u32, access } });
+            out.push(Event::ExitDetail { vcpu, detail: ExitDetail::Msr { index: index as u32, access } });
         }
     }
 }
@@ -211,8 +211,8 @@ mod tests {
     fn map<const N: usize>(id: ClassId, f: &[FieldValue<'_>; N]) -> Vec<String> {
         let b = Bindings::bind(&[&MAPPING], &Classes);
         let mut got = Vec::new();
-        b.map(id as u32, f, &mut |e| got.push(format!("{e:?}")));
-        got
+        b.map(id as u32, f, &mut got);
+        got.iter().map(|e| format!("{e:?}")).collect()
     }
 
     #[test]

@@ -33,11 +33,12 @@ fn walk(dir: &Path) -> (Exits, Runstates) {
     // leaves its pCPU only from the hypervisor).
     let mut open: Vec<BTreeMap<Vcpu, (u32, u64)>> = vec![BTreeMap::new(); trace.streams.len()];
     let mut merge = Merge::new(&trace, Order::Time).unwrap();
+    let mut events = Vec::new();
     while let Some(item) = merge.next_item() {
         let Item::Record(r) = item.unwrap() else { continue };
         let (si, t) = (r.stream(), r.timestamp());
         last_ts[si] = t;
-        r.map(&bindings, |_, e| match *e {
+        r.map(&bindings, &mut events, |_, e| match *e {
             Event::Exit { vcpu, exit } => {
                 open[si].insert(vcpu, (exit.code, t));
             }
