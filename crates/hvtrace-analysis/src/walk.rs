@@ -120,8 +120,13 @@ pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
     let vmm_streams = trace.streams.len();
     let class_of = |stream: usize| u32::from(stream >= vmm_streams);
     let kernel_classes = trace.metadata.kernel.as_ref().map_or(0, |k| k.events.len());
-    let mut by_class = [vec![0u64; trace.schema().events.len()], vec![0u64; kernel_classes]];
-    let mut per_stream = vec![0u64; merge.streams().len()];
+    let classes = [trace.schema().events.len(), kernel_classes];
+    // Records per stream and event id in one table, one increment a record
+    // (the per-stream and per-class counts are its rows and columns); the
+    // last column of a row counts ids its stream class does not declare.
+    let stride = classes[0].max(classes[1]) + 1;
+    let streams = merge.streams().len();
+    let mut counts = vec![0u64; streams * stride];
     let mut end = begin;
     let mut trailing = Vec::new();
     let mut tick = 0u32;
@@ -143,8 +148,7 @@ pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
         };
         let (ts, id) = (r.timestamp(), r.id());
         if window.holds(ts) {
-            per_stream[r.stream()] += 1;
-            if let Some(n) = by_class[r.class() as usize].get_mut(id as usize) {
+            if let Some(n) = counts.get_mut(r.stream() * stride + (id as usize).min(stride - 1)) {
                 *n += 1;
             }
         }
@@ -170,6 +174,13 @@ pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
         }
     }
     progress(merge.bytes_read());
+    let mut by_class = classes.map(|n| vec![0u64; n]);
+    let mut per_stream = vec![0u64; streams];
+    for (stream, row) in counts.chunks_exact(stride).enumerate() {
+        per_stream[stream] = row.iter().sum();
+        let class = &mut by_class[class_of(stream) as usize];
+        class.iter_mut().zip(row).for_each(|(n, k)| *n += k);
+    }
     Ok(Walked {
         end,
         by_class,
