@@ -4,129 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hdrhistogram::Histogram;
 use hvtrace_model::{Event, ExitDetail, Runstate, Vcpu};
 
+pub(crate) use crate::durations::Durations;
 use crate::report::{vcpu_report, Clock, VcpuReport};
 use crate::split::SplitAcc;
-
-/// Values a [`Durations`] holds back before recording them together.
-const PENDING: usize = 32;
-
-/// Count, total and distribution of some intervals (ticks).
-pub(crate) struct Durations {
-    pub count: u64,
-    pub total: u64,
-    pub min: u64,
-    pub max: u64,
-    /// Bucket counts as u32: a bucket would need 4 billion intervals to
-    /// saturate. Read through [`Durations::quantile`]: `pending` is not in it yet.
-    hist: Histogram<u32>,
-    /// The latest values, recorded into `hist` `PENDING` at a time: one
-    /// vCPU's intervals of one kind are alike, so a batch touches a few of
-    /// `hist`'s cache lines, where recording each as it came took a cache
-    /// miss (hdrhistogram's `record` was 15 % of analyze's time, 85 % of it
-    /// on the load of the bucket). Kept inline: beside `count`, in the lines
-    /// `add` touches anyway.
-    pending: [u64; PENDING],
-    held: usize,
-    /// Once compacted ([`Durations::compact`]): `hist`'s non-zero buckets
-    /// (a value of each, and its count); `hist` is then an empty stand-in.
-    sparse: Option<Box<[(u64, u32)]>>,
-}
-
-impl Durations {
-    pub fn new() -> Durations {
-        // 2 significant figures, auto-resizing: percentiles within 1 %, and
-        // histograms small enough that dozens per vCPU stay in cache.
-        Durations {
-            count: 0,
-            total: 0,
-            min: u64::MAX,
-            max: 0,
-            hist: Histogram::new(2).expect("2 sigfig is valid"),
-            pending: [0; PENDING],
-            held: 0,
-            sparse: None,
-        }
-    }
-
-    /// Keeps only the non-zero buckets, until [`Durations::absorb`] adds
-    /// them elsewhere: a histogram grown to long intervals is ~10 KiB of
-    /// mostly zeros, and a later time window keeps every vCPU whose domain
-    /// ended in it until the merge.
-    pub fn compact(&mut self) {
-        self.flush();
-        let buckets = self.hist.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
-        self.sparse = Some(buckets);
-        self.hist = Histogram::new_with_bounds(1, 2, 1).expect("valid bounds");
-    }
-
-    #[inline]
-    pub fn add(&mut self, d: u64) {
-        self.count += 1;
-        self.total += d;
-        self.min = self.min.min(d);
-        self.max = self.max.max(d);
-        self.pending[self.held] = d;
-        self.held += 1;
-        if self.held == PENDING {
-            self.flush();
-        }
-    }
-
-    /// Records the values held back.
-    pub fn flush(&mut self) {
-        for &d in &self.pending[..self.held] {
-            record(&mut self.hist, d);
-        }
-        self.held = 0;
-    }
-
-    /// The value at quantile `q` (hdrhistogram's: its bucket's highest
-    /// equivalent value); exact also with values held back, faster without.
-    pub fn quantile(&self, q: f64) -> u64 {
-        debug_assert!(self.sparse.is_none(), "a compacted histogram is only added elsewhere");
-        if self.held == 0 {
-            return self.hist.value_at_quantile(q);
-        }
-        let mut h = self.hist.clone();
-        self.pending[..self.held].iter().for_each(|&d| record(&mut h, d));
-        h.value_at_quantile(q)
-    }
-
-    /// Adds the intervals of `other`, as if each had been added here
-    /// (histograms add bucket by bucket: the quantiles are exact).
-    pub fn absorb(&mut self, other: &Durations) {
-        self.count += other.count;
-        self.total += other.total;
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-        match &other.sparse {
-            // A value of each bucket lands in the same bucket here (same configuration).
-            Some(buckets) => buckets.iter().for_each(|&(v, n)| {
-                self.hist.record_n(v, n).expect("auto-resizing histograms grow");
-            }),
-            None => self.hist.add(&other.hist).expect("auto-resizing histograms of one configuration add"),
-        }
-        other.pending[..other.held].iter().for_each(|&d| record(&mut self.hist, d));
-    }
-
-    /// The intervals of all `parts` together, as if each had been added here.
-    pub fn merged(parts: &[&Durations]) -> Durations {
-        let mut all = Durations::new();
-        parts.iter().for_each(|p| all.absorb(p));
-        all
-    }
-}
-
-fn record(h: &mut Histogram<u32>, d: u64) {
-    // `record` grows the histogram (auto-resize); `saturating_record`
-    // would clamp to its initial range.
-    if h.record(d).is_err() {
-        h.saturating_record(d);
-    }
-}
 
 /// A vCPU's state in the runstate table: the model's four, and lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -719,56 +601,6 @@ fn set_state(v: &mut VcpuAcc, w: Window, t: u64, new: State, pcpu: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Intervals spread over many buckets and magnitudes (1 tick to ~10 s at 1 GHz).
-    fn values() -> impl Iterator<Item = u64> {
-        (0..5000u64).map(|i| (i * 7919 % 4999 + 1) * (1 << (i % 24)))
-    }
-
-    fn direct(vs: impl Iterator<Item = u64>) -> Histogram<u32> {
-        let mut h = Histogram::new(2).unwrap();
-        vs.for_each(|d| record(&mut h, d));
-        h
-    }
-
-    const QUANTILES: [f64; 6] = [0.0, 0.25, 0.5, 0.95, 0.99, 1.0];
-
-    #[test]
-    fn values_held_back_answer_as_if_recorded_at_once() {
-        let mut d = Durations::new();
-        // 5000 is not a multiple of PENDING: some are still held at the end.
-        values().for_each(|v| d.add(v));
-        assert_ne!(d.held, 0);
-        let h = direct(values());
-        for q in QUANTILES {
-            assert_eq!(d.quantile(q), h.value_at_quantile(q), "q {q} before the flush");
-        }
-        d.flush();
-        assert_eq!(d.held, 0);
-        assert_eq!(d.hist.len(), 5000);
-        for q in QUANTILES {
-            assert_eq!(d.quantile(q), h.value_at_quantile(q), "q {q} after the flush");
-        }
-    }
-
-    #[test]
-    fn the_runnable_row_is_its_split_rows_added_up() {
-        // As close() spreads runnable intervals over wake / preempt / other.
-        let mut rows = [Durations::new(), Durations::new(), Durations::new()];
-        for (i, v) in values().enumerate() {
-            rows[i * 31 % 3].add(v);
-        }
-        rows[1].flush();
-        let all = Durations::merged(&[&rows[0], &rows[1], &rows[2]]);
-        let h = direct(values());
-        assert_eq!(all.count, 5000);
-        assert_eq!(all.total, values().sum::<u64>());
-        assert_eq!(all.min, values().min().unwrap());
-        assert_eq!(all.max, values().max().unwrap());
-        for q in QUANTILES {
-            assert_eq!(all.quantile(q), h.value_at_quantile(q), "q {q}");
-        }
-    }
 
     #[test]
     fn a_vcpu_is_found_again_after_others_share_its_slot_and_not_after_its_domain_ends() {

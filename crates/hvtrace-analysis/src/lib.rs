@@ -21,7 +21,7 @@
 //!
 //! The analyses see only the hypervisor model (`hvtrace-model`): the caller
 //! passes the event sets' mappings (`hvtrace_sim::MAPPING`,
-//! `hvtrace_kvm::MAPPING`, …). Percentiles come from `hdrhistogram` (3
+//! `hvtrace_kvm::MAPPING`, …). Percentiles come from `hdrhistogram` (2
 //! significant figures). Every figure is defined in `docs/analysis.md`.
 //!
 //! ## Speed and memory
@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 mod acc;
+mod durations;
 mod output;
 mod parallel;
 mod report;

@@ -332,7 +332,8 @@ fn pct(part: u64, whole: u64) -> f64 {
 fn state_row(d: &Durations, clk: Clock, tracked: u64) -> StateRow {
     // hdrhistogram answers with its bucket's highest equivalent value, which
     // may pass the true extremes: keep percentiles within [min, max].
-    let q = |p: f64| if d.count == 0 { 0 } else { clk.ns(d.quantile(p).clamp(d.min, d.max)) };
+    let h = d.histogram();
+    let q = |p: f64| if d.count == 0 { 0 } else { clk.ns(h.value_at_quantile(p).clamp(d.min, d.max)) };
     StateRow {
         count: d.count,
         total_ns: clk.ns(d.total),
