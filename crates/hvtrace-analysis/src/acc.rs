@@ -78,6 +78,10 @@ pub(crate) struct VcpuAcc {
     pub states: Vec<Durations>,
     /// Open exit: index in `exits`, detail, time.
     pub open_exit: Option<(usize, ExitDetail, u64)>,
+    /// The codes of `exits`, in its order: an exit's reason is looked up
+    /// here, in a line or two, where a scan of `exits` (a few hundred bytes
+    /// each) took a cache miss per reason passed.
+    exit_codes: Vec<u32>,
     pub exits: Vec<ExitAcc>,
     pub details: BTreeMap<(u32, ExitDetail), DetailAcc>,
     /// Exits that never saw their entry (the trace ended, or data was lost).
@@ -85,8 +89,10 @@ pub(crate) struct VcpuAcc {
     /// Open hypercall: index in `calls`, time.
     pub open_call: Option<(usize, u64)>,
     /// By number, in the order first seen (a few per vCPU: a scan beats a
-    /// tree; the report sorts them).
+    /// tree; the report sorts them). Looked up by `call_nrs`, their numbers
+    /// in the same order (as `exit_codes`).
     pub calls: Vec<(u32, CallAcc)>,
+    call_nrs: Vec<u32>,
     pub guest: BTreeMap<u32, (String, u64)>,
     /// Time on each pCPU (running).
     pub on_pcpu: BTreeMap<u32, u64>,
@@ -94,7 +100,9 @@ pub(crate) struct VcpuAcc {
     pub split: SplitAcc,
     /// Its rows, once its domain is gone (its accumulators are then freed:
     /// a long trace of guests rebuilt under new ids must not grow memory).
-    pub gone: Option<VcpuReport>,
+    /// Boxed: a report is ~1 KiB, and inline it spread the fields each
+    /// event touches over more cache lines.
+    pub gone: Option<Box<VcpuReport>>,
 }
 
 /// Which pieces of a vCPU's state a stretch of the trace read on its own knows.
@@ -161,17 +169,9 @@ impl VcpuAcc {
                 if v.open_exit.take().is_some() {
                     v.exits_unmatched += 1;
                 }
-                let i = match v.exits.iter().position(|x| x.code == exit.code) {
+                let i = match v.exit_codes.iter().position(|&c| c == exit.code) {
                     Some(i) => i,
-                    None => {
-                        v.exits.push(ExitAcc {
-                            code: exit.code,
-                            name: exit.name.to_string(),
-                            count: 0,
-                            times: Durations::new(),
-                        });
-                        v.exits.len() - 1
-                    }
+                    None => v.new_exit(exit.code, exit.name),
                 };
                 if w.holds(t) {
                     v.exits[i].count += 1;
@@ -208,13 +208,9 @@ impl VcpuAcc {
         let v = self;
         match *e {
             Event::HypercallEntry { nr, name, .. } => {
-                let i = match v.calls.iter().position(|c| c.0 == nr) {
+                let i = match v.call_nrs.iter().position(|&n| n == nr) {
                     Some(i) => i,
-                    None => {
-                        let c = CallAcc { name: name.to_string(), count: 0, times: Durations::new() };
-                        v.calls.push((nr, c));
-                        v.calls.len() - 1
-                    }
+                    None => v.new_call(nr, name),
                 };
                 if w.holds(t) {
                     v.calls[i].1.count += 1;
@@ -223,13 +219,29 @@ impl VcpuAcc {
             }
             Event::HypercallExit { nr, .. } => {
                 if let Some((i, t0)) = v.open_call.take() {
-                    if v.calls[i].0 == nr && w.holds(t0) {
+                    if v.call_nrs[i] == nr && w.holds(t0) {
                         v.calls[i].1.times.add(t.saturating_sub(t0));
                     }
                 }
             }
             _ => {}
         }
+    }
+
+    /// A new exit reason's index in `exits`.
+    #[cold]
+    fn new_exit(&mut self, code: u32, name: &str) -> usize {
+        self.exit_codes.push(code);
+        self.exits.push(ExitAcc { code, name: name.to_string(), count: 0, times: Durations::new() });
+        self.exits.len() - 1
+    }
+
+    /// A new hypercall number's index in `calls`.
+    #[cold]
+    fn new_call(&mut self, nr: u32, name: &str) -> usize {
+        self.call_nrs.push(nr);
+        self.calls.push((nr, CallAcc { name: name.to_string(), count: 0, times: Durations::new() }));
+        self.calls.len() - 1
     }
 
     /// Guest events (they carry no state).
@@ -305,11 +317,8 @@ impl VcpuAcc {
             .exits
             .iter()
             .map(|x| {
-                let i = self.exits.iter().position(|y| y.code == x.code).unwrap_or_else(|| {
-                    let times = Durations::new();
-                    self.exits.push(ExitAcc { code: x.code, name: x.name.clone(), count: 0, times });
-                    self.exits.len() - 1
-                });
+                let i =
+                    self.exit_codes.iter().position(|&c| c == x.code).unwrap_or_else(|| self.new_exit(x.code, &x.name));
                 self.exits[i].count += x.count;
                 self.exits[i].times.absorb(&x.times);
                 i
@@ -326,11 +335,7 @@ impl VcpuAcc {
             .calls
             .iter()
             .map(|(nr, c)| {
-                let i = self.calls.iter().position(|d| d.0 == *nr).unwrap_or_else(|| {
-                    let times = Durations::new();
-                    self.calls.push((*nr, CallAcc { name: c.name.clone(), count: 0, times }));
-                    self.calls.len() - 1
-                });
+                let i = self.call_nrs.iter().position(|n| n == nr).unwrap_or_else(|| self.new_call(*nr, &c.name));
                 self.calls[i].1.count += c.count;
                 self.calls[i].1.times.absorb(&c.times);
                 i
@@ -355,10 +360,12 @@ impl VcpuAcc {
     pub fn end(&mut self, clk: Clock, w: Window, t: u64) {
         self.open_call = None;
         self.flush();
-        self.gone = Some(vcpu_report(self, clk, w, t.min(w.to)));
+        self.gone = Some(Box::new(vcpu_report(self, clk, w, t.min(w.to))));
         self.states = Vec::new();
+        self.exit_codes = Vec::new();
         self.exits = Vec::new();
         self.details = BTreeMap::new();
+        self.call_nrs = Vec::new();
         self.calls = Vec::new();
         self.guest = BTreeMap::new();
     }
@@ -401,7 +408,7 @@ pub(crate) struct Acc {
     /// A direct-mapped cache in front of `index` (by [`slot`]): a record's
     /// vCPU is found in a multiply and a compare, where hashing it (SipHash)
     /// or scanning the live vCPUs cost ~65 instructions a record.
-    slots: Box<[Option<(Vcpu, usize)>; SLOTS]>,
+    slots: Box<[Option<(Vcpu, u32)>; SLOTS]>,
     pub pcpus: BTreeMap<u32, PcpuAcc>,
     /// `(domain, vector)` → count; domain `None`: the hypervisor's own.
     pub interrupts: BTreeMap<(Option<u32>, u32), u64>,
@@ -440,38 +447,45 @@ impl Acc {
     /// The index in `vcpus` of the live vCPU `id`, made at `t` on `pcpu` if new.
     #[inline]
     pub fn vcpu(&mut self, id: Vcpu, pcpu: u32, t: u64) -> usize {
-        let s = slot(id);
-        match self.slots[s] {
-            Some((v, i)) if v == id => i,
-            _ => {
-                let i = *self.index.entry(id).or_insert(self.vcpus.len());
-                if i == self.vcpus.len() {
-                    self.vcpus.push(VcpuAcc {
-                        id,
-                        home: pcpu,
-                        state: None,
-                        since: t,
-                        state_pcpu: pcpu,
-                        runnable_row: OTHER,
-                        first: t,
-                        known_since: None,
-                        states: (0..ROWS).map(|_| Durations::new()).collect(),
-                        open_exit: None,
-                        exits: Vec::new(),
-                        details: BTreeMap::new(),
-                        exits_unmatched: 0,
-                        open_call: None,
-                        calls: Vec::new(),
-                        guest: BTreeMap::new(),
-                        on_pcpu: BTreeMap::new(),
-                        split: SplitAcc::default(),
-                        gone: None,
-                    });
-                }
-                self.slots[s] = Some((id, i));
-                i
-            }
+        match self.slots[slot(id)] {
+            Some((v, i)) if v == id => i as usize,
+            _ => self.vcpu_slow(id, pcpu, t),
         }
+    }
+
+    /// [`Acc::vcpu`] past its cache: out of line, so that the hit pays
+    /// for no registers saved for this.
+    #[cold]
+    #[inline(never)]
+    fn vcpu_slow(&mut self, id: Vcpu, pcpu: u32, t: u64) -> usize {
+        let i = *self.index.entry(id).or_insert(self.vcpus.len());
+        if i == self.vcpus.len() {
+            self.vcpus.push(VcpuAcc {
+                id,
+                home: pcpu,
+                state: None,
+                since: t,
+                state_pcpu: pcpu,
+                runnable_row: OTHER,
+                first: t,
+                known_since: None,
+                states: (0..ROWS).map(|_| Durations::new()).collect(),
+                open_exit: None,
+                exit_codes: Vec::new(),
+                exits: Vec::new(),
+                details: BTreeMap::new(),
+                exits_unmatched: 0,
+                open_call: None,
+                calls: Vec::new(),
+                call_nrs: Vec::new(),
+                guest: BTreeMap::new(),
+                on_pcpu: BTreeMap::new(),
+                split: SplitAcc::default(),
+                gone: None,
+            });
+        }
+        self.slots[slot(id)] = Some((id, i as u32));
+        i
     }
 
     /// One model event at time `t` on `pcpu`.

@@ -486,8 +486,11 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>) -> 
         .map(|(stream, id, count)| ClassReport { id, stream, name: String::new(), count, per_s: rate(count) })
         .collect();
 
-    let mut vcpus: Vec<VcpuReport> =
-        acc.vcpus.iter().map(|v| v.gone.clone().unwrap_or_else(|| vcpu_report(v, clk, w, win_end))).collect();
+    let mut vcpus: Vec<VcpuReport> = acc
+        .vcpus
+        .iter()
+        .map(|v| v.gone.as_deref().cloned().unwrap_or_else(|| vcpu_report(v, clk, w, win_end)))
+        .collect();
     vcpus.sort_by_key(|v| (v.domain, v.vcpu));
 
     let ran_on = acc.vcpus.iter().flat_map(|v| v.on_pcpu.keys().copied());
