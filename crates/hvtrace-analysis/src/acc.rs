@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use hvtrace_model::{Event, ExitDetail, Runstate, Vcpu};
+use hvtrace_model::{Event, Exit, ExitDetail, Runstate, Vcpu};
 
 pub(crate) use crate::durations::Durations;
 use crate::report::{vcpu_report, Clock, VcpuReport};
@@ -155,76 +155,91 @@ impl VcpuAcc {
     /// The exit part: exits, entries, exit details and the kernel/VMM split.
     #[inline]
     pub fn exit_part(&mut self, w: Window, t: u64, e: &Event<'_>) {
-        let v = self;
-        if let Event::KernelExit { .. } | Event::KernelDetail { .. } | Event::ToVmm { .. } | Event::Entry { .. } = e {
-            v.split.event(w, t, e);
-        }
         match *e {
-            Event::Exit { exit, .. } => {
-                // The VMM's record of an exit the kernel began and handed
-                // over (both halves traced): the same exit, counted once.
-                if v.split.at_vmm() && v.open_exit.is_some() {
-                    return;
-                }
-                if v.open_exit.take().is_some() {
-                    v.exits_unmatched += 1;
-                }
-                let i = match v.exit_codes.iter().position(|&c| c == exit.code) {
-                    Some(i) => i,
-                    None => v.new_exit(exit.code, exit.name),
-                };
-                if w.holds(t) {
-                    v.exits[i].count += 1;
-                }
-                v.open_exit = Some((i, exit.detail, t));
-            }
+            Event::Exit { exit, .. } => self.exit(w, t, exit),
             Event::Entry { .. } => {
-                if let Some((i, detail, t0)) = v.open_exit.take() {
-                    if w.holds(t0) {
-                        let d = t.saturating_sub(t0);
-                        let x = &mut v.exits[i];
-                        x.times.add(d);
-                        if detail != ExitDetail::None {
-                            let k = v.details.entry((x.code, detail)).or_default();
-                            k.count += 1;
-                            k.total += d;
-                            k.max = k.max.max(d);
-                        }
-                    }
-                }
+                self.split.entry(w, t);
+                self.entry(w, t);
             }
             Event::ExitDetail { detail, .. } => {
-                if let Some(open) = &mut v.open_exit {
+                if let Some(open) = &mut self.open_exit {
                     open.1 = detail;
                 }
             }
+            Event::KernelExit { .. } | Event::KernelDetail { .. } | Event::ToVmm { .. } => self.split.event(w, t, e),
             _ => {}
         }
+    }
+
+    #[inline]
+    fn exit(&mut self, w: Window, t: u64, exit: Exit<'_>) {
+        // The VMM's record of an exit the kernel began and handed over
+        // (both halves traced): the same exit, counted once.
+        if self.split.at_vmm() && self.open_exit.is_some() {
+            return;
+        }
+        if self.open_exit.is_some() {
+            self.exits_unmatched += 1;
+        }
+        let i = match self.exit_codes.iter().position(|&c| c == exit.code) {
+            Some(i) => i,
+            None => self.new_exit(exit.code, exit.name),
+        };
+        if w.holds(t) {
+            self.exits[i].count += 1;
+        }
+        self.open_exit = Some((i, exit.detail, t));
+    }
+
+    #[inline]
+    fn entry(&mut self, w: Window, t: u64) {
+        if let Some((i, detail, t0)) = self.open_exit.take() {
+            if w.holds(t0) {
+                let d = t.saturating_sub(t0);
+                self.exits[i].times.add(d);
+                if detail != ExitDetail::None {
+                    self.detail(self.exit_codes[i], detail, d);
+                }
+            }
+        }
+    }
+
+    /// An exit with a detail took `d`.
+    fn detail(&mut self, code: u32, detail: ExitDetail, d: u64) {
+        let k = self.details.entry((code, detail)).or_default();
+        k.count += 1;
+        k.total += d;
+        k.max = k.max.max(d);
     }
 
     /// The hypercall part.
     #[inline]
     pub fn call_part(&mut self, w: Window, t: u64, e: &Event<'_>) {
-        let v = self;
         match *e {
-            Event::HypercallEntry { nr, name, .. } => {
-                let i = match v.call_nrs.iter().position(|&n| n == nr) {
-                    Some(i) => i,
-                    None => v.new_call(nr, name),
-                };
-                if w.holds(t) {
-                    v.calls[i].1.count += 1;
-                }
-                v.open_call = Some((i, t));
-            }
-            Event::HypercallExit { nr, .. } => {
-                if let Some((i, t0)) = v.open_call.take() {
-                    if v.call_nrs[i] == nr && w.holds(t0) {
-                        v.calls[i].1.times.add(t.saturating_sub(t0));
-                    }
-                }
-            }
+            Event::HypercallEntry { nr, name, .. } => self.call_entry(w, t, nr, name),
+            Event::HypercallExit { nr, .. } => self.call_exit(w, t, nr),
             _ => {}
+        }
+    }
+
+    #[inline]
+    fn call_entry(&mut self, w: Window, t: u64, nr: u32, name: &str) {
+        let i = match self.call_nrs.iter().position(|&n| n == nr) {
+            Some(i) => i,
+            None => self.new_call(nr, name),
+        };
+        if w.holds(t) {
+            self.calls[i].1.count += 1;
+        }
+        self.open_call = Some((i, t));
+    }
+
+    #[inline]
+    fn call_exit(&mut self, w: Window, t: u64, nr: u32) {
+        if let Some((i, t0)) = self.open_call.take() {
+            if self.call_nrs[i] == nr && w.holds(t0) {
+                self.calls[i].1.times.add(t.saturating_sub(t0));
+            }
         }
     }
 
@@ -489,36 +504,59 @@ impl Acc {
     }
 
     /// One model event at time `t` on `pcpu`.
+    #[inline]
     pub fn event(&mut self, pcpu: u32, t: u64, e: &Event<'_>) {
         let w = self.window;
-        // An interrupt names its target, but happens where it is taken: it
-        // says nothing of where the target runs or what state it is in.
-        let actor = match *e {
-            Event::Interrupt { .. } => None,
-            _ => e.vcpu(),
-        };
-        let Some(id) = actor else {
-            match *e {
-                Event::Interrupt { vector, domain, .. } if w.holds(t) => {
-                    *self.interrupts.entry((domain, vector)).or_default() += 1;
-                }
-                Event::DomainGone { domain } => self.domain_gone(domain, t),
-                Event::Unattributed if w.holds(t) => self.unattributed += 1,
-                // The walker handles these: it knows the pCPU's previous record
-                // (where a loss starts) and what follows from the same record.
-                _ => {}
+        // One match finds the event's vCPU and its part (a match for each
+        // cost ~20 instructions a record).
+        match *e {
+            Event::Runstate { vcpu, new } => {
+                self.actor(vcpu, pcpu, t, Some(new));
             }
-            return;
-        };
+            Event::Exit { vcpu, exit } => self.actor(vcpu, pcpu, t, None).exit(w, t, exit),
+            Event::Entry { vcpu } => {
+                let v = self.actor(vcpu, pcpu, t, None);
+                v.split.entry(w, t);
+                v.entry(w, t);
+            }
+            Event::HypercallEntry { vcpu, nr, name } => self.actor(vcpu, pcpu, t, None).call_entry(w, t, nr, name),
+            Event::HypercallExit { vcpu, nr, .. } => self.actor(vcpu, pcpu, t, None).call_exit(w, t, nr),
+            Event::GuestEvent { vcpu, .. } => self.actor(vcpu, pcpu, t, None).guest_part(w, t, e),
+            Event::KernelExit { vcpu, .. }
+            | Event::KernelDetail { vcpu, .. }
+            | Event::ExitDetail { vcpu, .. }
+            | Event::ToVmm { vcpu, .. } => self.actor(vcpu, pcpu, t, None).exit_part(w, t, e),
+            // An interrupt names its target, but happens where it is taken:
+            // it says nothing of where the target runs or what state it is in.
+            _ => self.event_of_none(t, e),
+        }
+    }
+
+    /// The live vCPU `id`, whose event at `t` on `pcpu` changes its
+    /// runstate to `new` (or not): its runstate part done.
+    #[inline]
+    fn actor(&mut self, id: Vcpu, pcpu: u32, t: u64, new: Option<Runstate>) -> &mut VcpuAcc {
+        let w = self.window;
         let i = self.vcpu(id, pcpu, t);
         let v = &mut self.vcpus[i];
         v.home = pcpu;
-        v.runstate_part(w, t, pcpu, e);
-        match e {
-            Event::Runstate { .. } => {}
-            Event::HypercallEntry { .. } | Event::HypercallExit { .. } => v.call_part(w, t, e),
-            Event::GuestEvent { .. } => v.guest_part(w, t, e),
-            e => v.exit_part(w, t, e),
+        v.runstate_change(w, t, pcpu, new);
+        v
+    }
+
+    /// An event about no vCPU (as [`Event::vcpu`] says, or an interrupt).
+    #[inline(never)]
+    fn event_of_none(&mut self, t: u64, e: &Event<'_>) {
+        let w = self.window;
+        match *e {
+            Event::Interrupt { vector, domain, .. } if w.holds(t) => {
+                *self.interrupts.entry((domain, vector)).or_default() += 1;
+            }
+            Event::DomainGone { domain } => self.domain_gone(domain, t),
+            Event::Unattributed if w.holds(t) => self.unattributed += 1,
+            // The walker handles these: it knows the pCPU's previous record
+            // (where a loss starts) and what follows from the same record.
+            _ => {}
         }
     }
 

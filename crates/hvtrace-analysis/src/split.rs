@@ -77,6 +77,7 @@ impl SplitAcc {
 
     /// The kernel exit in progress ends without reaching user space, at
     /// `t` if an entry ends it (timed), else untimed.
+    #[inline]
     fn close_in_kernel(&mut self, w: Window, entry: Option<u64>) {
         if let Some((t0, i)) = self.open.take() {
             if w.holds(t0) {
@@ -119,18 +120,23 @@ impl SplitAcc {
                 }
                 self.at_vmm = Some((t, i));
             }
-            Event::Entry { .. } => {
-                if let Some((t0, i)) = self.at_vmm.take() {
-                    if w.holds(t0) {
-                        let r = &mut self.to_vmm[i];
-                        r.vmm.0 += 1;
-                        r.vmm.1 += t.saturating_sub(t0);
-                    }
-                }
-                self.close_in_kernel(w, Some(t));
-            }
+            Event::Entry { .. } => self.entry(w, t),
             _ => {}
         }
+    }
+
+    /// An entry of the vCPU at `t` (inline: a trace without kernel events
+    /// passes here on every entry, with nothing open).
+    #[inline]
+    pub fn entry(&mut self, w: Window, t: u64) {
+        if let Some((t0, i)) = self.at_vmm.take() {
+            if w.holds(t0) {
+                let r = &mut self.to_vmm[i];
+                r.vmm.0 += 1;
+                r.vmm.1 += t.saturating_sub(t0);
+            }
+        }
+        self.close_in_kernel(w, Some(t));
     }
 
     /// The trace or the vCPU's data ends (or is lost): what is open is not timed.
