@@ -2,9 +2,10 @@
 //! exit and hypercall it is in, and the figures so far; per pCPU its busy
 //! and missing time. Everything is in clock ticks; the report converts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use hvtrace_model::{Event, Exit, ExitDetail, Runstate, Vcpu};
+use rustc_hash::FxHashMap;
 
 pub(crate) use crate::durations::Durations;
 use crate::report::{vcpu_report, Clock, VcpuReport};
@@ -83,7 +84,8 @@ pub(crate) struct VcpuAcc {
     /// each) took a cache miss per reason passed.
     exit_codes: Vec<u32>,
     pub exits: Vec<ExitAcc>,
-    pub details: BTreeMap<(u32, ExitDetail), DetailAcc>,
+    /// By reason code and detail (the report sorts them).
+    pub details: FxHashMap<(u32, ExitDetail), DetailAcc>,
     /// Exits that never saw their entry (the trace ended, or data was lost).
     pub exits_unmatched: u64,
     /// Open hypercall: index in `calls`, time.
@@ -379,7 +381,7 @@ impl VcpuAcc {
         self.states = Vec::new();
         self.exit_codes = Vec::new();
         self.exits = Vec::new();
-        self.details = BTreeMap::new();
+        self.details = FxHashMap::default();
         self.call_nrs = Vec::new();
         self.calls = Vec::new();
         self.guest = BTreeMap::new();
@@ -419,9 +421,9 @@ pub(crate) struct Acc {
     pub clk: Clock,
     pub vcpus: Vec<VcpuAcc>,
     /// The vCPUs whose domain is not gone, by id.
-    index: HashMap<Vcpu, usize>,
+    index: FxHashMap<Vcpu, usize>,
     /// A direct-mapped cache in front of `index` (by [`slot`]): a record's
-    /// vCPU is found in a multiply and a compare, where hashing it (SipHash)
+    /// vCPU is found in a multiply and a compare, where hashing it (std's SipHash)
     /// or scanning the live vCPUs cost ~65 instructions a record.
     slots: Box<[Option<(Vcpu, u32)>; SLOTS]>,
     pub pcpus: BTreeMap<u32, PcpuAcc>,
@@ -446,7 +448,7 @@ impl Acc {
             window,
             clk,
             vcpus: Vec::new(),
-            index: HashMap::new(),
+            index: FxHashMap::default(),
             slots: Box::new([None; SLOTS]),
             pcpus: BTreeMap::new(),
             interrupts: BTreeMap::new(),
@@ -488,7 +490,7 @@ impl Acc {
                 open_exit: None,
                 exit_codes: Vec::new(),
                 exits: Vec::new(),
-                details: BTreeMap::new(),
+                details: FxHashMap::default(),
                 exits_unmatched: 0,
                 open_call: None,
                 calls: Vec::new(),

@@ -387,9 +387,12 @@ pub(crate) fn vcpu_report(v: &VcpuAcc, clk: Clock, w: Window, end: u64) -> VcpuR
         })
         .collect();
     exits.sort_by(|a, b| b.count.cmp(&a.count).then(a.code.cmp(&b.code)));
-    let mut exit_details: Vec<DetailRow> = v
-        .details
-        .iter()
+    // In key order first (the sort below is stable): rows of equal count,
+    // code and target keep one order whatever the map's.
+    let mut details: Vec<_> = v.details.iter().collect();
+    details.sort_unstable_by_key(|(k, _)| **k);
+    let mut exit_details: Vec<DetailRow> = details
+        .into_iter()
         .map(|((code, detail), d)| {
             let (kind, target, size, access) = detail_fields(*detail);
             let reason = v.exits.iter().find(|x| x.code == *code).map_or(String::new(), |x| x.name.clone());
