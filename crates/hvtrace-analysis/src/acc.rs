@@ -42,8 +42,10 @@ pub(crate) struct ExitAcc {
     pub name: String,
     /// Exits seen (with or without a following entry).
     pub count: u64,
-    /// Exit-to-entry times.
-    pub times: Durations,
+    /// Exit-to-entry times. Boxed, as in [`CallAcc`]: an exit counts in
+    /// `count` and only its entry records a time, so `exits` stays dense
+    /// (48 bytes a reason, not ~400).
+    pub times: Box<Durations>,
 }
 
 /// One exit detail (port, address, …) of one reason of one vCPU: no
@@ -59,7 +61,44 @@ pub(crate) struct DetailAcc {
 pub(crate) struct CallAcc {
     pub name: String,
     pub count: u64,
-    pub times: Durations,
+    pub times: Box<Durations>,
+}
+
+/// Keys held below this are found through an array.
+const DIRECT: usize = 64;
+
+/// Where each key of a vCPU's table (exit reason code, hypercall number)
+/// is in it: a key below [`DIRECT`] (every VMX reason, KVM reason and Xen
+/// hypercall) through an array, in a load and no branch on the key; the
+/// rest by a scan. A scan of the keys mispredicted its exit on most
+/// records (which reason comes next varies).
+pub(crate) struct Keys {
+    /// Index + 1 of each key below `DIRECT`; 0: not held.
+    direct: [u8; DIRECT],
+    /// The other keys (or indices past 254), with their indices.
+    others: Vec<(u32, usize)>,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        Keys { direct: [0; DIRECT], others: Vec::new() }
+    }
+
+    #[inline]
+    fn find(&self, key: u32) -> Option<usize> {
+        match self.direct.get(key as usize) {
+            Some(&d) if d != 0 => Some(usize::from(d) - 1),
+            _ => self.others.iter().find(|o| o.0 == key).map(|o| o.1),
+        }
+    }
+
+    /// `key` is at index `i` from now on.
+    fn insert(&mut self, key: u32, i: usize) {
+        match (self.direct.get_mut(key as usize), u8::try_from(i + 1)) {
+            (Some(d), Ok(n)) => *d = n,
+            _ => self.others.push((key, i)),
+        }
+    }
 }
 
 pub(crate) struct VcpuAcc {
@@ -79,10 +118,8 @@ pub(crate) struct VcpuAcc {
     pub states: Vec<Durations>,
     /// Open exit: index in `exits`, detail, time.
     pub open_exit: Option<(usize, ExitDetail, u64)>,
-    /// The codes of `exits`, in its order: an exit's reason is looked up
-    /// here, in a line or two, where a scan of `exits` (a few hundred bytes
-    /// each) took a cache miss per reason passed.
-    exit_codes: Vec<u32>,
+    /// Where each reason code is in `exits`.
+    exit_codes: Keys,
     pub exits: Vec<ExitAcc>,
     /// By reason code and detail (the report sorts them).
     pub details: FxHashMap<(u32, ExitDetail), DetailAcc>,
@@ -91,10 +128,10 @@ pub(crate) struct VcpuAcc {
     /// Open hypercall: index in `calls`, time.
     pub open_call: Option<(usize, u64)>,
     /// By number, in the order first seen (a few per vCPU: a scan beats a
-    /// tree; the report sorts them). Looked up by `call_nrs`, their numbers
-    /// in the same order (as `exit_codes`).
+    /// tree; the report sorts them).
     pub calls: Vec<(u32, CallAcc)>,
-    call_nrs: Vec<u32>,
+    /// Where each number is in `calls`.
+    call_nrs: Keys,
     pub guest: BTreeMap<u32, (String, u64)>,
     /// Time on each pCPU (running).
     pub on_pcpu: BTreeMap<u32, u64>,
@@ -183,7 +220,7 @@ impl VcpuAcc {
         if self.open_exit.is_some() {
             self.exits_unmatched += 1;
         }
-        let i = match self.exit_codes.iter().position(|&c| c == exit.code) {
+        let i = match self.exit_codes.find(exit.code) {
             Some(i) => i,
             None => self.new_exit(exit.code, exit.name),
         };
@@ -200,7 +237,7 @@ impl VcpuAcc {
                 let d = t.saturating_sub(t0);
                 self.exits[i].times.add(d);
                 if detail != ExitDetail::None {
-                    self.detail(self.exit_codes[i], detail, d);
+                    self.detail(self.exits[i].code, detail, d);
                 }
             }
         }
@@ -226,7 +263,7 @@ impl VcpuAcc {
 
     #[inline]
     fn call_entry(&mut self, w: Window, t: u64, nr: u32, name: &str) {
-        let i = match self.call_nrs.iter().position(|&n| n == nr) {
+        let i = match self.call_nrs.find(nr) {
             Some(i) => i,
             None => self.new_call(nr, name),
         };
@@ -239,7 +276,7 @@ impl VcpuAcc {
     #[inline]
     fn call_exit(&mut self, w: Window, t: u64, nr: u32) {
         if let Some((i, t0)) = self.open_call.take() {
-            if self.call_nrs[i] == nr && w.holds(t0) {
+            if self.calls[i].0 == nr && w.holds(t0) {
                 self.calls[i].1.times.add(t.saturating_sub(t0));
             }
         }
@@ -248,16 +285,16 @@ impl VcpuAcc {
     /// A new exit reason's index in `exits`.
     #[cold]
     fn new_exit(&mut self, code: u32, name: &str) -> usize {
-        self.exit_codes.push(code);
-        self.exits.push(ExitAcc { code, name: name.to_string(), count: 0, times: Durations::new() });
+        self.exit_codes.insert(code, self.exits.len());
+        self.exits.push(ExitAcc { code, name: name.to_string(), count: 0, times: Box::new(Durations::new()) });
         self.exits.len() - 1
     }
 
     /// A new hypercall number's index in `calls`.
     #[cold]
     fn new_call(&mut self, nr: u32, name: &str) -> usize {
-        self.call_nrs.push(nr);
-        self.calls.push((nr, CallAcc { name: name.to_string(), count: 0, times: Durations::new() }));
+        self.call_nrs.insert(nr, self.calls.len());
+        self.calls.push((nr, CallAcc { name: name.to_string(), count: 0, times: Box::new(Durations::new()) }));
         self.calls.len() - 1
     }
 
@@ -334,8 +371,7 @@ impl VcpuAcc {
             .exits
             .iter()
             .map(|x| {
-                let i =
-                    self.exit_codes.iter().position(|&c| c == x.code).unwrap_or_else(|| self.new_exit(x.code, &x.name));
+                let i = self.exit_codes.find(x.code).unwrap_or_else(|| self.new_exit(x.code, &x.name));
                 self.exits[i].count += x.count;
                 self.exits[i].times.absorb(&x.times);
                 i
@@ -352,7 +388,7 @@ impl VcpuAcc {
             .calls
             .iter()
             .map(|(nr, c)| {
-                let i = self.call_nrs.iter().position(|n| n == nr).unwrap_or_else(|| self.new_call(*nr, &c.name));
+                let i = self.call_nrs.find(*nr).unwrap_or_else(|| self.new_call(*nr, &c.name));
                 self.calls[i].1.count += c.count;
                 self.calls[i].1.times.absorb(&c.times);
                 i
@@ -379,10 +415,10 @@ impl VcpuAcc {
         self.flush();
         self.gone = Some(Box::new(vcpu_report(self, clk, w, t.min(w.to))));
         self.states = Vec::new();
-        self.exit_codes = Vec::new();
+        self.exit_codes = Keys::new();
         self.exits = Vec::new();
         self.details = FxHashMap::default();
-        self.call_nrs = Vec::new();
+        self.call_nrs = Keys::new();
         self.calls = Vec::new();
         self.guest = BTreeMap::new();
     }
@@ -488,13 +524,13 @@ impl Acc {
                 known_since: None,
                 states: (0..ROWS).map(|_| Durations::new()).collect(),
                 open_exit: None,
-                exit_codes: Vec::new(),
+                exit_codes: Keys::new(),
                 exits: Vec::new(),
                 details: FxHashMap::default(),
                 exits_unmatched: 0,
                 open_call: None,
                 calls: Vec::new(),
-                call_nrs: Vec::new(),
+                call_nrs: Keys::new(),
                 guest: BTreeMap::new(),
                 on_pcpu: BTreeMap::new(),
                 split: SplitAcc::default(),
@@ -655,6 +691,23 @@ fn set_state(v: &mut VcpuAcc, w: Window, t: u64, new: State, pcpu: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_found_at_their_index_in_the_array_the_scan_or_both() {
+        // Small keys first (in the array), large ones (scanned), then small
+        // ones again past index 254 (a byte's worth: scanned too).
+        let keys: Vec<u32> = (0..40).chain(1000..1300).chain(40..64).collect();
+        let mut k = Keys::new();
+        for (i, &key) in keys.iter().enumerate() {
+            assert_eq!(k.find(key), None, "key {key} before its insert");
+            k.insert(key, i);
+        }
+        assert_eq!(k.others.len(), 300 + 24);
+        for (i, &key) in keys.iter().enumerate() {
+            assert_eq!(k.find(key), Some(i), "key {key}");
+        }
+        assert_eq!(k.find(999), None);
+    }
 
     #[test]
     fn a_vcpu_is_found_again_after_others_share_its_slot_and_not_after_its_domain_ends() {
