@@ -464,7 +464,8 @@ pub(crate) struct Acc {
     slots: Box<[Option<(Vcpu, u32)>; SLOTS]>,
     pub pcpus: BTreeMap<u32, PcpuAcc>,
     /// `(domain, vector)` → count; domain `None`: the hypervisor's own.
-    pub interrupts: BTreeMap<(Option<u32>, u32), u64>,
+    /// (FxHash: one per interrupt record; the report sorts them.)
+    pub interrupts: FxHashMap<(Option<u32>, u32), u64>,
     /// In-band loss records (`Event::Lost`).
     pub lost_in_band: u64,
     /// Records in the window about a vCPU their source could not name (`Event::Unattributed`).
@@ -487,7 +488,7 @@ impl Acc {
             index: FxHashMap::default(),
             slots: Box::new([None; SLOTS]),
             pcpus: BTreeMap::new(),
-            interrupts: BTreeMap::new(),
+            interrupts: FxHashMap::default(),
             lost_in_band: 0,
             unattributed: 0,
         }

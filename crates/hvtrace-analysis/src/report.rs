@@ -526,11 +526,12 @@ pub(crate) fn build(trace: String, pass: Pass, freq: u64, sets: Vec<String>) -> 
             }
         })
         .collect();
-    let interrupts = acc
+    let mut interrupts: Vec<InterruptReport> = acc
         .interrupts
         .iter()
         .map(|((domain, vector), count)| InterruptReport { domain: *domain, vector: *vector, count: *count })
         .collect();
+    interrupts.sort_by_key(|i| (i.domain, i.vector));
     Report {
         trace,
         duration_ns,
