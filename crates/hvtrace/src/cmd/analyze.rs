@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use hvtrace_analysis::{analyze, write_csv, write_text, Options, Progress};
 use hvtrace_model::Mapping;
 
-use crate::out::note;
+use crate::out::{note, stdout_buffered};
 use crate::Status;
 
 /// Every event set whose mapping onto the hypervisor model `analyze` knows.
@@ -107,13 +107,14 @@ pub fn run(a: Args) -> Result<Status> {
     if let Some(dir) = &a.csv {
         write_csv(&report, dir).with_context(|| format!("cannot write CSV files into {}", dir.display()))?;
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout_buffered();
     if a.json {
         serde_json::to_writer(&mut out, &report)?;
         writeln!(out)?;
     } else {
         write_text(&report, &mut out)?;
     }
+    out.flush()?;
     for w in &report.warnings {
         note(format_args!("hvtrace analyze: warning: {w}"));
     }
