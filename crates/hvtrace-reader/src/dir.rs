@@ -293,6 +293,18 @@ impl TraceDir {
     pub fn schema(&self) -> &TraceSchema {
         &self.metadata.schema
     }
+
+    /// The warning every walk of a trace cut short starts with (the first
+    /// of [`crate::Merge::warnings`]), if it was.
+    pub fn incomplete_warning(&self) -> Option<String> {
+        self.incomplete.as_ref().map(|note| {
+            if note.is_empty() {
+                "the trace was cut short (INCOMPLETE)".to_string()
+            } else {
+                format!("the trace was cut short (INCOMPLETE: {note})")
+            }
+        })
+    }
 }
 
 /// One packet of a stream.

@@ -548,14 +548,7 @@ impl Merge {
             kernel_schema,
             uuid: trace.metadata.uuid,
         };
-        let mut warnings = Vec::new();
-        if let Some(note) = &trace.incomplete {
-            warnings.push(if note.is_empty() {
-                "the trace was cut short (INCOMPLETE)".to_string()
-            } else {
-                format!("the trace was cut short (INCOMPLETE: {note})")
-            });
-        }
+        let mut warnings: Vec<String> = trace.incomplete_warning().into_iter().collect();
         let mut cursors = Vec::with_capacity(trace.streams.len() + kernel_streams.len());
         let streams = trace.streams.iter().map(|s| (0, s)).chain(kernel_streams.iter().map(|s| (1, s)));
         for (k, (class, s)) in streams.enumerate() {

@@ -133,6 +133,30 @@ impl Splitter {
         }))
     }
 
+    /// The time of the trace's first record (ticks), as a whole walk's
+    /// [`crate::Merge::first_timestamp`] gives it: the first record of each
+    /// stream's first packet with records. `None` if the trace has no
+    /// record, or a packet read does not decode (then the walk would warn).
+    pub fn first_time(&self) -> Result<Option<u64>, ReadError> {
+        let mut first: Option<u64> = None;
+        for s in &self.streams {
+            for i in (0..s.packets.len()).filter(|&i| s.packets[i].records) {
+                let Some(ts) = self.times_of(s, i)? else { return Ok(None) };
+                if let Some(&t) = ts.first() {
+                    first = Some(first.map_or(t, |f| f.min(t)));
+                    break;
+                }
+            }
+        }
+        Ok(first)
+    }
+
+    /// Bytes of all stream files, as [`crate::Merge::total_bytes`] (a
+    /// splitter's streams are whole packets, end to end).
+    pub fn total_bytes(&self) -> u64 {
+        self.streams.iter().map(StreamIndex::file_len).sum()
+    }
+
     /// Up to `n - 1` increasing cut times that share the streams' bytes out
     /// into `n` windows of about the same size (fewer in a trace of few packets).
     pub fn times(&self, n: usize) -> Vec<u64> {
