@@ -60,6 +60,7 @@ use hvtrace_model::{Bindings, Event, Mapping};
 use hvtrace_reader::{ReadError, TraceDir};
 
 pub use output::{write_csv, write_text};
+pub use parallel::WINDOWS_PER_THREAD;
 pub use report::{
     CallRow, ClassReport, CpuReport, DetailRow, ExitRow, GuestRow, InterruptReport, PcpuReport, PcpuTime, Report,
     Runstates, StateRow, VcpuReport, VcpuTime,
@@ -80,10 +81,13 @@ pub struct Options {
     /// End of the window, in ns after the trace's first record.
     pub to_ns: Option<u64>,
     /// Threads to read with (0: one per available core, at most
-    /// [`DEFAULT_MAX_THREADS`]). With more than
-    /// one, the trace is read in as many time windows, merged into exactly
-    /// the report one thread makes.
+    /// [`DEFAULT_MAX_THREADS`]). With more than one, the trace is cut into
+    /// time windows that the threads read in turn, merged into exactly the
+    /// report one thread makes.
     pub threads: usize,
+    /// Time windows to cut the trace into when read on several threads
+    /// (0: [`WINDOWS_PER_THREAD`] per thread; fewer in a trace of few packets).
+    pub windows: usize,
 }
 
 /// Why a trace cannot be analysed.
@@ -215,8 +219,8 @@ fn pass(
         n => n,
     };
     let pass = match observer {
-        Some(o) => walk::pass(&trace, &bindings, range, threads, &mut report_progress, o),
-        None => walk::pass(&trace, &bindings, range, threads, &mut report_progress, &mut Blind),
+        Some(o) => walk::pass(&trace, &bindings, range, (threads, opts.windows), &mut report_progress, o),
+        None => walk::pass(&trace, &bindings, range, (threads, opts.windows), &mut report_progress, &mut Blind),
     }
     .map_err(Error::Read)?;
     let sets = bindings.iter().flat_map(|b| b.names()).map(|s| s.to_string()).collect();

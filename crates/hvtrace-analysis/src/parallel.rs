@@ -1,8 +1,10 @@
 //! The pass on several threads: the trace is cut into time windows
 //! ([`hvtrace_reader::Splitter`], at packet boundaries give or take the
-//! records of one packet per stream), each read on its own thread with its
-//! own [`Merge`] and accumulators, and the windows are merged in order into
-//! exactly what one thread gets (`docs/analysis.md` § "Threads").
+//! records of one packet per stream), more than there are threads; each
+//! thread takes the next window not taken and reads it with its own
+//! [`Merge`] and accumulators, and the calling thread merges the windows in
+//! order as they come into exactly what one thread gets (`docs/analysis.md`
+//! § "Threads").
 //!
 //! The first window is read as one thread reads the trace. A later one
 //! does not know the state each vCPU carries into it: its runstate (state,
@@ -19,7 +21,8 @@
 //! Losses and domain ends are logged too: they touch vCPUs the window may
 //! not have seen yet.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use hvtrace_model::{Bindings, Event, Runstate, Vcpu};
@@ -124,6 +127,16 @@ pub(crate) struct Later<'m> {
 impl<'m> Later<'m> {
     fn new(window: Window, clk: Clock, cut: u64) -> Later<'m> {
         Later { acc: Acc::new(window, clk), shadows: Vec::new(), log: Vec::new(), hi: cut }
+    }
+
+    /// Compacts the histograms of the vCPUs live at its end (those whose
+    /// domain ended in it are already) while it waits for the merge.
+    fn compact(&mut self) {
+        for (v, s) in self.acc.vcpus.iter_mut().zip(&self.shadows) {
+            if s.gone.is_none() {
+                v.compact();
+            }
+        }
     }
 
     fn domain_gone(&mut self, domain: u32, t: u64) {
@@ -343,15 +356,32 @@ impl Acc {
     }
 }
 
-/// The pass in time windows on up to `threads` threads; `None` when the
-/// trace cannot be cut (damage, too few packets, a mapping that learns from
-/// earlier records) or a window meets damage or an error: the caller then
-/// reads it whole.
+/// Time windows per thread by default: the threads take them in turn, so a
+/// window read slowly (a core taken away for a while, a stretch of costlier
+/// records) holds the end back by a fraction of one thread's share, and the
+/// merge of each window overlaps the reading of those after it.
+pub const WINDOWS_PER_THREAD: usize = 4;
+
+/// How often the thread that merges reports progress while it waits.
+const PROGRESS_PERIOD: Duration = Duration::from_millis(50);
+
+/// A window's accumulators: the first window's, or a later one's.
+enum Part<'m> {
+    First(Acc),
+    Later(Later<'m>),
+}
+
+/// The pass in `windows` time windows (0: [`WINDOWS_PER_THREAD`] per
+/// thread), read by `threads` threads in turn and merged in order as they
+/// come; `None` when the trace cannot be cut (damage, too few packets, a
+/// mapping that learns from earlier records) or a window meets damage or
+/// an error: the caller then reads it whole.
 pub(crate) fn pass(
     trace: &TraceDir,
     bindings: &[Bindings; 2],
     range: Range,
     threads: usize,
+    windows: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Option<Pass> {
     // A mapping that learns from earlier records (the kernel's, of threads
@@ -360,80 +390,112 @@ pub(crate) fn pass(
         return None;
     }
     let splitter = Splitter::new(trace, true).ok()??;
+    // What the whole walk starts with, from the headers already read: its
+    // first time, its size, and the warning of a trace cut short (any other
+    // warning in a window is damage, left to the whole walk).
+    let begin = splitter.first_time().ok()??;
+    let total = splitter.total_bytes();
+    let expected: Vec<String> = trace.incomplete_warning().into_iter().collect();
+    let windows = if windows == 0 { threads * WINDOWS_PER_THREAD } else { windows };
     let marks: Vec<Mark> =
-        splitter.times(threads).into_iter().map(|t| splitter.mark(t).ok().flatten()).collect::<Option<_>>()?;
+        splitter.times(windows).into_iter().map(|t| splitter.mark(t).ok().flatten()).collect::<Option<_>>()?;
+    drop(splitter);
     if marks.is_empty() {
         return None;
     }
+    let n = marks.len() + 1;
     let order = walk::order(bindings);
-    let whole = Merge::with_kernel(trace, order).ok()?;
-    let (begin, total) = (whole.first_timestamp().unwrap_or(0), whole.total_bytes());
-    let expected = whole.warnings().to_vec();
-    drop(whole);
     let window = walk::window(range, begin);
     let clk = Clock(trace.metadata.clock.freq.max(1));
-    let done: Vec<AtomicU64> = (0..=marks.len()).map(|_| AtomicU64::new(0)).collect();
-    let read = |k: usize, feed: &mut dyn FnMut(&mut Merge) -> Option<Walked>| {
-        let mut merge = Merge::between(trace, order, true, k.checked_sub(1).map(|i| &marks[i]), marks.get(k)).ok()?;
-        feed(&mut merge)
+    let done: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    let read = |k: usize| -> Option<(Part, Walked)> {
+        let from = k.checked_sub(1).map(|i| &marks[i]);
+        let mut merge = Merge::between(trace, order, true, from, marks.get(k)).ok()?;
+        let progress = &mut |b| done[k].store(b, Relaxed);
+        let (part, w) = match from {
+            None => {
+                let mut acc = Acc::new(window, clk);
+                let w = walk::walk(trace, &mut merge, bindings, window, begin, &mut acc, progress, &mut crate::Blind);
+                (Part::First(acc), w.ok()?)
+            }
+            Some(m) => {
+                let mut later = Later::new(window, clk, m.time());
+                let w = walk::walk(trace, &mut merge, bindings, window, begin, &mut later, progress, &mut crate::Blind);
+                // It may wait for the windows before it.
+                later.compact();
+                (Part::Later(later), w.ok()?)
+            }
+        };
+        // Losses after the streams' last records come in the last window only.
+        (w.warnings == expected && (k + 1 == n || w.trailing.is_empty())).then_some((part, w))
     };
-    let (first, later) = std::thread::scope(|s| {
-        let (read, done, marks) = (&read, &done, &marks);
-        let handles: Vec<_> = (1..=marks.len())
-            .map(|k| {
-                s.spawn(move || {
-                    let mut acc = Later::new(window, clk, marks[k - 1].time());
-                    let walked = read(k, &mut |m| {
-                        let progress = &mut |b| done[k].store(b, Relaxed);
-                        walk::walk(trace, m, bindings, window, begin, &mut acc, progress, &mut crate::Blind).ok()
-                    })?;
-                    Some((acc, walked))
+    // The next window to take, and whether to take no more (one failed).
+    let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let merged = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.min(n))
+            .map(|_| {
+                let (tx, read, next, stop) = (tx.clone(), &read, &next, &stop);
+                s.spawn(move || loop {
+                    let k = next.fetch_add(1, Relaxed);
+                    if k >= n || stop.load(Relaxed) || tx.send((k, read(k))).is_err() {
+                        break;
+                    }
                 })
             })
             .collect();
-        let sum = || done.iter().map(|d| d.load(Relaxed)).sum::<u64>();
-        let mut acc = Acc::new(window, clk);
-        let first = read(0, &mut |m| {
-            let progress = &mut |b| {
-                done[0].store(b, Relaxed);
-                progress(sum(), total);
-            };
-            walk::walk(trace, m, bindings, window, begin, &mut acc, progress, &mut crate::Blind).ok()
-        });
-        while handles.iter().any(|h| !h.is_finished()) {
-            std::thread::sleep(Duration::from_millis(50));
-            progress(sum(), total);
+        drop(tx);
+        // This thread merges each window once those before it are merged,
+        // woken by each one read (and now and then to show progress).
+        let mut waiting: Vec<Option<Option<(Part, Walked)>>> = (0..n).map(|_| None).collect();
+        let mut merged: Option<(Acc, Walked)> = None;
+        let mut ok = true;
+        let mut k = 0;
+        while ok && k < n {
+            match rx.recv_timeout(PROGRESS_PERIOD) {
+                Ok((i, part)) => waiting[i] = Some(part),
+                Err(RecvTimeoutError::Timeout) => {}
+                // Every thread is gone: one panicked (its join says why).
+                Err(RecvTimeoutError::Disconnected) => ok = false,
+            }
+            while let Some(part) = waiting.get_mut(k).and_then(Option::take) {
+                match (part, merged.as_mut()) {
+                    (Some((Part::First(acc), w)), None) => merged = Some((acc, w)),
+                    (Some((Part::Later(later), w)), Some((acc, all))) => {
+                        acc.absorb(later);
+                        all.absorb(w);
+                    }
+                    _ => ok = false,
+                }
+                k += 1;
+            }
+            progress(done.iter().map(|d| d.load(Relaxed)).sum(), total);
         }
-        let later: Vec<_> =
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect();
-        (first.map(|w| (acc, w)), later)
+        stop.store(!ok, Relaxed);
+        for h in handles {
+            h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+        }
+        merged.filter(|_| ok)
     });
-    let (mut acc, mut all) = first?;
-    let last = later.len() - 1;
-    // Damage (a warning past the trace's own) is left to the whole walk;
-    // losses after the streams' last records come in the last window only.
-    if all.warnings != expected || !all.trailing.is_empty() {
-        return None;
-    }
-    for (k, part) in later.into_iter().enumerate() {
-        let (part_acc, w) = part?;
-        if w.warnings != expected || (k != last && !w.trailing.is_empty()) {
-            return None;
-        }
-        acc.absorb(part_acc);
-        all.end = all.end.max(w.end);
-        for (a, b) in all.by_class.iter_mut().zip(&w.by_class) {
+    let (acc, all) = merged?;
+    progress(total, total);
+    Some(walk::finish(acc, all, begin, n, &mut crate::Blind))
+}
+
+impl Walked {
+    /// Goes on with the walk of the window that follows.
+    fn absorb(&mut self, w: Walked) {
+        self.end = self.end.max(w.end);
+        for (a, b) in self.by_class.iter_mut().zip(&w.by_class) {
             a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
         }
-        all.per_stream.iter_mut().zip(&w.per_stream).for_each(|(x, y)| *x += y);
-        for (a, b) in all.streams.iter_mut().zip(&w.streams) {
+        self.per_stream.iter_mut().zip(&w.per_stream).for_each(|(x, y)| *x += y);
+        for (a, b) in self.streams.iter_mut().zip(&w.streams) {
             a.packets += b.packets;
             a.events_discarded = a.events_discarded.max(b.events_discarded);
         }
-        all.trailing = w.trailing;
+        self.trailing = w.trailing;
     }
-    progress(total, total);
-    Some(walk::finish(acc, all, begin, marks.len() + 1, &mut crate::Blind))
 }
 
 #[cfg(test)]

@@ -222,18 +222,19 @@ pub(crate) fn finish<O: Observer + ?Sized>(
 }
 
 /// Walks the trace once, with the bindings of the VMM's and of the
-/// kernel's event classes, on up to `threads` threads (then `observer`
-/// sees nothing: pass it only with one). `progress(done, total)` gets bytes.
+/// kernel's event classes, on up to `threads` threads in `windows` time
+/// windows (0: a default; then `observer` sees nothing: pass it only with
+/// one thread). `progress(done, total)` gets bytes.
 pub(crate) fn pass<O: Observer + ?Sized>(
     trace: &TraceDir,
     bindings: &[Bindings; 2],
     range: Range,
-    threads: usize,
+    (threads, windows): (usize, usize),
     progress: &mut dyn FnMut(u64, u64),
     observer: &mut O,
 ) -> Result<Pass, ReadError> {
     if threads > 1 {
-        if let Some(p) = crate::parallel::pass(trace, bindings, range, threads, progress) {
+        if let Some(p) = crate::parallel::pass(trace, bindings, range, threads, windows, progress) {
             return Ok(p);
         }
     }

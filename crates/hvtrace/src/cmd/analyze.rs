@@ -49,6 +49,12 @@ pub struct Args {
     /// one with the kernel's events).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+    /// Time windows to cut the trace into, which the threads read in turn
+    /// (default: 4 per thread; fewer in a trace of few packets). More even
+    /// out the threads' shares; each costs a little memory while it waits
+    /// for those before it.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub windows: Option<u32>,
 }
 
 /// A time after the trace's first record, in ns: a number with a unit
@@ -101,7 +107,12 @@ fn progress_bar() -> impl FnMut(Progress) {
 /// status 2 (a `ReadError`, as for `check`), any other error 1; a damaged
 /// trace is analysed, with warnings, and is 0.
 pub fn run(a: Args) -> Result<Status> {
-    let opts = Options { from_ns: a.from, to_ns: a.to, threads: a.threads.map_or(0, |n| n as usize) };
+    let opts = Options {
+        from_ns: a.from,
+        to_ns: a.to,
+        threads: a.threads.map_or(0, |n| n as usize),
+        windows: a.windows.map_or(0, |n| n as usize),
+    };
     let mut progress = progress_bar();
     let report = analyze(&a.dir, MAPPINGS, &opts, &mut progress)?;
     if let Some(dir) = &a.csv {
