@@ -160,20 +160,33 @@ impl Splitter {
     /// Up to `n - 1` increasing cut times that share the streams' bytes out
     /// into `n` windows of about the same size (fewer in a trace of few packets).
     pub fn times(&self, n: usize) -> Vec<u64> {
+        self.times_by(&vec![1; n])
+    }
+
+    /// Up to `shares.len() - 1` increasing cut times that share the streams'
+    /// bytes out into windows of about these relative sizes, in order (fewer
+    /// in a trace of few packets: a cut is a packet's start).
+    pub fn times_by(&self, shares: &[u64]) -> Vec<u64> {
         let mut heads: Vec<(u64, u64)> =
             self.streams.iter().flat_map(|s| s.packets.iter().map(|p| (p.order.begin, p.len))).collect();
         heads.sort_unstable();
         let total: u64 = heads.iter().map(|h| h.1).sum();
+        let all = u128::from(shares.iter().sum::<u64>().max(1));
+        // The bytes before each cut.
+        let mut before = shares[..shares.len().saturating_sub(1)].iter().scan(0u64, |sum, &s| {
+            *sum += s;
+            Some((u128::from(total) * u128::from(*sum) / all) as u64)
+        });
+        let mut target = before.next();
         let first = heads.first().map_or(0, |h| h.0);
         let mut times = Vec::new();
-        let (mut k, mut sum) = (1u64, 0u64);
+        let mut sum = 0u64;
         for (begin, len) in heads {
-            let n = n as u64;
-            if k < n && sum >= total / n * k {
+            if target.is_some_and(|t| sum >= t) {
                 if begin > first && times.last().is_none_or(|&t| begin > t) {
                     times.push(begin);
                 }
-                k += 1;
+                target = before.next();
             }
             sum += len;
         }
