@@ -365,6 +365,15 @@ pub const WINDOWS_PER_THREAD: usize = 4;
 /// How often the thread that merges reports progress while it waits.
 const PROGRESS_PERIOD: Duration = Duration::from_millis(50);
 
+/// The relative sizes of `windows` windows read by `threads` threads in
+/// turn: in rounds of one window per thread, each round smaller than the
+/// one before (`rounds`, …, 2, 1), so that the last windows, which decide
+/// when the threads end, are short, and the first, long ones cost few cuts.
+fn shares(windows: usize, threads: usize) -> Vec<u64> {
+    let rounds = windows.div_ceil(threads.max(1));
+    (0..windows).map(|i| (rounds - i / threads.max(1)) as u64).collect()
+}
+
 /// A window's accumulators: the first window's, or a later one's.
 enum Part<'m> {
     First(Acc),
@@ -397,8 +406,11 @@ pub(crate) fn pass(
     let total = splitter.total_bytes();
     let expected: Vec<String> = trace.incomplete_warning().into_iter().collect();
     let windows = if windows == 0 { threads * WINDOWS_PER_THREAD } else { windows };
-    let marks: Vec<Mark> =
-        splitter.times(windows).into_iter().map(|t| splitter.mark(t).ok().flatten()).collect::<Option<_>>()?;
+    let marks: Vec<Mark> = splitter
+        .times_by(&shares(windows, threads))
+        .into_iter()
+        .map(|t| splitter.mark(t).ok().flatten())
+        .collect::<Option<_>>()?;
     drop(splitter);
     if marks.is_empty() {
         return None;
@@ -408,6 +420,8 @@ pub(crate) fn pass(
     let window = walk::window(range, begin);
     let clk = Clock(trace.metadata.clock.freq.max(1));
     let done: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    // Windows merged so far.
+    let merged = AtomicUsize::new(0);
     let read = |k: usize| -> Option<(Part, Walked)> {
         let from = k.checked_sub(1).map(|i| &marks[i]);
         let mut merge = Merge::between(trace, order, true, from, marks.get(k)).ok()?;
@@ -421,8 +435,11 @@ pub(crate) fn pass(
             Some(m) => {
                 let mut later = Later::new(window, clk, m.time());
                 let w = walk::walk(trace, &mut merge, bindings, window, begin, &mut later, progress, &mut crate::Blind);
-                // It may wait for the windows before it.
-                later.compact();
+                // Waiting for the windows before it: it holds what it found
+                // while the others read (each histogram ~2-10 KiB).
+                if k > merged.load(Relaxed) {
+                    later.compact();
+                }
                 (Part::Later(later), w.ok()?)
             }
         };
@@ -432,7 +449,7 @@ pub(crate) fn pass(
     // The next window to take, and whether to take no more (one failed).
     let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
-    let merged = std::thread::scope(|s| {
+    let whole = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads.min(n))
             .map(|_| {
                 let (tx, read, next, stop) = (tx.clone(), &read, &next, &stop);
@@ -448,7 +465,7 @@ pub(crate) fn pass(
         // This thread merges each window once those before it are merged,
         // woken by each one read (and now and then to show progress).
         let mut waiting: Vec<Option<Option<(Part, Walked)>>> = (0..n).map(|_| None).collect();
-        let mut merged: Option<(Acc, Walked)> = None;
+        let mut acc: Option<(Acc, Walked)> = None;
         let mut ok = true;
         let mut k = 0;
         while ok && k < n {
@@ -459,8 +476,8 @@ pub(crate) fn pass(
                 Err(RecvTimeoutError::Disconnected) => ok = false,
             }
             while let Some(part) = waiting.get_mut(k).and_then(Option::take) {
-                match (part, merged.as_mut()) {
-                    (Some((Part::First(acc), w)), None) => merged = Some((acc, w)),
+                match (part, acc.as_mut()) {
+                    (Some((Part::First(first), w)), None) => acc = Some((first, w)),
                     (Some((Part::Later(later), w)), Some((acc, all))) => {
                         acc.absorb(later);
                         all.absorb(w);
@@ -468,6 +485,7 @@ pub(crate) fn pass(
                     _ => ok = false,
                 }
                 k += 1;
+                merged.store(k, Relaxed);
             }
             progress(done.iter().map(|d| d.load(Relaxed)).sum(), total);
         }
@@ -475,9 +493,9 @@ pub(crate) fn pass(
         for h in handles {
             h.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
         }
-        merged.filter(|_| ok)
+        acc.filter(|_| ok)
     });
-    let (acc, all) = merged?;
+    let (acc, all) = whole?;
     progress(total, total);
     Some(walk::finish(acc, all, begin, n, &mut crate::Blind))
 }
@@ -526,6 +544,14 @@ mod tests {
         events[cut..].iter().for_each(|&(t, e)| Feed::event(&mut later, 0, t, &e));
         first.absorb(later);
         (rows(whole), rows(first))
+    }
+
+    #[test]
+    fn windows_shrink_round_by_round() {
+        assert_eq!(shares(2, 2), [1, 1]);
+        assert_eq!(shares(8, 2), [4, 4, 3, 3, 2, 2, 1, 1]);
+        assert_eq!(shares(7, 3), [3, 3, 3, 2, 2, 2, 1]);
+        assert_eq!(shares(3, 1), [3, 2, 1]);
     }
 
     #[test]
