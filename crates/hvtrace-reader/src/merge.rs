@@ -537,6 +537,19 @@ impl Merge {
         from: Option<&Mark>,
         to: Option<&Mark>,
     ) -> Result<Merge, ReadError> {
+        Merge::between_with(trace, order, kernel, from, to, Vec::new())
+    }
+
+    /// As [`Merge::between`], reading into `buffers` (an earlier walk's,
+    /// [`Merge::into_buffers`]; more are made if too few).
+    pub fn between_with(
+        trace: &TraceDir,
+        order: Order,
+        kernel: bool,
+        from: Option<&Mark>,
+        to: Option<&Mark>,
+        mut buffers: Vec<Vec<u8>>,
+    ) -> Result<Merge, ReadError> {
         let schema = trace.schema().clone();
         let kernel_schema = trace.metadata.kernel.clone().filter(|_| kernel);
         let kernel_streams = if kernel_schema.is_some() { &trace.kernel_streams[..] } else { &[] };
@@ -553,7 +566,8 @@ impl Merge {
         let streams = trace.streams.iter().map(|s| (0, s)).chain(kernel_streams.iter().map(|s| (1, s)));
         for (k, (class, s)) in streams.enumerate() {
             let start = from.and_then(|m| m.streams.get(k)).cloned().unwrap_or_default();
-            let reader = PacketReader::open(&s.path)?.starting_at(start.offset);
+            let reader =
+                PacketReader::open(&s.path)?.starting_at(start.offset).with_buffer(buffers.pop().unwrap_or_default());
             let mut c = Cursor {
                 walk: StreamWalk { name: s.name.clone(), cpu: s.cpu, packets: 0, events_discarded: 0 },
                 file: s.clone(),
@@ -575,6 +589,11 @@ impl Merge {
         }
         let total = cursors.iter().map(|c| c.reader.len()).sum();
         Ok(Merge { shared, cursors, order, current: 0, advance: None, limit: 0, draining: false, warnings, total })
+    }
+
+    /// Its streams' read buffers, for [`Merge::between_with`].
+    pub fn into_buffers(self) -> Vec<Vec<u8>> {
+        self.cursors.into_iter().map(|c| c.reader.into_buffer()).collect()
     }
 
     /// The timestamp of the trace's first record (ticks), if it has one.

@@ -75,6 +75,19 @@ impl PacketReader {
         self
     }
 
+    /// Reads into `buf` (given back by [`PacketReader::into_buffer`]): a
+    /// walk in many windows in turn allocates and faults in its buffers once.
+    pub fn with_buffer(mut self, buf: Vec<u8>) -> PacketReader {
+        // Nothing in it is taken for the file's: `filled` is 0.
+        self.buf = buf;
+        self
+    }
+
+    /// The read buffer, for [`PacketReader::with_buffer`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// The file's size.
     pub fn len(&self) -> u64 {
         self.len
