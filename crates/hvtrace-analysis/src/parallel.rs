@@ -422,9 +422,10 @@ pub(crate) fn pass(
     let done: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
     // Windows merged so far.
     let merged = AtomicUsize::new(0);
-    let read = |k: usize| -> Option<(Part, Walked)> {
+    // Window `k`, read into the `buffers` of the thread's window before.
+    let read = |k: usize, buffers: &mut Vec<Vec<u8>>| -> Option<(Part, Walked)> {
         let from = k.checked_sub(1).map(|i| &marks[i]);
-        let mut merge = Merge::between(trace, order, true, from, marks.get(k)).ok()?;
+        let mut merge = Merge::between_with(trace, order, true, from, marks.get(k), std::mem::take(buffers)).ok()?;
         let progress = &mut |b| done[k].store(b, Relaxed);
         let (part, w) = match from {
             None => {
@@ -443,6 +444,7 @@ pub(crate) fn pass(
                 (Part::Later(later), w.ok()?)
             }
         };
+        *buffers = merge.into_buffers();
         // Losses after the streams' last records come in the last window only.
         (w.warnings == expected && (k + 1 == n || w.trailing.is_empty())).then_some((part, w))
     };
@@ -453,10 +455,13 @@ pub(crate) fn pass(
         let handles: Vec<_> = (0..threads.min(n))
             .map(|_| {
                 let (tx, read, next, stop) = (tx.clone(), &read, &next, &stop);
-                s.spawn(move || loop {
-                    let k = next.fetch_add(1, Relaxed);
-                    if k >= n || stop.load(Relaxed) || tx.send((k, read(k))).is_err() {
-                        break;
+                s.spawn(move || {
+                    let mut buffers = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Relaxed);
+                        if k >= n || stop.load(Relaxed) || tx.send((k, read(k, &mut buffers))).is_err() {
+                            break;
+                        }
                     }
                 })
             })
