@@ -33,9 +33,9 @@
 //! pCPUs); otherwise they are counted one after the other. Memory grows
 //! with the number of vCPUs, reasons and streams, not with the trace.
 //!
-//! With [`Options::threads`] above 1, the trace is cut into as many time
-//! windows, read at once and merged into exactly the report of one thread
-//! (`docs/analysis.md` § "Threads").
+//! With [`Options::threads`] above 1, the trace is cut into time windows
+//! that the threads read in turn, merged into exactly the report of one
+//! thread (`docs/analysis.md` § "Threads").
 //!
 //! ## Damage
 //!
@@ -67,10 +67,10 @@ pub use report::{
 };
 pub use split::{InKernelRow, KernelSplit, ToVmmRow};
 
-/// The most threads `analyze` takes by itself: each window holds its own
-/// read buffers and the vCPUs whose domain ended in it until the merge
-/// (about 44 MB at two on a 1 GiB sim trace, 58 MB at four), against a
-/// bound of 64 MiB (docs/analysis.md); `--threads N` asks for more.
+/// The most threads `analyze` takes by itself: each thread holds its own
+/// read buffers and each window the vCPUs whose domain ended in it until
+/// the merge (52-54 MB peak at two on a 1 GiB sim trace, 76 MB at four),
+/// against a bound of 64 MiB (docs/analysis.md); `--threads N` asks for more.
 pub const DEFAULT_MAX_THREADS: usize = 2;
 
 /// What to analyse.

@@ -43,16 +43,16 @@ pub struct Args {
     pub csv: Option<PathBuf>,
     /// Threads to read with (default: one per available core, at most 2,
     /// which keeps a 1 GiB trace under 64 MiB of memory). The trace is
-    /// cut into as many time windows at packet boundaries, read at once and
-    /// merged into exactly the report of `--threads 1`, which reads it
+    /// cut into time windows at packet boundaries, which the threads read in
+    /// turn, merged into exactly the report of `--threads 1`, which reads it
     /// whole on one thread (as are, whatever this says, a damaged trace and
     /// one with the kernel's events).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
     /// Time windows to cut the trace into, which the threads read in turn
-    /// (default: 4 per thread; fewer in a trace of few packets). More even
-    /// out the threads' shares; each costs a little memory while it waits
-    /// for those before it.
+    /// (default: 4 per thread; fewer in a trace of few packets), shorter
+    /// and shorter, so the threads end together; each costs a cut and a
+    /// merge.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub windows: Option<u32>,
 }
