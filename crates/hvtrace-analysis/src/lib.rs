@@ -69,7 +69,7 @@ pub use split::{InKernelRow, KernelSplit, ToVmmRow};
 
 /// The most threads `analyze` takes by itself: each thread holds its own
 /// read buffers and each window the vCPUs whose domain ended in it until
-/// the merge (44 MB peak at two on a 1 GiB sim trace, 52 MB at four),
+/// the merge (38 MB peak at two on a 1 GiB sim trace, 44 MB at four),
 /// against a bound of 64 MiB (docs/analysis.md); `--threads N` asks for more.
 pub const DEFAULT_MAX_THREADS: usize = 2;
 
