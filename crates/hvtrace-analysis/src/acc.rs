@@ -196,10 +196,7 @@ impl VcpuAcc {
     pub fn exit_part(&mut self, w: Window, t: u64, e: &Event<'_>) {
         match *e {
             Event::Exit { exit, .. } => self.exit(w, t, exit),
-            Event::Entry { .. } => {
-                self.split.entry(w, t);
-                self.entry(w, t);
-            }
+            Event::Entry { .. } => self.entry(w, t),
             Event::ExitDetail { detail, .. } => {
                 if let Some(open) = &mut self.open_exit {
                     open.1 = detail;
@@ -230,8 +227,10 @@ impl VcpuAcc {
         self.open_exit = Some((i, exit.detail, t));
     }
 
+    /// An entry: it ends the open exit, and its stretch in the VMM.
     #[inline]
     fn entry(&mut self, w: Window, t: u64) {
+        self.split.entry(w, t);
         if let Some((i, detail, t0)) = self.open_exit.take() {
             if w.holds(t0) {
                 let d = t.saturating_sub(t0);
@@ -553,11 +552,7 @@ impl Acc {
                 self.actor(vcpu, pcpu, t, Some(new));
             }
             Event::Exit { vcpu, exit } => self.actor(vcpu, pcpu, t, None).exit(w, t, exit),
-            Event::Entry { vcpu } => {
-                let v = self.actor(vcpu, pcpu, t, None);
-                v.split.entry(w, t);
-                v.entry(w, t);
-            }
+            Event::Entry { vcpu } => self.actor(vcpu, pcpu, t, None).entry(w, t),
             Event::HypercallEntry { vcpu, nr, name } => self.actor(vcpu, pcpu, t, None).call_entry(w, t, nr, name),
             Event::HypercallExit { vcpu, nr, .. } => self.actor(vcpu, pcpu, t, None).call_exit(w, t, nr),
             Event::GuestEvent { vcpu, .. } => self.actor(vcpu, pcpu, t, None).guest_part(w, t, e),
