@@ -459,7 +459,16 @@ pub(crate) fn pass(
                     let mut buffers = Vec::new();
                     loop {
                         let k = next.fetch_add(1, Relaxed);
-                        if k >= n || stop.load(Relaxed) || tx.send((k, read(k, &mut buffers))).is_err() {
+                        if k >= n || stop.load(Relaxed) {
+                            break;
+                        }
+                        let part = read(k, &mut buffers);
+                        // One window that fails sends the whole trace to one
+                        // thread: read no more (the merge, which would say so
+                        // only once it reached this window, then sees a window
+                        // missing or this one failed, and gives up either way).
+                        stop.fetch_or(part.is_none(), Relaxed);
+                        if tx.send((k, part)).is_err() {
                             break;
                         }
                     }
@@ -477,7 +486,8 @@ pub(crate) fn pass(
             match rx.recv_timeout(PROGRESS_PERIOD) {
                 Ok((i, part)) => waiting[i] = Some(part),
                 Err(RecvTimeoutError::Timeout) => {}
-                // Every thread is gone: one panicked (its join says why).
+                // Every thread is gone before every window came: a window
+                // failed (the threads stopped), or one panicked (its join says why).
                 Err(RecvTimeoutError::Disconnected) => ok = false,
             }
             while let Some(part) = waiting.get_mut(k).and_then(Option::take) {
