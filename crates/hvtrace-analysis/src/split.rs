@@ -91,7 +91,8 @@ impl SplitAcc {
         }
     }
 
-    /// One model event of the vCPU at `t`.
+    /// One kernel-side event of the vCPU at `t` (an entry comes through
+    /// [`SplitAcc::entry`]).
     pub fn event(&mut self, w: Window, t: u64, e: &Event<'_>) {
         match e {
             Event::KernelExit { exit, .. } => {
@@ -120,7 +121,6 @@ impl SplitAcc {
                 }
                 self.at_vmm = Some((t, i));
             }
-            Event::Entry { .. } => self.entry(w, t),
             _ => {}
         }
     }
