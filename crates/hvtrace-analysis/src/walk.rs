@@ -103,8 +103,8 @@ pub(crate) fn window(range: Range, begin: u64) -> Window {
 
 /// Feeds `merge`'s records and losses to `feed` (and shows them to
 /// `observer`, times in ns by `clock`); `progress(bytes)` now and then.
-/// Generic over the observer so that, for one that looks at nothing, the
-/// times it would be shown are not computed (a 128-bit division a record).
+/// For an observer that looks at nothing ([`Observer::sees`]), the times
+/// it would be shown are not computed (a 128-bit division a record).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn walk<'m, F: Feed<'m>, O: Observer + ?Sized>(
     trace: &TraceDir,
