@@ -79,6 +79,16 @@ pub mod header {
     /// Extended header: `31:5, pad:3`, `u32 id`, `u64 timestamp`.
     pub const EXTENDED_LEN: usize = 13;
 
+    /// The length of a header of the compact form or the extended one.
+    #[inline(always)]
+    pub const fn len(compact: bool) -> usize {
+        if compact {
+            COMPACT_LEN
+        } else {
+            EXTENDED_LEN
+        }
+    }
+
     /// Encodes a compact header.
     #[inline]
     pub fn compact(id: u32, ts: u64) -> [u8; COMPACT_LEN] {

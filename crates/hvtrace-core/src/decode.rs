@@ -225,8 +225,7 @@ impl<'p> Record<'p> {
     /// Offset in the packet of the byte after the record (the next one's).
     #[inline]
     pub fn end(&self) -> usize {
-        let header = if self.compact { header::COMPACT_LEN } else { header::EXTENDED_LEN };
-        self.offset + header + self.payload.len()
+        self.offset + header::len(self.compact) + self.payload.len()
     }
 
     /// The payload's field values, in order.

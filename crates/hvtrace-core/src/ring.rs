@@ -490,7 +490,7 @@ impl<'a> Ring<'a> {
             // measured from the packet's timestamp_begin, which is its own.
             let compact =
                 id <= header::MAX_COMPACT_ID && (off == 0 || tsc.wrapping_sub(last) <= header::COMPACT_TS_MASK);
-            let hlen = if compact { header::COMPACT_LEN } else { header::EXTENDED_LEN };
+            let hlen = header::len(compact);
             let rec = (hlen + payload_len) as u64;
             let (new, begin) = if off == 0 {
                 (old + packet::LEN as u64 + rec, old + packet::LEN as u64)

@@ -133,8 +133,7 @@ impl<'a> Rec<'a> {
     /// The record as the decoder gives it.
     pub fn record(&self) -> Record<'a> {
         let s = self.slot;
-        let header = if s.compact { header::COMPACT_LEN } else { header::EXTENDED_LEN };
-        let offset = s.start as usize - header;
+        let offset = s.start as usize - header::len(s.compact);
         Record { offset, id: s.id, timestamp: s.ts, compact: s.compact, payload: self.payload() }
     }
 
@@ -808,7 +807,7 @@ mod tests {
             let mut slots = vec![Slot { ts: 1, id: 1, start: 1, len: 1, compact: false }];
             let got = decode_slots(&b, layouts, &mut slots).map(|()| {
                 let cursor_free = |s: &Slot| {
-                    let offset = s.start as usize - if s.compact { header::COMPACT_LEN } else { header::EXTENDED_LEN };
+                    let offset = s.start as usize - header::len(s.compact);
                     (s.ts, s.id, offset, s.len as usize, s.compact)
                 };
                 slots.iter().map(cursor_free).collect::<Vec<_>>()
