@@ -139,7 +139,23 @@ pub fn run(a: Args) -> Result<Status> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_time;
+    use super::{parse_time, Args};
+    use clap::Args as _;
+
+    /// The help of `--threads` and `--windows` states the library's
+    /// defaults by hand: it must say what the constants say.
+    #[test]
+    fn help_states_the_defaults() {
+        let cmd = Args::augment_args(clap::Command::new("analyze"));
+        let help = |id: &str| {
+            let arg = cmd.get_arguments().find(|a| a.get_id() == id).expect("argument exists");
+            arg.get_help().expect("documented").to_string()
+        };
+        let threads = format!("at most {},", hvtrace_analysis::DEFAULT_MAX_THREADS);
+        assert!(help("threads").contains(&threads), "--threads help lacks {threads:?}: {}", help("threads"));
+        let windows = format!("default: {} per thread", hvtrace_analysis::WINDOWS_PER_THREAD);
+        assert!(help("windows").contains(&windows), "--windows help lacks {windows:?}: {}", help("windows"));
+    }
 
     #[test]
     fn times() {
