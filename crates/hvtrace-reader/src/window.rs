@@ -2,7 +2,7 @@
 //! several threads) and give, one after the other, exactly the whole walk.
 //!
 //! A [`Splitter`] reads each stream's packet headers (not their records)
-//! and picks cut times that share the bytes out evenly ([`Splitter::times`]).
+//! and picks cut times that share the bytes out in given shares ([`Splitter::times_by`]).
 //! A cut at time `t` ([`Splitter::mark`]) is, in each stream, the place of
 //! its first record at or after `t`: the whole walk ([`crate::Merge`], by
 //! least head) hands out every record before those places before any
@@ -157,15 +157,10 @@ impl Splitter {
         self.streams.iter().map(StreamIndex::file_len).sum()
     }
 
-    /// Up to `n - 1` increasing cut times that share the streams' bytes out
-    /// into `n` windows of about the same size (fewer in a trace of few packets).
-    pub fn times(&self, n: usize) -> Vec<u64> {
-        self.times_by(&vec![1; n])
-    }
-
     /// Up to `shares.len() - 1` increasing cut times that share the streams'
     /// bytes out into windows of about these relative sizes, in order (fewer
-    /// in a trace of few packets: a cut is a packet's start).
+    /// in a trace of few packets: a cut is a packet's start); `[1; n]`: `n`
+    /// windows of about the same size.
     pub fn times_by(&self, shares: &[u64]) -> Vec<u64> {
         let mut heads: Vec<(u64, u64)> =
             self.streams.iter().flat_map(|s| s.packets.iter().map(|p| (p.order.begin, p.len))).collect();

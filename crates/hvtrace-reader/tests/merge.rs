@@ -264,14 +264,14 @@ fn windows_between_marks_hand_out_the_whole_walk_in_turn() {
         }
     }
     // Even shares of the bytes: increasing times inside the trace.
-    let times = split.times(3);
+    let times = split.times_by(&[1; 3]);
     assert_eq!(times.len(), 2, "{times:?}");
     assert!(times[0] > 0 && times[0] < times[1] && times[1] < 843, "{times:?}");
     // Uneven shares: the cuts are the first packet starts (0 3 143 200 283
     // 400 423 563 600 703 800 843 1000: all of P bytes but the empty one at
     // 843) with at least that share of the bytes before them.
     assert_eq!(split.times_by(&[2, 1, 1]), [563, 800]);
-    assert_eq!(split.times(4), [283, 563, 800]);
+    assert_eq!(split.times_by(&[1; 4]), [283, 563, 800]);
     // What the whole walk starts with, from the headers.
     let whole = Merge::with_kernel(&t, Order::Time).unwrap();
     assert_eq!(split.first_time().unwrap(), whole.first_timestamp());
